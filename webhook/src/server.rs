@@ -43,7 +43,8 @@ async fn mutate(State(app): State<Arc<App>>, body: Bytes) -> Response {
     match review::review(&body, &app.config) {
         Ok(answer) => {
             let s = &answer.subject;
-            let span = info_span!("review", uid = %s.uid, namespace = %s.namespace, name = %s.name);
+            // `pod`, not `name`: JSON logs already use `name` for the span itself.
+            let span = info_span!("review", uid = %s.uid, namespace = %s.namespace, pod = %s.name);
             let _entered = span.enter();
             match (&answer.outcome, &answer.message) {
                 (Outcome::Injected(mode), _) => info!(mode = mode.as_str(), "injected the IP manager"),

@@ -1,0 +1,312 @@
+"""The real webhook binary over TLS, with the test playing the kube-apiserver: the
+patch is applied by an independent RFC 6902 implementation (jsonpatch) and the result
+validated against the Kubernetes OpenAPI schema (kubernetes-validate --strict)."""
+
+import copy
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import jsonpatch
+import kubernetes_validate
+import pytest
+import trustme
+
+from webhook_harness import FIXTURES, Webhook, decode_patch, issue, review_of
+
+K8S_VERSION = "1.33.0"
+
+
+def validate_pod(pod):
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+def fixture_cases():
+    # Cases with their own config.json need other flags; the Rust fixture test covers them.
+    return sorted(p.name for p in FIXTURES.iterdir() if (p / "pod.json").exists() and not (p / "config.json").exists())
+
+
+@pytest.fixture(scope="module")
+def webhook(tmp_path_factory):
+    hook = Webhook(tmp_path_factory.mktemp("webhook"))
+    yield hook
+    hook.stop()
+
+
+@pytest.mark.parametrize("case", fixture_cases())
+def test_fixture_pod_as_the_apiserver_would(webhook, case):
+    pod = json.loads((FIXTURES / case / "pod.json").read_text())
+    expected = json.loads((FIXTURES / case / "expected.json").read_text())
+    validate_pod(pod)
+
+    review = review_of(pod)
+    status, answer = webhook.post(review)
+    assert status == 200, answer
+    assert answer["apiVersion"] == "admission.k8s.io/v1" and answer["kind"] == "AdmissionReview"
+    response = answer["response"]
+    assert response["uid"] == review["request"]["uid"]
+
+    if expected["decision"] == "deny":
+        assert response["allowed"] is False
+        assert response["status"]["message"] == expected["message"]
+        assert "patch" not in response
+        return
+    assert response["allowed"] is True
+    if expected["decision"] == "skip":
+        assert "patch" not in response and "patchType" not in response
+        return
+
+    ops = decode_patch(response)
+    assert ops == expected["patch"]
+    assert response.get("warnings", []) == expected["warnings"]
+    patched = jsonpatch.apply_patch(pod, ops)
+    validate_pod(patched)
+    # Only additions: everything the pod had is still there, unchanged.
+    for key in ("containers", "initContainers", "volumes"):
+        for item in pod["spec"].get(key) or []:
+            assert item in patched["spec"][key], f"{key} lost or changed {item.get('name')}"
+
+    # reinvocationPolicy: IfNeeded sends the patched pod again: nothing more to do.
+    status, again = webhook.post(review_of(patched))
+    assert status == 200
+    assert again["response"]["allowed"] is True
+    assert "patch" not in again["response"]
+
+
+def test_native_sidecar_of_another_webhook_keeps_restart_policy(webhook):
+    pod = json.loads((FIXTURES / "init-existing-init-containers" / "pod.json").read_text())
+    status, answer = webhook.post(review_of(pod))
+    patched = jsonpatch.apply_patch(pod, decode_patch(answer["response"]))
+    names = [c["name"] for c in patched["spec"]["initContainers"]]
+    assert names == ["aws-ip-mgmt", "istio-proxy", "sysctl-setup"]
+    assert patched["spec"]["initContainers"][1]["restartPolicy"] == "Always"
+
+
+def test_missing_networks_annotation_warns(webhook):
+    pod = json.loads((FIXTURES / "no-networks-annotation" / "pod.json").read_text())
+    _, answer = webhook.post(review_of(pod))
+    assert answer["response"]["allowed"] is True
+    assert any("k8s.v1.cni.cncf.io/networks" in w for w in answer["response"]["warnings"])
+
+
+def test_other_operations_pass_untouched(webhook):
+    pod = json.loads((FIXTURES / "sidecar-native" / "pod.json").read_text())
+    for op in ("UPDATE", "DELETE", "CONNECT"):
+        status, answer = webhook.post(review_of(pod, operation=op))
+        assert status == 200
+        assert answer["response"]["allowed"] is True and "patch" not in answer["response"], op
+
+
+BAD_BODIES = [
+    b"",
+    b"{",
+    b"null",
+    b"[]",
+    b'"AdmissionReview"',
+    b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}',
+    b'{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{}}',
+    b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":7}}',
+    b"\xff\xfe\x00garbage",
+    b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":' + b"[" * 100000,
+]
+
+
+@pytest.mark.parametrize("body", BAD_BODIES, ids=range(len(BAD_BODIES)))
+def test_unreadable_review_gets_400_and_the_server_stays_up(webhook, body):
+    status, text = webhook.post(body)
+    assert status == 400, text
+    assert "AdmissionReview" in text or "request body" in text, text
+    pod = json.loads((FIXTURES / "sidecar-native" / "pod.json").read_text())
+    status, answer = webhook.post(review_of(pod))
+    assert status == 200 and "patch" in answer["response"]
+
+
+def test_truncated_reviews_never_break_the_server(webhook):
+    body = json.dumps(review_of(json.loads((FIXTURES / "sidecar-native" / "pod.json").read_text()))).encode()
+    conn = webhook.connect()
+    for cut in range(0, len(body), 97):
+        status, _ = webhook.post(body[:cut], conn=conn)
+        assert status == 400, cut
+    conn.close()
+    assert webhook.proc.poll() is None
+
+
+def test_body_over_the_limit_is_refused(webhook):
+    status, _ = webhook.post(b"{" + b" " * (4 * 1024 * 1024) + b"}")
+    assert status == 413
+    assert webhook.proc.poll() is None
+
+
+def test_only_post_mutate_is_served(webhook):
+    conn = webhook.connect()
+    conn.request("GET", "/mutate")
+    assert conn.getresponse().status == 405
+    conn.close()
+    status, _ = webhook.post(b"{}", path="/validate")
+    assert status == 404
+
+
+def test_slow_headers_are_cut_off(webhook):
+    ctx = webhook.context()
+    with socket.create_connection(("127.0.0.1", webhook.port), timeout=10) as sock:
+        with ctx.wrap_socket(sock, server_hostname="localhost") as tls:
+            tls.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\n")
+            started = time.monotonic()
+            data = tls.recv(1024)
+            # Closed (or answered 408) by the server, well before our own 10 s timeout.
+            assert time.monotonic() - started < 8
+            assert data == b"" or b"408" in data
+
+
+def test_only_tls_1_2_and_1_3(webhook):
+    for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        try:
+            ctx.minimum_version = version
+            ctx.maximum_version = version
+            ctx.set_ciphers("ALL:@SECLEVEL=0")
+        except (ValueError, ssl.SSLError):
+            continue  # this OpenSSL cannot even offer it
+        with socket.create_connection(("127.0.0.1", webhook.port), timeout=5) as sock:
+            with pytest.raises((ssl.SSLError, ConnectionResetError)):
+                ctx.wrap_socket(sock, server_hostname="localhost")
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = webhook.context()
+        ctx.minimum_version = version
+        ctx.maximum_version = version
+        with socket.create_connection(("127.0.0.1", webhook.port), timeout=5) as sock:
+            with ctx.wrap_socket(sock, server_hostname="localhost") as tls:
+                assert tls.version() == {ssl.TLSVersion.TLSv1_2: "TLSv1.2", ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
+
+
+def test_http2_as_the_apiserver_speaks_it(webhook, tmp_path):
+    ca_file = tmp_path / "ca.pem"
+    webhook.ca.cert_pem.write_to_path(str(ca_file))
+    body = tmp_path / "review.json"
+    pod = json.loads((FIXTURES / "sidecar-native" / "pod.json").read_text())
+    body.write_text(json.dumps(review_of(pod, uid="h2-uid")))
+    out = subprocess.run(
+        ["curl", "-sS", "--http2", "--cacert", str(ca_file), "-w", "\n%{http_version} %{http_code}",
+         "-H", "Content-Type: application/json", "--data-binary", "@" + str(body),
+         f"https://localhost:{webhook.port}/mutate", "--resolve", f"localhost:{webhook.port}:127.0.0.1"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+    payload, trailer = out.rsplit("\n", 1)
+    assert trailer == "2 200", out
+    assert json.loads(payload)["response"]["uid"] == "h2-uid"
+
+
+def test_health_readiness_and_metrics(webhook):
+    assert webhook.admin_get("/healthz") == (200, "ok\n")
+    assert webhook.admin_get("/readyz") == (200, "ready\n")
+    before = webhook.admin_get("/metrics")[1]
+    pod = json.loads((FIXTURES / "invalid-mode" / "pod.json").read_text())
+    webhook.post(review_of(pod))
+    status, text = webhook.admin_get("/metrics")
+    assert status == 200
+
+    def value(metrics, name):
+        for line in metrics.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        raise AssertionError(f"{name} not in metrics:\n{metrics}")
+
+    denied = 'ipmgmt_webhook_reviews_total{outcome="denied"}'
+    assert value(text, denied) == value(before, denied) + 1
+    assert value(text, "ipmgmt_webhook_review_duration_seconds_count") > value(before, "ipmgmt_webhook_review_duration_seconds_count")
+    assert value(text, "ipmgmt_webhook_tls_certificate_expiry_timestamp_seconds") > time.time()
+
+
+def test_logs_have_one_span_per_review_and_no_objects(webhook):
+    pod = json.loads((FIXTURES / "role-arn-annotation" / "pod.json").read_text())
+    webhook.post(review_of(pod, uid="span-uid-1"))
+    entry = webhook.wait_for_log(lambda e: e.get("span", {}).get("uid") == "span-uid-1")
+    assert entry["span"]["namespace"] == "core5g"
+    assert entry["span"]["pod"] == "upf-6d9f7c8b5d-*"
+    assert entry["mode"] == "sidecar"
+    text = json.dumps(webhook.logs)
+    assert "role/upf-ipmgmt" not in text and "registry.example.com" not in text
+
+
+def test_certificate_rotation_under_load(tmp_path):
+    new_ca = trustme.CA()
+    hook = Webhook(tmp_path, cas=[new_ca], reload_seconds=1)
+    try:
+        pod = json.loads((FIXTURES / "sidecar-native" / "pod.json").read_text())
+        old_cert = hook.served_certificate()
+        failures, done, stop = [], [0], threading.Event()
+
+        def client(keep_alive):
+            conn = hook.connect() if keep_alive else None
+            while not stop.is_set():
+                try:
+                    status, answer = hook.post(review_of(pod), conn=conn)
+                    if status != 200 or "patch" not in answer["response"]:
+                        failures.append((status, answer))
+                    done[0] += 1
+                except Exception as e:  # any failure counts
+                    failures.append(repr(e))
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in (True, True, False, False)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        hook.secret.publish(*issue(new_ca))
+        deadline = time.monotonic() + 10
+        while hook.served_certificate() == old_cert:
+            assert time.monotonic() < deadline, "renewed certificate never served"
+            time.sleep(0.1)
+        new_cert = hook.served_certificate()
+
+        # A renewal caught half-written: the last good pair keeps serving.
+        crt, key = issue(trustme.CA())
+        hook.secret.publish(crt[: len(crt) // 2], key)
+        hook.wait_for_log(lambda e: "last good" in e.get("message", ""))
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert failures == []
+        assert done[0] > 50
+        assert hook.served_certificate() == new_cert
+        assert hook.proc.poll() is None
+    finally:
+        hook.stop()
+
+
+def test_sigterm_unready_then_drain_then_exit(tmp_path):
+    hook = Webhook(tmp_path, extra_args=["--shutdown-delay-seconds", "2", "--drain-timeout-seconds", "5"])
+    try:
+        pod = json.loads((FIXTURES / "sidecar-native" / "pod.json").read_text())
+        conn = hook.connect()
+        assert hook.post(review_of(pod), conn=conn)[0] == 200
+        hook.terminate(signal.SIGTERM)
+        hook.wait_for_log(lambda e: "shutting down" in e.get("message", ""))
+        # Unready at once, but still answering during the delay, on old and new connections.
+        assert hook.admin_get("/readyz")[0] == 503
+        assert hook.post(review_of(pod), conn=conn)[0] == 200
+        assert hook.post(review_of(pod))[0] == 200
+        assert hook.proc.wait(timeout=15) == 0
+        hook.wait_for_log(lambda e: e.get("message") == "drained")
+    finally:
+        hook.stop()
+
+
+def test_start_fails_clearly_on_bad_certificate(tmp_path):
+    (tmp_path / "tls.crt").write_text("not a certificate")
+    (tmp_path / "tls.key").write_text("not a key")
+    from webhook_harness import WEBHOOK_BIN
+
+    out = subprocess.run(
+        [str(WEBHOOK_BIN), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+         "--tls-cert", str(tmp_path / "tls.crt"), "--tls-key", str(tmp_path / "tls.key"), "--image", "x"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode != 0
+    assert "tls.crt" in out.stderr and "no PEM certificate" in out.stderr, out.stderr
