@@ -4,7 +4,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "ipmgr", version, about = "Assigns a pod's secondary-interface addresses to the node's ENIs")]
+#[command(
+    name = "ipmgr",
+    version,
+    about = "Assigns a pod's secondary-interface addresses to the node's ENIs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

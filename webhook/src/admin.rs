@@ -47,7 +47,11 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("ipmgmt_webhook");
         let reviews = Family::<OutcomeLabel, Counter>::default();
-        registry.register("reviews", "Admission reviews answered, by outcome", reviews.clone());
+        registry.register(
+            "reviews",
+            "Admission reviews answered, by outcome",
+            reviews.clone(),
+        );
         let latency = Histogram::new([
             0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
         ]);
@@ -63,18 +67,32 @@ impl Default for Metrics {
             cert_expiry.clone(),
         );
         let reloads = Family::<ResultLabel, Counter>::default();
-        registry.register("tls_reloads", "Serving certificate changes seen on disk, by result", reloads.clone());
+        registry.register(
+            "tls_reloads",
+            "Serving certificate changes seen on disk, by result",
+            reloads.clone(),
+        );
         // Every outcome shows from the start, so rate() works before the first of each.
         for outcome in ["injected", "skipped", "denied", "error"] {
             let _ = reviews.get_or_create(&OutcomeLabel { outcome });
         }
-        Metrics { registry, reviews, latency, cert_expiry, reloads }
+        Metrics {
+            registry,
+            reviews,
+            latency,
+            cert_expiry,
+            reloads,
+        }
     }
 }
 
 impl Metrics {
     pub fn review(&self, outcome: Outcome, took: Duration) {
-        self.reviews.get_or_create(&OutcomeLabel { outcome: outcome.label() }).inc();
+        self.reviews
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            })
+            .inc();
         self.latency.observe(took.as_secs_f64());
     }
 
@@ -94,7 +112,8 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }
@@ -140,7 +159,10 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }
@@ -157,10 +179,25 @@ mod tests {
         m.review(Outcome::Denied, Duration::from_micros(30));
         m.cert_expiry(1_900_000_000);
         let text = m.encode();
-        assert!(text.contains("ipmgmt_webhook_reviews_total{outcome=\"injected\"} 1"), "{text}");
-        assert!(text.contains("ipmgmt_webhook_reviews_total{outcome=\"denied\"} 1"), "{text}");
-        assert!(text.contains("ipmgmt_webhook_reviews_total{outcome=\"error\"} 0"), "{text}");
-        assert!(text.contains("ipmgmt_webhook_review_duration_seconds_count 2"), "{text}");
-        assert!(text.contains("ipmgmt_webhook_tls_certificate_expiry_timestamp_seconds 1900000000"), "{text}");
+        assert!(
+            text.contains("ipmgmt_webhook_reviews_total{outcome=\"injected\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ipmgmt_webhook_reviews_total{outcome=\"denied\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ipmgmt_webhook_reviews_total{outcome=\"error\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ipmgmt_webhook_review_duration_seconds_count 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ipmgmt_webhook_tls_certificate_expiry_timestamp_seconds 1900000000"),
+            "{text}"
+        );
     }
 }

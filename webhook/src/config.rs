@@ -26,7 +26,12 @@ pub struct Args {
     pub admin_listen: SocketAddr,
 
     /// PEM certificate chain to serve; re-read while running (cert-manager renewals).
-    #[arg(long, env = "IPMGMT_TLS_CERT", requires = "tls_key", required_unless_present = "self_signed")]
+    #[arg(
+        long,
+        env = "IPMGMT_TLS_CERT",
+        requires = "tls_key",
+        required_unless_present = "self_signed"
+    )]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key matching --tls-cert.
@@ -38,7 +43,12 @@ pub struct Args {
     pub self_signed: bool,
 
     /// DNS names and IP addresses on the self-signed certificate.
-    #[arg(long, env = "IPMGMT_SELF_SIGNED_NAMES", value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+    #[arg(
+        long,
+        env = "IPMGMT_SELF_SIGNED_NAMES",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1,::1"
+    )]
     pub self_signed_names: Vec<String>,
 
     /// How often to re-read --tls-cert and --tls-key (SIGHUP re-reads at once).
@@ -92,7 +102,11 @@ pub struct InjectArgs {
     pub container_name: String,
 
     /// Path of the ipmgr binary inside the image.
-    #[arg(long, env = "IPMGMT_IPMGR_PATH", default_value = "/usr/local/bin/ipmgr")]
+    #[arg(
+        long,
+        env = "IPMGMT_IPMGR_PATH",
+        default_value = "/usr/local/bin/ipmgr"
+    )]
     pub ipmgr_path: String,
 
     /// Inject sidecar mode as a regular container gated by a postStart hook, for
@@ -122,7 +136,11 @@ pub struct InjectArgs {
     pub role_arn: Option<String>,
 
     /// Audience of the projected IRSA token.
-    #[arg(long, env = "IPMGMT_TOKEN_AUDIENCE", default_value = "sts.amazonaws.com")]
+    #[arg(
+        long,
+        env = "IPMGMT_TOKEN_AUDIENCE",
+        default_value = "sts.amazonaws.com"
+    )]
     pub token_audience: String,
 
     /// Lifetime of the projected IRSA token (kubelet refreshes it).
@@ -159,7 +177,12 @@ pub struct InjectArgs {
 
     /// Extra NAME=VALUE environment for the IP manager (repeatable), e.g.
     /// IPMGR_LOG_FORMAT=json.
-    #[arg(long = "ipmgr-env", env = "IPMGMT_IPMGR_ENV", value_delimiter = ',', value_name = "NAME=VALUE")]
+    #[arg(
+        long = "ipmgr-env",
+        env = "IPMGMT_IPMGR_ENV",
+        value_delimiter = ',',
+        value_name = "NAME=VALUE"
+    )]
     pub ipmgr_env: Vec<String>,
 }
 
@@ -171,7 +194,10 @@ pub struct ConfigError {
 }
 
 fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { flag, reason: reason.into() }
+    ConfigError {
+        flag,
+        reason: reason.into(),
+    }
 }
 
 impl Args {
@@ -189,15 +215,25 @@ impl InjectArgs {
         if !is_dns_label(&self.container_name) {
             return Err(invalid(
                 "--container-name",
-                format!("{:?} is not a DNS label (lower case, digits, '-', at most 63)", self.container_name),
+                format!(
+                    "{:?} is not a DNS label (lower case, digits, '-', at most 63)",
+                    self.container_name
+                ),
             ));
         }
         if !self.ipmgr_path.starts_with('/') {
             return Err(invalid("--ipmgr-path", "must be an absolute path"));
         }
         if let Some(region) = &self.region {
-            if region.is_empty() || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-                return Err(invalid("--region", format!("{region:?} is not an AWS Region name")));
+            if region.is_empty()
+                || !region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(invalid(
+                    "--region",
+                    format!("{region:?} is not an AWS Region name"),
+                ));
             }
         }
         if let Some(arn) = &self.role_arn {
@@ -217,16 +253,25 @@ impl InjectArgs {
             ("--memory-limit", resources.memory_limit.as_ref()),
         ] {
             if let Some(q) = value.filter(|q| !is_quantity(q)) {
-                return Err(invalid(flag, format!("{q:?} is not a Kubernetes quantity such as 10m, 64Mi or 0.5")));
+                return Err(invalid(
+                    flag,
+                    format!("{q:?} is not a Kubernetes quantity such as 10m, 64Mi or 0.5"),
+                ));
             }
         }
         let mut ipmgr_env = BTreeMap::new();
         for pair in &self.ipmgr_env {
             let Some((name, value)) = pair.split_once('=') else {
-                return Err(invalid("--ipmgr-env", format!("{pair:?} is not NAME=VALUE")));
+                return Err(invalid(
+                    "--ipmgr-env",
+                    format!("{pair:?} is not NAME=VALUE"),
+                ));
             };
             if !is_env_name(name) {
-                return Err(invalid("--ipmgr-env", format!("{name:?} is not a variable name")));
+                return Err(invalid(
+                    "--ipmgr-env",
+                    format!("{name:?} is not a variable name"),
+                ));
             }
             ipmgr_env.insert(name.to_owned(), value.to_owned());
         }
@@ -255,21 +300,26 @@ fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
 
 fn is_env_name(s: &str) -> bool {
     let mut bytes = s.bytes();
-    bytes.next().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+    bytes
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
         && bytes.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
 /// Kubernetes' quantity syntax: a decimal number with an optional binary or decimal
 /// SI suffix, or an exponent.
 fn is_quantity(s: &str) -> bool {
-    let digits_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let digits_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (number, suffix) = s.split_at(digits_end);
     let number_ok = number.bytes().any(|b| b.is_ascii_digit()) && number.matches('.').count() <= 1;
     let suffix_ok = matches!(
@@ -302,9 +352,19 @@ mod tests {
     #[test]
     fn tls_source_is_files_or_self_signed() {
         assert!(Args::try_parse_from(["ipmgmt-webhook", "--image", "x"]).is_err());
-        assert!(Args::try_parse_from(["ipmgmt-webhook", "--image", "x", "--tls-cert", "c"]).is_err());
+        assert!(
+            Args::try_parse_from(["ipmgmt-webhook", "--image", "x", "--tls-cert", "c"]).is_err()
+        );
         assert!(parse(&["--tls-cert", "c", "--tls-key", "k"]).is_err());
-        let files = Args::try_parse_from(["ipmgmt-webhook", "--image", "x", "--tls-cert", "c", "--tls-key", "k"]);
+        let files = Args::try_parse_from([
+            "ipmgmt-webhook",
+            "--image",
+            "x",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+        ]);
         assert!(files.is_ok());
     }
 
@@ -324,7 +384,11 @@ mod tests {
 
     #[test]
     fn empty_limit_means_none() {
-        let cfg = parse(&["--cpu-limit", ""]).unwrap().inject.to_config().unwrap();
+        let cfg = parse(&["--cpu-limit", ""])
+            .unwrap()
+            .inject
+            .to_config()
+            .unwrap();
         assert_eq!(cfg.resources.cpu_limit, None);
     }
 

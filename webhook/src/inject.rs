@@ -1,14 +1,13 @@
 //! The mutation itself: a pod and the injector's configuration in, a decision out.
 //! Pure: no I/O, no clock, so the same pod always gets the same answer.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use json_patch::Patch;
-use kube_core::DynamicObject;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::patch::{PatchBuilder, Position};
+use crate::patch::{Json, Patch, Position};
 
 pub const MODE_ANNOTATION: &str = "ipmgmt.aws/mode";
 pub const ROLE_ARN_ANNOTATION: &str = "ipmgmt.aws/role-arn";
@@ -25,6 +24,52 @@ pub const IRSA_TOKEN_PATH: &str = "token";
 /// Where the sidecar marks itself ready for `ipmgr ready` (the startup probe).
 pub const READY_DIR: &str = "/run/ipmgmt";
 pub const READY_FILE: &str = "/run/ipmgmt/ready";
+
+/// The parts of a pod the decision reads, borrowed from the request body. Everything
+/// else in the pod is skipped, not parsed: the patch only adds, so it never needs it.
+#[derive(Debug, Default, Deserialize)]
+pub struct Pod<'a> {
+    #[serde(borrow, default)]
+    pub metadata: Meta<'a>,
+    #[serde(borrow, default)]
+    pub spec: Option<Spec<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Meta<'a> {
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub generate_name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub annotations: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Spec<'a> {
+    #[serde(borrow, default)]
+    pub containers: Option<Vec<Named<'a>>>,
+    #[serde(borrow, default)]
+    pub init_containers: Option<Vec<Named<'a>>>,
+    #[serde(borrow, default)]
+    pub volumes: Option<Vec<Named<'a>>>,
+    #[serde(default)]
+    pub host_network: Option<bool>,
+}
+
+/// A container or volume: only its name matters here.
+#[derive(Debug, Deserialize)]
+pub struct Named<'a> {
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+}
+
+fn has_name(list: &Option<Vec<Named<'_>>>, name: &str) -> bool {
+    list.as_ref()
+        .is_some_and(|l| l.iter().any(|n| n.name.as_deref() == Some(name)))
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -141,109 +186,182 @@ pub enum Skip {
 #[derive(Debug)]
 pub enum Decision {
     Skip(Skip),
-    Inject { mode: Mode, patch: Patch, warnings: Vec<String> },
+    Inject {
+        mode: Mode,
+        patch: Patch,
+        warnings: Vec<String>,
+    },
     Deny(String),
 }
 
-pub fn decide(pod: &DynamicObject, cfg: &Config) -> Decision {
-    let annotations = pod.metadata.annotations.as_ref();
-    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
-    let Some(requested) = annotation(MODE_ANNOTATION) else {
-        return Decision::Skip(Skip::NotRequested);
-    };
-    let spec = &pod.data["spec"];
-    if !spec.is_object() {
-        return Decision::Deny("the pod has no spec to inject the IP manager into".into());
-    }
-    if has_container(spec, &cfg.container_name) {
-        return Decision::Skip(Skip::AlreadyInjected);
-    }
-    let mode = match Mode::parse(requested) {
-        Ok(mode) => mode,
-        Err(message) => return Decision::Deny(message),
-    };
-    if spec["hostNetwork"] == Value::Bool(true) {
-        return Decision::Deny(format!(
-            "annotation {MODE_ANNOTATION} is set on a hostNetwork pod; Multus gives secondary \
-             interfaces only to pods with their own network namespace: remove the annotation \
-             or hostNetwork"
-        ));
-    }
-    let role_arn = match annotation(ROLE_ARN_ANNOTATION) {
-        Some(arn) => match check_role_arn(arn) {
-            Ok(()) => Some(arn),
-            Err(why) => return Decision::Deny(format!("annotation {ROLE_ARN_ANNOTATION}: {why}")),
-        },
-        None => cfg.role_arn.as_deref(),
-    };
-    let allow_reassignment = match annotation(ALLOW_REASSIGNMENT_ANNOTATION) {
-        None | Some("true") => true,
-        Some("false") => false,
-        Some(other) => {
-            return Decision::Deny(format!(
-                "annotation {ALLOW_REASSIGNMENT_ANNOTATION} has value {other:?}; allowed values are \"true\" and \"false\""
-            ));
-        }
-    };
-
-    let volumes = spec["volumes"].as_array();
-    let has_volume = |name: &str| volumes.is_some_and(|v| v.iter().any(|vol| vol["name"] == name));
-    let mut new_volumes = Vec::new();
-    if role_arn.is_some() && !has_volume(IRSA_VOLUME) {
-        new_volumes.push(irsa_volume(cfg));
-    }
-    let ready_volume = format!("{}-run", cfg.container_name);
-    if mode == Mode::Sidecar && !has_volume(&ready_volume) {
-        new_volumes.push(json!({
-            "name": ready_volume,
-            "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"},
-        }));
-    }
-
-    let container = container(cfg, mode, role_arn, allow_reassignment, &ready_volume);
-    let mut patch = PatchBuilder::new();
-    let annotations_exist = annotations.is_some();
-    if mode == Mode::Sidecar && cfg.classic_sidecar {
-        // First, so that kubelet runs its postStart gate before starting the app.
-        // `kubectl logs` would then default to the manager: keep it on the app.
-        let first_app = spec["containers"].get(0).and_then(|c| c["name"].as_str());
-        if let (Some(app), None) = (first_app, annotation(DEFAULT_CONTAINER_ANNOTATION)) {
-            patch.add_to_map(&["metadata", "annotations"], annotations_exist, DEFAULT_CONTAINER_ANNOTATION, json!(app));
-        }
-        patch.add_to_array(&["spec", "containers"], spec["containers"].is_array(), Position::First, vec![container]);
-    } else {
-        // First among init containers: later ones may need the routable addresses.
-        patch.add_to_array(
-            &["spec", "initContainers"],
-            spec["initContainers"].is_array(),
-            Position::First,
-            vec![container],
-        );
-    }
-    patch.add_to_array(&["spec", "volumes"], volumes.is_some(), Position::Last, new_volumes);
-    patch.add_to_map(
-        &["metadata", "annotations"],
-        annotations_exist,
-        INJECTED_ANNOTATION,
-        json!(injected_marker(cfg, mode)),
-    );
-
-    let mut warnings = Vec::new();
-    if annotation(NETWORKS_ANNOTATION).is_none() {
-        warnings.push(format!(
-            "{MODE_ANNOTATION} is set but {NETWORKS_ANNOTATION} is not: the IP manager will find no \
-             secondary interface unless Multus attaches one by default"
-        ));
-    }
-    Decision::Inject { mode, patch: patch.finish(), warnings }
+/// The configuration with what every patch shares rendered once: the container for
+/// each mode (with the configured role), and the volumes.
+#[derive(Debug)]
+pub struct Injector {
+    cfg: Config,
+    init: Json,
+    sidecar: Json,
+    irsa_volume: Json,
+    ready_volume_name: String,
+    ready_volume: Json,
 }
 
-fn has_container(spec: &Value, name: &str) -> bool {
-    ["containers", "initContainers"].iter().any(|list| {
-        spec[list]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["name"] == name))
-    })
+impl Injector {
+    pub fn new(cfg: Config) -> Self {
+        let ready_volume_name = format!("{}-run", cfg.container_name);
+        let role = cfg.role_arn.as_deref();
+        Injector {
+            init: Json::of(&container(&cfg, Mode::Init, role, true, &ready_volume_name)),
+            sidecar: Json::of(&container(
+                &cfg,
+                Mode::Sidecar,
+                role,
+                true,
+                &ready_volume_name,
+            )),
+            irsa_volume: Json::of(&irsa_volume(&cfg)),
+            ready_volume: Json::of(&json!({
+                "name": ready_volume_name,
+                "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"},
+            })),
+            ready_volume_name,
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn decide(&self, pod: &Pod<'_>) -> Decision {
+        let cfg = &self.cfg;
+        let annotations = pod.metadata.annotations.as_ref();
+        let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(|v| v.as_ref());
+        let Some(requested) = annotation(MODE_ANNOTATION) else {
+            return Decision::Skip(Skip::NotRequested);
+        };
+        let Some(spec) = &pod.spec else {
+            return Decision::Deny("the pod has no spec to inject the IP manager into".into());
+        };
+        if has_name(&spec.containers, &cfg.container_name)
+            || has_name(&spec.init_containers, &cfg.container_name)
+        {
+            return Decision::Skip(Skip::AlreadyInjected);
+        }
+        let mode = match Mode::parse(requested) {
+            Ok(mode) => mode,
+            Err(message) => return Decision::Deny(message),
+        };
+        if spec.host_network == Some(true) {
+            return Decision::Deny(format!(
+                "annotation {MODE_ANNOTATION} is set on a hostNetwork pod; Multus gives secondary \
+                 interfaces only to pods with their own network namespace: remove the annotation \
+                 or hostNetwork"
+            ));
+        }
+        let pod_role = match annotation(ROLE_ARN_ANNOTATION) {
+            Some(arn) => match check_role_arn(arn) {
+                Ok(()) => Some(arn),
+                Err(why) => {
+                    return Decision::Deny(format!("annotation {ROLE_ARN_ANNOTATION}: {why}"));
+                }
+            },
+            None => None,
+        };
+        let allow_reassignment = match annotation(ALLOW_REASSIGNMENT_ANNOTATION) {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Decision::Deny(format!(
+                    "annotation {ALLOW_REASSIGNMENT_ANNOTATION} has value {other:?}; allowed values are \"true\" and \"false\""
+                ));
+            }
+        };
+        let role = pod_role.or(cfg.role_arn.as_deref());
+
+        let mut new_volumes = Vec::new();
+        if role.is_some() && !has_name(&spec.volumes, IRSA_VOLUME) {
+            new_volumes.push(&self.irsa_volume);
+        }
+        if mode == Mode::Sidecar && !has_name(&spec.volumes, &self.ready_volume_name) {
+            new_volumes.push(&self.ready_volume);
+        }
+        // The pre-rendered container serves every pod that does not override its settings.
+        let custom;
+        let container = match (mode, pod_role.is_some() || !allow_reassignment) {
+            (Mode::Init, false) => &self.init,
+            (Mode::Sidecar, false) => &self.sidecar,
+            (_, true) => {
+                custom = Json::of(&container(
+                    cfg,
+                    mode,
+                    role,
+                    allow_reassignment,
+                    &self.ready_volume_name,
+                ));
+                &custom
+            }
+        };
+
+        let mut patch = Patch::new();
+        let annotations_exist = annotations.is_some();
+        if mode == Mode::Sidecar && cfg.classic_sidecar {
+            // First, so that kubelet runs its postStart gate before starting the app.
+            // `kubectl logs` would then default to the manager: keep it on the app.
+            let first_app = spec
+                .containers
+                .as_ref()
+                .and_then(|c| c.first())
+                .and_then(|c| c.name.as_deref());
+            if let (Some(app), None) = (first_app, annotation(DEFAULT_CONTAINER_ANNOTATION)) {
+                patch.add_to_map(
+                    &["metadata", "annotations"],
+                    annotations_exist,
+                    DEFAULT_CONTAINER_ANNOTATION,
+                    app,
+                );
+            }
+            patch.add_to_array(
+                &["spec", "containers"],
+                spec.containers.is_some(),
+                Position::First,
+                &[container],
+            );
+        } else {
+            // First among init containers: later ones may need the routable addresses.
+            patch.add_to_array(
+                &["spec", "initContainers"],
+                spec.init_containers.is_some(),
+                Position::First,
+                &[container],
+            );
+        }
+        patch.add_to_array(
+            &["spec", "volumes"],
+            spec.volumes.is_some(),
+            Position::Last,
+            &new_volumes,
+        );
+        patch.add_to_map(
+            &["metadata", "annotations"],
+            annotations_exist,
+            INJECTED_ANNOTATION,
+            &injected_marker(cfg, mode),
+        );
+
+        let mut warnings = Vec::new();
+        if annotation(NETWORKS_ANNOTATION).is_none() {
+            warnings.push(format!(
+                "{MODE_ANNOTATION} is set but {NETWORKS_ANNOTATION} is not: the IP manager will find no \
+                 secondary interface unless Multus attaches one by default"
+            ));
+        }
+        Decision::Inject {
+            mode,
+            patch,
+            warnings,
+        }
+    }
 }
 
 fn injected_marker(cfg: &Config, mode: Mode) -> String {
@@ -266,7 +384,13 @@ fn irsa_volume(cfg: &Config) -> Value {
     })
 }
 
-fn container(cfg: &Config, mode: Mode, role_arn: Option<&str>, allow_reassignment: bool, ready_volume: &str) -> Value {
+fn container(
+    cfg: &Config,
+    mode: Mode,
+    role_arn: Option<&str>,
+    allow_reassignment: bool,
+    ready_volume: &str,
+) -> Value {
     let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     let value = |name: &str, value: &str| json!({"name": name, "value": value});
     let mut env = vec![
@@ -281,7 +405,10 @@ fn container(cfg: &Config, mode: Mode, role_arn: Option<&str>, allow_reassignmen
         env.push(value("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint));
     }
     if let Some(endpoint_mode) = &cfg.imds_endpoint_mode {
-        env.push(value("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", endpoint_mode));
+        env.push(value(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+            endpoint_mode,
+        ));
     }
     if cfg.imds_disabled {
         env.push(value("AWS_EC2_METADATA_DISABLED", "true"));
@@ -385,27 +512,40 @@ pub fn check_role_arn(arn: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn pod(v: Value) -> DynamicObject {
-        serde_json::from_value(v).expect("test pod parses")
+    fn decide(pod: &Value, cfg: &Config) -> Decision {
+        let text = pod.to_string();
+        let view: Pod = serde_json::from_str(&text).expect("test pod parses");
+        Injector::new(cfg.clone()).decide(&view)
     }
 
-    fn annotated(mode: &str) -> DynamicObject {
-        pod(json!({
+    fn annotated(mode: &str) -> Value {
+        json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "p", "annotations": {
                 MODE_ANNOTATION: mode, NETWORKS_ANNOTATION: "ipvlan-net1"}},
             "spec": {"containers": [{"name": "app", "image": "app:1"}]},
-        }))
+        })
+    }
+
+    fn with_annotation(mut pod: Value, key: &str, value: &str) -> Value {
+        pod["metadata"]["annotations"][key] = json!(value);
+        pod
     }
 
     fn cfg() -> Config {
-        Config { image: "ipmgr:test".into(), ..Config::default() }
+        Config {
+            image: "ipmgr:test".into(),
+            ..Config::default()
+        }
     }
 
-    fn applied(p: &DynamicObject, cfg: &Config) -> Value {
-        let Decision::Inject { patch, .. } = decide(p, cfg) else { panic!("expected an injection") };
-        let mut doc = serde_json::to_value(p).unwrap();
-        json_patch::patch(&mut doc, &patch).expect("patch applies");
+    fn applied(pod: &Value, cfg: &Config) -> Value {
+        let Decision::Inject { patch, .. } = decide(pod, cfg) else {
+            panic!("expected an injection")
+        };
+        let ops: json_patch::Patch = serde_json::from_slice(&patch.to_bytes()).unwrap();
+        let mut doc = pod.clone();
+        json_patch::patch(&mut doc, &ops).expect("patch applies");
         doc
     }
 
@@ -420,13 +560,19 @@ mod tests {
             assert_eq!(Mode::parse(value), Ok(mode), "{value}");
         }
         let err = Mode::parse("Sidecar").unwrap_err();
-        assert!(err.contains("\"init\"") && err.contains("\"sidecar\"") && err.contains("\"Sidecar\""), "{err}");
+        assert!(
+            err.contains("\"init\"") && err.contains("\"sidecar\"") && err.contains("\"Sidecar\""),
+            "{err}"
+        );
     }
 
     #[test]
     fn no_annotation_is_skipped() {
-        let p = pod(json!({"metadata": {"name": "p"}, "spec": {"containers": []}}));
-        assert!(matches!(decide(&p, &cfg()), Decision::Skip(Skip::NotRequested)));
+        let p = json!({"metadata": {"name": "p"}, "spec": {"containers": []}});
+        assert!(matches!(
+            decide(&p, &cfg()),
+            Decision::Skip(Skip::NotRequested)
+        ));
     }
 
     #[test]
@@ -451,20 +597,65 @@ mod tests {
 
     #[test]
     fn classic_sidecar_goes_first_and_keeps_kubectl_on_the_app() {
-        let cfg = Config { classic_sidecar: true, ..cfg() };
+        let cfg = Config {
+            classic_sidecar: true,
+            ..cfg()
+        };
         let doc = applied(&annotated("sidecar"), &cfg);
         assert_eq!(doc["spec"]["containers"][0]["name"], "aws-ip-mgmt");
         assert_eq!(doc["spec"]["containers"][1]["name"], "app");
         assert!(doc["spec"]["containers"][0].get("restartPolicy").is_none());
-        assert_eq!(doc["spec"]["containers"][0]["lifecycle"]["postStart"]["exec"]["command"][2], "--wait");
-        assert_eq!(doc["metadata"]["annotations"][DEFAULT_CONTAINER_ANNOTATION], "app");
+        assert_eq!(
+            doc["spec"]["containers"][0]["lifecycle"]["postStart"]["exec"]["command"][2],
+            "--wait"
+        );
+        assert_eq!(
+            doc["metadata"]["annotations"][DEFAULT_CONTAINER_ANNOTATION],
+            "app"
+        );
         assert!(doc["spec"].get("initContainers").is_none());
     }
 
     #[test]
     fn reinjection_is_a_no_op() {
-        let doc = applied(&annotated("sidecar"), &cfg());
-        assert!(matches!(decide(&pod(doc), &cfg()), Decision::Skip(Skip::AlreadyInjected)));
+        for mode in ["init", "sidecar"] {
+            let doc = applied(&annotated(mode), &cfg());
+            assert!(
+                matches!(decide(&doc, &cfg()), Decision::Skip(Skip::AlreadyInjected)),
+                "{mode}"
+            );
+        }
+        let classic = Config {
+            classic_sidecar: true,
+            ..cfg()
+        };
+        let doc = applied(&annotated("sidecar"), &classic);
+        assert!(matches!(
+            decide(&doc, &classic),
+            Decision::Skip(Skip::AlreadyInjected)
+        ));
+    }
+
+    #[test]
+    fn pre_rendered_and_custom_containers_agree() {
+        // A pod-level role equal to the configured one takes the custom path; the
+        // container must come out the same as the pre-rendered one.
+        let arn = "arn:aws:iam::111122223333:role/ipmgmt";
+        let cfg = Config {
+            role_arn: Some(arn.into()),
+            ..cfg()
+        };
+        for mode in ["init", "sidecar"] {
+            let pre = applied(&annotated(mode), &cfg);
+            let custom = applied(
+                &with_annotation(annotated(mode), ROLE_ARN_ANNOTATION, arn),
+                &cfg,
+            );
+            assert_eq!(
+                pre["spec"]["initContainers"][0], custom["spec"]["initContainers"][0],
+                "{mode}"
+            );
+        }
     }
 
     #[test]
@@ -482,27 +673,41 @@ mod tests {
     fn no_role_means_nothing_iam_related() {
         let doc = applied(&annotated("init"), &cfg());
         let text = doc.to_string();
-        assert!(!text.contains("AWS_ROLE_ARN") && !text.contains(IRSA_VOLUME), "{text}");
+        assert!(
+            !text.contains("AWS_ROLE_ARN") && !text.contains(IRSA_VOLUME),
+            "{text}"
+        );
     }
 
     #[test]
     fn role_annotation_overrides_configured_role() {
-        let mut p = annotated("init");
-        p.metadata.annotations.as_mut().unwrap().insert(
-            ROLE_ARN_ANNOTATION.into(),
-            "arn:aws:iam::111122223333:role/pod-role".into(),
+        let p = with_annotation(
+            annotated("init"),
+            ROLE_ARN_ANNOTATION,
+            "arn:aws:iam::111122223333:role/pod-role",
         );
-        let cfg = Config { role_arn: Some("arn:aws:iam::111122223333:role/global".into()), ..cfg() };
+        let cfg = Config {
+            role_arn: Some("arn:aws:iam::111122223333:role/global".into()),
+            ..cfg()
+        };
         let doc = applied(&p, &cfg);
         let env = &doc["spec"]["initContainers"][0]["env"];
-        let arn = env.as_array().unwrap().iter().find(|e| e["name"] == "AWS_ROLE_ARN").unwrap();
+        let arn = env
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "AWS_ROLE_ARN")
+            .unwrap();
         assert_eq!(arn["value"], "arn:aws:iam::111122223333:role/pod-role");
         assert_eq!(doc["spec"]["volumes"][0]["name"], IRSA_VOLUME);
     }
 
     #[test]
     fn role_arns() {
-        for ok in ["arn:aws:iam::111122223333:role/r", "arn:aws-cn:iam::111122223333:role/path/r"] {
+        for ok in [
+            "arn:aws:iam::111122223333:role/r",
+            "arn:aws-cn:iam::111122223333:role/path/r",
+        ] {
             assert_eq!(check_role_arn(ok), Ok(()), "{ok}");
         }
         for bad in [
@@ -518,33 +723,63 @@ mod tests {
 
     #[test]
     fn bad_reassignment_value_is_denied() {
-        let mut p = annotated("init");
-        p.metadata.annotations.as_mut().unwrap().insert(ALLOW_REASSIGNMENT_ANNOTATION.into(), "no".into());
-        let Decision::Deny(message) = decide(&p, &cfg()) else { panic!("expected a denial") };
+        let p = with_annotation(annotated("init"), ALLOW_REASSIGNMENT_ANNOTATION, "no");
+        let Decision::Deny(message) = decide(&p, &cfg()) else {
+            panic!("expected a denial")
+        };
         assert!(message.contains(ALLOW_REASSIGNMENT_ANNOTATION), "{message}");
     }
 
     #[test]
     fn reassignment_off_reaches_ipmgr() {
-        let mut p = annotated("init");
-        p.metadata.annotations.as_mut().unwrap().insert(ALLOW_REASSIGNMENT_ANNOTATION.into(), "false".into());
+        let p = with_annotation(annotated("init"), ALLOW_REASSIGNMENT_ANNOTATION, "false");
         let doc = applied(&p, &cfg());
-        assert!(doc["spec"]["initContainers"][0]["env"].to_string().contains("IPMGR_ALLOW_REASSIGNMENT"));
+        assert!(
+            doc["spec"]["initContainers"][0]["env"]
+                .to_string()
+                .contains("IPMGR_ALLOW_REASSIGNMENT")
+        );
     }
 
     #[test]
     fn host_network_is_denied() {
         let mut p = annotated("init");
-        p.data["spec"]["hostNetwork"] = json!(true);
+        p["spec"]["hostNetwork"] = json!(true);
         assert!(matches!(decide(&p, &cfg()), Decision::Deny(m) if m.contains("hostNetwork")));
+    }
+
+    #[test]
+    fn pod_without_spec_is_denied_not_patched() {
+        let mut p = annotated("init");
+        p.as_object_mut().unwrap().remove("spec");
+        assert!(matches!(decide(&p, &cfg()), Decision::Deny(m) if m.contains("no spec")));
     }
 
     #[test]
     fn missing_networks_annotation_warns_but_injects() {
         let mut p = annotated("init");
-        p.metadata.annotations.as_mut().unwrap().remove(NETWORKS_ANNOTATION);
-        let Decision::Inject { warnings, .. } = decide(&p, &cfg()) else { panic!("expected an injection") };
+        p["metadata"]["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .remove(NETWORKS_ANNOTATION);
+        let Decision::Inject { warnings, .. } = decide(&p, &cfg()) else {
+            panic!("expected an injection")
+        };
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].contains(NETWORKS_ANNOTATION));
+    }
+
+    #[test]
+    fn escaped_annotation_values_are_read() {
+        // serde borrows plain strings and allocates escaped ones: both must match.
+        let text = r#"{"metadata":{"annotations":{"ipmgmt.aws\/mode":"sid\u0065car"}},"spec":{"containers":[]}}"#;
+        let pod: Pod = serde_json::from_str(text).unwrap();
+        assert!(matches!(
+            Injector::new(cfg()).decide(&pod),
+            Decision::Inject {
+                mode: Mode::Sidecar,
+                ..
+            }
+        ));
     }
 }

@@ -22,15 +22,23 @@ use tracing::{error, info, warn};
 
 use crate::admin::{AdminState, Health, Metrics};
 use crate::config::{Args, LogFormat};
+use crate::inject::Injector;
 use crate::server::{App, Limits};
 use crate::tls::{CertStore, Reload};
 
 pub fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("--log-level {filter:?}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("--log-level {filter:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
     Ok(())
 }
@@ -57,17 +65,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     info!(address = %listener.local_addr()?, "serving admission reviews over HTTPS at /mutate");
     info!(address = %admin_listener.local_addr()?, "serving /healthz, /readyz and /metrics over HTTP");
 
-    let admin = admin::router(AdminState { health: health.clone(), metrics: metrics.clone() });
+    let admin = admin::router(AdminState {
+        health: health.clone(),
+        metrics: metrics.clone(),
+    });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(admin_listener, admin).await {
             error!(error = %e, "admin server stopped");
         }
     });
     if store.reloads() {
-        tokio::spawn(watch_certificate(store, metrics.clone(), args.reload_interval()));
+        tokio::spawn(watch_certificate(
+            store,
+            metrics.clone(),
+            args.reload_interval(),
+        ));
     }
 
-    let app = Arc::new(App { config, metrics });
+    let app = Arc::new(App {
+        injector: Injector::new(config),
+        metrics,
+    });
     let limits = Limits {
         header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds),
         drain_timeout: Duration::from_secs(args.drain_timeout_seconds),

@@ -3,10 +3,27 @@
 //! Every operation targets one new member or one new array element. Arrays the pod
 //! already has are never replaced: replacing them from typed structs would drop fields
 //! the types don't know (another webhook's `restartPolicy: Always`, say).
+//!
+//! Values are kept as serialized JSON text: the injected container is rendered once at
+//! start-up and spliced into every patch, instead of being rebuilt and re-serialized
+//! for each review.
 
-use json_patch::{AddOperation, Patch, PatchOperation};
 use jsonptr::{PointerBuf, Token};
-use serde_json::Value;
+use serde::Serialize;
+
+/// A JSON value already serialized to text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Json(String);
+
+impl Json {
+    pub fn of(value: &impl Serialize) -> Json {
+        Json(serde_json::to_string(value).expect("in-memory values always serialize"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 /// Where in an array a new element goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,12 +32,12 @@ pub enum Position {
     Last,
 }
 
-#[derive(Debug, Default)]
-pub struct PatchBuilder {
-    ops: Vec<PatchOperation>,
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Patch {
+    ops: Vec<(PointerBuf, Json)>,
 }
 
-impl PatchBuilder {
+impl Patch {
     pub fn new() -> Self {
         Self::default()
     }
@@ -29,50 +46,85 @@ impl PatchBuilder {
         self.ops.is_empty()
     }
 
-    pub fn finish(self) -> Patch {
-        Patch(self.ops)
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// The patch as the JSON array the API expects (before base64).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let size: usize = self
+            .ops
+            .iter()
+            .map(|(p, v)| p.as_str().len() + v.0.len() + 32)
+            .sum();
+        let mut out = Vec::with_capacity(size + 2);
+        out.push(b'[');
+        for (i, (path, value)) in self.ops.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(br#"{"op":"add","path":"#);
+            serde_json::to_writer(&mut out, path.as_str()).expect("writing to a Vec cannot fail");
+            out.extend_from_slice(br#","value":"#);
+            out.extend_from_slice(value.0.as_bytes());
+            out.push(b'}');
+        }
+        out.push(b']');
+        out
     }
 
     /// Adds `items` to the array at `path`. Where the pod has no array there (absent or
     /// null), the array is created whole: `add` on `…/-` cannot create it.
-    pub fn add_to_array(&mut self, path: &[&str], exists: bool, position: Position, items: Vec<Value>) {
+    pub fn add_to_array(
+        &mut self,
+        path: &[&str],
+        exists: bool,
+        position: Position,
+        items: &[&Json],
+    ) {
         if items.is_empty() {
             return;
         }
-        match exists {
-            true => {
-                let index = match position {
-                    Position::First => "0",
-                    Position::Last => "-",
-                };
-                // Inserting one by one at index 0 would reverse them.
-                let ordered: Box<dyn Iterator<Item = Value>> = match position {
-                    Position::First => Box::new(items.into_iter().rev()),
-                    Position::Last => Box::new(items.into_iter()),
-                };
-                for item in ordered {
-                    self.add(pointer(path.iter().copied().chain([index])), item);
-                }
-            }
-            false => self.add(pointer(path.iter().copied()), Value::Array(items)),
+        if !exists {
+            let joined: Vec<&str> = items.iter().map(|j| j.as_str()).collect();
+            self.add(
+                pointer(path.iter().copied()),
+                Json(format!("[{}]", joined.join(","))),
+            );
+            return;
+        }
+        let (index, ordered): (&str, Box<dyn Iterator<Item = &&Json>>) = match position {
+            // Inserting one by one at index 0 would reverse them.
+            Position::First => ("0", Box::new(items.iter().rev())),
+            Position::Last => ("-", Box::new(items.iter())),
+        };
+        for item in ordered {
+            self.add(
+                pointer(path.iter().copied().chain([index])),
+                (*item).clone(),
+            );
         }
     }
 
     /// Sets `key` in the string map at `path` (annotations, labels), creating the map
     /// when the pod has none.
-    pub fn add_to_map(&mut self, path: &[&str], exists: bool, key: &str, value: Value) {
-        match exists {
-            true => self.add(pointer(path.iter().copied().chain([key])), value),
-            false => {
-                let mut map = serde_json::Map::new();
-                map.insert(key.to_owned(), value);
-                self.add(pointer(path.iter().copied()), Value::Object(map));
-            }
+    pub fn add_to_map(&mut self, path: &[&str], exists: bool, key: &str, value: &str) {
+        if exists {
+            self.add(pointer(path.iter().copied().chain([key])), Json::of(&value));
+        } else {
+            self.add(
+                pointer(path.iter().copied()),
+                Json::of(
+                    &[(key, value)]
+                        .into_iter()
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                ),
+            );
         }
     }
 
-    fn add(&mut self, path: PointerBuf, value: Value) {
-        self.ops.push(PatchOperation::Add(AddOperation { path, value }));
+    fn add(&mut self, path: PointerBuf, value: Json) {
+        self.ops.push((path, value));
     }
 }
 
@@ -84,10 +136,16 @@ pub fn pointer<'a>(tokens: impl IntoIterator<Item = &'a str>) -> PointerBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
-    fn apply(doc: &mut Value, b: PatchBuilder) {
-        json_patch::patch(doc, &b.finish()).expect("patch applies");
+    fn apply(doc: &mut Value, p: &Patch) {
+        let ops: json_patch::Patch =
+            serde_json::from_slice(&p.to_bytes()).expect("patch is valid JSON Patch");
+        json_patch::patch(doc, &ops).expect("patch applies");
+    }
+
+    fn j(v: Value) -> Json {
+        Json::of(&v)
     }
 
     #[test]
@@ -97,43 +155,60 @@ mod tests {
     }
 
     #[test]
+    fn serializes_as_rfc6902_add_operations() {
+        let mut p = Patch::new();
+        p.add_to_map(&["metadata", "annotations"], true, "a/\"b\"", "v");
+        let ops: Value = serde_json::from_slice(&p.to_bytes()).unwrap();
+        assert_eq!(
+            ops,
+            json!([{"op": "add", "path": "/metadata/annotations/a~1\"b\"", "value": "v"}])
+        );
+        assert_eq!(Patch::new().to_bytes(), b"[]");
+    }
+
+    #[test]
     fn creates_missing_array() {
         let mut doc = json!({"spec": {}});
-        let mut b = PatchBuilder::new();
-        b.add_to_array(&["spec", "initContainers"], false, Position::First, vec![json!(1), json!(2)]);
-        apply(&mut doc, b);
+        let mut p = Patch::new();
+        p.add_to_array(
+            &["spec", "initContainers"],
+            false,
+            Position::First,
+            &[&j(json!(1)), &j(json!(2))],
+        );
+        apply(&mut doc, &p);
         assert_eq!(doc, json!({"spec": {"initContainers": [1, 2]}}));
     }
 
     #[test]
     fn prepends_in_order_without_touching_existing_elements() {
         let mut doc = json!({"a": [{"x": 1, "unknownField": true}]});
-        let mut b = PatchBuilder::new();
-        b.add_to_array(&["a"], true, Position::First, vec![json!(1), json!(2)]);
-        apply(&mut doc, b);
+        let mut p = Patch::new();
+        p.add_to_array(&["a"], true, Position::First, &[&j(json!(1)), &j(json!(2))]);
+        apply(&mut doc, &p);
         assert_eq!(doc, json!({"a": [1, 2, {"x": 1, "unknownField": true}]}));
     }
 
     #[test]
     fn appends_in_order() {
         let mut doc = json!({"a": [0]});
-        let mut b = PatchBuilder::new();
-        b.add_to_array(&["a"], true, Position::Last, vec![json!(1), json!(2)]);
-        apply(&mut doc, b);
+        let mut p = Patch::new();
+        p.add_to_array(&["a"], true, Position::Last, &[&j(json!(1)), &j(json!(2))]);
+        apply(&mut doc, &p);
         assert_eq!(doc, json!({"a": [0, 1, 2]}));
     }
 
     #[test]
     fn map_key_with_slash_is_added_or_map_created() {
         let mut doc = json!({"metadata": {}});
-        let mut b = PatchBuilder::new();
-        b.add_to_map(&["metadata", "annotations"], false, "x.io/y", json!("v"));
-        apply(&mut doc, b);
+        let mut p = Patch::new();
+        p.add_to_map(&["metadata", "annotations"], false, "x.io/y", "v");
+        apply(&mut doc, &p);
         assert_eq!(doc, json!({"metadata": {"annotations": {"x.io/y": "v"}}}));
 
-        let mut b = PatchBuilder::new();
-        b.add_to_map(&["metadata", "annotations"], true, "a~/b", json!("w"));
-        apply(&mut doc, b);
+        let mut p = Patch::new();
+        p.add_to_map(&["metadata", "annotations"], true, "a~/b", "w");
+        apply(&mut doc, &p);
         assert_eq!(doc["metadata"]["annotations"]["a~/b"], json!("w"));
         assert_eq!(doc["metadata"]["annotations"]["x.io/y"], json!("v"));
     }

@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::admin::Metrics;
-use crate::inject::Config;
+use crate::inject::Injector;
 use crate::review::{self, Outcome};
 
 /// The apiserver sends at most 3 MiB; the review wrapped around a pod adds a little.
@@ -27,7 +27,7 @@ pub const BODY_LIMIT: usize = 3 * 1024 * 1024 + 64 * 1024;
 
 #[derive(Debug)]
 pub struct App {
-    pub config: Config,
+    pub injector: Injector,
     pub metrics: Arc<Metrics>,
 }
 
@@ -40,17 +40,23 @@ pub fn router(app: Arc<App>) -> Router {
 
 async fn mutate(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let started = Instant::now();
-    match review::review(&body, &app.config) {
+    match review::review(&body, &app.injector) {
         Ok(answer) => {
             let s = &answer.subject;
             // `pod`, not `name`: JSON logs already use `name` for the span itself.
             let span = info_span!("review", uid = %s.uid, namespace = %s.namespace, pod = %s.name);
             let _entered = span.enter();
             match (&answer.outcome, &answer.message) {
-                (Outcome::Injected(mode), _) => info!(mode = mode.as_str(), "injected the IP manager"),
+                (Outcome::Injected(mode), _) => {
+                    info!(mode = mode.as_str(), "injected the IP manager")
+                }
                 (Outcome::Skipped, _) => debug!("nothing to do"),
                 (outcome, message) => {
-                    info!(outcome = outcome.label(), reason = message.as_deref().unwrap_or(""), "denied")
+                    info!(
+                        outcome = outcome.label(),
+                        reason = message.as_deref().unwrap_or(""),
+                        "denied"
+                    )
                 }
             }
             app.metrics.review(answer.outcome, started.elapsed());
@@ -117,7 +123,9 @@ pub async fn serve(
                     Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
                     Err(_) => return debug!("TLS handshake timed out"),
                 };
-                let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
+                let conn = builder
+                    .serve_connection(TokioIo::new(tls), service)
+                    .into_owned();
                 if let Err(e) = watcher.watch(conn).await {
                     debug!(error = %e, "connection ended with an error");
                 }
@@ -130,6 +138,8 @@ pub async fn serve(
     info!(open, "stopped accepting; draining connections");
     match tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await {
         Ok(()) => info!("drained"),
-        Err(_) => warn!(timeout = ?limits.drain_timeout, "drain timed out; closing the remaining connections"),
+        Err(_) => {
+            warn!(timeout = ?limits.drain_timeout, "drain timed out; closing the remaining connections")
+        }
     }
 }

@@ -20,15 +20,28 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} holds no PEM certificate")]
     NoCertificate { path: PathBuf },
     #[error("{path}: invalid PEM certificate: {source}")]
-    BadCertificate { path: PathBuf, source: rustls_pki_types::pem::Error },
+    BadCertificate {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
     #[error("{path} holds no usable PEM private key: {source}")]
-    BadKey { path: PathBuf, source: rustls_pki_types::pem::Error },
+    BadKey {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
     #[error("{cert} and {key} do not form a usable pair: {source}")]
-    Pair { cert: PathBuf, key: PathBuf, source: rustls::Error },
+    Pair {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
     #[error("{path}: the certificate cannot be parsed: {reason}")]
     Parse { path: PathBuf, reason: String },
     #[error("cannot generate a self-signed certificate: {0}")]
@@ -42,44 +55,83 @@ pub struct Served {
 }
 
 /// Reads and checks a PEM certificate chain and private key.
-pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<(Served, (Vec<u8>, Vec<u8>)), TlsError> {
-    let read = |path: &Path| std::fs::read(path).map_err(|source| TlsError::Read { path: path.into(), source });
+pub fn load_pair(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(Served, (Vec<u8>, Vec<u8>)), TlsError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            path: path.into(),
+            source,
+        })
+    };
     let (cert_pem, key_pem) = (read(cert_path)?, read(key_path)?);
     let served = parse_pair(&cert_pem, &key_pem, cert_path, key_path)?;
     Ok((served, (cert_pem, key_pem)))
 }
 
-fn parse_pair(cert_pem: &[u8], key_pem: &[u8], cert_path: &Path, key_path: &Path) -> Result<Served, TlsError> {
+fn parse_pair(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<Served, TlsError> {
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::BadCertificate { path: cert_path.into(), source })?;
+        .map_err(|source| TlsError::BadCertificate {
+            path: cert_path.into(),
+            source,
+        })?;
     let Some(leaf) = chain.first() else {
-        return Err(TlsError::NoCertificate { path: cert_path.into() });
+        return Err(TlsError::NoCertificate {
+            path: cert_path.into(),
+        });
     };
-    let not_after = not_after(leaf).map_err(|reason| TlsError::Parse { path: cert_path.into(), reason })?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| TlsError::BadKey { path: key_path.into(), source })?;
-    let pair_error = |source| TlsError::Pair { cert: cert_path.into(), key: key_path.into(), source };
+    let not_after = not_after(leaf).map_err(|reason| TlsError::Parse {
+        path: cert_path.into(),
+        reason,
+    })?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| TlsError::BadKey {
+        path: key_path.into(),
+        source,
+    })?;
+    let pair_error = |source| TlsError::Pair {
+        cert: cert_path.into(),
+        key: key_path.into(),
+        source,
+    };
     let certified = CertifiedKey::from_der(chain, key, provider()).map_err(pair_error)?;
     // from_der lets an unknown consistency pass; a half-renewed Secret must not.
     certified.keys_match().map_err(pair_error)?;
-    Ok(Served { key: Arc::new(certified), not_after })
+    Ok(Served {
+        key: Arc::new(certified),
+        not_after,
+    })
 }
 
 /// An in-memory certificate for local runs: `--self-signed`.
 pub fn self_signed(names: Vec<String>) -> Result<Served, TlsError> {
     let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(names)?;
-    let key = PrivateKeyDer::try_from(signing_key.serialize_der()).map_err(|reason| TlsError::Parse {
-        path: "<self-signed>".into(),
-        reason: reason.into(),
-    })?;
+    let key =
+        PrivateKeyDer::try_from(signing_key.serialize_der()).map_err(|reason| TlsError::Parse {
+            path: "<self-signed>".into(),
+            reason: reason.into(),
+        })?;
     let der = cert.der().clone();
-    let not_after = not_after(&der).map_err(|reason| TlsError::Parse { path: "<self-signed>".into(), reason })?;
-    let certified = CertifiedKey::from_der(vec![der], key, provider()).map_err(|source| TlsError::Pair {
-        cert: "<self-signed>".into(),
-        key: "<self-signed>".into(),
-        source,
+    let not_after = not_after(&der).map_err(|reason| TlsError::Parse {
+        path: "<self-signed>".into(),
+        reason,
     })?;
-    Ok(Served { key: Arc::new(certified), not_after })
+    let certified =
+        CertifiedKey::from_der(vec![der], key, provider()).map_err(|source| TlsError::Pair {
+            cert: "<self-signed>".into(),
+            key: "<self-signed>".into(),
+            source,
+        })?;
+    Ok(Served {
+        key: Arc::new(certified),
+        not_after,
+    })
 }
 
 fn not_after(cert: &CertificateDer<'_>) -> Result<i64, String> {
@@ -95,7 +147,9 @@ fn provider() -> &'static Arc<CryptoProvider> {
 #[derive(Debug)]
 pub enum Reload {
     Unchanged,
-    Swapped { not_after: i64 },
+    Swapped {
+        not_after: i64,
+    },
     /// The files changed but are not a usable pair; the last good one still serves.
     Rejected(TlsError),
 }
@@ -124,13 +178,23 @@ impl CertStore {
         let (served, contents) = load_pair(cert, key)?;
         let store = CertStore {
             current: ArcSwap::new(served.key),
-            source: Some(FileSource { cert: cert.into(), key: key.into(), last: Mutex::new(contents) }),
+            source: Some(FileSource {
+                cert: cert.into(),
+                key: key.into(),
+                last: Mutex::new(contents),
+            }),
         };
         Ok((store, served.not_after))
     }
 
     pub fn fixed(served: Served) -> (Self, i64) {
-        (CertStore { current: ArcSwap::new(served.key), source: None }, served.not_after)
+        (
+            CertStore {
+                current: ArcSwap::new(served.key),
+                source: None,
+            },
+            served.not_after,
+        )
     }
 
     pub fn reloads(&self) -> bool {
@@ -139,13 +203,23 @@ impl CertStore {
 
     /// Re-reads the files and swaps in a changed, valid pair.
     pub fn reload(&self) -> Reload {
-        let Some(src) = &self.source else { return Reload::Unchanged };
-        let read = |path: &Path| std::fs::read(path).map_err(|source| TlsError::Read { path: path.into(), source });
+        let Some(src) = &self.source else {
+            return Reload::Unchanged;
+        };
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| TlsError::Read {
+                path: path.into(),
+                source,
+            })
+        };
         let contents = match (read(&src.cert), read(&src.key)) {
             (Ok(c), Ok(k)) => (c, k),
             (Err(e), _) | (_, Err(e)) => return Reload::Rejected(e),
         };
-        let mut last = src.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last = src
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if *last == contents {
             return Reload::Unchanged;
         }
@@ -153,7 +227,9 @@ impl CertStore {
             Ok(served) => {
                 self.current.store(served.key);
                 *last = contents;
-                Reload::Swapped { not_after: served.not_after }
+                Reload::Swapped {
+                    not_after: served.not_after,
+                }
             }
             Err(e) => Reload::Rejected(e),
         }
@@ -172,9 +248,12 @@ impl ResolvesServerCert for CertStore {
 
 /// TLS 1.2 and 1.3 only, HTTP/2 and HTTP/1.1 by ALPN.
 pub fn server_config(store: Arc<CertStore>) -> ServerConfig {
-    let mut config = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .with_no_client_auth()
-        .with_cert_resolver(store);
+    let mut config = ServerConfig::builder_with_protocol_versions(&[
+        &rustls::version::TLS13,
+        &rustls::version::TLS12,
+    ])
+    .with_no_client_auth()
+    .with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config
 }
@@ -188,7 +267,8 @@ mod tests {
     }
 
     fn pair(name: &str) -> (String, String) {
-        let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(vec![name.into()]).unwrap();
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec![name.into()]).unwrap();
         (cert.pem(), signing_key.serialize_pem())
     }
 
@@ -211,8 +291,14 @@ mod tests {
         // A renewal where only the certificate has been written so far.
         let second = pair("b.example");
         std::fs::write(&crt, &second.0).unwrap();
-        assert!(matches!(store.reload(), Reload::Rejected(TlsError::Pair { .. })));
-        assert!(Arc::ptr_eq(&store.current(), &served_first) || store.current().cert == served_first.cert);
+        assert!(matches!(
+            store.reload(),
+            Reload::Rejected(TlsError::Pair { .. })
+        ));
+        assert!(
+            Arc::ptr_eq(&store.current(), &served_first)
+                || store.current().cert == served_first.cert
+        );
 
         // Truncated certificate.
         std::fs::write(&crt, &second.0[..second.0.len() / 2]).unwrap();
@@ -229,14 +315,23 @@ mod tests {
         install_provider();
         let dir = tempfile::tempdir().unwrap();
         let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        assert!(matches!(CertStore::from_files(&crt, &key), Err(TlsError::Read { .. })));
+        assert!(matches!(
+            CertStore::from_files(&crt, &key),
+            Err(TlsError::Read { .. })
+        ));
         let (a, b) = (pair("a"), pair("b"));
         std::fs::write(&crt, &a.0).unwrap();
         std::fs::write(&key, &b.1).unwrap();
         let err = CertStore::from_files(&crt, &key).unwrap_err();
-        assert!(err.to_string().contains("do not form a usable pair"), "{err}");
+        assert!(
+            err.to_string().contains("do not form a usable pair"),
+            "{err}"
+        );
         std::fs::write(&crt, "not pem").unwrap();
-        assert!(matches!(CertStore::from_files(&crt, &key), Err(TlsError::NoCertificate { .. })));
+        assert!(matches!(
+            CertStore::from_files(&crt, &key),
+            Err(TlsError::NoCertificate { .. })
+        ));
     }
 
     #[test]

@@ -4,8 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ipmgmt_webhook::inject::{Config, Decision, Skip, decide};
-use kube_core::DynamicObject;
+use ipmgmt_webhook::inject::{Config, Decision, Injector, Pod, Skip};
 use serde_json::{Value, json};
 
 fn base_config() -> Config {
@@ -25,7 +24,9 @@ fn config_for(case: &Path) -> Config {
     let mut cfg = serde_json::to_value(base_config()).unwrap();
     let overrides = case.join("config.json");
     if overrides.exists() {
-        let Value::Object(fields) = read_json(&overrides) else { panic!("{}: not an object", overrides.display()) };
+        let Value::Object(fields) = read_json(&overrides) else {
+            panic!("{}: not an object", overrides.display())
+        };
         for (k, v) in fields {
             cfg[k] = v;
         }
@@ -35,11 +36,20 @@ fn config_for(case: &Path) -> Config {
 
 fn describe(decision: &Decision) -> Value {
     match decision {
-        Decision::Skip(Skip::NotRequested) => json!({"decision": "skip", "reason": "not requested"}),
-        Decision::Skip(Skip::AlreadyInjected) => json!({"decision": "skip", "reason": "already injected"}),
+        Decision::Skip(Skip::NotRequested) => {
+            json!({"decision": "skip", "reason": "not requested"})
+        }
+        Decision::Skip(Skip::AlreadyInjected) => {
+            json!({"decision": "skip", "reason": "already injected"})
+        }
         Decision::Deny(message) => json!({"decision": "deny", "message": message}),
-        Decision::Inject { mode, patch, warnings } => json!({
-            "decision": "inject", "mode": mode, "warnings": warnings, "patch": patch,
+        Decision::Inject {
+            mode,
+            patch,
+            warnings,
+        } => json!({
+            "decision": "inject", "mode": mode, "warnings": warnings,
+            "patch": serde_json::from_slice::<Value>(&patch.to_bytes()).expect("patch is JSON"),
         }),
     }
 }
@@ -63,16 +73,22 @@ fn golden_fixtures() {
     assert!(cases.len() >= 10, "fixture cases went missing: {cases:?}");
     for case in &cases {
         let name = case.file_name().unwrap().to_string_lossy().into_owned();
-        let pod_json = read_json(&case.join("pod.json"));
-        let pod: DynamicObject = serde_json::from_value(pod_json.clone()).unwrap();
-        let cfg = config_for(case);
-        let decision = decide(&pod, &cfg);
+        let text = std::fs::read_to_string(case.join("pod.json")).unwrap();
+        let pod: Pod = serde_json::from_str(&text).unwrap();
+        let injector = Injector::new(config_for(case));
+        let decision = injector.decide(&pod);
         let actual = describe(&decision);
         let expected_path = case.join("expected.json");
         if update {
-            std::fs::write(&expected_path, serde_json::to_string_pretty(&actual).unwrap() + "\n").unwrap();
+            std::fs::write(
+                &expected_path,
+                serde_json::to_string_pretty(&actual).unwrap() + "\n",
+            )
+            .unwrap();
         } else if !expected_path.exists() {
-            failures.push(format!("{name}: no expected.json (run with UPDATE_FIXTURES=1)"));
+            failures.push(format!(
+                "{name}: no expected.json (run with UPDATE_FIXTURES=1)"
+            ));
         } else if read_json(&expected_path) != actual {
             failures.push(format!(
                 "{name}: decision differs from expected.json:\n{}",
@@ -80,16 +96,29 @@ fn golden_fixtures() {
             ));
         }
         if let Decision::Inject { patch, .. } = &decision {
-            let mut patched = pod_json;
-            if let Err(e) = json_patch::patch(&mut patched, patch) {
+            let mut patched = read_json(&case.join("pod.json"));
+            let ops: json_patch::Patch = serde_json::from_slice(&patch.to_bytes()).unwrap();
+            if let Err(e) = json_patch::patch(&mut patched, &ops) {
                 failures.push(format!("{name}: patch does not apply: {e}"));
                 continue;
             }
-            let again: DynamicObject = serde_json::from_value(patched).unwrap();
-            if !matches!(decide(&again, &cfg), Decision::Skip(Skip::AlreadyInjected)) {
-                failures.push(format!("{name}: the patched pod is not recognised as injected"));
+            let patched_text = patched.to_string();
+            let again: Pod = serde_json::from_str(&patched_text).unwrap();
+            if !matches!(
+                injector.decide(&again),
+                Decision::Skip(Skip::AlreadyInjected)
+            ) {
+                failures.push(format!(
+                    "{name}: the patched pod is not recognised as injected"
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
