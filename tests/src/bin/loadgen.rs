@@ -53,6 +53,9 @@ struct RunArgs {
     body: PathBuf,
     #[arg(long, default_value_t = 16)]
     connections: usize,
+    /// Worker threads of the load generator (the server shares the machine).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Total requests per second across connections; unset: as fast as possible.
@@ -66,12 +69,15 @@ struct RunArgs {
     watch_pid: Option<u32>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match Cli::parse().command {
         Command::Certs { out } => certs(&out),
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()?
+            .block_on(run(args)),
     }
 }
 
@@ -208,10 +214,20 @@ async fn connection(
     let mut due = start + interval.map_or(Duration::ZERO, |i| i.mul_f64(rand_fraction()));
     tokio::time::sleep_until(start.into()).await;
     loop {
+        // Latency counts from when the request was due, so queueing behind a slow
+        // answer is measured. When the connection sat idle until then, it counts from
+        // the wake-up instead: tokio's timer wheel ticks in milliseconds, and that
+        // lateness is the client's, not the server's.
+        let mut sent_from = Instant::now();
         if interval.is_some() {
-            tokio::time::sleep_until(due.into()).await;
+            if sent_from < due {
+                tokio::time::sleep_until(due.into()).await;
+                sent_from = Instant::now();
+            } else {
+                sent_from = due;
+            }
         } else {
-            due = Instant::now();
+            due = sent_from;
         }
         if due >= measure_to {
             break;
@@ -225,7 +241,7 @@ async fn connection(
             Ok(resp) => {
                 let status = resp.status();
                 let bytes = resp.into_body().collect().await?.to_bytes();
-                status == 200 && bytes.windows(8).any(|w| w == b"\"uid\":\"")
+                status == 200 && contains(&bytes, br#""allowed":true"#)
             }
             Err(_) => false,
         };
@@ -243,6 +259,10 @@ async fn connection(
         }
     }
     Ok(report)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn rand_fraction() -> f64 {
