@@ -1,0 +1,150 @@
+//! ipmgr's settings: flags with environment twins. The webhook sets the environment.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ipmgr",
+    version,
+    about = "Assigns a pod's Multus secondary-interface addresses to the node's ENIs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub settings: Args,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Assign every secondary-interface address once, confirm, and exit.
+    Init,
+    /// Assign, mark ready, follow address changes, and release on SIGTERM.
+    Sidecar,
+    /// Exit 0 once the sidecar has assigned the pod's addresses (the startup probe).
+    Ready {
+        /// Wait up to this many seconds instead of answering at once.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The pod's own interface, managed by the VPC CNI; its addresses are left alone.
+    #[arg(
+        long,
+        global = true,
+        env = "IPMGR_PRIMARY_INTERFACE",
+        default_value = "eth0"
+    )]
+    pub primary_interface: String,
+
+    /// Lowest ENI device index considered by subnet (0 is the node's primary ENI).
+    #[arg(
+        long,
+        global = true,
+        env = "IPMGR_MIN_DEVICE_INDEX",
+        default_value_t = 1
+    )]
+    pub min_device_index: i32,
+
+    /// Take an IPv4 address another ENI holds (floating IPs).
+    #[arg(long, global = true, env = "IPMGR_ALLOW_REASSIGNMENT", default_value_t = true, action = ArgAction::Set)]
+    pub allow_reassignment: bool,
+
+    /// Give up on the first assignment after this many seconds.
+    #[arg(
+        long,
+        global = true,
+        env = "IPMGR_DEADLINE_SECONDS",
+        default_value_t = 60
+    )]
+    pub deadline_seconds: u64,
+
+    /// Wait this long for a secondary-interface address to appear.
+    #[arg(
+        long,
+        global = true,
+        env = "IPMGR_ADDRESS_WAIT_SECONDS",
+        default_value_t = 10
+    )]
+    pub address_wait_seconds: u64,
+
+    /// Wait this long for EC2 to show an accepted assignment.
+    #[arg(
+        long,
+        global = true,
+        env = "IPMGR_CONFIRM_SECONDS",
+        default_value_t = 30
+    )]
+    pub confirm_seconds: u64,
+
+    /// Sidecar: re-assert the pod's addresses this often even without events.
+    #[arg(
+        long,
+        global = true,
+        env = "IPMGR_RESYNC_SECONDS",
+        default_value_t = 300
+    )]
+    pub resync_seconds: u64,
+
+    /// Sidecar: after an address event, wait this long for the burst to settle.
+    #[arg(long, global = true, env = "IPMGR_COALESCE_MS", default_value_t = 5)]
+    pub coalesce_ms: u64,
+
+    /// Sidecar: the file that tells `ipmgr ready` the addresses are assigned.
+    #[arg(
+        long,
+        global = true,
+        env = "IPMGR_READY_FILE",
+        default_value = "/run/ipmgmt/ready"
+    )]
+    pub ready_file: PathBuf,
+
+    /// Where the one-line failure reason goes for the pod's status.
+    #[arg(
+        long,
+        global = true,
+        env = "IPMGR_TERMINATION_LOG",
+        default_value = "/dev/termination-log"
+    )]
+    pub termination_log: PathBuf,
+
+    /// The node's name (spec.nodeName), to find the instance without IMDS.
+    #[arg(long, global = true, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Attempts per EC2 call, retries included (throttling, 5xx, network).
+    #[arg(
+        long,
+        global = true,
+        env = "IPMGR_RETRY_MAX_ATTEMPTS",
+        default_value_t = 8
+    )]
+    pub retry_max_attempts: u32,
+
+    /// First retry backoff; it doubles, with jitter, up to 5 s.
+    #[arg(
+        long,
+        global = true,
+        env = "IPMGR_RETRY_INITIAL_BACKOFF_MS",
+        default_value_t = 200
+    )]
+    pub retry_initial_backoff_ms: u64,
+
+    #[arg(long, global = true, env = "IPMGR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing's EnvFilter syntax.
+    #[arg(long, global = true, env = "IPMGR_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

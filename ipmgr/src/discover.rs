@@ -1,0 +1,219 @@
+//! The pod's secondary-interface addresses, read over rtnetlink in the pod's network
+//! namespace, and a watch on address changes (no polling).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
+use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR};
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
+};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::sys::{AsyncSocket, SocketAddr};
+
+use crate::eni::Local;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error("netlink {what} dump failed: {source}")]
+    Dump {
+        what: &'static str,
+        source: rtnetlink::Error,
+    },
+}
+
+/// What one look at the interfaces found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Addresses on secondary interfaces, sorted.
+    pub addresses: Vec<Local>,
+    /// Every interface seen, for the "no secondary address" error.
+    pub interfaces: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Discovery {
+    handle: rtnetlink::Handle,
+    primary: String,
+}
+
+impl Discovery {
+    /// `primary` is the pod's own interface (eth0), whose address the VPC CNI manages.
+    pub fn new(primary: &str) -> Result<Self, DiscoverError> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Discovery {
+            handle,
+            primary: primary.to_owned(),
+        })
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot, DiscoverError> {
+        let mut links = HashMap::new();
+        let mut dump = self.handle.link().get().execute();
+        while let Some(msg) = dump.next().await {
+            let msg = msg.map_err(|source| DiscoverError::Dump {
+                what: "link",
+                source,
+            })?;
+            if let Some(link) = Link::from_message(&msg) {
+                links.insert(msg.header.index, link);
+            }
+        }
+        let mut addresses = Vec::new();
+        let mut dump = self.handle.address().get().execute();
+        while let Some(msg) = dump.next().await {
+            let msg = msg.map_err(|source| DiscoverError::Dump {
+                what: "address",
+                source,
+            })?;
+            let Some(link) = links.get(&msg.header.index) else {
+                continue;
+            };
+            if link.loopback || link.name == self.primary {
+                continue;
+            }
+            if let Some(ip) = usable_address(&msg) {
+                addresses.push(Local {
+                    ip,
+                    iface: link.name.clone(),
+                    mac: link.mac.clone(),
+                });
+            }
+        }
+        addresses.sort();
+        addresses.dedup();
+        let mut interfaces: Vec<String> = links.into_values().map(|l| l.name).collect();
+        interfaces.sort();
+        Ok(Snapshot {
+            addresses,
+            interfaces,
+        })
+    }
+}
+
+struct Link {
+    name: String,
+    mac: String,
+    loopback: bool,
+}
+
+impl Link {
+    fn from_message(msg: &LinkMessage) -> Option<Link> {
+        let mut name = None;
+        let mut mac = String::new();
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::Address(bytes) => mac = format_mac(bytes),
+                _ => {}
+            }
+        }
+        Some(Link {
+            name: name?,
+            mac,
+            loopback: msg.header.flags.contains(LinkFlags::Loopback),
+        })
+    }
+}
+
+fn format_mac(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The address a message carries if it is one the VPC should route: global scope, not
+/// link-local, not failed duplicate detection. Tentative IPv6 addresses (still in DAD)
+/// count: assigning them early is harmless, and they will settle on this interface.
+fn usable_address(msg: &AddressMessage) -> Option<IpAddr> {
+    if msg.header.scope != AddressScope::Universe {
+        return None;
+    }
+    let mut ip = None;
+    let mut local = None;
+    let mut failed = msg.header.flags.contains(AddressHeaderFlags::Dadfailed);
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Address(a) => ip = Some(*a),
+            AddressAttribute::Local(a) => local = Some(*a),
+            AddressAttribute::Flags(f) => failed |= f.contains(AddressFlags::Dadfailed),
+            _ => {}
+        }
+    }
+    // On point-to-point links IFA_ADDRESS is the peer; IFA_LOCAL is ours.
+    let ip = local.or(ip)?;
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    (!failed && !link_local && !ip.is_loopback() && !ip.is_multicast()).then_some(ip)
+}
+
+/// Address events from the kernel, for sidecar mode.
+pub struct Watch {
+    events: UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
+        SocketAddr,
+    )>,
+}
+
+impl Watch {
+    pub fn new() -> Result<Self, DiscoverError> {
+        let (mut conn, _handle, events) = rtnetlink::new_connection()?;
+        let groups = SocketAddr::new(0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR);
+        conn.socket_mut().socket_mut().bind(&groups)?;
+        tokio::spawn(conn);
+        Ok(Watch { events })
+    }
+
+    /// Waits for an address to be added or removed, then for the burst to settle:
+    /// returns once `quiet` passes with no further event. `None` if the socket closed.
+    pub async fn changed(&mut self, quiet: Duration) -> Option<usize> {
+        let mut seen = 0;
+        loop {
+            let (msg, _) = self.events.next().await?;
+            if is_address_event(&msg) {
+                seen += 1;
+                break;
+            }
+        }
+        loop {
+            match tokio::time::timeout(quiet, self.events.next()).await {
+                Ok(Some((msg, _))) => seen += usize::from(is_address_event(&msg)),
+                Ok(None) => return None,
+                Err(_) => return Some(seen),
+            }
+        }
+    }
+}
+
+fn is_address_event(msg: &rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>) -> bool {
+    matches!(
+        msg.payload,
+        rtnetlink::packet_core::NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_)
+        )
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_is_lower_case_colon_separated() {
+        assert_eq!(
+            format_mac(&[0x0a, 0xBC, 0, 1, 2, 0xff]),
+            "0a:bc:00:01:02:ff"
+        );
+    }
+}

@@ -1,0 +1,382 @@
+//! The EC2 calls ipmgr makes, behind a narrow trait, and their errors as one line
+//! with the AWS error code and what to do about it.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{Filter, SubnetCidrBlockStateCode};
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use crate::eni::{Eni, Subnet};
+
+/// Where the least-privilege policy lives, for error messages.
+pub const IAM_POLICY: &str = "deploy/iam-policy.json";
+
+pub trait Ec2 {
+    /// The ENIs attached to the instance.
+    fn instance_enis(
+        &self,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<Vec<Eni>, Ec2Error>> + Send;
+    fn subnets(&self, ids: &[String])
+    -> impl Future<Output = Result<Vec<Subnet>, Ec2Error>> + Send;
+    /// Which ENIs hold these IPv6 addresses now.
+    fn ipv6_holders(
+        &self,
+        ips: &[Ipv6Addr],
+    ) -> impl Future<Output = Result<Vec<Eni>, Ec2Error>> + Send;
+    /// The instance whose private DNS name is `name` (EKS IP-based node names).
+    fn instance_by_private_dns(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<String>, Ec2Error>> + Send;
+    fn assign_ipv4(
+        &self,
+        eni: &str,
+        ips: &[Ipv4Addr],
+        allow_reassignment: bool,
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    fn unassign_ipv4(
+        &self,
+        eni: &str,
+        ips: &[Ipv4Addr],
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    fn assign_ipv6(
+        &self,
+        eni: &str,
+        ips: &[Ipv6Addr],
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    fn unassign_ipv6(
+        &self,
+        eni: &str,
+        ips: &[Ipv6Addr],
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+}
+
+/// One failed EC2 call.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{action} {target}: {}{detail}; {hint}", code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
+pub struct Ec2Error {
+    pub action: &'static str,
+    /// What the call was about: an ENI, addresses, an instance.
+    pub target: String,
+    /// The AWS error code, when EC2 answered.
+    pub code: Option<String>,
+    pub detail: String,
+    pub hint: String,
+}
+
+impl Ec2Error {
+    /// Errors that no retry within this run can fix: stop and say so.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self.code.as_deref(),
+            Some(
+                "UnauthorizedOperation"
+                    | "AuthFailure"
+                    | "AccessDenied"
+                    | "AccessDeniedException"
+                    | "PrivateIpAddressLimitExceeded"
+                    | "InvalidParameterValue"
+                    | "InvalidParameterCombination"
+                    | "InvalidIPAddress.InUse"
+                    | "InvalidNetworkInterfaceID.NotFound"
+                    | "InvalidNetworkInterfaceID.Malformed"
+            )
+        )
+    }
+
+    pub fn new(
+        action: &'static str,
+        target: impl Into<String>,
+        code: Option<&str>,
+        detail: impl Into<String>,
+    ) -> Self {
+        let hint = hint(action, code);
+        Ec2Error {
+            action,
+            target: target.into(),
+            code: code.map(str::to_owned),
+            detail: detail.into(),
+            hint,
+        }
+    }
+}
+
+fn hint(action: &str, code: Option<&str>) -> String {
+    match code {
+        Some("UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException") => format!(
+            "the IP manager's IAM role lacks ec2:{action}: attach the policy in {IAM_POLICY} to it"
+        ),
+        Some("AuthFailure" | "InvalidClientTokenId" | "ExpiredToken") => {
+            "AWS rejected the credentials: check the role ARN and its trust policy (IRSA) or the Pod Identity association"
+                .into()
+        }
+        Some("PrivateIpAddressLimitExceeded") => {
+            "the ENI has reached its instance type's per-ENI address limit: free addresses on it or use a larger instance type"
+                .into()
+        }
+        Some("RequestLimitExceeded" | "Throttling" | "ThrottlingException") => {
+            "EC2 throttled the account past the retry budget: fewer pods starting at once, or raise the EC2 API rate limits"
+                .into()
+        }
+        Some("InvalidIPAddress.InUse") if action == "AssignPrivateIpAddresses" => {
+            "another ENI holds the address and this pod has reassignment off (ipmgmt.aws/allow-reassignment: \"false\"); \
+             release it there or allow reassignment"
+                .into()
+        }
+        Some("InvalidIPAddress.InUse") => "another ENI holds the address: release it there first".into(),
+        Some("InvalidParameterValue") => {
+            "EC2 refused an address: check that the network's address pool lies in the ENI's subnet".into()
+        }
+        Some("InvalidNetworkInterfaceID.NotFound") => "the ENI is gone: it was detached or deleted".into(),
+        Some(_) => "see the EC2 API reference for this error code".into(),
+        None => "EC2 could not be reached or did not answer: check the pod's egress to the EC2 endpoint (VPC endpoint, \
+                 network policy, proxy) and AWS_ENDPOINT_URL_EC2"
+            .into(),
+    }
+}
+
+fn sdk_error<E>(action: &'static str, target: impl Into<String>, err: SdkError<E>) -> Ec2Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match &err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            Ec2Error::new(
+                action,
+                target,
+                e.code(),
+                e.message().unwrap_or("no message"),
+            )
+        }
+        _ => Ec2Error::new(action, target, None, DisplayErrorContext(&err).to_string()),
+    }
+}
+
+/// EC2 through aws-sdk-ec2.
+#[derive(Clone, Debug)]
+pub struct SdkEc2 {
+    client: aws_sdk_ec2::Client,
+}
+
+impl SdkEc2 {
+    pub fn new(client: aws_sdk_ec2::Client) -> Self {
+        SdkEc2 { client }
+    }
+
+    async fn describe_enis(
+        &self,
+        action_target: String,
+        filter: Filter,
+    ) -> Result<Vec<Eni>, Ec2Error> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .describe_network_interfaces()
+                .filters(filter.clone())
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| sdk_error("DescribeNetworkInterfaces", action_target.clone(), e))?;
+            out.extend(page.network_interfaces().iter().filter_map(to_eni));
+            token = page.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+fn to_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<Eni> {
+    let ipv4 = ni
+        .private_ip_addresses()
+        .iter()
+        .filter_map(|a| a.private_ip_address()?.parse().ok())
+        .collect();
+    let primary_ipv4 = ni
+        .private_ip_addresses()
+        .iter()
+        .find(|a| a.primary() == Some(true))
+        .and_then(|a| a.private_ip_address()?.parse().ok());
+    Some(Eni {
+        id: ni.network_interface_id()?.to_owned(),
+        mac: ni.mac_address().unwrap_or_default().to_ascii_lowercase(),
+        device_index: ni.attachment().and_then(|a| a.device_index()).unwrap_or(-1),
+        subnet_id: ni.subnet_id().unwrap_or_default().to_owned(),
+        primary_ipv4,
+        ipv4,
+        ipv6: ni
+            .ipv6_addresses()
+            .iter()
+            .filter_map(|a| a.ipv6_address()?.parse().ok())
+            .collect(),
+    })
+}
+
+fn strings<T: ToString>(ips: &[T]) -> Vec<String> {
+    ips.iter().map(ToString::to_string).collect()
+}
+
+fn filter(name: &str, values: Vec<String>) -> Filter {
+    Filter::builder()
+        .name(name)
+        .set_values(Some(values))
+        .build()
+}
+
+impl Ec2 for SdkEc2 {
+    async fn instance_enis(&self, instance_id: &str) -> Result<Vec<Eni>, Ec2Error> {
+        let f = filter("attachment.instance-id", vec![instance_id.to_owned()]);
+        self.describe_enis(format!("of instance {instance_id}"), f)
+            .await
+    }
+
+    async fn subnets(&self, ids: &[String]) -> Result<Vec<Subnet>, Ec2Error> {
+        let out = self
+            .client
+            .describe_subnets()
+            .set_subnet_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeSubnets", ids.join(","), e))?;
+        Ok(out
+            .subnets()
+            .iter()
+            .map(|s| Subnet {
+                id: s.subnet_id().unwrap_or_default().to_owned(),
+                ipv4: s
+                    .cidr_block()
+                    .and_then(|c| c.parse::<Ipv4Net>().ok())
+                    .into_iter()
+                    .collect(),
+                ipv6: s
+                    .ipv6_cidr_block_association_set()
+                    .iter()
+                    .filter(|a| {
+                        a.ipv6_cidr_block_state().and_then(|st| st.state())
+                            == Some(&SubnetCidrBlockStateCode::Associated)
+                    })
+                    .filter_map(|a| a.ipv6_cidr_block()?.parse::<Ipv6Net>().ok())
+                    .collect(),
+            })
+            .collect())
+    }
+
+    async fn ipv6_holders(&self, ips: &[Ipv6Addr]) -> Result<Vec<Eni>, Ec2Error> {
+        let f = filter("ipv6-addresses.ipv6-address", strings(ips));
+        self.describe_enis(strings(ips).join(","), f).await
+    }
+
+    async fn instance_by_private_dns(&self, name: &str) -> Result<Option<String>, Ec2Error> {
+        let out = self
+            .client
+            .describe_instances()
+            .filters(filter("private-dns-name", vec![name.to_owned()]))
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeInstances", format!("named {name}"), e))?;
+        Ok(out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find_map(|i| i.instance_id().map(str::to_owned)))
+    }
+
+    async fn assign_ipv4(
+        &self,
+        eni: &str,
+        ips: &[Ipv4Addr],
+        allow_reassignment: bool,
+    ) -> Result<(), Ec2Error> {
+        self.client
+            .assign_private_ip_addresses()
+            .network_interface_id(eni)
+            .set_private_ip_addresses(Some(strings(ips)))
+            .allow_reassignment(allow_reassignment)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| sdk_error("AssignPrivateIpAddresses", eni, e))
+    }
+
+    async fn unassign_ipv4(&self, eni: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
+        self.client
+            .unassign_private_ip_addresses()
+            .network_interface_id(eni)
+            .set_private_ip_addresses(Some(strings(ips)))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| sdk_error("UnassignPrivateIpAddresses", eni, e))
+    }
+
+    async fn assign_ipv6(&self, eni: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
+        self.client
+            .assign_ipv6_addresses()
+            .network_interface_id(eni)
+            .set_ipv6_addresses(Some(strings(ips)))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| sdk_error("AssignIpv6Addresses", eni, e))
+    }
+
+    async fn unassign_ipv6(&self, eni: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
+        self.client
+            .unassign_ipv6_addresses()
+            .network_interface_id(eni)
+            .set_ipv6_addresses(Some(strings(ips)))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| sdk_error("UnassignIpv6Addresses", eni, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_carry_code_and_remedy() {
+        let e = Ec2Error::new(
+            "AssignPrivateIpAddresses",
+            "eni-0ab",
+            Some("UnauthorizedOperation"),
+            "You are not authorized",
+        );
+        let line = e.to_string();
+        assert!(
+            line.starts_with(
+                "AssignPrivateIpAddresses eni-0ab: UnauthorizedOperation: You are not authorized; "
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains("ec2:AssignPrivateIpAddresses") && line.contains(IAM_POLICY),
+            "{line}"
+        );
+        assert!(e.is_permanent());
+        assert!(!line.contains('\n'));
+
+        let e = Ec2Error::new(
+            "AssignPrivateIpAddresses",
+            "eni-0ab",
+            Some("RequestLimitExceeded"),
+            "Request limit exceeded.",
+        );
+        assert!(!e.is_permanent());
+        let e = Ec2Error::new(
+            "DescribeNetworkInterfaces",
+            "of instance i-1",
+            None,
+            "dispatch failure: connection refused",
+        );
+        assert!(e.to_string().contains("AWS_ENDPOINT_URL_EC2"), "{e}");
+    }
+}

@@ -1,0 +1,99 @@
+//! Which instance this pod runs on. IMDS first; pods often cannot reach it (hop limit
+//! 1), so the node name the webhook injects is the fallback: resource-based names
+//! carry the instance ID, IP-based names are looked up by private DNS name.
+
+use std::time::Duration;
+
+use aws_config::imds;
+use tracing::{debug, info};
+
+use crate::ec2::{Ec2, Ec2Error};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(
+        "cannot tell which instance this pod runs on: IMDS gave no instance ID ({imds}) and NODE_NAME is not set; \
+         set NODE_NAME from spec.nodeName (the webhook does) or raise the IMDS hop limit to 2"
+    )]
+    Unknown { imds: String },
+    #[error("no EC2 instance has private DNS name {node:?} (NODE_NAME); is this an EKS node?")]
+    NotFound { node: String },
+    #[error(transparent)]
+    Ec2(#[from] Ec2Error),
+}
+
+pub fn imds_disabled() -> bool {
+    std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// The instance ID from IMDSv2, with short timeouts: an unreachable IMDS must not
+/// cost the pod seconds at start-up.
+async fn from_imds() -> Result<String, String> {
+    if imds_disabled() {
+        return Err("AWS_EC2_METADATA_DISABLED is set".into());
+    }
+    let client = imds::Client::builder()
+        .max_attempts(1)
+        .connect_timeout(Duration::from_millis(500))
+        .read_timeout(Duration::from_millis(500))
+        .build();
+    match client.get("/latest/meta-data/instance-id").await {
+        Ok(id) => Ok(id.as_ref().trim().to_owned()),
+        Err(e) => Err(aws_sdk_ec2::error::DisplayErrorContext(&e).to_string()),
+    }
+}
+
+/// `i-0123456789abcdef0.us-west-2.compute.internal` → `i-0123456789abcdef0`.
+pub fn instance_in_node_name(node: &str) -> Option<&str> {
+    let first = node.split('.').next()?;
+    let hex = first.strip_prefix("i-")?;
+    (!hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(first)
+}
+
+pub async fn instance_id(ec2: &impl Ec2, node_name: Option<&str>) -> Result<String, IdentityError> {
+    let imds_error = match from_imds().await {
+        Ok(id) => {
+            debug!(instance = %id, "instance from IMDS");
+            return Ok(id);
+        }
+        Err(e) => e,
+    };
+    let Some(node) = node_name.filter(|n| !n.is_empty()) else {
+        return Err(IdentityError::Unknown { imds: imds_error });
+    };
+    if let Some(id) = instance_in_node_name(node) {
+        info!(
+            instance = id,
+            node, "instance from the node name (IMDS: {imds_error})"
+        );
+        return Ok(id.to_owned());
+    }
+    let id = ec2
+        .instance_by_private_dns(node)
+        .await?
+        .ok_or_else(|| IdentityError::NotFound {
+            node: node.to_owned(),
+        })?;
+    info!(instance = %id, node, "instance by private DNS name (IMDS: {imds_error})");
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_based_node_names_carry_the_instance() {
+        assert_eq!(
+            instance_in_node_name("i-0123456789abcdef0.us-west-2.compute.internal"),
+            Some("i-0123456789abcdef0")
+        );
+        assert_eq!(instance_in_node_name("i-0abc"), Some("i-0abc"));
+        assert_eq!(
+            instance_in_node_name("ip-10-0-1-5.us-west-2.compute.internal"),
+            None
+        );
+        assert_eq!(instance_in_node_name("i-.x"), None);
+        assert_eq!(instance_in_node_name("i-xyz.x"), None);
+    }
+}
