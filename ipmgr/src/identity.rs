@@ -34,8 +34,8 @@ async fn from_imds() -> Result<String, String> {
     }
     let client = imds::Client::builder()
         .max_attempts(1)
-        .connect_timeout(Duration::from_millis(500))
-        .read_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_secs(1))
+        .read_timeout(Duration::from_secs(1))
         .build();
     match client.get("/latest/meta-data/instance-id").await {
         Ok(id) => Ok(id.as_ref().trim().to_owned()),

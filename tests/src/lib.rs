@@ -1,3 +1,5 @@
 //! Fakes and helpers shared by the integration tests and load tools.
 
 pub mod fake_ec2;
+pub mod fake_imds;
+pub mod netns;

@@ -1,0 +1,66 @@
+//! The `ipmgr ready` probe the webhook wires into the sidecar's startupProbe (and the
+//! classic sidecar's postStart hook).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn ipmgr() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ipmgr"))
+}
+
+#[test]
+fn ready_answers_from_the_ready_file() {
+    let dir = std::env::temp_dir().join(format!("ipmgr-ready-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ready");
+    let _ = std::fs::remove_file(&file);
+
+    let out = ipmgr()
+        .arg("ready")
+        .env("IPMGR_READY_FILE", &file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not ready"),
+        "{out:?}"
+    );
+
+    std::fs::write(&file, "ready\n").unwrap();
+    let out = ipmgr()
+        .arg("ready")
+        .env("IPMGR_READY_FILE", &file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    std::fs::remove_file(&file).unwrap();
+}
+
+#[test]
+fn ready_wait_returns_when_the_file_appears() {
+    let dir = std::env::temp_dir().join(format!("ipmgr-wait-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ready");
+    let _ = std::fs::remove_file(&file);
+    let mut child = ipmgr()
+        .args(["ready", "--wait", "10"])
+        .env("IPMGR_READY_FILE", &file)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "returned before the file existed"
+    );
+    let started = Instant::now();
+    std::fs::write(&file, "ready\n").unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn unknown_subcommand_is_refused() {
+    let out = ipmgr().arg("assign").output().unwrap();
+    assert!(!out.status.success());
+}

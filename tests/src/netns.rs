@@ -1,0 +1,185 @@
+//! Pods as network namespaces. Each pod namespace gets `eth0`, a veth to the host
+//! namespace where the fakes listen, and secondary interfaces that are macvlans on a
+//! host-side veth. This kernel has no ipvlan: a macvlan given the ENI's MAC stands in
+//! for an ipvlan slave, which shares its master's (the ENI's) MAC.
+//!
+//! Needs root. Setup shells out to iproute2; the code under test does not.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct PodNet {
+    pub ns: String,
+    /// The host end of `eth0`; the fakes listen here.
+    pub host_ip: Ipv4Addr,
+    host_veth: String,
+    parent: String,
+    n: u32,
+    macvlans: AtomicU32,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("iproute2 `ip` runs");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl PodNet {
+    pub fn new() -> PodNet {
+        assert!(
+            is_root(),
+            "network-namespace tests need root (CI runs them as root): run the test command as root"
+        );
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < 64, "too many pod namespaces in one test process");
+        let tag = format!("{}x{n}", std::process::id() % 10_000);
+        let ns = format!("ipmgmt-pod-{tag}");
+        let (host_veth, pod_veth) = (format!("ipmh{tag}"), format!("ipmp{tag}"));
+        let (parent, parent_peer) = (format!("ipmx{tag}"), format!("ipmy{tag}"));
+        // 198.18.0.0/24 (RFC 2544 benchmarking): one /30 per pod, only on these veths.
+        let host_ip = Ipv4Addr::new(198, 18, 0, (4 * n + 1) as u8);
+        let pod_ip = Ipv4Addr::new(198, 18, 0, (4 * n + 2) as u8);
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        ip(&["netns", "add", &ns]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&[
+            "link", "add", &host_veth, "type", "veth", "peer", "name", &pod_veth,
+        ]);
+        ip(&["link", "set", &pod_veth, "netns", &ns]);
+        ip(&["-n", &ns, "link", "set", &pod_veth, "name", "eth0"]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_veth]);
+        ip(&["link", "set", &host_veth, "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{pod_ip}/30"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&[
+            "link",
+            "add",
+            &parent,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &parent_peer,
+        ]);
+        ip(&["link", "set", &parent, "up"]);
+        ip(&["link", "set", &parent_peer, "up"]);
+        let pod = PodNet {
+            ns,
+            host_ip,
+            host_veth,
+            parent,
+            n,
+            macvlans: AtomicU32::new(0),
+        };
+        pod.wait_carrier();
+        pod
+    }
+
+    /// A new veth takes a moment to get carrier; a SYN sent before that is dropped and
+    /// retried only after a second. Pods start with their network settled.
+    fn wait_carrier(&self) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let host =
+                std::fs::read_to_string(format!("/sys/class/net/{}/operstate", self.host_veth))
+                    .unwrap_or_default();
+            let pod = Command::new("ip")
+                .args(["-n", &self.ns, "-o", "link", "show", "eth0"])
+                .output();
+            let pod_up = pod.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("state UP"));
+            if host.trim() == "up" && pod_up {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "{} never got carrier",
+                self.host_veth
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// A secondary interface `name` with `mac`, up, in the pod.
+    pub fn add_interface(&self, name: &str, mac: &str) {
+        let tmp = format!(
+            "ipmv{}x{}",
+            self.n,
+            self.macvlans.fetch_add(1, Ordering::Relaxed)
+        );
+        ip(&[
+            "link",
+            "add",
+            "link",
+            &self.parent,
+            "name",
+            &tmp,
+            "address",
+            mac,
+            "type",
+            "macvlan",
+            "mode",
+            "bridge",
+        ]);
+        ip(&["link", "set", &tmp, "netns", &self.ns]);
+        ip(&["-n", &self.ns, "link", "set", &tmp, "name", name]);
+        ip(&["-n", &self.ns, "link", "set", name, "up"]);
+    }
+
+    pub fn add_address(&self, iface: &str, cidr: &str) {
+        let mut args = vec!["-n", &self.ns, "addr", "add", cidr, "dev", iface];
+        if cidr.contains(':') {
+            args.push("nodad");
+        }
+        ip(&args);
+    }
+
+    pub fn del_address(&self, iface: &str, cidr: &str) {
+        ip(&["-n", &self.ns, "addr", "del", cidr, "dev", iface]);
+    }
+
+    /// `program` run inside the pod's network namespace.
+    pub fn command(&self, program: &std::path::Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns]).arg(program);
+        cmd
+    }
+}
+
+impl Drop for PodNet {
+    fn drop(&mut self) {
+        for args in [
+            vec!["netns", "del", self.ns.as_str()],
+            vec!["link", "del", self.host_veth.as_str()],
+            vec!["link", "del", self.parent.as_str()],
+        ] {
+            let _ = Command::new("ip").args(&args).output();
+        }
+    }
+}
+
+fn is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        == Some("0")
+}
