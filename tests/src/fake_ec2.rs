@@ -94,8 +94,8 @@ pub struct LogEntry {
     pub status: u16,
     pub code: Option<String>,
     pub eni: Option<String>,
-    /// Milliseconds since the fake started.
-    pub at_ms: u64,
+    /// When the request arrived, in microseconds since the fake started.
+    pub at_us: u64,
 }
 
 /// Addresses per ENI (IPv4 including the primary; IPv6 the same) by instance type.
@@ -211,6 +211,18 @@ impl FakeEc2 {
         self.lock().log.clear();
     }
 
+    /// Microseconds since the fake started: the clock of `LogEntry::at_us`.
+    pub fn now_us(&self) -> u64 {
+        self.lock().started.elapsed().as_micros() as u64
+    }
+
+    /// Replaces the account's resources (between benchmark runs).
+    pub fn set_world(&self, world: World) {
+        let mut inner = self.lock();
+        inner.world = world;
+        inner.remaps.clear();
+    }
+
     /// The world as a describe would show it now.
     pub fn world(&self) -> World {
         let mut inner = self.lock();
@@ -248,6 +260,7 @@ impl FakeEc2 {
 }
 
 async fn handle(State(fake): State<FakeEc2>, body: Bytes) -> Response {
+    let arrived = fake.now_us();
     let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let q = Query(params);
     let action = q.get("Action").unwrap_or_default().to_owned();
@@ -274,13 +287,12 @@ async fn handle(State(fake): State<FakeEc2>, body: Bytes) -> Response {
     };
     {
         let mut inner = fake.lock();
-        let at_ms = inner.started.elapsed().as_millis() as u64;
         inner.log.push(LogEntry {
             action,
             status: status.as_u16(),
             code,
             eni: q.get("NetworkInterfaceId").map(str::to_owned),
-            at_ms,
+            at_us: arrived,
         });
     }
     (status, [("content-type", "text/xml;charset=UTF-8")], body).into_response()

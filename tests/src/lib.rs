@@ -3,3 +3,4 @@
 pub mod fake_ec2;
 pub mod fake_imds;
 pub mod netns;
+pub mod scenario;

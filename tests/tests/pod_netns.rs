@@ -6,12 +6,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ipmgmt_tests::fake_ec2::{Eni, FakeEc2, Faults, Instance, Subnet, World};
-use ipmgmt_tests::fake_imds::{FakeImds, Identity, Interface};
+use ipmgmt_tests::fake_ec2::{FakeEc2, Faults, World};
+use ipmgmt_tests::fake_imds::FakeImds;
 use ipmgmt_tests::netns::PodNet;
-
-const MAC_N3: &str = "0a:00:00:00:01:01";
-const MAC_N6: &str = "0a:00:00:00:02:01";
+use ipmgmt_tests::scenario::{MAC_N3, MAC_N6, identity, world};
 
 fn ipmgr_bin() -> PathBuf {
     // target/debug/deps/<this test> → target/debug/ipmgr, built by `cargo test --workspace`.
@@ -23,88 +21,6 @@ fn ipmgr_bin() -> PathBuf {
         bin.display()
     );
     bin
-}
-
-fn eni(id: &str, instance: &str, index: i32, mac: &str, subnet: &str, ipv4: &[&str]) -> Eni {
-    Eni {
-        id: id.into(),
-        instance_id: Some(instance.into()),
-        device_index: index,
-        mac: mac.into(),
-        subnet_id: subnet.into(),
-        ipv4: ipv4.iter().map(|s| s.parse().unwrap()).collect(),
-        ipv6: Vec::new(),
-    }
-}
-
-fn world() -> World {
-    World {
-        instances: vec![
-            Instance {
-                id: "i-0001".into(),
-                instance_type: "m5.large".into(),
-                private_dns_name: "ip-10-0-0-10.us-west-2.compute.internal".into(),
-            },
-            Instance {
-                id: "i-0002".into(),
-                instance_type: "m5.large".into(),
-                private_dns_name: "ip-10-0-0-20.us-west-2.compute.internal".into(),
-            },
-        ],
-        enis: vec![
-            eni(
-                "eni-1primary",
-                "i-0001",
-                0,
-                "0a:00:00:00:00:01",
-                "subnet-a",
-                &["10.0.0.10"],
-            ),
-            eni("eni-1n3", "i-0001", 1, MAC_N3, "subnet-b", &["10.0.1.10"]),
-            eni("eni-1n6", "i-0001", 2, MAC_N6, "subnet-c", &["100.64.0.10"]),
-            eni(
-                "eni-2n3",
-                "i-0002",
-                1,
-                "0a:00:00:00:11:01",
-                "subnet-b",
-                &["10.0.1.20", "10.0.1.99"],
-            ),
-        ],
-        subnets: vec![
-            Subnet {
-                id: "subnet-a".into(),
-                ipv4: "10.0.0.0/24".parse().unwrap(),
-                ipv6: vec![],
-            },
-            Subnet {
-                id: "subnet-b".into(),
-                ipv4: "10.0.1.0/24".parse().unwrap(),
-                ipv6: vec!["2600:1f14:aaa:1b00::/64".parse().unwrap()],
-            },
-            Subnet {
-                id: "subnet-c".into(),
-                ipv4: "100.64.0.0/20".parse().unwrap(),
-                ipv6: vec![],
-            },
-        ],
-    }
-}
-
-fn identity() -> Identity {
-    Identity {
-        instance_id: "i-0001".into(),
-        instance_type: "m5.large".into(),
-        region: "us-west-2".into(),
-        availability_zone: "us-west-2a".into(),
-        interfaces: vec![Interface {
-            mac: MAC_N3.into(),
-            eni_id: "eni-1n3".into(),
-            subnet_id: "subnet-b".into(),
-            device_number: 1,
-            subnet_cidr: "10.0.1.0/24".into(),
-        }],
-    }
 }
 
 struct Pod {

@@ -1,0 +1,213 @@
+//! ipmgr's figures, against the fake EC2 and IMDS on the host end of a pod namespace
+//! (the scenario of tests/tests/pod_netns.rs: 2 secondary interfaces, 3 addresses):
+//! - `ipmgr init`, process start to exit, and the EC2 calls it makes;
+//! - sidecar: an address added in the pod → its AssignPrivateIpAddresses arriving at
+//!   the fake; wake-ups and RSS while idle.
+//!
+//! Needs root.   ipmgr-bench [--ipmgr target/release/ipmgr] [--runs 30] [--events 30]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use clap::Parser;
+use ipmgmt_tests::fake_ec2::FakeEc2;
+use ipmgmt_tests::fake_imds::FakeImds;
+use ipmgmt_tests::netns::PodNet;
+use ipmgmt_tests::scenario::{MAC_N3, MAC_N6, identity, ipmgr_beside, world};
+
+#[derive(Parser)]
+struct Args {
+    /// The ipmgr binary; default: beside this one.
+    #[arg(long)]
+    ipmgr: Option<PathBuf>,
+    #[arg(long, default_value_t = 30)]
+    runs: usize,
+    #[arg(long, default_value_t = 30)]
+    events: usize,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn summary(name: &str, mut ms: Vec<f64>) {
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "{name}: median {:.1} ms, p90 {:.1} ms, min {:.1} ms, max {:.1} ms (n={})",
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.9),
+        ms[0],
+        ms[ms.len() - 1],
+        ms.len()
+    );
+}
+
+fn proc_status(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin = match args.ipmgr {
+        Some(p) => p,
+        None => ipmgr_beside(
+            std::env::current_exe()?
+                .parent()
+                .context("binary directory")?,
+        ),
+    };
+    let net = PodNet::new();
+    net.add_interface("net1", MAC_N3);
+    net.add_address("net1", "10.0.1.50/24");
+    net.add_address("net1", "10.0.1.51/24");
+    net.add_interface("net2", MAC_N6);
+    net.add_address("net2", "100.64.1.7/20");
+    let fake = FakeEc2::new(world());
+    let ec2 = fake.serve(SocketAddr::new(net.host_ip.into(), 0)).await?;
+    let imds = FakeImds::new(identity())
+        .serve(SocketAddr::new(net.host_ip.into(), 0))
+        .await?;
+    let dir = std::env::temp_dir().join(format!("ipmgr-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ipmgr = |mode: &str| {
+        let mut cmd = net.command(&bin);
+        cmd.arg(mode)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &dir)
+            .env("AWS_ENDPOINT_URL_EC2", format!("http://{ec2}"))
+            .env(
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                format!("http://{imds}"),
+            )
+            .env("AWS_REGION", "us-west-2")
+            .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .env("IPMGR_TERMINATION_LOG", dir.join("termination-log"))
+            .env("IPMGR_READY_FILE", dir.join("ready"))
+            .env("IPMGR_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        cmd
+    };
+
+    println!(
+        "binary: {} ({:.1} MiB)",
+        bin.display(),
+        std::fs::metadata(&bin)?.len() as f64 / 1048576.0
+    );
+
+    let mut times = Vec::new();
+    let mut calls = Vec::new();
+    for _ in 0..args.runs {
+        fake.set_world(world());
+        fake.clear_log();
+        let mut cmd = ipmgr("init");
+        let started = Instant::now();
+        let status = tokio::task::spawn_blocking(move || cmd.status()).await??;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        ensure!(status.success(), "ipmgr init failed: {status}");
+        ensure!(
+            fake.holder("100.64.1.7".parse()?).as_deref() == Some("eni-1n6"),
+            "not assigned"
+        );
+        calls.push(fake.log().len());
+    }
+    summary("init, process start to exit", times);
+    println!(
+        "init, EC2 calls per run: {:?}",
+        calls.iter().min().zip(calls.iter().max()).unwrap()
+    );
+
+    fake.set_world(world());
+    fake.clear_log();
+    let mut sidecar = ipmgr("sidecar").spawn()?;
+    let pid = sidecar.id();
+    let until = Instant::now() + Duration::from_secs(30);
+    while !dir.join("ready").exists() {
+        ensure!(Instant::now() < until, "sidecar never became ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (switches, rss) = (
+        proc_status(pid, "voluntary_ctxt_switches:"),
+        proc_status(pid, "VmRSS:"),
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle_wakeups = proc_status(pid, "voluntary_ctxt_switches:") - switches;
+    println!(
+        "sidecar idle: {idle_wakeups} wake-ups in 10 s; RSS {:.1} MiB",
+        rss as f64 / 1024.0
+    );
+
+    let (mut upper, mut lower) = (Vec::new(), Vec::new());
+    for k in 0..args.events {
+        let assigned_before = fake
+            .log()
+            .iter()
+            .filter(|e| e.action == "AssignPrivateIpAddresses")
+            .count();
+        let before = fake.now_us();
+        let ok = Command::new("ip")
+            .args([
+                "-n",
+                &net.ns,
+                "addr",
+                "add",
+                &format!("10.0.1.{}/24", 100 + k),
+                "dev",
+                "net1",
+            ])
+            .status()?
+            .success();
+        let after = fake.now_us();
+        ensure!(ok, "ip addr add failed");
+        let until = Instant::now() + Duration::from_secs(10);
+        let arrived = loop {
+            let log = fake.log();
+            let assigns: Vec<_> = log
+                .iter()
+                .filter(|e| e.action == "AssignPrivateIpAddresses")
+                .collect();
+            if assigns.len() > assigned_before {
+                break assigns[assigned_before].at_us;
+            }
+            ensure!(Instant::now() < until, "no assignment for event {k}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        upper.push(arrived.saturating_sub(before) as f64 / 1000.0);
+        lower.push(arrived.saturating_sub(after) as f64 / 1000.0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    summary(
+        "sidecar, address added → Assign at EC2 (from before `ip addr add`)",
+        upper,
+    );
+    summary(
+        "sidecar, address added → Assign at EC2 (from after `ip addr add` returned)",
+        lower,
+    );
+    println!(
+        "sidecar after {} events: RSS {:.1} MiB, peak {:.1} MiB",
+        args.events,
+        proc_status(pid, "VmRSS:") as f64 / 1024.0,
+        proc_status(pid, "VmHWM:") as f64 / 1024.0
+    );
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    let status = tokio::task::spawn_blocking(move || sidecar.wait()).await??;
+    ensure!(status.success(), "sidecar exit {status}");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
