@@ -380,3 +380,37 @@ mod tests {
         assert!(e.to_string().contains("AWS_ENDPOINT_URL_EC2"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod policy {
+    use std::collections::BTreeSet;
+
+    /// The policy in deploy/ grants exactly the EC2 actions this file calls.
+    #[test]
+    fn iam_policy_grants_exactly_the_actions_called() {
+        let source = include_str!("ec2.rs");
+        let called: BTreeSet<String> = source
+            .split("sdk_error(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(|action| format!("ec2:{action}"))
+            .collect();
+        assert_eq!(called.len(), 7, "{called:?}");
+        let policy: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/iam-policy.json"))
+                .expect("policy is JSON");
+        let granted: BTreeSet<String> = policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| {
+                s["Action"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_owned())
+            })
+            .collect();
+        assert_eq!(called, granted);
+    }
+}

@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Args, Cli, Command, LogFormat};
 use crate::discover::{DiscoverError, Discovery, Snapshot, Watch};
 use crate::ec2::{Ec2, SdkEc2};
+use crate::eni::Local;
 use crate::manager::{Manager, PassError, Settings};
 use crate::{aws, identity};
 
@@ -131,13 +132,13 @@ async fn first_addresses(
     }
 }
 
-/// Assigns until done, a permanent error, or the deadline.
+/// Assigns until done, a permanent error, or the deadline. Returns what it assigned.
 async fn assign_all<E: Ec2>(
     mgr: &Manager<E>,
     discovery: &Discovery,
     snapshot: Snapshot,
     args: &Args,
-) -> Result<(), Failure> {
+) -> Result<Vec<Local>, Failure> {
     let deadline = Duration::from_secs(args.deadline_seconds);
     let started = Instant::now();
     let mut snapshot = snapshot;
@@ -151,7 +152,7 @@ async fn assign_all<E: Ec2>(
                     calls = outcome.calls,
                     "all addresses assigned"
                 );
-                return Ok(());
+                return Ok(snapshot.addresses);
             }
             Ok(Err(e)) if e.is_permanent() => return Err(e.into()),
             Ok(Err(e)) => e.to_string(),
@@ -177,7 +178,7 @@ async fn init<E: Ec2>(ec2: E, args: &Args) -> Result<(), Failure> {
     )
     .await?;
     let mgr = manager(ec2, args).await?;
-    assign_all(&mgr, &discovery, snapshot, args).await
+    assign_all(&mgr, &discovery, snapshot, args).await.map(drop)
 }
 
 async fn sidecar<E: Ec2>(ec2: E, args: &Args) -> Result<(), Failure> {
@@ -194,7 +195,7 @@ async fn sidecar<E: Ec2>(ec2: E, args: &Args) -> Result<(), Failure> {
     )
     .await?;
     let mgr = manager(ec2, args).await?;
-    assign_all(&mgr, &discovery, snapshot, args).await?;
+    let mut last = assign_all(&mgr, &discovery, snapshot, args).await?;
     std::fs::write(&args.ready_file, b"ready\n").map_err(|source| Failure::Ready {
         path: args.ready_file.display().to_string(),
         source,
@@ -206,18 +207,25 @@ async fn sidecar<E: Ec2>(ec2: E, args: &Args) -> Result<(), Failure> {
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.reset();
     loop {
-        let why = tokio::select! {
+        let (why, periodic) = tokio::select! {
             _ = term.recv() => break,
             changed = watch.changed(coalesce) => match changed {
-                Some(events) => format!("{events} address events"),
+                Some(events) => (format!("{events} address events"), false),
                 None => return Err(DiscoverError::Socket(std::io::Error::other("netlink event socket closed")).into()),
             },
-            _ = resync.tick() => "periodic re-assertion".to_owned(),
+            _ = resync.tick() => ("periodic re-assertion".to_owned(), true),
         };
         let snapshot = discovery.snapshot().await?;
+        // Link-local addresses, DAD completing, the primary interface: events that
+        // change nothing ipmgr manages cost no EC2 call.
+        if !periodic && snapshot.addresses == last {
+            debug!(reason = %why, "no change to the managed addresses");
+            continue;
+        }
         match mgr.assign(&snapshot.addresses).await {
             Ok(outcome) => {
-                info!(reason = %why, addresses = outcome.placed.len(), calls = outcome.calls, "pass done")
+                info!(reason = %why, addresses = outcome.placed.len(), calls = outcome.calls, "pass done");
+                last = snapshot.addresses;
             }
             Err(e) => {
                 warn!(reason = %why, error = %e, "pass failed; the next event or periodic pass retries")

@@ -104,6 +104,7 @@ pub fn addresses_per_eni(instance_type: &str) -> usize {
         "t3.medium" => 6,
         "m5.large" | "c5.large" | "r5.large" => 10,
         "m5.xlarge" | "c5.xlarge" => 15,
+        "m5.24xlarge" | "c5.24xlarge" => 50,
         _ => 30,
     }
 }

@@ -1,0 +1,119 @@
+"""ipmgr against moto_server: a check that the SDK's requests and moto's real-format
+answers agree where moto is right. moto ignores AllowReassignment, per-ENI limits and
+subnet checks, so the semantics are tested against the project's fake EC2
+(tests/tests/pod_netns.rs); this is a wire-format check. moto's IMDS stub lacks the
+token TTL header, so IMDS is off and the instance comes from NODE_NAME."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import time
+
+import boto3
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+IPMGR = pathlib.Path(os.environ.get("IPMGR_BIN", TARGET / "debug" / "ipmgr"))
+VENV_BIN = pathlib.Path(__file__).resolve().parents[2] / ".venv" / "bin"
+
+# A /30 of the RFC 2544 range for this test's pod; the Rust tests use 198.18.0.0/24.
+HOST_IP, POD_IP = "198.18.1.1", "198.18.1.2"
+NS = "ipmgmt-moto-%d" % os.getpid()
+
+
+def ip(*args):
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def pod():
+    assert os.geteuid() == 0, "this test needs root for network namespaces (CI runs as root)"
+    host, peer, parent = "ipmmh%d" % (os.getpid() % 10000), "ipmmp%d" % (os.getpid() % 10000), "ipmmx%d" % (os.getpid() % 10000)
+    ip("netns", "add", NS)
+    try:
+        ip("link", "add", host, "type", "veth", "peer", "name", peer)
+        ip("link", "set", peer, "netns", NS)
+        ip("-n", NS, "link", "set", peer, "name", "eth0")
+        ip("addr", "add", HOST_IP + "/30", "dev", host)
+        ip("link", "set", host, "up")
+        ip("-n", NS, "addr", "add", POD_IP + "/30", "dev", "eth0")
+        ip("-n", NS, "link", "set", "eth0", "up")
+        ip("-n", NS, "link", "set", "lo", "up")
+        ip("link", "add", parent, "type", "veth", "peer", "name", parent + "p")
+        ip("link", "set", parent, "up")
+        yield parent
+    finally:
+        subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+        for link in (host, parent):
+            subprocess.run(["ip", "link", "del", link], capture_output=True)
+
+
+@pytest.fixture
+def moto(pod):
+    port = free_port()
+    proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", HOST_IP, "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = "http://%s:%d" % (HOST_IP, port)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection((HOST_IP, port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "moto_server did not start"
+            time.sleep(0.1)
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_ipmgr_init_against_moto(pod, moto):
+    assert IPMGR.exists(), f"{IPMGR} is missing: run cargo test --workspace first"
+    ec2 = boto3.client("ec2", endpoint_url=moto, region_name="us-west-2",
+                       aws_access_key_id="AKIDTEST", aws_secret_access_key="secret")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="m5.large",
+                                 SubnetId=subnet)["Instances"][0]
+    eni = ec2.create_network_interface(SubnetId=subnet)["NetworkInterface"]
+    ec2.attach_network_interface(NetworkInterfaceId=eni["NetworkInterfaceId"],
+                                 InstanceId=instance["InstanceId"], DeviceIndex=1)
+
+    parent = pod
+    ip("link", "add", "link", parent, "name", "ipmmv%d" % (os.getpid() % 10000),
+       "address", eni["MacAddress"], "type", "macvlan", "mode", "bridge")
+    ip("link", "set", "ipmmv%d" % (os.getpid() % 10000), "netns", NS)
+    ip("-n", NS, "link", "set", "ipmmv%d" % (os.getpid() % 10000), "name", "net1")
+    ip("-n", NS, "link", "set", "net1", "up")
+    ip("-n", NS, "addr", "add", "10.0.1.50/24", "dev", "net1")
+
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": "/nonexistent",
+        "AWS_ENDPOINT_URL_EC2": moto,
+        "AWS_REGION": "us-west-2",
+        "AWS_ACCESS_KEY_ID": "AKIDTEST",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "NODE_NAME": instance["PrivateDnsName"],
+        "IPMGR_ADDRESS_WAIT_SECONDS": "2",
+        "IPMGR_DEADLINE_SECONDS": "20",
+        "IPMGR_TERMINATION_LOG": "/dev/null",
+    }
+    out = subprocess.run(["ip", "netns", "exec", NS, str(IPMGR), "init"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    described = ec2.describe_network_interfaces(NetworkInterfaceIds=[eni["NetworkInterfaceId"]])
+    addresses = [a["PrivateIpAddress"] for a in described["NetworkInterfaces"][0]["PrivateIpAddresses"]]
+    assert "10.0.1.50" in addresses, addresses
+    # The instance was found by its private DNS name (DescribeInstances filter), not IMDS.
+    assert "instance by private DNS name" in out.stderr, out.stderr
