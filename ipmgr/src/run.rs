@@ -168,34 +168,31 @@ async fn assign_all<E: Ec2>(
     }
 }
 
-async fn init<E: Ec2>(ec2: E, args: &Args) -> Result<(), Failure> {
-    let discovery = Discovery::new(&args.primary_interface)?;
+/// The start both modes share: wait for addresses, find the instance, assign them.
+/// The watch is subscribed before the first look, so no change between the two is
+/// missed; the sidecar goes on with it.
+async fn first_pass<E: Ec2>(
+    ec2: E,
+    args: &Args,
+) -> Result<(Discovery, Watch, Manager<E>, Vec<Local>), Failure> {
     let mut watch = Watch::new()?;
-    let snapshot = first_addresses(
-        &discovery,
-        &mut watch,
-        Duration::from_secs(args.address_wait_seconds),
-    )
-    .await?;
+    let discovery = Discovery::new(&args.primary_interface)?;
+    let wait = Duration::from_secs(args.address_wait_seconds);
+    let snapshot = first_addresses(&discovery, &mut watch, wait).await?;
     let mgr = manager(ec2, args).await?;
-    assign_all(&mgr, &discovery, snapshot, args).await.map(drop)
+    let assigned = assign_all(&mgr, &discovery, snapshot, args).await?;
+    Ok((discovery, watch, mgr, assigned))
+}
+
+async fn init<E: Ec2>(ec2: E, args: &Args) -> Result<(), Failure> {
+    first_pass(ec2, args).await.map(drop)
 }
 
 async fn sidecar<E: Ec2>(ec2: E, args: &Args) -> Result<(), Failure> {
     // A restarted sidecar must not pass its startup probe on the last run's file.
     let _ = std::fs::remove_file(&args.ready_file);
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    // Subscribed before the first look, so no change between the two is missed.
-    let mut watch = Watch::new()?;
-    let discovery = Discovery::new(&args.primary_interface)?;
-    let snapshot = first_addresses(
-        &discovery,
-        &mut watch,
-        Duration::from_secs(args.address_wait_seconds),
-    )
-    .await?;
-    let mgr = manager(ec2, args).await?;
-    let mut last = assign_all(&mgr, &discovery, snapshot, args).await?;
+    let (discovery, mut watch, mgr, mut last) = first_pass(ec2, args).await?;
     std::fs::write(&args.ready_file, b"ready\n").map_err(|source| Failure::Ready {
         path: args.ready_file.display().to_string(),
         source,

@@ -55,11 +55,7 @@ impl FakeImds {
     }
 
     pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let bound = listener.local_addr()?;
-        let router = self.router();
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        Ok(bound)
+        crate::serve(self.router(), addr).await
     }
 
     /// Accepts connections and never answers.

@@ -10,7 +10,7 @@ use crate::fake_imds::{Identity, Interface};
 pub const MAC_N3: &str = "0a:00:00:00:01:01";
 pub const MAC_N6: &str = "0a:00:00:00:02:01";
 
-fn eni(id: &str, instance: &str, index: i32, mac: &str, subnet: &str, ipv4: &[&str]) -> Eni {
+pub fn eni(id: &str, instance: &str, index: i32, mac: &str, subnet: &str, ipv4: &[&str]) -> Eni {
     Eni {
         id: id.into(),
         instance_id: Some(instance.into()),

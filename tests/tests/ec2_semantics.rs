@@ -5,84 +5,34 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
-use ipmgmt_tests::fake_ec2::{Eni, FakeEc2, Faults, Instance, Subnet, World};
+use ipmgmt_tests::fake_ec2::{Eni, FakeEc2, Faults, World};
+use ipmgmt_tests::scenario::{self, MAC_N3, MAC_N6};
 use ipmgr::ec2::SdkEc2;
 use ipmgr::eni::Local;
 use ipmgr::manager::{Manager, PassError, Settings};
 
-const MAC_N3: &str = "0a:00:00:00:01:01";
 const MAC_N3B: &str = "0a:00:00:00:01:02";
-const MAC_N6: &str = "0a:00:00:00:02:01";
 
-fn eni(id: &str, instance: &str, index: i32, mac: &str, subnet: &str, ipv4: &[&str]) -> Eni {
-    Eni {
-        id: id.into(),
-        instance_id: Some(instance.into()),
-        device_index: index,
-        mac: mac.into(),
-        subnet_id: subnet.into(),
-        ipv4: ipv4.iter().map(|s| s.parse().unwrap()).collect(),
-        ipv6: Vec::new(),
-    }
+/// The shared scenario plus a second ENI of node 1 in subnet-b: two candidates by
+/// subnet, the case the hand-written script assigned to the wrong one.
+fn world() -> World {
+    let mut w = scenario::world();
+    w.enis.push(scenario::eni(
+        "eni-1n3b",
+        "i-0001",
+        3,
+        MAC_N3B,
+        "subnet-b",
+        &["10.0.1.11"],
+    ));
+    w
 }
 
-/// Two nodes; node 1 has two ENIs in subnet-b (the case the old script got wrong).
-fn world() -> World {
-    World {
-        instances: vec![
-            Instance {
-                id: "i-0001".into(),
-                instance_type: "m5.large".into(),
-                private_dns_name: "ip-10-0-0-10.us-west-2.compute.internal".into(),
-            },
-            Instance {
-                id: "i-0002".into(),
-                instance_type: "m5.large".into(),
-                private_dns_name: "ip-10-0-0-20.us-west-2.compute.internal".into(),
-            },
-        ],
-        enis: vec![
-            eni(
-                "eni-1primary",
-                "i-0001",
-                0,
-                "0a:00:00:00:00:01",
-                "subnet-a",
-                &["10.0.0.10"],
-            ),
-            eni("eni-1n3", "i-0001", 1, MAC_N3, "subnet-b", &["10.0.1.10"]),
-            eni("eni-1n3b", "i-0001", 2, MAC_N3B, "subnet-b", &["10.0.1.11"]),
-            eni("eni-1n6", "i-0001", 3, MAC_N6, "subnet-c", &["100.64.0.10"]),
-            eni(
-                "eni-2n3",
-                "i-0002",
-                1,
-                "0a:00:00:00:11:01",
-                "subnet-b",
-                &["10.0.1.20", "10.0.1.99"],
-            ),
-        ],
-        subnets: vec![
-            Subnet {
-                id: "subnet-a".into(),
-                ipv4: "10.0.0.0/24".parse().unwrap(),
-                ipv6: vec![],
-            },
-            Subnet {
-                id: "subnet-b".into(),
-                ipv4: "10.0.1.0/24".parse().unwrap(),
-                ipv6: vec!["2600:1f14:aaa:1b00::/64".parse().unwrap()],
-            },
-            Subnet {
-                id: "subnet-c".into(),
-                ipv4: "100.64.0.0/20".parse().unwrap(),
-                ipv6: vec![
-                    "2600:1f14:aaa:1c00::/64".parse().unwrap(),
-                    "2600:1f14:aaa:1d00::/64".parse().unwrap(),
-                ],
-            },
-        ],
-    }
+fn eni_mut<'a>(w: &'a mut World, id: &str) -> &'a mut Eni {
+    w.enis
+        .iter_mut()
+        .find(|e| e.id == id)
+        .expect("ENI in the scenario")
 }
 
 async fn start(world: World) -> (FakeEc2, SdkEc2) {
@@ -226,7 +176,7 @@ async fn reassignment_off_refuses_to_take_an_address() {
 #[tokio::test]
 async fn full_eni_names_the_eni_and_its_count() {
     let mut w = world();
-    w.enis[1].ipv4 = (10..20)
+    eni_mut(&mut w, "eni-1n3").ipv4 = (10..20)
         .map(|n| format!("10.0.1.{n}").parse().unwrap())
         .collect();
     let (_fake, ec2) = start(w).await;
@@ -268,7 +218,7 @@ async fn missing_permission_names_the_action_and_the_policy() {
 #[tokio::test]
 async fn ipv6_is_unassigned_from_its_holder_then_assigned_here() {
     let mut w = world();
-    w.enis[4].ipv6 = vec!["2600:1f14:aaa:1b00::42".parse().unwrap()];
+    eni_mut(&mut w, "eni-2n3").ipv6 = vec!["2600:1f14:aaa:1b00::42".parse().unwrap()];
     let (fake, ec2) = start(w).await;
     let mgr = Manager::new(ec2, "i-0001".into(), settings());
     mgr.assign(&[local("2600:1f14:aaa:1b00::42", "net1", MAC_N3)])
