@@ -78,10 +78,6 @@ impl<E: Ec2> Manager<E> {
         }
     }
 
-    pub fn ec2(&self) -> &E {
-        &self.ec2
-    }
-
     pub async fn assign(&self, locals: &[Local]) -> Result<Outcome, PassError> {
         let enis = self.ec2.instance_enis(&self.instance_id).await?;
         let placed = self.place(locals, &enis).await?;
@@ -176,38 +172,43 @@ impl<E: Ec2> Manager<E> {
 
     async fn execute(&self, plan: &Plan, enis: &[Eni]) -> Result<(), PassError> {
         for (eni, ips) in &plan.unassign_v6 {
-            let started = Instant::now();
-            let result = self.ec2.unassign_ipv6(eni, ips).await;
-            log_call("UnassignIpv6Addresses", eni, ips, started, &result);
-            result?;
+            logged(
+                "UnassignIpv6Addresses",
+                eni,
+                ips,
+                self.ec2.unassign_ipv6(eni, ips),
+            )
+            .await?;
         }
         for (eni, ips) in &plan.assign_v4 {
-            let started = Instant::now();
-            let result = self
+            let call = self
                 .ec2
-                .assign_ipv4(eni, ips, self.settings.allow_reassignment)
-                .await;
-            log_call("AssignPrivateIpAddresses", eni, ips, started, &result);
-            result.map_err(|mut e| {
-                if e.code.as_deref() == Some("PrivateIpAddressLimitExceeded") {
-                    let held = enis
-                        .iter()
-                        .find(|x| x.id == *eni)
-                        .map_or(0, |x| x.ipv4.len());
-                    e.detail = format!(
-                        "{} (ENI {eni} holds {held} IPv4 addresses; {} more asked)",
-                        e.detail,
-                        ips.len()
-                    );
-                }
-                e
-            })?;
+                .assign_ipv4(eni, ips, self.settings.allow_reassignment);
+            logged("AssignPrivateIpAddresses", eni, ips, call)
+                .await
+                .map_err(|mut e| {
+                    if e.code.as_deref() == Some("PrivateIpAddressLimitExceeded") {
+                        let held = enis
+                            .iter()
+                            .find(|x| x.id == *eni)
+                            .map_or(0, |x| x.ipv4.len());
+                        e.detail = format!(
+                            "{} (ENI {eni} holds {held} IPv4 addresses; {} more asked)",
+                            e.detail,
+                            ips.len()
+                        );
+                    }
+                    e
+                })?;
         }
         for (eni, ips) in &plan.assign_v6 {
-            let started = Instant::now();
-            let result = self.ec2.assign_ipv6(eni, ips).await;
-            log_call("AssignIpv6Addresses", eni, ips, started, &result);
-            result?;
+            logged(
+                "AssignIpv6Addresses",
+                eni,
+                ips,
+                self.ec2.assign_ipv6(eni, ips),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -239,37 +240,46 @@ impl<E: Ec2> Manager<E> {
         let release = plan::release(held, &enis);
         let mut calls = 0;
         for (eni, ips) in &release.ipv4 {
-            let started = Instant::now();
-            let result = self.ec2.unassign_ipv4(eni, ips).await;
-            log_call("UnassignPrivateIpAddresses", eni, ips, started, &result);
-            result?;
+            logged(
+                "UnassignPrivateIpAddresses",
+                eni,
+                ips,
+                self.ec2.unassign_ipv4(eni, ips),
+            )
+            .await?;
             calls += 1;
         }
         for (eni, ips) in &release.ipv6 {
-            let started = Instant::now();
-            let result = self.ec2.unassign_ipv6(eni, ips).await;
-            log_call("UnassignIpv6Addresses", eni, ips, started, &result);
-            result?;
+            logged(
+                "UnassignIpv6Addresses",
+                eni,
+                ips,
+                self.ec2.unassign_ipv6(eni, ips),
+            )
+            .await?;
             calls += 1;
         }
         Ok(calls)
     }
 }
 
-fn log_call<T: std::fmt::Display>(
+/// Makes one EC2 call and logs it: a line per address with action, ENI, result and latency.
+async fn logged<T: std::fmt::Display>(
     action: &str,
     eni: &str,
     ips: &[T],
-    started: Instant,
-    result: &Result<(), Ec2Error>,
-) {
+    call: impl std::future::Future<Output = Result<(), Ec2Error>>,
+) -> Result<(), Ec2Error> {
+    let started = Instant::now();
+    let result = call.await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     for ip in ips {
-        match result {
+        match &result {
             Ok(()) => info!(address = %ip, eni, action, result = "ok", latency_ms, "EC2 call"),
             Err(e) => {
                 warn!(address = %ip, eni, action, result = "failed", latency_ms, error = %e, "EC2 call")
             }
         }
     }
+    result
 }

@@ -30,10 +30,6 @@ impl Plan {
     pub fn calls(&self) -> usize {
         self.assign_v4.len() + self.unassign_v6.len() + self.assign_v6.len()
     }
-
-    pub fn ipv6_to_assign(&self) -> Vec<Ipv6Addr> {
-        self.assign_v6.values().flatten().copied().collect()
-    }
 }
 
 /// `targets` pairs each address with the ENI it must be on; `ipv6_holders` are the ENIs

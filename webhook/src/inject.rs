@@ -229,10 +229,6 @@ impl Injector {
         }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.cfg
-    }
-
     pub fn decide(&self, pod: &Pod<'_>) -> Decision {
         let cfg = &self.cfg;
         let annotations = pod.metadata.annotations.as_ref();

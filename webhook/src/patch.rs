@@ -42,14 +42,6 @@ impl Patch {
         Self::default()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.ops.len()
-    }
-
     /// The patch as the JSON array the API expects (before base64).
     pub fn to_bytes(&self) -> Vec<u8> {
         let size: usize = self
