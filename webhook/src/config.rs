@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::inject::{self, Config, Resources};
+use crate::inject::{self, Config, Mode, Resources};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -100,6 +100,10 @@ pub struct InjectArgs {
     /// Name of the injected container; a pod that already has it is left alone.
     #[arg(long, env = "IPMGMT_CONTAINER_NAME", default_value = "aws-ip-mgmt")]
     pub container_name: String,
+
+    /// Mode for pods whose `ipmgmt.aws/mode` annotation is present but empty.
+    #[arg(long, env = "IPMGMT_DEFAULT_MODE", default_value = "init", value_parser = ["init", "sidecar"])]
+    pub default_mode: String,
 
     /// Path of the ipmgr binary inside the image.
     #[arg(
@@ -281,6 +285,8 @@ impl InjectArgs {
             image_pull_policy: self.image_pull_policy.clone(),
             ipmgr_path: self.ipmgr_path.clone(),
             classic_sidecar: self.classic_sidecar,
+            default_mode: Mode::parse(&self.default_mode)
+                .map_err(|reason| invalid("--default-mode", reason))?,
             region: self.region.clone(),
             imds_endpoint: self.imds_endpoint.clone(),
             imds_endpoint_mode: self.imds_endpoint_mode.clone(),

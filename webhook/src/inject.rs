@@ -132,6 +132,9 @@ pub struct Config {
     /// Inject a regular container instead of a native sidecar (clusters before 1.29,
     /// or with the SidecarContainers feature gate off).
     pub classic_sidecar: bool,
+    /// What an empty `ipmgmt.aws/mode` asks for: the platform team's choice, so
+    /// workloads can opt in without picking a mode.
+    pub default_mode: Mode,
     pub region: Option<String>,
     pub imds_endpoint: Option<String>,
     /// `IPv4` or `IPv6` (IPv6-only nodes).
@@ -159,6 +162,7 @@ impl Default for Config {
             image_pull_policy: "IfNotPresent".into(),
             ipmgr_path: "/usr/local/bin/ipmgr".into(),
             classic_sidecar: false,
+            default_mode: Mode::Init,
             region: None,
             imds_endpoint: None,
             imds_endpoint_mode: None,
@@ -244,7 +248,12 @@ impl Injector {
         {
             return Decision::Skip(Skip::AlreadyInjected);
         }
-        let mode = match Mode::parse(requested) {
+        let parsed = if requested.is_empty() {
+            Ok(cfg.default_mode)
+        } else {
+            Mode::parse(requested)
+        };
+        let mode = match parsed {
             Ok(mode) => mode,
             Err(message) => return Decision::Deny(message),
         };
@@ -579,6 +588,28 @@ mod tests {
         assert_eq!(c["command"], json!(["/usr/local/bin/ipmgr", "init"]));
         assert!(c.get("restartPolicy").is_none());
         assert!(c.get("startupProbe").is_none());
+    }
+
+    #[test]
+    fn empty_mode_takes_the_configured_default() {
+        let init = applied(&annotated(""), &cfg());
+        assert_eq!(init["spec"]["initContainers"][0]["command"][1], "init");
+        let sidecar_default = Config {
+            default_mode: Mode::Sidecar,
+            ..cfg()
+        };
+        let sidecar = applied(&annotated(""), &sidecar_default);
+        assert_eq!(
+            sidecar["spec"]["initContainers"][0]["command"][1],
+            "sidecar"
+        );
+        assert_eq!(
+            sidecar["spec"]["initContainers"][0]["restartPolicy"],
+            "Always"
+        );
+        // An explicit value still wins over the default.
+        let explicit = applied(&annotated("init"), &sidecar_default);
+        assert_eq!(explicit["spec"]["initContainers"][0]["command"][1], "init");
     }
 
     #[test]
