@@ -95,11 +95,13 @@ def issue(ca):
 class Webhook:
     """One ipmgmt-webhook process on loopback ports it picks itself."""
 
-    def __init__(self, tmp_path, extra_args=(), cas=None, reload_seconds=1):
+    def __init__(self, tmp_path, extra_args=(), cas=None, reload_seconds=1, flags=FIXTURE_FLAGS, issue_pair=None):
+        """`flags` are the injection settings; `issue_pair(ca)` makes the first
+        (certificate chain, key) pair."""
         assert WEBHOOK_BIN.exists(), f"{WEBHOOK_BIN} is missing: build the workspace first (cargo build --workspace)"
         self.ca = trustme.CA()
         self.secret = KubeletSecretDir(tmp_path / "tls")
-        self.secret.publish(*issue(self.ca))
+        self.secret.publish(*(issue_pair or issue)(self.ca))
         self.trusted = [self.ca] + list(cas or [])
         args = [
             str(WEBHOOK_BIN),
@@ -110,7 +112,7 @@ class Webhook:
             "--tls-reload-seconds", str(reload_seconds),
             "--header-read-timeout-seconds", "2",
             "--log-format", "json",
-            *FIXTURE_FLAGS,
+            *flags,
             *extra_args,
         ]
         self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)

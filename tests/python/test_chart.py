@@ -1,0 +1,513 @@
+"""The Helm chart, rendered by Helm 4 and checked as the apiserver would check it."""
+
+import copy
+import json
+import re
+
+import jsonpatch
+import jsonschema
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+
+from deploy_harness import (
+    CHART,
+    CI_VALUES,
+    Cel,
+    helm,
+    kinds,
+    load_yaml_docs,
+    notes,
+    one,
+    render,
+    selector_matches,
+    template_args,
+    validate,
+)
+from webhook_harness import ROOT, Webhook, decode_patch, review_of
+
+ALL_OPTIONS = CHART / "ci" / "all-options-values.yaml"
+WITHOUT_CERT_MANAGER = CHART / "ci" / "without-cert-manager-values.yaml"
+
+# (values files, Kubernetes version): together they reach every branch of the templates.
+CASES = {
+    "defaults-1.33": ((), "1.33.0"),
+    "defaults-1.29": ((), "1.29.0"),
+    "defaults-1.37": ((), "1.37.0"),
+    "all-options-1.35": ((ALL_OPTIONS,), "1.35.0"),
+    "all-options-1.28": ((ALL_OPTIONS,), "1.28.0"),
+    "without-cert-manager-1.30": ((WITHOUT_CERT_MANAGER,), "1.30.0"),
+}
+
+ANNOTATED = "has(object.metadata.annotations) && 'ipmgmt.aws/mode' in object.metadata.annotations"
+
+
+def webhook_of(docs):
+    config = one(docs, "MutatingWebhookConfiguration")
+    assert len(config["webhooks"]) == 1
+    return config, config["webhooks"][0]
+
+
+def container_of(docs):
+    deployment = one(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return deployment, container
+
+
+def flag(args, name):
+    values = [a.split("=", 1)[1] for a in args if a.startswith(name + "=")]
+    assert len(values) <= 1, f"{name} given {len(values)} times"
+    return values[0] if values else None
+
+
+def test_helm_is_version_4():
+    assert helm("version", "--short").stdout.startswith("v4."), "the chart tests run Helm 4"
+
+
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=lambda v: v.name if v else "defaults")
+def test_lint_strict(values):
+    args = ["lint", "--strict", str(CHART)] + (["-f", str(values)] if values else [])
+    out = helm(*args).stdout
+    assert "0 chart(s) failed" in out, out
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_every_rendered_manifest_is_valid(case):
+    values, version = CASES[case]
+    docs = render(values, kube_version=version)
+    assert docs
+    for doc in docs:
+        validate(doc, version)
+
+
+def test_default_objects():
+    assert kinds(render()) == sorted([
+        "Certificate", "Certificate", "Deployment", "Issuer", "Issuer", "MutatingWebhookConfiguration",
+        "PodDisruptionBudget", "Service", "ServiceAccount", "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ])
+
+
+def test_no_rbac_because_the_webhook_calls_no_api():
+    for values, version in CASES.values():
+        docs = render(values, kube_version=version)
+        assert not {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"} & set(kinds(docs))
+        deployment, _ = container_of(docs)
+        assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_webhook_configuration_defaults():
+    docs = render()
+    config, hook = webhook_of(docs)
+    assert hook["rules"] == [{
+        "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
+        "scope": "Namespaced",
+    }]
+    assert hook["sideEffects"] == "None"
+    assert hook["admissionReviewVersions"] == ["v1"]
+    assert hook["timeoutSeconds"] == 5
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["reinvocationPolicy"] == "IfNeeded"
+    assert hook["matchConditions"] == [{"name": "annotated-with-ipmgmt-mode", "expression": ANNOTATED}]
+    assert "caBundle" not in hook["clientConfig"], "cainjector fills the caBundle"
+    assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "ipmgmt-system/ipmgmt"
+
+
+def test_webhook_reaches_the_service_and_the_https_port():
+    docs = render(values=[ALL_OPTIONS])
+    _, hook = webhook_of(docs)
+    service = one(docs, "Service")
+    _, container = container_of(docs)
+    ref = hook["clientConfig"]["service"]
+    assert (ref["name"], ref["namespace"], ref["path"]) == (service["metadata"]["name"], "ipmgmt-system", "/mutate")
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == ref["port"]]
+    (target,) = [p for p in container["ports"] if p["name"] == port["targetPort"]]
+    assert flag(container["args"], "--listen") == f"0.0.0.0:{target['containerPort']}" == "0.0.0.0:9443"
+    assert selector_matches({"matchLabels": service["spec"]["selector"]},
+                            one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"])
+
+
+def test_match_condition_selects_only_annotated_pods():
+    _, hook = webhook_of(render())
+    (condition,) = hook["matchConditions"]
+    matches = Cel(condition["expression"])
+    assert matches({"metadata": {"annotations": {"ipmgmt.aws/mode": "init"}}})
+    assert matches({"metadata": {"annotations": {"ipmgmt.aws/mode": ""}}})
+    assert not matches({"metadata": {"annotations": {"ipmgmt.aws/role-arn": "x"}}})
+    assert not matches({"metadata": {"annotations": {}}})
+    assert not matches({"metadata": {"name": "plain"}})
+
+
+def test_namespace_selector_leaves_out_system_and_own_namespaces():
+    _, hook = webhook_of(render(values=[ALL_OPTIONS]))
+    selector = hook["namespaceSelector"]
+
+    def reaches(name, labels=None):
+        return selector_matches(selector, {"kubernetes.io/metadata.name": name, **(labels or {})})
+
+    for name in ("kube-system", "kube-node-lease", "ipmgmt-system", "monitoring"):
+        assert not reaches(name, {"ipmgmt.aws/enabled": "true"}), name
+    assert reaches("telco", {"ipmgmt.aws/enabled": "true"})
+    # all-options adds a namespaceSelector expression: unlabelled namespaces are out.
+    assert not reaches("telco")
+    values = selector["matchExpressions"][0]["values"]
+    assert len(values) == len(set(values)), "kube-system listed twice"
+
+
+def test_object_selector_leaves_out_the_webhooks_own_pods():
+    docs = render()
+    _, hook = webhook_of(docs)
+    own = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert not selector_matches(hook["objectSelector"], own)
+    assert selector_matches(hook["objectSelector"], {"app": "multus-app"})
+
+
+@pytest.mark.parametrize("values, version", [((), "1.29.0"), ((WITHOUT_CERT_MANAGER,), "1.33.0")],
+                         ids=["before-1.30", "switched-off"])
+def test_without_match_conditions_pods_opt_in_by_label(values, version):
+    docs = render(values, kube_version=version)
+    _, hook = webhook_of(docs)
+    assert "matchConditions" not in hook
+    label = "example.com/ipmgmt" if values else "ipmgmt.aws/inject"
+    assert not selector_matches(hook["objectSelector"], {"app": "x"})
+    assert selector_matches(hook["objectSelector"], {"app": "x", label: "true"})
+    if values:
+        assert label in notes(values)
+
+
+def test_match_conditions_can_be_forced_on():
+    _, hook = webhook_of(render(values=[ALL_OPTIONS], kube_version="1.28.0"))
+    assert hook["matchConditions"][0]["expression"] == ANNOTATED
+
+
+def test_failure_policy_and_timeout_are_settings():
+    _, hook = webhook_of(render(values=[ALL_OPTIONS]))
+    assert (hook["failurePolicy"], hook["timeoutSeconds"]) == ("Ignore", 10)
+    _, hook = webhook_of(render(sets=["webhook.timeoutSeconds=3"]))
+    assert hook["timeoutSeconds"] == 3
+
+
+def test_validating_policy_only_where_the_cluster_has_it():
+    assert "ValidatingAdmissionPolicy" not in kinds(render(kube_version="1.29.0"))
+    assert "ValidatingAdmissionPolicy" not in kinds(render(values=[WITHOUT_CERT_MANAGER]))
+    docs = render(kube_version="1.30.0")
+    policy = one(docs, "ValidatingAdmissionPolicy")
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    _, hook = webhook_of(docs)
+    # The same pods as the webhook: a pod the webhook never sees is never rejected.
+    assert policy["spec"]["matchConstraints"]["namespaceSelector"] == hook["namespaceSelector"]
+    assert policy["spec"]["matchConstraints"]["objectSelector"] == hook["objectSelector"]
+    assert policy["spec"]["matchConditions"] == hook["matchConditions"]
+
+
+@pytest.fixture(scope="module")
+def sample_pod():
+    deployment = one(load_yaml_docs(ROOT / "deploy" / "samples" / "deployment-init.yaml"), "Deployment")
+    template = deployment["spec"]["template"]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {**template["metadata"], "name": "multus-app-1", "namespace": "multus-demo"},
+            "spec": template["spec"]}
+
+
+@pytest.mark.parametrize("values", [(), (ALL_OPTIONS,)], ids=["defaults", "all-options"])
+def test_validating_policy_rejects_annotated_pods_without_the_manager(values, sample_pod, tmp_path):
+    docs = render(values, kube_version="1.33.0")
+    policy = one(docs, "ValidatingAdmissionPolicy")
+    (validation,) = policy["spec"]["validations"]
+    has_manager = Cel(validation["expression"])
+    assert not has_manager(sample_pod), "an annotated pod the webhook missed must be rejected"
+    assert "has no" in validation["message"]
+
+    # The same pod after the real webhook, run with the chart's own flags, is admitted.
+    with chart_webhook(docs, tmp_path) as hook:
+        status, body = hook.post(review_of(sample_pod))
+    assert status == 200 and body["response"]["allowed"], body
+    patched = jsonpatch.apply_patch(sample_pod, decode_patch(body["response"]))
+    assert has_manager(patched)
+
+
+def test_deployment_is_highly_available_and_restricted():
+    docs = render()
+    deployment, container = container_of(docs)
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    keys = {c["topologyKey"] for c in pod["topologySpreadConstraints"]}
+    assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for c in pod["topologySpreadConstraints"]:
+        assert selector_matches(c["labelSelector"], spec["template"]["metadata"]["labels"])
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert selector_matches(pdb["spec"]["selector"], spec["template"]["metadata"]["labels"])
+    assert "priorityClassName" not in pod
+
+    # The restricted Pod Security Standard.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"]
+    assert sc["readOnlyRootFilesystem"] is True
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert key not in pod
+    assert all("hostPort" not in p for p in container["ports"])
+    assert all(set(v) - {"name"} <= {"secret", "configMap", "emptyDir", "projected"} for v in pod["volumes"])
+
+    # Probes on the admin port, not the TLS one.
+    admin = [p for p in container["ports"] if p["name"] == "admin"][0]["containerPort"]
+    assert flag(container["args"], "--admin-listen") == f"0.0.0.0:{admin}"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    grace = pod["terminationGracePeriodSeconds"]
+    assert grace > int(flag(container["args"], "--shutdown-delay-seconds")) + int(
+        flag(container["args"], "--drain-timeout-seconds"))
+
+
+def test_optional_pod_settings():
+    docs = render(values=[ALL_OPTIONS])
+    deployment, container = container_of(docs)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert pod["imagePullSecrets"] == [{"name": "ecr-pull"}]
+    assert pod["tolerations"][0]["key"] == "dedicated"
+    assert pod["affinity"]["nodeAffinity"]
+    assert pod["nodeSelector"]["kubernetes.io/arch"] == "arm64"
+    assert [c["whenUnsatisfiable"] for c in pod["topologySpreadConstraints"]] == ["DoNotSchedule"]
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+    assert deployment["spec"]["template"]["metadata"]["labels"]["team"] == "platform"
+    assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"] == "ipmgmt-webhook"
+    assert one(docs, "ServiceAccount")["metadata"]["annotations"] == {"example.com/owner": "platform"}
+    assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
+    assert deployment["spec"]["replicas"] == 3
+
+    docs = render(values=[WITHOUT_CERT_MANAGER])
+    deployment, container = container_of(docs)
+    pod = deployment["spec"]["template"]["spec"]
+    assert "ServiceAccount" not in kinds(docs) and pod["serviceAccountName"] == "default"
+    assert "PodDisruptionBudget" not in kinds(docs)
+    assert "resources" not in container and "nodeSelector" not in pod
+
+
+def test_serving_certificate_chain_and_secret_mount():
+    docs = render()
+    config, _ = webhook_of(docs)
+    deployment, container = container_of(docs)
+    certificates = {c["metadata"]["name"]: c for c in docs if c["kind"] == "Certificate"}
+    issuers = {i["metadata"]["name"]: i for i in docs if i["kind"] == "Issuer"}
+
+    ns, name = config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].split("/")
+    serving = certificates[name]
+    assert ns == "ipmgmt-system"
+    service = one(docs, "Service")["metadata"]["name"]
+    assert f"{service}.ipmgmt-system.svc" in serving["spec"]["dnsNames"]
+    assert "server auth" in serving["spec"]["usages"]
+    # serving <- CA Issuer <- CA Certificate <- self-signed Issuer
+    ca_issuer = issuers[serving["spec"]["issuerRef"]["name"]]
+    ca_cert = [c for c in certificates.values() if c["spec"]["secretName"] == ca_issuer["spec"]["ca"]["secretName"]]
+    assert len(ca_cert) == 1 and ca_cert[0]["spec"]["isCA"] is True
+    assert ca_cert[0]["spec"]["privateKey"]["rotationPolicy"] == "Never"
+    assert "selfSigned" in issuers[ca_cert[0]["spec"]["issuerRef"]["name"]]["spec"]
+
+    # The Secret cert-manager writes is what the webhook reads.
+    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == serving["spec"]["secretName"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert "subPath" not in mount, "subPath mounts never see a renewed certificate"
+    assert flag(container["args"], "--tls-cert") == mount["mountPath"] + "/tls.crt"
+    assert flag(container["args"], "--tls-key") == mount["mountPath"] + "/tls.key"
+
+
+def test_existing_issuer_replaces_the_self_signed_chain():
+    docs = render(values=[ALL_OPTIONS])
+    assert "Issuer" not in kinds(docs)
+    serving = one(docs, "Certificate")
+    assert serving["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+
+
+def test_bring_your_own_certificate():
+    docs = render(values=[WITHOUT_CERT_MANAGER])
+    config, hook = webhook_of(docs)
+    assert "Certificate" not in kinds(docs)
+    assert "cert-manager.io/inject-ca-from" not in (config["metadata"].get("annotations") or {})
+    assert hook["clientConfig"]["caBundle"] == yaml.safe_load(WITHOUT_CERT_MANAGER.read_text())["tls"]["caBundle"]
+    deployment, _ = container_of(docs)
+    (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
+    assert volume["secret"]["secretName"] == "ipmgmt-serving-cert"
+
+    for given, missing in (("tls.caBundle=Zm9v", "tls.secretName"), ("tls.secretName=mine", "tls.caBundle")):
+        proc = helm(*template_args(sets=["certManager.enabled=false", given]), check=False)
+        assert proc.returncode != 0 and f"{missing} is required" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("setting, path", [
+    ("webhok.timeoutSeconds=3", "additional properties 'webhok'"),
+    ("webhook.timeoutSecond=3", "additional properties 'timeoutSecond'"),
+    ("injection.defaultMode=Sidecar", "/injection/defaultMode"),
+    ("webhook.failurePolicy=fail", "/webhook/failurePolicy"),
+    ("webhook.timeoutSeconds=31", "/webhook/timeoutSeconds"),
+    ("aws.roleArn=my-role", "/aws/roleArn"),
+    ("image.ipmgr.pullPolicy=sometimes", "/image/ipmgr/pullPolicy"),
+    ("injection.resources.requests.memory=lots", "/injection/resources/requests/memory"),
+    ("injection.extraEnv.BAD-NAME=1", "'BAD-NAME' does not match"),
+    ("injection.logLevel=info\\,ipmgr=debug", "/injection/logLevel"),
+    ("certManager.issuerRef.kind=Issuer", "/certManager/issuerRef"),
+])
+def test_schema_rejects_typos_and_bad_values(setting, path):
+    proc = helm(*template_args(sets=[setting]), check=False)
+    assert proc.returncode != 0, f"--set {setting} was accepted"
+    assert path in proc.stderr, proc.stderr
+
+
+def test_images_default_to_the_app_version_and_digests_win():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    deployment, container = container_of(render())
+    assert container["image"] == f"public.ecr.aws/ipmgmt/webhook:{chart['appVersion']}"
+    assert flag(container["args"], "--image") == f"public.ecr.aws/ipmgmt/ipmgr:{chart['appVersion']}"
+    deployment, container = container_of(render(values=[ALL_OPTIONS]))
+    assert container["image"].endswith("/ipmgmt/webhook@sha256:" + "0123456789abcdef" * 4)
+    assert flag(container["args"], "--image").endswith("/ipmgmt/ipmgr:0.1.0-rc.1")
+
+
+def test_values_become_webhook_flags():
+    _, container = container_of(render(values=[ALL_OPTIONS]))
+    args = container["args"]
+    assert flag(args, "--default-mode") == "sidecar"
+    assert "--classic-sidecar" in args and "--imds-disabled" in args
+    assert flag(args, "--region") == "eu-west-1"
+    assert flag(args, "--role-arn") == "arn:aws:iam::111122223333:role/ipmgmt-ipmgr"
+    assert flag(args, "--imds-endpoint-mode") == "IPv6"
+    assert flag(args, "--container-name") == "ip-manager"
+    env = [a.split("=", 1)[1] for a in args if a.startswith("--ipmgr-env=")]
+    assert "IPMGR_LOG_LEVEL=debug" in env and "IPMGR_RESYNC_SECONDS=120" in env
+
+    _, container = container_of(render())
+    args = container["args"]
+    for absent in ("--classic-sidecar", "--imds-disabled", "--region", "--role-arn", "--imds-endpoint"):
+        assert not any(a == absent or a.startswith(absent + "=") for a in args), absent
+
+
+class chart_webhook:
+    """The real webhook binary started with the flags the chart's Deployment gives it:
+    only addresses and certificate paths are replaced by local ones."""
+
+    def __init__(self, docs, tmp_path):
+        _, container = container_of(docs)
+        keep = [a for a in container["args"]
+                if not a.startswith(("--listen=", "--admin-listen=", "--tls-cert=", "--tls-key=",
+                                     "--tls-reload-seconds=", "--log-format="))]
+        self.webhook = Webhook(tmp_path, flags=keep, issue_pair=cert_manager_style_pair)
+
+    def __enter__(self):
+        return self.webhook
+
+    def __exit__(self, *exc):
+        self.webhook.stop()
+
+
+def cert_manager_style_pair(ca):
+    """An ECDSA P-256 pair with the key in SEC1 ("EC PRIVATE KEY"): what cert-manager
+    writes for the chart's Certificate (privateKey ECDSA, default PKCS1 encoding)."""
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    chain = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
+    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), password=None)
+    sec1 = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption())
+    assert sec1.startswith(b"-----BEGIN EC PRIVATE KEY-----")
+    return chain, sec1
+
+
+@pytest.mark.parametrize("values", [(), (ALL_OPTIONS,)], ids=["defaults", "all-options"])
+def test_the_webhook_accepts_every_flag_the_chart_passes(values, sample_pod, tmp_path):
+    docs = render(values)
+    _, container = container_of(docs)
+    pod = copy.deepcopy(sample_pod)
+    pod["metadata"]["annotations"]["ipmgmt.aws/mode"] = ""
+    with chart_webhook(docs, tmp_path) as hook:
+        status, body = hook.post(review_of(pod))
+        assert hook.admin_get("/readyz")[0] == 200
+    assert status == 200 and body["response"]["allowed"], body
+    patched = jsonpatch.apply_patch(pod, decode_patch(body["response"]))
+    injected = patched["spec"].get("initContainers", []) + patched["spec"]["containers"]
+    (manager,) = [c for c in injected if c["name"] == flag(container["args"], "--container-name")]
+    assert manager["image"] == flag(container["args"], "--image")
+    mode = flag(container["args"], "--default-mode")
+    assert manager["command"][-1] == mode, "an empty annotation takes injection.defaultMode"
+
+
+def test_notes_say_what_to_do_next():
+    text = notes()
+    assert "rollout status deployment/ipmgmt" in text
+    assert "ipmgmt.aws/mode: init" in text
+    assert "aws.region is empty" in text
+    assert "ipmgmt.aws/inject" not in text, "matchConditions need no opt-in label"
+    text = notes(values=[ALL_OPTIONS])
+    assert "aws.region is empty" not in text and "instance role" not in text
+    assert "logs <pod> -c ip-manager" in text
+    assert "replicas is below 2" in notes(values=[WITHOUT_CERT_MANAGER])
+
+
+def test_certs_directory_matches_what_the_chart_renders():
+    rendered = {(d["kind"], d["metadata"]["name"]): d for d in render()
+                if d["apiVersion"].startswith("cert-manager.io/")}
+    standalone = {(d["kind"], d["metadata"]["name"]): d for d in load_yaml_docs(ROOT / "certs" / "cert-manager.yaml")}
+    assert sorted(standalone) == sorted(rendered)
+    for key, doc in rendered.items():
+        expected = copy.deepcopy(doc)
+        expected["metadata"].pop("labels")
+        expected["metadata"]["namespace"] = "ipmgmt-system"
+        assert standalone[key] == expected, f"certs/cert-manager.yaml differs from the chart in {key}"
+        validate(standalone[key], "1.33.0")
+
+
+def test_templates_have_no_unreached_branch():
+    """Every `if`/`with`/`range` in the templates names a value; each such value is
+    set away from its default by some case above."""
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    ci = [yaml.safe_load(f.read_text()) for f in CI_VALUES]
+    referenced = set()
+    for template in (CHART / "templates").glob("*"):
+        text = template.read_text()
+        # `$w := .Values.webhook` and the like: branches often read values through them.
+        aliases = {"$.Values": "", ".Values": ""}
+        for alias, path in re.findall(r"(\$\w+)\s*:=\s*\.Values\.([A-Za-z0-9_.]+)\s*-?\}\}", text):
+            aliases[alias] = path + "."
+        roots = "|".join(re.escape(a) for a in aliases)
+        for action in re.findall(r"\{\{-?\s*(?:if|else if|with|range)\b([^}]*)\}\}", text):
+            for root, rest in re.findall(rf"({roots})\.([A-Za-z0-9_.]+)", action):
+                referenced.add(aliases[root] + rest)
+    assert {"webhook.podLabels", "aws.imds.disabled", "certManager.issuerRef"} <= referenced, referenced
+
+    def lookup(tree, dotted):
+        for part in dotted.split("."):
+            if not isinstance(tree, dict) or part not in tree:
+                return KeyError
+            tree = tree[part]
+        return tree
+
+    for dotted in sorted(referenced):
+        default = lookup(defaults, dotted)
+        assert default is not KeyError, f".Values.{dotted} is not in values.yaml"
+        varied = [lookup(v, dotted) for v in ci]
+        assert any(v is not KeyError and v != default for v in varied), (
+            f".Values.{dotted} steers a template branch but no file in ci/ changes it"
+        )
+
+
+def test_values_schema_is_well_formed_and_covers_values_yaml():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()), schema)
+    def without_nulls(tree):
+        # Helm deletes keys set to null before it checks the schema.
+        if isinstance(tree, dict):
+            return {k: without_nulls(v) for k, v in tree.items() if v is not None}
+        return tree
+
+    for f in CI_VALUES:
+        jsonschema.validate(without_nulls(yaml.safe_load(f.read_text())), schema)
