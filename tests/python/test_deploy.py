@@ -1,0 +1,194 @@
+"""Everything in deploy/ besides the chart: samples, IAM documents and the Dockerfile."""
+
+import ipaddress
+import json
+import re
+import shlex
+import subprocess
+
+import jsonpatch
+import kubernetes_validate
+import pytest
+
+from deploy_harness import SAMPLES, load_yaml_docs, validate
+from webhook_harness import ROOT, Webhook, decode_patch, review_of
+
+K8S_VERSION = "1.33.0"
+SAMPLE_FILES = sorted(SAMPLES.glob("*.yaml"))
+SAMPLE_DOCS = [(f.name, doc) for f in SAMPLE_FILES for doc in load_yaml_docs(f)]
+VENV_BIN = ROOT / ".venv" / "bin"
+
+
+def samples_of(kind):
+    return [doc for _, doc in SAMPLE_DOCS if doc["kind"] == kind]
+
+
+def cni_config(nad):
+    return json.loads(nad["spec"]["config"])
+
+
+def ranges(ipam):
+    """(network, first, last) of each whereabouts range."""
+    specs = ipam.get("ipRanges") or [ipam]
+    out = []
+    for spec in specs:
+        text = spec["range"]
+        if "-" in text.split("/")[0]:
+            span, prefix = text.split("/")
+            first, last = span.split("-")
+            network = ipaddress.ip_network(f"{first}/{prefix}", strict=False)
+        else:
+            network = ipaddress.ip_network(text)
+            first = spec.get("range_start", str(network[1]))
+            last = spec.get("range_end", str(network[-1]))
+        out.append((network, ipaddress.ip_address(first), ipaddress.ip_address(last)))
+    return out
+
+
+@pytest.mark.parametrize("name, doc", SAMPLE_DOCS, ids=lambda x: x if isinstance(x, str) else x["kind"])
+def test_every_sample_is_valid(name, doc):
+    validate(doc, K8S_VERSION)
+
+
+def test_samples_cover_what_users_need():
+    nads = {n["metadata"]["name"]: cni_config(n) for n in samples_of("NetworkAttachmentDefinition")}
+    modes = {d["spec"]["template"]["metadata"]["annotations"]["ipmgmt.aws/mode"] for d in samples_of("Deployment")}
+    assert modes == {"init", "sidecar"}
+    families = {net.version for cfg in nads.values() for net, _, _ in ranges(cfg["ipam"])}
+    assert families == {4, 6}, "an IPv4 and a dual-stack attachment"
+
+
+@pytest.mark.parametrize("nad", samples_of("NetworkAttachmentDefinition"), ids=lambda n: n["metadata"]["name"])
+def test_attachments_are_ipvlan_with_whereabouts_in_one_subnet(nad):
+    cfg = cni_config(nad)
+    assert cfg["type"] == "ipvlan" and cfg["mode"] in ("l2", "l3", "l3s")
+    assert re.fullmatch(r"eth[1-9]", cfg["master"]), "the master is a secondary ENI, never eth0"
+    ipam = cfg["ipam"]
+    assert ipam["type"] == "whereabouts"
+    for network, first, last in ranges(ipam):
+        assert first in network and last in network and first <= last
+        # EC2 reserves the first four addresses and the last one of every subnet.
+        if network.version == 4:
+            assert first >= network[4] and last < network[-1], f"{first}-{last} overlaps EC2's reserved addresses"
+    if "gateway" in ipam:
+        assert any(ipaddress.ip_address(ipam["gateway"]) in net for net, _, _ in ranges(ipam))
+
+
+def test_workloads_reference_attachments_that_exist_in_their_namespace():
+    nads = {(n["metadata"]["namespace"], n["metadata"]["name"]) for n in samples_of("NetworkAttachmentDefinition")}
+    namespaces = {n["metadata"]["name"] for n in samples_of("Namespace")}
+    for deployment in samples_of("Deployment"):
+        ns = deployment["metadata"]["namespace"]
+        assert ns in namespaces
+        wanted = deployment["spec"]["template"]["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"]
+        for name in (w.strip() for w in wanted.split(",")):
+            assert (ns, name) in nads, f"{deployment['metadata']['name']} asks for {name}, which no sample defines"
+
+
+def test_floating_ip_lies_in_the_subnet_but_outside_the_pool():
+    (pair,) = [d for d in samples_of("Deployment") if d["metadata"]["name"] == "floating-ip-pair"]
+    text = (SAMPLES / "deployment-sidecar-floating-ip.yaml").read_text()
+    (vip,) = set(re.findall(r"ip addr add (\S+) dev net1", text))
+    vip = ipaddress.ip_interface(vip)
+    nad = [n for n in samples_of("NetworkAttachmentDefinition")
+           if n["metadata"]["name"] == pair["spec"]["template"]["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"]]
+    ((network, first, last),) = ranges(cni_config(nad[0])["ipam"])
+    assert vip.ip in network and vip.network == network
+    assert not first <= vip.ip <= last, "whereabouts would hand the floating IP to another pod"
+
+
+@pytest.fixture(scope="module")
+def webhook(tmp_path_factory):
+    hook = Webhook(tmp_path_factory.mktemp("deploy-webhook"))
+    yield hook
+    hook.stop()
+
+
+@pytest.mark.parametrize("deployment", samples_of("Deployment"), ids=lambda d: d["metadata"]["name"])
+def test_sample_pods_after_the_webhook_are_valid(webhook, deployment):
+    template = deployment["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {**template["metadata"], "name": deployment["metadata"]["name"] + "-x1",
+                        "namespace": deployment["metadata"]["namespace"]},
+           "spec": template["spec"]}
+    status, body = webhook.post(review_of(pod))
+    assert status == 200 and body["response"]["allowed"], body
+    assert not body["response"].get("warnings"), body["response"].get("warnings")
+    patched = jsonpatch.apply_patch(pod, decode_patch(body["response"]))
+    kubernetes_validate.validate(patched, K8S_VERSION, strict=True)
+    first = patched["spec"]["initContainers"][0]
+    assert first["name"] == "aws-ip-mgmt"
+    mode = template["metadata"]["annotations"]["ipmgmt.aws/mode"]
+    assert first["command"][-1] == mode
+    assert (first.get("restartPolicy") == "Always") == (mode == "sidecar")
+
+
+def test_iam_policy_is_least_privilege():
+    policy = json.loads((ROOT / "deploy" / "iam-policy.json").read_text())
+    actions = [a for s in policy["Statement"] for a in s["Action"]]
+    assert len(actions) == len(set(actions)) == 7
+    assert not {"ec2:ModifyNetworkInterfaceAttribute", "ec2:ModifyInstanceMetadataOptions"} & set(actions)
+    assert all(not a.endswith("*") for a in actions)
+    for statement in policy["Statement"]:
+        mutating = [a for a in statement["Action"] if not a.startswith("ec2:Describe")]
+        if mutating:
+            # Assign/Unassign act on network interfaces only.
+            assert statement["Resource"] == "arn:aws:ec2:*:*:network-interface/*"
+
+
+def test_irsa_trust_policy_matches_what_the_webhook_injects():
+    trust = json.loads((ROOT / "deploy" / "irsa-trust-policy.json").read_text())
+    (statement,) = trust["Statement"]
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    provider = statement["Principal"]["Federated"].split(":oidc-provider/", 1)[1]
+    conditions = {**statement["Condition"]["StringEquals"], **statement["Condition"]["StringLike"]}
+    # The projected token's audience is the chart's aws.tokenAudience default.
+    assert conditions[f"{provider}:aud"] == "sts.amazonaws.com"
+    subjects = conditions[f"{provider}:sub"]
+    sample_ns = {d["metadata"]["namespace"] for d in samples_of("Deployment")}
+    for ns in sample_ns:
+        assert any(re.fullmatch(s.replace("*", ".*"), f"system:serviceaccount:{ns}:default") for s in subjects)
+
+
+def dockerfile_run_commands(text):
+    joined = re.sub(r"\\\n", " ", text)
+    return [line for line in joined.splitlines() if line.startswith("RUN ")]
+
+
+def test_dockerfile_passes_hadolint():
+    proc = subprocess.run([str(VENV_BIN / "hadolint"), str(ROOT / "deploy" / "Dockerfile")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dockerfile_builds_with_the_tests_cargo_command():
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    test_script = (ROOT / "scripts" / "test").read_text()
+    (tested,) = re.findall(r"^cargo test (.*)$", test_script, re.M)
+    builds = [re.search(r"cargo build ([^;&]*)", run).group(1) for run in dockerfile_run_commands(text)
+              if "cargo build" in run]
+    assert len(builds) == 1
+    built = shlex.split(builds[0])
+    assert set(shlex.split(tested)) <= set(built), f"image built with {built}, tests ran {tested}"
+    assert "--release" in built
+
+
+def test_dockerfile_images_are_minimal_non_root_and_where_the_webhook_looks():
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    finals = re.split(r"^FROM ", text, flags=re.M)[1:]
+    by_name = {block.split("\n")[0].split(" AS ")[1].strip(): block for block in finals}
+    assert set(by_name) == {"build", "webhook", "ipmgr"}
+    for name in ("webhook", "ipmgr"):
+        block = by_name[name]
+        assert "distroless" in block.split()[0] and ":nonroot" in block.split()[0]
+        assert re.search(r"^USER 65532:65532$", block, re.M)
+        assert "RUN " not in block, "nothing runs in the final stage: it has no shell"
+    (ipmgr_path,) = re.findall(r"COPY --from=build /out/ipmgr (\S+)", by_name["ipmgr"])
+    webhook_help = subprocess.run([str(ROOT / "target" / "debug" / "ipmgmt-webhook"), "--help"],
+                                  capture_output=True, text=True).stdout
+    assert f"[default: {ipmgr_path}]" in webhook_help, "--ipmgr-path must name the binary in the ipmgr image"
+    # The injected container's default user is the image's user.
+    assert "[default: 65532]" in webhook_help.split("--run-as-user", 1)[1].split("--", 1)[0]
+    assert "--platform=$BUILDPLATFORM" in by_name["build"].split("\n")[0]
+    for arch in ("amd64", "arm64"):
+        assert f"{arch})" in by_name["build"], f"the build stage cannot target {arch}"
