@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{Filter, SubnetCidrBlockStateCode};
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -152,8 +153,31 @@ where
                 e.message().unwrap_or("no message"),
             )
         }
-        _ => Ec2Error::new(action, target, None, DisplayErrorContext(&err).to_string()),
+        _ => match credentials_error(&err) {
+            Some(cause) => Ec2Error {
+                action,
+                target: target.into(),
+                code: None,
+                detail: std::iter::successors(Some(cause), |e| e.source())
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(": "),
+                hint: NO_CREDENTIALS.into(),
+            },
+            None => Ec2Error::new(action, target, None, DisplayErrorContext(&err).to_string()),
+        },
     }
+}
+
+const NO_CREDENTIALS: &str = "the SDK found no AWS credentials: give the pod an IRSA role (the chart's aws.roleArn or \
+     the annotation ipmgmt.aws/role-arn), or for the node role let pods reach IMDS (hop limit 2)";
+
+/// The credentials failure behind a call that never left the pod, if that is
+/// why it failed.
+fn credentials_error<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source()).find(|e| e.is::<CredentialsError>())
 }
 
 /// EC2 through aws-sdk-ec2.
@@ -378,6 +402,71 @@ mod tests {
             "dispatch failure: connection refused",
         );
         assert!(e.to_string().contains("AWS_ENDPOINT_URL_EC2"), "{e}");
+    }
+
+    /// A client whose endpoint refuses connections, with the given credentials.
+    fn unreachable_client(
+        credentials: impl aws_credential_types::provider::ProvideCredentials + 'static,
+    ) -> SdkEc2 {
+        let config = aws_sdk_ec2::Config::builder()
+            .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
+            .region(aws_sdk_ec2::config::Region::new("eu-west-1"))
+            .endpoint_url("http://127.0.0.1:9")
+            .retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled())
+            .credentials_provider(credentials)
+            .build();
+        SdkEc2::new(aws_sdk_ec2::Client::from_conf(config))
+    }
+
+    #[derive(Debug)]
+    struct NoCredentials;
+
+    impl aws_credential_types::provider::ProvideCredentials for NoCredentials {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+                CredentialsError::not_loaded("no providers in chain provided credentials"),
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_credentials_are_named_as_such() {
+        let e = unreachable_client(NoCredentials)
+            .instance_enis("i-0123456789abcdef0")
+            .await
+            .expect_err("no credentials");
+        let line = e.to_string();
+        assert_eq!(e.code, None);
+        assert!(line.contains("found no AWS credentials"), "{line}");
+        assert!(
+            line.contains("aws.roleArn") && line.contains("hop limit"),
+            "{line}"
+        );
+        assert!(!line.contains("could not be reached"), "{line}");
+        assert!(
+            line.contains("no providers in chain provided credentials"),
+            "the provider's own words are kept: {line}"
+        );
+        assert!(!line.contains("DispatchFailure"), "no debug dump: {line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[tokio::test]
+    async fn unreachable_endpoint_is_not_blamed_on_credentials() {
+        let credentials =
+            aws_sdk_ec2::config::Credentials::new("AKID", "secret", None, None, "test");
+        let e = unreachable_client(credentials)
+            .instance_enis("i-0123456789abcdef0")
+            .await
+            .expect_err("nothing listens on port 9");
+        let line = e.to_string();
+        assert!(line.contains("could not be reached"), "{line}");
+        assert!(!line.contains("credentials"), "{line}");
     }
 }
 
