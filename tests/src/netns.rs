@@ -35,7 +35,7 @@ fn ip(args: &[&str]) {
 }
 
 impl PodNet {
-    pub fn new() -> PodNet {
+    pub fn create() -> PodNet {
         assert!(
             is_root(),
             "network-namespace tests need root (CI runs them as root): run the test command as root"

@@ -33,7 +33,7 @@ struct Pod {
 
 impl Pod {
     async fn start(world: World, imds_reachable: bool) -> Pod {
-        let net = PodNet::new();
+        let net = PodNet::create();
         let ec2 = FakeEc2::new(world);
         let ec2_addr = ec2
             .serve(SocketAddr::new(net.host_ip.into(), 0))

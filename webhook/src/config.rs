@@ -228,17 +228,16 @@ impl InjectArgs {
         if !self.ipmgr_path.starts_with('/') {
             return Err(invalid("--ipmgr-path", "must be an absolute path"));
         }
-        if let Some(region) = &self.region {
-            if region.is_empty()
+        if let Some(region) = &self.region
+            && (region.is_empty()
                 || !region
                     .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            {
-                return Err(invalid(
-                    "--region",
-                    format!("{region:?} is not an AWS Region name"),
-                ));
-            }
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+        {
+            return Err(invalid(
+                "--region",
+                format!("{region:?} is not an AWS Region name"),
+            ));
         }
         if let Some(arn) = &self.role_arn {
             inject::check_role_arn(arn).map_err(|reason| invalid("--role-arn", reason))?;

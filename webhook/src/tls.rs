@@ -54,11 +54,11 @@ pub struct Served {
     pub not_after: i64,
 }
 
+/// The certificate chain and key files as read, in that order.
+pub type PemFiles = (Vec<u8>, Vec<u8>);
+
 /// Reads and checks a PEM certificate chain and private key.
-pub fn load_pair(
-    cert_path: &Path,
-    key_path: &Path,
-) -> Result<(Served, (Vec<u8>, Vec<u8>)), TlsError> {
+pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<(Served, PemFiles), TlsError> {
     let read = |path: &Path| {
         std::fs::read(path).map_err(|source| TlsError::Read {
             path: path.into(),
@@ -164,7 +164,7 @@ struct FileSource {
     cert: PathBuf,
     key: PathBuf,
     /// The file contents being served, to tell a renewal from a re-read.
-    last: Mutex<(Vec<u8>, Vec<u8>)>,
+    last: Mutex<PemFiles>,
 }
 
 impl std::fmt::Debug for CertStore {

@@ -274,15 +274,14 @@ fn rand_fraction() -> f64 {
 async fn sample_rss(pid: u32, until: Instant) -> (u64, u64) {
     let (mut max, mut last) = (0, 0);
     while Instant::now() < until {
-        if let Ok(status) = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await {
-            if let Some(kib) = status
+        if let Ok(status) = tokio::fs::read_to_string(format!("/proc/{pid}/status")).await
+            && let Some(kib) = status
                 .lines()
                 .find_map(|l| l.strip_prefix("VmRSS:"))
                 .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-            {
-                last = kib;
-                max = max.max(kib);
-            }
+        {
+            last = kib;
+            max = max.max(kib);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
