@@ -4,6 +4,8 @@ validated against the Kubernetes OpenAPI schema (kubernetes-validate --strict)."
 
 import copy
 import json
+import re
+from fractions import Fraction
 import signal
 import socket
 import ssl
@@ -62,19 +64,133 @@ def test_fixture_pod_as_the_apiserver_would(webhook, case):
 
     ops = decode_patch(response)
     assert ops == expected["patch"]
-    assert response.get("warnings", []) == expected["warnings"]
     patched = jsonpatch.apply_patch(pod, ops)
     validate_pod(patched)
-    # Only additions: everything the pod had is still there, unchanged.
-    for key in ("containers", "initContainers", "volumes"):
-        for item in pod["spec"].get(key) or []:
-            assert item in patched["spec"][key], f"{key} lost or changed {item.get('name')}"
+    if expected["decision"] == "reorder":
+        (op,) = ops
+        assert op["op"] == "move" and op["path"].endswith("/0")
+        assert_only_moved_to_front(pod, patched, MANAGER)
+    else:
+        assert response.get("warnings", []) == expected["warnings"]
+        # Only additions: everything the pod had is still there, unchanged.
+        for key in ("containers", "initContainers", "volumes"):
+            for item in pod["spec"].get(key) or []:
+                assert item in patched["spec"][key], f"{key} lost or changed {item.get('name')}"
+        assert_qos_kept(pod, patched, response.get("warnings", []))
+        # reinvocationPolicy: IfNeeded, after a later webhook put a container in front.
+        list_name = "initContainers" if any(c["name"] == MANAGER for c in patched["spec"].get("initContainers") or []) \
+            else "containers"
+        behind = copy.deepcopy(patched)
+        behind["spec"][list_name].insert(0, {"name": "added-later", "image": "busybox:1.36"})
+        status, moved = webhook.post(review_of(behind))
+        assert status == 200 and moved["response"]["allowed"] is True
+        ops = decode_patch(moved["response"])
+        assert ops == [{"op": "move", "from": f"/spec/{list_name}/1", "path": f"/spec/{list_name}/0"}]
+        patched = jsonpatch.apply_patch(behind, ops)
+        validate_pod(patched)
+        assert_only_moved_to_front(behind, patched, MANAGER)
 
     # reinvocationPolicy: IfNeeded sends the patched pod again: nothing more to do.
     status, again = webhook.post(review_of(patched))
     assert status == 200
     assert again["response"]["allowed"] is True
     assert "patch" not in again["response"]
+
+
+MANAGER = "aws-ip-mgmt"
+
+
+def assert_only_moved_to_front(before, after, name):
+    for key in ("containers", "initContainers"):
+        items = before["spec"].get(key) or []
+        if any(c["name"] == name for c in items):
+            manager = next(c for c in items if c["name"] == name)
+            assert after["spec"][key] == [manager] + [c for c in items if c["name"] != name]
+    rest = lambda pod: {k: v for k, v in pod["spec"].items() if k not in ("containers", "initContainers")}
+    assert rest(after) == rest(before) and after["metadata"] == before["metadata"]
+
+
+# Kubernetes' QoS class (pkg/apis/core/helper/qos ComputePodQOS), with quantities
+# parsed here independently of the webhook: exact fractions, rounded up to nano units
+# as resource.Quantity does.
+QUANTITY = re.compile(r"^([+-]?)([0-9]+\.?[0-9]*|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$")
+SUFFIX = {None: 1, "m": Fraction(1, 1000), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+          "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def quantity(text):
+    m = QUANTITY.match(str(text))
+    assert m, f"{text!r} is not a quantity"
+    sign, number, suffix = m.groups()
+    factor = Fraction(10) ** int(suffix[1:]) if suffix and suffix[0] in "eE" and len(suffix) > 1 else SUFFIX[suffix]
+    value = Fraction(number) * factor * 10**9
+    nanos = -((-value.numerator) // value.denominator)  # ceiling
+    return -nanos if sign == "-" else nanos
+
+
+def pod_qos(pod):
+    requests, limits, guaranteed = {}, {}, True
+    for c in (pod["spec"].get("containers") or []) + (pod["spec"].get("initContainers") or []):
+        resources = c.get("resources") or {}
+        for name, q in (resources.get("requests") or {}).items():
+            if name in ("cpu", "memory") and quantity(q) > 0:
+                requests[name] = requests.get(name, 0) + quantity(q)
+        found = set()
+        for name, q in (resources.get("limits") or {}).items():
+            if name in ("cpu", "memory") and quantity(q) > 0:
+                found.add(name)
+                limits[name] = limits.get(name, 0) + quantity(q)
+        if found != {"cpu", "memory"}:
+            guaranteed = False
+    if not requests and not limits:
+        return "BestEffort"
+    if guaranteed and all(limits.get(n) == q for n, q in requests.items()) and len(requests) == len(limits):
+        return "Guaranteed"
+    return "Burstable"
+
+
+def assert_qos_kept(pod, patched, warnings):
+    before, after = pod_qos(pod), pod_qos(patched)
+    warned = any("Burstable" in w for w in warnings)
+    if before == "BestEffort":
+        # Expected: the manager has requests, so the pod cannot stay BestEffort.
+        assert after == "Burstable"
+    elif before == "Guaranteed" and warned:
+        assert after == "Burstable", "the warning says Burstable"
+    else:
+        assert after == before and not warned, f"{before} became {after}"
+
+
+def test_the_qos_port_agrees_with_kubernetes_examples():
+    assert quantity("1") == quantity("1000m") and quantity("1Gi") == quantity("1073741824")
+    assert quantity("1e3") == quantity("1k") and quantity("1e-10") == 1 and quantity(".5") == quantity("500m")
+    guaranteed = {"spec": {"containers": [{"name": "a", "resources": {
+        "requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1000m", "memory": "1024Mi"}}}]}}
+    assert pod_qos(guaranteed) == "Guaranteed"
+    burstable = copy.deepcopy(guaranteed)
+    burstable["spec"]["initContainers"] = [{"name": "i", "resources": {"requests": {"cpu": "1"}}}]
+    assert pod_qos(burstable) == "Burstable"
+    assert pod_qos({"spec": {"containers": [{"name": "a"}]}}) == "BestEffort"
+
+
+def test_resources_annotation_end_to_end(webhook):
+    pod = json.loads((FIXTURES / "guaranteed-sidecar" / "pod.json").read_text())
+    assert pod_qos(pod) == "Guaranteed"
+    for value, qos, warns in [
+        ("limits.cpu=50m,limits.memory=32Mi", "Guaranteed", False),
+        ("requests.cpu=20m", "Burstable", True),
+    ]:
+        pod["metadata"]["annotations"]["ipmgmt.aws/resources"] = value
+        _, answer = webhook.post(review_of(pod))
+        patched = jsonpatch.apply_patch(pod, decode_patch(answer["response"]))
+        validate_pod(patched)
+        assert pod_qos(patched) == qos, value
+        assert any("Burstable" in w for w in answer["response"].get("warnings", [])) == warns, value
+    pod["metadata"]["annotations"]["ipmgmt.aws/resources"] = "requests.cpu=1,limits.cpu=500m"
+    _, answer = webhook.post(review_of(pod))
+    assert answer["response"]["allowed"] is False
+    message = answer["response"]["status"]["message"]
+    assert "ipmgmt.aws/resources" in message and "greater than the cpu limit 500m" in message, message
 
 
 def test_native_sidecar_of_another_webhook_keeps_restart_policy(webhook):
@@ -296,6 +412,24 @@ def test_sigterm_unready_then_drain_then_exit(tmp_path):
         hook.wait_for_log(lambda e: e.get("message") == "drained")
     finally:
         hook.stop()
+
+
+def test_ipmgr_env_twin_keeps_commas_inside_values(tmp_path):
+    # One environment variable holds several: only a comma before an upper-case NAME=
+    # starts the next one.
+    hook = Webhook(tmp_path, env={
+        "IPMGMT_IPMGR_ENV": "IPMGR_LOG_LEVEL=info,aws_config=warn,NO_PROXY=169.254.169.254,10.0.0.0/8",
+    })
+    try:
+        pod = json.loads((FIXTURES / "init-no-init-containers" / "pod.json").read_text())
+        _, answer = hook.post(review_of(pod))
+        patched = jsonpatch.apply_patch(pod, decode_patch(answer["response"]))
+    finally:
+        hook.stop()
+    env = {e["name"]: e.get("value") for e in patched["spec"]["initContainers"][0]["env"]}
+    assert env["IPMGR_LOG_LEVEL"] == "info,aws_config=warn"
+    assert env["NO_PROXY"] == "169.254.169.254,10.0.0.0/8"
+    assert "aws_config" not in env
 
 
 def test_start_fails_clearly_on_bad_certificate(tmp_path):

@@ -95,9 +95,10 @@ def issue(ca):
 class Webhook:
     """One ipmgmt-webhook process on loopback ports it picks itself."""
 
-    def __init__(self, tmp_path, extra_args=(), cas=None, reload_seconds=1, flags=FIXTURE_FLAGS, issue_pair=None):
+    def __init__(self, tmp_path, extra_args=(), cas=None, reload_seconds=1, flags=FIXTURE_FLAGS, issue_pair=None,
+                 env=None):
         """`flags` are the injection settings; `issue_pair(ca)` makes the first
-        (certificate chain, key) pair."""
+        (certificate chain, key) pair; `env` adds environment variables (flag twins)."""
         assert WEBHOOK_BIN.exists(), f"{WEBHOOK_BIN} is missing: build the workspace first (cargo build --workspace)"
         self.ca = trustme.CA()
         self.secret = KubeletSecretDir(tmp_path / "tls")
@@ -115,7 +116,8 @@ class Webhook:
             *flags,
             *extra_args,
         ]
-        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                     env={**os.environ, **(env or {})})
         self.logs = []
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read_logs, daemon=True)

@@ -73,7 +73,7 @@ impl Default for Metrics {
             reloads.clone(),
         );
         // Every outcome shows from the start, so rate() works before the first of each.
-        for outcome in ["injected", "skipped", "denied", "error"] {
+        for outcome in Outcome::LABELS {
             let _ = reviews.get_or_create(&OutcomeLabel { outcome });
         }
         Metrics {
@@ -177,6 +177,7 @@ mod tests {
         let m = Metrics::default();
         m.review(Outcome::Injected(Mode::Init), Duration::from_micros(30));
         m.review(Outcome::Denied, Duration::from_micros(30));
+        m.review(Outcome::Reordered, Duration::from_micros(30));
         m.cert_expiry(1_900_000_000);
         let text = m.encode();
         assert!(
@@ -192,7 +193,11 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("ipmgmt_webhook_review_duration_seconds_count 2"),
+            text.contains("ipmgmt_webhook_reviews_total{outcome=\"reordered\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ipmgmt_webhook_review_duration_seconds_count 3"),
             "{text}"
         );
         assert!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::inject::{self, Config, Mode, Resources};
+use crate::inject::{self, Config, Mode, Quantity, Resources};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -180,11 +180,14 @@ pub struct InjectArgs {
     pub startup_timeout_seconds: u32,
 
     /// Extra NAME=VALUE environment for the IP manager (repeatable), e.g.
-    /// IPMGR_LOG_FORMAT=json.
+    /// IPMGR_LOG_FORMAT=json. One value may hold several, comma-separated: a comma
+    /// followed by an upper-case NAME= starts the next variable, any other comma belongs
+    /// to the value (IPMGR_LOG_LEVEL=info,aws_config=warn is one variable). What the
+    /// webhook sets for a pod (downward API, IPMGR_READY_FILE, annotations) wins over
+    /// the same name here.
     #[arg(
         long = "ipmgr-env",
         env = "IPMGMT_IPMGR_ENV",
-        value_delimiter = ',',
         value_name = "NAME=VALUE"
     )]
     pub ipmgr_env: Vec<String>,
@@ -249,21 +252,41 @@ impl InjectArgs {
             cpu_limit: optional(&self.cpu_limit),
             memory_limit: optional(&self.memory_limit),
         };
-        for (flag, value) in [
-            ("--cpu-request", Some(&resources.cpu_request)),
-            ("--memory-request", Some(&resources.memory_request)),
-            ("--cpu-limit", resources.cpu_limit.as_ref()),
-            ("--memory-limit", resources.memory_limit.as_ref()),
+        let quantity = |flag: &'static str, text: &str| {
+            let q =
+                Quantity::parse(text).map_err(|why| invalid(flag, format!("{text:?} {why}")))?;
+            if !q.is_positive() {
+                return Err(invalid(flag, format!("{text:?} must be greater than zero")));
+            }
+            Ok(q)
+        };
+        for (name, request, limit) in [
+            (
+                "cpu",
+                ("--cpu-request", &resources.cpu_request),
+                ("--cpu-limit", &resources.cpu_limit),
+            ),
+            (
+                "memory",
+                ("--memory-request", &resources.memory_request),
+                ("--memory-limit", &resources.memory_limit),
+            ),
         ] {
-            if let Some(q) = value.filter(|q| !is_quantity(q)) {
+            let request_value = quantity(request.0, request.1)?;
+            if let Some(text) = limit.1
+                && quantity(limit.0, text)? < request_value
+            {
                 return Err(invalid(
-                    flag,
-                    format!("{q:?} is not a Kubernetes quantity such as 10m, 64Mi or 0.5"),
+                    limit.0,
+                    format!(
+                        "{text:?} is below the {name} request {:?} ({})",
+                        request.1, request.0
+                    ),
                 ));
             }
         }
         let mut ipmgr_env = BTreeMap::new();
-        for pair in &self.ipmgr_env {
+        for pair in self.ipmgr_env.iter().flat_map(|value| split_env(value)) {
             let Some((name, value)) = pair.split_once('=') else {
                 return Err(invalid(
                     "--ipmgr-env",
@@ -319,22 +342,29 @@ fn is_env_name(s: &str) -> bool {
         && bytes.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
-/// Kubernetes' quantity syntax: a decimal number with an optional binary or decimal
-/// SI suffix, or an exponent.
-fn is_quantity(s: &str) -> bool {
-    let digits_end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(digits_end);
-    let number_ok = number.bytes().any(|b| b.is_ascii_digit()) && number.matches('.').count() <= 1;
-    let suffix_ok = matches!(
-        suffix,
-        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
-    ) || suffix
-        .strip_prefix(['e', 'E'])
-        .map(|exp| exp.strip_prefix(['+', '-']).unwrap_or(exp))
-        .is_some_and(|exp| !exp.is_empty() && exp.bytes().all(|b| b.is_ascii_digit()));
-    number_ok && suffix_ok
+/// One `--ipmgr-env` value, split where a comma is followed by an upper-case `NAME=`;
+/// every other comma stays in its value, as tracing filters (`info,aws_config=warn`)
+/// and lists need.
+fn split_env(value: &str) -> Vec<&str> {
+    let mut pairs = Vec::new();
+    let mut start = 0;
+    for (comma, _) in value.match_indices(',') {
+        let next = &value[comma + 1..];
+        let starts_variable = next.split_once('=').is_some_and(|(name, _)| {
+            is_env_name(name)
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        });
+        if starts_variable {
+            pairs.push(&value[start..comma]);
+            start = comma + 1;
+        }
+    }
+    if start < value.len() || !pairs.is_empty() {
+        pairs.push(&value[start..]);
+    }
+    pairs
 }
 
 #[cfg(test)]
@@ -398,12 +428,94 @@ mod tests {
     }
 
     #[test]
-    fn quantities() {
-        for ok in ["10m", "64Mi", "0.5", "1", "1e3", "2E-2", ".5", "1Gi"] {
-            assert!(is_quantity(ok), "{ok}");
+    fn resources_are_positive_and_requests_within_limits() {
+        for (args, flag, says) in [
+            (
+                &["--cpu-request", "0"][..],
+                "--cpu-request",
+                "greater than zero",
+            ),
+            (
+                &["--memory-limit=-64Mi"],
+                "--memory-limit",
+                "greater than zero",
+            ),
+            (
+                &["--cpu-request", "200m"],
+                "--cpu-limit",
+                "below the cpu request",
+            ),
+            (
+                &["--memory-limit", "8Mi"],
+                "--memory-limit",
+                "below the memory request",
+            ),
+            (
+                &["--cpu-request", "ten"],
+                "--cpu-request",
+                "not a Kubernetes quantity",
+            ),
+        ] {
+            let err = parse(args)
+                .unwrap()
+                .inject
+                .to_config()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(flag) && err.contains(says), "{args:?}: {err}");
         }
-        for bad in ["", "m", "64MB", "1..2", "ten", "1e", "-"] {
-            assert!(!is_quantity(bad), "{bad}");
-        }
+        // Equal by value, written differently.
+        let cfg = parse(&[
+            "--cpu-request",
+            "0.1",
+            "--memory-request",
+            "64Mi",
+            "--memory-limit",
+            "67108864",
+        ]);
+        assert!(cfg.unwrap().inject.to_config().is_ok());
+        // No limit: any request.
+        assert!(
+            parse(&["--cpu-request", "4", "--cpu-limit", ""])
+                .unwrap()
+                .inject
+                .to_config()
+                .is_ok()
+        );
+    }
+
+    fn env_of(args: &[&str]) -> BTreeMap<String, String> {
+        parse(args).unwrap().inject.to_config().unwrap().ipmgr_env
+    }
+
+    #[test]
+    fn ipmgr_env_values_keep_their_commas() {
+        let env = env_of(&["--ipmgr-env", "IPMGR_LOG_LEVEL=info,aws_config=warn"]);
+        assert_eq!(env.len(), 1, "{env:?}");
+        assert_eq!(env["IPMGR_LOG_LEVEL"], "info,aws_config=warn");
+
+        let env = env_of(&[
+            "--ipmgr-env",
+            "IPMGR_LOG_LEVEL=info,ipmgr=debug,IPMGR_LOG_FORMAT=json",
+            "--ipmgr-env",
+            "NO_PROXY=169.254.169.254,10.0.0.0/8",
+            "--ipmgr-env=IPMGR_RESYNC_SECONDS=120",
+        ]);
+        assert_eq!(env["IPMGR_LOG_LEVEL"], "info,ipmgr=debug");
+        assert_eq!(env["IPMGR_LOG_FORMAT"], "json");
+        assert_eq!(env["NO_PROXY"], "169.254.169.254,10.0.0.0/8");
+        assert_eq!(env["IPMGR_RESYNC_SECONDS"], "120");
+        assert_eq!(env.len(), 4, "{env:?}");
+
+        // A lower-case name after a comma is part of the value; one given on its own
+        // flag is a variable.
+        let env = env_of(&["--ipmgr-env", "http_proxy=http://proxy:3128"]);
+        assert_eq!(env["http_proxy"], "http://proxy:3128");
+        assert_eq!(split_env("A=1,"), ["A=1,"]);
+        assert_eq!(split_env("A=,B="), ["A=", "B="]);
+        assert_eq!(split_env("A=x,_B1=y"), ["A=x", "_B1=y"]);
+        assert_eq!(split_env("A=x,1B=y"), ["A=x,1B=y"]);
+        assert!(split_env("").is_empty());
+        assert!(env_of(&[]).is_empty());
     }
 }

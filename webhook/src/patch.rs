@@ -1,8 +1,9 @@
-//! Building a JSON Patch (RFC 6902) of `add` operations against the raw pod.
+//! Building a JSON Patch (RFC 6902) of `add` and `move` operations against the raw pod.
 //!
-//! Every operation targets one new member or one new array element. Arrays the pod
-//! already has are never replaced: replacing them from typed structs would drop fields
-//! the types don't know (another webhook's `restartPolicy: Always`, say).
+//! Every `add` targets one new member or one new array element; a `move` shifts one
+//! element the pod already has. Arrays the pod already has are never replaced:
+//! replacing them from typed structs would drop fields the types don't know (another
+//! webhook's `restartPolicy: Always`, say).
 //!
 //! Values are kept as serialized JSON text: the injected container is rendered once at
 //! start-up and spliced into every patch, instead of being rebuilt and re-serialized
@@ -32,9 +33,15 @@ pub enum Position {
     Last,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Op {
+    Add { path: PointerBuf, value: Json },
+    Move { from: PointerBuf, path: PointerBuf },
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Patch {
-    ops: Vec<(PointerBuf, Json)>,
+    ops: Vec<Op>,
 }
 
 impl Patch {
@@ -47,18 +54,34 @@ impl Patch {
         let size: usize = self
             .ops
             .iter()
-            .map(|(p, v)| p.as_str().len() + v.0.len() + 32)
+            .map(|op| match op {
+                Op::Add { path, value } => path.as_str().len() + value.0.len() + 32,
+                Op::Move { from, path } => from.as_str().len() + path.as_str().len() + 40,
+            })
             .sum();
         let mut out = Vec::with_capacity(size + 2);
         out.push(b'[');
-        for (i, (path, value)) in self.ops.iter().enumerate() {
+        let pointer = |out: &mut Vec<u8>, p: &PointerBuf| {
+            serde_json::to_writer(out, p.as_str()).expect("writing to a Vec cannot fail")
+        };
+        for (i, op) in self.ops.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(br#"{"op":"add","path":"#);
-            serde_json::to_writer(&mut out, path.as_str()).expect("writing to a Vec cannot fail");
-            out.extend_from_slice(br#","value":"#);
-            out.extend_from_slice(value.0.as_bytes());
+            match op {
+                Op::Add { path, value } => {
+                    out.extend_from_slice(br#"{"op":"add","path":"#);
+                    pointer(&mut out, path);
+                    out.extend_from_slice(br#","value":"#);
+                    out.extend_from_slice(value.0.as_bytes());
+                }
+                Op::Move { from, path } => {
+                    out.extend_from_slice(br#"{"op":"move","from":"#);
+                    pointer(&mut out, from);
+                    out.extend_from_slice(br#","path":"#);
+                    pointer(&mut out, path);
+                }
+            }
             out.push(b'}');
         }
         out.push(b']');
@@ -115,8 +138,18 @@ impl Patch {
         }
     }
 
+    /// Moves the element at `index` of the array at `path` to its front; the elements
+    /// before it each shift up by one, and none is rewritten.
+    pub fn move_to_front(&mut self, path: &[&str], index: usize) {
+        let index = index.to_string();
+        self.ops.push(Op::Move {
+            from: pointer(path.iter().copied().chain([index.as_str()])),
+            path: pointer(path.iter().copied().chain(["0"])),
+        });
+    }
+
     fn add(&mut self, path: PointerBuf, value: Json) {
-        self.ops.push((path, value));
+        self.ops.push(Op::Add { path, value });
     }
 }
 
@@ -188,6 +221,25 @@ mod tests {
         p.add_to_array(&["a"], true, Position::Last, &[&j(json!(1)), &j(json!(2))]);
         apply(&mut doc, &p);
         assert_eq!(doc, json!({"a": [0, 1, 2]}));
+    }
+
+    #[test]
+    fn move_to_front_shifts_the_others_and_keeps_every_field() {
+        let mut doc = json!({"spec": {"initContainers": [
+            {"name": "a", "restartPolicy": "Always"}, {"name": "b"}, {"name": "m", "x": [1]}, {"name": "c"}]}});
+        let mut p = Patch::new();
+        p.move_to_front(&["spec", "initContainers"], 2);
+        let ops: Value = serde_json::from_slice(&p.to_bytes()).unwrap();
+        assert_eq!(
+            ops,
+            json!([{"op": "move", "from": "/spec/initContainers/2", "path": "/spec/initContainers/0"}])
+        );
+        apply(&mut doc, &p);
+        assert_eq!(
+            doc,
+            json!({"spec": {"initContainers": [
+                {"name": "m", "x": [1]}, {"name": "a", "restartPolicy": "Always"}, {"name": "b"}, {"name": "c"}]}})
+        );
     }
 
     #[test]

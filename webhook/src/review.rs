@@ -49,6 +49,8 @@ struct RequestIn<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Injected(Mode),
+    /// Reinvoked after another webhook put containers ahead of the manager: moved back.
+    Reordered,
     Skipped,
     Denied,
     /// The review was read, but the pod in it was not one we could work on.
@@ -56,9 +58,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every label, so that each shows in the metrics from the start.
+    pub const LABELS: [&'static str; 5] = ["injected", "reordered", "skipped", "denied", "error"];
+
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Injected(_) => "injected",
+            Outcome::Reordered => "reordered",
             Outcome::Skipped => "skipped",
             Outcome::Denied => "denied",
             Outcome::Error => "error",
@@ -124,6 +130,11 @@ pub fn review(body: &[u8], injector: &Injector) -> Result<Answer, BadReview> {
                     response.patch_type = Some("JSONPatch");
                     response.warnings = warnings;
                     (Outcome::Injected(mode), None)
+                }
+                Decision::Reorder { patch } => {
+                    response.patch = Some(STANDARD.encode(patch.to_bytes()));
+                    response.patch_type = Some("JSONPatch");
+                    (Outcome::Reordered, None)
                 }
                 Decision::Deny(message) => {
                     response.deny(403, "Forbidden", &message);
@@ -349,6 +360,40 @@ mod tests {
                 let _ = review(&bad, &injector);
             }
             let _ = review(&body[..i], &injector);
+        }
+    }
+
+    #[test]
+    fn reinvocation_with_the_manager_behind_another_container_moves_it() {
+        let body = review_of(json!({
+            "metadata": {"name": "p", "annotations": {"ipmgmt.aws/mode": "init"}},
+            "spec": {"initContainers": [{"name": "late-webhook"}, {"name": "aws-ip-mgmt"}],
+                     "containers": [{"name": "app"}]},
+        }));
+        let answer = review(&body, &cfg()).unwrap();
+        assert_eq!(answer.outcome, Outcome::Reordered);
+        let r = response(&answer);
+        assert_eq!(r["allowed"], true);
+        assert!(r.get("warnings").is_none());
+        let patch = STANDARD.decode(r["patch"].as_str().unwrap()).unwrap();
+        let ops: Value = serde_json::from_slice(&patch).unwrap();
+        assert_eq!(
+            ops,
+            json!([{"op": "move", "from": "/spec/initContainers/1", "path": "/spec/initContainers/0"}])
+        );
+    }
+
+    #[test]
+    fn every_outcome_has_its_label_listed() {
+        for outcome in [
+            Outcome::Injected(Mode::Init),
+            Outcome::Injected(Mode::Sidecar),
+            Outcome::Reordered,
+            Outcome::Skipped,
+            Outcome::Denied,
+            Outcome::Error,
+        ] {
+            assert!(Outcome::LABELS.contains(&outcome.label()), "{outcome:?}");
         }
     }
 

@@ -50,6 +50,9 @@ async fn mutate(State(app): State<Arc<App>>, body: Bytes) -> Response {
                 (Outcome::Injected(mode), _) => {
                     info!(mode = mode.as_str(), "injected the IP manager")
                 }
+                (Outcome::Reordered, _) => {
+                    info!("moved the IP manager back in front of containers another webhook added")
+                }
                 (Outcome::Skipped, _) => debug!("nothing to do"),
                 (outcome, message) => {
                     info!(

@@ -1,10 +1,15 @@
 //! Golden fixtures: `fixtures/<case>/pod.json` (+ optional `config.json`, overrides of
 //! the base configuration) → `expected.json`. `UPDATE_FIXTURES=1 cargo test` rewrites
 //! the expectations; review them as diffs.
+//!
+//! Every patch is also applied, and the result reviewed again as `reinvocationPolicy:
+//! IfNeeded` would: as it is (no patch), and after another webhook put a container in
+//! front of the manager (one `move` back).
 
 use std::path::{Path, PathBuf};
 
 use ipmgmt_webhook::inject::{Config, Decision, Injector, Pod, Skip};
+use ipmgmt_webhook::patch::Patch;
 use serde_json::{Value, json};
 
 fn base_config() -> Config {
@@ -43,6 +48,10 @@ fn describe(decision: &Decision) -> Value {
             json!({"decision": "skip", "reason": "already injected"})
         }
         Decision::Deny(message) => json!({"decision": "deny", "message": message}),
+        Decision::Reorder { patch } => json!({
+            "decision": "reorder",
+            "patch": serde_json::from_slice::<Value>(&patch.to_bytes()).expect("patch is JSON"),
+        }),
         Decision::Inject {
             mode,
             patch,
@@ -51,6 +60,65 @@ fn describe(decision: &Decision) -> Value {
             "decision": "inject", "mode": mode, "warnings": warnings,
             "patch": serde_json::from_slice::<Value>(&patch.to_bytes()).expect("patch is JSON"),
         }),
+    }
+}
+
+fn apply(doc: &mut Value, patch: &Patch) -> Result<(), String> {
+    let ops: json_patch::Patch = serde_json::from_slice(&patch.to_bytes()).unwrap();
+    json_patch::patch(doc, &ops).map_err(|e| e.to_string())
+}
+
+fn decide(injector: &Injector, pod: &Value) -> Decision {
+    let text = pod.to_string();
+    injector.decide(&serde_json::from_str::<Pod>(&text).unwrap())
+}
+
+/// The patched pod sent again: left alone; and once another webhook has put a
+/// container ahead of the manager, moved back with one operation and then left alone.
+fn reinvoked(injector: &Injector, manager: &str, patched: &Value) -> Result<(), String> {
+    let again = decide(injector, patched);
+    if !matches!(again, Decision::Skip(Skip::AlreadyInjected)) {
+        return Err(format!(
+            "the patched pod is not recognised as injected: {again:?}"
+        ));
+    }
+    let holds = |list: &str| {
+        patched["spec"][list]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|c| c["name"] == manager))
+    };
+    let list = if holds("initContainers") {
+        "initContainers"
+    } else {
+        "containers"
+    };
+    let mut behind = patched.clone();
+    behind["spec"][list]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, json!({"name": "added-later", "image": "busybox"}));
+    let Decision::Reorder { patch } = decide(injector, &behind) else {
+        return Err(format!(
+            "a manager behind another {list} entry is not moved back"
+        ));
+    };
+    let ops: Value = serde_json::from_slice(&patch.to_bytes()).unwrap();
+    let expected = json!([{"op": "move", "from": format!("/spec/{list}/1"), "path": format!("/spec/{list}/0")}]);
+    if ops != expected {
+        return Err(format!("reorder patch {ops} is not {expected}"));
+    }
+    apply(&mut behind, &patch)?;
+    let mut want = patched.clone();
+    want["spec"][list]
+        .as_array_mut()
+        .unwrap()
+        .insert(1, json!({"name": "added-later", "image": "busybox"}));
+    if behind != want {
+        return Err("moving the manager back changed more than its place".into());
+    }
+    match decide(injector, &behind) {
+        Decision::Skip(Skip::AlreadyInjected) => Ok(()),
+        other => Err(format!("after the move: {other:?}")),
     }
 }
 
@@ -75,7 +143,9 @@ fn golden_fixtures() {
         let name = case.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(case.join("pod.json")).unwrap();
         let pod: Pod = serde_json::from_str(&text).unwrap();
-        let injector = Injector::new(config_for(case));
+        let config = config_for(case);
+        let manager = config.container_name.clone();
+        let injector = Injector::new(config);
         let decision = injector.decide(&pod);
         let actual = describe(&decision);
         let expected_path = case.join("expected.json");
@@ -95,23 +165,17 @@ fn golden_fixtures() {
                 serde_json::to_string_pretty(&actual).unwrap()
             ));
         }
-        if let Decision::Inject { patch, .. } = &decision {
-            let mut patched = read_json(&case.join("pod.json"));
-            let ops: json_patch::Patch = serde_json::from_slice(&patch.to_bytes()).unwrap();
-            if let Err(e) = json_patch::patch(&mut patched, &ops) {
-                failures.push(format!("{name}: patch does not apply: {e}"));
-                continue;
-            }
-            let patched_text = patched.to_string();
-            let again: Pod = serde_json::from_str(&patched_text).unwrap();
-            if !matches!(
-                injector.decide(&again),
-                Decision::Skip(Skip::AlreadyInjected)
-            ) {
-                failures.push(format!(
-                    "{name}: the patched pod is not recognised as injected"
-                ));
-            }
+        let patch = match &decision {
+            Decision::Inject { patch, .. } | Decision::Reorder { patch } => patch,
+            Decision::Skip(_) | Decision::Deny(_) => continue,
+        };
+        let mut patched = read_json(&case.join("pod.json"));
+        if let Err(e) = apply(&mut patched, patch) {
+            failures.push(format!("{name}: patch does not apply: {e}"));
+            continue;
+        }
+        if let Err(why) = reinvoked(&injector, &manager, &patched) {
+            failures.push(format!("{name}: {why}"));
         }
     }
     assert!(

@@ -1,0 +1,165 @@
+//! The manager container and the volumes it needs, from the configuration and one
+//! pod's overrides.
+
+use serde_json::{Value, json};
+
+use super::request::{DEFAULT_GRACE_SECONDS, Overrides, release_delay_seconds};
+use super::{Config, Mode};
+
+/// Names the EKS pod-identity webhook uses, so that both agree on one token volume.
+pub const IRSA_VOLUME: &str = "aws-iam-token";
+pub const IRSA_MOUNT_PATH: &str = "/var/run/secrets/eks.amazonaws.com/serviceaccount";
+pub const IRSA_TOKEN_PATH: &str = "token";
+
+/// Where the sidecar marks itself ready for `ipmgr ready` (its probes).
+pub const READY_DIR: &str = "/run/ipmgmt";
+pub const READY_FILE: &str = "/run/ipmgmt/ready";
+
+pub fn irsa_volume(cfg: &Config) -> Value {
+    json!({
+        "name": IRSA_VOLUME,
+        "projected": {"sources": [{"serviceAccountToken": {
+            "audience": cfg.token_audience,
+            "expirationSeconds": cfg.token_expiration_seconds,
+            "path": IRSA_TOKEN_PATH,
+        }}]},
+    })
+}
+
+pub fn ready_volume(name: &str) -> Value {
+    json!({"name": name, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
+}
+
+pub fn container(
+    cfg: &Config,
+    mode: Mode,
+    guaranteed: bool,
+    over: &Overrides<'_>,
+    ready_volume: &str,
+) -> Value {
+    let classic = mode == Mode::Sidecar && cfg.classic_sidecar;
+    let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+    let value = |name: &str, value: &str| json!({"name": name, "value": value});
+    let mut env = vec![
+        field("NODE_NAME", "spec.nodeName"),
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+    ];
+    if let Some(region) = &cfg.region {
+        env.push(value("AWS_REGION", region));
+    }
+    if let Some(endpoint) = &cfg.imds_endpoint {
+        env.push(value("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint));
+    }
+    if let Some(endpoint_mode) = &cfg.imds_endpoint_mode {
+        env.push(value(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+            endpoint_mode,
+        ));
+    }
+    if cfg.imds_disabled {
+        env.push(value("AWS_EC2_METADATA_DISABLED", "true"));
+    }
+    let mut mounts = Vec::new();
+    if let Some(arn) = over.role_arn.or(cfg.role_arn.as_deref()) {
+        env.push(value("AWS_ROLE_ARN", arn));
+        env.push(value(
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            &format!("{IRSA_MOUNT_PATH}/{IRSA_TOKEN_PATH}"),
+        ));
+        env.push(value("AWS_STS_REGIONAL_ENDPOINTS", "regional"));
+        mounts.push(json!({"name": IRSA_VOLUME, "mountPath": IRSA_MOUNT_PATH, "readOnly": true}));
+    }
+    if over.reassignment_off {
+        env.push(value("IPMGR_ALLOW_REASSIGNMENT", "false"));
+    }
+    if let Some(names) = over.interfaces {
+        env.push(value("IPMGR_INTERFACES", names));
+    }
+    if mode == Mode::Sidecar {
+        env.push(value("IPMGR_READY_FILE", READY_FILE));
+        mounts.push(json!({"name": ready_volume, "mountPath": READY_DIR}));
+    }
+    if classic {
+        let delay = over
+            .release_delay_seconds
+            .unwrap_or(release_delay_seconds(DEFAULT_GRACE_SECONDS));
+        env.push(value("IPMGR_RELEASE_DELAY_SECONDS", &delay.to_string()));
+    }
+    // What the webhook sets for this pod wins over the same name in --ipmgr-env:
+    // a duplicate would leave kubelet to pick the last one.
+    for (name, v) in &cfg.ipmgr_env {
+        if !env.iter().any(|e| e["name"] == name.as_str()) {
+            env.push(value(name, v));
+        }
+    }
+
+    let resources = match &over.resources {
+        Some(resources) => resources.clone(),
+        None => cfg.resources.for_pod(guaranteed),
+    };
+    let mut requests = serde_json::Map::new();
+    requests.insert("cpu".into(), json!(resources.cpu_request));
+    requests.insert("memory".into(), json!(resources.memory_request));
+    let mut limits = serde_json::Map::new();
+    if let Some(cpu) = &resources.cpu_limit {
+        limits.insert("cpu".into(), json!(cpu));
+    }
+    if let Some(memory) = &resources.memory_limit {
+        limits.insert("memory".into(), json!(memory));
+    }
+    let mut resources = json!({"requests": requests});
+    if !limits.is_empty() {
+        resources["limits"] = Value::Object(limits);
+    }
+
+    let mut c = json!({
+        "name": cfg.container_name,
+        "image": cfg.image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "command": [cfg.ipmgr_path, mode.as_str()],
+        "env": env,
+        "resources": resources,
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": cfg.run_as_user,
+            "runAsGroup": cfg.run_as_user,
+            "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        // ipmgr writes its one-line failure reason there; the pod's status shows it.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    });
+    if mode == Mode::Sidecar {
+        let ready = json!({"command": [cfg.ipmgr_path, "ready"]});
+        c["startupProbe"] = json!({
+            "exec": ready,
+            "periodSeconds": 1,
+            "timeoutSeconds": 5,
+            "failureThreshold": cfg.startup_timeout_seconds.max(1),
+        });
+        // `ipmgr ready` fails while an address of the pod is unassigned, so a lasting
+        // failure turns the pod NotReady after about 15 s. A native sidecar's
+        // readiness counts toward the pod's Ready condition too (KEP-753).
+        c["readinessProbe"] = json!({
+            "exec": ready,
+            "periodSeconds": 5,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        });
+        if classic {
+            // kubelet starts the next container only when this hook returns.
+            c["lifecycle"] = json!({"postStart": {"exec": {"command": [
+                cfg.ipmgr_path, "ready", "--wait", cfg.startup_timeout_seconds.to_string(),
+            ]}}});
+        } else {
+            c["restartPolicy"] = json!("Always");
+        }
+    }
+    if !mounts.is_empty() {
+        c["volumeMounts"] = Value::Array(mounts);
+    }
+    c
+}
