@@ -354,7 +354,8 @@ def test_bring_your_own_certificate():
     ("image.ipmgr.pullPolicy=sometimes", "/image/ipmgr/pullPolicy"),
     ("injection.resources.requests.memory=lots", "/injection/resources/requests/memory"),
     ("injection.extraEnv.BAD-NAME=1", "'BAD-NAME' does not match"),
-    ("injection.logLevel=info\\,ipmgr=debug", "/injection/logLevel"),
+    ("injection.logLevel=info\\,IPMGR_X=1", "/injection/logLevel"),
+    ("injection.extraEnv.NO_PROXY=10.0.0.0/8\\,IPMGR_X=1", "/injection/extraEnv/NO_PROXY"),
     ("certManager.issuerRef.kind=Issuer", "/certManager/issuerRef"),
 ])
 def test_schema_rejects_typos_and_bad_values(setting, path):
@@ -383,7 +384,7 @@ def test_values_become_webhook_flags():
     assert flag(args, "--imds-endpoint-mode") == "IPv6"
     assert flag(args, "--container-name") == "ip-manager"
     env = [a.split("=", 1)[1] for a in args if a.startswith("--ipmgr-env=")]
-    assert "IPMGR_LOG_LEVEL=debug" in env and "IPMGR_RESYNC_SECONDS=120" in env
+    assert "IPMGR_LOG_LEVEL=debug,aws_config=warn" in env and "IPMGR_RESYNC_SECONDS=120" in env
 
     _, container = container_of(render())
     args = container["args"]
@@ -437,6 +438,16 @@ def test_the_webhook_accepts_every_flag_the_chart_passes(values, sample_pod, tmp
     assert manager["image"] == flag(container["args"], "--image")
     mode = flag(container["args"], "--default-mode")
     assert manager["command"][-1] == mode, "an empty annotation takes injection.defaultMode"
+    # Log filters and lists keep their commas all the way to the manager.
+    values_file = yaml.safe_load(values[0].read_text()) if values else {}
+    injection = values_file.get("injection", {})
+    env = {e["name"]: e.get("value") for e in manager["env"]}
+    assert env["IPMGR_LOG_LEVEL"] == injection.get("logLevel", "info")
+    for name, value in injection.get("extraEnv", {}).items():
+        assert env[name] == str(value), name
+    if values:
+        assert env["IPMGR_LOG_LEVEL"] == "debug,aws_config=warn"
+        assert env["NO_PROXY"] == "169.254.169.254,10.0.0.0/8"
 
 
 def test_notes_say_what_to_do_next():
