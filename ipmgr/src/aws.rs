@@ -1,14 +1,23 @@
-//! The one place the AWS SDK is configured: timeouts, retries, endpoints.
+//! The one place the AWS SDK is configured: timeouts, retries, endpoints, and what a
+//! user reads when a call fails.
 //!
 //! Endpoints, Region and credentials come from the SDK's standard chain, so
 //! `AWS_ENDPOINT_URL_EC2`, `AWS_REGION`, `AWS_EC2_METADATA_SERVICE_ENDPOINT`, IRSA's
 //! `AWS_ROLE_ARN`/`AWS_WEB_IDENTITY_TOKEN_FILE` and EKS Pod Identity all apply.
 
-use std::time::Duration;
+use std::error::Error;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, SdkConfig};
+use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
+use aws_sdk_ec2::config::interceptors::{
+    BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextRef,
+};
+use aws_sdk_ec2::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Retries {
@@ -16,11 +25,13 @@ pub struct Retries {
     pub initial_backoff: Duration,
 }
 
-pub async fn sdk_config(retries: Retries) -> SdkConfig {
+/// The SDK's settings before the environment is read; tests add their endpoint and
+/// credentials to it and so run with production's timeouts and retries.
+pub fn loader(retries: Retries) -> ConfigLoader {
     // Standard retries back off exponentially with full jitter on throttling,
     // 5xx and transient network errors.
     let retry = RetryConfig::standard()
-        .with_max_attempts(retries.max_attempts)
+        .with_max_attempts(retries.max_attempts.max(1))
         .with_initial_backoff(retries.initial_backoff)
         .with_max_backoff(Duration::from_secs(5));
     let timeouts = TimeoutConfig::builder()
@@ -31,6 +42,106 @@ pub async fn sdk_config(retries: Retries) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .retry_config(retry)
         .timeout_config(timeouts)
-        .load()
-        .await
+}
+
+/// The EC2 client, reporting its attempts to `attempts`.
+pub fn ec2_client(sdk: &SdkConfig, attempts: &Attempts) -> aws_sdk_ec2::Client {
+    let conf = aws_sdk_ec2::config::Builder::from(sdk)
+        .interceptor(attempts.clone())
+        .build();
+    aws_sdk_ec2::Client::from_conf(conf)
+}
+
+/// An error and its sources as one readable line: `a: b: c`, each cause once, and
+/// none of the Debug dumps the SDK's own `DisplayErrorContext` appends.
+pub fn cause(err: &(dyn Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        next = e.source();
+        let text = e.to_string();
+        // hyper and the SDK often repeat their source's words in their own.
+        if text.is_empty() || parts.iter().any(|p| p.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
+}
+
+/// What the SDK's attempts last ran into. The SDK retries inside one call, so a call
+/// that a deadline cuts short returns no error of its own: this keeps the cause.
+#[derive(Clone, Debug, Default)]
+pub struct Attempts(Arc<Mutex<AttemptState>>);
+
+#[derive(Debug, Default)]
+struct AttemptState {
+    in_flight: Option<(String, Instant)>,
+    last_failure: Option<String>,
+}
+
+impl Attempts {
+    fn state(&self) -> std::sync::MutexGuard<'_, AttemptState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One line on the latest attempts: the one still waiting, the last that failed.
+    pub fn summary(&self) -> Option<String> {
+        let state = self.state();
+        let waiting = state.in_flight.as_ref().map(|(op, since)| {
+            format!(
+                "{op} had no answer from EC2 after {:.1}s",
+                since.elapsed().as_secs_f64()
+            )
+        });
+        let failed = state
+            .last_failure
+            .as_ref()
+            .map(|f| format!("the last failed attempt: {f}"));
+        match (waiting, failed) {
+            (None, None) => None,
+            (Some(w), None) => Some(w),
+            (None, Some(f)) => Some(f),
+            (Some(w), Some(f)) => Some(format!("{w}; {f}")),
+        }
+    }
+}
+
+fn operation(cfg: &ConfigBag) -> String {
+    cfg.load::<Metadata>()
+        .map_or_else(|| "EC2 call".to_owned(), |m| m.name().to_owned())
+}
+
+impl Intercept for Attempts {
+    fn name(&self) -> &'static str {
+        "ipmgr::aws::Attempts"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _ctx: &BeforeTransmitInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.state().in_flight = Some((operation(cfg), Instant::now()));
+        Ok(())
+    }
+
+    fn read_after_attempt(
+        &self,
+        ctx: &FinalizerInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let mut state = self.state();
+        state.in_flight = None;
+        if let Some(Err(e)) = ctx.output_or_error() {
+            let what = match ctx.response() {
+                Some(r) => format!("HTTP {}", r.status().as_u16()),
+                None => cause(e),
+            };
+            state.last_failure = Some(format!("{}: {what}", operation(cfg)));
+        }
+        Ok(())
+    }
 }

@@ -42,7 +42,19 @@ pub struct Args {
     )]
     pub primary_interface: String,
 
-    /// Lowest ENI device index considered by subnet (0 is the node's primary ENI).
+    /// Manage only these interfaces (comma-separated names); empty: every interface
+    /// but the primary and loopback.
+    #[arg(
+        long,
+        global = true,
+        env = "IPMGR_INTERFACES",
+        value_delimiter = ',',
+        value_name = "NAMES"
+    )]
+    pub interfaces: Vec<String>,
+
+    /// Lowest ENI device index ipmgr assigns to, by MAC or by subnet (0 is the node's
+    /// primary ENI).
     #[arg(
         long,
         global = true,
@@ -51,7 +63,12 @@ pub struct Args {
     )]
     pub min_device_index: i32,
 
-    /// Take an IPv4 address another ENI holds (floating IPs).
+    /// Assign only to ENIs tagged node.k8s.amazonaws.com/no_manage=true: the VPC CNI
+    /// manages every other ENI and hands out the addresses it finds there.
+    #[arg(long, global = true, env = "IPMGR_REQUIRE_NO_MANAGE_TAG", default_value_t = true, action = ArgAction::Set)]
+    pub require_no_manage_tag: bool,
+
+    /// Take an address another ENI holds (floating IPs), IPv4 and IPv6.
     #[arg(long, global = true, env = "IPMGR_ALLOW_REASSIGNMENT", default_value_t = true, action = ArgAction::Set)]
     pub allow_reassignment: bool,
 
@@ -95,7 +112,28 @@ pub struct Args {
     #[arg(long, global = true, env = "IPMGR_COALESCE_MS", default_value_t = 5)]
     pub coalesce_ms: u64,
 
-    /// Sidecar: the file that tells `ipmgr ready` the addresses are assigned.
+    /// Sidecar: after SIGTERM, keep the addresses this long before releasing them. For
+    /// a classic sidecar, which is stopped together with the application.
+    #[arg(
+        long,
+        global = true,
+        env = "IPMGR_RELEASE_DELAY_SECONDS",
+        default_value_t = 0
+    )]
+    pub release_delay_seconds: u64,
+
+    /// Sidecar: give up on the release after this long, well inside the pod's grace period.
+    #[arg(
+        long,
+        global = true,
+        env = "IPMGR_RELEASE_TIMEOUT_SECONDS",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub release_timeout_seconds: u64,
+
+    /// Sidecar: the file that tells `ipmgr ready` every address is assigned; present
+    /// only while that holds.
     #[arg(
         long,
         global = true,

@@ -1,13 +1,14 @@
 //! The pod's secondary-interface addresses, read over rtnetlink in the pod's network
 //! namespace, and a watch on address changes (no polling).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
 use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
@@ -41,17 +42,27 @@ pub struct Snapshot {
 pub struct Discovery {
     handle: rtnetlink::Handle,
     primary: String,
+    /// When not empty, the only interfaces managed.
+    only: Vec<String>,
 }
 
 impl Discovery {
     /// `primary` is the pod's own interface (eth0), whose address the VPC CNI manages.
-    pub fn new(primary: &str) -> Result<Self, DiscoverError> {
+    /// `only`, when not empty, names the interfaces to manage.
+    pub fn new(primary: &str, only: &[String]) -> Result<Self, DiscoverError> {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
         Ok(Discovery {
             handle,
             primary: primary.to_owned(),
+            only: only.to_vec(),
         })
+    }
+
+    fn manages(&self, link: &Link) -> bool {
+        !link.loopback
+            && link.name != self.primary
+            && (self.only.is_empty() || self.only.contains(&link.name))
     }
 
     pub async fn snapshot(&self) -> Result<Snapshot, DiscoverError> {
@@ -76,7 +87,7 @@ impl Discovery {
             let Some(link) = links.get(&msg.header.index) else {
                 continue;
             };
-            if link.loopback || link.name == self.primary {
+            if !self.manages(link) {
                 continue;
             }
             if let Some(ip) = usable_address(&msg) {
@@ -160,10 +171,7 @@ fn usable_address(msg: &AddressMessage) -> Option<IpAddr> {
 
 /// Address events from the kernel, for sidecar mode.
 pub struct Watch {
-    events: UnboundedReceiver<(
-        rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
-        SocketAddr,
-    )>,
+    events: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
 }
 
 impl Watch {
@@ -177,32 +185,48 @@ impl Watch {
 
     /// Waits for an address to be added or removed, then for the burst to settle:
     /// returns once `quiet` passes with no further event. `None` if the socket closed.
-    pub async fn changed(&mut self, quiet: Duration) -> Option<usize> {
-        let mut seen = 0;
+    pub async fn changed(&mut self, quiet: Duration) -> Option<Changes> {
+        let mut changes = Changes::default();
         loop {
             let (msg, _) = self.events.next().await?;
-            if is_address_event(&msg) {
-                seen += 1;
+            if changes.take_in(&msg) {
                 break;
             }
         }
         loop {
             match tokio::time::timeout(quiet, self.events.next()).await {
-                Ok(Some((msg, _))) => seen += usize::from(is_address_event(&msg)),
+                Ok(Some((msg, _))) => {
+                    changes.take_in(&msg);
+                }
                 Ok(None) => return None,
-                Err(_) => return Some(seen),
+                Err(_) => return Some(changes),
             }
         }
     }
 }
 
-fn is_address_event(msg: &rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>) -> bool {
-    matches!(
-        msg.payload,
-        rtnetlink::packet_core::NetlinkPayload::InnerMessage(
-            RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_)
-        )
-    )
+/// What a burst of address events said.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub events: usize,
+    /// Addresses the kernel announced as added: the pod has just taken them, even when
+    /// a quick remove-and-add leaves the address set as it was.
+    pub added: BTreeSet<IpAddr>,
+}
+
+impl Changes {
+    /// Counts `msg` if it is an address event; whether it was.
+    fn take_in(&mut self, msg: &NetlinkMessage<RouteNetlinkMessage>) -> bool {
+        match &msg.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(a)) => {
+                self.added.extend(usable_address(a));
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(_)) => {}
+            _ => return false,
+        }
+        self.events += 1;
+        true
+    }
 }
 
 #[cfg(test)]

@@ -2,14 +2,15 @@
 //! with the AWS error code and what to do about it.
 
 use std::future::Future;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aws_credential_types::provider::error::CredentialsError;
-use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{Filter, SubnetCidrBlockStateCode};
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::eni::{Eni, Subnet};
+use crate::aws::cause;
+use crate::eni::{Eni, NO_MANAGE_TAG, Subnet};
 
 /// Where the least-privilege policy lives, for error messages.
 pub const IAM_POLICY: &str = "deploy/iam-policy.json";
@@ -22,11 +23,8 @@ pub trait Ec2 {
     ) -> impl Future<Output = Result<Vec<Eni>, Ec2Error>> + Send;
     fn subnets(&self, ids: &[String])
     -> impl Future<Output = Result<Vec<Subnet>, Ec2Error>> + Send;
-    /// Which ENIs hold these IPv6 addresses now.
-    fn ipv6_holders(
-        &self,
-        ips: &[Ipv6Addr],
-    ) -> impl Future<Output = Result<Vec<Eni>, Ec2Error>> + Send;
+    /// Which ENIs, of any instance, hold these addresses now.
+    fn holders(&self, ips: &[IpAddr]) -> impl Future<Output = Result<Vec<Eni>, Ec2Error>> + Send;
     /// The instance whose private DNS name is `name` (EKS IP-based node names).
     fn instance_by_private_dns(
         &self,
@@ -164,7 +162,7 @@ where
                     .join(": "),
                 hint: NO_CREDENTIALS.into(),
             },
-            None => Ec2Error::new(action, target, None, DisplayErrorContext(&err).to_string()),
+            None => Ec2Error::new(action, target, None, cause(&err)),
         },
     }
 }
@@ -232,6 +230,10 @@ fn to_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<Eni> {
         mac: ni.mac_address().unwrap_or_default().to_ascii_lowercase(),
         device_index: ni.attachment().and_then(|a| a.device_index()).unwrap_or(-1),
         subnet_id: ni.subnet_id().unwrap_or_default().to_owned(),
+        no_manage: ni
+            .tag_set()
+            .iter()
+            .any(|t| t.key() == Some(NO_MANAGE_TAG) && t.value() == Some("true")),
         primary_ipv4,
         ipv4,
         ipv6: ni
@@ -291,9 +293,21 @@ impl Ec2 for SdkEc2 {
             .collect())
     }
 
-    async fn ipv6_holders(&self, ips: &[Ipv6Addr]) -> Result<Vec<Eni>, Ec2Error> {
-        let f = filter("ipv6-addresses.ipv6-address", strings(ips));
-        self.describe_enis(strings(ips).join(","), f).await
+    async fn holders(&self, ips: &[IpAddr]) -> Result<Vec<Eni>, Ec2Error> {
+        // Filters of different names are ANDed, so IPv4 and IPv6 take a call each.
+        let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = ips.iter().partition(|ip| ip.is_ipv4());
+        let mut out = Vec::new();
+        for (name, ips) in [
+            ("addresses.private-ip-address", v4),
+            ("ipv6-addresses.ipv6-address", v6),
+        ] {
+            if ips.is_empty() {
+                continue;
+            }
+            let f = filter(name, strings(&ips));
+            out.extend(self.describe_enis(strings(&ips).join(","), f).await?);
+        }
+        Ok(out)
     }
 
     async fn instance_by_private_dns(&self, name: &str) -> Result<Option<String>, Ec2Error> {
@@ -467,6 +481,12 @@ mod tests {
         let line = e.to_string();
         assert!(line.contains("could not be reached"), "{line}");
         assert!(!line.contains("credentials"), "{line}");
+        // One readable cause, not the SDK's Debug dump of it.
+        assert!(line.contains("Connection refused"), "{line}");
+        assert!(
+            !line.contains("DispatchFailure") && !line.contains('{'),
+            "{line}"
+        );
     }
 }
 

@@ -1,16 +1,28 @@
-//! Which of the node's ENIs an address rides on.
+//! Which of the node's ENIs an address rides on, and whether it is ipmgr's to touch.
 //!
 //! An ipvlan slave shares its master's MAC, and the master is the ENI, so the MAC
 //! decides first. Without a MAC match (macvlan, bridges, a MAC that was changed) the
 //! address must lie in exactly one ENI's subnet. Subnets are compared by containment,
 //! never by CIDR string: a subnet may come from a secondary VPC CIDR and may have
 //! several IPv6 CIDRs. Two candidate ENIs is an error, never a guess.
+//!
+//! The VPC CNI manages every ENI not tagged `node.k8s.amazonaws.com/no_manage=true`
+//! and adopts the addresses it finds there, handing them to other pods later. The
+//! primary ENI (device index 0) is the node's own. Neither is ever a target, whichever
+//! way the address was matched.
+//!
+//! A pod may also hold addresses that are not the VPC's at all (a node-local bridge,
+//! SR-IOV, a tunnel the application made): those are skipped, and one bad address
+//! never stops the others from being placed.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
+
+/// The tag that keeps the VPC CNI away from an ENI.
+pub const NO_MANAGE_TAG: &str = "node.k8s.amazonaws.com/no_manage";
 
 /// An ENI attached to this instance, as EC2 describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +36,8 @@ pub struct Eni {
     /// Every private IPv4 address, the primary included.
     pub ipv4: Vec<Ipv4Addr>,
     pub ipv6: Vec<Ipv6Addr>,
+    /// Tagged `node.k8s.amazonaws.com/no_manage=true`: the VPC CNI leaves it alone.
+    pub no_manage: bool,
 }
 
 impl Eni {
@@ -66,19 +80,66 @@ pub struct Local {
     pub mac: String,
 }
 
+impl fmt::Display for Local {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} on {}", self.ip, self.iface)
+    }
+}
+
+/// Which of the instance's ENIs ipmgr may assign to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// ENIs below this device index are never targets (0 is the node's primary ENI).
+    pub min_device_index: i32,
+    /// Only ENIs tagged `node.k8s.amazonaws.com/no_manage=true`.
+    pub require_no_manage: bool,
+}
+
+/// Why an ENI is not ipmgr's to assign to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    DeviceIndex { index: i32, min: i32 },
+    ManagedByVpcCni,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::DeviceIndex { index: 0, .. } => write!(
+                f,
+                "the node's primary ENI (device index 0), which belongs to the node and the VPC CNI; \
+                 attach a secondary ENI for this network"
+            ),
+            Refusal::DeviceIndex { index, min } => write!(
+                f,
+                "device index {index}, below the lowest one ipmgr manages ({min}, IPMGR_MIN_DEVICE_INDEX)"
+            ),
+            Refusal::ManagedByVpcCni => write!(
+                f,
+                "not tagged {NO_MANAGE_TAG}=true, so the VPC CNI manages it and would hand the address to \
+                 other pods; tag the ENI {NO_MANAGE_TAG}=true, or set IPMGR_REQUIRE_NO_MANAGE_TAG=false"
+            ),
+        }
+    }
+}
+
+impl Policy {
+    pub fn refusal(&self, eni: &Eni) -> Option<Refusal> {
+        if eni.device_index < self.min_device_index {
+            Some(Refusal::DeviceIndex {
+                index: eni.device_index,
+                min: self.min_device_index,
+            })
+        } else if self.require_no_manage && !eni.no_manage {
+            Some(Refusal::ManagedByVpcCni)
+        } else {
+            None
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
-    #[error(
-        "{ip} on {iface} (MAC {mac}): no ENI of this instance has that MAC, and none with device index \
-         {min_device_index} or more has a subnet containing it; attach the Multus ENI from that subnet \
-         or fix the address pool"
-    )]
-    NoEni {
-        ip: IpAddr,
-        iface: String,
-        mac: String,
-        min_device_index: i32,
-    },
     #[error(
         "{ip} on {iface} (MAC {mac}): ENIs {} are all in a subnet containing it and none has that MAC; \
          refusing to guess: give the interface its ENI's MAC (ipvlan does) or use one ENI per subnet",
@@ -100,6 +161,49 @@ pub enum ResolveError {
         subnet: String,
         cidrs: String,
     },
+    #[error(
+        "{ip} on {iface} belongs on {eni} (by {matched}), which ipmgr never touches: it is {why}"
+    )]
+    Refused {
+        ip: IpAddr,
+        iface: String,
+        eni: String,
+        matched: &'static str,
+        why: Refusal,
+    },
+}
+
+impl ResolveError {
+    pub fn ip(&self) -> IpAddr {
+        match self {
+            ResolveError::Ambiguous { ip, .. }
+            | ResolveError::OutsideSubnet { ip, .. }
+            | ResolveError::Refused { ip, .. } => *ip,
+        }
+    }
+}
+
+/// An address and the ENI it goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement<'a> {
+    pub local: &'a Local,
+    pub eni: &'a Eni,
+}
+
+impl Placement<'_> {
+    pub fn ip(&self) -> IpAddr {
+        self.local.ip
+    }
+}
+
+/// Where each of the pod's addresses goes, if anywhere.
+#[derive(Debug, Default)]
+pub struct Placed<'a> {
+    pub placements: Vec<Placement<'a>>,
+    /// Not a VPC address of this node's Multus ENIs: none of their MACs, none of their
+    /// subnets. A node-local network or a tunnel; not ipmgr's business.
+    pub skipped: Vec<&'a Local>,
+    pub errors: Vec<ResolveError>,
 }
 
 /// The ENI whose MAC the interface carries.
@@ -107,46 +211,56 @@ pub fn by_mac<'a>(local: &Local, enis: &'a [Eni]) -> Option<&'a Eni> {
     enis.iter().find(|e| e.mac.eq_ignore_ascii_case(&local.mac))
 }
 
-/// The one ENI (device index `min_device_index` or more) whose subnet contains the
-/// address; `subnets` must hold the subnets of those ENIs.
-pub fn by_subnet<'a>(
-    local: &Local,
-    enis: &'a [Eni],
-    subnets: &HashMap<String, Subnet>,
-    min_device_index: i32,
-) -> Result<&'a Eni, ResolveError> {
-    let candidates: Vec<&Eni> = enis
+/// The subnets `place` may need: those of every secondary ENI, eligible or not, so
+/// that an address in an untagged ENI's subnet is refused by name, not skipped.
+pub fn secondary_subnet_ids(enis: &[Eni]) -> Vec<String> {
+    let mut ids: Vec<String> = enis
         .iter()
-        .filter(|e| e.device_index >= min_device_index)
-        .filter(|e| {
-            subnets
-                .get(&e.subnet_id)
-                .is_some_and(|s| s.contains(local.ip))
-        })
+        .filter(|e| e.device_index >= 1)
+        .map(|e| e.subnet_id.clone())
         .collect();
-    match candidates.as_slice() {
-        [one] => Ok(one),
-        [] => Err(ResolveError::NoEni {
-            ip: local.ip,
-            iface: local.iface.clone(),
-            mac: local.mac.clone(),
-            min_device_index,
-        }),
-        many => Err(ResolveError::Ambiguous {
-            ip: local.ip,
-            iface: local.iface.clone(),
-            mac: local.mac.clone(),
-            enis: many.iter().map(|e| e.id.clone()).collect(),
-        }),
-    }
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
-/// Checks a MAC match against the ENI's subnet, when the subnet is known.
-pub fn check_subnet(
-    local: &Local,
-    eni: &Eni,
+/// Whether `place` needs subnets: some address has no ENI by MAC.
+pub fn needs_subnets(locals: &[Local], enis: &[Eni]) -> bool {
+    locals.iter().any(|l| by_mac(l, enis).is_none())
+}
+
+/// Places every address: by MAC, else by subnet containment. `subnets` holds the
+/// subnets of `secondary_subnet_ids(enis)` when `needs_subnets` said so.
+pub fn place<'a>(
+    locals: &'a [Local],
+    enis: &'a [Eni],
     subnets: &HashMap<String, Subnet>,
-) -> Result<(), ResolveError> {
+    policy: Policy,
+) -> Placed<'a> {
+    let mut out = Placed::default();
+    for local in locals {
+        let placed = match by_mac(local, enis) {
+            Some(eni) => check_mac_match(local, eni, subnets, policy).map(Some),
+            None => by_subnet(local, enis, subnets, policy),
+        };
+        match placed {
+            Ok(Some(eni)) => out.placements.push(Placement { local, eni }),
+            Ok(None) => out.skipped.push(local),
+            Err(e) => out.errors.push(e),
+        }
+    }
+    out
+}
+
+fn check_mac_match<'a>(
+    local: &Local,
+    eni: &'a Eni,
+    subnets: &HashMap<String, Subnet>,
+    policy: Policy,
+) -> Result<&'a Eni, ResolveError> {
+    if let Some(why) = policy.refusal(eni) {
+        return Err(refused(local, eni, "MAC", why));
+    }
     match subnets.get(&eni.subnet_id) {
         Some(subnet) if !subnet.contains(local.ip) => Err(ResolveError::OutsideSubnet {
             ip: local.ip,
@@ -155,13 +269,52 @@ pub fn check_subnet(
             subnet: subnet.id.clone(),
             cidrs: subnet.cidrs(),
         }),
-        _ => Ok(()),
+        // Subnet not described (every address matched by MAC): EC2 has the last word.
+        _ => Ok(eni),
     }
 }
 
-impl fmt::Display for Local {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} on {}", self.ip, self.iface)
+/// The one eligible ENI whose subnet contains the address; `None` when no secondary
+/// ENI's subnet does.
+fn by_subnet<'a>(
+    local: &Local,
+    enis: &'a [Eni],
+    subnets: &HashMap<String, Subnet>,
+    policy: Policy,
+) -> Result<Option<&'a Eni>, ResolveError> {
+    let containing = enis.iter().filter(|e| {
+        e.device_index >= 1
+            && subnets
+                .get(&e.subnet_id)
+                .is_some_and(|s| s.contains(local.ip))
+    });
+    let (eligible, refused_enis): (Vec<&Eni>, Vec<&Eni>) =
+        containing.partition(|e| policy.refusal(e).is_none());
+    match (eligible.as_slice(), refused_enis.first()) {
+        ([one], _) => Ok(Some(one)),
+        ([], None) => Ok(None),
+        ([], Some(eni)) => Err(refused(
+            local,
+            eni,
+            "subnet",
+            policy.refusal(eni).expect("partitioned as refused"),
+        )),
+        (many, _) => Err(ResolveError::Ambiguous {
+            ip: local.ip,
+            iface: local.iface.clone(),
+            mac: local.mac.clone(),
+            enis: many.iter().map(|e| e.id.clone()).collect(),
+        }),
+    }
+}
+
+fn refused(local: &Local, eni: &Eni, matched: &'static str, why: Refusal) -> ResolveError {
+    ResolveError::Refused {
+        ip: local.ip,
+        iface: local.iface.clone(),
+        eni: eni.id.clone(),
+        matched,
+        why,
     }
 }
 
@@ -178,6 +331,7 @@ pub(crate) mod tests {
             primary_ipv4: ipv4.first().map(|ip| ip.parse().unwrap()),
             ipv4: ipv4.iter().map(|ip| ip.parse().unwrap()).collect(),
             ipv6: Vec::new(),
+            no_manage: index > 0,
         }
     }
 
@@ -211,7 +365,20 @@ pub(crate) mod tests {
             .collect()
     }
 
+    pub const POLICY: Policy = Policy {
+        min_device_index: 1,
+        require_no_manage: true,
+    };
+
     fn node() -> Vec<Eni> {
+        let mut untagged = eni(
+            "eni-vpccni",
+            "0a:00:00:00:00:04",
+            4,
+            "subnet-d",
+            &["10.0.4.10"],
+        );
+        untagged.no_manage = false;
         vec![
             eni(
                 "eni-primary",
@@ -235,6 +402,7 @@ pub(crate) mod tests {
                 "subnet-c",
                 &["100.64.0.10"],
             ),
+            untagged,
         ]
     }
 
@@ -251,69 +419,140 @@ pub(crate) mod tests {
                     "2600:1f14:aaa:1d00::/64",
                 ],
             ),
+            ("subnet-d", &["10.0.4.0/24"]),
         ])
     }
 
-    #[test]
-    fn mac_decides_between_two_enis_in_one_subnet() {
-        let enis = node();
-        let l = local("10.0.1.50", "net1", "0A:00:00:00:00:02");
-        assert_eq!(by_mac(&l, &enis).unwrap().id, "eni-n3b");
-        let other_mac = local("10.0.1.50", "net1", "0e:ff:ff:ff:ff:ff");
-        assert!(by_mac(&other_mac, &enis).is_none());
-        let err = by_subnet(&other_mac, &enis, &nets(), 1).unwrap_err();
-        assert_eq!(
-            err,
-            ResolveError::Ambiguous {
-                ip: other_mac.ip,
-                iface: "net1".into(),
-                mac: other_mac.mac.clone(),
-                enis: vec!["eni-n3".into(), "eni-n3b".into()],
-            }
-        );
-        assert!(err.to_string().contains("refusing to guess"), "{err}");
+    /// One address through `place`: the ENI it went to, or how it was left.
+    fn one(l: &Local, enis: &[Eni], nets: &HashMap<String, Subnet>, policy: Policy) -> String {
+        let locals = std::slice::from_ref(l);
+        let placed = place(locals, enis, nets, policy);
+        match (
+            placed.placements.first(),
+            placed.skipped.first(),
+            placed.errors.first(),
+        ) {
+            (Some(p), None, None) => p.eni.id.clone(),
+            (None, Some(_), None) => "skipped".into(),
+            (None, None, Some(e)) => format!("error: {e}"),
+            other => panic!("one address, one outcome: {other:?}"),
+        }
     }
 
     #[test]
-    fn subnet_containment_covers_secondary_cidrs_and_every_ipv6_cidr() {
+    fn placement_table() {
         let enis = node();
-        for ip in [
-            "100.64.3.7",
-            "2600:1f14:aaa:1d00::7",
-            "2600:1f14:aaa:1c00::7",
-        ] {
-            let l = local(ip, "net2", "0e:ff:ff:ff:ff:ff");
-            assert_eq!(
-                by_subnet(&l, &enis, &nets(), 1).unwrap().id,
-                "eni-n6",
-                "{ip}"
+        let other = "0e:ff:ff:ff:ff:ff";
+        let cases: &[(&str, &str, &str)] = &[
+            // The MAC decides between two ENIs in one subnet.
+            ("10.0.1.50", "0A:00:00:00:00:02", "eni-n3b"),
+            ("10.0.1.50", "0a:00:00:00:00:01", "eni-n3"),
+            // By subnet: a secondary VPC CIDR, and every IPv6 CIDR of the subnet.
+            ("100.64.3.7", other, "eni-n6"),
+            ("2600:1f14:aaa:1d00::7", other, "eni-n6"),
+            ("2600:1f14:aaa:1c00::7", other, "eni-n6"),
+            // Not the VPC's: a node-local bridge, a tunnel.
+            ("192.168.77.5", other, "skipped"),
+            ("fd00:77::5", other, "skipped"),
+            // In the primary ENI's subnet only: never the primary, so not ipmgr's.
+            ("10.0.0.77", other, "skipped"),
+            // Two candidates by subnet: no guess.
+            (
+                "10.0.1.77",
+                other,
+                "error: 10.0.1.77 on net1 (MAC 0e:ff:ff:ff:ff:ff): ENIs eni-n3, eni-n3b",
+            ),
+            // The MAC of the primary ENI: refused, whatever the subnet says.
+            (
+                "10.0.0.77",
+                "0a:00:00:00:00:00",
+                "error: 10.0.0.77 on net1 belongs on eni-primary (by MAC), which ipmgr never touches: it is the node's primary ENI",
+            ),
+            // An ENI the VPC CNI manages, by MAC and by subnet.
+            (
+                "10.0.4.77",
+                "0a:00:00:00:00:04",
+                "error: 10.0.4.77 on net1 belongs on eni-vpccni (by MAC), which ipmgr never touches: it is not tagged node.k8s.amazonaws.com/no_manage=true",
+            ),
+            (
+                "10.0.4.77",
+                other,
+                "error: 10.0.4.77 on net1 belongs on eni-vpccni (by subnet), which ipmgr never touches: it is not tagged node.k8s.amazonaws.com/no_manage=true",
+            ),
+            // A MAC match outside the ENI's subnet.
+            (
+                "192.168.9.9",
+                "0a:00:00:00:00:01",
+                "error: 192.168.9.9 on net1 rides on eni-n3 (by MAC), but its subnet subnet-b (10.0.1.0/24, 2600:1f14:aaa:1b00::/64) does not contain it",
+            ),
+        ];
+        for (ip, mac, want) in cases {
+            let got = one(&local(ip, "net1", mac), &enis, &nets(), POLICY);
+            assert!(
+                got.starts_with(want),
+                "{ip} {mac}: got {got:?}, want {want:?}"
             );
         }
     }
 
     #[test]
-    fn primary_eni_is_left_out_by_default() {
+    fn the_tag_requirement_can_be_turned_off_but_never_the_primary() {
         let enis = node();
-        let l = local("10.0.0.77", "net1", "0e:ff:ff:ff:ff:ff");
-        assert!(matches!(
-            by_subnet(&l, &enis, &nets(), 1),
-            Err(ResolveError::NoEni { .. })
-        ));
-        assert_eq!(by_subnet(&l, &enis, &nets(), 0).unwrap().id, "eni-primary");
+        let lax = Policy {
+            require_no_manage: false,
+            ..POLICY
+        };
+        let untagged = local("10.0.4.77", "net1", "0a:00:00:00:00:04");
+        assert_eq!(one(&untagged, &enis, &nets(), lax), "eni-vpccni");
+        let primary = local("10.0.0.77", "net1", "0a:00:00:00:00:00");
+        assert!(one(&primary, &enis, &nets(), lax).contains("primary ENI"));
+        let zero = Policy {
+            min_device_index: 0,
+            ..lax
+        };
+        // Even with index 0 allowed, no address is placed on the primary by subnet.
+        let by_subnet = local("10.0.0.77", "net1", "0e:ff:ff:ff:ff:ff");
+        assert_eq!(one(&by_subnet, &enis, &nets(), zero), "skipped");
     }
 
     #[test]
-    fn mac_match_outside_its_subnet_is_an_error() {
+    fn one_bad_address_leaves_the_others_placed() {
         let enis = node();
-        let l = local("192.168.9.9", "net1", "0a:00:00:00:00:01");
-        let eni = by_mac(&l, &enis).unwrap();
-        let err = check_subnet(&l, eni, &nets()).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("subnet-b (10.0.1.0/24, 2600:1f14:aaa:1b00::/64)"),
-            "{err}"
+        let locals = vec![
+            local("10.0.1.50", "net1", "0a:00:00:00:00:01"),
+            local("10.0.1.77", "net9", "0e:ff:ff:ff:ff:ff"),
+            local("192.168.77.5", "br0", "0e:ff:ff:ff:ff:fe"),
+            local("100.64.3.7", "net2", "0a:00:00:00:00:03"),
+        ];
+        let placed = place(&locals, &enis, &nets(), POLICY);
+        let ids: Vec<_> = placed
+            .placements
+            .iter()
+            .map(|p| (p.ip().to_string(), p.eni.id.as_str()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("10.0.1.50".to_string(), "eni-n3"),
+                ("100.64.3.7".to_string(), "eni-n6")
+            ]
         );
-        // Unknown subnet (not described): EC2 has the last word.
-        assert!(check_subnet(&l, eni, &HashMap::new()).is_ok());
+        assert_eq!(placed.skipped, [&locals[2]]);
+        assert_eq!(placed.errors.len(), 1);
+        assert_eq!(placed.errors[0].ip(), locals[1].ip);
+    }
+
+    #[test]
+    fn subnets_are_needed_only_without_a_mac_match() {
+        let enis = node();
+        let by_mac = [local("10.0.1.50", "net1", "0a:00:00:00:00:01")];
+        assert!(!needs_subnets(&by_mac, &enis));
+        let without = [local("10.0.1.50", "net1", "0e:ff:ff:ff:ff:ff")];
+        assert!(needs_subnets(&without, &enis));
+        // Every secondary ENI's subnet, tagged or not; never the primary's.
+        assert_eq!(
+            secondary_subnet_ids(&enis),
+            ["subnet-b", "subnet-c", "subnet-d"]
+        );
     }
 }

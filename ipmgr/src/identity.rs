@@ -39,7 +39,7 @@ async fn from_imds() -> Result<String, String> {
         .build();
     match client.get("/latest/meta-data/instance-id").await {
         Ok(id) => Ok(id.as_ref().trim().to_owned()),
-        Err(e) => Err(aws_sdk_ec2::error::DisplayErrorContext(&e).to_string()),
+        Err(e) => Err(crate::aws::cause(&e)),
     }
 }
 

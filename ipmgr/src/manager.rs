@@ -1,55 +1,123 @@
 //! One pass: describe this instance's ENIs, place each address, make the planned
 //! calls, and confirm they landed. And the release on stop.
+//!
+//! A pass goes as far as it can: an address that cannot be placed or assigned is
+//! reported on its own, after every other address has been assigned. Only a failure
+//! that leaves nothing to go on (this instance's ENIs cannot be described) fails the
+//! pass as a whole.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use crate::ec2::{Ec2, Ec2Error};
-use crate::eni::{self, Eni, Local, ResolveError};
-use crate::plan::{self, Plan};
+use crate::eni::{self, Eni, Local, Placement, Policy, ResolveError, Subnet};
+use crate::plan::{self, Batch, Blocked, Plan, Rules};
 
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// IPv4: take an address from another ENI (floating IPs). Off: EC2 refuses instead.
-    pub allow_reassignment: bool,
-    /// ENIs below this device index are not candidates by subnet (0 is the primary ENI).
-    pub min_device_index: i32,
+    pub rules: Rules,
+    pub policy: Policy,
     /// How long to wait for EC2 to show an assignment, which is asynchronous for
     /// reassigned (floating) addresses.
     pub confirm_timeout: Duration,
 }
 
+/// A pass that could not even start: nothing was placed.
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
-    #[error("{}", .0.first().map(ToString::to_string).unwrap_or_default())]
-    Resolve(Vec<ResolveError>),
     #[error(transparent)]
     Ec2(#[from] Ec2Error),
-    #[error("EC2 accepted the assignment but after {waited:?} still does not show {}", pending_list(.pending))]
+}
+
+impl PassError {
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            PassError::Ec2(e) => e.is_permanent(),
+        }
+    }
+}
+
+/// Why one address is not where it belongs.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    #[error("{0}")]
+    Resolve(#[from] ResolveError),
+    #[error("{ip} on {iface}: {error}")]
+    Ec2 {
+        ip: IpAddr,
+        iface: String,
+        error: Ec2Error,
+    },
+    #[error(
+        "{ip} on {iface} is held by {holder}, and this pod has reassignment off \
+         (ipmgmt.aws/allow-reassignment: \"false\"): release it there or allow reassignment"
+    )]
+    ReassignmentOff {
+        ip: IpAddr,
+        iface: String,
+        holder: String,
+    },
+    #[error(
+        "{ip} on {iface} is the primary address of {holder}, which EC2 never moves: take it out of \
+         this network's address pool (a subnet CIDR reservation keeps EC2 from handing it out)"
+    )]
+    PrimaryElsewhere {
+        ip: IpAddr,
+        iface: String,
+        holder: String,
+    },
+    #[error(
+        "{ip} on {iface}: EC2 accepted the assignment to {eni} but after {waited:?} still does not show it"
+    )]
     Unconfirmed {
-        pending: Vec<(IpAddr, String)>,
+        ip: IpAddr,
+        iface: String,
+        eni: String,
         waited: Duration,
     },
 }
 
-fn pending_list(pending: &[(IpAddr, String)]) -> String {
-    pending
-        .iter()
-        .map(|(ip, eni)| format!("{ip} on {eni}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
+impl AddressError {
+    pub fn ip(&self) -> IpAddr {
+        match self {
+            AddressError::Resolve(e) => e.ip(),
+            AddressError::Ec2 { ip, .. }
+            | AddressError::ReassignmentOff { ip, .. }
+            | AddressError::PrimaryElsewhere { ip, .. }
+            | AddressError::Unconfirmed { ip, .. } => *ip,
+        }
+    }
 
-impl PassError {
-    /// Nothing a retry can fix: a configuration, permission or capacity problem.
+    /// Nothing a retry within this run is likely to fix: a configuration, permission
+    /// or capacity problem. The sidecar retries those too (a role can be fixed, an
+    /// ENI freed); init stops early on them.
     pub fn is_permanent(&self) -> bool {
         match self {
-            PassError::Resolve(_) => true,
-            PassError::Ec2(e) => e.is_permanent(),
-            PassError::Unconfirmed { .. } => false,
+            AddressError::Ec2 { error, .. } => error.is_permanent(),
+            AddressError::Unconfirmed { .. } => false,
+            _ => true,
+        }
+    }
+}
+
+/// Which addresses a pass may move from another ENI.
+#[derive(Clone, Copy, Debug)]
+pub enum Take<'a> {
+    /// Every address: the pod has just started, so it holds them because it just got them.
+    All,
+    /// Only these, which just appeared in the pod (a local address event).
+    Only(&'a BTreeSet<IpAddr>),
+}
+
+impl Take<'_> {
+    pub fn takes(&self, ip: IpAddr) -> bool {
+        match self {
+            Take::All => true,
+            Take::Only(set) => set.contains(&ip),
         }
     }
 }
@@ -57,16 +125,30 @@ impl PassError {
 /// What a pass did.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// Each address and the ENI it is now on.
+    /// Each address on its ENI now, by ENI id.
     pub placed: Vec<(IpAddr, String)>,
+    /// Not VPC addresses of this node's Multus ENIs.
+    pub skipped: Vec<Local>,
+    /// Held by another ENI and left there, with the holder.
+    pub left: Vec<(IpAddr, String)>,
+    pub failed: Vec<AddressError>,
     /// Mutating calls made.
     pub calls: usize,
+}
+
+impl Outcome {
+    /// Every VPC address of the pod is where it belongs, or left to its new owner.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
 }
 
 pub struct Manager<E> {
     ec2: E,
     instance_id: String,
     settings: Settings,
+    /// The subnets of the last pass, so that a release on stop needs no describe.
+    subnets: Mutex<HashMap<String, Subnet>>,
 }
 
 impl<E: Ec2> Manager<E> {
@@ -75,205 +157,246 @@ impl<E: Ec2> Manager<E> {
             ec2,
             instance_id,
             settings,
+            subnets: Mutex::new(HashMap::new()),
         }
     }
 
-    pub async fn assign(&self, locals: &[Local]) -> Result<Outcome, PassError> {
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    pub async fn assign(&self, locals: &[Local], take: Take<'_>) -> Result<Outcome, PassError> {
         let enis = self.ec2.instance_enis(&self.instance_id).await?;
-        let placed = self.place(locals, &enis).await?;
-        let targets: Vec<(IpAddr, &Eni)> = placed
+        let subnets = self.subnets(locals, &enis, false).await?;
+        let placed = eni::place(locals, &enis, &subnets, self.settings.policy);
+        let mut out = Outcome::default();
+        for local in placed.skipped {
+            info!(address = %local.ip, iface = %local.iface, "not in a subnet of this node's Multus ENIs; left alone");
+            out.skipped.push(local.clone());
+        }
+        out.failed
+            .extend(placed.errors.into_iter().map(AddressError::Resolve));
+
+        let rules = self.settings.rules;
+        let asking: Vec<IpAddr> = placed
+            .placements
             .iter()
-            .map(|(ip, id)| {
-                (
-                    *ip,
-                    enis.iter()
-                        .find(|e| e.id == *id)
-                        .expect("placed on a described ENI"),
-                )
-            })
+            .filter(|p| plan::needs_holder(p, take.takes(p.ip()), rules))
+            .map(Placement::ip)
             .collect();
-        let missing_v6: Vec<Ipv6Addr> = targets
-            .iter()
-            .filter_map(|(ip, e)| match ip {
-                IpAddr::V6(v6) if !e.holds(*ip) => Some(*v6),
-                _ => None,
-            })
-            .collect();
-        let holders = match missing_v6.is_empty() {
+        let holders = match asking.is_empty() {
             true => Vec::new(),
-            false => self.ec2.ipv6_holders(&missing_v6).await?,
+            false => self.ec2.holders(&asking).await?,
         };
-        let plan = plan::plan(&targets, &holders);
-        for ip in &plan.in_place {
-            let eni = placed
-                .iter()
-                .find(|(p, _)| p == ip)
-                .map(|(_, e)| e.as_str())
-                .unwrap_or_default();
-            info!(address = %ip, eni, action = "none", result = "in place", "already assigned");
+        let plan = plan::plan(&placed.placements, |ip| take.takes(ip), &holders, rules);
+        for p in &plan.in_place {
+            info!(address = %p.ip(), eni = %p.eni.id, action = "none", result = "in place", "already assigned");
+            out.placed.push((p.ip(), p.eni.id.clone()));
         }
-        self.execute(&plan, &enis).await?;
-        if !plan.is_empty() {
-            self.confirm(&placed).await?;
+        for (p, holder) in &plan.left {
+            warn!(
+                address = %p.ip(), eni = %p.eni.id, holder = %holder.id,
+                "held by another ENI and left there: only a pass after this pod takes the address moves it"
+            );
+            out.left.push((p.ip(), holder.id.clone()));
         }
-        Ok(Outcome {
-            calls: plan.calls(),
-            placed,
-        })
+        for (p, blocked) in &plan.blocked {
+            let (ip, iface) = (p.ip(), p.local.iface.clone());
+            out.failed.push(match blocked {
+                Blocked::ReassignmentOff { holder } => AddressError::ReassignmentOff {
+                    ip,
+                    iface,
+                    holder: holder.clone(),
+                },
+                Blocked::PrimaryElsewhere { holder } => AddressError::PrimaryElsewhere {
+                    ip,
+                    iface,
+                    holder: holder.clone(),
+                },
+            });
+        }
+
+        out.calls = plan.calls();
+        let failed = self.execute(&plan).await;
+        let done: Vec<Placement<'_>> = plan
+            .moving
+            .iter()
+            .filter(|p| !failed.iter().any(|f| f.ip() == p.ip()))
+            .copied()
+            .collect();
+        out.failed.extend(failed);
+        if !done.is_empty() {
+            let (confirmed, unconfirmed) = self.confirm(&done).await?;
+            out.placed
+                .extend(confirmed.iter().map(|p| (p.ip(), p.eni.id.clone())));
+            out.failed.extend(unconfirmed);
+        }
+        Ok(out)
     }
 
-    /// Each address's ENI: by MAC, else by subnet (described only when needed).
-    async fn place(
+    /// The subnets `place` needs, described only when some address has no ENI by MAC.
+    /// `cached`: make do with the last pass's subnets when they cover the ENIs.
+    async fn subnets(
         &self,
         locals: &[Local],
         enis: &[Eni],
-    ) -> Result<Vec<(IpAddr, String)>, PassError> {
-        let mut placed = Vec::new();
-        let mut by_mac = Vec::new();
-        let mut pending = Vec::new();
-        for local in locals {
-            match eni::by_mac(local, enis) {
-                Some(e) => by_mac.push((local, e)),
-                None => pending.push(local),
-            }
+        cached: bool,
+    ) -> Result<HashMap<String, Subnet>, PassError> {
+        if !eni::needs_subnets(locals, enis) {
+            return Ok(HashMap::new());
         }
-        let mut errors = Vec::new();
-        if !pending.is_empty() {
-            let mut ids: Vec<String> = enis
+        let ids = eni::secondary_subnet_ids(enis);
+        let mut cache = self
+            .subnets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if ids.is_empty() || (cached && ids.iter().all(|id| cache.contains_key(id))) {
+            return Ok(cache);
+        }
+        let fresh = self.ec2.subnets(&ids).await?;
+        cache.extend(fresh.into_iter().map(|s| (s.id.clone(), s)));
+        *self.subnets.lock().unwrap_or_else(|p| p.into_inner()) = cache.clone();
+        Ok(cache)
+    }
+
+    /// Makes the planned calls, each ENI's batch on its own: a failed call fails the
+    /// addresses it carried, and the other calls still run.
+    async fn execute(&self, plan: &Plan<'_>) -> Vec<AddressError> {
+        let mut failed = Vec::new();
+        let iface = |ip: IpAddr| {
+            plan.moving
                 .iter()
-                .filter(|e| e.device_index >= self.settings.min_device_index)
-                .map(|e| e.subnet_id.clone())
-                .collect();
-            ids.sort();
-            ids.dedup();
-            let subnets: HashMap<String, eni::Subnet> = match ids.is_empty() {
-                true => HashMap::new(),
-                false => self
-                    .ec2
-                    .subnets(&ids)
-                    .await?
-                    .into_iter()
-                    .map(|s| (s.id.clone(), s))
-                    .collect(),
-            };
-            for local in pending {
-                match eni::by_subnet(local, enis, &subnets, self.settings.min_device_index) {
-                    Ok(e) => placed.push((local.ip, e.id.clone())),
-                    Err(err) => errors.push(err),
-                }
+                .find(|p| p.ip() == ip)
+                .map_or_else(String::new, |p| p.local.iface.clone())
+        };
+        let mut fail = |ips: Vec<IpAddr>, error: Ec2Error| {
+            for ip in ips {
+                let iface = iface(ip);
+                let error = error.clone();
+                failed.push(AddressError::Ec2 { ip, iface, error });
+            }
+        };
+        let mut unassign_failed = Vec::new();
+        for b in &plan.unassign_v6 {
+            let call = self.ec2.unassign_ipv6(&b.eni.id, &b.ips);
+            if let Err(e) = logged("UnassignIpv6Addresses", b, call).await {
+                unassign_failed.extend(b.ips.iter().copied());
+                fail(b.ips.iter().map(|&ip| ip.into()).collect(), e);
             }
         }
-        placed.extend(by_mac.into_iter().map(|(l, e)| (l.ip, e.id.clone())));
-        if !errors.is_empty() {
-            return Err(PassError::Resolve(errors));
+        for b in &plan.assign_v4 {
+            let call =
+                self.ec2
+                    .assign_ipv4(&b.eni.id, &b.ips, self.settings.rules.allow_reassignment);
+            if let Err(mut e) = logged("AssignPrivateIpAddresses", b, call).await {
+                if e.code.as_deref() == Some("PrivateIpAddressLimitExceeded") {
+                    e.detail = format!(
+                        "{} (ENI {} holds {} IPv4 addresses; {} more asked)",
+                        e.detail,
+                        b.eni.id,
+                        b.eni.ipv4.len(),
+                        b.ips.len()
+                    );
+                }
+                fail(b.ips.iter().map(|&ip| ip.into()).collect(), e);
+            }
         }
-        Ok(placed)
+        for b in &plan.assign_v6 {
+            // Still held where the unassign failed: assigning would only fail again.
+            let ips: Vec<_> = b
+                .ips
+                .iter()
+                .filter(|ip| !unassign_failed.contains(ip))
+                .copied()
+                .collect();
+            if ips.is_empty() {
+                continue;
+            }
+            let batch = Batch { eni: b.eni, ips };
+            let call = self.ec2.assign_ipv6(&b.eni.id, &batch.ips);
+            if let Err(e) = logged("AssignIpv6Addresses", &batch, call).await {
+                fail(batch.ips.iter().map(|&ip| ip.into()).collect(), e);
+            }
+        }
+        failed
     }
 
-    async fn execute(&self, plan: &Plan, enis: &[Eni]) -> Result<(), PassError> {
-        for (eni, ips) in &plan.unassign_v6 {
-            logged(
-                "UnassignIpv6Addresses",
-                eni,
-                ips,
-                self.ec2.unassign_ipv6(eni, ips),
-            )
-            .await?;
-        }
-        for (eni, ips) in &plan.assign_v4 {
-            let call = self
-                .ec2
-                .assign_ipv4(eni, ips, self.settings.allow_reassignment);
-            logged("AssignPrivateIpAddresses", eni, ips, call)
-                .await
-                .map_err(|mut e| {
-                    if e.code.as_deref() == Some("PrivateIpAddressLimitExceeded") {
-                        let held = enis
-                            .iter()
-                            .find(|x| x.id == *eni)
-                            .map_or(0, |x| x.ipv4.len());
-                        e.detail = format!(
-                            "{} (ENI {eni} holds {held} IPv4 addresses; {} more asked)",
-                            e.detail,
-                            ips.len()
-                        );
-                    }
-                    e
-                })?;
-        }
-        for (eni, ips) in &plan.assign_v6 {
-            logged(
-                "AssignIpv6Addresses",
-                eni,
-                ips,
-                self.ec2.assign_ipv6(eni, ips),
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Describes again until every address shows on its ENI.
-    async fn confirm(&self, placed: &[(IpAddr, String)]) -> Result<(), PassError> {
+    /// Describes again until every address shows on its ENI, or the confirm timeout.
+    async fn confirm<'a>(
+        &self,
+        targets: &[Placement<'a>],
+    ) -> Result<(Vec<Placement<'a>>, Vec<AddressError>), PassError> {
         let started = Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {
             let enis = self.ec2.instance_enis(&self.instance_id).await?;
-            let pending = plan::unconfirmed(placed, &enis);
-            if pending.is_empty() {
-                return Ok(());
-            }
-            if started.elapsed() >= self.settings.confirm_timeout {
-                return Err(PassError::Unconfirmed {
-                    pending,
-                    waited: started.elapsed(),
-                });
+            let pending = plan::unconfirmed(targets, &enis);
+            if pending.is_empty() || started.elapsed() >= self.settings.confirm_timeout {
+                let waited = started.elapsed();
+                let confirmed = targets
+                    .iter()
+                    .filter(|p| !pending.contains(p))
+                    .copied()
+                    .collect();
+                let unconfirmed = pending
+                    .iter()
+                    .map(|p| AddressError::Unconfirmed {
+                        ip: p.ip(),
+                        iface: p.local.iface.clone(),
+                        eni: p.eni.id.clone(),
+                        waited,
+                    })
+                    .collect();
+                return Ok((confirmed, unconfirmed));
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 
-    /// Unassigns what the pod still holds from this node's ENIs.
-    pub async fn release(&self, held: &[IpAddr]) -> Result<usize, PassError> {
+    /// Unassigns what the pod still holds, each address only from the ENI its own
+    /// interface rides on. Returns the calls made; the first failure, after every
+    /// call was tried.
+    pub async fn release(&self, held: &[Local]) -> Result<usize, PassError> {
         let enis = self.ec2.instance_enis(&self.instance_id).await?;
-        let release = plan::release(held, &enis);
+        let subnets = self.subnets(held, &enis, true).await?;
+        let placed = eni::place(held, &enis, &subnets, self.settings.policy);
+        let release = plan::release(&placed.placements);
         let mut calls = 0;
-        for (eni, ips) in &release.ipv4 {
-            logged(
-                "UnassignPrivateIpAddresses",
-                eni,
-                ips,
-                self.ec2.unassign_ipv4(eni, ips),
-            )
-            .await?;
+        let mut first_error = None;
+        for b in &release.ipv4 {
+            let call = self.ec2.unassign_ipv4(&b.eni.id, &b.ips);
             calls += 1;
+            if let Err(e) = logged("UnassignPrivateIpAddresses", b, call).await {
+                first_error.get_or_insert(e);
+            }
         }
-        for (eni, ips) in &release.ipv6 {
-            logged(
-                "UnassignIpv6Addresses",
-                eni,
-                ips,
-                self.ec2.unassign_ipv6(eni, ips),
-            )
-            .await?;
+        for b in &release.ipv6 {
+            let call = self.ec2.unassign_ipv6(&b.eni.id, &b.ips);
             calls += 1;
+            if let Err(e) = logged("UnassignIpv6Addresses", b, call).await {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(calls)
+        match first_error {
+            None => Ok(calls),
+            Some(e) => Err(e.into()),
+        }
     }
 }
 
 /// Makes one EC2 call and logs it: a line per address with action, ENI, result and latency.
 async fn logged<T: std::fmt::Display>(
     action: &str,
-    eni: &str,
-    ips: &[T],
+    batch: &Batch<'_, T>,
     call: impl std::future::Future<Output = Result<(), Ec2Error>>,
 ) -> Result<(), Ec2Error> {
     let started = Instant::now();
     let result = call.await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    for ip in ips {
+    let eni = batch.eni.id.as_str();
+    for ip in &batch.ips {
         match &result {
             Ok(()) => info!(address = %ip, eni, action, result = "ok", latency_ms, "EC2 call"),
             Err(e) => {

@@ -1,18 +1,39 @@
 //! init, sidecar and ready: the flows around a pass.
+//!
+//! init assigns once, within a deadline, and exits: 0 when every VPC address of the
+//! pod is assigned, 1 naming the ones that are not. The sidecar retries every failed
+//! pass with backoff until it succeeds, follows address changes, and on SIGTERM
+//! abandons whatever it is doing, releases, and exits within the release timeout (plus
+//! the release delay of a classic sidecar).
 
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::sleep_until;
 use tracing::{debug, error, info, warn};
 
+use crate::aws::{self, Attempts};
 use crate::config::{Args, Cli, Command, LogFormat};
 use crate::discover::{DiscoverError, Discovery, Snapshot, Watch};
 use crate::ec2::{Ec2, SdkEc2};
-use crate::eni::Local;
-use crate::manager::{Manager, PassError, Settings};
-use crate::{aws, identity};
+use crate::eni::{Local, Policy};
+use crate::identity;
+use crate::manager::{AddressError, Manager, Outcome, PassError, Settings, Take};
+use crate::plan::Rules;
+
+/// First wait after a failed sidecar pass; it doubles up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// The longest a sidecar waits between tries: a floating IP left on the old node is
+/// an outage, and an IAM role still propagating or a throttling burst passes in seconds.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// init's backoff between passes; its deadline bounds the whole.
+const INIT_RETRY_FIRST: Duration = Duration::from_millis(250);
+const INIT_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Why ipmgr stopped: always one line, for the pod's status.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +49,8 @@ pub enum Failure {
     },
     #[error("addresses not assigned within {deadline:?}: {last}")]
     Deadline { deadline: Duration, last: String },
+    #[error("{}", unassigned(.0))]
+    Unassigned(Vec<AddressError>),
     #[error("{0}")]
     Pass(#[from] PassError),
     #[error("{0}")]
@@ -39,6 +62,28 @@ pub enum Failure {
         path: String,
         source: std::io::Error,
     },
+    #[error("release on stop failed: {0}")]
+    Release(PassError),
+    #[error(
+        "release on stop did not finish within {timeout:?}{}; the addresses stay on the ENI until released by hand",
+        cause.as_deref().map(|c| format!(" ({c})")).unwrap_or_default()
+    )]
+    ReleaseTimeout {
+        timeout: Duration,
+        cause: Option<String>,
+    },
+}
+
+/// `2 of the pod's addresses are not assigned: A; B`, one line.
+fn unassigned(failed: &[AddressError]) -> String {
+    let each: Vec<String> = failed.iter().map(ToString::to_string).collect();
+    let n = failed.len();
+    let noun = if n == 1 {
+        "address is"
+    } else {
+        "addresses are"
+    };
+    format!("{n} of the pod's {noun} not assigned: {}", each.join("; "))
 }
 
 pub fn main(cli: Cli) -> ExitCode {
@@ -55,15 +100,17 @@ pub fn main(cli: Cli) -> ExitCode {
         .build()
         .expect("tokio runtime starts");
     let result = runtime.block_on(async {
-        let sdk = aws::sdk_config(aws::Retries {
-            max_attempts: args.retry_max_attempts.max(1),
+        let sdk = aws::loader(aws::Retries {
+            max_attempts: args.retry_max_attempts,
             initial_backoff: Duration::from_millis(args.retry_initial_backoff_ms),
         })
+        .load()
         .await;
-        let ec2 = SdkEc2::new(aws_sdk_ec2::Client::new(&sdk));
+        let attempts = Attempts::default();
+        let ec2 = SdkEc2::new(aws::ec2_client(&sdk, &attempts));
         match cli.command {
-            Command::Init => init(ec2, &args).await,
-            Command::Sidecar => sidecar(ec2, &args).await,
+            Command::Init => init(ec2, &args, &attempts).await,
+            Command::Sidecar => sidecar(ec2, &args, &attempts).await,
             Command::Ready { .. } => unreachable!("answered above"),
         }
     });
@@ -72,18 +119,24 @@ pub fn main(cli: Cli) -> ExitCode {
         Err(failure) => {
             let line = failure.to_string();
             error!("{line}");
-            // kubelet shows this file in the pod's status (Init:Error and `kubectl describe`).
-            let _ = std::fs::write(&args.termination_log, format!("{line}\n"));
+            termination_message(&args, &line);
             ExitCode::FAILURE
         }
     }
 }
 
+/// kubelet shows this file in the pod's status (Init:Error and `kubectl describe`).
+fn termination_message(args: &Args, line: &str) {
+    let _ = std::fs::write(&args.termination_log, format!("{line}\n"));
+}
+
 fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| format!("--log-level {filter:?}: {e}"))?;
+    // `kubectl logs` shows escape codes verbatim: colour only on a terminal.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -94,8 +147,13 @@ fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
 
 fn settings(args: &Args) -> Settings {
     Settings {
-        allow_reassignment: args.allow_reassignment,
-        min_device_index: args.min_device_index,
+        rules: Rules {
+            allow_reassignment: args.allow_reassignment,
+        },
+        policy: Policy {
+            min_device_index: args.min_device_index,
+            require_no_manage: args.require_no_manage_tag,
+        },
         confirm_timeout: Duration::from_secs(args.confirm_seconds),
     }
 }
@@ -132,115 +190,256 @@ async fn first_addresses(
     }
 }
 
-/// Assigns until done, a permanent error, or the deadline. Returns what it assigned.
-async fn assign_all<E: Ec2>(
-    mgr: &Manager<E>,
-    discovery: &Discovery,
-    snapshot: Snapshot,
-    args: &Args,
-) -> Result<Vec<Local>, Failure> {
+fn log_outcome(reason: &str, outcome: &Outcome) {
+    info!(
+        reason,
+        addresses = outcome.placed.len(),
+        skipped = outcome.skipped.len(),
+        left = outcome.left.len(),
+        calls = outcome.calls,
+        "every address assigned"
+    );
+}
+
+async fn init<E: Ec2>(ec2: E, args: &Args, attempts: &Attempts) -> Result<(), Failure> {
+    let mut watch = Watch::new()?;
+    let discovery = Discovery::new(&args.primary_interface, &args.interfaces)?;
+    let wait = Duration::from_secs(args.address_wait_seconds);
+    let mut snapshot = first_addresses(&discovery, &mut watch, wait).await?;
+
     let deadline = Duration::from_secs(args.deadline_seconds);
-    let started = Instant::now();
-    let mut snapshot = snapshot;
-    let mut backoff = Duration::from_millis(250);
+    let until = Instant::now() + deadline;
+    let cut = |last: Option<String>| {
+        // The SDK retries inside a call: what its attempts ran into is the real cause.
+        let in_flight = attempts
+            .summary()
+            .map(|s| format!("the pass in flight did not finish: {s}"));
+        let last = in_flight
+            .or(last)
+            .unwrap_or_else(|| "the pass in flight did not finish".into());
+        Failure::Deadline { deadline, last }
+    };
+    let mgr = match tokio::time::timeout_at(until.into(), manager(ec2, args)).await {
+        Ok(mgr) => mgr?,
+        Err(_) => return Err(cut(None)),
+    };
+    let mut backoff = INIT_RETRY_FIRST;
+    let mut last = None;
     loop {
-        let left = deadline.saturating_sub(started.elapsed());
-        let last = match tokio::time::timeout(left, mgr.assign(&snapshot.addresses)).await {
-            Ok(Ok(outcome)) => {
-                info!(
-                    addresses = outcome.placed.len(),
-                    calls = outcome.calls,
-                    "all addresses assigned"
-                );
-                return Ok(snapshot.addresses);
-            }
+        let pass = mgr.assign(&snapshot.addresses, Take::All);
+        let last_failure = match tokio::time::timeout_at(until.into(), pass).await {
+            Err(_) => return Err(cut(last)),
             Ok(Err(e)) if e.is_permanent() => return Err(e.into()),
             Ok(Err(e)) => e.to_string(),
-            Err(_) => "the last pass did not finish".to_owned(),
+            Ok(Ok(outcome)) if outcome.is_complete() => {
+                log_outcome("init", &outcome);
+                return Ok(());
+            }
+            Ok(Ok(outcome)) if outcome.failed.iter().all(AddressError::is_permanent) => {
+                return Err(Failure::Unassigned(outcome.failed));
+            }
+            Ok(Ok(outcome)) => unassigned(&outcome.failed),
         };
-        if started.elapsed() + backoff >= deadline {
-            return Err(Failure::Deadline { deadline, last });
+        if Instant::now() + backoff >= until {
+            return Err(Failure::Deadline {
+                deadline,
+                last: last_failure,
+            });
         }
-        warn!(error = %last, retry_in = ?backoff, "assignment pass failed; retrying");
+        warn!(error = %last_failure, retry_in = ?backoff, "assignment pass incomplete; retrying");
+        last = Some(last_failure);
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = (backoff * 2).min(INIT_RETRY_MAX);
         snapshot = discovery.snapshot().await?;
     }
 }
 
-/// The start both modes share: wait for addresses, find the instance, assign them.
-/// The watch is subscribed before the first look, so no change between the two is
-/// missed; the sidecar goes on with it.
-async fn first_pass<E: Ec2>(
-    ec2: E,
-    args: &Args,
-) -> Result<(Discovery, Watch, Manager<E>, Vec<Local>), Failure> {
-    let mut watch = Watch::new()?;
-    let discovery = Discovery::new(&args.primary_interface)?;
-    let wait = Duration::from_secs(args.address_wait_seconds);
-    let snapshot = first_addresses(&discovery, &mut watch, wait).await?;
-    let mgr = manager(ec2, args).await?;
-    let assigned = assign_all(&mgr, &discovery, snapshot, args).await?;
-    Ok((discovery, watch, mgr, assigned))
+/// Which of the pod's addresses the sidecar may take from another ENI: those that
+/// appeared in the pod since it last saw them on their ENI.
+struct Follow {
+    last: Vec<Local>,
+    takes: BTreeSet<IpAddr>,
+    /// Announced since the last look.
+    announced: BTreeSet<IpAddr>,
 }
 
-async fn init<E: Ec2>(ec2: E, args: &Args) -> Result<(), Failure> {
-    first_pass(ec2, args).await.map(drop)
+impl Follow {
+    /// At start every address counts as just taken: the pod has just got them.
+    fn new(addresses: &[Local]) -> Follow {
+        Follow {
+            last: addresses.to_vec(),
+            takes: addresses.iter().map(|l| l.ip).collect(),
+            announced: BTreeSet::new(),
+        }
+    }
+
+    /// The kernel announced these addresses as added.
+    fn announced(&mut self, added: &BTreeSet<IpAddr>) {
+        self.announced.extend(added);
+    }
+
+    /// Takes in a fresh look at the pod; whether there is anything new to assign:
+    /// the managed addresses changed, or one was announced again.
+    fn observe(&mut self, now: &[Local]) -> bool {
+        let before: BTreeSet<IpAddr> = self.last.iter().map(|l| l.ip).collect();
+        let current: BTreeSet<IpAddr> = now.iter().map(|l| l.ip).collect();
+        let announced = std::mem::take(&mut self.announced);
+        let retaken = announced.intersection(&current).count() > 0;
+        self.takes.extend(current.difference(&before));
+        self.takes.extend(announced.intersection(&current));
+        self.takes.retain(|ip| current.contains(ip));
+        let changed = self.last != now;
+        self.last = now.to_vec();
+        changed || retaken
+    }
+
+    /// An address on its ENI has been taken: from now on only repaired.
+    fn settled(&mut self, outcome: &Outcome) {
+        for (ip, _) in &outcome.placed {
+            self.takes.remove(ip);
+        }
+    }
 }
 
-async fn sidecar<E: Ec2>(ec2: E, args: &Args) -> Result<(), Failure> {
-    // A restarted sidecar must not pass its startup probe on the last run's file.
-    let _ = std::fs::remove_file(&args.ready_file);
+/// `ipmgr ready` answers from this file: present while every address is assigned.
+struct ReadyFile<'a>(&'a Path);
+
+impl ReadyFile<'_> {
+    fn set(&self, ready: bool) -> Result<(), Failure> {
+        if !ready {
+            let _ = std::fs::remove_file(self.0);
+            return Ok(());
+        }
+        std::fs::write(self.0, b"ready\n").map_err(|source| Failure::Ready {
+            path: self.0.display().to_string(),
+            source,
+        })
+    }
+}
+
+async fn sidecar<E: Ec2>(ec2: E, args: &Args, attempts: &Attempts) -> Result<(), Failure> {
+    let ready = ReadyFile(&args.ready_file);
+    // A restarted sidecar must not pass its probes on the last run's file.
+    ready.set(false)?;
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let (discovery, mut watch, mgr, mut last) = first_pass(ec2, args).await?;
-    std::fs::write(&args.ready_file, b"ready\n").map_err(|source| Failure::Ready {
-        path: args.ready_file.display().to_string(),
-        source,
-    })?;
-    info!(file = %args.ready_file.display(), "ready; following address changes");
+    let mut watch = Watch::new()?;
+    let discovery = Discovery::new(&args.primary_interface, &args.interfaces)?;
+    let start = async {
+        let wait = Duration::from_secs(args.address_wait_seconds);
+        let snapshot = first_addresses(&discovery, &mut watch, wait).await?;
+        Ok::<_, Failure>((snapshot, manager(ec2, args).await?))
+    };
+    let (snapshot, mgr) = tokio::select! {
+        _ = term.recv() => {
+            info!("SIGTERM before the first pass: nothing assigned, nothing to release");
+            return Ok(());
+        }
+        started = start => started?,
+    };
 
+    let mut follow = Follow::new(&snapshot.addresses);
     let coalesce = Duration::from_millis(args.coalesce_ms);
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.reset();
+    let mut retry_at = Some(Instant::now());
+    let mut backoff = RETRY_FIRST;
+    let mut failing: Option<String> = None;
     loop {
-        let (why, periodic) = tokio::select! {
+        let reason = tokio::select! {
+            biased;
             _ = term.recv() => break,
+            _ = sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => {
+                match failing { Some(_) => "retry".to_owned(), None => "start".to_owned() }
+            }
             changed = watch.changed(coalesce) => match changed {
-                Some(events) => (format!("{events} address events"), false),
+                Some(changes) => {
+                    follow.announced(&changes.added);
+                    format!("{} address events", changes.events)
+                }
                 None => return Err(DiscoverError::Socket(std::io::Error::other("netlink event socket closed")).into()),
             },
-            _ = resync.tick() => ("periodic re-assertion".to_owned(), true),
+            _ = resync.tick() => "periodic pass".to_owned(),
         };
         let snapshot = discovery.snapshot().await?;
         // Link-local addresses, DAD completing, the primary interface: events that
         // change nothing ipmgr manages cost no EC2 call.
-        if !periodic && snapshot.addresses == last {
-            debug!(reason = %why, "no change to the managed addresses");
+        if !follow.observe(&snapshot.addresses) && reason.ends_with("events") {
+            debug!(reason = %reason, "no change to the managed addresses");
             continue;
         }
-        match mgr.assign(&snapshot.addresses).await {
+        let pass = mgr.assign(&snapshot.addresses, Take::Only(&follow.takes));
+        // SIGTERM abandons the pass wherever it is: an EC2 call, the confirm loop.
+        let result = tokio::select! {
+            biased;
+            _ = term.recv() => break,
+            result = pass => result,
+        };
+        let failure = match result {
             Ok(outcome) => {
-                info!(reason = %why, addresses = outcome.placed.len(), calls = outcome.calls, "pass done");
-                last = snapshot.addresses;
+                follow.settled(&outcome);
+                match outcome.is_complete() {
+                    true => {
+                        log_outcome(&reason, &outcome);
+                        None
+                    }
+                    false => Some(unassigned(&outcome.failed)),
+                }
             }
-            Err(e) => {
-                warn!(reason = %why, error = %e, "pass failed; the next event or periodic pass retries")
+            Err(e) => Some(e.to_string()),
+        };
+        ready.set(failure.is_none())?;
+        match &failure {
+            None => {
+                retry_at = None;
+                backoff = RETRY_FIRST;
+            }
+            Some(line) => {
+                warn!(reason = %reason, error = %line, retry_in = ?backoff, "pass incomplete; retrying");
+                retry_at = Some(Instant::now() + backoff);
+                backoff = (backoff * 2).min(RETRY_MAX);
             }
         }
+        failing = failure;
     }
 
-    // Release what the pod holds at this moment, and nothing it gave up.
-    let held: Vec<_> = discovery
-        .snapshot()
-        .await?
-        .addresses
-        .into_iter()
-        .map(|l| l.ip)
-        .collect();
-    let calls = mgr.release(&held).await?;
-    info!(addresses = held.len(), calls, "released on SIGTERM");
-    Ok(())
+    ready.set(false)?;
+    if let Some(line) = &failing {
+        // The pod's status then says why its addresses were never all assigned.
+        termination_message(
+            args,
+            &format!("stopped with addresses not assigned: {line}"),
+        );
+    }
+    release_on_stop(&mgr, &discovery, args, attempts).await
+}
+
+/// Releases what the pod holds at this moment, and nothing it gave up, within the
+/// release timeout: kubelet's SIGKILL follows the grace period whatever happens.
+async fn release_on_stop<E: Ec2>(
+    mgr: &Manager<E>,
+    discovery: &Discovery,
+    args: &Args,
+    attempts: &Attempts,
+) -> Result<(), Failure> {
+    let delay = Duration::from_secs(args.release_delay_seconds);
+    if !delay.is_zero() {
+        info!(delay = ?delay, "SIGTERM: keeping the addresses while the application drains");
+        tokio::time::sleep(delay).await;
+    }
+    let held = discovery.snapshot().await?.addresses;
+    let timeout = Duration::from_secs(args.release_timeout_seconds);
+    match tokio::time::timeout(timeout, mgr.release(&held)).await {
+        Ok(Ok(calls)) => {
+            info!(addresses = held.len(), calls, "released on SIGTERM");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(Failure::Release(e)),
+        Err(_) => Err(Failure::ReleaseTimeout {
+            timeout,
+            cause: attempts.summary(),
+        }),
+    }
 }
 
 fn ready(file: &Path, wait: Option<Duration>) -> ExitCode {
@@ -250,7 +449,10 @@ fn ready(file: &Path, wait: Option<Duration>) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         if Instant::now() >= until {
-            eprintln!("not ready: {} does not exist yet", file.display());
+            eprintln!(
+                "not ready: {} does not exist: the pod's addresses are not all assigned (see this container's log)",
+                file.display()
+            );
             return ExitCode::FAILURE;
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -64,3 +64,28 @@ fn unknown_subcommand_is_refused() {
     let out = ipmgr().arg("assign").output().unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn text_logs_carry_no_colour_codes_off_a_terminal() {
+    // `kubectl logs` reads the container's stderr from a file: escape codes would show.
+    let dir = std::env::temp_dir().join(format!("ipmgr-text-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = ipmgr()
+        .arg("init")
+        .env("IPMGR_LOG_FORMAT", "text")
+        .env("IPMGR_INTERFACES", "ipmgm-none0")
+        .env("IPMGR_ADDRESS_WAIT_SECONDS", "0")
+        .env("IPMGR_TERMINATION_LOG", dir.join("termination-log"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ERROR") && stderr.contains("no address on a secondary interface"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\x1b'), "colour codes in {stderr:?}");
+    let termination = std::fs::read_to_string(dir.join("termination-log")).unwrap();
+    assert!(termination.starts_with("no address on a secondary interface"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

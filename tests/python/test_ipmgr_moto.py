@@ -84,17 +84,25 @@ def test_ipmgr_init_against_moto(pod, moto):
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="m5.large",
                                  SubnetId=subnet)["Instances"][0]
-    eni = ec2.create_network_interface(SubnetId=subnet)["NetworkInterface"]
+    # The Multus ENI carries the tag that keeps the VPC CNI away; the second does not.
+    no_manage = [{"ResourceType": "network-interface",
+                  "Tags": [{"Key": "node.k8s.amazonaws.com/no_manage", "Value": "true"}]}]
+    eni = ec2.create_network_interface(SubnetId=subnet, TagSpecifications=no_manage)["NetworkInterface"]
     ec2.attach_network_interface(NetworkInterfaceId=eni["NetworkInterfaceId"],
                                  InstanceId=instance["InstanceId"], DeviceIndex=1)
+    untagged = ec2.create_network_interface(SubnetId=subnet)["NetworkInterface"]
+    ec2.attach_network_interface(NetworkInterfaceId=untagged["NetworkInterfaceId"],
+                                 InstanceId=instance["InstanceId"], DeviceIndex=2)
 
-    parent = pod
-    ip("link", "add", "link", parent, "name", "ipmmv%d" % (os.getpid() % 10000),
-       "address", eni["MacAddress"], "type", "macvlan", "mode", "bridge")
-    ip("link", "set", "ipmmv%d" % (os.getpid() % 10000), "netns", NS)
-    ip("-n", NS, "link", "set", "ipmmv%d" % (os.getpid() % 10000), "name", "net1")
-    ip("-n", NS, "link", "set", "net1", "up")
-    ip("-n", NS, "addr", "add", "10.0.1.50/24", "dev", "net1")
+    def interface(name, mac, address):
+        tmp = "ipmm%s%d" % (name, os.getpid() % 10000)
+        ip("link", "add", "link", pod, "name", tmp, "address", mac, "type", "macvlan", "mode", "bridge")
+        ip("link", "set", tmp, "netns", NS)
+        ip("-n", NS, "link", "set", tmp, "name", name)
+        ip("-n", NS, "link", "set", name, "up")
+        ip("-n", NS, "addr", "add", address, "dev", name)
+
+    interface("net1", eni["MacAddress"], "10.0.1.50/24")
 
     env = {
         "PATH": os.environ["PATH"],
@@ -109,11 +117,22 @@ def test_ipmgr_init_against_moto(pod, moto):
         "IPMGR_DEADLINE_SECONDS": "20",
         "IPMGR_TERMINATION_LOG": "/dev/null",
     }
-    out = subprocess.run(["ip", "netns", "exec", NS, str(IPMGR), "init"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    # As the injected container runs: uid 65532, no capabilities, no new privileges.
+    as_pod = ["ip", "netns", "exec", NS, "setpriv", "--reuid=65532", "--regid=65532", "--clear-groups",
+              "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", str(IPMGR), "init"]
+    out = subprocess.run(as_pod, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     described = ec2.describe_network_interfaces(NetworkInterfaceIds=[eni["NetworkInterfaceId"]])
     addresses = [a["PrivateIpAddress"] for a in described["NetworkInterfaces"][0]["PrivateIpAddresses"]]
     assert "10.0.1.50" in addresses, addresses
     # The instance was found by its private DNS name (DescribeInstances filter), not IMDS.
     assert "instance by private DNS name" in out.stderr, out.stderr
+
+    # The untagged ENI's tags read over the wire as absent: refused by name.
+    interface("net2", untagged["MacAddress"], "10.0.1.60/24")
+    out = subprocess.run(as_pod, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert untagged["NetworkInterfaceId"] in out.stderr and "no_manage=true" in out.stderr, out.stderr
+    described = ec2.describe_network_interfaces(NetworkInterfaceIds=[untagged["NetworkInterfaceId"]])
+    addresses = [a["PrivateIpAddress"] for a in described["NetworkInterfaces"][0]["PrivateIpAddresses"]]
+    assert "10.0.1.60" not in addresses, addresses

@@ -10,6 +10,8 @@
 //!   `PrivateIpAddressLimitExceeded`.
 //! - AssignIpv6Addresses: no reassignment; in use elsewhere is `InvalidIPAddress.InUse`.
 //! - Unassign*: only addresses the ENI holds; never the primary.
+//! - DescribeNetworkInterfaces shows each ENI's tags (the VPC CNI's `no_manage` tag
+//!   among them) and its attachment's device index (0 is the instance's primary ENI).
 //! - Throttling by token buckets at EC2's published rates, per category.
 //! - Injected faults: denied actions (`UnauthorizedOperation`), random throttling and
 //!   5xx, added latency. Every request is logged for tests to count.
@@ -48,7 +50,13 @@ pub struct Eni {
     pub ipv4: Vec<Ipv4Addr>,
     #[serde(default)]
     pub ipv6: Vec<Ipv6Addr>,
+    /// Key, value.
+    #[serde(default)]
+    pub tags: Vec<(String, String)>,
 }
+
+/// The tag that keeps the VPC CNI away from an ENI.
+pub const NO_MANAGE: (&str, &str) = ("node.k8s.amazonaws.com/no_manage", "true");
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Subnet {
@@ -222,6 +230,30 @@ impl FakeEc2 {
         let mut inner = self.lock();
         inner.world = world;
         inner.remaps.clear();
+    }
+
+    /// Puts `ip` on ENI `eni` at once, taking it from any other ENI: what another pod's
+    /// assignment does behind this one's back.
+    pub fn move_address(&self, ip: IpAddr, eni: &str) {
+        let mut inner = self.lock();
+        inner.apply_remaps();
+        for e in &mut inner.world.enis {
+            match ip {
+                IpAddr::V4(v4) => e.ipv4.retain(|x| *x != v4),
+                IpAddr::V6(v6) => e.ipv6.retain(|x| *x != v6),
+            }
+            if e.id == eni {
+                match ip {
+                    IpAddr::V4(v4) => e.ipv4.push(v4),
+                    IpAddr::V6(v6) => e.ipv6.push(v6),
+                }
+            }
+        }
+    }
+
+    /// Takes `ip` off whichever ENI holds it, as an unassignment by someone else would.
+    pub fn remove_address(&self, ip: IpAddr) {
+        self.move_address(ip, "");
     }
 
     /// The world as a describe would show it now.
@@ -481,6 +513,10 @@ impl Inner {
                     "attachment.device-index" => values.contains(&eni.device_index.to_string()),
                     "mac-address" => values.iter().any(|v| v.eq_ignore_ascii_case(&eni.mac)),
                     "subnet-id" => values.contains(&eni.subnet_id),
+                    tag if tag.starts_with("tag:") => eni
+                        .tags
+                        .iter()
+                        .any(|(k, v)| k == &tag[4..] && values.contains(v)),
                     "network-interface-id" => values.contains(&eni.id),
                     "addresses.private-ip-address" => {
                         eni.ipv4.iter().any(|ip| values.contains(&ip.to_string()))
@@ -801,6 +837,17 @@ fn eni_xml(eni: &Eni) -> String {
             )
         })
         .collect();
+    let tags: String = eni
+        .tags
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "<item><key>{}</key><value>{}</value></item>",
+                xml(k),
+                xml(v)
+            )
+        })
+        .collect();
     let attachment = match &eni.instance_id {
         Some(i) => format!(
             "<attachment><attachmentId>eni-attach-{}</attachmentId><instanceId>{i}</instanceId><instanceOwnerId>111122223333</instanceOwnerId><deviceIndex>{}</deviceIndex><status>attached</status><deleteOnTermination>false</deleteOnTermination></attachment>",
@@ -810,7 +857,7 @@ fn eni_xml(eni: &Eni) -> String {
         None => String::new(),
     };
     format!(
-        "<item><networkInterfaceId>{id}</networkInterfaceId><subnetId>{subnet_id}</subnetId><vpcId>vpc-0fake</vpcId><availabilityZone>us-west-2a</availabilityZone><ownerId>111122223333</ownerId><requesterManaged>false</requesterManaged><status>{status}</status><macAddress>{mac}</macAddress><privateIpAddress>{primary}</privateIpAddress><sourceDestCheck>true</sourceDestCheck><interfaceType>interface</interfaceType>{attachment}<privateIpAddressesSet>{v4}</privateIpAddressesSet><ipv6AddressesSet>{v6}</ipv6AddressesSet><tagSet/></item>",
+        "<item><networkInterfaceId>{id}</networkInterfaceId><subnetId>{subnet_id}</subnetId><vpcId>vpc-0fake</vpcId><availabilityZone>us-west-2a</availabilityZone><ownerId>111122223333</ownerId><requesterManaged>false</requesterManaged><status>{status}</status><macAddress>{mac}</macAddress><privateIpAddress>{primary}</privateIpAddress><sourceDestCheck>true</sourceDestCheck><interfaceType>interface</interfaceType>{attachment}<privateIpAddressesSet>{v4}</privateIpAddressesSet><ipv6AddressesSet>{v6}</ipv6AddressesSet><tagSet>{tags}</tagSet></item>",
         id = eni.id,
         subnet_id = eni.subnet_id,
         status = if eni.instance_id.is_some() {

@@ -155,12 +155,36 @@ impl PodNet {
         ip(&["-n", &self.ns, "addr", "del", cidr, "dev", iface]);
     }
 
-    /// `program` run inside the pod's network namespace.
+    /// `program` run inside the pod's network namespace as the injected container's
+    /// securityContext runs it: uid and gid 65532, no supplementary groups, every
+    /// capability dropped, no new privileges.
     pub fn command(&self, program: &std::path::Path) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns]).arg(program);
+        cmd.args(["netns", "exec", &self.ns, "setpriv"])
+            .arg(format!("--reuid={POD_UID}"))
+            .arg(format!("--regid={POD_UID}"))
+            .args([
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--ambient-caps=-all",
+                "--bounding-set=-all",
+                "--no-new-privs",
+                "--",
+            ])
+            .arg(program);
         cmd
     }
+}
+
+/// The user the webhook's injected container runs as.
+pub const POD_UID: u32 = 65532;
+
+/// A directory the pod's user can write (its termination log, its ready file).
+pub fn pod_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(name);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::os::unix::fs::chown(&dir, Some(POD_UID), Some(POD_UID)).expect("chown the pod's dir");
+    dir
 }
 
 impl Drop for PodNet {

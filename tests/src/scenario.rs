@@ -1,17 +1,24 @@
 //! The node and pod the end-to-end tests and benchmarks share: two m5.large nodes in
 //! one VPC; node i-0001 has a Multus ENI in subnet-b (N3) and one in subnet-c (N6, a
-//! secondary VPC CIDR); node i-0002 holds the floating IP 10.0.1.99.
+//! secondary VPC CIDR); node i-0002 holds the floating IP 10.0.1.99. Every secondary
+//! ENI carries the VPC CNI's `no_manage` tag, as the user guide asks.
 
 use std::path::{Path, PathBuf};
 
-use crate::fake_ec2::{Eni, Instance, Subnet, World};
+use crate::fake_ec2::{Eni, Instance, NO_MANAGE, Subnet, World};
 use crate::fake_imds::{Identity, Interface};
 
 pub const MAC_N3: &str = "0a:00:00:00:01:01";
 pub const MAC_N6: &str = "0a:00:00:00:02:01";
 
+/// An attached ENI; tagged `no_manage` unless it is the primary (device index 0).
 pub fn eni(id: &str, instance: &str, index: i32, mac: &str, subnet: &str, ipv4: &[&str]) -> Eni {
+    let tags = match index {
+        0 => Vec::new(),
+        _ => vec![(NO_MANAGE.0.to_owned(), NO_MANAGE.1.to_owned())],
+    };
     Eni {
+        tags,
         id: id.into(),
         instance_id: Some(instance.into()),
         device_index: index,

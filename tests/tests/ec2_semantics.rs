@@ -4,12 +4,16 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use std::collections::BTreeSet;
+
+use aws_sdk_ec2::config::{Credentials, Region};
 use ipmgmt_tests::fake_ec2::{Eni, FakeEc2, Faults, World};
 use ipmgmt_tests::scenario::{self, MAC_N3, MAC_N6};
+use ipmgr::aws;
 use ipmgr::ec2::SdkEc2;
-use ipmgr::eni::Local;
-use ipmgr::manager::{Manager, PassError, Settings};
+use ipmgr::eni::{Local, Policy};
+use ipmgr::manager::{Manager, Outcome, Settings, Take};
+use ipmgr::plan::Rules;
 
 const MAC_N3B: &str = "0a:00:00:00:01:02";
 
@@ -35,29 +39,51 @@ fn eni_mut<'a>(w: &'a mut World, id: &str) -> &'a mut Eni {
         .expect("ENI in the scenario")
 }
 
+/// The fake, and the SDK client as production builds it (timeouts, retries,
+/// interceptor), pointed at the fake with test credentials and quick retries.
 async fn start(world: World) -> (FakeEc2, SdkEc2) {
     let fake = FakeEc2::new(world);
     let addr = fake.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let retry = aws_config::retry::RetryConfig::standard()
-        .with_max_attempts(10)
-        .with_initial_backoff(Duration::from_millis(5))
-        .with_max_backoff(Duration::from_millis(50));
-    let conf = aws_sdk_ec2::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
+    let retries = aws::Retries {
+        max_attempts: 10,
+        initial_backoff: Duration::from_millis(5),
+    };
+    let sdk = aws::loader(retries)
         .region(Region::new("us-west-2"))
         .endpoint_url(format!("http://{addr}"))
         .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
-        .retry_config(retry)
-        .build();
-    (fake, SdkEc2::new(aws_sdk_ec2::Client::from_conf(conf)))
+        .load()
+        .await;
+    let client = aws::ec2_client(&sdk, &aws::Attempts::default());
+    (fake, SdkEc2::new(client))
 }
 
 fn settings() -> Settings {
     Settings {
-        allow_reassignment: true,
-        min_device_index: 1,
+        rules: Rules {
+            allow_reassignment: true,
+        },
+        policy: Policy {
+            min_device_index: 1,
+            require_no_manage: true,
+        },
         confirm_timeout: Duration::from_secs(5),
     }
+}
+
+fn reassignment_off() -> Settings {
+    Settings {
+        rules: Rules {
+            allow_reassignment: false,
+        },
+        ..settings()
+    }
+}
+
+/// The one failure of a pass, as a user reads it.
+fn only_failure(outcome: &Outcome) -> String {
+    assert_eq!(outcome.failed.len(), 1, "{:?}", outcome.failed);
+    outcome.failed[0].to_string()
 }
 
 fn local(ip: &str, iface: &str, mac: &str) -> Local {
@@ -89,7 +115,8 @@ async fn assigns_by_mac_batched_per_eni_and_confirms() {
         local("10.0.1.51", "net1", MAC_N3B),
         local("100.64.1.7", "net2", MAC_N6),
     ];
-    let outcome = mgr.assign(&locals).await.unwrap();
+    let outcome = mgr.assign(&locals, Take::All).await.unwrap();
+    assert!(outcome.is_complete(), "{:?}", outcome.failed);
     assert_eq!(outcome.calls, 2);
     // The MAC decides between the two ENIs in subnet-b.
     assert_eq!(fake.holder(ip("10.0.1.50")).as_deref(), Some("eni-1n3b"));
@@ -99,7 +126,7 @@ async fn assigns_by_mac_batched_per_eni_and_confirms() {
     assert_eq!(fake.log().len(), 4, "{:?}", fake.log());
 
     fake.clear_log();
-    let again = mgr.assign(&locals).await.unwrap();
+    let again = mgr.assign(&locals, Take::All).await.unwrap();
     assert_eq!(again.calls, 0);
     assert!(
         mutating(&fake).is_empty(),
@@ -108,22 +135,86 @@ async fn assigns_by_mac_batched_per_eni_and_confirms() {
 }
 
 #[tokio::test]
-async fn subnet_containment_when_no_mac_matches() {
+async fn one_bad_address_is_reported_alone_after_the_others_are_assigned() {
     let (fake, ec2) = start(world()).await;
     let mgr = Manager::new(ec2, "i-0001".into(), settings());
-    mgr.assign(&[local("100.64.9.9", "net2", "0e:00:00:00:00:99")])
+    let locals = [
+        // subnet-b has two ENIs on this node and no MAC decides: no guess.
+        local("10.0.1.77", "net1", "0e:00:00:00:00:99"),
+        // A node-local bridge: not the VPC's.
+        local("192.168.77.5", "br0", "0e:00:00:00:00:98"),
+        local("fd00:77::5", "br0", "0e:00:00:00:00:98"),
+        // Placed by subnet containment (a secondary VPC CIDR).
+        local("100.64.9.9", "net2", "0e:00:00:00:00:97"),
+        local("10.0.1.50", "net3", MAC_N3),
+    ];
+    let outcome = mgr.assign(&locals, Take::All).await.unwrap();
+    assert_eq!(fake.holder(ip("100.64.9.9")).as_deref(), Some("eni-1n6"));
+    assert_eq!(fake.holder(ip("10.0.1.50")).as_deref(), Some("eni-1n3"));
+    assert_eq!(fake.holder(ip("10.0.1.77")), None);
+    let skipped: Vec<_> = outcome.skipped.iter().map(|l| l.ip).collect();
+    assert_eq!(skipped, [ip("192.168.77.5"), ip("fd00:77::5")]);
+    let line = only_failure(&outcome);
+    assert!(line.starts_with("10.0.1.77 on net1"), "{line}");
+    assert!(line.contains("eni-1n3, eni-1n3b"), "{line}");
+    assert!(!outcome.is_complete());
+}
+
+#[tokio::test]
+async fn enis_the_vpc_cni_manages_are_refused_by_name() {
+    let mut w = world();
+    eni_mut(&mut w, "eni-1n3").tags.clear();
+    let (fake, ec2) = start(w.clone()).await;
+    let mgr = Manager::new(ec2, "i-0001".into(), settings());
+    let outcome = mgr
+        .assign(
+            &[
+                local("10.0.1.50", "net1", MAC_N3),
+                // The MAC of the primary ENI.
+                local("10.0.0.50", "net2", "0a:00:00:00:00:01"),
+                local("100.64.1.7", "net3", MAC_N6),
+            ],
+            Take::All,
+        )
         .await
         .unwrap();
-    assert_eq!(fake.holder(ip("100.64.9.9")).as_deref(), Some("eni-1n6"));
+    assert_eq!(fake.holder(ip("100.64.1.7")).as_deref(), Some("eni-1n6"));
+    assert_eq!(fake.holder(ip("10.0.1.50")), None);
+    assert_eq!(fake.holder(ip("10.0.0.50")), None);
+    let lines: Vec<String> = outcome.failed.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains("eni-1n3") && lines[0].contains("node.k8s.amazonaws.com/no_manage=true"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("eni-1primary") && lines[1].contains("primary ENI"),
+        "{lines:?}"
+    );
+    assert!(
+        mutating(&fake)
+            .iter()
+            .all(|(_, eni)| eni.as_deref() == Some("eni-1n6")),
+        "{:?}",
+        mutating(&fake)
+    );
 
-    // subnet-b has two ENIs on this node: no guess.
-    let err = mgr
-        .assign(&[local("10.0.1.77", "net1", "0e:00:00:00:00:99")])
+    // With the tag requirement off, the untagged ENI is a target; the primary never.
+    let (fake, ec2) = start(w).await;
+    let lax = Settings {
+        policy: Policy {
+            require_no_manage: false,
+            ..settings().policy
+        },
+        ..settings()
+    };
+    let mgr = Manager::new(ec2, "i-0001".into(), lax);
+    let outcome = mgr
+        .assign(&[local("10.0.1.50", "net1", MAC_N3)], Take::All)
         .await
-        .unwrap_err();
-    assert!(matches!(err, PassError::Resolve(_)), "{err}");
-    assert!(err.to_string().contains("eni-1n3, eni-1n3b"), "{err}");
-    assert_eq!(fake.holder(ip("10.0.1.77")), None);
+        .unwrap();
+    assert!(outcome.is_complete(), "{:?}", outcome.failed);
+    assert_eq!(fake.holder(ip("10.0.1.50")).as_deref(), Some("eni-1n3"));
 }
 
 #[tokio::test]
@@ -134,9 +225,11 @@ async fn floating_ip_moves_from_another_node_and_is_confirmed_after_the_remap() 
         ..Faults::default()
     });
     let mgr = Manager::new(ec2, "i-0001".into(), settings());
-    mgr.assign(&[local("10.0.1.99", "net1", MAC_N3)])
+    let outcome = mgr
+        .assign(&[local("10.0.1.99", "net1", MAC_N3)], Take::All)
         .await
         .unwrap();
+    assert!(outcome.is_complete(), "{:?}", outcome.failed);
     assert_eq!(fake.holder(ip("10.0.1.99")).as_deref(), Some("eni-1n3"));
     let describes = fake
         .log()
@@ -150,27 +243,74 @@ async fn floating_ip_moves_from_another_node_and_is_confirmed_after_the_remap() 
 }
 
 #[tokio::test]
+async fn a_pass_that_does_not_take_repairs_but_never_steals() {
+    let (fake, ec2) = start(world()).await;
+    let mgr = Manager::new(ec2, "i-0001".into(), settings());
+    // The pod still holds 10.0.1.99, which the peer on i-0002 has since taken, and
+    // 10.0.1.50, which no ENI holds any more.
+    let locals = [
+        local("10.0.1.99", "net1", MAC_N3),
+        local("10.0.1.50", "net1", MAC_N3),
+    ];
+    let nothing_new = BTreeSet::new();
+    let outcome = mgr.assign(&locals, Take::Only(&nothing_new)).await.unwrap();
+    assert!(outcome.is_complete(), "{:?}", outcome.failed);
+    assert_eq!(
+        outcome.left,
+        [(ip("10.0.1.99"), "eni-2n3".to_string())],
+        "left with its new owner"
+    );
+    assert_eq!(fake.holder(ip("10.0.1.99")).as_deref(), Some("eni-2n3"));
+    assert_eq!(
+        fake.holder(ip("10.0.1.50")).as_deref(),
+        Some("eni-1n3"),
+        "repaired"
+    );
+
+    // The pod takes the address again (a local address event): now it moves.
+    let taken = BTreeSet::from([ip("10.0.1.99")]);
+    mgr.assign(&locals, Take::Only(&taken)).await.unwrap();
+    assert_eq!(fake.holder(ip("10.0.1.99")).as_deref(), Some("eni-1n3"));
+}
+
+#[tokio::test]
 async fn reassignment_off_refuses_to_take_an_address() {
     let (fake, ec2) = start(world()).await;
-    let mgr = Manager::new(
-        ec2,
-        "i-0001".into(),
-        Settings {
-            allow_reassignment: false,
-            ..settings()
-        },
-    );
-    let err = mgr
-        .assign(&[local("10.0.1.99", "net1", MAC_N3)])
+    let mgr = Manager::new(ec2, "i-0001".into(), reassignment_off());
+    let outcome = mgr
+        .assign(&[local("10.0.1.99", "net1", MAC_N3)], Take::All)
         .await
-        .unwrap_err();
-    let line = err.to_string();
+        .unwrap();
+    let line = only_failure(&outcome);
     assert!(
-        line.contains("InvalidIPAddress.InUse") && line.contains("allow-reassignment"),
+        line.contains("held by eni-2n3") && line.contains("allow-reassignment"),
         "{line}"
     );
-    assert!(err.is_permanent());
+    assert!(outcome.failed[0].is_permanent());
+    assert!(mutating(&fake).is_empty(), "{:?}", mutating(&fake));
     assert_eq!(fake.holder(ip("10.0.1.99")).as_deref(), Some("eni-2n3"));
+}
+
+#[tokio::test]
+async fn reassignment_off_never_unassigns_ipv6_from_its_holder() {
+    let mut w = world();
+    eni_mut(&mut w, "eni-2n3").ipv6 = vec!["2600:1f14:aaa:1b00::42".parse().unwrap()];
+    let (fake, ec2) = start(w).await;
+    let mgr = Manager::new(ec2, "i-0001".into(), reassignment_off());
+    let outcome = mgr
+        .assign(
+            &[local("2600:1f14:aaa:1b00::42", "net1", MAC_N3)],
+            Take::All,
+        )
+        .await
+        .unwrap();
+    let line = only_failure(&outcome);
+    assert!(line.contains("held by eni-2n3"), "{line}");
+    assert!(mutating(&fake).is_empty(), "{:?}", mutating(&fake));
+    assert_eq!(
+        fake.holder(ip("2600:1f14:aaa:1b00::42")).as_deref(),
+        Some("eni-2n3")
+    );
 }
 
 #[tokio::test]
@@ -181,11 +321,12 @@ async fn full_eni_names_the_eni_and_its_count() {
         .collect();
     let (_fake, ec2) = start(w).await;
     let mgr = Manager::new(ec2, "i-0001".into(), settings());
-    let err = mgr
-        .assign(&[local("10.0.1.50", "net1", MAC_N3)])
+    let outcome = mgr
+        .assign(&[local("10.0.1.50", "net1", MAC_N3)], Take::All)
         .await
-        .unwrap_err();
-    let line = err.to_string();
+        .unwrap();
+    let line = only_failure(&outcome);
+    assert!(line.starts_with("10.0.1.50 on net1: "), "{line}");
     assert!(line.contains("PrivateIpAddressLimitExceeded"), "{line}");
     assert!(
         line.contains("ENI eni-1n3 holds 10 IPv4 addresses"),
@@ -202,11 +343,11 @@ async fn missing_permission_names_the_action_and_the_policy() {
         ..Faults::default()
     });
     let mgr = Manager::new(ec2, "i-0001".into(), settings());
-    let err = mgr
-        .assign(&[local("10.0.1.50", "net1", MAC_N3)])
+    let outcome = mgr
+        .assign(&[local("10.0.1.50", "net1", MAC_N3)], Take::All)
         .await
-        .unwrap_err();
-    let line = err.to_string();
+        .unwrap();
+    let line = only_failure(&outcome);
     assert!(line.contains("UnauthorizedOperation"), "{line}");
     assert!(
         line.contains("ec2:AssignPrivateIpAddresses") && line.contains("deploy/iam-policy.json"),
@@ -221,9 +362,14 @@ async fn ipv6_is_unassigned_from_its_holder_then_assigned_here() {
     eni_mut(&mut w, "eni-2n3").ipv6 = vec!["2600:1f14:aaa:1b00::42".parse().unwrap()];
     let (fake, ec2) = start(w).await;
     let mgr = Manager::new(ec2, "i-0001".into(), settings());
-    mgr.assign(&[local("2600:1f14:aaa:1b00::42", "net1", MAC_N3)])
+    let outcome = mgr
+        .assign(
+            &[local("2600:1f14:aaa:1b00::42", "net1", MAC_N3)],
+            Take::All,
+        )
         .await
         .unwrap();
+    assert!(outcome.is_complete(), "{:?}", outcome.failed);
     assert_eq!(
         fake.holder(ip("2600:1f14:aaa:1b00::42")).as_deref(),
         Some("eni-1n3")
@@ -255,7 +401,8 @@ async fn half_the_requests_throttled_still_converges() {
         local("10.0.1.50", "net1", MAC_N3),
         local("100.64.1.7", "net2", MAC_N6),
     ];
-    mgr.assign(&locals).await.unwrap();
+    let outcome = mgr.assign(&locals, Take::All).await.unwrap();
+    assert!(outcome.is_complete(), "{:?}", outcome.failed);
     assert_eq!(fake.holder(ip("10.0.1.50")).as_deref(), Some("eni-1n3"));
     assert_eq!(fake.holder(ip("100.64.1.7")).as_deref(), Some("eni-1n6"));
     let throttled = fake
@@ -267,24 +414,41 @@ async fn half_the_requests_throttled_still_converges() {
 }
 
 #[tokio::test]
-async fn release_unassigns_only_what_the_pod_still_holds_here() {
+async fn release_unassigns_only_what_the_pod_still_holds_from_its_own_eni() {
     let (fake, ec2) = start(world()).await;
     let mgr = Manager::new(ec2, "i-0001".into(), settings());
-    mgr.assign(&[
+    let (kept, given_up) = (
         local("10.0.1.50", "net1", MAC_N3),
         local("10.0.1.51", "net1", MAC_N3),
-    ])
-    .await
-    .unwrap();
+    );
+    let vip = local("10.0.1.98", "net1", MAC_N3);
+    let outcome = mgr
+        .assign(&[kept.clone(), given_up, vip.clone()], Take::All)
+        .await
+        .unwrap();
+    assert!(outcome.is_complete(), "{:?}", outcome.failed);
+    // A pod on this node whose interface rides on the other ENI of subnet-b takes the
+    // floating IP; this pod has not noticed yet and still holds it.
+    fake.move_address(vip.ip, "eni-1n3b");
     // 10.0.1.51 was given up by the pod (and may be another pod's now); 10.0.1.99 is
     // on the other node; 10.0.1.10 is the ENI's primary.
     let calls = mgr
-        .release(&[ip("10.0.1.50"), ip("10.0.1.99"), ip("10.0.1.10")])
+        .release(&[
+            kept,
+            vip,
+            local("10.0.1.99", "net1", MAC_N3),
+            local("10.0.1.10", "net1", MAC_N3),
+        ])
         .await
         .unwrap();
     assert_eq!(calls, 1);
     assert_eq!(fake.holder(ip("10.0.1.50")), None);
     assert_eq!(fake.holder(ip("10.0.1.51")).as_deref(), Some("eni-1n3"));
+    assert_eq!(
+        fake.holder(ip("10.0.1.98")).as_deref(),
+        Some("eni-1n3b"),
+        "the new owner's ENI is never touched"
+    );
     assert_eq!(fake.holder(ip("10.0.1.99")).as_deref(), Some("eni-2n3"));
     assert_eq!(fake.holder(ip("10.0.1.10")).as_deref(), Some("eni-1n3"));
 }

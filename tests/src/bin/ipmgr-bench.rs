@@ -77,8 +77,7 @@ async fn main() -> anyhow::Result<()> {
     let imds = FakeImds::new(identity())
         .serve(SocketAddr::new(net.host_ip.into(), 0))
         .await?;
-    let dir = std::env::temp_dir().join(format!("ipmgr-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = ipmgmt_tests::netns::pod_dir(&format!("ipmgr-bench-{}", std::process::id()));
     let ipmgr = |mode: &str| {
         let mut cmd = net.command(&bin);
         cmd.arg(mode)
