@@ -78,12 +78,11 @@ pub enum Failure {
 fn unassigned(failed: &[AddressError]) -> String {
     let each: Vec<String> = failed.iter().map(ToString::to_string).collect();
     let n = failed.len();
-    let noun = if n == 1 {
-        "address is"
-    } else {
-        "addresses are"
-    };
-    format!("{n} of the pod's {noun} not assigned: {}", each.join("; "))
+    let verb = if n == 1 { "is" } else { "are" };
+    format!(
+        "{n} of the pod's addresses {verb} not assigned: {}",
+        each.join("; ")
+    )
 }
 
 pub fn main(cli: Cli) -> ExitCode {
