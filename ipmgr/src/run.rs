@@ -189,9 +189,9 @@ async fn first_addresses(
     }
 }
 
-fn log_outcome(reason: &str, outcome: &Outcome) {
+fn log_outcome(reason: impl std::fmt::Display, outcome: &Outcome) {
     info!(
-        reason,
+        reason = %reason,
         addresses = outcome.placed.len(),
         skipped = outcome.skipped.len(),
         left = outcome.left.len(),
@@ -300,6 +300,26 @@ impl Follow {
     }
 }
 
+/// What started a sidecar pass.
+#[derive(Clone, Copy, Debug)]
+enum Trigger {
+    Start,
+    Retry,
+    Events(usize),
+    Periodic,
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trigger::Start => f.write_str("start"),
+            Trigger::Retry => f.write_str("retry"),
+            Trigger::Events(n) => write!(f, "{n} address events"),
+            Trigger::Periodic => f.write_str("periodic pass"),
+        }
+    }
+}
+
 /// `ipmgr ready` answers from this file: present while every address is assigned.
 struct ReadyFile<'a>(&'a Path);
 
@@ -349,21 +369,22 @@ async fn sidecar<E: Ec2>(ec2: E, args: &Args, attempts: &Attempts) -> Result<(),
             biased;
             _ = term.recv() => break,
             _ = sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => {
-                match failing { Some(_) => "retry".to_owned(), None => "start".to_owned() }
+                match failing { Some(_) => Trigger::Retry, None => Trigger::Start }
             }
             changed = watch.changed(coalesce) => match changed {
                 Some(changes) => {
                     follow.announced(&changes.added);
-                    format!("{} address events", changes.events)
+                    Trigger::Events(changes.events)
                 }
                 None => return Err(DiscoverError::Socket(std::io::Error::other("netlink event socket closed")).into()),
             },
-            _ = resync.tick() => "periodic pass".to_owned(),
+            _ = resync.tick() => Trigger::Periodic,
         };
         let snapshot = discovery.snapshot().await?;
         // Link-local addresses, DAD completing, the primary interface: events that
         // change nothing ipmgr manages cost no EC2 call.
-        if !follow.observe(&snapshot.addresses) && reason.ends_with("events") {
+        let changed = follow.observe(&snapshot.addresses);
+        if !changed && matches!(reason, Trigger::Events(_)) {
             debug!(reason = %reason, "no change to the managed addresses");
             continue;
         }
@@ -379,7 +400,7 @@ async fn sidecar<E: Ec2>(ec2: E, args: &Args, attempts: &Attempts) -> Result<(),
                 follow.settled(&outcome);
                 match outcome.is_complete() {
                     true => {
-                        log_outcome(&reason, &outcome);
+                        log_outcome(reason, &outcome);
                         None
                     }
                     false => Some(unassigned(&outcome.failed)),

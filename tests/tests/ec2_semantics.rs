@@ -80,6 +80,13 @@ fn reassignment_off() -> Settings {
     }
 }
 
+/// The shared world with 2600:1f14:aaa:1b00::42 on node i-0002's ENI.
+fn ipv6_on_the_other_node() -> World {
+    let mut w = world();
+    eni_mut(&mut w, "eni-2n3").ipv6 = vec!["2600:1f14:aaa:1b00::42".parse().unwrap()];
+    w
+}
+
 /// The one failure of a pass, as a user reads it.
 fn only_failure(outcome: &Outcome) -> String {
     assert_eq!(outcome.failed.len(), 1, "{:?}", outcome.failed);
@@ -293,9 +300,7 @@ async fn reassignment_off_refuses_to_take_an_address() {
 
 #[tokio::test]
 async fn reassignment_off_never_unassigns_ipv6_from_its_holder() {
-    let mut w = world();
-    eni_mut(&mut w, "eni-2n3").ipv6 = vec!["2600:1f14:aaa:1b00::42".parse().unwrap()];
-    let (fake, ec2) = start(w).await;
+    let (fake, ec2) = start(ipv6_on_the_other_node()).await;
     let mgr = Manager::new(ec2, "i-0001".into(), reassignment_off());
     let outcome = mgr
         .assign(
@@ -358,9 +363,7 @@ async fn missing_permission_names_the_action_and_the_policy() {
 
 #[tokio::test]
 async fn ipv6_is_unassigned_from_its_holder_then_assigned_here() {
-    let mut w = world();
-    eni_mut(&mut w, "eni-2n3").ipv6 = vec!["2600:1f14:aaa:1b00::42".parse().unwrap()];
-    let (fake, ec2) = start(w).await;
+    let (fake, ec2) = start(ipv6_on_the_other_node()).await;
     let mgr = Manager::new(ec2, "i-0001".into(), settings());
     let outcome = mgr
         .assign(
