@@ -6,8 +6,10 @@ token TTL header, so IMDS is off and the instance comes from NODE_NAME."""
 
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 
 import boto3
@@ -75,8 +77,22 @@ def moto(pod):
     proc.wait(timeout=10)
 
 
-def test_ipmgr_init_against_moto(pod, moto):
+@pytest.fixture
+def ipmgr():
+    """A copy uid 65532 can execute: the checkout may sit below a root-only directory."""
     assert IPMGR.exists(), f"{IPMGR} is missing: run cargo test --workspace first"
+    folder = tempfile.mkdtemp(prefix="ipmgmt-moto-bin-")
+    try:
+        os.chmod(folder, 0o755)
+        copy = os.path.join(folder, IPMGR.name)
+        shutil.copy(IPMGR, copy)
+        os.chmod(copy, 0o755)
+        yield copy
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_ipmgr_init_against_moto(pod, moto, ipmgr):
     ec2 = boto3.client("ec2", endpoint_url=moto, region_name="us-west-2",
                        aws_access_key_id="AKIDTEST", aws_secret_access_key="secret")
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
@@ -119,7 +135,7 @@ def test_ipmgr_init_against_moto(pod, moto):
     }
     # As the injected container runs: uid 65532, no capabilities, no new privileges.
     as_pod = ["ip", "netns", "exec", NS, "setpriv", "--reuid=65532", "--regid=65532", "--clear-groups",
-              "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", str(IPMGR), "init"]
+              "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", ipmgr, "init"]
     out = subprocess.run(as_pod, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     described = ec2.describe_network_interfaces(NetworkInterfaceIds=[eni["NetworkInterfaceId"]])

@@ -179,6 +179,27 @@ impl PodNet {
 /// The user the webhook's injected container runs as.
 pub const POD_UID: u32 = 65532;
 
+/// A copy of `program` that the pod's user can execute: the checkout may sit below a
+/// directory only root may enter (a CI clone under /root), as an image never does.
+/// One copy per program is kept, replaced whole by each caller.
+pub fn pod_executable(program: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join("ipmgmt-bin");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let name = program.file_name().expect("a program path names a file");
+    let copy = dir.join(name);
+    let partial = dir.join(format!(
+        ".{}.{}.partial",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::copy(program, &partial).expect("copy the program");
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&partial, &copy).expect("rename the copy");
+    copy
+}
+
 /// A directory the pod's user can write (its termination log, its ready file).
 pub fn pod_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(name);

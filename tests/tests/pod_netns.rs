@@ -10,19 +10,23 @@ use std::time::{Duration, Instant};
 
 use ipmgmt_tests::fake_ec2::{FakeEc2, Faults, World};
 use ipmgmt_tests::fake_imds::FakeImds;
-use ipmgmt_tests::netns::{POD_UID, PodNet, pod_dir};
+use ipmgmt_tests::netns::{POD_UID, PodNet, pod_dir, pod_executable};
 use ipmgmt_tests::scenario::{MAC_N3, MAC_N6, identity, world};
 
 fn ipmgr_bin() -> PathBuf {
     // target/debug/deps/<this test> → target/debug/ipmgr, built by `cargo test --workspace`.
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("ipmgr");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo test --workspace`",
-        bin.display()
-    );
-    bin
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("ipmgr");
+        assert!(
+            bin.exists(),
+            "{} is missing: run `cargo test --workspace`",
+            bin.display()
+        );
+        pod_executable(&bin)
+    })
+    .clone()
 }
 
 struct Pod {

@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
                 .context("binary directory")?,
         ),
     };
+    let bin = ipmgmt_tests::netns::pod_executable(&bin);
     let net = PodNet::create();
     net.add_interface("net1", MAC_N3);
     net.add_address("net1", "10.0.1.50/24");
