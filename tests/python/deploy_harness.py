@@ -2,6 +2,7 @@
 apiserver would: built-in kinds with kubernetes-validate (strict), custom resources
 with the schemas of their CRDs, CEL with cel-python."""
 
+import ipaddress
 import json
 import os
 import pathlib
@@ -120,3 +121,25 @@ class Cel:
         result = self.program.evaluate({"object": celpy.json_to_cel(obj)})
         assert isinstance(result, celpy.celtypes.BoolType), f"CEL gave {result!r}, not a bool"
         return bool(result)
+
+
+def cni_config(nad):
+    return json.loads(nad["spec"]["config"])
+
+
+def ranges(ipam):
+    """(network, first, last) of each whereabouts range."""
+    specs = ipam.get("ipRanges") or [ipam]
+    out = []
+    for spec in specs:
+        text = spec["range"]
+        if "-" in text.split("/")[0]:
+            span, prefix = text.split("/")
+            first, last = span.split("-")
+            network = ipaddress.ip_network(f"{first}/{prefix}", strict=False)
+        else:
+            network = ipaddress.ip_network(text)
+            first = spec.get("range_start", str(network[1]))
+            last = spec.get("range_end", str(network[-1]))
+        out.append((network, ipaddress.ip_address(first), ipaddress.ip_address(last)))
+    return out

@@ -10,7 +10,7 @@ import jsonpatch
 import kubernetes_validate
 import pytest
 
-from deploy_harness import SAMPLES, load_yaml_docs, validate
+from deploy_harness import SAMPLES, cni_config, load_yaml_docs, ranges, validate
 from webhook_harness import ROOT, Webhook, decode_patch, review_of
 
 K8S_VERSION = "1.33.0"
@@ -21,28 +21,6 @@ VENV_BIN = ROOT / ".venv" / "bin"
 
 def samples_of(kind):
     return [doc for _, doc in SAMPLE_DOCS if doc["kind"] == kind]
-
-
-def cni_config(nad):
-    return json.loads(nad["spec"]["config"])
-
-
-def ranges(ipam):
-    """(network, first, last) of each whereabouts range."""
-    specs = ipam.get("ipRanges") or [ipam]
-    out = []
-    for spec in specs:
-        text = spec["range"]
-        if "-" in text.split("/")[0]:
-            span, prefix = text.split("/")
-            first, last = span.split("-")
-            network = ipaddress.ip_network(f"{first}/{prefix}", strict=False)
-        else:
-            network = ipaddress.ip_network(text)
-            first = spec.get("range_start", str(network[1]))
-            last = spec.get("range_end", str(network[-1]))
-        out.append((network, ipaddress.ip_address(first), ipaddress.ip_address(last)))
-    return out
 
 
 @pytest.mark.parametrize("name, doc", SAMPLE_DOCS, ids=lambda x: x if isinstance(x, str) else x["kind"])
