@@ -190,7 +190,8 @@ def build_image(podman, stage, binary, tag):
             podman.buildah("copy", "--quiet", container, str(rootfs), "/")
             config = ["config", "--user", stage["user"], "--entrypoint", json.dumps(stage["entrypoint"])]
             for port in stage["expose"]:
-                config += ["--port", port]
+                # EXPOSE's protocol defaults to tcp, as docker records it.
+                config += ["--port", port if "/" in port else f"{port}/tcp"]
             podman.buildah(*config, container)
             podman.buildah("commit", "--quiet", "--rm", container, tag)
         except Exception:
@@ -473,6 +474,15 @@ class Container:
         if not text and exit_code != 0 and self.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
             text = "\n".join(self.logs().splitlines()[-80:])[-2048:]
         return text.strip()
+
+    def inspect(self):
+        return json.loads(self.podman("inspect", self.name).stdout)[0]
+
+    def process_status(self):
+        """/proc/PID/status of the container's process, as fields."""
+        pid = self.inspect()["State"]["Pid"]
+        lines = pathlib.Path(f"/proc/{pid}/status").read_text().splitlines()
+        return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
     def exec(self, command, timeout=10):
         return self.podman("exec", self.name, *command, check=False, timeout=timeout)

@@ -60,7 +60,8 @@ def scene_floating_ip(cluster):
     (admitted_a, a), (_, b) = pods
     eni_a, eni_b = cluster.eni_of(a.node, "net1", a), cluster.eni_of(b.node, "net1", b)
     out = {"admitted": admitted_a, "pods": (a, b), "vip": vip, "eni_a": eni_a, "eni_b": eni_b,
-           "startup": [p.init_results[0][2] for p in (a, b)]}
+           "startup": [p.init_results[0][2] for p in (a, b)],
+           "sidecar": a.containers[0].inspect(), "sidecar_process": a.containers[0].process_status()}
 
     a.sandbox.add_address("net1", vip)
     out["to_a"] = cluster.vpc.wait_for(lambda h: holds(h, host(vip), eni_a))
