@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::aws::{self, Attempts};
 use crate::config::{Args, Cli, Command, LogFormat};
 use crate::discover::{DiscoverError, Discovery, Snapshot, Watch};
-use crate::ec2::{Ec2, SdkEc2};
+use crate::ec2::{Ec2, Ec2Error, SdkEc2};
 use crate::eni::{Local, Policy};
 use crate::identity;
 use crate::manager::{AddressError, Manager, Outcome, PassError, Settings, Take};
@@ -74,9 +74,50 @@ pub enum Failure {
     },
 }
 
-/// `2 of the pod's addresses are not assigned: A; B`, one line.
+/// `2 of the pod's addresses are not assigned: A; B`, one line. Addresses that EC2
+/// refused for the same reason share one clause, so a missing permission is said once.
 fn unassigned(failed: &[AddressError]) -> String {
-    let each: Vec<String> = failed.iter().map(ToString::to_string).collect();
+    let refusal = |f: &AddressError| match f {
+        AddressError::Ec2 { error, .. } => {
+            Some((error.action, error.code.clone(), error.detail.clone()))
+        }
+        _ => None,
+    };
+    let mut clauses: Vec<Vec<&AddressError>> = Vec::new();
+    for failure in failed {
+        let key = refusal(failure);
+        let same = |group: &&mut Vec<&AddressError>| key.is_some() && refusal(group[0]) == key;
+        match clauses.iter_mut().find(same) {
+            Some(group) => group.push(failure),
+            None => clauses.push(vec![failure]),
+        }
+    }
+    let each: Vec<String> = clauses
+        .iter()
+        .map(|group| match group.as_slice() {
+            [AddressError::Ec2 { error, .. }, _, ..] => {
+                let places: Vec<String> = (group.iter())
+                    .filter_map(|f| match f {
+                        AddressError::Ec2 { ip, iface, error } => {
+                            Some(format!("{ip} on {iface} ({})", error.target))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let code = (error.code.as_deref())
+                    .map(|c| format!("{c}: "))
+                    .unwrap_or_default();
+                format!(
+                    "{}: {} {code}{}; {}",
+                    places.join(", "),
+                    error.action,
+                    error.detail,
+                    error.hint
+                )
+            }
+            _ => group[0].to_string(),
+        })
+        .collect();
     let n = failed.len();
     let verb = if n == 1 { "is" } else { "are" };
     format!(
@@ -476,5 +517,69 @@ fn ready(file: &Path, wait: Option<Duration>) -> ExitCode {
             return ExitCode::FAILURE;
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(ip: &str, iface: &str, eni: &str, action: &'static str) -> AddressError {
+        AddressError::Ec2 {
+            ip: ip.parse().unwrap(),
+            iface: iface.into(),
+            error: Ec2Error::new(action, eni, Some("UnauthorizedOperation"), "not authorized"),
+        }
+    }
+
+    #[test]
+    fn one_refusal_for_several_addresses_is_said_once() {
+        let failed = [
+            refused("10.0.4.66", "net1", "eni-1", "AssignPrivateIpAddresses"),
+            AddressError::ReassignmentOff {
+                ip: "10.0.4.70".parse().unwrap(),
+                iface: "net1".into(),
+                holder: "eni-9".into(),
+            },
+            refused("10.0.5.66", "net2", "eni-2", "AssignPrivateIpAddresses"),
+            refused("2001:db8::1", "net2", "eni-2", "AssignIpv6Addresses"),
+        ];
+        let line = unassigned(&failed);
+        assert!(
+            line.starts_with(
+                "4 of the pod's addresses are not assigned: 10.0.4.66 on net1 (eni-1), 10.0.5.66 on net2 (eni-2): \
+                 AssignPrivateIpAddresses UnauthorizedOperation: not authorized; the IP manager's IAM role lacks \
+                 ec2:AssignPrivateIpAddresses"
+            ),
+            "{line}"
+        );
+        assert_eq!(
+            line.matches("ec2:AssignPrivateIpAddresses").count(),
+            1,
+            "{line}"
+        );
+        assert!(
+            line.contains("; 10.0.4.70 on net1 is held by eni-9"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(&failed[3].to_string()),
+            "a different refusal keeps its own clause: {line}"
+        );
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn a_single_failure_reads_as_before() {
+        let failed = [refused(
+            "10.0.4.66",
+            "net1",
+            "eni-1",
+            "AssignPrivateIpAddresses",
+        )];
+        assert_eq!(
+            unassigned(&failed),
+            format!("1 of the pod's addresses is not assigned: {}", failed[0])
+        );
     }
 }
