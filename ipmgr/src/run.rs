@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::aws::{self, Attempts};
 use crate::config::{Args, Cli, Command, LogFormat};
 use crate::discover::{DiscoverError, Discovery, Snapshot, Watch};
-use crate::ec2::{Ec2, Ec2Error, SdkEc2};
+use crate::ec2::{Ec2, SdkEc2};
 use crate::eni::{Local, Policy};
 use crate::identity;
 use crate::manager::{AddressError, Manager, Outcome, PassError, Settings, Take};
@@ -523,6 +523,7 @@ fn ready(file: &Path, wait: Option<Duration>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ec2::Ec2Error;
 
     fn refused(ip: &str, iface: &str, eni: &str, action: &'static str) -> AddressError {
         AddressError::Ec2 {

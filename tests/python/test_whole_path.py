@@ -3,6 +3,7 @@ asserted on what EC2 holds, exit codes and termination messages (whole_path.py,
 cluster.py). Needs root: without it every test here fails, saying so."""
 
 import ipaddress
+import json
 
 import pytest
 
@@ -37,7 +38,7 @@ def test_images_follow_the_released_dockerfile(cl, init_scene):
     assert set(stages) == {"webhook", "ipmgr"}
     for name, stage in stages.items():
         tag, _ = cl.images[name]
-        config = k.json.loads(cl.podman("image", "inspect", tag).stdout)[0]["Config"]
+        config = json.loads(cl.podman("image", "inspect", tag).stdout)[0]["Config"]
         assert config["User"] == stage["user"] == "65532:65532"
         assert config["Entrypoint"] == stage["entrypoint"] == [stage["copy"][0][1]]
         assert sorted(config.get("ExposedPorts", {})) == sorted(f"{p}/tcp" for p in stage["expose"])
@@ -72,6 +73,8 @@ def test_init_pods_have_their_addresses_on_their_own_nodes_enis_before_the_app(i
         ((name, code, _, message),) = pod.init_results
         assert (name, code, message) == ("aws-ip-mgmt", 0, "")
         assert pod.phase == "Running" and pod.app_started is not None
+        for address in step["placed"]:
+            assert f" {address}/" in step["app_log"], f"the app's `ip addr` does not show {address}"
         assert len(step["placed"]) == 3
         for address, (eni, holders) in step["placed"].items():
             assert holders == [eni.id], f"{address} is held by {holders}, not by {eni.id}"
@@ -89,12 +92,12 @@ def test_dual_stack_addresses_both_land_on_the_second_multus_eni(init_scene):
 def test_floating_ip_follows_the_pod_that_holds_it(floating_scene):
     s = floating_scene
     assert s["to_a"] >= 0 and s["failover"] >= 0
-    assert s["stop_a"] == {"aws-ip-mgmt": 0}
+    assert s["stop_a"] == {"app": 0, "aws-ip-mgmt": 0}
     assert s["after_a"] == {"vip": [s["eni_b"].id], "own": []}, "the VIP stays with the new holder"
 
 
 def test_a_sidecar_stopped_while_holding_the_vip_releases_it(floating_scene):
-    assert floating_scene["stop_b"] == {"aws-ip-mgmt": 0}
+    assert floating_scene["stop_b"] == {"app": 0, "aws-ip-mgmt": 0}
     assert floating_scene["after_b"] == {"vip": [], "own": []}
 
 

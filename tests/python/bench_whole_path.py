@@ -1,0 +1,39 @@
+"""Figures of the whole path for docs/benchmarks.md: the images' sizes, and the
+floating-IP failover time (the address added in the pod on node 2 → EC2 showing it on
+node 2's ENI) over repeated runs of the demo's scene. Run by ./scripts/bench-whole-path
+(as root), with the release binaries by default."""
+
+import statistics
+import sys
+import tempfile
+
+import cluster
+import whole_path
+
+
+def main(runs):
+    with tempfile.TemporaryDirectory(prefix="ipmgmt-bench-") as workdir:
+        c = cluster.Cluster(workdir)
+        try:
+            for stage, (tag, size) in sorted(c.images.items()):
+                print(f"image {stage:<8} {tag:<40} {size / 2**20:6.1f} MiB ({size} bytes)")
+            to_a, failover, calls = [], [], []
+            for _ in range(runs):
+                scene = whole_path.scene_floating_ip(c)
+                assert scene["after_b"] == {"vip": [], "own": []}, scene["after_b"]
+                to_a.append(scene["to_a"] * 1000)
+                failover.append(scene["failover"] * 1000)
+                calls.append(sum(scene["failover_calls"].values()))
+        finally:
+            c.close()
+    for name, values in (("VIP added on node 1 -> on its ENI", to_a),
+                         ("VIP moved to node 2 -> on its ENI", failover)):
+        values = sorted(values)
+        p90 = values[max(0, round(0.9 * len(values)) - 1)]
+        print(f"{name}: median {statistics.median(values):.1f} ms, p90 {p90:.1f} ms, "
+              f"max {values[-1]:.1f} ms (n={len(values)}, binaries: {cluster.PROFILE})")
+    print(f"EC2 calls during a failover (both sidecars): median {statistics.median(calls):.0f}")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20)
