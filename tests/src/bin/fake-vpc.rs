@@ -70,7 +70,11 @@ async fn set_faults(State(fake): State<FakeEc2>, body: Bytes) -> Response {
             fake.set_faults(faults);
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(e) => (StatusCode::BAD_REQUEST, format!("not a Faults document: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("not a Faults document: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
