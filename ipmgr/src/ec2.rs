@@ -15,6 +15,51 @@ use crate::eni::{Eni, NO_MANAGE_TAG, Subnet};
 /// Where the least-privilege policy lives, for error messages.
 pub const IAM_POLICY: &str = "deploy/iam-policy.json";
 
+/// Every EC2 action ipmgr calls. The calls name their action here, the error lines
+/// print it, and the IAM policy test checks `deploy/iam-policy.json` against `ALL`:
+/// a new action is a variant, its name, and its entry in `ALL`, side by side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    DescribeInstances,
+    DescribeNetworkInterfaces,
+    DescribeSubnets,
+    AssignPrivateIpAddresses,
+    UnassignPrivateIpAddresses,
+    AssignIpv6Addresses,
+    UnassignIpv6Addresses,
+}
+
+impl Action {
+    pub const ALL: [Action; 7] = [
+        Action::DescribeInstances,
+        Action::DescribeNetworkInterfaces,
+        Action::DescribeSubnets,
+        Action::AssignPrivateIpAddresses,
+        Action::UnassignPrivateIpAddresses,
+        Action::AssignIpv6Addresses,
+        Action::UnassignIpv6Addresses,
+    ];
+
+    /// The API's name of the action, as IAM policies and error lines spell it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Action::DescribeInstances => "DescribeInstances",
+            Action::DescribeNetworkInterfaces => "DescribeNetworkInterfaces",
+            Action::DescribeSubnets => "DescribeSubnets",
+            Action::AssignPrivateIpAddresses => "AssignPrivateIpAddresses",
+            Action::UnassignPrivateIpAddresses => "UnassignPrivateIpAddresses",
+            Action::AssignIpv6Addresses => "AssignIpv6Addresses",
+            Action::UnassignIpv6Addresses => "UnassignIpv6Addresses",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 pub trait Ec2 {
     /// The ENIs attached to the instance.
     fn instance_enis(
@@ -57,7 +102,7 @@ pub trait Ec2 {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{action} {target}: {}{detail}; {hint}", code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
 pub struct Ec2Error {
-    pub action: &'static str,
+    pub action: Action,
     /// What the call was about: an ENI, addresses, an instance.
     pub target: String,
     /// The AWS error code, when EC2 answered.
@@ -87,7 +132,7 @@ impl Ec2Error {
     }
 
     pub fn new(
-        action: &'static str,
+        action: Action,
         target: impl Into<String>,
         code: Option<&str>,
         detail: impl Into<String>,
@@ -103,7 +148,7 @@ impl Ec2Error {
     }
 }
 
-fn hint(action: &str, code: Option<&str>) -> String {
+fn hint(action: Action, code: Option<&str>) -> String {
     match code {
         Some("UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException") => format!(
             "the IP manager's IAM role lacks ec2:{action}: attach the policy in {IAM_POLICY} to it"
@@ -120,7 +165,7 @@ fn hint(action: &str, code: Option<&str>) -> String {
             "EC2 throttled the account past the retry budget: fewer pods starting at once, or raise the EC2 API rate limits"
                 .into()
         }
-        Some("InvalidIPAddress.InUse") if action == "AssignPrivateIpAddresses" => {
+        Some("InvalidIPAddress.InUse") if action == Action::AssignPrivateIpAddresses => {
             "another ENI holds the address and this pod has reassignment off (ipmgmt.aws/allow-reassignment: \"false\"); \
              release it there or allow reassignment"
                 .into()
@@ -137,7 +182,7 @@ fn hint(action: &str, code: Option<&str>) -> String {
     }
 }
 
-fn sdk_error<E>(action: &'static str, target: impl Into<String>, err: SdkError<E>) -> Ec2Error
+fn sdk_error<E>(action: Action, target: impl Into<String>, err: SdkError<E>) -> Ec2Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -204,7 +249,9 @@ impl SdkEc2 {
                 .set_next_token(token)
                 .send()
                 .await
-                .map_err(|e| sdk_error("DescribeNetworkInterfaces", action_target.clone(), e))?;
+                .map_err(|e| {
+                    sdk_error(Action::DescribeNetworkInterfaces, action_target.clone(), e)
+                })?;
             out.extend(page.network_interfaces().iter().filter_map(to_eni));
             token = page.next_token().map(str::to_owned);
             if token.is_none() {
@@ -269,7 +316,7 @@ impl Ec2 for SdkEc2 {
             .set_subnet_ids(Some(ids.to_vec()))
             .send()
             .await
-            .map_err(|e| sdk_error("DescribeSubnets", ids.join(","), e))?;
+            .map_err(|e| sdk_error(Action::DescribeSubnets, ids.join(","), e))?;
         Ok(out
             .subnets()
             .iter()
@@ -317,7 +364,7 @@ impl Ec2 for SdkEc2 {
             .filters(filter("private-dns-name", vec![name.to_owned()]))
             .send()
             .await
-            .map_err(|e| sdk_error("DescribeInstances", format!("named {name}"), e))?;
+            .map_err(|e| sdk_error(Action::DescribeInstances, format!("named {name}"), e))?;
         Ok(out
             .reservations()
             .iter()
@@ -339,7 +386,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error("AssignPrivateIpAddresses", eni, e))
+            .map_err(|e| sdk_error(Action::AssignPrivateIpAddresses, eni, e))
     }
 
     async fn unassign_ipv4(&self, eni: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
@@ -350,7 +397,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error("UnassignPrivateIpAddresses", eni, e))
+            .map_err(|e| sdk_error(Action::UnassignPrivateIpAddresses, eni, e))
     }
 
     async fn assign_ipv6(&self, eni: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
@@ -361,7 +408,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error("AssignIpv6Addresses", eni, e))
+            .map_err(|e| sdk_error(Action::AssignIpv6Addresses, eni, e))
     }
 
     async fn unassign_ipv6(&self, eni: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
@@ -372,7 +419,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error("UnassignIpv6Addresses", eni, e))
+            .map_err(|e| sdk_error(Action::UnassignIpv6Addresses, eni, e))
     }
 }
 
@@ -383,7 +430,7 @@ mod tests {
     #[test]
     fn messages_carry_code_and_remedy() {
         let e = Ec2Error::new(
-            "AssignPrivateIpAddresses",
+            Action::AssignPrivateIpAddresses,
             "eni-0ab",
             Some("UnauthorizedOperation"),
             "You are not authorized",
@@ -403,14 +450,14 @@ mod tests {
         assert!(!line.contains('\n'));
 
         let e = Ec2Error::new(
-            "AssignPrivateIpAddresses",
+            Action::AssignPrivateIpAddresses,
             "eni-0ab",
             Some("RequestLimitExceeded"),
             "Request limit exceeded.",
         );
         assert!(!e.is_permanent());
         let e = Ec2Error::new(
-            "DescribeNetworkInterfaces",
+            Action::DescribeNetworkInterfaces,
             "of instance i-1",
             None,
             "dispatch failure: connection refused",
@@ -494,17 +541,17 @@ mod tests {
 mod policy {
     use std::collections::BTreeSet;
 
-    /// The policy in deploy/ grants exactly the EC2 actions this file calls.
+    use super::Action;
+
+    /// The policy in deploy/ grants exactly the EC2 actions ipmgr calls.
     #[test]
     fn iam_policy_grants_exactly_the_actions_called() {
-        let source = include_str!("ec2.rs");
-        let called: BTreeSet<String> = source
-            .split("sdk_error(\"")
-            .skip(1)
-            .filter_map(|rest| rest.split('"').next())
-            .map(|action| format!("ec2:{action}"))
-            .collect();
-        assert_eq!(called.len(), 7, "{called:?}");
+        let called: BTreeSet<String> = Action::ALL.iter().map(|a| format!("ec2:{a}")).collect();
+        assert_eq!(
+            called.len(),
+            Action::ALL.len(),
+            "ALL lists each action once"
+        );
         let policy: serde_json::Value =
             serde_json::from_str(include_str!("../../deploy/iam-policy.json"))
                 .expect("policy is JSON");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::ec2::{Ec2, Ec2Error};
+use crate::ec2::{Action, Ec2, Ec2Error};
 use crate::eni::{self, Eni, Local, Placement, Policy, ResolveError, Subnet};
 use crate::plan::{self, Batch, Blocked, Plan, Rules};
 
@@ -280,7 +280,7 @@ impl<E: Ec2> Manager<E> {
         let mut unassign_failed = Vec::new();
         for b in &plan.unassign_v6 {
             let call = self.ec2.unassign_ipv6(&b.eni.id, &b.ips);
-            if let Err(e) = logged("UnassignIpv6Addresses", b, call).await {
+            if let Err(e) = logged(Action::UnassignIpv6Addresses, b, call).await {
                 unassign_failed.extend(b.ips.iter().copied());
                 fail(b.ips.iter().map(|&ip| ip.into()).collect(), e);
             }
@@ -289,7 +289,7 @@ impl<E: Ec2> Manager<E> {
             let call =
                 self.ec2
                     .assign_ipv4(&b.eni.id, &b.ips, self.settings.rules.allow_reassignment);
-            if let Err(mut e) = logged("AssignPrivateIpAddresses", b, call).await {
+            if let Err(mut e) = logged(Action::AssignPrivateIpAddresses, b, call).await {
                 if e.code.as_deref() == Some("PrivateIpAddressLimitExceeded") {
                     e.detail = format!(
                         "{} (ENI {} holds {} IPv4 addresses; {} more asked)",
@@ -315,7 +315,7 @@ impl<E: Ec2> Manager<E> {
             }
             let batch = Batch { eni: b.eni, ips };
             let call = self.ec2.assign_ipv6(&b.eni.id, &batch.ips);
-            if let Err(e) = logged("AssignIpv6Addresses", &batch, call).await {
+            if let Err(e) = logged(Action::AssignIpv6Addresses, &batch, call).await {
                 fail(batch.ips.iter().map(|&ip| ip.into()).collect(), e);
             }
         }
@@ -368,14 +368,14 @@ impl<E: Ec2> Manager<E> {
         for b in &release.ipv4 {
             let call = self.ec2.unassign_ipv4(&b.eni.id, &b.ips);
             calls += 1;
-            if let Err(e) = logged("UnassignPrivateIpAddresses", b, call).await {
+            if let Err(e) = logged(Action::UnassignPrivateIpAddresses, b, call).await {
                 first_error.get_or_insert(e);
             }
         }
         for b in &release.ipv6 {
             let call = self.ec2.unassign_ipv6(&b.eni.id, &b.ips);
             calls += 1;
-            if let Err(e) = logged("UnassignIpv6Addresses", b, call).await {
+            if let Err(e) = logged(Action::UnassignIpv6Addresses, b, call).await {
                 first_error.get_or_insert(e);
             }
         }
@@ -388,7 +388,7 @@ impl<E: Ec2> Manager<E> {
 
 /// Makes one EC2 call and logs it: a line per address with action, ENI, result and latency.
 async fn logged<T: std::fmt::Display>(
-    action: &str,
+    action: Action,
     batch: &Batch<'_, T>,
     call: impl std::future::Future<Output = Result<(), Ec2Error>>,
 ) -> Result<(), Ec2Error> {
@@ -398,9 +398,11 @@ async fn logged<T: std::fmt::Display>(
     let eni = batch.eni.id.as_str();
     for ip in &batch.ips {
         match &result {
-            Ok(()) => info!(address = %ip, eni, action, result = "ok", latency_ms, "EC2 call"),
+            Ok(()) => {
+                info!(address = %ip, eni, action = %action, result = "ok", latency_ms, "EC2 call")
+            }
             Err(e) => {
-                warn!(address = %ip, eni, action, result = "failed", latency_ms, error = %e, "EC2 call")
+                warn!(address = %ip, eni, action = %action, result = "failed", latency_ms, error = %e, "EC2 call")
             }
         }
     }

@@ -523,9 +523,9 @@ fn ready(file: &Path, wait: Option<Duration>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ec2::Ec2Error;
+    use crate::ec2::{Action, Ec2Error};
 
-    fn refused(ip: &str, iface: &str, eni: &str, action: &'static str) -> AddressError {
+    fn refused(ip: &str, iface: &str, eni: &str, action: Action) -> AddressError {
         AddressError::Ec2 {
             ip: ip.parse().unwrap(),
             iface: iface.into(),
@@ -536,14 +536,24 @@ mod tests {
     #[test]
     fn one_refusal_for_several_addresses_is_said_once() {
         let failed = [
-            refused("10.0.4.66", "net1", "eni-1", "AssignPrivateIpAddresses"),
+            refused(
+                "10.0.4.66",
+                "net1",
+                "eni-1",
+                Action::AssignPrivateIpAddresses,
+            ),
             AddressError::ReassignmentOff {
                 ip: "10.0.4.70".parse().unwrap(),
                 iface: "net1".into(),
                 holder: "eni-9".into(),
             },
-            refused("10.0.5.66", "net2", "eni-2", "AssignPrivateIpAddresses"),
-            refused("2001:db8::1", "net2", "eni-2", "AssignIpv6Addresses"),
+            refused(
+                "10.0.5.66",
+                "net2",
+                "eni-2",
+                Action::AssignPrivateIpAddresses,
+            ),
+            refused("2001:db8::1", "net2", "eni-2", Action::AssignIpv6Addresses),
         ];
         let line = unassigned(&failed);
         assert!(
@@ -576,7 +586,7 @@ mod tests {
             "10.0.4.66",
             "net1",
             "eni-1",
-            "AssignPrivateIpAddresses",
+            Action::AssignPrivateIpAddresses,
         )];
         assert_eq!(
             unassigned(&failed),

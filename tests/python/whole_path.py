@@ -73,7 +73,7 @@ def scene_floating_ip(cluster):
     since = len(cluster.vpc.log())
     a.sandbox.del_address("net1", vip)
     b.sandbox.add_address("net1", vip)
-    out["failover"] = cluster.vpc.wait_for(lambda h: holds(h, host(vip), eni_b))
+    out["failover"] = cluster.vpc.wait_for(lambda h: holds(h, host(vip), eni_b), poll=0.001)
     out["failover_calls"] = ec2_calls(cluster.vpc.log(), since)
 
     own_a = host(a.addresses[0][1])

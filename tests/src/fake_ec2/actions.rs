@@ -1,0 +1,367 @@
+//! The actions, with EC2's documented semantics (see the module's overview).
+
+use std::net::Ipv6Addr;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+
+use super::query::{Query, parse_v4, parse_v6};
+use super::{Eni, Fail, Inner, Remap, Subnet, addresses_per_eni, fail, request_id, xml};
+
+impl Inner {
+    fn random(&mut self) -> f64 {
+        // xorshift: deterministic across runs, good enough for fault injection.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng % 1_000_000) as f64 / 1_000_000.0
+    }
+
+    pub(super) fn apply_remaps(&mut self) {
+        let now = Instant::now();
+        let (due, pending): (Vec<Remap>, Vec<Remap>) =
+            self.remaps.drain(..).partition(|r| r.visible_at <= now);
+        self.remaps = pending;
+        for r in due {
+            for eni in &mut self.world.enis {
+                eni.ipv4.retain(|ip| *ip != r.ip);
+            }
+            if let Some(eni) = self.world.enis.iter_mut().find(|e| e.id == r.to) {
+                eni.ipv4.push(r.ip);
+            }
+        }
+    }
+
+    pub(super) fn dispatch(&mut self, action: &str, q: &Query) -> Result<String, Fail> {
+        if self.faults.deny.contains(action) {
+            return Err(Fail {
+                status: StatusCode::FORBIDDEN,
+                code: "UnauthorizedOperation",
+                message: "You are not authorized to perform this operation.".into(),
+            });
+        }
+        let throttled = self.random() < self.faults.throttle_fraction
+            || (self.faults.rate_limits && !self.buckets.take(action, q));
+        if throttled {
+            return Err(Fail {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "RequestLimitExceeded",
+                message: "Request limit exceeded.".into(),
+            });
+        }
+        if self.random() < self.faults.server_error_fraction {
+            return Err(Fail {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "InternalError",
+                message: "An internal error has occurred.".into(),
+            });
+        }
+        let body = match action {
+            "DescribeNetworkInterfaces" => self.describe_network_interfaces(q)?,
+            "DescribeSubnets" => self.describe_subnets(q)?,
+            "DescribeInstances" => self.describe_instances(q)?,
+            "AssignPrivateIpAddresses" => self.assign_private(q)?,
+            "UnassignPrivateIpAddresses" => self.unassign_private(q)?,
+            "AssignIpv6Addresses" => self.assign_ipv6(q)?,
+            "UnassignIpv6Addresses" => self.unassign_ipv6(q)?,
+            other => {
+                return Err(fail(
+                    "InvalidAction",
+                    format!("The action {other} is not valid for this web service."),
+                ));
+            }
+        };
+        Ok(xml::response(action, &request_id(), &body))
+    }
+
+    fn eni_index(&self, q: &Query) -> Result<usize, Fail> {
+        let id = q.get("NetworkInterfaceId").ok_or_else(|| {
+            fail(
+                "MissingParameter",
+                "The request must contain the parameter networkInterfaceId",
+            )
+        })?;
+        self.world
+            .enis
+            .iter()
+            .position(|e| e.id == id)
+            .ok_or_else(|| {
+                fail(
+                    "InvalidNetworkInterfaceID.NotFound",
+                    format!("The networkInterface ID '{id}' does not exist"),
+                )
+            })
+    }
+
+    fn limit_of(&self, eni: &Eni) -> usize {
+        let ty = eni
+            .instance_id
+            .as_ref()
+            .and_then(|i| self.world.instances.iter().find(|x| x.id == *i))
+            .map_or("m5.large", |i| i.instance_type.as_str());
+        addresses_per_eni(ty)
+    }
+
+    fn subnet(&self, id: &str) -> Option<&Subnet> {
+        self.world.subnets.iter().find(|s| s.id == id)
+    }
+
+    fn describe_network_interfaces(&self, q: &Query) -> Result<String, Fail> {
+        let ids = q.list("NetworkInterfaceId");
+        let filters = q.filters();
+        let mut items = String::new();
+        for eni in &self.world.enis {
+            if !ids.is_empty() && !ids.contains(&eni.id) {
+                continue;
+            }
+            let mut keep = true;
+            for (name, values) in &filters {
+                let matches = match name.as_str() {
+                    "attachment.instance-id" => {
+                        eni.instance_id.as_ref().is_some_and(|i| values.contains(i))
+                    }
+                    "attachment.device-index" => values.contains(&eni.device_index.to_string()),
+                    "mac-address" => values.iter().any(|v| v.eq_ignore_ascii_case(&eni.mac)),
+                    "subnet-id" => values.contains(&eni.subnet_id),
+                    tag if tag.starts_with("tag:") => eni
+                        .tags
+                        .iter()
+                        .any(|(k, v)| k == &tag[4..] && values.contains(v)),
+                    "network-interface-id" => values.contains(&eni.id),
+                    "addresses.private-ip-address" => {
+                        eni.ipv4.iter().any(|ip| values.contains(&ip.to_string()))
+                    }
+                    "ipv6-addresses.ipv6-address" => eni.ipv6.iter().any(|ip| {
+                        values
+                            .iter()
+                            .any(|v| v.parse::<Ipv6Addr>().is_ok_and(|x| x == *ip))
+                    }),
+                    other => {
+                        return Err(fail(
+                            "InvalidParameterValue",
+                            format!("The filter '{other}' is invalid"),
+                        ));
+                    }
+                };
+                keep &= matches;
+            }
+            if keep {
+                items.push_str(&xml::el("item", xml::eni(eni)));
+            }
+        }
+        Ok(xml::el("networkInterfaceSet", items))
+    }
+
+    fn describe_subnets(&self, q: &Query) -> Result<String, Fail> {
+        let ids = q.list("SubnetId");
+        let mut items = String::new();
+        for id in &ids {
+            if self.subnet(id).is_none() {
+                return Err(fail(
+                    "InvalidSubnetID.NotFound",
+                    format!("The subnet ID '{id}' does not exist"),
+                ));
+            }
+        }
+        for s in self
+            .world
+            .subnets
+            .iter()
+            .filter(|s| ids.is_empty() || ids.contains(&s.id))
+        {
+            items.push_str(&xml::el("item", xml::subnet(s)));
+        }
+        Ok(xml::el("subnetSet", items))
+    }
+
+    fn describe_instances(&self, q: &Query) -> Result<String, Fail> {
+        let ids = q.list("InstanceId");
+        let filters = q.filters();
+        let mut items = String::new();
+        for i in &self.world.instances {
+            if !ids.is_empty() && !ids.contains(&i.id) {
+                continue;
+            }
+            let mut keep = true;
+            for (name, values) in &filters {
+                keep &= match name.as_str() {
+                    "private-dns-name" => values.contains(&i.private_dns_name),
+                    "instance-id" => values.contains(&i.id),
+                    other => {
+                        return Err(fail(
+                            "InvalidParameterValue",
+                            format!("The filter '{other}' is invalid"),
+                        ));
+                    }
+                };
+            }
+            if keep {
+                items.push_str(&xml::el("item", xml::reservation(i)));
+            }
+        }
+        Ok(xml::el("reservationSet", items))
+    }
+
+    fn assign_private(&mut self, q: &Query) -> Result<String, Fail> {
+        let idx = self.eni_index(q)?;
+        let ips = parse_v4(&q.list("PrivateIpAddress"))?;
+        if ips.is_empty() {
+            return Err(fail(
+                "MissingParameter",
+                "Either PrivateIpAddresses or SecondaryPrivateIpAddressCount must be given",
+            ));
+        }
+        let allow = q.get("AllowReassignment") == Some("true");
+        let eni = self.world.enis[idx].clone();
+        let subnet = self.subnet(&eni.subnet_id).cloned();
+        let mut new = Vec::new();
+        for ip in &ips {
+            if !subnet.as_ref().is_some_and(|s| s.ipv4.contains(ip)) {
+                return Err(fail(
+                    "InvalidParameterValue",
+                    format!("Address {ip} does not fall within the subnet's address range"),
+                ));
+            }
+            if eni.ipv4.contains(ip) || self.remaps.iter().any(|r| r.ip == *ip && r.to == eni.id) {
+                continue;
+            }
+            if let Some(other) = self
+                .world
+                .enis
+                .iter()
+                .find(|e| e.id != eni.id && e.ipv4.contains(ip))
+            {
+                if other.ipv4.first() == Some(ip) {
+                    return Err(fail(
+                        "InvalidIPAddress.InUse",
+                        format!(
+                            "Address {ip} is in use as the primary address of {}",
+                            other.id
+                        ),
+                    ));
+                }
+                if !allow {
+                    return Err(fail(
+                        "InvalidIPAddress.InUse",
+                        format!("Address {ip} is in use."),
+                    ));
+                }
+            }
+            new.push(*ip);
+        }
+        if eni.ipv4.len() + new.len() > self.limit_of(&eni) {
+            return Err(fail(
+                "PrivateIpAddressLimitExceeded",
+                "Number of private addresses will exceed limit.",
+            ));
+        }
+        let delay = Duration::from_millis(self.faults.remap_delay_ms);
+        for ip in &new {
+            let moving = self
+                .world
+                .enis
+                .iter()
+                .any(|e| e.id != eni.id && e.ipv4.contains(ip));
+            if moving && !delay.is_zero() {
+                self.remaps.push(Remap {
+                    ip: *ip,
+                    to: eni.id.clone(),
+                    visible_at: Instant::now() + delay,
+                });
+            } else {
+                for other in &mut self.world.enis {
+                    other.ipv4.retain(|x| x != ip);
+                }
+                self.world.enis[idx].ipv4.push(*ip);
+            }
+        }
+        let assigned = xml::items(&ips, |ip| xml::text("privateIpAddress", ip));
+        Ok(xml::text("networkInterfaceId", &eni.id)
+            + &xml::el("assignedPrivateIpAddressesSet", assigned)
+            + &xml::text("return", true))
+    }
+
+    fn unassign_private(&mut self, q: &Query) -> Result<String, Fail> {
+        let idx = self.eni_index(q)?;
+        let ips = parse_v4(&q.list("PrivateIpAddress"))?;
+        let eni = &mut self.world.enis[idx];
+        for ip in &ips {
+            if eni.ipv4.first() == Some(ip) {
+                return Err(fail(
+                    "InvalidParameterValue",
+                    format!("The primary address {ip} cannot be unassigned"),
+                ));
+            }
+            if !eni.ipv4.contains(ip) {
+                return Err(fail(
+                    "InvalidParameterValue",
+                    format!(
+                        "Some of the specified addresses are not assigned to interface {}",
+                        eni.id
+                    ),
+                ));
+            }
+        }
+        eni.ipv4.retain(|ip| !ips.contains(ip));
+        Ok("<return>true</return>".into())
+    }
+
+    fn assign_ipv6(&mut self, q: &Query) -> Result<String, Fail> {
+        let idx = self.eni_index(q)?;
+        let ips = parse_v6(&q.list("Ipv6Addresses"))?;
+        let eni = self.world.enis[idx].clone();
+        let subnet = self.subnet(&eni.subnet_id).cloned();
+        let mut new = Vec::new();
+        for ip in &ips {
+            if !subnet
+                .as_ref()
+                .is_some_and(|s| s.ipv6.iter().any(|n| n.contains(ip)))
+            {
+                return Err(fail(
+                    "InvalidParameterValue",
+                    format!("Address {ip} does not fall within the subnet's IPv6 ranges"),
+                ));
+            }
+            if eni.ipv6.contains(ip) {
+                continue;
+            }
+            if self
+                .world
+                .enis
+                .iter()
+                .any(|e| e.id != eni.id && e.ipv6.contains(ip))
+            {
+                return Err(fail(
+                    "InvalidIPAddress.InUse",
+                    format!("Address {ip} is in use."),
+                ));
+            }
+            new.push(*ip);
+        }
+        if eni.ipv6.len() + new.len() > self.limit_of(&eni) {
+            return Err(fail(
+                "Ipv6AddressLimitExceeded",
+                "Number of IPv6 addresses will exceed limit.",
+            ));
+        }
+        self.world.enis[idx].ipv6.extend(new);
+        let assigned: String = ips.iter().map(|ip| xml::text("item", ip)).collect();
+        Ok(xml::el("assignedIpv6Addresses", assigned) + &xml::text("networkInterfaceId", &eni.id))
+    }
+
+    fn unassign_ipv6(&mut self, q: &Query) -> Result<String, Fail> {
+        let idx = self.eni_index(q)?;
+        let ips = parse_v6(&q.list("Ipv6Addresses"))?;
+        let eni = &mut self.world.enis[idx];
+        if let Some(ip) = ips.iter().find(|ip| !eni.ipv6.contains(ip)) {
+            return Err(fail(
+                "InvalidParameterValue",
+                format!("Address {ip} is not assigned to interface {}", eni.id),
+            ));
+        }
+        eni.ipv6.retain(|ip| !ips.contains(ip));
+        let unassigned: String = ips.iter().map(|ip| xml::text("item", ip)).collect();
+        Ok(xml::text("networkInterfaceId", &eni.id)
+            + &xml::el("unassignedIpv6Addresses", unassigned))
+    }
+}

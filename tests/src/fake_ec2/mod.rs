@@ -1,0 +1,305 @@
+//! A fake of the EC2 Query API, faithful to EC2's documented semantics for the actions
+//! ipmgr calls. moto speaks the same wire format but ignores what ipmgr depends on
+//! (AllowReassignment, per-ENI limits, subnet checks, some filters), so semantics are
+//! tested here and moto is kept as a wire-format check.
+//!
+//! - AssignPrivateIpAddresses: with AllowReassignment an address held by another ENI
+//!   moves (after `remap_delay`, as floating-IP remaps are asynchronous); without it,
+//!   `InvalidIPAddress.InUse`. Addresses must lie in the ENI's subnet; an ENI may hold
+//!   as many IPv4 addresses as its instance type allows (primary included), else
+//!   `PrivateIpAddressLimitExceeded`.
+//! - AssignIpv6Addresses: no reassignment; in use elsewhere is `InvalidIPAddress.InUse`.
+//! - Unassign*: only addresses the ENI holds; never the primary.
+//! - DescribeNetworkInterfaces shows each ENI's tags (the VPC CNI's `no_manage` tag
+//!   among them) and its attachment's device index (0 is the instance's primary ENI).
+//! - Throttling by token buckets at EC2's published rates, per category.
+//! - Injected faults: denied actions (`UnauthorizedOperation`), random throttling and
+//!   5xx, added latency. Every request is logged for tests to count.
+//!
+//! Parts: `query` (the request's parameters), `actions` (the semantics), `throttle`
+//! (EC2's token buckets), `xml` (answers and errors).
+
+mod actions;
+mod query;
+mod throttle;
+mod xml;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+use query::Query;
+use throttle::Buckets;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub instance_type: String,
+    pub private_dns_name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Eni {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub device_index: i32,
+    pub mac: String,
+    pub subnet_id: String,
+    /// The first is the primary.
+    pub ipv4: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub ipv6: Vec<Ipv6Addr>,
+    /// Key, value.
+    #[serde(default)]
+    pub tags: Vec<(String, String)>,
+}
+
+/// The tag that keeps the VPC CNI away from an ENI.
+pub const NO_MANAGE: (&str, &str) = ("node.k8s.amazonaws.com/no_manage", "true");
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Subnet {
+    pub id: String,
+    pub ipv4: Ipv4Net,
+    #[serde(default)]
+    pub ipv6: Vec<Ipv6Net>,
+}
+
+/// The account's resources.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct World {
+    pub instances: Vec<Instance>,
+    pub enis: Vec<Eni>,
+    pub subnets: Vec<Subnet>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Faults {
+    /// Apply EC2's token-bucket request rates.
+    #[serde(default)]
+    pub rate_limits: bool,
+    /// Fraction of requests answered RequestLimitExceeded regardless of rates.
+    #[serde(default)]
+    pub throttle_fraction: f64,
+    /// Fraction answered HTTP 500 InternalError.
+    #[serde(default)]
+    pub server_error_fraction: f64,
+    /// Added to every answer.
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// Actions answered UnauthorizedOperation.
+    #[serde(default)]
+    pub deny: BTreeSet<String>,
+    /// How long a reassigned IPv4 address takes to show on its new ENI.
+    #[serde(default)]
+    pub remap_delay_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogEntry {
+    pub action: String,
+    pub status: u16,
+    pub code: Option<String>,
+    pub eni: Option<String>,
+    /// When the request arrived, in microseconds since the fake started.
+    pub at_us: u64,
+}
+
+/// Addresses per ENI (IPv4 including the primary; IPv6 the same) by instance type.
+pub fn addresses_per_eni(instance_type: &str) -> usize {
+    match instance_type {
+        "t3.medium" => 6,
+        "m5.large" | "c5.large" | "r5.large" => 10,
+        "m5.xlarge" | "c5.xlarge" => 15,
+        "m5.24xlarge" | "c5.24xlarge" => 50,
+        _ => 30,
+    }
+}
+
+struct Remap {
+    ip: Ipv4Addr,
+    to: String,
+    visible_at: Instant,
+}
+
+struct Inner {
+    world: World,
+    faults: Faults,
+    log: Vec<LogEntry>,
+    started: Instant,
+    buckets: Buckets,
+    remaps: Vec<Remap>,
+    rng: u64,
+}
+
+/// The fake; clone it to share between the server and the test.
+#[derive(Clone)]
+pub struct FakeEc2 {
+    inner: Arc<Mutex<Inner>>,
+}
+
+struct Fail {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+fn fail(code: &'static str, message: impl Into<String>) -> Fail {
+    Fail {
+        status: StatusCode::BAD_REQUEST,
+        code,
+        message: message.into(),
+    }
+}
+
+impl FakeEc2 {
+    pub fn new(world: World) -> Self {
+        FakeEc2 {
+            inner: Arc::new(Mutex::new(Inner {
+                world,
+                faults: Faults::default(),
+                log: Vec::new(),
+                started: Instant::now(),
+                buckets: Buckets::new(),
+                remaps: Vec::new(),
+                rng: 0x9e37_79b9_7f4a_7c15,
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.lock().faults = faults;
+    }
+
+    pub fn log(&self) -> Vec<LogEntry> {
+        self.lock().log.clone()
+    }
+
+    pub fn clear_log(&self) {
+        self.lock().log.clear();
+    }
+
+    /// Microseconds since the fake started: the clock of `LogEntry::at_us`.
+    pub fn now_us(&self) -> u64 {
+        self.lock().started.elapsed().as_micros() as u64
+    }
+
+    /// Replaces the account's resources (between benchmark runs).
+    pub fn set_world(&self, world: World) {
+        let mut inner = self.lock();
+        inner.world = world;
+        inner.remaps.clear();
+    }
+
+    /// Puts `ip` on ENI `eni` at once, taking it from any other ENI: what another pod's
+    /// assignment does behind this one's back.
+    pub fn move_address(&self, ip: IpAddr, eni: &str) {
+        let mut inner = self.lock();
+        inner.apply_remaps();
+        for e in &mut inner.world.enis {
+            match ip {
+                IpAddr::V4(v4) => e.ipv4.retain(|x| *x != v4),
+                IpAddr::V6(v6) => e.ipv6.retain(|x| *x != v6),
+            }
+            if e.id == eni {
+                match ip {
+                    IpAddr::V4(v4) => e.ipv4.push(v4),
+                    IpAddr::V6(v6) => e.ipv6.push(v6),
+                }
+            }
+        }
+    }
+
+    /// Takes `ip` off whichever ENI holds it, as an unassignment by someone else would.
+    pub fn remove_address(&self, ip: IpAddr) {
+        self.move_address(ip, "");
+    }
+
+    /// The world as a describe would show it now.
+    pub fn world(&self) -> World {
+        let mut inner = self.lock();
+        inner.apply_remaps();
+        inner.world.clone()
+    }
+
+    /// Which ENI holds an address now (as EC2 would describe it).
+    pub fn holder(&self, ip: IpAddr) -> Option<String> {
+        let world = self.world();
+        world
+            .enis
+            .iter()
+            .find(|e| match ip {
+                IpAddr::V4(v4) => e.ipv4.contains(&v4),
+                IpAddr::V6(v6) => e.ipv6.contains(&v6),
+            })
+            .map(|e| e.id.clone())
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/", post(handle))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `addr` (port 0 for any); returns the bound address.
+    pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        crate::serve(self.router(), addr).await
+    }
+}
+
+async fn handle(State(fake): State<FakeEc2>, body: Bytes) -> Response {
+    let arrived = fake.now_us();
+    let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let q = Query(params);
+    let action = q.get("Action").unwrap_or_default().to_owned();
+    let (delay, result) = {
+        let mut inner = fake.lock();
+        inner.apply_remaps();
+        let delay = Duration::from_millis(inner.faults.delay_ms);
+        (delay, inner.dispatch(&action, &q))
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let (status, code, body) = match result {
+        Ok(body) => (StatusCode::OK, None, body),
+        Err(f) => {
+            let body = xml::error(f.code, &f.message, &request_id());
+            (f.status, Some(f.code.to_owned()), body)
+        }
+    };
+    {
+        let mut inner = fake.lock();
+        inner.log.push(LogEntry {
+            action,
+            status: status.as_u16(),
+            code,
+            eni: q.get("NetworkInterfaceId").map(str::to_owned),
+            at_us: arrived,
+        });
+    }
+    (status, [("content-type", "text/xml;charset=UTF-8")], body).into_response()
+}
+
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "00000000-0000-4000-8000-{:012x}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,71 @@
+//! The Query API's request: form parameters, `Prefix.N` lists and `Filter.N`
+//! filters, and the address lists the assign and unassign actions take.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::{Fail, fail};
+
+pub(super) struct Query(pub(super) Vec<(String, String)>);
+
+impl Query {
+    pub(super) fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `Prefix.1`, `Prefix.2`, … in index order.
+    pub(super) fn list(&self, prefix: &str) -> Vec<String> {
+        let mut items: Vec<(u32, String)> = self
+            .0
+            .iter()
+            .filter_map(|(k, v)| {
+                let n = k.strip_prefix(prefix)?.strip_prefix('.')?.parse().ok()?;
+                Some((n, v.clone()))
+            })
+            .collect();
+        items.sort();
+        items.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// `Filter.N.Name` / `Filter.N.Value.M`.
+    pub(super) fn filters(&self) -> Vec<(String, Vec<String>)> {
+        let mut out = Vec::new();
+        for n in 1.. {
+            let Some(name) = self.get(&format!("Filter.{n}.Name")) else {
+                break;
+            };
+            out.push((name.to_owned(), self.list(&format!("Filter.{n}.Value"))));
+        }
+        out
+    }
+}
+
+pub(super) fn parse_v4(values: &[String]) -> Result<Vec<Ipv4Addr>, Fail> {
+    values
+        .iter()
+        .map(|v| {
+            v.parse().map_err(|_| {
+                fail(
+                    "InvalidParameterValue",
+                    format!("Invalid value '{v}' for PrivateIpAddresses"),
+                )
+            })
+        })
+        .collect()
+}
+
+pub(super) fn parse_v6(values: &[String]) -> Result<Vec<Ipv6Addr>, Fail> {
+    values
+        .iter()
+        .map(|v| {
+            v.parse().map_err(|_| {
+                fail(
+                    "InvalidParameterValue",
+                    format!("Invalid value '{v}' for Ipv6Addresses"),
+                )
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,139 @@
+//! EC2's XML: the response envelope, error bodies, and the items the describe
+//! actions answer with. Elements are built by `el` and `text` so that every value is
+//! escaped and no line holds a whole document.
+
+use std::fmt::Display;
+
+use super::{Eni, Instance, Subnet};
+
+const XMLNS: &str = "http://ec2.amazonaws.com/doc/2016-11-15/";
+
+pub(super) fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `<name>children</name>`, the children already XML.
+pub(super) fn el(name: &str, children: impl Display) -> String {
+    format!("<{name}>{children}</{name}>")
+}
+
+/// `<name>value</name>`, the value escaped.
+pub(super) fn text(name: &str, value: impl Display) -> String {
+    el(name, escape(&value.to_string()))
+}
+
+/// `<item>…</item>` for each element.
+pub(super) fn items<T>(list: impl IntoIterator<Item = T>, item: impl Fn(T) -> String) -> String {
+    list.into_iter().map(|x| el("item", item(x))).collect()
+}
+
+/// The answer to a successful `action`.
+pub(super) fn response(action: &str, request_id: &str, body: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<{action}Response xmlns=\"{XMLNS}\">{}{body}</{action}Response>",
+        text("requestId", request_id)
+    )
+}
+
+/// An error answer, as EC2 gives it for every action.
+pub(super) fn error(code: &str, message: &str, request_id: &str) -> String {
+    let error = el("Error", text("Code", code) + &text("Message", message));
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{}",
+        el(
+            "Response",
+            el("Errors", error) + &text("RequestID", request_id)
+        )
+    )
+}
+
+pub(super) fn eni(eni: &Eni) -> String {
+    let primary = eni
+        .ipv4
+        .first()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let v4 = items(eni.ipv4.iter().enumerate(), |(i, ip)| {
+        text("privateIpAddress", ip) + &text("primary", i == 0)
+    });
+    let v6 = items(&eni.ipv6, |ip| {
+        text("ipv6Address", ip) + &text("isPrimaryIpv6", false)
+    });
+    let tags = items(&eni.tags, |(k, v)| text("key", k) + &text("value", v));
+    let attachment = match &eni.instance_id {
+        Some(instance) => el(
+            "attachment",
+            [
+                text("attachmentId", format!("eni-attach-{}", &eni.id[4..])),
+                text("instanceId", instance),
+                text("instanceOwnerId", "111122223333"),
+                text("deviceIndex", eni.device_index),
+                text("status", "attached"),
+                text("deleteOnTermination", false),
+            ]
+            .concat(),
+        ),
+        None => String::new(),
+    };
+    let status = if eni.instance_id.is_some() {
+        "in-use"
+    } else {
+        "available"
+    };
+    [
+        text("networkInterfaceId", &eni.id),
+        text("subnetId", &eni.subnet_id),
+        text("vpcId", "vpc-0fake"),
+        text("availabilityZone", "us-west-2a"),
+        text("ownerId", "111122223333"),
+        text("requesterManaged", false),
+        text("status", status),
+        text("macAddress", &eni.mac),
+        text("privateIpAddress", primary),
+        text("sourceDestCheck", true),
+        text("interfaceType", "interface"),
+        attachment,
+        el("privateIpAddressesSet", v4),
+        el("ipv6AddressesSet", v6),
+        el("tagSet", tags),
+    ]
+    .concat()
+}
+
+pub(super) fn subnet(s: &Subnet) -> String {
+    let v6 = items(s.ipv6.iter().enumerate(), |(i, net)| {
+        text("ipv6CidrBlock", net)
+            + &text("associationId", format!("subnet-cidr-assoc-{i}"))
+            + &el("ipv6CidrBlockState", text("state", "associated"))
+    });
+    [
+        text("subnetId", &s.id),
+        text("state", "available"),
+        text("vpcId", "vpc-0fake"),
+        text("cidrBlock", s.ipv4),
+        el("ipv6CidrBlockAssociationSet", v6),
+        text("availableIpAddressCount", 250),
+        text("availabilityZone", "us-west-2a"),
+    ]
+    .concat()
+}
+
+/// A reservation holding one instance.
+pub(super) fn reservation(i: &Instance) -> String {
+    let instance = [
+        text("instanceId", &i.id),
+        text("instanceType", &i.instance_type),
+        text("privateDnsName", &i.private_dns_name),
+        el("instanceState", text("code", 16) + &text("name", "running")),
+    ]
+    .concat();
+    [
+        text("reservationId", format!("r-{}", &i.id[2..])),
+        text("ownerId", "111122223333"),
+        el("instancesSet", el("item", instance)),
+    ]
+    .concat()
+}
