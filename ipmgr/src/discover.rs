@@ -1,7 +1,10 @@
 //! The pod's secondary-interface addresses, read over rtnetlink in the pod's network
-//! namespace, and a watch on address changes (no polling).
+//! namespace, and a watch on address changes (no polling). Init and sidecar mode see
+//! them through the `Addresses` trait, as they see EC2 through `Ec2`, so the loops can
+//! run in-process against a fake.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -29,6 +32,45 @@ pub enum DiscoverError {
     },
 }
 
+/// Where the pod's addresses come from.
+pub trait Addresses {
+    /// One look at the managed interfaces' addresses.
+    fn snapshot(&self) -> impl Future<Output = Result<Snapshot, DiscoverError>> + Send;
+    /// Waits for an address to be added or removed, then for the burst to settle:
+    /// returns once `quiet` passes with no further event. `None` once the source is
+    /// gone.
+    fn changed(&mut self, quiet: Duration) -> impl Future<Output = Option<Changes>> + Send;
+}
+
+/// The pod's addresses over rtnetlink: a dump socket and an event socket.
+pub struct Netlink {
+    discovery: Discovery,
+    watch: Watch,
+}
+
+impl Netlink {
+    /// `primary` is the pod's own interface (eth0), whose address the VPC CNI manages.
+    /// `only`, when not empty, names the interfaces to manage.
+    pub fn new(primary: &str, only: &[String]) -> Result<Self, DiscoverError> {
+        // The event socket first: a change between the two is then not missed.
+        let watch = Watch::new()?;
+        Ok(Netlink {
+            discovery: Discovery::new(primary, only)?,
+            watch,
+        })
+    }
+}
+
+impl Addresses for Netlink {
+    fn snapshot(&self) -> impl Future<Output = Result<Snapshot, DiscoverError>> + Send {
+        self.discovery.snapshot()
+    }
+
+    fn changed(&mut self, quiet: Duration) -> impl Future<Output = Option<Changes>> + Send {
+        self.watch.changed(quiet)
+    }
+}
+
 /// What one look at the interfaces found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -39,7 +81,7 @@ pub struct Snapshot {
 }
 
 #[derive(Clone, Debug)]
-pub struct Discovery {
+struct Discovery {
     handle: rtnetlink::Handle,
     primary: String,
     /// When not empty, the only interfaces managed.
@@ -47,9 +89,7 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    /// `primary` is the pod's own interface (eth0), whose address the VPC CNI manages.
-    /// `only`, when not empty, names the interfaces to manage.
-    pub fn new(primary: &str, only: &[String]) -> Result<Self, DiscoverError> {
+    fn new(primary: &str, only: &[String]) -> Result<Self, DiscoverError> {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
         Ok(Discovery {
@@ -65,7 +105,7 @@ impl Discovery {
             && (self.only.is_empty() || self.only.contains(&link.name))
     }
 
-    pub async fn snapshot(&self) -> Result<Snapshot, DiscoverError> {
+    async fn snapshot(&self) -> Result<Snapshot, DiscoverError> {
         let mut links = HashMap::new();
         let mut dump = self.handle.link().get().execute();
         while let Some(msg) = dump.next().await {
@@ -169,13 +209,13 @@ fn usable_address(msg: &AddressMessage) -> Option<IpAddr> {
     (!failed && !link_local && !ip.is_loopback() && !ip.is_multicast()).then_some(ip)
 }
 
-/// Address events from the kernel, for sidecar mode.
-pub struct Watch {
+/// Address events from the kernel.
+struct Watch {
     events: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
 }
 
 impl Watch {
-    pub fn new() -> Result<Self, DiscoverError> {
+    fn new() -> Result<Self, DiscoverError> {
         let (mut conn, _handle, events) = rtnetlink::new_connection()?;
         let groups = SocketAddr::new(0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR);
         conn.socket_mut().socket_mut().bind(&groups)?;
@@ -183,9 +223,7 @@ impl Watch {
         Ok(Watch { events })
     }
 
-    /// Waits for an address to be added or removed, then for the burst to settle:
-    /// returns once `quiet` passes with no further event. `None` if the socket closed.
-    pub async fn changed(&mut self, quiet: Duration) -> Option<Changes> {
+    async fn changed(&mut self, quiet: Duration) -> Option<Changes> {
         let mut changes = Changes::default();
         loop {
             let (msg, _) = self.events.next().await?;

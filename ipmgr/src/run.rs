@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::sleep_until;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::aws::{self, Attempts};
 use crate::config::{Args, Cli, Command, LogFormat};
-use crate::discover::{DiscoverError, Discovery, Snapshot, Watch};
+use crate::discover::{Addresses, DiscoverError, Netlink, Snapshot};
 use crate::ec2::{Ec2, SdkEc2};
 use crate::eni::{Local, Policy};
 use crate::identity;
@@ -148,9 +148,13 @@ pub fn main(cli: Cli) -> ExitCode {
         .await;
         let attempts = Attempts::default();
         let ec2 = SdkEc2::new(aws::ec2_client(&sdk, &attempts));
+        let addresses = Netlink::new(&args.primary_interface, &args.interfaces)?;
         match cli.command {
-            Command::Init => init(ec2, &args, &attempts).await,
-            Command::Sidecar => sidecar(ec2, &args, &attempts).await,
+            Command::Init => init(ec2, addresses, &args, &attempts).await,
+            Command::Sidecar => {
+                let stop = Stop::on_sigterm();
+                sidecar(ec2, addresses, &args, &attempts, stop).await
+            }
             Command::Ready { .. } => unreachable!("answered above"),
         }
     });
@@ -205,20 +209,19 @@ async fn manager<E: Ec2>(ec2: E, args: &Args) -> Result<Manager<E>, Failure> {
 }
 
 /// Waits (on address events, not a timer) until a secondary interface has an address.
-async fn first_addresses(
-    discovery: &Discovery,
-    watch: &mut Watch,
+async fn first_addresses<A: Addresses>(
+    addresses: &mut A,
     wait: Duration,
 ) -> Result<Snapshot, Failure> {
     let until = Instant::now() + wait;
     loop {
-        let snapshot = discovery.snapshot().await?;
+        let snapshot = addresses.snapshot().await?;
         if !snapshot.addresses.is_empty() {
             return Ok(snapshot);
         }
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero()
-            || tokio::time::timeout(left, watch.changed(Duration::ZERO))
+            || tokio::time::timeout(left, addresses.changed(Duration::ZERO))
                 .await
                 .is_err()
         {
@@ -241,11 +244,15 @@ fn log_outcome(reason: impl std::fmt::Display, outcome: &Outcome) {
     );
 }
 
-async fn init<E: Ec2>(ec2: E, args: &Args, attempts: &Attempts) -> Result<(), Failure> {
-    let mut watch = Watch::new()?;
-    let discovery = Discovery::new(&args.primary_interface, &args.interfaces)?;
+/// Init mode: assigns every address once, confirmed, within the deadline.
+pub async fn init<E: Ec2, A: Addresses>(
+    ec2: E,
+    mut addresses: A,
+    args: &Args,
+    attempts: &Attempts,
+) -> Result<(), Failure> {
     let wait = Duration::from_secs(args.address_wait_seconds);
-    let mut snapshot = first_addresses(&discovery, &mut watch, wait).await?;
+    let mut snapshot = first_addresses(&mut addresses, wait).await?;
 
     let deadline = Duration::from_secs(args.deadline_seconds);
     let until = Instant::now() + deadline;
@@ -265,8 +272,14 @@ async fn init<E: Ec2>(ec2: E, args: &Args, attempts: &Attempts) -> Result<(), Fa
     };
     let mut backoff = INIT_RETRY_FIRST;
     let mut last = None;
+    let mut attempt = 0_u32;
     loop {
-        let pass = mgr.assign(&snapshot.addresses, Take::All);
+        attempt += 1;
+        let pass = (mgr.assign(&snapshot.addresses, Take::All)).instrument(info_span!(
+            "pass",
+            trigger = "init",
+            attempt
+        ));
         let last_failure = match tokio::time::timeout_at(until.into(), pass).await {
             Err(_) => return Err(cut(last)),
             Ok(Err(e)) if e.is_permanent() => return Err(e.into()),
@@ -290,7 +303,7 @@ async fn init<E: Ec2>(ec2: E, args: &Args, attempts: &Attempts) -> Result<(), Fa
         last = Some(last_failure);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(INIT_RETRY_MAX);
-        snapshot = discovery.snapshot().await?;
+        snapshot = addresses.snapshot().await?;
     }
 }
 
@@ -361,6 +374,36 @@ impl std::fmt::Display for Trigger {
     }
 }
 
+/// A request to stop: SIGTERM in production, a call in tests.
+pub struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    /// A stop that `request` on the sender triggers.
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Stop) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Stop(rx))
+    }
+
+    /// Stops on SIGTERM, kubelet's request.
+    pub fn on_sigterm() -> Stop {
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+        let (tx, stop) = Stop::new();
+        tokio::spawn(async move {
+            term.recv().await;
+            let _ = tx.send(true);
+        });
+        stop
+    }
+
+    /// Resolves once a stop was requested (at once if it already was). A dropped
+    /// sender is no request.
+    async fn requested(&mut self) {
+        if self.0.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// `ipmgr ready` answers from this file: present while every address is assigned.
 struct ReadyFile<'a>(&'a Path);
 
@@ -377,20 +420,25 @@ impl ReadyFile<'_> {
     }
 }
 
-async fn sidecar<E: Ec2>(ec2: E, args: &Args, attempts: &Attempts) -> Result<(), Failure> {
+/// Sidecar mode: assigns, marks ready, follows address changes, and releases what
+/// the pod holds once `stop` is requested (SIGTERM).
+pub async fn sidecar<E: Ec2, A: Addresses>(
+    ec2: E,
+    mut addresses: A,
+    args: &Args,
+    attempts: &Attempts,
+    mut stop: Stop,
+) -> Result<(), Failure> {
     let ready = ReadyFile(&args.ready_file);
     // A restarted sidecar must not pass its probes on the last run's file.
     ready.set(false)?;
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut watch = Watch::new()?;
-    let discovery = Discovery::new(&args.primary_interface, &args.interfaces)?;
     let start = async {
         let wait = Duration::from_secs(args.address_wait_seconds);
-        let snapshot = first_addresses(&discovery, &mut watch, wait).await?;
+        let snapshot = first_addresses(&mut addresses, wait).await?;
         Ok::<_, Failure>((snapshot, manager(ec2, args).await?))
     };
     let (snapshot, mgr) = tokio::select! {
-        _ = term.recv() => {
+        _ = stop.requested() => {
             info!("SIGTERM before the first pass: nothing assigned, nothing to release");
             return Ok(());
         }
@@ -405,14 +453,15 @@ async fn sidecar<E: Ec2>(ec2: E, args: &Args, attempts: &Attempts) -> Result<(),
     let mut retry_at = Some(Instant::now());
     let mut backoff = RETRY_FIRST;
     let mut failing: Option<String> = None;
+    let mut passes = 0_u64;
     loop {
         let reason = tokio::select! {
             biased;
-            _ = term.recv() => break,
+            _ = stop.requested() => break,
             _ = sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => {
                 match failing { Some(_) => Trigger::Retry, None => Trigger::Start }
             }
-            changed = watch.changed(coalesce) => match changed {
+            changed = addresses.changed(coalesce) => match changed {
                 Some(changes) => {
                     follow.announced(&changes.added);
                     Trigger::Events(changes.events)
@@ -421,7 +470,7 @@ async fn sidecar<E: Ec2>(ec2: E, args: &Args, attempts: &Attempts) -> Result<(),
             },
             _ = resync.tick() => Trigger::Periodic,
         };
-        let snapshot = discovery.snapshot().await?;
+        let snapshot = addresses.snapshot().await?;
         // Link-local addresses, DAD completing, the primary interface: events that
         // change nothing ipmgr manages cost no EC2 call.
         let changed = follow.observe(&snapshot.addresses);
@@ -429,11 +478,13 @@ async fn sidecar<E: Ec2>(ec2: E, args: &Args, attempts: &Attempts) -> Result<(),
             debug!(reason = %reason, "no change to the managed addresses");
             continue;
         }
-        let pass = mgr.assign(&snapshot.addresses, Take::Only(&follow.takes));
+        passes += 1;
+        let pass = (mgr.assign(&snapshot.addresses, Take::Only(&follow.takes)))
+            .instrument(info_span!("pass", trigger = %reason, n = passes));
         // SIGTERM abandons the pass wherever it is: an EC2 call, the confirm loop.
         let result = tokio::select! {
             biased;
-            _ = term.recv() => break,
+            _ = stop.requested() => break,
             result = pass => result,
         };
         let failure = match result {
@@ -472,14 +523,14 @@ async fn sidecar<E: Ec2>(ec2: E, args: &Args, attempts: &Attempts) -> Result<(),
             &format!("stopped with addresses not assigned: {line}"),
         );
     }
-    release_on_stop(&mgr, &discovery, args, attempts).await
+    release_on_stop(&mgr, &addresses, args, attempts).await
 }
 
 /// Releases what the pod holds at this moment, and nothing it gave up, within the
 /// release timeout: kubelet's SIGKILL follows the grace period whatever happens.
-async fn release_on_stop<E: Ec2>(
+async fn release_on_stop<E: Ec2, A: Addresses>(
     mgr: &Manager<E>,
-    discovery: &Discovery,
+    addresses: &A,
     args: &Args,
     attempts: &Attempts,
 ) -> Result<(), Failure> {
@@ -488,7 +539,7 @@ async fn release_on_stop<E: Ec2>(
         info!(delay = ?delay, "SIGTERM: keeping the addresses while the application drains");
         tokio::time::sleep(delay).await;
     }
-    let held = discovery.snapshot().await?.addresses;
+    let held = addresses.snapshot().await?.addresses;
     let timeout = Duration::from_secs(args.release_timeout_seconds);
     match tokio::time::timeout(timeout, mgr.release(&held)).await {
         Ok(Ok(calls)) => {

@@ -1,0 +1,220 @@
+//! Init and sidecar mode in-process, without root: the real loops of `ipmgr::run`
+//! with the production SDK client against the fake EC2, and the pod's addresses from
+//! a fake behind `discover::Addresses` that sends the events netlink would send. The
+//! namespace tests (`pod_netns.rs`) run the same loops as a process over real netlink.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_ec2::config::{Credentials, Region};
+use clap::Parser;
+use ipmgmt_tests::fake_ec2::FakeEc2;
+use ipmgmt_tests::scenario::{self, MAC_N3};
+use ipmgr::aws::{self, Attempts};
+use ipmgr::config::{Args, Cli};
+use ipmgr::discover::{Addresses, Changes, DiscoverError, Snapshot};
+use ipmgr::ec2::SdkEc2;
+use ipmgr::eni::Local;
+use ipmgr::run::{self, Stop};
+use tokio::sync::mpsc;
+
+const NODE: &str = "ip-10-0-0-10.us-west-2.compute.internal";
+
+/// The pod's side: what its interfaces hold, changed as a CNI plugin or HA software
+/// would change them.
+#[derive(Clone)]
+struct Pod {
+    now: Arc<Mutex<Vec<Local>>>,
+    events: mpsc::UnboundedSender<BTreeSet<IpAddr>>,
+}
+
+impl Pod {
+    fn new(addresses: &[&str]) -> (Pod, FakeAddresses) {
+        let now = Arc::new(Mutex::new(addresses.iter().map(|a| net1(a)).collect()));
+        let (events, rx) = mpsc::unbounded_channel();
+        (
+            Pod {
+                now: now.clone(),
+                events,
+            },
+            FakeAddresses { now, events: rx },
+        )
+    }
+
+    fn add(&self, ip: &str) {
+        self.now.lock().unwrap().push(net1(ip));
+        self.events.send([ip.parse().unwrap()].into()).unwrap();
+    }
+
+    /// An address event that changes nothing ipmgr manages (a link-local address,
+    /// DAD finishing).
+    fn noise(&self) {
+        self.events.send(BTreeSet::new()).unwrap();
+    }
+}
+
+fn net1(ip: &str) -> Local {
+    Local {
+        ip: ip.parse().unwrap(),
+        iface: "net1".into(),
+        mac: MAC_N3.into(),
+    }
+}
+
+struct FakeAddresses {
+    now: Arc<Mutex<Vec<Local>>>,
+    events: mpsc::UnboundedReceiver<BTreeSet<IpAddr>>,
+}
+
+impl Addresses for FakeAddresses {
+    fn snapshot(&self) -> impl Future<Output = Result<Snapshot, DiscoverError>> + Send {
+        let mut addresses = self.now.lock().unwrap().clone();
+        addresses.sort();
+        let snapshot = Snapshot {
+            addresses,
+            interfaces: vec!["eth0".into(), "net1".into()],
+        };
+        async move { Ok(snapshot) }
+    }
+
+    async fn changed(&mut self, quiet: Duration) -> Option<Changes> {
+        let mut changes = Changes::default();
+        let mut take = |added: BTreeSet<IpAddr>| {
+            changes.events += 1;
+            changes.added.extend(added);
+        };
+        take(self.events.recv().await?);
+        loop {
+            match tokio::time::timeout(quiet, self.events.recv()).await {
+                Ok(Some(added)) => take(added),
+                Ok(None) => return None,
+                Err(_) => return Some(changes),
+            }
+        }
+    }
+}
+
+/// The fake EC2 with the shared scenario, and the client as production builds it.
+async fn ec2() -> (FakeEc2, SdkEc2, Attempts) {
+    let fake = FakeEc2::new(scenario::world());
+    let addr = fake.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let sdk = aws::loader(aws::Retries {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(5),
+    })
+    .region(Region::new("us-west-2"))
+    .endpoint_url(format!("http://{addr}"))
+    .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+    .load()
+    .await;
+    let attempts = Attempts::default();
+    let client = SdkEc2::new(aws::ec2_client(&sdk, &attempts));
+    (fake, client, attempts)
+}
+
+/// The settings as ipmgr parses them, with the pod's files in `dir`.
+fn args(mode: &str, dir: &Path) -> Args {
+    let ready = dir.join("ready");
+    let log = dir.join("termination-log");
+    let argv = [
+        "ipmgr",
+        mode,
+        "--node-name",
+        NODE,
+        "--ready-file",
+        ready.to_str().unwrap(),
+        "--termination-log",
+        log.to_str().unwrap(),
+    ];
+    Cli::try_parse_from(argv).expect("flags parse").settings
+}
+
+fn holder(fake: &FakeEc2, ip: &str) -> Option<String> {
+    fake.holder(ip.parse().unwrap())
+}
+
+/// Waits (polling the fake) until `check` holds.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(tokio::time::Instant::now() < until, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn mutating_calls(fake: &FakeEc2) -> usize {
+    fake.log()
+        .iter()
+        .filter(|e| !e.action.starts_with("Describe"))
+        .count()
+}
+
+#[tokio::test]
+async fn init_assigns_the_pods_addresses_and_returns() {
+    let dir = tempfile_dir("init");
+    let (fake, ec2, attempts) = ec2().await;
+    let (_pod, addresses) = Pod::new(&["10.0.1.50"]);
+    run::init(ec2, addresses, &args("init", &dir), &attempts)
+        .await
+        .expect("init succeeds");
+    assert_eq!(holder(&fake, "10.0.1.50").as_deref(), Some("eni-1n3"));
+}
+
+#[tokio::test]
+async fn sidecar_follows_a_floating_ip_ignores_noise_and_releases_what_it_holds() {
+    let dir = tempfile_dir("sidecar");
+    let (fake, ec2, attempts) = ec2().await;
+    let (pod, addresses) = Pod::new(&["10.0.1.50"]);
+    let (stop_tx, stop) = Stop::new();
+    let settings = args("sidecar", &dir);
+    let ready = settings.ready_file.clone();
+    let task = tokio::spawn(async move {
+        let result = run::sidecar(ec2, addresses, &settings, &attempts, stop).await;
+        result.map_err(|e| e.to_string())
+    });
+
+    eventually("the pod's address on its ENI, and ready", || {
+        holder(&fake, "10.0.1.50").as_deref() == Some("eni-1n3") && ready.exists()
+    })
+    .await;
+    // The floating IP node 2 held appears in this pod: it moves here.
+    assert_eq!(holder(&fake, "10.0.1.99").as_deref(), Some("eni-2n3"));
+    pod.add("10.0.1.99");
+    eventually("the floating IP on this node's ENI", || {
+        holder(&fake, "10.0.1.99").as_deref() == Some("eni-1n3")
+    })
+    .await;
+
+    // Events that change no managed address cost no EC2 call.
+    let before = fake.log().len();
+    pod.noise();
+    pod.noise();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.log().len(), before, "{:?}", &fake.log()[before..]);
+
+    let mutating = mutating_calls(&fake);
+    stop_tx.send(true).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the sidecar stops")
+        .unwrap();
+    assert_eq!(result, Ok(()));
+    assert_eq!(holder(&fake, "10.0.1.50"), None, "released on stop");
+    assert_eq!(holder(&fake, "10.0.1.99"), None, "released on stop");
+    assert_eq!(
+        mutating_calls(&fake) - mutating,
+        1,
+        "one unassign for the ENI"
+    );
+    assert!(!ready.exists(), "not ready once stopping");
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ipmgmt-loops-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
