@@ -81,6 +81,12 @@ def test_init_pods_have_their_addresses_on_their_own_nodes_enis_before_the_app(i
             assert eni in step["node"].enis.values()
 
 
+def test_imds_is_unreachable_from_the_pods_as_on_eks(init_scene):
+    pod = init_scene[0]["pod"]
+    out = pod.exec("app", "sh", "-c", "wget -q -T 2 -O- http://169.254.169.254/latest/meta-data/ 2>&1 || echo unreachable")
+    assert out.strip().endswith("unreachable"), out
+
+
 def test_dual_stack_addresses_both_land_on_the_second_multus_eni(init_scene):
     for step in init_scene:
         eth2 = step["node"].enis[2]
