@@ -176,6 +176,45 @@ impl PodNet {
     }
 }
 
+/// Where ipmgr finds AWS from inside a pod: the fakes on the host end of `eth0`.
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoints {
+    pub ec2: std::net::SocketAddr,
+    pub imds: std::net::SocketAddr,
+}
+
+impl PodNet {
+    /// `ipmgr MODE` in this pod as the injected container runs it (`command`), with
+    /// only the environment the pod would give it: the region, the fake endpoints,
+    /// test credentials, and its files (termination log, ready file) in `dir`. The
+    /// one launcher of the namespace tests and the benchmark; callers add settings
+    /// and stdio.
+    pub fn ipmgr(
+        &self,
+        program: &std::path::Path,
+        mode: &str,
+        at: Endpoints,
+        dir: &std::path::Path,
+    ) -> Command {
+        let mut cmd = self.command(program);
+        cmd.arg(mode)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", dir)
+            .env("AWS_ENDPOINT_URL_EC2", format!("http://{}", at.ec2))
+            .env(
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                format!("http://{}", at.imds),
+            )
+            .env("AWS_REGION", "us-west-2")
+            .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .env("IPMGR_TERMINATION_LOG", dir.join("termination-log"))
+            .env("IPMGR_READY_FILE", dir.join("ready"));
+        cmd
+    }
+}
+
 /// The user the webhook's injected container runs as.
 pub const POD_UID: u32 = 65532;
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ipmgmt_tests::fake_ec2::{FakeEc2, Faults, World};
 use ipmgmt_tests::fake_imds::FakeImds;
-use ipmgmt_tests::netns::{POD_UID, PodNet, pod_dir, pod_executable};
+use ipmgmt_tests::netns::{Endpoints, POD_UID, PodNet, pod_dir, pod_executable};
 use ipmgmt_tests::scenario::{MAC_N3, MAC_N6, identity, world};
 
 fn ipmgr_bin() -> PathBuf {
@@ -61,22 +61,12 @@ impl Pod {
     }
 
     fn ipmgr(&self, mode: &str) -> Command {
-        let mut cmd = self.net.command(&ipmgr_bin());
-        cmd.arg(mode)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", &self.dir)
-            .env("AWS_ENDPOINT_URL_EC2", format!("http://{}", self.ec2_addr))
-            .env(
-                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-                format!("http://{}", self.imds_addr),
-            )
-            .env("AWS_REGION", "us-west-2")
-            .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
-            .env("AWS_SECRET_ACCESS_KEY", "secret")
-            .env("IPMGR_TERMINATION_LOG", self.dir.join("termination-log"))
-            .env("IPMGR_READY_FILE", self.dir.join("ready"))
-            .env("IPMGR_ADDRESS_WAIT_SECONDS", "2")
+        let at = Endpoints {
+            ec2: self.ec2_addr,
+            imds: self.imds_addr,
+        };
+        let mut cmd = self.net.ipmgr(&ipmgr_bin(), mode, at, &self.dir);
+        cmd.env("IPMGR_ADDRESS_WAIT_SECONDS", "2")
             .env("IPMGR_DEADLINE_SECONDS", "20")
             .env("IPMGR_RETRY_INITIAL_BACKOFF_MS", "10")
             .env("IPMGR_LOG_FORMAT", "json")

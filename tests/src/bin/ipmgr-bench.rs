@@ -15,7 +15,7 @@ use anyhow::{Context, ensure};
 use clap::Parser;
 use ipmgmt_tests::fake_ec2::FakeEc2;
 use ipmgmt_tests::fake_imds::FakeImds;
-use ipmgmt_tests::netns::PodNet;
+use ipmgmt_tests::netns::{Endpoints, PodNet};
 use ipmgmt_tests::scenario::{MAC_N3, MAC_N6, identity, ipmgr_beside, world};
 
 #[derive(Parser)]
@@ -79,23 +79,10 @@ async fn main() -> anyhow::Result<()> {
         .serve(SocketAddr::new(net.host_ip.into(), 0))
         .await?;
     let dir = ipmgmt_tests::netns::pod_dir(&format!("ipmgr-bench-{}", std::process::id()));
+    let at = Endpoints { ec2, imds };
     let ipmgr = |mode: &str| {
-        let mut cmd = net.command(&bin);
-        cmd.arg(mode)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", &dir)
-            .env("AWS_ENDPOINT_URL_EC2", format!("http://{ec2}"))
-            .env(
-                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-                format!("http://{imds}"),
-            )
-            .env("AWS_REGION", "us-west-2")
-            .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
-            .env("AWS_SECRET_ACCESS_KEY", "secret")
-            .env("IPMGR_TERMINATION_LOG", dir.join("termination-log"))
-            .env("IPMGR_READY_FILE", dir.join("ready"))
-            .env("IPMGR_LOG_LEVEL", "error")
+        let mut cmd = net.ipmgr(&bin, mode, at, &dir);
+        cmd.env("IPMGR_LOG_LEVEL", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         cmd
