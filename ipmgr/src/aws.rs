@@ -18,6 +18,12 @@ use aws_sdk_ec2::config::interceptors::{
 use aws_sdk_ec2::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::ec2::Action;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Retries {
@@ -70,9 +76,62 @@ pub fn cause(err: &(dyn Error + 'static)) -> String {
 }
 
 /// What the SDK's attempts last ran into. The SDK retries inside one call, so a call
-/// that a deadline cuts short returns no error of its own: this keeps the cause.
+/// that a deadline cuts short returns no error of its own: this keeps the cause. It
+/// also counts every attempt by action and result (`ipmgr_ec2_attempts_total`).
 #[derive(Clone, Debug, Default)]
-pub struct Attempts(Arc<Mutex<AttemptState>>);
+pub struct Attempts {
+    state: Arc<Mutex<AttemptState>>,
+    counted: Family<AttemptLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    action: Action,
+    result: AttemptResult,
+}
+
+/// How one attempt ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum AttemptResult {
+    Ok,
+    /// EC2's RequestLimitExceeded (HTTP 503) or a 429.
+    Throttled,
+    ServerError,
+    ClientError,
+    /// No HTTP answer: connect failure, timeout.
+    NoAnswer,
+}
+
+impl AttemptResult {
+    fn of(status: Option<u16>) -> AttemptResult {
+        match status {
+            None => AttemptResult::NoAnswer,
+            Some(200..=299) => AttemptResult::Ok,
+            Some(429 | 503) => AttemptResult::Throttled,
+            Some(500..) => AttemptResult::ServerError,
+            Some(_) => AttemptResult::ClientError,
+        }
+    }
+}
+
+impl EncodeLabelValue for AttemptResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let name = match self {
+            AttemptResult::Ok => "ok",
+            AttemptResult::Throttled => "throttled",
+            AttemptResult::ServerError => "server_error",
+            AttemptResult::ClientError => "client_error",
+            AttemptResult::NoAnswer => "no_answer",
+        };
+        EncodeLabelValue::encode(&name, encoder)
+    }
+}
+
+impl EncodeLabelValue for Action {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.name(), encoder)
+    }
+}
 
 #[derive(Debug, Default)]
 struct AttemptState {
@@ -82,7 +141,15 @@ struct AttemptState {
 
 impl Attempts {
     fn state(&self) -> std::sync::MutexGuard<'_, AttemptState> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "ipmgr_ec2_attempts",
+            "EC2 request attempts (retries included), by action and result",
+            self.counted.clone(),
+        );
     }
 
     /// One line on the latest attempts: the one still waiting, the last that failed.
@@ -133,6 +200,16 @@ impl Intercept for Attempts {
         _rc: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
+        let status = ctx.response().map(|r| r.status().as_u16());
+        let action = cfg
+            .load::<Metadata>()
+            .and_then(|m| Action::ALL.into_iter().find(|a| a.name() == m.name()));
+        if let Some(action) = action {
+            let result = AttemptResult::of(status);
+            self.counted
+                .get_or_create(&AttemptLabels { action, result })
+                .inc();
+        }
         let mut state = self.state();
         state.in_flight = None;
         if let Some(Err(e)) = ctx.output_or_error() {

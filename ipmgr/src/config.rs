@@ -132,6 +132,11 @@ pub struct Args {
     )]
     pub release_timeout_seconds: u64,
 
+    /// Sidecar: serve Prometheus metrics on this address (e.g. 0.0.0.0:9090) at
+    /// `/metrics`; off when unset.
+    #[arg(long, global = true, env = "IPMGR_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// Sidecar: the file that tells `ipmgr ready` every address is assigned; present
     /// only while that holds.
     #[arg(

@@ -11,5 +11,6 @@ pub mod ec2;
 pub mod eni;
 pub mod identity;
 pub mod manager;
+pub mod metrics;
 pub mod plan;
 pub mod run;

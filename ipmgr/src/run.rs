@@ -13,6 +13,11 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::sleep_until;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -60,6 +65,11 @@ pub enum Failure {
     #[error("cannot write the ready file {path}: {source}")]
     Ready {
         path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
         source: std::io::Error,
     },
     #[error("release on stop failed: {0}")]
@@ -363,6 +373,128 @@ enum Trigger {
     Periodic,
 }
 
+impl Trigger {
+    fn kind(self) -> TriggerKind {
+        match self {
+            Trigger::Start => TriggerKind::Start,
+            Trigger::Retry => TriggerKind::Retry,
+            Trigger::Events(_) => TriggerKind::Events,
+            Trigger::Periodic => TriggerKind::Periodic,
+        }
+    }
+}
+
+/// A trigger without its event count: the `trigger` label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum TriggerKind {
+    Start,
+    Retry,
+    Events,
+    Periodic,
+}
+
+/// How a sidecar pass ended: the `result` label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum PassResult {
+    Complete,
+    Incomplete,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum AddressState {
+    Assigned,
+    Unassigned,
+}
+
+impl EncodeLabelValue for TriggerKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let name = match self {
+            TriggerKind::Start => "start",
+            TriggerKind::Retry => "retry",
+            TriggerKind::Events => "events",
+            TriggerKind::Periodic => "periodic",
+        };
+        EncodeLabelValue::encode(&name, encoder)
+    }
+}
+
+impl EncodeLabelValue for PassResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let name = match self {
+            PassResult::Complete => "complete",
+            PassResult::Incomplete => "incomplete",
+            PassResult::Failed => "failed",
+        };
+        EncodeLabelValue::encode(&name, encoder)
+    }
+}
+
+impl EncodeLabelValue for AddressState {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let name = match self {
+            AddressState::Assigned => "assigned",
+            AddressState::Unassigned => "unassigned",
+        };
+        EncodeLabelValue::encode(&name, encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PassLabels {
+    trigger: TriggerKind,
+    result: PassResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: AddressState,
+}
+
+/// The sidecar loop's metrics: passes by trigger and result, and the pod's addresses
+/// by state after the last pass.
+#[derive(Clone, Debug, Default)]
+pub struct PassMetrics {
+    passes: Family<PassLabels, Counter>,
+    addresses: Family<StateLabel, Gauge>,
+}
+
+impl PassMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "ipmgr_passes",
+            "Sidecar assignment passes, by what started them and how they ended",
+            self.passes.clone(),
+        );
+        registry.register(
+            "ipmgr_addresses",
+            "The pod's managed addresses after the last pass, by state",
+            self.addresses.clone(),
+        );
+    }
+
+    fn pass(&self, trigger: Trigger, result: &Result<Outcome, PassError>) {
+        let (result, assigned, unassigned) = match result {
+            Ok(o) if o.is_complete() => (PassResult::Complete, o.placed.len(), o.failed.len()),
+            Ok(o) => (PassResult::Incomplete, o.placed.len(), o.failed.len()),
+            Err(_) => (PassResult::Failed, 0, 0),
+        };
+        let trigger = trigger.kind();
+        self.passes
+            .get_or_create(&PassLabels { trigger, result })
+            .inc();
+        if result != PassResult::Failed {
+            for (state, n) in [
+                (AddressState::Assigned, assigned),
+                (AddressState::Unassigned, unassigned),
+            ] {
+                let n = i64::try_from(n).unwrap_or(i64::MAX);
+                self.addresses.get_or_create(&StateLabel { state }).set(n);
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for Trigger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -432,6 +564,15 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
     let ready = ReadyFile(&args.ready_file);
     // A restarted sidecar must not pass its probes on the last run's file.
     ready.set(false)?;
+    let metrics = PassMetrics::default();
+    if let Some(addr) = args.metrics_listen {
+        let mut registry = Registry::default();
+        attempts.register(&mut registry);
+        metrics.register(&mut registry);
+        crate::metrics::serve(addr, registry)
+            .await
+            .map_err(|source| Failure::Metrics { addr, source })?;
+    }
     let start = async {
         let wait = Duration::from_secs(args.address_wait_seconds);
         let snapshot = first_addresses(&mut addresses, wait).await?;
@@ -487,6 +628,7 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
             _ = stop.requested() => break,
             result = pass => result,
         };
+        metrics.pass(reason, &result);
         let failure = match result {
             Ok(outcome) => {
                 follow.settled(&outcome);

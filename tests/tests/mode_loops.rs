@@ -116,11 +116,11 @@ async fn ec2() -> (FakeEc2, SdkEc2, Attempts) {
     (fake, client, attempts)
 }
 
-/// The settings as ipmgr parses them, with the pod's files in `dir`.
-fn args(mode: &str, dir: &Path) -> Args {
+/// The settings as ipmgr parses them, with the pod's files in `dir`, and `extra`.
+fn args(mode: &str, dir: &Path, extra: &[&str]) -> Args {
     let ready = dir.join("ready");
     let log = dir.join("termination-log");
-    let argv = [
+    let mut argv = vec![
         "ipmgr",
         mode,
         "--node-name",
@@ -130,7 +130,20 @@ fn args(mode: &str, dir: &Path) -> Args {
         "--termination-log",
         log.to_str().unwrap(),
     ];
+    argv.extend(extra);
     Cli::try_parse_from(argv).expect("flags parse").settings
+}
+
+/// `GET /metrics` from the sidecar, as a scraper sees it.
+async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }
 
 fn holder(fake: &FakeEc2, ip: &str) -> Option<String> {
@@ -171,7 +184,7 @@ async fn init_assigns_the_pods_addresses_and_returns() {
     let dir = tempfile_dir("init");
     let (fake, ec2, attempts) = ec2().await;
     let (_pod, addresses) = Pod::new(&["10.0.1.50"]);
-    run::init(ec2, addresses, &args("init", &dir), &attempts)
+    run::init(ec2, addresses, &args("init", &dir, &[]), &attempts)
         .await
         .expect("init succeeds");
     assert_eq!(holder(&fake, "10.0.1.50").as_deref(), Some("eni-1n3"));
@@ -183,7 +196,11 @@ async fn sidecar_follows_a_floating_ip_ignores_noise_and_releases_what_it_holds(
     let (fake, ec2, attempts) = ec2().await;
     let (pod, addresses) = Pod::new(&["10.0.1.50"]);
     let (stop_tx, stop) = Stop::new();
-    let settings = args("sidecar", &dir);
+    let metrics_at = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let settings = args("sidecar", &dir, &["--metrics-listen", &metrics_at]);
     let ready = settings.ready_file.clone();
     let task = tokio::spawn(async move {
         let result = run::sidecar(ec2, addresses, &settings, &attempts, stop).await;
@@ -209,6 +226,19 @@ async fn sidecar_follows_a_floating_ip_ignores_noise_and_releases_what_it_holds(
     pod.noise();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(fake.log().len(), before, "{:?}", &fake.log()[before..]);
+
+    // What was done shows in the metrics: two assignments (the pod's address at start,
+    // the VIP on its event), both passes complete, two addresses assigned.
+    let metrics = scrape(&metrics_at).await;
+    for line in [
+        "ipmgr_ec2_attempts_total{action=\"AssignPrivateIpAddresses\",result=\"ok\"} 2",
+        "ipmgr_passes_total{trigger=\"start\",result=\"complete\"} 1",
+        "ipmgr_passes_total{trigger=\"events\",result=\"complete\"} 1",
+        "ipmgr_addresses{state=\"assigned\"} 2",
+        "ipmgr_addresses{state=\"unassigned\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
 
     let mutating = mutating_calls(&fake);
     stop_tx.send(true).unwrap();
