@@ -1,6 +1,7 @@
 //! ipmgr's settings: flags with environment twins. The webhook sets the environment.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
@@ -74,63 +75,81 @@ pub struct Args {
 
     /// Give up on the first assignment after this many seconds.
     #[arg(
-        long,
+        long = "deadline-seconds",
         global = true,
         env = "IPMGR_DEADLINE_SECONDS",
-        default_value_t = 60
+        default_value = "60",
+        value_name = "SECONDS",
+        value_parser = seconds_at_least::<1>
     )]
-    pub deadline_seconds: u64,
+    pub deadline: Duration,
 
     /// Wait this long for a secondary-interface address to appear.
     #[arg(
-        long,
+        long = "address-wait-seconds",
         global = true,
         env = "IPMGR_ADDRESS_WAIT_SECONDS",
-        default_value_t = 10
+        default_value = "10",
+        value_name = "SECONDS",
+        value_parser = seconds_at_least::<0>
     )]
-    pub address_wait_seconds: u64,
+    pub address_wait: Duration,
 
     /// Wait this long for EC2 to show an accepted assignment.
     #[arg(
-        long,
+        long = "confirm-seconds",
         global = true,
         env = "IPMGR_CONFIRM_SECONDS",
-        default_value_t = 30
+        default_value = "30",
+        value_name = "SECONDS",
+        value_parser = seconds_at_least::<1>
     )]
-    pub confirm_seconds: u64,
+    pub confirm: Duration,
 
     /// Sidecar: re-assert the pod's addresses this often even without events.
     #[arg(
-        long,
+        long = "resync-seconds",
         global = true,
         env = "IPMGR_RESYNC_SECONDS",
-        default_value_t = 300
+        default_value = "300",
+        value_name = "SECONDS",
+        value_parser = seconds_at_least::<1>
     )]
-    pub resync_seconds: u64,
+    pub resync: Duration,
 
     /// Sidecar: after an address event, wait this long for the burst to settle.
-    #[arg(long, global = true, env = "IPMGR_COALESCE_MS", default_value_t = 5)]
-    pub coalesce_ms: u64,
+    #[arg(
+        long = "coalesce-ms",
+        global = true,
+        env = "IPMGR_COALESCE_MS",
+        default_value = "5",
+        value_name = "MS",
+        value_parser = millis_at_least::<0>
+    )]
+    pub coalesce: Duration,
 
     /// Sidecar: after SIGTERM, keep the addresses this long before releasing them. For
     /// a classic sidecar, which is stopped together with the application.
     #[arg(
-        long,
+        long = "release-delay-seconds",
         global = true,
         env = "IPMGR_RELEASE_DELAY_SECONDS",
-        default_value_t = 0
+        default_value = "0",
+        value_name = "SECONDS",
+        value_parser = seconds_at_least::<0>
     )]
-    pub release_delay_seconds: u64,
+    pub release_delay: Duration,
 
     /// Sidecar: give up on the release after this long, well inside the pod's grace period.
     #[arg(
-        long,
+        long = "release-timeout-seconds",
         global = true,
         env = "IPMGR_RELEASE_TIMEOUT_SECONDS",
-        default_value_t = 5,
-        value_parser = clap::value_parser!(u64).range(1..)
+        default_value = "5",
+        value_name = "SECONDS",
+        value_parser = seconds_at_least::<1>
     )]
-    pub release_timeout_seconds: u64,
+    pub release_timeout: Duration,
 
     /// Sidecar: serve Prometheus metrics on this address (e.g. 0.0.0.0:9090) at
     /// `/metrics`; off when unset.
@@ -171,12 +190,14 @@ pub struct Args {
 
     /// First retry backoff; it doubles, with jitter, up to 5 s.
     #[arg(
-        long,
+        long = "retry-initial-backoff-ms",
         global = true,
         env = "IPMGR_RETRY_INITIAL_BACKOFF_MS",
-        default_value_t = 200
+        default_value = "200",
+        value_name = "MS",
+        value_parser = millis_at_least::<1>
     )]
-    pub retry_initial_backoff_ms: u64,
+    pub retry_initial_backoff: Duration,
 
     #[arg(long, global = true, env = "IPMGR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -190,4 +211,45 @@ pub struct Args {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A whole number of seconds, at least `MIN`, as a `Duration`: settings are resolved
+/// once, here, and the rest of ipmgr reads durations.
+fn seconds_at_least<const MIN: u64>(text: &str) -> Result<Duration, String> {
+    whole_at_least::<MIN>(text, "seconds").map(Duration::from_secs)
+}
+
+/// A whole number of milliseconds, at least `MIN`, as a `Duration`.
+fn millis_at_least<const MIN: u64>(text: &str) -> Result<Duration, String> {
+    whole_at_least::<MIN>(text, "milliseconds").map(Duration::from_millis)
+}
+
+fn whole_at_least<const MIN: u64>(text: &str, unit: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if n >= MIN => Ok(n),
+        Ok(n) => Err(format!("{n} {unit} is below the minimum of {MIN}")),
+        Err(_) => Err(format!("{text:?} is not a whole number of {unit}")),
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn durations_are_resolved_once_with_their_minimums() {
+        let cli = Cli::try_parse_from(["ipmgr", "sidecar", "--coalesce-ms", "7"]).unwrap();
+        assert_eq!(cli.settings.coalesce, Duration::from_millis(7));
+        assert_eq!(cli.settings.deadline, Duration::from_secs(60));
+        assert_eq!(cli.settings.release_timeout, Duration::from_secs(5));
+        let err = Cli::try_parse_from(["ipmgr", "init", "--deadline-seconds", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("0 seconds is below the minimum of 1"), "{err}");
+        let err = Cli::try_parse_from(["ipmgr", "init", "--confirm-seconds", "1.5"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a whole number of seconds"), "{err}");
+    }
 }

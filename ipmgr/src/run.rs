@@ -152,7 +152,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async {
         let sdk = aws::loader(aws::Retries {
             max_attempts: args.retry_max_attempts,
-            initial_backoff: Duration::from_millis(args.retry_initial_backoff_ms),
+            initial_backoff: args.retry_initial_backoff,
         })
         .load()
         .await;
@@ -208,7 +208,7 @@ fn settings(args: &Args) -> Settings {
             min_device_index: args.min_device_index,
             require_no_manage: args.require_no_manage_tag,
         },
-        confirm_timeout: Duration::from_secs(args.confirm_seconds),
+        confirm_timeout: args.confirm,
     }
 }
 
@@ -261,10 +261,10 @@ pub async fn init<E: Ec2, A: Addresses>(
     args: &Args,
     attempts: &Attempts,
 ) -> Result<(), Failure> {
-    let wait = Duration::from_secs(args.address_wait_seconds);
+    let wait = args.address_wait;
     let mut snapshot = first_addresses(&mut addresses, wait).await?;
 
-    let deadline = Duration::from_secs(args.deadline_seconds);
+    let deadline = args.deadline;
     let until = Instant::now() + deadline;
     let cut = |last: Option<String>| {
         // The SDK retries inside a call: what its attempts ran into is the real cause.
@@ -574,7 +574,7 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
             .map_err(|source| Failure::Metrics { addr, source })?;
     }
     let start = async {
-        let wait = Duration::from_secs(args.address_wait_seconds);
+        let wait = args.address_wait;
         let snapshot = first_addresses(&mut addresses, wait).await?;
         Ok::<_, Failure>((snapshot, manager(ec2, args).await?))
     };
@@ -587,8 +587,8 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
     };
 
     let mut follow = Follow::new(&snapshot.addresses);
-    let coalesce = Duration::from_millis(args.coalesce_ms);
-    let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
+    let coalesce = args.coalesce;
+    let mut resync = tokio::time::interval(args.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.reset();
     let mut retry_at = Some(Instant::now());
@@ -676,13 +676,13 @@ async fn release_on_stop<E: Ec2, A: Addresses>(
     args: &Args,
     attempts: &Attempts,
 ) -> Result<(), Failure> {
-    let delay = Duration::from_secs(args.release_delay_seconds);
+    let delay = args.release_delay;
     if !delay.is_zero() {
         info!(delay = ?delay, "SIGTERM: keeping the addresses while the application drains");
         tokio::time::sleep(delay).await;
     }
     let held = addresses.snapshot().await?.addresses;
-    let timeout = Duration::from_secs(args.release_timeout_seconds);
+    let timeout = args.release_timeout;
     match tokio::time::timeout(timeout, mgr.release(&held)).await {
         Ok(Ok(calls)) => {
             info!(addresses = held.len(), calls, "released on SIGTERM");
