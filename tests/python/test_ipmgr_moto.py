@@ -15,18 +15,13 @@ import time
 import boto3
 import pytest
 
+from cluster.vpc import Sandbox
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 IPMGR = pathlib.Path(os.environ.get("IPMGR_BIN", TARGET / "debug" / "ipmgr"))
 VENV_BIN = pathlib.Path(__file__).resolve().parents[2] / ".venv" / "bin"
 
-# A /30 of the RFC 2544 range for this test's pod; the Rust tests use 198.18.0.0/24.
-HOST_IP, POD_IP = "198.18.1.1", "198.18.1.2"
-NS = "ipmgmt-moto-%d" % os.getpid()
-
-
-def ip(*args):
-    subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
 def free_port():
@@ -37,37 +32,24 @@ def free_port():
 
 @pytest.fixture
 def pod():
+    """The pod's network namespace, as the whole-path tests make it: `eth0` on a /30
+    to the host, where moto listens."""
     assert os.geteuid() == 0, "this test needs root for network namespaces (CI runs as root)"
-    host, peer, parent = "ipmmh%d" % (os.getpid() % 10000), "ipmmp%d" % (os.getpid() % 10000), "ipmmx%d" % (os.getpid() % 10000)
-    ip("netns", "add", NS)
-    try:
-        ip("link", "add", host, "type", "veth", "peer", "name", peer)
-        ip("link", "set", peer, "netns", NS)
-        ip("-n", NS, "link", "set", peer, "name", "eth0")
-        ip("addr", "add", HOST_IP + "/30", "dev", host)
-        ip("link", "set", host, "up")
-        ip("-n", NS, "addr", "add", POD_IP + "/30", "dev", "eth0")
-        ip("-n", NS, "link", "set", "eth0", "up")
-        ip("-n", NS, "link", "set", "lo", "up")
-        ip("link", "add", parent, "type", "veth", "peer", "name", parent + "p")
-        ip("link", "set", parent, "up")
-        yield parent
-    finally:
-        subprocess.run(["ip", "netns", "del", NS], capture_output=True)
-        for link in (host, parent):
-            subprocess.run(["ip", "link", "del", link], capture_output=True)
+    sandbox = Sandbox()
+    yield sandbox
+    sandbox.delete()
 
 
 @pytest.fixture
 def moto(pod):
     port = free_port()
-    proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", HOST_IP, "-p", str(port)],
+    proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", pod.host_ip, "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = "http://%s:%d" % (HOST_IP, port)
+    endpoint = "http://%s:%d" % (pod.host_ip, port)
     deadline = time.monotonic() + 30
     while True:
         try:
-            socket.create_connection((HOST_IP, port), timeout=1).close()
+            socket.create_connection((pod.host_ip, port), timeout=1).close()
             break
         except OSError:
             assert time.monotonic() < deadline, "moto_server did not start"
@@ -111,12 +93,8 @@ def test_ipmgr_init_against_moto(pod, moto, ipmgr):
                                  InstanceId=instance["InstanceId"], DeviceIndex=2)
 
     def interface(name, mac, address):
-        tmp = "ipmm%s%d" % (name, os.getpid() % 10000)
-        ip("link", "add", "link", pod, "name", tmp, "address", mac, "type", "macvlan", "mode", "bridge")
-        ip("link", "set", tmp, "netns", NS)
-        ip("-n", NS, "link", "set", tmp, "name", name)
-        ip("-n", NS, "link", "set", name, "up")
-        ip("-n", NS, "addr", "add", address, "dev", name)
+        pod.add_interface(name, mac)
+        pod.add_address(name, address)
 
     interface("net1", eni["MacAddress"], "10.0.1.50/24")
 
@@ -134,7 +112,7 @@ def test_ipmgr_init_against_moto(pod, moto, ipmgr):
         "IPMGR_TERMINATION_LOG": "/dev/null",
     }
     # As the injected container runs: uid 65532, no capabilities, no new privileges.
-    as_pod = ["ip", "netns", "exec", NS, "setpriv", "--reuid=65532", "--regid=65532", "--clear-groups",
+    as_pod = ["ip", "netns", "exec", pod.ns, "setpriv", "--reuid=65532", "--regid=65532", "--clear-groups",
               "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", ipmgr, "init"]
     out = subprocess.run(as_pod, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
