@@ -2,7 +2,9 @@
 
 import copy
 import json
+import os
 import re
+import subprocess
 
 import jsonpatch
 import jsonschema
@@ -24,7 +26,7 @@ from deploy_harness import (
     template_args,
     validate,
 )
-from webhook_harness import ROOT, Webhook, decode_patch, review_of
+from webhook_harness import ROOT, WEBHOOK_BIN, Webhook, decode_patch, review_of
 
 ALL_OPTIONS = CHART / "ci" / "all-options-values.yaml"
 WITHOUT_CERT_MANAGER = CHART / "ci" / "without-cert-manager-values.yaml"
@@ -390,6 +392,82 @@ def test_values_become_webhook_flags():
     args = container["args"]
     for absent in ("--classic-sidecar", "--imds-disabled", "--region", "--role-arn", "--imds-endpoint"):
         assert not any(a == absent or a.startswith(absent + "=") for a in args), absent
+
+
+def clap_flags():
+    """Every long flag of the webhook and its default (None: none), from clap's own
+    `--help`, which prints what its attributes say."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPMGMT_")}
+    text = subprocess.run([str(WEBHOOK_BIN), "--help"], capture_output=True, text=True, check=True,
+                          env=env).stdout
+    flags, current = {}, None
+    for line in text.splitlines():
+        start = re.match(r"^\s+(?:-\w, )?--([a-z0-9-]+)", line)
+        if start:
+            current = "--" + start.group(1)
+            flags[current] = None
+        elif current and (default := re.match(r"^\s+\[default: (.*)\]$", line)):
+            flags[current] = default.group(1)
+    assert {"--listen", "--image", "--default-mode", "--ipmgr-env"} <= set(flags), text
+    return flags
+
+
+def rendered_flags(values=()):
+    """The chart's webhook flags: {name: [values]}, True for a bare flag."""
+    _, container = container_of(render(values))
+    flags = {}
+    for arg in container["args"]:
+        name, _, value = arg.partition("=")
+        flags.setdefault(name, []).append(value if "=" in arg else True)
+    return flags
+
+
+# Where the chart's defaults deliberately differ from clap's, or clap has none.
+CHART_DIFFERS_FROM_CLAP = {
+    "--tls-cert": "the file of cert-manager's Secret; clap has no default",
+    "--tls-key": "the same Secret's key; clap has no default",
+    "--image": "the chart's own ipmgr image; clap has no default",
+    "--shutdown-delay-seconds": "5: endpoints drop the pod before it stops accepting; a local run needs no delay",
+    "--log-format": "json for log collectors; clap's text reads best on a terminal",
+    "--ipmgr-env": "injection.logLevel and injection.logFormat reach ipmgr through it; clap adds nothing",
+}
+
+# Flags the chart never passes.
+NOT_IN_CHART = {
+    "--help": "clap's own",
+    "--version": "clap's own",
+    "--self-signed": "local runs; the chart serves cert-manager's certificate",
+    "--self-signed-names": "only with --self-signed",
+    "--header-read-timeout-seconds": "cuts off stalled clients; the apiserver sends its headers at once",
+    "--ipmgr-path": "where deploy/Dockerfile puts ipmgr in the image, not a setting",
+}
+
+
+def test_chart_defaults_are_clap_defaults():
+    clap = clap_flags()
+    rendered = rendered_flags()
+    differ = {}
+    for name, values in rendered.items():
+        assert name in clap, f"the chart passes {name}, which the webhook does not have"
+        # A flag clap has no default for (or a switch, off unless given) always differs.
+        if values != [clap[name]]:
+            differ[name] = values
+    unexplained = {n: v for n, v in differ.items() if n not in CHART_DIFFERS_FROM_CLAP}
+    assert not unexplained, (f"chart defaults differ from clap's {({n: clap[n] for n in unexplained})}: "
+                             f"{unexplained}; make them equal, or say why in CHART_DIFFERS_FROM_CLAP")
+    stale = set(CHART_DIFFERS_FROM_CLAP) - set(differ)
+    assert not stale, f"{stale} no longer differ from clap's defaults: drop them from CHART_DIFFERS_FROM_CLAP"
+
+
+def test_every_webhook_flag_is_a_chart_setting():
+    clap = clap_flags()
+    passed = set()
+    for values in [(), *((f,) for f in CI_VALUES)]:
+        passed |= set(rendered_flags(values))
+    missing = set(clap) - passed - set(NOT_IN_CHART)
+    assert not missing, f"{missing}: give them a chart value and template, or say why not in NOT_IN_CHART"
+    assert not set(NOT_IN_CHART) & passed, "NOT_IN_CHART lists a flag the chart passes"
+    assert set(NOT_IN_CHART) <= set(clap), "NOT_IN_CHART lists a flag the webhook does not have"
 
 
 class chart_webhook:

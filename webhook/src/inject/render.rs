@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::request::{DEFAULT_GRACE_SECONDS, Overrides, release_delay_seconds};
-use super::{Config, Mode};
+use super::{Config, Form};
 
 /// Names the EKS pod-identity webhook uses, so that both agree on one token volume.
 pub const IRSA_VOLUME: &str = "aws-iam-token";
@@ -32,12 +32,20 @@ pub fn ready_volume(name: &str) -> Value {
 
 pub fn container(
     cfg: &Config,
-    mode: Mode,
+    form: Form,
     guaranteed: bool,
     over: &Overrides<'_>,
     ready_volume: &str,
 ) -> Value {
-    let classic = mode == Mode::Sidecar && cfg.classic_sidecar;
+    // Every override by name: one added to `Overrides` does not compile until it is
+    // rendered here.
+    let Overrides {
+        role_arn,
+        reassignment_off,
+        resources,
+        interfaces,
+        release_delay_seconds: release_delay,
+    } = over;
     let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     let value = |name: &str, value: &str| json!({"name": name, "value": value});
     let mut env = vec![
@@ -61,7 +69,7 @@ pub fn container(
         env.push(value("AWS_EC2_METADATA_DISABLED", "true"));
     }
     let mut mounts = Vec::new();
-    if let Some(arn) = over.role_arn.or(cfg.role_arn.as_deref()) {
+    if let Some(arn) = role_arn.or(cfg.role_arn.as_deref()) {
         env.push(value("AWS_ROLE_ARN", arn));
         env.push(value(
             "AWS_WEB_IDENTITY_TOKEN_FILE",
@@ -70,21 +78,22 @@ pub fn container(
         env.push(value("AWS_STS_REGIONAL_ENDPOINTS", "regional"));
         mounts.push(json!({"name": IRSA_VOLUME, "mountPath": IRSA_MOUNT_PATH, "readOnly": true}));
     }
-    if over.reassignment_off {
+    if *reassignment_off {
         env.push(value("IPMGR_ALLOW_REASSIGNMENT", "false"));
     }
-    if let Some(names) = over.interfaces {
+    if let Some(names) = interfaces {
         env.push(value("IPMGR_INTERFACES", names));
     }
-    if mode == Mode::Sidecar {
+    if form.runs_alongside() {
         env.push(value("IPMGR_READY_FILE", READY_FILE));
         mounts.push(json!({"name": ready_volume, "mountPath": READY_DIR}));
     }
-    if classic {
-        let delay = over
-            .release_delay_seconds
-            .unwrap_or(release_delay_seconds(DEFAULT_GRACE_SECONDS));
-        env.push(value("IPMGR_RELEASE_DELAY_SECONDS", &delay.to_string()));
+    match form {
+        Form::Init | Form::NativeSidecar => {}
+        Form::ClassicSidecar => {
+            let delay = release_delay.unwrap_or(release_delay_seconds(DEFAULT_GRACE_SECONDS));
+            env.push(value("IPMGR_RELEASE_DELAY_SECONDS", &delay.to_string()));
+        }
     }
     // What the webhook sets for this pod wins over the same name in --ipmgr-env:
     // a duplicate would leave kubelet to pick the last one.
@@ -94,7 +103,7 @@ pub fn container(
         }
     }
 
-    let resources = match &over.resources {
+    let resources = match resources {
         Some(resources) => resources.clone(),
         None => cfg.resources.for_pod(guaranteed),
     };
@@ -117,7 +126,7 @@ pub fn container(
         "name": cfg.container_name,
         "image": cfg.image,
         "imagePullPolicy": cfg.image_pull_policy,
-        "command": [cfg.ipmgr_path, mode.as_str()],
+        "command": [cfg.ipmgr_path, form.command().as_str()],
         "env": env,
         "resources": resources,
         "securityContext": {
@@ -132,7 +141,7 @@ pub fn container(
         // ipmgr writes its one-line failure reason there; the pod's status shows it.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     });
-    if mode == Mode::Sidecar {
+    if form.runs_alongside() {
         let ready = json!({"command": [cfg.ipmgr_path, "ready"]});
         c["startupProbe"] = json!({
             "exec": ready,
@@ -149,13 +158,15 @@ pub fn container(
             "timeoutSeconds": 5,
             "failureThreshold": 3,
         });
-        if classic {
+    }
+    match form {
+        Form::Init => {}
+        Form::NativeSidecar => c["restartPolicy"] = json!("Always"),
+        Form::ClassicSidecar => {
             // kubelet starts the next container only when this hook returns.
             c["lifecycle"] = json!({"postStart": {"exec": {"command": [
                 cfg.ipmgr_path, "ready", "--wait", cfg.startup_timeout_seconds.to_string(),
             ]}}});
-        } else {
-            c["restartPolicy"] = json!("Always");
         }
     }
     if !mounts.is_empty() {
