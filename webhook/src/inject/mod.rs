@@ -117,7 +117,7 @@ impl Injector {
         let render = |mode, guaranteed| {
             Json::of(&render::container(
                 &cfg,
-                Form::of(mode, cfg.classic_sidecar),
+                mode,
                 guaranteed,
                 &Overrides::default(),
                 &ready_volume_name,
@@ -175,7 +175,7 @@ impl Injector {
         } else {
             custom = Json::of(&render::container(
                 cfg,
-                form,
+                mode,
                 guaranteed,
                 &overrides,
                 &self.ready_volume_name,

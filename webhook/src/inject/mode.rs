@@ -40,7 +40,7 @@ impl Mode {
         }
     }
 
-    /// The annotation's value, also ipmgr's subcommand.
+    /// The annotation's value, which is also ipmgr's subcommand.
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Init => "init",
@@ -69,14 +69,6 @@ impl Form {
             (Mode::Init, _) => Form::Init,
             (Mode::Sidecar, false) => Form::NativeSidecar,
             (Mode::Sidecar, true) => Form::ClassicSidecar,
-        }
-    }
-
-    /// ipmgr's subcommand.
-    pub fn command(self) -> Mode {
-        match self {
-            Form::Init => Mode::Init,
-            Form::NativeSidecar | Form::ClassicSidecar => Mode::Sidecar,
         }
     }
 
@@ -160,8 +152,6 @@ mod tests {
             let flag = mode.to_possible_value().expect("no mode is skipped");
             assert_eq!(flag.get_name(), mode.as_str());
             assert_eq!(Mode::parse(mode.as_str()), Ok(mode));
-            assert_eq!(Form::of(mode, false).command(), mode);
-            assert_eq!(Form::of(mode, true).command(), mode);
             assert_eq!(*PerMode::new(|m| m).get(mode), mode);
         }
     }

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::request::{DEFAULT_GRACE_SECONDS, Overrides, release_delay_seconds};
-use super::{Config, Form};
+use super::{Config, Form, Mode};
 
 /// Names the EKS pod-identity webhook uses, so that both agree on one token volume.
 pub const IRSA_VOLUME: &str = "aws-iam-token";
@@ -32,11 +32,12 @@ pub fn ready_volume(name: &str) -> Value {
 
 pub fn container(
     cfg: &Config,
-    form: Form,
+    mode: Mode,
     guaranteed: bool,
     over: &Overrides<'_>,
     ready_volume: &str,
 ) -> Value {
+    let form = Form::of(mode, cfg.classic_sidecar);
     // Every override by name: one added to `Overrides` does not compile until it is
     // rendered here.
     let Overrides {
@@ -126,7 +127,7 @@ pub fn container(
         "name": cfg.container_name,
         "image": cfg.image,
         "imagePullPolicy": cfg.image_pull_policy,
-        "command": [cfg.ipmgr_path, form.command().as_str()],
+        "command": [cfg.ipmgr_path, mode.as_str()],
         "env": env,
         "resources": resources,
         "securityContext": {
