@@ -394,22 +394,32 @@ def test_values_become_webhook_flags():
         assert not any(a == absent or a.startswith(absent + "=") for a in args), absent
 
 
-def clap_flags():
-    """Every long flag of the webhook and its default (None: none), from clap's own
-    `--help`, which prints what its attributes say."""
+def clap_help():
+    """Every long flag of the webhook with its default (None: none) and its possible
+    values, from clap's own `--help`, which prints what its attributes say."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IPMGMT_")}
     text = subprocess.run([str(WEBHOOK_BIN), "--help"], capture_output=True, text=True, check=True,
                           env=env).stdout
     flags, current = {}, None
     for line in text.splitlines():
-        start = re.match(r"^\s+(?:-\w, )?--([a-z0-9-]+)", line)
-        if start:
-            current = "--" + start.group(1)
-            flags[current] = None
-        elif current and (default := re.match(r"^\s+\[default: (.*)\]$", line)):
-            flags[current] = default.group(1)
+        if start := re.match(r"^\s+(?:-\w, )?--([a-z0-9-]+)", line):
+            current = flags["--" + start.group(1)] = {"default": None, "values": []}
+        elif current is None:
+            continue
+        elif default := re.match(r"^\s+\[default: (.*)\]$", line):
+            current["default"] = default.group(1)
+        elif listed := re.match(r"^\s+\[possible values: (.*)\]$", line):
+            current["values"] = listed.group(1).split(", ")
+        elif item := re.match(r"^\s+- ([^:\s]+):", line):
+            current["values"].append(item.group(1))
     assert {"--listen", "--image", "--default-mode", "--ipmgr-env"} <= set(flags), text
+    assert flags["--default-mode"]["values"] and flags["--log-format"]["values"], text
     return flags
+
+
+def clap_flags():
+    """Every long flag of the webhook and its default (None: none)."""
+    return {name: flag["default"] for name, flag in clap_help().items()}
 
 
 def rendered_flags(values=()):
@@ -457,6 +467,28 @@ def test_chart_defaults_are_clap_defaults():
                              f"{unexplained}; make them equal, or say why in CHART_DIFFERS_FROM_CLAP")
     stale = set(CHART_DIFFERS_FROM_CLAP) - set(differ)
     assert not stale, f"{stale} no longer differ from clap's defaults: drop them from CHART_DIFFERS_FROM_CLAP"
+
+
+# The chart value behind each webhook flag that takes one of a closed set of values.
+CHART_ENUMS = {
+    "--default-mode": ("injection", "defaultMode"),
+    "--image-pull-policy": ("image", "ipmgr", "pullPolicy"),
+    "--imds-endpoint-mode": ("aws", "imds", "endpointMode"),
+    "--log-format": ("webhook", "logFormat"),
+}
+
+
+def test_chart_schema_allows_what_the_webhook_allows():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    closed = {name for name, flag in clap_help().items() if flag["values"]}
+    assert closed - set(NOT_IN_CHART) == set(CHART_ENUMS), "name the chart value of each closed-set flag"
+    for name, path in CHART_ENUMS.items():
+        node = schema
+        for key in path:
+            node = node["properties"][key]
+        # An empty string leaves an optional flag out.
+        allowed = [v for v in node["enum"] if v != ""]
+        assert sorted(allowed) == sorted(clap_help()[name]["values"]), f"{'.'.join(path)} and {name}"
 
 
 def test_every_webhook_flag_is_a_chart_setting():
