@@ -75,6 +75,9 @@ impl List {
     }
 }
 
+/// What reading a pod found. Returned once per review and matched at once, never
+/// stored, so the request is not boxed however many overrides it grows.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Read<'p, 'a> {
     Skip(Skip),

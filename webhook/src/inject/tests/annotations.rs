@@ -8,6 +8,14 @@ use super::*;
 /// same pod without it gets the pre-rendered one.
 #[test]
 fn every_per_pod_setting_reaches_the_container() {
+    // Each override by name: a new one does not compile here until it has a case below.
+    let Overrides {
+        role_arn: _,
+        reassignment_off: _,
+        resources: _,
+        interfaces: _,
+        release_delay_seconds: _,
+    } = Overrides::default();
     type Check = fn(&Value) -> bool;
     let cases: [(&str, Value, Config, Check); 6] = [
         (
