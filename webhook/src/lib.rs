@@ -45,26 +45,44 @@ pub fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let config = args.inject.to_config()?;
+    // Every flag by name: one added to `Args` does not compile until it is used.
+    let Args {
+        listen,
+        admin_listen,
+        tls_cert,
+        tls_key,
+        // Excludes the files: the self-signed pair serves when they are absent.
+        self_signed: _,
+        self_signed_names,
+        tls_reload_seconds,
+        shutdown_delay_seconds,
+        drain_timeout_seconds,
+        header_read_timeout_seconds,
+        // main installs logging before it calls run.
+        log_format: _,
+        log_level: _,
+        inject,
+    } = args;
+    let config = inject.to_config()?;
     let mut registry = Registry::with_prefix("ipmgmt_webhook");
     let review_metrics = server::Metrics::register(&mut registry);
     let tls_metrics = tls::Metrics::register(&mut registry);
     let health = Arc::new(Health::default());
 
-    let (store, not_after) = match (&args.tls_cert, &args.tls_key) {
+    let (store, not_after) = match (&tls_cert, &tls_key) {
         (Some(cert), Some(key)) => CertStore::from_files(cert, key)?,
-        _ => CertStore::fixed(tls::self_signed(args.self_signed_names.clone())?),
+        _ => CertStore::fixed(tls::self_signed(self_signed_names)?),
     };
     tls_metrics.serving(not_after);
     let store = Arc::new(store);
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(store.clone())));
 
-    let listener = TcpListener::bind(args.listen)
+    let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
-    let admin_listener = TcpListener::bind(args.admin_listen)
+        .with_context(|| format!("cannot listen on --listen {listen}"))?;
+    let admin_listener = TcpListener::bind(admin_listen)
         .await
-        .with_context(|| format!("cannot listen on --admin-listen {}", args.admin_listen))?;
+        .with_context(|| format!("cannot listen on --admin-listen {admin_listen}"))?;
     info!(address = %listener.local_addr()?, "serving admission reviews over HTTPS at /mutate");
     info!(address = %admin_listener.local_addr()?, "serving /healthz, /readyz and /metrics over HTTP");
 
@@ -78,7 +96,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
     if store.reloads() {
-        tokio::spawn(tls::watch(store, tls_metrics, args.reload_interval()));
+        let every = Duration::from_secs(tls_reload_seconds);
+        tokio::spawn(tls::watch(store, tls_metrics, every));
     }
 
     let app = Arc::new(App {
@@ -86,10 +105,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics: review_metrics,
     });
     let limits = Limits {
-        header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds),
-        drain_timeout: Duration::from_secs(args.drain_timeout_seconds),
+        header_read_timeout: Duration::from_secs(header_read_timeout_seconds),
+        drain_timeout: Duration::from_secs(drain_timeout_seconds),
     };
-    let shutdown_delay = Duration::from_secs(args.shutdown_delay_seconds);
+    let shutdown_delay = Duration::from_secs(shutdown_delay_seconds);
     let ready = health.clone();
     let shutdown = async move {
         let signal = terminated().await;

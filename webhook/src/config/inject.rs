@@ -132,22 +132,45 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
 impl InjectArgs {
     /// The injector's configuration, checked so that every patch it yields is valid.
     pub fn to_config(&self) -> Result<Config, ConfigError> {
-        if self.image.trim().is_empty() {
+        // Every flag by name: one added to `InjectArgs` does not compile until it is used.
+        let InjectArgs {
+            image,
+            image_pull_policy,
+            container_name,
+            default_mode,
+            ipmgr_path,
+            classic_sidecar,
+            region,
+            imds_endpoint,
+            imds_endpoint_mode,
+            imds_disabled,
+            role_arn,
+            token_audience,
+            token_expiration_seconds,
+            cpu_request,
+            memory_request,
+            cpu_limit,
+            memory_limit,
+            run_as_user,
+            startup_timeout_seconds,
+            ipmgr_env,
+        } = self;
+        if image.trim().is_empty() {
             return Err(invalid("--image", "must name the ipmgr image"));
         }
-        if !is_dns_label(&self.container_name) {
+        if !is_dns_label(container_name) {
             return Err(invalid(
                 "--container-name",
                 format!(
                     "{:?} is not a DNS label (lower case, digits, '-', at most 63)",
-                    self.container_name
+                    container_name
                 ),
             ));
         }
-        if !self.ipmgr_path.starts_with('/') {
+        if !ipmgr_path.starts_with('/') {
             return Err(invalid("--ipmgr-path", "must be an absolute path"));
         }
-        if let Some(region) = &self.region
+        if let Some(region) = region
             && (region.is_empty()
                 || !region
                     .bytes()
@@ -158,15 +181,15 @@ impl InjectArgs {
                 format!("{region:?} is not an AWS Region name"),
             ));
         }
-        if let Some(arn) = &self.role_arn {
+        if let Some(arn) = role_arn {
             inject::check_role_arn(arn).map_err(|reason| invalid("--role-arn", reason))?;
         }
         let optional = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let resources = Resources {
-            cpu_request: self.cpu_request.clone(),
-            memory_request: self.memory_request.clone(),
-            cpu_limit: optional(&self.cpu_limit),
-            memory_limit: optional(&self.memory_limit),
+            cpu_request: cpu_request.clone(),
+            memory_request: memory_request.clone(),
+            cpu_limit: optional(cpu_limit),
+            memory_limit: optional(memory_limit),
         };
         let quantity = |flag: &'static str, text: &str| {
             let q =
@@ -201,8 +224,8 @@ impl InjectArgs {
                 ));
             }
         }
-        let mut ipmgr_env = BTreeMap::new();
-        for pair in self.ipmgr_env.iter().flat_map(|value| split_env(value)) {
+        let mut env = BTreeMap::new();
+        for pair in ipmgr_env.iter().flat_map(|value| split_env(value)) {
             let Some((name, value)) = pair.split_once('=') else {
                 return Err(invalid(
                     "--ipmgr-env",
@@ -215,26 +238,26 @@ impl InjectArgs {
                     format!("{name:?} is not a variable name"),
                 ));
             }
-            ipmgr_env.insert(name.to_owned(), value.to_owned());
+            env.insert(name.to_owned(), value.to_owned());
         }
         Ok(Config {
-            container_name: self.container_name.clone(),
-            image: self.image.clone(),
-            image_pull_policy: self.image_pull_policy.clone(),
-            ipmgr_path: self.ipmgr_path.clone(),
-            classic_sidecar: self.classic_sidecar,
-            default_mode: self.default_mode,
-            region: self.region.clone(),
-            imds_endpoint: self.imds_endpoint.clone(),
-            imds_endpoint_mode: self.imds_endpoint_mode.clone(),
-            imds_disabled: self.imds_disabled,
-            role_arn: self.role_arn.clone(),
-            token_audience: self.token_audience.clone(),
-            token_expiration_seconds: self.token_expiration_seconds,
+            container_name: container_name.clone(),
+            image: image.clone(),
+            image_pull_policy: image_pull_policy.clone(),
+            ipmgr_path: ipmgr_path.clone(),
+            classic_sidecar: *classic_sidecar,
+            default_mode: *default_mode,
+            region: region.clone(),
+            imds_endpoint: imds_endpoint.clone(),
+            imds_endpoint_mode: imds_endpoint_mode.clone(),
+            imds_disabled: *imds_disabled,
+            role_arn: role_arn.clone(),
+            token_audience: token_audience.clone(),
+            token_expiration_seconds: *token_expiration_seconds,
             resources,
-            run_as_user: self.run_as_user,
-            startup_timeout_seconds: self.startup_timeout_seconds,
-            ipmgr_env,
+            run_as_user: *run_as_user,
+            startup_timeout_seconds: *startup_timeout_seconds,
+            ipmgr_env: env,
         })
     }
 }

@@ -14,7 +14,6 @@ mod inject;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
@@ -95,12 +94,6 @@ pub struct Args {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-impl Args {
-    pub fn reload_interval(&self) -> Duration {
-        Duration::from_secs(self.tls_reload_seconds)
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

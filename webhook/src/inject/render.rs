@@ -37,9 +37,30 @@ pub fn container(
     over: &Overrides<'_>,
     ready_volume: &str,
 ) -> Value {
-    let form = Form::of(mode, cfg.classic_sidecar);
-    // Every override by name: one added to `Overrides` does not compile until it is
-    // rendered here.
+    // Every setting and every override by name: one added to `Config` or `Overrides`
+    // does not compile until it is rendered here, or named as used elsewhere.
+    let Config {
+        container_name,
+        image,
+        image_pull_policy,
+        ipmgr_path,
+        classic_sidecar,
+        // What an empty annotation asks for: the request has read it.
+        default_mode: _,
+        region,
+        imds_endpoint,
+        imds_endpoint_mode,
+        imds_disabled,
+        role_arn: configured_role,
+        // The token volume's: `irsa_volume`.
+        token_audience: _,
+        token_expiration_seconds: _,
+        resources: configured_resources,
+        run_as_user,
+        startup_timeout_seconds,
+        ipmgr_env,
+    } = cfg;
+    let form = Form::of(mode, *classic_sidecar);
     let Overrides {
         role_arn,
         reassignment_off,
@@ -54,23 +75,23 @@ pub fn container(
         field("POD_NAME", "metadata.name"),
         field("POD_NAMESPACE", "metadata.namespace"),
     ];
-    if let Some(region) = &cfg.region {
+    if let Some(region) = region {
         env.push(value("AWS_REGION", region));
     }
-    if let Some(endpoint) = &cfg.imds_endpoint {
+    if let Some(endpoint) = imds_endpoint {
         env.push(value("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint));
     }
-    if let Some(endpoint_mode) = &cfg.imds_endpoint_mode {
+    if let Some(endpoint_mode) = imds_endpoint_mode {
         env.push(value(
             "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
             endpoint_mode,
         ));
     }
-    if cfg.imds_disabled {
+    if *imds_disabled {
         env.push(value("AWS_EC2_METADATA_DISABLED", "true"));
     }
     let mut mounts = Vec::new();
-    if let Some(arn) = role_arn.or(cfg.role_arn.as_deref()) {
+    if let Some(arn) = role_arn.or(configured_role.as_deref()) {
         env.push(value("AWS_ROLE_ARN", arn));
         env.push(value(
             "AWS_WEB_IDENTITY_TOKEN_FILE",
@@ -98,7 +119,7 @@ pub fn container(
     }
     // What the webhook sets for this pod wins over the same name in --ipmgr-env:
     // a duplicate would leave kubelet to pick the last one.
-    for (name, v) in &cfg.ipmgr_env {
+    for (name, v) in ipmgr_env {
         if !env.iter().any(|e| e["name"] == name.as_str()) {
             env.push(value(name, v));
         }
@@ -106,7 +127,7 @@ pub fn container(
 
     let resources = match resources {
         Some(resources) => resources.clone(),
-        None => cfg.resources.for_pod(guaranteed),
+        None => configured_resources.for_pod(guaranteed),
     };
     let mut requests = serde_json::Map::new();
     requests.insert("cpu".into(), json!(resources.cpu_request));
@@ -124,16 +145,16 @@ pub fn container(
     }
 
     let mut c = json!({
-        "name": cfg.container_name,
-        "image": cfg.image,
-        "imagePullPolicy": cfg.image_pull_policy,
-        "command": [cfg.ipmgr_path, mode.as_str()],
+        "name": container_name,
+        "image": image,
+        "imagePullPolicy": image_pull_policy,
+        "command": [ipmgr_path, mode.as_str()],
         "env": env,
         "resources": resources,
         "securityContext": {
             "runAsNonRoot": true,
-            "runAsUser": cfg.run_as_user,
-            "runAsGroup": cfg.run_as_user,
+            "runAsUser": run_as_user,
+            "runAsGroup": run_as_user,
             "readOnlyRootFilesystem": true,
             "allowPrivilegeEscalation": false,
             "capabilities": {"drop": ["ALL"]},
@@ -143,12 +164,12 @@ pub fn container(
         "terminationMessagePolicy": "FallbackToLogsOnError",
     });
     if form.runs_alongside() {
-        let ready = json!({"command": [cfg.ipmgr_path, "ready"]});
+        let ready = json!({"command": [ipmgr_path, "ready"]});
         c["startupProbe"] = json!({
             "exec": ready,
             "periodSeconds": 1,
             "timeoutSeconds": 5,
-            "failureThreshold": cfg.startup_timeout_seconds.max(1),
+            "failureThreshold": (*startup_timeout_seconds).max(1),
         });
         // `ipmgr ready` fails while an address of the pod is unassigned, so a lasting
         // failure turns the pod NotReady after about 15 s. A native sidecar's
@@ -166,7 +187,7 @@ pub fn container(
         Form::ClassicSidecar => {
             // kubelet starts the next container only when this hook returns.
             c["lifecycle"] = json!({"postStart": {"exec": {"command": [
-                cfg.ipmgr_path, "ready", "--wait", cfg.startup_timeout_seconds.to_string(),
+                ipmgr_path, "ready", "--wait", startup_timeout_seconds.to_string(),
             ]}}});
         }
     }
