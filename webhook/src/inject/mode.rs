@@ -1,7 +1,8 @@
 //! What a pod asks for (`Mode`) and the form the manager then takes in it (`Form`).
 //!
 //! Both are closed sets matched exhaustively: a new mode fails to compile in
-//! `Form::of` and `PerMode`, and a new form in every place that differs by form.
+//! `Mode::as_str`, `Form::of` and `PerMode`, and a new form in every place that
+//! differs by form. Mode's doc comments are `--help`'s descriptions of its values.
 
 use clap::ValueEnum;
 
