@@ -2,7 +2,9 @@
 
 import copy
 import json
+import os
 import re
+import subprocess
 
 import jsonpatch
 import jsonschema
@@ -24,7 +26,7 @@ from deploy_harness import (
     template_args,
     validate,
 )
-from webhook_harness import ROOT, Webhook, decode_patch, review_of
+from webhook_harness import ROOT, WEBHOOK_BIN, Webhook, decode_patch, review_of
 
 ALL_OPTIONS = CHART / "ci" / "all-options-values.yaml"
 WITHOUT_CERT_MANAGER = CHART / "ci" / "without-cert-manager-values.yaml"
@@ -390,6 +392,114 @@ def test_values_become_webhook_flags():
     args = container["args"]
     for absent in ("--classic-sidecar", "--imds-disabled", "--region", "--role-arn", "--imds-endpoint"):
         assert not any(a == absent or a.startswith(absent + "=") for a in args), absent
+
+
+def clap_help():
+    """Every long flag of the webhook with its default (None: none) and its possible
+    values, from clap's own `--help`, which prints what its attributes say."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPMGMT_")}
+    text = subprocess.run([str(WEBHOOK_BIN), "--help"], capture_output=True, text=True, check=True,
+                          env=env).stdout
+    flags, current = {}, None
+    for line in text.splitlines():
+        if start := re.match(r"^\s+(?:-\w, )?--([a-z0-9-]+)", line):
+            current = flags["--" + start.group(1)] = {"default": None, "values": []}
+        elif current is None:
+            continue
+        elif default := re.match(r"^\s+\[default: (.*)\]$", line):
+            current["default"] = default.group(1)
+        elif listed := re.match(r"^\s+\[possible values: (.*)\]$", line):
+            current["values"] = listed.group(1).split(", ")
+        elif item := re.match(r"^\s+- ([^:\s]+):", line):
+            current["values"].append(item.group(1))
+    assert {"--listen", "--image", "--default-mode", "--ipmgr-env"} <= set(flags), text
+    assert flags["--default-mode"]["values"] and flags["--log-format"]["values"], text
+    return flags
+
+
+def clap_flags():
+    """Every long flag of the webhook and its default (None: none)."""
+    return {name: flag["default"] for name, flag in clap_help().items()}
+
+
+def rendered_flags(values=()):
+    """The chart's webhook flags: {name: [values]}, True for a bare flag."""
+    _, container = container_of(render(values))
+    flags = {}
+    for arg in container["args"]:
+        name, _, value = arg.partition("=")
+        flags.setdefault(name, []).append(value if "=" in arg else True)
+    return flags
+
+
+# Where the chart's defaults deliberately differ from clap's, or clap has none.
+CHART_DIFFERS_FROM_CLAP = {
+    "--tls-cert": "the file of cert-manager's Secret; clap has no default",
+    "--tls-key": "the same Secret's key; clap has no default",
+    "--image": "the chart's own ipmgr image; clap has no default",
+    "--shutdown-delay-seconds": "5: endpoints drop the pod before it stops accepting; a local run needs no delay",
+    "--log-format": "json for log collectors; clap's text reads best on a terminal",
+    "--ipmgr-env": "injection.logLevel and injection.logFormat reach ipmgr through it; clap adds nothing",
+}
+
+# Flags the chart never passes.
+NOT_IN_CHART = {
+    "--help": "clap's own",
+    "--version": "clap's own",
+    "--self-signed": "local runs; the chart serves cert-manager's certificate",
+    "--self-signed-names": "only with --self-signed",
+    "--header-read-timeout-seconds": "cuts off stalled clients; the apiserver sends its headers at once",
+    "--ipmgr-path": "where deploy/Dockerfile puts ipmgr in the image, not a setting",
+}
+
+
+def test_chart_defaults_are_clap_defaults():
+    clap = clap_flags()
+    rendered = rendered_flags()
+    differ = {}
+    for name, values in rendered.items():
+        assert name in clap, f"the chart passes {name}, which the webhook does not have"
+        # A flag clap has no default for (or a switch, off unless given) always differs.
+        if values != [clap[name]]:
+            differ[name] = values
+    unexplained = {n: v for n, v in differ.items() if n not in CHART_DIFFERS_FROM_CLAP}
+    assert not unexplained, (f"chart defaults differ from clap's {({n: clap[n] for n in unexplained})}: "
+                             f"{unexplained}; make them equal, or say why in CHART_DIFFERS_FROM_CLAP")
+    stale = set(CHART_DIFFERS_FROM_CLAP) - set(differ)
+    assert not stale, f"{stale} no longer differ from clap's defaults: drop them from CHART_DIFFERS_FROM_CLAP"
+
+
+# The chart value behind each webhook flag that takes one of a closed set of values.
+CHART_ENUMS = {
+    "--default-mode": ("injection", "defaultMode"),
+    "--image-pull-policy": ("image", "ipmgr", "pullPolicy"),
+    "--imds-endpoint-mode": ("aws", "imds", "endpointMode"),
+    "--log-format": ("webhook", "logFormat"),
+}
+
+
+def test_chart_schema_allows_what_the_webhook_allows():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    closed = {name for name, flag in clap_help().items() if flag["values"]}
+    assert closed - set(NOT_IN_CHART) == set(CHART_ENUMS), "name the chart value of each closed-set flag"
+    for name, path in CHART_ENUMS.items():
+        node = schema
+        for key in path:
+            node = node["properties"][key]
+        # An empty string leaves an optional flag out.
+        allowed = [v for v in node["enum"] if v != ""]
+        assert sorted(allowed) == sorted(clap_help()[name]["values"]), f"{'.'.join(path)} and {name}"
+
+
+def test_every_webhook_flag_is_a_chart_setting():
+    clap = clap_flags()
+    passed = set()
+    for values in [(), *((f,) for f in CI_VALUES)]:
+        passed |= set(rendered_flags(values))
+    missing = set(clap) - passed - set(NOT_IN_CHART)
+    assert not missing, f"{missing}: give them a chart value and template, or say why not in NOT_IN_CHART"
+    assert not set(NOT_IN_CHART) & passed, "NOT_IN_CHART lists a flag the chart passes"
+    assert set(NOT_IN_CHART) <= set(clap), "NOT_IN_CHART lists a flag the webhook does not have"
 
 
 class chart_webhook:

@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import trustme
 
-from webhook_harness import FIXTURES, Webhook, decode_patch, issue, review_of
+from webhook_harness import FIXTURE_FLAGS, FIXTURES, Webhook, decode_patch, fixture_flags, issue, review_of
 
 K8S_VERSION = "1.33.0"
 
@@ -28,19 +28,39 @@ def validate_pod(pod):
 
 
 def fixture_cases():
-    # Cases with their own config.json need other flags; the Rust fixture test covers them.
-    return sorted(p.name for p in FIXTURES.iterdir() if (p / "pod.json").exists() and not (p / "config.json").exists())
+    return sorted(p.name for p in FIXTURES.iterdir() if (p / "pod.json").exists())
 
 
 @pytest.fixture(scope="module")
-def webhook(tmp_path_factory):
-    hook = Webhook(tmp_path_factory.mktemp("webhook"))
-    yield hook
-    hook.stop()
+def webhooks(tmp_path_factory):
+    """The webhook started with given flags: one process per set of flags."""
+    started = {}
+
+    def with_flags(flags):
+        if tuple(flags) not in started:
+            started[tuple(flags)] = Webhook(tmp_path_factory.mktemp("webhook"), flags=list(flags))
+        return started[tuple(flags)]
+
+    yield with_flags
+    for hook in started.values():
+        hook.stop()
+
+
+@pytest.fixture(scope="module")
+def webhook(webhooks):
+    return webhooks(FIXTURE_FLAGS)
+
+
+def container_name(flags):
+    names = [f.split("=", 1)[1] for f in flags if f.startswith("--container-name=")]
+    return names[-1] if names else MANAGER
 
 
 @pytest.mark.parametrize("case", fixture_cases())
-def test_fixture_pod_as_the_apiserver_would(webhook, case):
+def test_fixture_pod_as_the_apiserver_would(webhooks, case):
+    """Each golden fixture, sent to the webhook started with the fixture's flags."""
+    flags = fixture_flags(case)
+    webhook, manager = webhooks(flags), container_name(flags)
     pod = json.loads((FIXTURES / case / "pod.json").read_text())
     expected = json.loads((FIXTURES / case / "expected.json").read_text())
     validate_pod(pod)
@@ -69,7 +89,7 @@ def test_fixture_pod_as_the_apiserver_would(webhook, case):
     if expected["decision"] == "reorder":
         (op,) = ops
         assert op["op"] == "move" and op["path"].endswith("/0")
-        assert_only_moved_to_front(pod, patched, MANAGER)
+        assert_only_moved_to_front(pod, patched, manager)
     else:
         assert response.get("warnings", []) == expected["warnings"]
         # Only additions: everything the pod had is still there, unchanged.
@@ -78,7 +98,7 @@ def test_fixture_pod_as_the_apiserver_would(webhook, case):
                 assert item in patched["spec"][key], f"{key} lost or changed {item.get('name')}"
         assert_qos_kept(pod, patched, response.get("warnings", []))
         # reinvocationPolicy: IfNeeded, after a later webhook put a container in front.
-        list_name = "initContainers" if any(c["name"] == MANAGER for c in patched["spec"].get("initContainers") or []) \
+        list_name = "initContainers" if any(c["name"] == manager for c in patched["spec"].get("initContainers") or []) \
             else "containers"
         behind = copy.deepcopy(patched)
         behind["spec"][list_name].insert(0, {"name": "added-later", "image": "busybox:1.36"})
@@ -88,7 +108,7 @@ def test_fixture_pod_as_the_apiserver_would(webhook, case):
         assert ops == [{"op": "move", "from": f"/spec/{list_name}/1", "path": f"/spec/{list_name}/0"}]
         patched = jsonpatch.apply_patch(behind, ops)
         validate_pod(patched)
-        assert_only_moved_to_front(behind, patched, MANAGER)
+        assert_only_moved_to_front(behind, patched, manager)
 
     # reinvocationPolicy: IfNeeded sends the patched pod again: nothing more to do.
     status, again = webhook.post(review_of(patched))
@@ -337,6 +357,21 @@ def test_health_readiness_and_metrics(webhook):
     assert value(text, denied) == value(before, denied) + 1
     assert value(text, "ipmgmt_webhook_review_duration_seconds_count") > value(before, "ipmgmt_webhook_review_duration_seconds_count")
     assert value(text, "ipmgmt_webhook_tls_certificate_expiry_timestamp_seconds") > time.time()
+
+
+def test_a_review_without_its_pod_is_an_error_not_a_denial(webhook):
+    review = review_of({"metadata": {"name": "gone"}}, uid="no-object-uid")
+    del review["request"]["object"]
+    before = webhook.admin_get("/metrics")[1]
+    status, answer = webhook.post(review)
+    assert status == 200 and answer["response"]["allowed"] is False
+    assert answer["response"]["status"]["code"] == 400
+    entry = webhook.wait_for_log(lambda e: e.get("span", {}).get("uid") == "no-object-uid")
+    assert (entry["level"], entry["message"]) == ("WARN", "answered with an error"), entry
+    assert "no object" in entry["reason"]
+    error = 'ipmgmt_webhook_reviews_total{outcome="error"} '
+    count = lambda text: [float(l.split()[-1]) for l in text.splitlines() if l.startswith(error)][0]
+    assert count(webhook.admin_get("/metrics")[1]) == count(before) + 1
 
 
 def test_logs_have_one_span_per_review_and_no_objects(webhook):

@@ -20,8 +20,30 @@ FIXTURES = ROOT / "webhook" / "fixtures"
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 WEBHOOK_BIN = pathlib.Path(os.environ.get("IPMGMT_WEBHOOK_BIN", TARGET / "debug" / "ipmgmt-webhook"))
 
-# The fixtures' base configuration (webhook/tests/fixtures.rs), as flags.
-FIXTURE_FLAGS = ["--image", "public.ecr.aws/ipmgmt/ipmgr:0.1.0", "--region", "us-west-2"]
+
+
+def _read_flags(path):
+    """One argument per line; blank lines and `#` lines left out (webhook/tests/common)."""
+    if not path.exists():
+        return []
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _flag_name(flag):
+    return flag.split("=", 1)[0]
+
+
+def fixture_flags(case=None):
+    """The flags a golden fixture is decided with: webhook/fixtures/flags, with the
+    case's own `flags` replacing base flags of the same name, as the Rust test does."""
+    extra = _read_flags(FIXTURES / case / "flags") if case else []
+    names = {_flag_name(f) for f in extra}
+    return [f for f in _read_flags(FIXTURES / "flags") if _flag_name(f) not in names] + extra
+
+
+# The fixtures' base configuration.
+FIXTURE_FLAGS = fixture_flags()
 
 
 def review_of(pod, uid=None, operation="CREATE"):

@@ -15,16 +15,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_rustls::TlsAcceptor;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
-use crate::admin::{AdminState, Health, Metrics};
+use crate::admin::{AdminState, Health};
 use crate::config::{Args, LogFormat};
 use crate::inject::Injector;
 use crate::server::{App, Limits};
-use crate::tls::{CertStore, Reload};
+use crate::tls::CertStore;
 
 pub fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
@@ -44,30 +45,50 @@ pub fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let config = args.inject.to_config()?;
-    let metrics = Arc::new(Metrics::default());
+    // Every flag by name: one added to `Args` does not compile until it is used.
+    let Args {
+        listen,
+        admin_listen,
+        tls_cert,
+        tls_key,
+        // Excludes the files: the self-signed pair serves when they are absent.
+        self_signed: _,
+        self_signed_names,
+        tls_reload_seconds,
+        shutdown_delay_seconds,
+        drain_timeout_seconds,
+        header_read_timeout_seconds,
+        // main installs logging before it calls run.
+        log_format: _,
+        log_level: _,
+        inject,
+    } = args;
+    let config = inject.to_config()?;
+    let mut registry = Registry::with_prefix("ipmgmt_webhook");
+    let review_metrics = server::Metrics::register(&mut registry);
+    let tls_metrics = tls::Metrics::register(&mut registry);
     let health = Arc::new(Health::default());
 
-    let (store, not_after) = match (&args.tls_cert, &args.tls_key) {
+    let (store, not_after) = match (&tls_cert, &tls_key) {
         (Some(cert), Some(key)) => CertStore::from_files(cert, key)?,
-        _ => CertStore::fixed(tls::self_signed(args.self_signed_names.clone())?),
+        _ => CertStore::fixed(tls::self_signed(self_signed_names)?),
     };
-    metrics.cert_expiry(not_after);
+    tls_metrics.serving(not_after);
     let store = Arc::new(store);
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(store.clone())));
 
-    let listener = TcpListener::bind(args.listen)
+    let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
-    let admin_listener = TcpListener::bind(args.admin_listen)
+        .with_context(|| format!("cannot listen on --listen {listen}"))?;
+    let admin_listener = TcpListener::bind(admin_listen)
         .await
-        .with_context(|| format!("cannot listen on --admin-listen {}", args.admin_listen))?;
+        .with_context(|| format!("cannot listen on --admin-listen {admin_listen}"))?;
     info!(address = %listener.local_addr()?, "serving admission reviews over HTTPS at /mutate");
     info!(address = %admin_listener.local_addr()?, "serving /healthz, /readyz and /metrics over HTTP");
 
     let admin = admin::router(AdminState {
         health: health.clone(),
-        metrics: metrics.clone(),
+        registry: Arc::new(registry),
     });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(admin_listener, admin).await {
@@ -75,22 +96,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
     if store.reloads() {
-        tokio::spawn(watch_certificate(
-            store,
-            metrics.clone(),
-            args.reload_interval(),
-        ));
+        let every = Duration::from_secs(tls_reload_seconds);
+        tokio::spawn(tls::watch(store, tls_metrics, every));
     }
 
     let app = Arc::new(App {
         injector: Injector::new(config),
-        metrics,
+        metrics: review_metrics,
     });
     let limits = Limits {
-        header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds),
-        drain_timeout: Duration::from_secs(args.drain_timeout_seconds),
+        header_read_timeout: Duration::from_secs(header_read_timeout_seconds),
+        drain_timeout: Duration::from_secs(drain_timeout_seconds),
     };
-    let shutdown_delay = Duration::from_secs(args.shutdown_delay_seconds);
+    let shutdown_delay = Duration::from_secs(shutdown_delay_seconds);
     let ready = health.clone();
     let shutdown = async move {
         let signal = terminated().await;
@@ -109,30 +127,5 @@ async fn terminated() -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
-    }
-}
-
-/// Re-reads the certificate files on a timer and on SIGHUP.
-async fn watch_certificate(store: Arc<CertStore>, metrics: Arc<Metrics>, every: Duration) {
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler installs");
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = hup.recv() => info!("SIGHUP: re-reading the serving certificate"),
-        }
-        match store.reload() {
-            Reload::Unchanged => {}
-            Reload::Swapped { not_after } => {
-                metrics.reload(true);
-                metrics.cert_expiry(not_after);
-                info!(not_after, "serving a renewed certificate");
-            }
-            Reload::Rejected(e) => {
-                metrics.reload(false);
-                warn!(error = %e, "renewed certificate is not usable yet; still serving the last good one");
-            }
-        }
     }
 }

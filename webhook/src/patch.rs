@@ -154,7 +154,7 @@ impl Patch {
 }
 
 /// A JSON pointer from unescaped tokens: `~` and `/` in a token are escaped here.
-pub fn pointer<'a>(tokens: impl IntoIterator<Item = &'a str>) -> PointerBuf {
+fn pointer<'a>(tokens: impl IntoIterator<Item = &'a str>) -> PointerBuf {
     PointerBuf::from_tokens(tokens.into_iter().map(Token::new))
 }
 

@@ -1,4 +1,5 @@
-//! The HTTPS admission endpoint: TLS accept loop, `POST /mutate`, graceful drain.
+//! The HTTPS admission endpoint: TLS accept loop, `POST /mutate`, graceful drain,
+//! and the review metric families that `POST /mutate` keeps.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,11 +15,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::admin::Metrics;
 use crate::inject::Injector;
 use crate::review::{self, Outcome};
 
@@ -28,7 +33,7 @@ pub const BODY_LIMIT: usize = 3 * 1024 * 1024 + 64 * 1024;
 #[derive(Debug)]
 pub struct App {
     pub injector: Injector,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Metrics,
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -46,30 +51,102 @@ async fn mutate(State(app): State<Arc<App>>, body: Bytes) -> Response {
             // `pod`, not `name`: JSON logs already use `name` for the span itself.
             let span = info_span!("review", uid = %s.uid, namespace = %s.namespace, pod = %s.name);
             let _entered = span.enter();
-            match (&answer.outcome, &answer.message) {
-                (Outcome::Injected(mode), _) => {
+            let reason = answer.message.as_deref().unwrap_or("");
+            match answer.outcome {
+                Outcome::Injected(mode) => {
                     info!(mode = mode.as_str(), "injected the IP manager")
                 }
-                (Outcome::Reordered, _) => {
+                Outcome::Reordered => {
                     info!("moved the IP manager back in front of containers another webhook added")
                 }
-                (Outcome::Skipped, _) => debug!("nothing to do"),
-                (outcome, message) => {
-                    info!(
-                        outcome = outcome.label(),
-                        reason = message.as_deref().unwrap_or(""),
-                        "denied"
-                    )
-                }
+                Outcome::Skipped => debug!("nothing to do"),
+                Outcome::Denied => info!(reason, "denied"),
+                Outcome::Error => warn!(reason, "answered with an error"),
             }
             app.metrics.review(answer.outcome, started.elapsed());
             ([(header::CONTENT_TYPE, "application/json")], answer.body).into_response()
         }
         Err(bad) => {
             warn!(error = %bad, bytes = body.len(), "unreadable admission review");
-            app.metrics.bad_review(started.elapsed());
+            app.metrics.review(Outcome::Error, started.elapsed());
             (StatusCode::BAD_REQUEST, format!("{bad}\n")).into_response()
         }
+    }
+}
+
+/// The `outcome` label of `reviews_total`, as written.
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+enum OutcomeLabel {
+    injected,
+    reordered,
+    skipped,
+    denied,
+    error,
+}
+
+impl OutcomeLabel {
+    /// Every value, created at start so that rate() works before the first of each.
+    const ALL: [OutcomeLabel; 5] = [
+        OutcomeLabel::injected,
+        OutcomeLabel::reordered,
+        OutcomeLabel::skipped,
+        OutcomeLabel::denied,
+        OutcomeLabel::error,
+    ];
+
+    fn of(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Injected(_) => OutcomeLabel::injected,
+            Outcome::Reordered => OutcomeLabel::reordered,
+            Outcome::Skipped => OutcomeLabel::skipped,
+            Outcome::Denied => OutcomeLabel::denied,
+            Outcome::Error => OutcomeLabel::error,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: OutcomeLabel,
+}
+
+/// The review metric families.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    reviews: Family<OutcomeLabels, Counter>,
+    latency: Histogram,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Metrics {
+            reviews: Family::default(),
+            latency: Histogram::new([
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+            ]),
+        };
+        registry.register(
+            "reviews",
+            "Admission reviews answered, by outcome",
+            metrics.reviews.clone(),
+        );
+        registry.register(
+            "review_duration_seconds",
+            "Time from a review's body being read to its answer being written",
+            metrics.latency.clone(),
+        );
+        for outcome in OutcomeLabel::ALL {
+            let _ = metrics.reviews.get_or_create(&OutcomeLabels { outcome });
+        }
+        metrics
+    }
+
+    /// One review answered; an unreadable body counts as `Outcome::Error`.
+    pub fn review(&self, outcome: Outcome, took: Duration) {
+        let outcome = OutcomeLabel::of(outcome);
+        self.reviews.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.latency.observe(took.as_secs_f64());
     }
 }
 
@@ -143,6 +220,49 @@ pub async fn serve(
         Ok(()) => info!("drained"),
         Err(_) => {
             warn!(timeout = ?limits.drain_timeout, "drain timed out; closing the remaining connections")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inject::Mode;
+
+    #[test]
+    fn every_outcome_has_its_label_listed() {
+        for outcome in [
+            Outcome::Injected(Mode::Init),
+            Outcome::Injected(Mode::Sidecar),
+            Outcome::Reordered,
+            Outcome::Skipped,
+            Outcome::Denied,
+            Outcome::Error,
+        ] {
+            assert!(
+                OutcomeLabel::ALL.contains(&OutcomeLabel::of(outcome)),
+                "{outcome:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn metrics_text_has_outcomes_and_latency() {
+        let mut registry = Registry::with_prefix("ipmgmt_webhook");
+        let m = Metrics::register(&mut registry);
+        m.review(Outcome::Injected(Mode::Init), Duration::from_micros(30));
+        m.review(Outcome::Denied, Duration::from_micros(30));
+        m.review(Outcome::Reordered, Duration::from_micros(30));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "ipmgmt_webhook_reviews_total{outcome=\"injected\"} 1",
+            "ipmgmt_webhook_reviews_total{outcome=\"denied\"} 1",
+            "ipmgmt_webhook_reviews_total{outcome=\"error\"} 0",
+            "ipmgmt_webhook_reviews_total{outcome=\"reordered\"} 1",
+            "ipmgmt_webhook_review_duration_seconds_count 3",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
         }
     }
 }

@@ -1,42 +1,22 @@
-//! Golden fixtures: `fixtures/<case>/pod.json` (+ optional `config.json`, overrides of
-//! the base configuration) → `expected.json`. `UPDATE_FIXTURES=1 cargo test` rewrites
-//! the expectations; review them as diffs.
+//! Golden fixtures: `fixtures/<case>/pod.json` (+ optional `flags`, the webhook's
+//! command-line flags besides `fixtures/flags`; see `common`) → `expected.json`.
+//! `UPDATE_FIXTURES=1 cargo test` rewrites the expectations; review them as diffs.
 //!
 //! Every patch is also applied, and the result reviewed again as `reinvocationPolicy:
 //! IfNeeded` would: as it is (no patch), and after another webhook put a container in
 //! front of the manager (one `move` back).
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use ipmgmt_webhook::inject::{Config, Decision, Injector, Pod, Skip};
+use std::path::Path;
+
+use ipmgmt_webhook::inject::{Decision, Injector, Pod, Skip};
 use ipmgmt_webhook::patch::Patch;
 use serde_json::{Value, json};
-
-fn base_config() -> Config {
-    Config {
-        image: "public.ecr.aws/ipmgmt/ipmgr:0.1.0".into(),
-        region: Some("us-west-2".into()),
-        ..Config::default()
-    }
-}
 
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn config_for(case: &Path) -> Config {
-    let mut cfg = serde_json::to_value(base_config()).unwrap();
-    let overrides = case.join("config.json");
-    if overrides.exists() {
-        let Value::Object(fields) = read_json(&overrides) else {
-            panic!("{}: not an object", overrides.display())
-        };
-        for (k, v) in fields {
-            cfg[k] = v;
-        }
-    }
-    serde_json::from_value(cfg).unwrap_or_else(|e| panic!("{}/config.json: {e}", case.display()))
 }
 
 fn describe(decision: &Decision) -> Value {
@@ -57,7 +37,7 @@ fn describe(decision: &Decision) -> Value {
             patch,
             warnings,
         } => json!({
-            "decision": "inject", "mode": mode, "warnings": warnings,
+            "decision": "inject", "mode": mode.as_str(), "warnings": warnings,
             "patch": serde_json::from_slice::<Value>(&patch.to_bytes()).expect("patch is JSON"),
         }),
     }
@@ -122,28 +102,23 @@ fn reinvoked(injector: &Injector, manager: &str, patched: &Value) -> Result<(), 
     }
 }
 
-fn cases() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("pod.json").exists())
-        .collect();
-    cases.sort();
-    cases
-}
-
 #[test]
 fn golden_fixtures() {
     let update = std::env::var_os("UPDATE_FIXTURES").is_some();
     let mut failures = Vec::new();
-    let cases = cases();
+    let cases = common::cases();
     assert!(cases.len() >= 10, "fixture cases went missing: {cases:?}");
     for case in &cases {
         let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        for file in std::fs::read_dir(case).unwrap() {
+            let file = file.unwrap().file_name();
+            if !["pod.json", "expected.json", "flags"].contains(&&*file.to_string_lossy()) {
+                failures.push(format!("{name}: {file:?} is not a fixture file"));
+            }
+        }
         let text = std::fs::read_to_string(case.join("pod.json")).unwrap();
         let pod: Pod = serde_json::from_str(&text).unwrap();
-        let config = config_for(case);
+        let config = common::config(case);
         let manager = config.container_name.clone();
         let injector = Injector::new(config);
         let decision = injector.decide(&pod);

@@ -48,7 +48,8 @@ struct RunArgs {
     /// CA that signed the server's certificate.
     #[arg(long)]
     ca: PathBuf,
-    /// The request body: an AdmissionReview JSON file.
+    /// The request body: an AdmissionReview JSON file (scripts/bench-webhook writes
+    /// one with the tests' envelope, `webhook_harness.review_of`).
     #[arg(long)]
     body: PathBuf,
     #[arg(long, default_value_t = 16)]

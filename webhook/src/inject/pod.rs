@@ -19,8 +19,6 @@ pub struct Pod<'a> {
 #[serde(rename_all = "camelCase")]
 pub struct Meta<'a> {
     #[serde(borrow, default)]
-    pub name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     pub generate_name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub annotations: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,

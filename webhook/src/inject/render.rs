@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::request::{DEFAULT_GRACE_SECONDS, Overrides, release_delay_seconds};
-use super::{Config, Mode};
+use super::{Config, Form, Mode};
 
 /// Names the EKS pod-identity webhook uses, so that both agree on one token volume.
 pub const IRSA_VOLUME: &str = "aws-iam-token";
@@ -37,7 +37,37 @@ pub fn container(
     over: &Overrides<'_>,
     ready_volume: &str,
 ) -> Value {
-    let classic = mode == Mode::Sidecar && cfg.classic_sidecar;
+    // Every setting and every override by name: one added to `Config` or `Overrides`
+    // does not compile until it is rendered here, or named as used elsewhere.
+    let Config {
+        container_name,
+        image,
+        image_pull_policy,
+        ipmgr_path,
+        classic_sidecar,
+        // What an empty annotation asks for: the request has read it.
+        default_mode: _,
+        region,
+        imds_endpoint,
+        imds_endpoint_mode,
+        imds_disabled,
+        role_arn: configured_role,
+        // The token volume's: `irsa_volume`.
+        token_audience: _,
+        token_expiration_seconds: _,
+        resources: configured_resources,
+        run_as_user,
+        startup_timeout_seconds,
+        ipmgr_env,
+    } = cfg;
+    let form = Form::of(mode, *classic_sidecar);
+    let Overrides {
+        role_arn,
+        reassignment_off,
+        resources,
+        interfaces,
+        release_delay_seconds: release_delay,
+    } = over;
     let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     let value = |name: &str, value: &str| json!({"name": name, "value": value});
     let mut env = vec![
@@ -45,23 +75,23 @@ pub fn container(
         field("POD_NAME", "metadata.name"),
         field("POD_NAMESPACE", "metadata.namespace"),
     ];
-    if let Some(region) = &cfg.region {
+    if let Some(region) = region {
         env.push(value("AWS_REGION", region));
     }
-    if let Some(endpoint) = &cfg.imds_endpoint {
+    if let Some(endpoint) = imds_endpoint {
         env.push(value("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint));
     }
-    if let Some(endpoint_mode) = &cfg.imds_endpoint_mode {
+    if let Some(endpoint_mode) = imds_endpoint_mode {
         env.push(value(
             "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
             endpoint_mode,
         ));
     }
-    if cfg.imds_disabled {
+    if *imds_disabled {
         env.push(value("AWS_EC2_METADATA_DISABLED", "true"));
     }
     let mut mounts = Vec::new();
-    if let Some(arn) = over.role_arn.or(cfg.role_arn.as_deref()) {
+    if let Some(arn) = role_arn.or(configured_role.as_deref()) {
         env.push(value("AWS_ROLE_ARN", arn));
         env.push(value(
             "AWS_WEB_IDENTITY_TOKEN_FILE",
@@ -70,33 +100,34 @@ pub fn container(
         env.push(value("AWS_STS_REGIONAL_ENDPOINTS", "regional"));
         mounts.push(json!({"name": IRSA_VOLUME, "mountPath": IRSA_MOUNT_PATH, "readOnly": true}));
     }
-    if over.reassignment_off {
+    if *reassignment_off {
         env.push(value("IPMGR_ALLOW_REASSIGNMENT", "false"));
     }
-    if let Some(names) = over.interfaces {
+    if let Some(names) = interfaces {
         env.push(value("IPMGR_INTERFACES", names));
     }
-    if mode == Mode::Sidecar {
+    if form.runs_alongside() {
         env.push(value("IPMGR_READY_FILE", READY_FILE));
         mounts.push(json!({"name": ready_volume, "mountPath": READY_DIR}));
     }
-    if classic {
-        let delay = over
-            .release_delay_seconds
-            .unwrap_or(release_delay_seconds(DEFAULT_GRACE_SECONDS));
-        env.push(value("IPMGR_RELEASE_DELAY_SECONDS", &delay.to_string()));
+    match form {
+        Form::Init | Form::NativeSidecar => {}
+        Form::ClassicSidecar => {
+            let delay = release_delay.unwrap_or(release_delay_seconds(DEFAULT_GRACE_SECONDS));
+            env.push(value("IPMGR_RELEASE_DELAY_SECONDS", &delay.to_string()));
+        }
     }
     // What the webhook sets for this pod wins over the same name in --ipmgr-env:
     // a duplicate would leave kubelet to pick the last one.
-    for (name, v) in &cfg.ipmgr_env {
+    for (name, v) in ipmgr_env {
         if !env.iter().any(|e| e["name"] == name.as_str()) {
             env.push(value(name, v));
         }
     }
 
-    let resources = match &over.resources {
+    let resources = match resources {
         Some(resources) => resources.clone(),
-        None => cfg.resources.for_pod(guaranteed),
+        None => configured_resources.for_pod(guaranteed),
     };
     let mut requests = serde_json::Map::new();
     requests.insert("cpu".into(), json!(resources.cpu_request));
@@ -114,16 +145,16 @@ pub fn container(
     }
 
     let mut c = json!({
-        "name": cfg.container_name,
-        "image": cfg.image,
-        "imagePullPolicy": cfg.image_pull_policy,
-        "command": [cfg.ipmgr_path, mode.as_str()],
+        "name": container_name,
+        "image": image,
+        "imagePullPolicy": image_pull_policy,
+        "command": [ipmgr_path, mode.as_str()],
         "env": env,
         "resources": resources,
         "securityContext": {
             "runAsNonRoot": true,
-            "runAsUser": cfg.run_as_user,
-            "runAsGroup": cfg.run_as_user,
+            "runAsUser": run_as_user,
+            "runAsGroup": run_as_user,
             "readOnlyRootFilesystem": true,
             "allowPrivilegeEscalation": false,
             "capabilities": {"drop": ["ALL"]},
@@ -132,13 +163,13 @@ pub fn container(
         // ipmgr writes its one-line failure reason there; the pod's status shows it.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     });
-    if mode == Mode::Sidecar {
-        let ready = json!({"command": [cfg.ipmgr_path, "ready"]});
+    if form.runs_alongside() {
+        let ready = json!({"command": [ipmgr_path, "ready"]});
         c["startupProbe"] = json!({
             "exec": ready,
             "periodSeconds": 1,
             "timeoutSeconds": 5,
-            "failureThreshold": cfg.startup_timeout_seconds.max(1),
+            "failureThreshold": (*startup_timeout_seconds).max(1),
         });
         // `ipmgr ready` fails while an address of the pod is unassigned, so a lasting
         // failure turns the pod NotReady after about 15 s. A native sidecar's
@@ -149,13 +180,15 @@ pub fn container(
             "timeoutSeconds": 5,
             "failureThreshold": 3,
         });
-        if classic {
+    }
+    match form {
+        Form::Init => {}
+        Form::NativeSidecar => c["restartPolicy"] = json!("Always"),
+        Form::ClassicSidecar => {
             // kubelet starts the next container only when this hook returns.
             c["lifecycle"] = json!({"postStart": {"exec": {"command": [
-                cfg.ipmgr_path, "ready", "--wait", cfg.startup_timeout_seconds.to_string(),
+                ipmgr_path, "ready", "--wait", startup_timeout_seconds.to_string(),
             ]}}});
-        } else {
-            c["restartPolicy"] = json!("Always");
         }
     }
     if !mounts.is_empty() {

@@ -1,9 +1,9 @@
 //! Reading what a pod asks for: its annotations and containers, checked, into a typed
-//! `Request`. Every denial is made here; building the patch only follows the request.
+//! `PodRequest`. Every denial is made here; building the patch only follows the request.
 
 use super::pod::{self, Pod, Spec};
 use super::resources::{self, Override, RESOURCES_ANNOTATION, Resources};
-use super::{Config, Mode, Skip};
+use super::{Config, Form, Mode, Skip};
 
 pub const MODE_ANNOTATION: &str = "ipmgmt.aws/mode";
 pub const ROLE_ARN_ANNOTATION: &str = "ipmgmt.aws/role-arn";
@@ -41,9 +41,12 @@ impl Overrides<'_> {
     }
 }
 
+/// What one pod asks for, read and checked: the patch is built from this alone.
 #[derive(Debug)]
-pub struct Request<'p> {
+pub struct PodRequest<'p> {
     pub mode: Mode,
+    /// The form the manager takes: the mode, and whether native sidecars are off.
+    pub form: Form,
     /// The pod is Guaranteed without the manager; the manager's requests then equal
     /// its limits.
     pub guaranteed: bool,
@@ -72,6 +75,9 @@ impl List {
     }
 }
 
+/// What reading a pod found. Returned once per review and matched at once, never
+/// stored, so the request is not boxed however many overrides it grows.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Read<'p, 'a> {
     Skip(Skip),
@@ -83,7 +89,7 @@ pub enum Read<'p, 'a> {
     Deny(String),
     Inject {
         spec: &'p Spec<'a>,
-        request: Request<'p>,
+        request: PodRequest<'p>,
     },
 }
 
@@ -120,7 +126,7 @@ fn checked<'p>(
     annotation: &impl Fn(&str) -> Option<&'p str>,
     requested: &str,
     cfg: &Config,
-) -> Result<Request<'p>, String> {
+) -> Result<PodRequest<'p>, String> {
     let mode = if requested.is_empty() {
         cfg.default_mode
     } else {
@@ -165,20 +171,24 @@ fn checked<'p>(
             Some(resources)
         }
     };
-    let classic = mode == Mode::Sidecar && cfg.classic_sidecar;
-    let release_delay = spec
-        .termination_grace_period_seconds
-        .map(release_delay_seconds)
-        .filter(|&delay| classic && delay != release_delay_seconds(DEFAULT_GRACE_SECONDS));
-
-    let default_container = match annotation(DEFAULT_CONTAINER_ANNOTATION) {
-        Some(_) => None,
-        None if classic => spec
-            .containers
-            .as_ref()
-            .and_then(|c| c.first())
-            .and_then(|c| c.name.as_deref()),
-        None => None,
+    let form = Form::of(mode, cfg.classic_sidecar);
+    let (release_delay, default_container) = match form {
+        Form::Init | Form::NativeSidecar => (None, None),
+        Form::ClassicSidecar => {
+            let delay = spec
+                .termination_grace_period_seconds
+                .map(release_delay_seconds)
+                .filter(|&delay| delay != release_delay_seconds(DEFAULT_GRACE_SECONDS));
+            let app = match annotation(DEFAULT_CONTAINER_ANNOTATION) {
+                Some(_) => None,
+                None => spec
+                    .containers
+                    .as_ref()
+                    .and_then(|c| c.first())
+                    .and_then(|c| c.name.as_deref()),
+            };
+            (delay, app)
+        }
     };
     if annotation(NETWORKS_ANNOTATION).is_none() {
         warnings.push(format!(
@@ -186,8 +196,9 @@ fn checked<'p>(
              secondary interface unless Multus attaches one by default"
         ));
     }
-    Ok(Request {
+    Ok(PodRequest {
         mode,
+        form,
         guaranteed,
         overrides: Overrides {
             role_arn,

@@ -6,8 +6,6 @@
 //! turns Burstable, and kubelet's static CPU manager then silently stops giving it
 //! exclusive CPUs. So in a Guaranteed pod the manager's requests equal its limits.
 
-use serde::{Deserialize, Serialize};
-
 use super::pod::{Container, ResourceList};
 use super::quantity::Quantity;
 
@@ -17,24 +15,12 @@ const KEYS: &str = "requests.cpu, requests.memory, limits.cpu, limits.memory";
 
 /// The manager's resources as rendered into the pod: the configured text, so the pod
 /// shows what the platform team wrote.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resources {
     pub cpu_request: String,
     pub memory_request: String,
     pub cpu_limit: Option<String>,
     pub memory_limit: Option<String>,
-}
-
-impl Default for Resources {
-    fn default() -> Self {
-        Resources {
-            cpu_request: "10m".into(),
-            memory_request: "16Mi".into(),
-            cpu_limit: Some("100m".into()),
-            memory_limit: Some("64Mi".into()),
-        }
-    }
 }
 
 impl Resources {
@@ -318,8 +304,11 @@ mod tests {
         }
     }
 
+    /// The resources the webhook's default flags give.
     fn configured() -> Resources {
-        Resources::default()
+        crate::config::from_flags(["--image", "ipmgr:test"])
+            .unwrap()
+            .resources
     }
 
     #[test]

@@ -1,89 +1,11 @@
-//! Every setting of the webhook, as flags with environment twins. `ipmgmt-webhook
-//! --help` is the reference; the chart and docs point here.
+//! The flags of what goes into pods, checked into the injector's `Config` so that
+//! every patch it yields is valid.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
-
-use clap::{Parser, ValueEnum};
 
 use crate::inject::{self, Config, Mode, Quantity, Resources};
 
-#[derive(Parser, Debug, Clone)]
-#[command(
-    name = "ipmgmt-webhook",
-    version,
-    about = "Mutating admission webhook: injects the ipmgmt IP manager into pods annotated ipmgmt.aws/mode"
-)]
-pub struct Args {
-    /// HTTPS address for admission reviews (POST /mutate).
-    #[arg(long, env = "IPMGMT_LISTEN", default_value = "0.0.0.0:8443")]
-    pub listen: SocketAddr,
-
-    /// Plain-HTTP address for /healthz, /readyz and /metrics.
-    #[arg(long, env = "IPMGMT_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
-    pub admin_listen: SocketAddr,
-
-    /// PEM certificate chain to serve; re-read while running (cert-manager renewals).
-    #[arg(
-        long,
-        env = "IPMGMT_TLS_CERT",
-        requires = "tls_key",
-        required_unless_present = "self_signed"
-    )]
-    pub tls_cert: Option<PathBuf>,
-
-    /// PEM private key matching --tls-cert.
-    #[arg(long, env = "IPMGMT_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-
-    /// Serve an in-memory self-signed certificate instead of files (local runs only).
-    #[arg(long, env = "IPMGMT_SELF_SIGNED", conflicts_with_all = ["tls_cert", "tls_key"])]
-    pub self_signed: bool,
-
-    /// DNS names and IP addresses on the self-signed certificate.
-    #[arg(
-        long,
-        env = "IPMGMT_SELF_SIGNED_NAMES",
-        value_delimiter = ',',
-        default_value = "localhost,127.0.0.1,::1"
-    )]
-    pub self_signed_names: Vec<String>,
-
-    /// How often to re-read --tls-cert and --tls-key (SIGHUP re-reads at once).
-    #[arg(long, env = "IPMGMT_TLS_RELOAD_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    pub tls_reload_seconds: u64,
-
-    /// After SIGTERM, keep serving (unready) this long so endpoints drop this pod first.
-    #[arg(long, env = "IPMGMT_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
-    pub shutdown_delay_seconds: u64,
-
-    /// Then wait at most this long for in-flight reviews to finish.
-    #[arg(long, env = "IPMGMT_DRAIN_TIMEOUT_SECONDS", default_value_t = 20)]
-    pub drain_timeout_seconds: u64,
-
-    /// Close connections whose TLS handshake or request headers take longer than this.
-    #[arg(long, env = "IPMGMT_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    pub header_read_timeout_seconds: u64,
-
-    /// Log format.
-    #[arg(long, env = "IPMGMT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-
-    /// Log filter, in tracing's EnvFilter syntax (e.g. "info", "ipmgmt_webhook=debug").
-    #[arg(long, env = "IPMGMT_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
-
-    #[command(flatten)]
-    pub inject: InjectArgs,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+use super::env::{is_env_name, split_env};
 
 /// What the webhook puts into pods.
 #[derive(clap::Args, Debug, Clone)]
@@ -102,8 +24,8 @@ pub struct InjectArgs {
     pub container_name: String,
 
     /// Mode for pods whose `ipmgmt.aws/mode` annotation is present but empty.
-    #[arg(long, env = "IPMGMT_DEFAULT_MODE", default_value = "init", value_parser = ["init", "sidecar"])]
-    pub default_mode: String,
+    #[arg(long, env = "IPMGMT_DEFAULT_MODE", value_enum, default_value_t = Mode::Init)]
+    pub default_mode: Mode,
 
     /// Path of the ipmgr binary inside the image.
     #[arg(
@@ -207,31 +129,48 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-impl Args {
-    pub fn reload_interval(&self) -> Duration {
-        Duration::from_secs(self.tls_reload_seconds)
-    }
-}
-
 impl InjectArgs {
     /// The injector's configuration, checked so that every patch it yields is valid.
     pub fn to_config(&self) -> Result<Config, ConfigError> {
-        if self.image.trim().is_empty() {
+        // Every flag by name: one added to `InjectArgs` does not compile until it is used.
+        let InjectArgs {
+            image,
+            image_pull_policy,
+            container_name,
+            default_mode,
+            ipmgr_path,
+            classic_sidecar,
+            region,
+            imds_endpoint,
+            imds_endpoint_mode,
+            imds_disabled,
+            role_arn,
+            token_audience,
+            token_expiration_seconds,
+            cpu_request,
+            memory_request,
+            cpu_limit,
+            memory_limit,
+            run_as_user,
+            startup_timeout_seconds,
+            ipmgr_env,
+        } = self;
+        if image.trim().is_empty() {
             return Err(invalid("--image", "must name the ipmgr image"));
         }
-        if !is_dns_label(&self.container_name) {
+        if !is_dns_label(container_name) {
             return Err(invalid(
                 "--container-name",
                 format!(
                     "{:?} is not a DNS label (lower case, digits, '-', at most 63)",
-                    self.container_name
+                    container_name
                 ),
             ));
         }
-        if !self.ipmgr_path.starts_with('/') {
+        if !ipmgr_path.starts_with('/') {
             return Err(invalid("--ipmgr-path", "must be an absolute path"));
         }
-        if let Some(region) = &self.region
+        if let Some(region) = region
             && (region.is_empty()
                 || !region
                     .bytes()
@@ -242,15 +181,15 @@ impl InjectArgs {
                 format!("{region:?} is not an AWS Region name"),
             ));
         }
-        if let Some(arn) = &self.role_arn {
+        if let Some(arn) = role_arn {
             inject::check_role_arn(arn).map_err(|reason| invalid("--role-arn", reason))?;
         }
         let optional = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let resources = Resources {
-            cpu_request: self.cpu_request.clone(),
-            memory_request: self.memory_request.clone(),
-            cpu_limit: optional(&self.cpu_limit),
-            memory_limit: optional(&self.memory_limit),
+            cpu_request: cpu_request.clone(),
+            memory_request: memory_request.clone(),
+            cpu_limit: optional(cpu_limit),
+            memory_limit: optional(memory_limit),
         };
         let quantity = |flag: &'static str, text: &str| {
             let q =
@@ -285,8 +224,8 @@ impl InjectArgs {
                 ));
             }
         }
-        let mut ipmgr_env = BTreeMap::new();
-        for pair in self.ipmgr_env.iter().flat_map(|value| split_env(value)) {
+        let mut env = BTreeMap::new();
+        for pair in ipmgr_env.iter().flat_map(|value| split_env(value)) {
             let Some((name, value)) = pair.split_once('=') else {
                 return Err(invalid(
                     "--ipmgr-env",
@@ -299,27 +238,26 @@ impl InjectArgs {
                     format!("{name:?} is not a variable name"),
                 ));
             }
-            ipmgr_env.insert(name.to_owned(), value.to_owned());
+            env.insert(name.to_owned(), value.to_owned());
         }
         Ok(Config {
-            container_name: self.container_name.clone(),
-            image: self.image.clone(),
-            image_pull_policy: self.image_pull_policy.clone(),
-            ipmgr_path: self.ipmgr_path.clone(),
-            classic_sidecar: self.classic_sidecar,
-            default_mode: Mode::parse(&self.default_mode)
-                .map_err(|reason| invalid("--default-mode", reason))?,
-            region: self.region.clone(),
-            imds_endpoint: self.imds_endpoint.clone(),
-            imds_endpoint_mode: self.imds_endpoint_mode.clone(),
-            imds_disabled: self.imds_disabled,
-            role_arn: self.role_arn.clone(),
-            token_audience: self.token_audience.clone(),
-            token_expiration_seconds: self.token_expiration_seconds,
+            container_name: container_name.clone(),
+            image: image.clone(),
+            image_pull_policy: image_pull_policy.clone(),
+            ipmgr_path: ipmgr_path.clone(),
+            classic_sidecar: *classic_sidecar,
+            default_mode: *default_mode,
+            region: region.clone(),
+            imds_endpoint: imds_endpoint.clone(),
+            imds_endpoint_mode: imds_endpoint_mode.clone(),
+            imds_disabled: *imds_disabled,
+            role_arn: role_arn.clone(),
+            token_audience: token_audience.clone(),
+            token_expiration_seconds: *token_expiration_seconds,
             resources,
-            run_as_user: self.run_as_user,
-            startup_timeout_seconds: self.startup_timeout_seconds,
-            ipmgr_env,
+            run_as_user: *run_as_user,
+            startup_timeout_seconds: *startup_timeout_seconds,
+            ipmgr_env: env,
         })
     }
 }
@@ -334,42 +272,11 @@ fn is_dns_label(s: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
-fn is_env_name(s: &str) -> bool {
-    let mut bytes = s.bytes();
-    bytes
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
-        && bytes.all(|c| c.is_ascii_alphanumeric() || c == b'_')
-}
-
-/// One `--ipmgr-env` value, split where a comma is followed by an upper-case `NAME=`;
-/// every other comma stays in its value, as tracing filters (`info,aws_config=warn`)
-/// and lists need.
-fn split_env(value: &str) -> Vec<&str> {
-    let mut pairs = Vec::new();
-    let mut start = 0;
-    for (comma, _) in value.match_indices(',') {
-        let next = &value[comma + 1..];
-        let starts_variable = next.split_once('=').is_some_and(|(name, _)| {
-            is_env_name(name)
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-        });
-        if starts_variable {
-            pairs.push(&value[start..comma]);
-            start = comma + 1;
-        }
-    }
-    if start < value.len() || !pairs.is_empty() {
-        pairs.push(&value[start..]);
-    }
-    pairs
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use clap::Parser;
+
+    use super::super::Args;
 
     fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
         let mut argv = vec!["ipmgmt-webhook", "--self-signed", "--image", "ipmgr:1"];
@@ -382,25 +289,6 @@ mod tests {
         let cfg = parse(&[]).unwrap().inject.to_config().unwrap();
         assert_eq!(cfg.container_name, "aws-ip-mgmt");
         assert_eq!(cfg.resources.memory_limit.as_deref(), Some("64Mi"));
-    }
-
-    #[test]
-    fn tls_source_is_files_or_self_signed() {
-        assert!(Args::try_parse_from(["ipmgmt-webhook", "--image", "x"]).is_err());
-        assert!(
-            Args::try_parse_from(["ipmgmt-webhook", "--image", "x", "--tls-cert", "c"]).is_err()
-        );
-        assert!(parse(&["--tls-cert", "c", "--tls-key", "k"]).is_err());
-        let files = Args::try_parse_from([
-            "ipmgmt-webhook",
-            "--image",
-            "x",
-            "--tls-cert",
-            "c",
-            "--tls-key",
-            "k",
-        ]);
-        assert!(files.is_ok());
     }
 
     #[test]
@@ -482,40 +370,5 @@ mod tests {
                 .to_config()
                 .is_ok()
         );
-    }
-
-    fn env_of(args: &[&str]) -> BTreeMap<String, String> {
-        parse(args).unwrap().inject.to_config().unwrap().ipmgr_env
-    }
-
-    #[test]
-    fn ipmgr_env_values_keep_their_commas() {
-        let env = env_of(&["--ipmgr-env", "IPMGR_LOG_LEVEL=info,aws_config=warn"]);
-        assert_eq!(env.len(), 1, "{env:?}");
-        assert_eq!(env["IPMGR_LOG_LEVEL"], "info,aws_config=warn");
-
-        let env = env_of(&[
-            "--ipmgr-env",
-            "IPMGR_LOG_LEVEL=info,ipmgr=debug,IPMGR_LOG_FORMAT=json",
-            "--ipmgr-env",
-            "NO_PROXY=169.254.169.254,10.0.0.0/8",
-            "--ipmgr-env=IPMGR_RESYNC_SECONDS=120",
-        ]);
-        assert_eq!(env["IPMGR_LOG_LEVEL"], "info,ipmgr=debug");
-        assert_eq!(env["IPMGR_LOG_FORMAT"], "json");
-        assert_eq!(env["NO_PROXY"], "169.254.169.254,10.0.0.0/8");
-        assert_eq!(env["IPMGR_RESYNC_SECONDS"], "120");
-        assert_eq!(env.len(), 4, "{env:?}");
-
-        // A lower-case name after a comma is part of the value; one given on its own
-        // flag is a variable.
-        let env = env_of(&["--ipmgr-env", "http_proxy=http://proxy:3128"]);
-        assert_eq!(env["http_proxy"], "http://proxy:3128");
-        assert_eq!(split_env("A=1,"), ["A=1,"]);
-        assert_eq!(split_env("A=,B="), ["A=", "B="]);
-        assert_eq!(split_env("A=x,_B1=y"), ["A=x", "_B1=y"]);
-        assert_eq!(split_env("A=x,1B=y"), ["A=x,1B=y"]);
-        assert!(split_env("").is_empty());
-        assert!(env_of(&[]).is_empty());
     }
 }

@@ -5,143 +5,31 @@
 //! Instead the files are re-read on a timer (and on SIGHUP) and compared with what is
 //! being served; a changed, valid pair is swapped in atomically, and a half-written or
 //! mismatched one is logged and ignored, so the last good pair keeps serving.
+//!
+//! - here: `CertStore`, which rustls asks for the certificate, and `watch`, which
+//!   re-reads the files.
+//! - `pem`: reading and checking a PEM pair, and the self-signed one.
+//! - `metrics`: the certificate's metric families, which `watch` keeps current.
+
+mod metrics;
+mod pem;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
-use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
 
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} holds no PEM certificate")]
-    NoCertificate { path: PathBuf },
-    #[error("{path}: invalid PEM certificate: {source}")]
-    BadCertificate {
-        path: PathBuf,
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("{path} holds no usable PEM private key: {source}")]
-    BadKey {
-        path: PathBuf,
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("{cert} and {key} do not form a usable pair: {source}")]
-    Pair {
-        cert: PathBuf,
-        key: PathBuf,
-        source: rustls::Error,
-    },
-    #[error("{path}: the certificate cannot be parsed: {reason}")]
-    Parse { path: PathBuf, reason: String },
-    #[error("cannot generate a self-signed certificate: {0}")]
-    SelfSigned(#[from] rcgen::Error),
-}
+pub use metrics::Metrics;
+pub use pem::{PemFiles, Served, TlsError, self_signed};
 
-/// A certificate ready to serve, with its expiry (seconds since the epoch) for metrics.
-pub struct Served {
-    pub key: Arc<CertifiedKey>,
-    pub not_after: i64,
-}
-
-/// The certificate chain and key files as read, in that order.
-pub type PemFiles = (Vec<u8>, Vec<u8>);
-
-/// Reads and checks a PEM certificate chain and private key.
-pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<(Served, PemFiles), TlsError> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| TlsError::Read {
-            path: path.into(),
-            source,
-        })
-    };
-    let (cert_pem, key_pem) = (read(cert_path)?, read(key_path)?);
-    let served = parse_pair(&cert_pem, &key_pem, cert_path, key_path)?;
-    Ok((served, (cert_pem, key_pem)))
-}
-
-fn parse_pair(
-    cert_pem: &[u8],
-    key_pem: &[u8],
-    cert_path: &Path,
-    key_path: &Path,
-) -> Result<Served, TlsError> {
-    let chain = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::BadCertificate {
-            path: cert_path.into(),
-            source,
-        })?;
-    let Some(leaf) = chain.first() else {
-        return Err(TlsError::NoCertificate {
-            path: cert_path.into(),
-        });
-    };
-    let not_after = not_after(leaf).map_err(|reason| TlsError::Parse {
-        path: cert_path.into(),
-        reason,
-    })?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| TlsError::BadKey {
-        path: key_path.into(),
-        source,
-    })?;
-    let pair_error = |source| TlsError::Pair {
-        cert: cert_path.into(),
-        key: key_path.into(),
-        source,
-    };
-    let certified = CertifiedKey::from_der(chain, key, provider()).map_err(pair_error)?;
-    // from_der lets an unknown consistency pass; a half-renewed Secret must not.
-    certified.keys_match().map_err(pair_error)?;
-    Ok(Served {
-        key: Arc::new(certified),
-        not_after,
-    })
-}
-
-/// An in-memory certificate for local runs: `--self-signed`.
-pub fn self_signed(names: Vec<String>) -> Result<Served, TlsError> {
-    let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(names)?;
-    let key =
-        PrivateKeyDer::try_from(signing_key.serialize_der()).map_err(|reason| TlsError::Parse {
-            path: "<self-signed>".into(),
-            reason: reason.into(),
-        })?;
-    let der = cert.der().clone();
-    let not_after = not_after(&der).map_err(|reason| TlsError::Parse {
-        path: "<self-signed>".into(),
-        reason,
-    })?;
-    let certified =
-        CertifiedKey::from_der(vec![der], key, provider()).map_err(|source| TlsError::Pair {
-            cert: "<self-signed>".into(),
-            key: "<self-signed>".into(),
-            source,
-        })?;
-    Ok(Served {
-        key: Arc::new(certified),
-        not_after,
-    })
-}
-
-fn not_after(cert: &CertificateDer<'_>) -> Result<i64, String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| e.to_string())?;
-    Ok(parsed.validity().not_after.timestamp())
-}
-
-fn provider() -> &'static Arc<CryptoProvider> {
-    CryptoProvider::get_default().expect("main installs the process-wide crypto provider")
-}
+use metrics::ReloadResult;
+use pem::{load_pair, parse_pair};
 
 /// What a reload found.
 #[derive(Debug)]
@@ -234,10 +122,6 @@ impl CertStore {
             Err(e) => Reload::Rejected(e),
         }
     }
-
-    pub fn current(&self) -> Arc<CertifiedKey> {
-        self.current.load_full()
-    }
 }
 
 impl ResolvesServerCert for CertStore {
@@ -256,6 +140,31 @@ pub fn server_config(store: Arc<CertStore>) -> ServerConfig {
     .with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config
+}
+
+/// Re-reads the certificate files every `every` and on SIGHUP, for as long as it runs.
+pub async fn watch(store: Arc<CertStore>, metrics: Metrics, every: Duration) {
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler installs");
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = hup.recv() => info!("SIGHUP: re-reading the serving certificate"),
+        }
+        match store.reload() {
+            Reload::Unchanged => {}
+            Reload::Swapped { not_after } => {
+                metrics.reloaded(ReloadResult::success);
+                metrics.serving(not_after);
+                info!(not_after, "serving a renewed certificate");
+            }
+            Reload::Rejected(e) => {
+                metrics.reloaded(ReloadResult::failure);
+                warn!(error = %e, "renewed certificate is not usable yet; still serving the last good one");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -285,7 +194,7 @@ mod tests {
         let first = pair("a.example");
         write(dir.path(), &first);
         let (store, _) = CertStore::from_files(&crt, &key).unwrap();
-        let served_first = store.current();
+        let served_first = store.current.load_full();
         assert!(matches!(store.reload(), Reload::Unchanged));
 
         // A renewal where only the certificate has been written so far.
@@ -296,18 +205,18 @@ mod tests {
             Reload::Rejected(TlsError::Pair { .. })
         ));
         assert!(
-            Arc::ptr_eq(&store.current(), &served_first)
-                || store.current().cert == served_first.cert
+            Arc::ptr_eq(&store.current.load_full(), &served_first)
+                || store.current.load_full().cert == served_first.cert
         );
 
         // Truncated certificate.
         std::fs::write(&crt, &second.0[..second.0.len() / 2]).unwrap();
         assert!(matches!(store.reload(), Reload::Rejected(_)));
-        assert_eq!(store.current().cert, served_first.cert);
+        assert_eq!(store.current.load_full().cert, served_first.cert);
 
         write(dir.path(), &second);
         assert!(matches!(store.reload(), Reload::Swapped { .. }));
-        assert_ne!(store.current().cert, served_first.cert);
+        assert_ne!(store.current.load_full().cert, served_first.cert);
     }
 
     #[test]
