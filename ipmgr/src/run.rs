@@ -453,24 +453,29 @@ struct StateLabel {
 
 /// The sidecar loop's metrics: passes by trigger and result, and the pod's addresses
 /// by state after the last pass.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PassMetrics {
     passes: Family<PassLabels, Counter>,
     addresses: Family<StateLabel, Gauge>,
 }
 
 impl PassMetrics {
-    pub fn register(&self, registry: &mut Registry) {
+    /// Makes the families, each registered as it is made: a new one cannot be left
+    /// out of `/metrics`.
+    pub fn register(registry: &mut Registry) -> PassMetrics {
+        let passes = Family::default();
         registry.register(
             "ipmgr_passes",
             "Sidecar assignment passes, by what started them and how they ended",
-            self.passes.clone(),
+            passes.clone(),
         );
+        let addresses = Family::default();
         registry.register(
             "ipmgr_addresses",
             "The pod's managed addresses after the last pass, by state",
-            self.addresses.clone(),
+            addresses.clone(),
         );
+        PassMetrics { passes, addresses }
     }
 
     fn pass(&self, trigger: Trigger, result: &Result<Outcome, PassError>) {
@@ -564,11 +569,10 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
     let ready = ReadyFile(&args.ready_file);
     // A restarted sidecar must not pass its probes on the last run's file.
     ready.set(false)?;
-    let metrics = PassMetrics::default();
+    let mut registry = Registry::default();
+    attempts.register(&mut registry);
+    let metrics = PassMetrics::register(&mut registry);
     if let Some(addr) = args.metrics_listen {
-        let mut registry = Registry::default();
-        attempts.register(&mut registry);
-        metrics.register(&mut registry);
         crate::metrics::serve(addr, registry)
             .await
             .map_err(|source| Failure::Metrics { addr, source })?;
