@@ -1,0 +1,127 @@
+//! The sidecar loop's metrics: passes by trigger and result, and the pod's addresses
+//! by state. Label values are enums.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::sidecar::Trigger;
+use crate::manager::{Outcome, PassError};
+
+/// A trigger without its event count: the `trigger` label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(super) enum TriggerKind {
+    Start,
+    Retry,
+    Events,
+    Periodic,
+}
+
+/// How a sidecar pass ended: the `result` label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum PassResult {
+    Complete,
+    Incomplete,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum AddressState {
+    Assigned,
+    Unassigned,
+}
+
+impl EncodeLabelValue for TriggerKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let name = match self {
+            TriggerKind::Start => "start",
+            TriggerKind::Retry => "retry",
+            TriggerKind::Events => "events",
+            TriggerKind::Periodic => "periodic",
+        };
+        EncodeLabelValue::encode(&name, encoder)
+    }
+}
+
+impl EncodeLabelValue for PassResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let name = match self {
+            PassResult::Complete => "complete",
+            PassResult::Incomplete => "incomplete",
+            PassResult::Failed => "failed",
+        };
+        EncodeLabelValue::encode(&name, encoder)
+    }
+}
+
+impl EncodeLabelValue for AddressState {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let name = match self {
+            AddressState::Assigned => "assigned",
+            AddressState::Unassigned => "unassigned",
+        };
+        EncodeLabelValue::encode(&name, encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PassLabels {
+    trigger: TriggerKind,
+    result: PassResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: AddressState,
+}
+
+/// The sidecar loop's metrics: passes by trigger and result, and the pod's addresses
+/// by state after the last pass.
+#[derive(Clone, Debug)]
+pub struct PassMetrics {
+    passes: Family<PassLabels, Counter>,
+    addresses: Family<StateLabel, Gauge>,
+}
+
+impl PassMetrics {
+    /// Makes the families, each registered as it is made: a new one cannot be left
+    /// out of `/metrics`.
+    pub fn register(registry: &mut Registry) -> PassMetrics {
+        let passes = Family::default();
+        registry.register(
+            "ipmgr_passes",
+            "Sidecar assignment passes, by what started them and how they ended",
+            passes.clone(),
+        );
+        let addresses = Family::default();
+        registry.register(
+            "ipmgr_addresses",
+            "The pod's managed addresses after the last pass, by state",
+            addresses.clone(),
+        );
+        PassMetrics { passes, addresses }
+    }
+
+    pub(super) fn pass(&self, trigger: Trigger, result: &Result<Outcome, PassError>) {
+        let (result, assigned, unassigned) = match result {
+            Ok(o) if o.is_complete() => (PassResult::Complete, o.placed.len(), o.failed.len()),
+            Ok(o) => (PassResult::Incomplete, o.placed.len(), o.failed.len()),
+            Err(_) => (PassResult::Failed, 0, 0),
+        };
+        let trigger = trigger.kind();
+        self.passes
+            .get_or_create(&PassLabels { trigger, result })
+            .inc();
+        if result != PassResult::Failed {
+            for (state, n) in [
+                (AddressState::Assigned, assigned),
+                (AddressState::Unassigned, unassigned),
+            ] {
+                let n = i64::try_from(n).unwrap_or(i64::MAX);
+                self.addresses.get_or_create(&StateLabel { state }).set(n);
+            }
+        }
+    }
+}

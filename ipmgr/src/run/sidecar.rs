@@ -1,0 +1,294 @@
+//! Sidecar mode: assign, mark ready, follow address changes, and release what the pod
+//! holds on SIGTERM.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::sleep_until;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::pass_metrics::{PassMetrics, TriggerKind};
+use super::{Failure, first_addresses, log_outcome, manager, termination_message, unassigned};
+use crate::aws::Attempts;
+use crate::config::Args;
+use crate::discover::{Addresses, DiscoverError};
+use crate::ec2::Ec2;
+use crate::eni::Local;
+use crate::manager::{Manager, Outcome, Take};
+
+/// First wait after a failed sidecar pass; it doubles up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// The longest a sidecar waits between tries: a floating IP left on the old node is
+/// an outage, and an IAM role still propagating or a throttling burst passes in seconds.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Which of the pod's addresses the sidecar may take from another ENI: those that
+/// appeared in the pod since it last saw them on their ENI.
+struct Follow {
+    last: Vec<Local>,
+    takes: BTreeSet<IpAddr>,
+    /// Announced since the last look.
+    announced: BTreeSet<IpAddr>,
+}
+
+impl Follow {
+    /// At start every address counts as just taken: the pod has just got them.
+    fn new(addresses: &[Local]) -> Follow {
+        Follow {
+            last: addresses.to_vec(),
+            takes: addresses.iter().map(|l| l.ip).collect(),
+            announced: BTreeSet::new(),
+        }
+    }
+
+    /// The kernel announced these addresses as added.
+    fn announced(&mut self, added: &BTreeSet<IpAddr>) {
+        self.announced.extend(added);
+    }
+
+    /// Takes in a fresh look at the pod; whether there is anything new to assign:
+    /// the managed addresses changed, or one was announced again.
+    fn observe(&mut self, now: &[Local]) -> bool {
+        let before: BTreeSet<IpAddr> = self.last.iter().map(|l| l.ip).collect();
+        let current: BTreeSet<IpAddr> = now.iter().map(|l| l.ip).collect();
+        let announced = std::mem::take(&mut self.announced);
+        let retaken = announced.intersection(&current).count() > 0;
+        self.takes.extend(current.difference(&before));
+        self.takes.extend(announced.intersection(&current));
+        self.takes.retain(|ip| current.contains(ip));
+        let changed = self.last != now;
+        self.last = now.to_vec();
+        changed || retaken
+    }
+
+    /// An address on its ENI has been taken: from now on only repaired.
+    fn settled(&mut self, outcome: &Outcome) {
+        for (ip, _) in &outcome.placed {
+            self.takes.remove(ip);
+        }
+    }
+}
+
+/// What started a sidecar pass.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Trigger {
+    Start,
+    Retry,
+    Events(usize),
+    Periodic,
+}
+
+impl Trigger {
+    pub(super) fn kind(self) -> TriggerKind {
+        match self {
+            Trigger::Start => TriggerKind::Start,
+            Trigger::Retry => TriggerKind::Retry,
+            Trigger::Events(_) => TriggerKind::Events,
+            Trigger::Periodic => TriggerKind::Periodic,
+        }
+    }
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trigger::Start => f.write_str("start"),
+            Trigger::Retry => f.write_str("retry"),
+            Trigger::Events(n) => write!(f, "{n} address events"),
+            Trigger::Periodic => f.write_str("periodic pass"),
+        }
+    }
+}
+
+/// A request to stop: SIGTERM in production, a call in tests.
+pub struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    /// A stop that `request` on the sender triggers.
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Stop) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Stop(rx))
+    }
+
+    /// Stops on SIGTERM, kubelet's request.
+    pub fn on_sigterm() -> Stop {
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+        let (tx, stop) = Stop::new();
+        tokio::spawn(async move {
+            term.recv().await;
+            let _ = tx.send(true);
+        });
+        stop
+    }
+
+    /// Resolves once a stop was requested (at once if it already was). A dropped
+    /// sender is no request.
+    async fn requested(&mut self) {
+        if self.0.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// `ipmgr ready` answers from this file: present while every address is assigned.
+struct ReadyFile<'a>(&'a Path);
+
+impl ReadyFile<'_> {
+    fn set(&self, ready: bool) -> Result<(), Failure> {
+        if !ready {
+            let _ = std::fs::remove_file(self.0);
+            return Ok(());
+        }
+        std::fs::write(self.0, b"ready\n").map_err(|source| Failure::Ready {
+            path: self.0.display().to_string(),
+            source,
+        })
+    }
+}
+
+/// Sidecar mode: assigns, marks ready, follows address changes, and releases what
+/// the pod holds once `stop` is requested (SIGTERM).
+pub async fn sidecar<E: Ec2, A: Addresses>(
+    ec2: E,
+    mut addresses: A,
+    args: &Args,
+    attempts: &Attempts,
+    mut stop: Stop,
+) -> Result<(), Failure> {
+    let ready = ReadyFile(&args.ready_file);
+    // A restarted sidecar must not pass its probes on the last run's file.
+    ready.set(false)?;
+    let mut registry = Registry::default();
+    attempts.register(&mut registry);
+    let metrics = PassMetrics::register(&mut registry);
+    if let Some(addr) = args.metrics_listen {
+        crate::metrics::serve(addr, registry)
+            .await
+            .map_err(|source| Failure::Metrics { addr, source })?;
+    }
+    let start = async {
+        let wait = args.address_wait;
+        let snapshot = first_addresses(&mut addresses, wait).await?;
+        Ok::<_, Failure>((snapshot, manager(ec2, args).await?))
+    };
+    let (snapshot, mgr) = tokio::select! {
+        _ = stop.requested() => {
+            info!("SIGTERM before the first pass: nothing assigned, nothing to release");
+            return Ok(());
+        }
+        started = start => started?,
+    };
+
+    let mut follow = Follow::new(&snapshot.addresses);
+    let coalesce = args.coalesce;
+    let mut resync = tokio::time::interval(args.resync);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resync.reset();
+    let mut retry_at = Some(Instant::now());
+    let mut backoff = RETRY_FIRST;
+    let mut failing: Option<String> = None;
+    let mut passes = 0_u64;
+    loop {
+        let reason = tokio::select! {
+            biased;
+            _ = stop.requested() => break,
+            _ = sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => {
+                match failing { Some(_) => Trigger::Retry, None => Trigger::Start }
+            }
+            changed = addresses.changed(coalesce) => match changed {
+                Some(changes) => {
+                    follow.announced(&changes.added);
+                    Trigger::Events(changes.events)
+                }
+                None => return Err(DiscoverError::Socket(std::io::Error::other("netlink event socket closed")).into()),
+            },
+            _ = resync.tick() => Trigger::Periodic,
+        };
+        let snapshot = addresses.snapshot().await?;
+        // Link-local addresses, DAD completing, the primary interface: events that
+        // change nothing ipmgr manages cost no EC2 call.
+        let changed = follow.observe(&snapshot.addresses);
+        if !changed && matches!(reason, Trigger::Events(_)) {
+            debug!(reason = %reason, "no change to the managed addresses");
+            continue;
+        }
+        passes += 1;
+        let pass = (mgr.assign(&snapshot.addresses, Take::Only(&follow.takes)))
+            .instrument(info_span!("pass", trigger = %reason, n = passes));
+        // SIGTERM abandons the pass wherever it is: an EC2 call, the confirm loop.
+        let result = tokio::select! {
+            biased;
+            _ = stop.requested() => break,
+            result = pass => result,
+        };
+        metrics.pass(reason, &result);
+        let failure = match result {
+            Ok(outcome) => {
+                follow.settled(&outcome);
+                match outcome.is_complete() {
+                    true => {
+                        log_outcome(reason, &outcome);
+                        None
+                    }
+                    false => Some(unassigned(&outcome.failed)),
+                }
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        ready.set(failure.is_none())?;
+        match &failure {
+            None => {
+                retry_at = None;
+                backoff = RETRY_FIRST;
+            }
+            Some(line) => {
+                warn!(reason = %reason, error = %line, retry_in = ?backoff, "pass incomplete; retrying");
+                retry_at = Some(Instant::now() + backoff);
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+        }
+        failing = failure;
+    }
+
+    ready.set(false)?;
+    if let Some(line) = &failing {
+        // The pod's status then says why its addresses were never all assigned.
+        termination_message(
+            args,
+            &format!("stopped with addresses not assigned: {line}"),
+        );
+    }
+    release_on_stop(&mgr, &addresses, args, attempts).await
+}
+
+/// Releases what the pod holds at this moment, and nothing it gave up, within the
+/// release timeout: kubelet's SIGKILL follows the grace period whatever happens.
+async fn release_on_stop<E: Ec2, A: Addresses>(
+    mgr: &Manager<E>,
+    addresses: &A,
+    args: &Args,
+    attempts: &Attempts,
+) -> Result<(), Failure> {
+    let delay = args.release_delay;
+    if !delay.is_zero() {
+        info!(delay = ?delay, "SIGTERM: keeping the addresses while the application drains");
+        tokio::time::sleep(delay).await;
+    }
+    let held = addresses.snapshot().await?.addresses;
+    let timeout = args.release_timeout;
+    match tokio::time::timeout(timeout, mgr.release(&held)).await {
+        Ok(Ok(calls)) => {
+            info!(addresses = held.len(), calls, "released on SIGTERM");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(Failure::Release(e)),
+        Err(_) => Err(Failure::ReleaseTimeout {
+            timeout,
+            cause: attempts.summary(),
+        }),
+    }
+}
