@@ -5,7 +5,6 @@
 //! pass with backoff until it succeeds, follows address changes, and on SIGTERM
 //! abandons whatever it is doing, releases, and exits within the release timeout (plus
 //! the release delay of a classic sidecar).
-
 //!
 //! Parts: `init` and `sidecar` (the two modes), `pass_metrics` (the sidecar's own
 //! metrics); here, what both share: the failure line, the entry point, logging, the
