@@ -24,6 +24,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::ec2::Action;
+use crate::metrics::label_values;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Retries {
@@ -114,18 +115,13 @@ impl AttemptResult {
     }
 }
 
-impl EncodeLabelValue for AttemptResult {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        let name = match self {
-            AttemptResult::Ok => "ok",
-            AttemptResult::Throttled => "throttled",
-            AttemptResult::ServerError => "server_error",
-            AttemptResult::ClientError => "client_error",
-            AttemptResult::NoAnswer => "no_answer",
-        };
-        EncodeLabelValue::encode(&name, encoder)
-    }
-}
+label_values!(AttemptResult {
+    Ok => "ok",
+    Throttled => "throttled",
+    ServerError => "server_error",
+    ClientError => "client_error",
+    NoAnswer => "no_answer",
+});
 
 impl EncodeLabelValue for Action {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {

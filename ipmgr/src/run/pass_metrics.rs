@@ -1,7 +1,7 @@
 //! The sidecar loop's metrics: passes by trigger and result, and the pod's addresses
 //! by state. Label values are enums.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 
 use super::sidecar::Trigger;
 use crate::manager::{Outcome, PassError};
+use crate::metrics::label_values;
 
 /// A trigger without its event count: the `trigger` label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -33,38 +34,21 @@ enum AddressState {
     Unassigned,
 }
 
-impl EncodeLabelValue for TriggerKind {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        let name = match self {
-            TriggerKind::Start => "start",
-            TriggerKind::Retry => "retry",
-            TriggerKind::Events => "events",
-            TriggerKind::Periodic => "periodic",
-        };
-        EncodeLabelValue::encode(&name, encoder)
-    }
-}
-
-impl EncodeLabelValue for PassResult {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        let name = match self {
-            PassResult::Complete => "complete",
-            PassResult::Incomplete => "incomplete",
-            PassResult::Failed => "failed",
-        };
-        EncodeLabelValue::encode(&name, encoder)
-    }
-}
-
-impl EncodeLabelValue for AddressState {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        let name = match self {
-            AddressState::Assigned => "assigned",
-            AddressState::Unassigned => "unassigned",
-        };
-        EncodeLabelValue::encode(&name, encoder)
-    }
-}
+label_values!(TriggerKind {
+    Start => "start",
+    Retry => "retry",
+    Events => "events",
+    Periodic => "periodic",
+});
+label_values!(PassResult {
+    Complete => "complete",
+    Incomplete => "incomplete",
+    Failed => "failed",
+});
+label_values!(AddressState {
+    Assigned => "assigned",
+    Unassigned => "unassigned",
+});
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PassLabels {

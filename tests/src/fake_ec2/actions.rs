@@ -1,11 +1,11 @@
 //! The actions, with EC2's documented semantics (see the module's overview).
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 
-use super::query::{Query, parse_v4, parse_v6};
+use super::query::Query;
 use super::{Eni, Fail, Inner, Remap, Subnet, addresses_per_eni, fail, request_id, xml};
 
 impl Inner {
@@ -204,7 +204,7 @@ impl Inner {
 
     fn assign_private(&mut self, q: &Query) -> Result<String, Fail> {
         let idx = self.eni_index(q)?;
-        let ips = parse_v4(&q.list("PrivateIpAddress"))?;
+        let ips: Vec<Ipv4Addr> = q.addresses("PrivateIpAddress")?;
         if ips.is_empty() {
             return Err(fail(
                 "MissingParameter",
@@ -283,7 +283,7 @@ impl Inner {
 
     fn unassign_private(&mut self, q: &Query) -> Result<String, Fail> {
         let idx = self.eni_index(q)?;
-        let ips = parse_v4(&q.list("PrivateIpAddress"))?;
+        let ips: Vec<Ipv4Addr> = q.addresses("PrivateIpAddress")?;
         let eni = &mut self.world.enis[idx];
         for ip in &ips {
             if eni.ipv4.first() == Some(ip) {
@@ -308,7 +308,7 @@ impl Inner {
 
     fn assign_ipv6(&mut self, q: &Query) -> Result<String, Fail> {
         let idx = self.eni_index(q)?;
-        let ips = parse_v6(&q.list("Ipv6Addresses"))?;
+        let ips: Vec<Ipv6Addr> = q.addresses("Ipv6Addresses")?;
         let eni = self.world.enis[idx].clone();
         let subnet = self.subnet(&eni.subnet_id).cloned();
         let mut new = Vec::new();
@@ -351,7 +351,7 @@ impl Inner {
 
     fn unassign_ipv6(&mut self, q: &Query) -> Result<String, Fail> {
         let idx = self.eni_index(q)?;
-        let ips = parse_v6(&q.list("Ipv6Addresses"))?;
+        let ips: Vec<Ipv6Addr> = q.addresses("Ipv6Addresses")?;
         let eni = &mut self.world.enis[idx];
         if let Some(ip) = ips.iter().find(|ip| !eni.ipv6.contains(ip)) {
             return Err(fail(

@@ -1,8 +1,6 @@
 //! The Query API's request: form parameters, `Prefix.N` lists and `Filter.N`
 //! filters, and the address lists the assign and unassign actions take.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
-
 use super::{Fail, fail};
 
 pub(super) struct Query(pub(super) Vec<(String, String)>);
@@ -42,30 +40,19 @@ impl Query {
     }
 }
 
-pub(super) fn parse_v4(values: &[String]) -> Result<Vec<Ipv4Addr>, Fail> {
-    values
-        .iter()
-        .map(|v| {
-            v.parse().map_err(|_| {
-                fail(
-                    "InvalidParameterValue",
-                    format!("Invalid value '{v}' for PrivateIpAddresses"),
-                )
+impl Query {
+    /// The addresses listed under `Prefix.N`; `InvalidParameterValue` naming the first
+    /// that does not parse.
+    pub(super) fn addresses<T: std::str::FromStr>(&self, prefix: &str) -> Result<Vec<T>, Fail> {
+        (self.list(prefix).iter())
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    fail(
+                        "InvalidParameterValue",
+                        format!("Invalid value '{v}' for {prefix}"),
+                    )
+                })
             })
-        })
-        .collect()
-}
-
-pub(super) fn parse_v6(values: &[String]) -> Result<Vec<Ipv6Addr>, Fail> {
-    values
-        .iter()
-        .map(|v| {
-            v.parse().map_err(|_| {
-                fail(
-                    "InvalidParameterValue",
-                    format!("Invalid value '{v}' for Ipv6Addresses"),
-                )
-            })
-        })
-        .collect()
+            .collect()
+    }
 }
