@@ -274,15 +274,7 @@ fn is_dns_label(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
-    use super::super::Args;
-
-    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
-        let mut argv = vec!["ipmgmt-webhook", "--self-signed", "--image", "ipmgr:1"];
-        argv.extend_from_slice(extra);
-        Args::try_parse_from(argv)
-    }
+    use super::super::tests::parse;
 
     #[test]
     fn defaults_make_a_valid_config() {

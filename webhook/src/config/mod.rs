@@ -124,10 +124,11 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+    /// The flags after the ones every run needs.
+    pub(in crate::config) fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
         let mut argv = vec!["ipmgmt-webhook", "--self-signed", "--image", "ipmgr:1"];
         argv.extend_from_slice(extra);
         Args::try_parse_from(argv)
