@@ -54,6 +54,21 @@ impl Action {
     }
 }
 
+impl Action {
+    /// The four actions the policy allows only on ENIs tagged no_manage.
+    pub const fn changes_an_eni(self) -> bool {
+        match self {
+            Action::DescribeInstances
+            | Action::DescribeNetworkInterfaces
+            | Action::DescribeSubnets => false,
+            Action::AssignPrivateIpAddresses
+            | Action::UnassignPrivateIpAddresses
+            | Action::AssignIpv6Addresses
+            | Action::UnassignIpv6Addresses => true,
+        }
+    }
+}
+
 impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -150,6 +165,15 @@ impl Ec2Error {
 
 fn hint(action: Action, code: Option<&str>) -> String {
     match code {
+        Some("UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException")
+            if action.changes_an_eni() =>
+        {
+            format!(
+                "the IP manager's IAM role may not call ec2:{action} on this ENI: attach the policy in \
+                 {IAM_POLICY}, which allows it only on ENIs tagged {NO_MANAGE_TAG}=true, and tag the \
+                 Multus ENI so"
+            )
+        }
         Some("UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException") => format!(
             "the IP manager's IAM role lacks ec2:{action}: attach the policy in {IAM_POLICY} to it"
         ),
@@ -568,5 +592,33 @@ mod policy {
             })
             .collect();
         assert_eq!(called, granted);
+    }
+
+    /// The actions that change an ENI are granted only on ENIs tagged no_manage, so a
+    /// pod with the role cannot take a node's primary address or another team's VIP.
+    #[test]
+    fn iam_policy_scopes_the_mutating_actions_to_multus_enis() {
+        let policy: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/iam-policy.json"))
+                .expect("policy is JSON");
+        let tag_key = format!("ec2:ResourceTag/{}", super::NO_MANAGE_TAG);
+        for action in Action::ALL.into_iter().filter(|a| a.changes_an_eni()) {
+            let name = format!("ec2:{action}");
+            for statement in policy["Statement"].as_array().unwrap() {
+                if !statement["Action"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|a| a == &name)
+                {
+                    continue;
+                }
+                assert_eq!(
+                    statement["Condition"]["StringEquals"][&tag_key], "true",
+                    "{name} is granted without the {tag_key} condition"
+                );
+                assert_ne!(statement["Resource"], "*", "{name} on every resource");
+            }
+        }
     }
 }

@@ -110,8 +110,28 @@ def test_iam_policy_is_least_privilege():
     for statement in policy["Statement"]:
         mutating = [a for a in statement["Action"] if not a.startswith("ec2:Describe")]
         if mutating:
-            # Assign/Unassign act on network interfaces only.
+            # Assign/Unassign act on network interfaces only, and only on the ones
+            # tagged for Multus: never a node's primary ENI or another team's.
             assert statement["Resource"] == "arn:aws:ec2:*:*:network-interface/*"
+            assert statement["Condition"] == {
+                "StringEquals": {"ec2:ResourceTag/node.k8s.amazonaws.com/no_manage": "true"}}
+
+
+def parliament_findings(policy):
+    import parliament
+
+    return [(f.issue, f.detail) for f in parliament.analyze_policy_string(json.dumps(policy)).findings]
+
+
+def test_iam_policy_is_valid_for_aws_own_definitions():
+    """parliament carries AWS's IAM definitions: every action exists, and every
+    condition key applies to the actions it is used with."""
+    policy = json.loads((ROOT / "deploy" / "iam-policy.json").read_text())
+    assert parliament_findings(policy) == []
+    # The check can fail: a condition key EC2 does not define for these actions.
+    wrong = json.loads(json.dumps(policy).replace("ec2:ResourceTag/", "ec2:InstanceTag/"))
+    findings = parliament_findings(wrong)
+    assert findings and all(issue == "UNKNOWN_CONDITION_FOR_ACTION" for issue, _ in findings), findings
 
 
 def test_irsa_trust_policy_matches_what_the_webhook_injects():

@@ -7,6 +7,7 @@ use std::time::Duration;
 use std::collections::BTreeSet;
 
 use aws_sdk_ec2::config::{Credentials, Region};
+use ipmgmt_tests::fake_ec2::iam::Policy as IamPolicy;
 use ipmgmt_tests::fake_ec2::{Eni, FakeEc2, Faults, World};
 use ipmgmt_tests::scenario::{self, MAC_N3, MAC_N6};
 use ipmgr::aws;
@@ -41,8 +42,15 @@ fn eni_mut<'a>(w: &'a mut World, id: &str) -> &'a mut Eni {
 
 /// The fake, and the SDK client as production builds it (timeouts, retries,
 /// interceptor), pointed at the fake with test credentials and quick retries.
+/// The IAM policy the project ships, as the fake enforces it.
+fn shipped_policy() -> IamPolicy {
+    let json = include_str!("../../deploy/iam-policy.json");
+    IamPolicy::parse(&serde_json::from_str(json).expect("the policy is JSON"))
+}
+
 async fn start(world: World) -> (FakeEc2, SdkEc2) {
     let fake = FakeEc2::new(world);
+    fake.set_policy(Some(shipped_policy()));
     let addr = fake.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let retries = aws::Retries {
         max_attempts: 10,
@@ -206,8 +214,8 @@ async fn enis_the_vpc_cni_manages_are_refused_by_name() {
         mutating(&fake)
     );
 
-    // With the tag requirement off, the untagged ENI is a target; the primary never.
-    let (fake, ec2) = start(w).await;
+    // With the tag requirement off, the untagged ENI is a target for ipmgr, but the
+    // shipped IAM policy refuses it, and the line says what to tag.
     let lax = Settings {
         policy: Policy {
             require_no_manage: false,
@@ -215,6 +223,24 @@ async fn enis_the_vpc_cni_manages_are_refused_by_name() {
         },
         ..settings()
     };
+    let (fake, ec2) = start(w.clone()).await;
+    let mgr = Manager::new(ec2, "i-0001".into(), lax.clone());
+    let outcome = mgr
+        .assign(&[local("10.0.1.50", "net1", MAC_N3)], Take::All)
+        .await
+        .unwrap();
+    let line = only_failure(&outcome);
+    assert!(
+        line.contains("UnauthorizedOperation")
+            && line.contains("eni-1n3")
+            && line.contains("tagged node.k8s.amazonaws.com/no_manage=true"),
+        "{line}"
+    );
+    assert_eq!(fake.holder(ip("10.0.1.50")), None);
+
+    // Under a policy without that condition, it is assigned; the primary never.
+    let (fake, ec2) = start(w).await;
+    fake.set_policy(None);
     let mgr = Manager::new(ec2, "i-0001".into(), lax);
     let outcome = mgr
         .assign(&[local("10.0.1.50", "net1", MAC_N3)], Take::All)
@@ -460,6 +486,8 @@ async fn release_unassigns_only_what_the_pod_still_holds_from_its_own_eni() {
 async fn rate_limits_follow_ec2s_buckets() {
     use tower::ServiceExt;
     let (fake, _) = start(world()).await;
+    // Buckets alone: under the policy, an ENI that does not exist is unauthorized.
+    fake.set_policy(None);
     fake.set_faults(Faults {
         rate_limits: true,
         ..Faults::default()

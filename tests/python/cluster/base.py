@@ -12,6 +12,7 @@ from webhook_harness import ROOT
 K8S_VERSION = "1.33.0"
 PODMAN_HOME = ROOT / ".podman"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+IAM_POLICY = ROOT / "deploy" / "iam-policy.json"
 GO_TOOLS = ROOT / "tests" / "go"
 SECCOMP_RUNTIME_DEFAULT = pathlib.Path("/usr/share/containers/seccomp.json")
 REGION = "us-west-2"

@@ -12,7 +12,7 @@ import urllib.request
 from deploy_harness import SAMPLES, cni_config, load_yaml_docs, ranges
 from webhook_harness import TARGET
 
-from .base import PROFILE, REGION, Fail, run
+from .base import IAM_POLICY, PROFILE, REGION, Fail, run
 
 class Eni:
     def __init__(self, eni_id, mac, subnet, index):
@@ -72,7 +72,9 @@ class Vpc:
             raise Fail(f"{binary} is missing: build the workspace first (cargo build --workspace)")
         world = pathlib.Path(workdir) / "world.json"
         world.write_text(json.dumps(world_of(nodes)))
-        self.proc = subprocess.Popen([binary, "--world", world, "--listen", "0.0.0.0:0"], stdout=subprocess.PIPE,
+        # The manager's role carries the policy the project ships, enforced on every call.
+        self.proc = subprocess.Popen([binary, "--world", world, "--iam-policy", IAM_POLICY, "--listen", "0.0.0.0:0"],
+                                     stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         if not line:

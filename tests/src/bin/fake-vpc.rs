@@ -7,7 +7,7 @@
 //!   GET  /_fake/log      every EC2 request so far (action, status, error code, ENI)
 //!   PUT  /_fake/faults   the faults to inject from now on (JSON `Faults`)
 //!
-//!   fake-vpc --world world.json [--listen 0.0.0.0:0]
+//!   fake-vpc --world world.json [--iam-policy deploy/iam-policy.json] [--listen 0.0.0.0:0]
 //!
 //! Prints one JSON line with the bound address once it listens.
 
@@ -22,6 +22,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use clap::Parser;
+use ipmgmt_tests::fake_ec2::iam::Policy;
 use ipmgmt_tests::fake_ec2::{FakeEc2, Faults, World};
 
 #[derive(Parser)]
@@ -32,6 +33,10 @@ struct Cli {
     /// The account's instances, ENIs and subnets (JSON, as `GET /_fake/world` answers).
     #[arg(long)]
     world: PathBuf,
+    /// The caller's IAM policy (JSON), enforced on every request, as
+    /// `deploy/iam-policy.json` would be on the manager's role.
+    #[arg(long)]
+    iam_policy: Option<PathBuf>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -42,6 +47,13 @@ async fn main() -> anyhow::Result<()> {
     let world: World = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a world (JSON)", cli.world.display()))?;
     let fake = FakeEc2::new(world);
+    if let Some(path) = &cli.iam_policy {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let policy: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        fake.set_policy(Some(Policy::parse(&policy)));
+    }
     let control = Router::new()
         .route("/_fake/world", get(world_now))
         .route("/_fake/log", get(log))

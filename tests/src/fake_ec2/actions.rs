@@ -56,6 +56,29 @@ impl Inner {
                 message: "An internal error has occurred.".into(),
             });
         }
+        // Every request counts against the rate limits, authorized or not.
+        if let Some(policy) = &self.policy {
+            let id = q.get("NetworkInterfaceId");
+            let eni = id.and_then(|id| self.world.enis.iter().find(|e| e.id == id));
+            if !policy.allows(action, eni) {
+                let resource = match id {
+                    Some(id) => {
+                        format!("arn:aws:ec2:us-west-2:111122223333:network-interface/{id}")
+                    }
+                    None => "*".into(),
+                };
+                return Err(Fail {
+                    status: StatusCode::FORBIDDEN,
+                    code: "UnauthorizedOperation",
+                    message: format!(
+                        "You are not authorized to perform this operation. User: \
+                         arn:aws:sts::111122223333:assumed-role/ipmgmt-ipmgr/pod is not authorized to \
+                         perform: ec2:{action} on resource: {resource} because no identity-based policy \
+                         allows the ec2:{action} action. Encoded authorization failure message: fake"
+                    ),
+                });
+            }
+        }
         let body = match action {
             "DescribeNetworkInterfaces" => self.describe_network_interfaces(q)?,
             "DescribeSubnets" => self.describe_subnets(q)?,

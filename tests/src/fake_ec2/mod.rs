@@ -16,10 +16,14 @@
 //! - Injected faults: denied actions (`UnauthorizedOperation`), random throttling and
 //!   5xx, added latency. Every request is logged for tests to count.
 //!
+//! - With an IAM policy set (`set_policy`), requests it does not allow are answered
+//!   `UnauthorizedOperation`, as EC2 answers them.
+//!
 //! Parts: `query` (the request's parameters), `actions` (the semantics), `throttle`
-//! (EC2's token buckets), `xml` (answers and errors).
+//! (EC2's token buckets), `iam` (the caller's policy), `xml` (answers and errors).
 
 mod actions;
+pub mod iam;
 mod query;
 mod throttle;
 mod xml;
@@ -138,6 +142,7 @@ struct Inner {
     log: Vec<LogEntry>,
     started: Instant,
     buckets: Buckets,
+    policy: Option<iam::Policy>,
     remaps: Vec<Remap>,
     rng: u64,
 }
@@ -171,6 +176,7 @@ impl FakeEc2 {
                 log: Vec::new(),
                 started: Instant::now(),
                 buckets: Buckets::new(),
+                policy: None,
                 remaps: Vec::new(),
                 rng: 0x9e37_79b9_7f4a_7c15,
             })),
@@ -179,6 +185,11 @@ impl FakeEc2 {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Evaluates every request against this identity-based policy from now on.
+    pub fn set_policy(&self, policy: Option<iam::Policy>) {
+        self.lock().policy = policy;
     }
 
     pub fn set_faults(&self, faults: Faults) {
