@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::config::{Credentials, Region};
 use clap::Parser;
-use ipmgmt_tests::fake_ec2::FakeEc2;
+use ipmgmt_tests::fake_ec2::{Broken, FakeEc2, Faults};
 use ipmgmt_tests::scenario::{self, MAC_N3};
 use ipmgr::aws::{self, Attempts};
 use ipmgr::config::{Args, Cli};
@@ -261,4 +261,81 @@ fn tempfile_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("ipmgmt-loops-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// init against answers that break on the way: it converges within its deadline, or
+/// fails with one line and an error, and never hangs or exits 0 with an address
+/// unassigned.
+async fn init_through(
+    broken: Broken,
+    count: u32,
+    extra: &[&str],
+) -> (Result<(), String>, FakeEc2, Duration) {
+    let dir = tempfile_dir(&format!("broken-{broken:?}-{count}"));
+    let (fake, ec2, attempts) = ec2().await;
+    fake.set_faults(Faults {
+        broken: Some(broken),
+        broken_count: count,
+        ..Faults::default()
+    });
+    let (_pod, addresses) = Pod::new(&["10.0.1.50"]);
+    let started = std::time::Instant::now();
+    let settings = args("init", &dir, extra);
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        run::init(ec2, addresses, &settings, &attempts),
+    )
+    .await
+    .expect("init ends within its deadline")
+    .map_err(|e| e.to_string());
+    (result, fake, started.elapsed())
+}
+
+#[tokio::test]
+async fn init_converges_through_connections_reset_mid_answer() {
+    let (result, fake, _) = init_through(Broken::Reset, 2, &[]).await;
+    assert_eq!(result, Ok(()));
+    assert_eq!(holder(&fake, "10.0.1.50").as_deref(), Some("eni-1n3"));
+    // The first call was cut off twice and retried by the SDK.
+    let first: Vec<String> = fake
+        .log()
+        .iter()
+        .take(3)
+        .map(|e| e.action.clone())
+        .collect();
+    assert_eq!(first, ["DescribeInstances"; 3], "{:?}", fake.log());
+}
+
+#[tokio::test]
+async fn init_converges_through_html_error_pages() {
+    let (result, fake, _) = init_through(Broken::HtmlError, 2, &[]).await;
+    assert_eq!(result, Ok(()));
+    assert_eq!(holder(&fake, "10.0.1.50").as_deref(), Some("eni-1n3"));
+    assert!(fake.log().iter().filter(|e| e.status == 500).count() == 2);
+}
+
+#[tokio::test]
+async fn init_retries_an_answer_slower_than_the_attempt_timeout() {
+    // The SDK gives an attempt 5 s (aws::loader); this answer takes 6.
+    let (result, fake, took) = init_through(Broken::Slow(6_000), 1, &[]).await;
+    assert_eq!(result, Ok(()));
+    assert_eq!(holder(&fake, "10.0.1.50").as_deref(), Some("eni-1n3"));
+    assert!(took >= Duration::from_secs(5), "{took:?}");
+}
+
+#[tokio::test]
+async fn init_gives_up_at_its_deadline_with_one_line_when_ec2_never_answers_in_time() {
+    let (result, fake, took) =
+        init_through(Broken::Slow(60_000), 1_000, &["--deadline-seconds", "3"]).await;
+    let line = result.expect_err("init fails");
+    assert!(!line.contains('\n'), "{line}");
+    assert!(
+        line.contains("not assigned within 3s") && line.contains("had no answer from EC2 after"),
+        "{line}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the deadline holds: {took:?}"
+    );
+    assert_eq!(holder(&fake, "10.0.1.50"), None);
 }

@@ -107,6 +107,26 @@ pub struct Faults {
     /// How long a reassigned IPv4 address takes to show on its new ENI.
     #[serde(default)]
     pub remap_delay_ms: u64,
+    /// The next this many answers are broken this way (counted from when the faults are
+    /// set).
+    #[serde(default)]
+    pub broken: Option<Broken>,
+    #[serde(default)]
+    pub broken_count: u32,
+}
+
+/// Answers that go wrong on the way, as networks and proxies break them.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Broken {
+    /// The action is carried out, then the connection drops halfway through the
+    /// answer.
+    Reset,
+    /// The action is carried out, and the answer comes this many milliseconds late
+    /// (past the SDK's attempt timeout, when long enough).
+    Slow(u64),
+    /// HTTP 500 with an HTML page, as a proxy or a broken endpoint answers; the action
+    /// is not carried out.
+    HtmlError,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -143,6 +163,8 @@ struct Inner {
     started: Instant,
     buckets: Buckets,
     policy: Option<iam::Policy>,
+    /// Answers still to break.
+    broken_left: u32,
     remaps: Vec<Remap>,
     rng: u64,
 }
@@ -177,6 +199,7 @@ impl FakeEc2 {
                 started: Instant::now(),
                 buckets: Buckets::new(),
                 policy: None,
+                broken_left: 0,
                 remaps: Vec::new(),
                 rng: 0x9e37_79b9_7f4a_7c15,
             })),
@@ -193,7 +216,9 @@ impl FakeEc2 {
     }
 
     pub fn set_faults(&self, faults: Faults) {
-        self.lock().faults = faults;
+        let mut inner = self.lock();
+        inner.broken_left = faults.broken_count;
+        inner.faults = faults;
     }
 
     pub fn log(&self) -> Vec<LogEntry> {
@@ -277,11 +302,40 @@ async fn handle(State(fake): State<FakeEc2>, body: Bytes) -> Response {
     let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let q = Query(params);
     let action = q.get("Action").unwrap_or_default().to_owned();
+    let broken = {
+        let mut inner = fake.lock();
+        let broken = inner.faults.broken.filter(|_| inner.broken_left > 0);
+        inner.broken_left = inner
+            .broken_left
+            .saturating_sub(u32::from(broken.is_some()));
+        broken
+    };
+    if broken == Some(Broken::HtmlError) {
+        fake.lock().log.push(LogEntry {
+            action,
+            status: 500,
+            code: None,
+            eni: q.get("NetworkInterfaceId").map(str::to_owned),
+            at_us: arrived,
+        });
+        let page = "<html><head><title>500 Internal Server Error</title></head>\
+                    <body><h1>Internal Server Error</h1></body></html>";
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/html")],
+            page,
+        )
+            .into_response();
+    }
     let (delay, result) = {
         let mut inner = fake.lock();
         inner.apply_remaps();
         let delay = Duration::from_millis(inner.faults.delay_ms);
         (delay, inner.dispatch(&action, &q))
+    };
+    let delay = match broken {
+        Some(Broken::Slow(ms)) => delay + Duration::from_millis(ms),
+        _ => delay,
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -302,6 +356,19 @@ async fn handle(State(fake): State<FakeEc2>, body: Bytes) -> Response {
             eni: q.get("NetworkInterfaceId").map(str::to_owned),
             at_us: arrived,
         });
+    }
+    if broken == Some(Broken::Reset) {
+        // Half the answer, then the connection fails under it.
+        let half = Bytes::from(body[..body.len() / 2].to_owned());
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(half),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "connection reset by the fake",
+            )),
+        ];
+        let cut = axum::body::Body::from_stream(futures::stream::iter(chunks));
+        return (status, [("content-type", "text/xml;charset=UTF-8")], cut).into_response();
     }
     (status, [("content-type", "text/xml;charset=UTF-8")], body).into_response()
 }
