@@ -221,18 +221,33 @@ where
             )
         }
         _ => match credentials_error(&err) {
-            Some(cause) => Ec2Error {
-                action,
-                target: target.into(),
-                code: None,
-                detail: std::iter::successors(Some(cause), |e| e.source())
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(": "),
-                hint: NO_CREDENTIALS.into(),
-            },
+            Some(failure) => {
+                let detail = cause(failure);
+                let hint = credentials_hint(&detail).into();
+                Ec2Error {
+                    action,
+                    target: target.into(),
+                    code: None,
+                    detail,
+                    hint,
+                }
+            }
             None => Ec2Error::new(action, target, None, cause(&err)),
         },
+    }
+}
+
+/// What to do about credentials the SDK could not get, by what STS said.
+fn credentials_hint(detail: &str) -> &'static str {
+    if detail.contains("ExpiredToken") {
+        "STS refused the pod's web identity token as expired: kubelet renews the projected token \
+         (volume aws-iam-token) long before it expires, so check that the pod mounts the token the \
+         webhook injected and that the node's clock is right"
+    } else if detail.contains("InvalidIdentityToken") || detail.contains("AccessDenied") {
+        "STS refused to let the pod's service account assume the role: check the role's trust policy \
+         (deploy/irsa-trust-policy.json) for this cluster's OIDC provider, namespace and service account"
+    } else {
+        NO_CREDENTIALS
     }
 }
 

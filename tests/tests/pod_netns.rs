@@ -627,3 +627,68 @@ async fn sigterm_abandons_a_pass_in_flight_and_releases_at_once() {
         .count();
     assert_eq!(releases, 1);
 }
+
+/// ipmgr as IRSA runs it: the role and the projected token in the environment, the
+/// SDK trading the token at STS (the fake, on the same endpoint) for credentials.
+fn with_irsa(pod: &Pod, token: &str) -> Command {
+    let token_file = pod.dir.join("token");
+    std::fs::write(&token_file, token).unwrap();
+    std::os::unix::fs::chown(&token_file, Some(POD_UID), Some(POD_UID)).unwrap();
+    let mut cmd = pod.ipmgr("init");
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env(
+            "AWS_ROLE_ARN",
+            "arn:aws:iam::111122223333:role/ipmgmt-ipmgr",
+        )
+        .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file)
+        .env("AWS_ENDPOINT_URL_STS", format!("http://{}", pod.ec2_addr))
+        .env("NODE_NAME", "ip-10-0-0-10.us-west-2.compute.internal");
+    cmd
+}
+
+#[tokio::test]
+async fn init_assigns_with_irsa_credentials_from_sts() {
+    let pod = Pod::start(world(), false).await;
+    pod.net.add_interface("net1", MAC_N3);
+    pod.net.add_address("net1", "10.0.1.50/24");
+    let out = output(with_irsa(&pod, "eyJ.a-valid-token.sig")).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pod.holder("10.0.1.50").as_deref(), Some("eni-1n3"));
+    assert!(
+        pod.ec2
+            .log()
+            .iter()
+            .any(|e| e.action == "AssumeRoleWithWebIdentity" && e.status == 200)
+    );
+}
+
+#[tokio::test]
+async fn an_expired_web_identity_token_is_one_line_and_a_failure() {
+    let pod = Pod::start(world(), false).await;
+    pod.net.add_interface("net1", MAC_N3);
+    pod.net.add_address("net1", "10.0.1.50/24");
+    let started = std::time::Instant::now();
+    let out = output(with_irsa(&pod, "expired")).await;
+    let termination = std::fs::read_to_string(pod.dir.join("termination-log")).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{termination}");
+    assert_eq!(termination.lines().count(), 1, "{termination}");
+    assert!(
+        termination.contains("ExpiredTokenException")
+            && termination.contains("web identity token as expired")
+            && !termination.contains("found no AWS credentials"),
+        "{termination}"
+    );
+    assert_eq!(
+        termination.matches("Token expired").count(),
+        1,
+        "said once: {termination}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(25), "no hang");
+    assert_eq!(pod.holder("10.0.1.50"), None);
+}

@@ -18,6 +18,8 @@
 //!
 //! - With an IAM policy set (`set_policy`), requests it does not allow are answered
 //!   `UnauthorizedOperation`, as EC2 answers them.
+//! - STS's AssumeRoleWithWebIdentity answers on the same endpoint, for IRSA
+//!   (`AWS_ENDPOINT_URL_STS`); a token reading `expired` is refused.
 //!
 //! Parts: `query` (the request's parameters), `actions` (the semantics), `throttle`
 //! (EC2's token buckets), `iam` (the caller's policy), `xml` (answers and errors).
@@ -25,6 +27,7 @@
 mod actions;
 pub mod iam;
 mod query;
+mod sts;
 mod throttle;
 mod xml;
 
@@ -302,6 +305,25 @@ async fn handle(State(fake): State<FakeEc2>, body: Bytes) -> Response {
     let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let q = Query(params);
     let action = q.get("Action").unwrap_or_default().to_owned();
+    if action == "AssumeRoleWithWebIdentity" {
+        let id = request_id();
+        let (status, code, body) = match sts::assume_role_with_web_identity(&q, &id) {
+            Ok(body) => (StatusCode::OK, None, body),
+            Err(f) => (
+                f.status,
+                Some(f.code.to_owned()),
+                sts::error(f.code, &f.message, &id),
+            ),
+        };
+        fake.lock().log.push(LogEntry {
+            action,
+            status: status.as_u16(),
+            code,
+            eni: None,
+            at_us: arrived,
+        });
+        return (status, [("content-type", "text/xml")], body).into_response();
+    }
     let broken = {
         let mut inner = fake.lock();
         let broken = inner.faults.broken.filter(|_| inner.broken_left > 0);
