@@ -149,6 +149,10 @@ pub struct Manager<E> {
     settings: Settings,
     /// The subnets of the last pass, so that a release on stop needs no describe.
     subnets: Mutex<HashMap<String, Subnet>>,
+    /// The instance's ENIs as the last pass left them (described, or confirmed after
+    /// its own changes); forgotten when a pass fails. An address event then costs the
+    /// assignment and its confirmation only.
+    enis: Mutex<Option<Vec<Eni>>>,
 }
 
 impl<E: Ec2> Manager<E> {
@@ -158,6 +162,7 @@ impl<E: Ec2> Manager<E> {
             instance_id,
             settings,
             subnets: Mutex::new(HashMap::new()),
+            enis: Mutex::new(None),
         }
     }
 
@@ -165,9 +170,60 @@ impl<E: Ec2> Manager<E> {
         &self.instance_id
     }
 
+    /// A pass on what EC2 shows now: the instance's ENIs described afresh.
     pub async fn assign(&self, locals: &[Local], take: Take<'_>) -> Result<Outcome, PassError> {
-        let enis = self.ec2.instance_enis(&self.instance_id).await?;
-        let subnets = self.subnets(locals, &enis, false).await?;
+        let result = async {
+            let enis = self.ec2.instance_enis(&self.instance_id).await?;
+            self.remember(&enis);
+            self.pass(locals, take, enis, false).await
+        }
+        .await;
+        self.forget_on_failure(&result);
+        result
+    }
+
+    /// A pass on an address event: the ENIs the last pass left, when there are some.
+    /// Addresses the pod has just taken are assigned even where those ENIs show them,
+    /// since another node may have taken them since; the confirmation describes the
+    /// ENIs again. With nothing remembered, it is `assign`.
+    pub async fn follow(&self, locals: &[Local], take: Take<'_>) -> Result<Outcome, PassError> {
+        let Some(mut enis) = self.remembered() else {
+            return self.assign(locals, take).await;
+        };
+        for eni in &mut enis {
+            let primary = eni.primary_ipv4;
+            eni.ipv4
+                .retain(|v4| Some(*v4) == primary || !take.takes(IpAddr::V4(*v4)));
+            eni.ipv6.retain(|v6| !take.takes(IpAddr::V6(*v6)));
+        }
+        let result = self.pass(locals, take, enis, true).await;
+        self.forget_on_failure(&result);
+        result
+    }
+
+    fn remembered(&self) -> Option<Vec<Eni>> {
+        self.enis.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn remember(&self, enis: &[Eni]) {
+        *self.enis.lock().unwrap_or_else(|p| p.into_inner()) = Some(enis.to_vec());
+    }
+
+    /// A pass that failed anywhere may have seen EC2 change under it: describe next time.
+    fn forget_on_failure(&self, result: &Result<Outcome, PassError>) {
+        if !matches!(result, Ok(o) if o.failed.is_empty()) {
+            *self.enis.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
+    async fn pass(
+        &self,
+        locals: &[Local],
+        take: Take<'_>,
+        enis: Vec<Eni>,
+        cached: bool,
+    ) -> Result<Outcome, PassError> {
+        let subnets = self.subnets(locals, &enis, cached).await?;
         let placed = eni::place(locals, &enis, &subnets, self.settings.policy);
         let mut out = Outcome::default();
         for local in placed.skipped {
@@ -331,6 +387,7 @@ impl<E: Ec2> Manager<E> {
         let mut delay = Duration::from_millis(100);
         loop {
             let enis = self.ec2.instance_enis(&self.instance_id).await?;
+            self.remember(&enis);
             let pending = plan::unconfirmed(targets, &enis);
             if pending.is_empty() || started.elapsed() >= self.settings.confirm_timeout {
                 let waited = started.elapsed();

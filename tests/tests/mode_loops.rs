@@ -45,6 +45,12 @@ impl Pod {
         )
     }
 
+    fn del(&self, ip: &str) {
+        let ip: IpAddr = ip.parse().unwrap();
+        self.now.lock().unwrap().retain(|l| l.ip != ip);
+        self.events.send(BTreeSet::new()).unwrap();
+    }
+
     fn add(&self, ip: &str) {
         self.now.lock().unwrap().push(net1(ip));
         self.events.send([ip.parse().unwrap()].into()).unwrap();
@@ -211,10 +217,31 @@ async fn sidecar_follows_a_floating_ip_ignores_noise_and_releases_what_it_holds(
         holder(&fake, "10.0.1.50").as_deref() == Some("eni-1n3") && ready.exists()
     })
     .await;
-    // The floating IP node 2 held appears in this pod: it moves here.
+    // The floating IP node 2 held appears in this pod: it moves here, for two calls:
+    // the assignment and its confirmation (the ENIs are those the last pass left).
     assert_eq!(holder(&fake, "10.0.1.99").as_deref(), Some("eni-2n3"));
+    let settled = quiet_log(&fake).await;
     pod.add("10.0.1.99");
     eventually("the floating IP on this node's ENI", || {
+        holder(&fake, "10.0.1.99").as_deref() == Some("eni-1n3")
+    })
+    .await;
+    let followed: Vec<String> = fake.log()[settled..quiet_log(&fake).await]
+        .iter()
+        .map(|e| e.action.clone())
+        .collect();
+    assert_eq!(
+        followed,
+        ["AssignPrivateIpAddresses", "DescribeNetworkInterfaces"],
+        "EC2 calls for one followed change"
+    );
+
+    // Node 2 takes the VIP back behind this pod's back; when the pod takes it again,
+    // it is assigned here again, although the ENIs the last pass left show it here.
+    fake.move_address("10.0.1.99".parse().unwrap(), "eni-2n3");
+    pod.del("10.0.1.99");
+    pod.add("10.0.1.99");
+    eventually("the floating IP back on this node's ENI", || {
         holder(&fake, "10.0.1.99").as_deref() == Some("eni-1n3")
     })
     .await;
@@ -227,18 +254,19 @@ async fn sidecar_follows_a_floating_ip_ignores_noise_and_releases_what_it_holds(
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(fake.log().len(), before, "{:?}", &fake.log()[before..]);
 
-    // What was done shows in the metrics: two assignments (the pod's address at start,
-    // the VIP on its event), both passes complete, two addresses assigned.
+    // What was done shows in the metrics: three assignments (the pod's address at
+    // start, the VIP, the VIP again), every pass complete, two addresses assigned.
     let metrics = scrape(&metrics_at).await;
     for line in [
-        "ipmgr_ec2_attempts_total{action=\"AssignPrivateIpAddresses\",result=\"ok\"} 2",
+        "ipmgr_ec2_attempts_total{action=\"AssignPrivateIpAddresses\",result=\"ok\"} 3",
         "ipmgr_passes_total{trigger=\"start\",result=\"complete\"} 1",
-        "ipmgr_passes_total{trigger=\"events\",result=\"complete\"} 1",
+        "ipmgr_passes_total{trigger=\"events\",result=\"complete\"} ",
         "ipmgr_addresses{state=\"assigned\"} 2",
         "ipmgr_addresses{state=\"unassigned\"} 0",
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
+    assert!(!metrics.contains("result=\"incomplete\""), "{metrics}");
 
     let mutating = mutating_calls(&fake);
     stop_tx.send(true).unwrap();

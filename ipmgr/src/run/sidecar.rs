@@ -217,8 +217,18 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
             continue;
         }
         passes += 1;
-        let pass = (mgr.assign(&snapshot.addresses, Take::Only(&follow.takes)))
-            .instrument(info_span!("pass", trigger = %reason, n = passes));
+        // An address event is followed from the ENIs the last pass left; the start, a
+        // retry and the periodic pass look at EC2 afresh.
+        let take = Take::Only(&follow.takes);
+        let pass = async {
+            match reason {
+                Trigger::Events(_) => mgr.follow(&snapshot.addresses, take).await,
+                Trigger::Start | Trigger::Retry | Trigger::Periodic => {
+                    mgr.assign(&snapshot.addresses, take).await
+                }
+            }
+        };
+        let pass = pass.instrument(info_span!("pass", trigger = %reason, n = passes));
         // SIGTERM abandons the pass wherever it is: an EC2 call, the confirm loop.
         let result = tokio::select! {
             biased;
