@@ -5,6 +5,9 @@
 
 pub mod admin;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inject;
 pub mod patch;
 pub mod review;
