@@ -315,6 +315,43 @@ mod tests {
         assert!(r.get("patch").is_none());
     }
 
+    /// serde's derive would read these arrays into the pod's structs by position and
+    /// build a patch for a shape that is not there; they are bad reviews instead.
+    #[test]
+    fn arrays_where_the_pod_has_objects_are_bad_reviews() {
+        for pod in [
+            json!({"metadata": [null, {"ipmgmt.aws/mode": "init"}], "spec": {"containers": []}}),
+            json!({"metadata": {"annotations": {"ipmgmt.aws/mode": "init"}}, "spec": [[{"name": "app"}]]}),
+            json!({"metadata": {"annotations": {"ipmgmt.aws/mode": "init"}},
+                   "spec": {"initContainers": [{"name": "a"}, ["aws-ip-mgmt"]], "containers": []}}),
+            json!({"metadata": {"annotations": {"ipmgmt.aws/mode": "init"}},
+                   "spec": {"containers": [{"name": "app", "resources": [{"cpu": "1"}]}]}}),
+        ] {
+            let body = review_of(pod.clone());
+            assert!(review(&body, &cfg()).is_err(), "{pod}");
+        }
+    }
+
+    #[test]
+    fn a_second_container_with_the_managers_name_is_denied() {
+        let body = review_of(json!({
+            "metadata": {"name": "p", "annotations": {"ipmgmt.aws/mode": "init"}},
+            "spec": {
+                "initContainers": [{"name": "setup"}, {"name": "aws-ip-mgmt"}],
+                "containers": [{"name": "aws-ip-mgmt"}],
+            },
+        }));
+        let answer = review(&body, &cfg()).unwrap();
+        assert_eq!(answer.outcome, Outcome::Denied);
+        let r = response(&answer);
+        assert!(r.get("patch").is_none());
+        let message = r["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("2 containers named aws-ip-mgmt"),
+            "{message}"
+        );
+    }
+
     #[test]
     fn unannotated_pod_is_allowed_without_patch() {
         let body = review_of(json!({"metadata": {"name": "p"}, "spec": {"containers": []}}));

@@ -103,6 +103,17 @@ pub fn read<'p, 'a>(pod: &'p Pod<'a>, cfg: &Config) -> Read<'p, 'a> {
         return Read::Deny("the pod has no spec to inject the IP manager into".into());
     };
     let name = cfg.container_name.as_str();
+    let named = spec
+        .all_containers()
+        .filter(|c| c.name.as_deref() == Some(name))
+        .count();
+    if named > 1 {
+        // The apiserver would refuse the pod later; a `move` here would keep both.
+        return Read::Deny(format!(
+            "the pod has {named} containers named {name}; container names must be unique, and \
+             {name} is the IP manager's: rename the others"
+        ));
+    }
     if let Some(index) = pod::position(&spec.init_containers, name) {
         return Read::Present {
             list: List::InitContainers,
