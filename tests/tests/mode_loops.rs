@@ -226,7 +226,8 @@ async fn sidecar_follows_a_floating_ip_ignores_noise_and_releases_what_it_holds(
         holder(&fake, "10.0.1.99").as_deref() == Some("eni-1n3")
     })
     .await;
-    let followed: Vec<String> = fake.log()[settled..quiet_log(&fake).await]
+    let end = quiet_log(&fake).await;
+    let followed: Vec<String> = fake.log()[settled..end]
         .iter()
         .map(|e| e.action.clone())
         .collect();
