@@ -81,14 +81,17 @@ def test_ipmgr_init_against_moto(pod, moto, ipmgr):
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="m5.large",
-                                 SubnetId=subnet)["Instances"][0]
+                                 SubnetId=subnet, PrivateIpAddress="10.0.1.5")["Instances"][0]
     # The Multus ENI carries the tag that keeps the VPC CNI away; the second does not.
     no_manage = [{"ResourceType": "network-interface",
                   "Tags": [{"Key": "node.k8s.amazonaws.com/no_manage", "Value": "true"}]}]
-    eni = ec2.create_network_interface(SubnetId=subnet, TagSpecifications=no_manage)["NetworkInterface"]
+    # Fixed primary addresses: moto otherwise picks one at random in the subnet, and it
+    # may be the very address the test expects to be assigned, or not.
+    eni = ec2.create_network_interface(SubnetId=subnet, PrivateIpAddress="10.0.1.10",
+                                       TagSpecifications=no_manage)["NetworkInterface"]
     ec2.attach_network_interface(NetworkInterfaceId=eni["NetworkInterfaceId"],
                                  InstanceId=instance["InstanceId"], DeviceIndex=1)
-    untagged = ec2.create_network_interface(SubnetId=subnet)["NetworkInterface"]
+    untagged = ec2.create_network_interface(SubnetId=subnet, PrivateIpAddress="10.0.1.11")["NetworkInterface"]
     ec2.attach_network_interface(NetworkInterfaceId=untagged["NetworkInterfaceId"],
                                  InstanceId=instance["InstanceId"], DeviceIndex=2)
 
