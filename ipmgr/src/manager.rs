@@ -450,7 +450,7 @@ async fn logged<T: std::fmt::Display>(
     call: impl std::future::Future<Output = Result<(), Ec2Error>>,
 ) -> Result<(), Ec2Error> {
     let started = Instant::now();
-    let result = call.await;
+    let result = call.await.map_err(|e| explain_refusal(e, batch.eni));
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let eni = batch.eni.id.as_str();
     for ip in &batch.ips {
@@ -464,4 +464,28 @@ async fn logged<T: std::fmt::Display>(
         }
     }
     result
+}
+
+/// EC2's UnauthorizedOperation does not say which part of the policy refused; the ENI
+/// does. The shipped policy allows the changes only on ENIs tagged no_manage: on a
+/// tagged ENI the role lacks the policy, on an untagged one the tag is missing.
+fn explain_refusal(mut e: Ec2Error, eni: &Eni) -> Ec2Error {
+    if e.code.as_deref() != Some("UnauthorizedOperation") {
+        return e;
+    }
+    let tag = eni::NO_MANAGE_TAG;
+    let policy = crate::ec2::IAM_POLICY;
+    e.hint = match eni.no_manage {
+        true => format!(
+            "the IP manager's IAM role lacks ec2:{} on {}, which is tagged {tag}=true: attach the \
+             policy in {policy} to the role",
+            e.action, eni.id
+        ),
+        false => format!(
+            "{} is not tagged {tag}=true, and the policy in {policy} allows ec2:{} only on ENIs \
+             that are: tag the Multus ENI",
+            eni.id, e.action
+        ),
+    };
+    e
 }

@@ -232,8 +232,8 @@ async fn enis_the_vpc_cni_manages_are_refused_by_name() {
     let line = only_failure(&outcome);
     assert!(
         line.contains("UnauthorizedOperation")
-            && line.contains("eni-1n3")
-            && line.contains("tagged node.k8s.amazonaws.com/no_manage=true"),
+            && line.contains("eni-1n3 is not tagged node.k8s.amazonaws.com/no_manage=true")
+            && line.contains("tag the Multus ENI"),
         "{line}"
     );
     assert_eq!(fake.holder(ip("10.0.1.50")), None);
@@ -382,6 +382,11 @@ async fn missing_permission_names_the_action_and_the_policy() {
     assert!(line.contains("UnauthorizedOperation"), "{line}");
     assert!(
         line.contains("ec2:AssignPrivateIpAddresses") && line.contains("deploy/iam-policy.json"),
+        "{line}"
+    );
+    // The ENI is tagged, so the role is what lacks the permission.
+    assert!(
+        line.contains("lacks ec2:AssignPrivateIpAddresses on eni-1n3, which is tagged"),
         "{line}"
     );
     assert!(!line.contains('\n'));
