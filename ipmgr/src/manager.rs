@@ -475,16 +475,17 @@ fn explain_refusal(mut e: Ec2Error, eni: &Eni) -> Ec2Error {
     }
     let tag = eni::NO_MANAGE_TAG;
     let policy = crate::ec2::IAM_POLICY;
+    // The ENI is named where the address is; the hint names only what to do.
     e.hint = match eni.no_manage {
         true => format!(
-            "the IP manager's IAM role lacks ec2:{} on {}, which is tagged {tag}=true: attach the \
+            "the ENI is tagged {tag}=true, so the IP manager's IAM role lacks ec2:{}: attach the \
              policy in {policy} to the role",
-            e.action, eni.id
+            e.action
         ),
         false => format!(
-            "{} is not tagged {tag}=true, and the policy in {policy} allows ec2:{} only on ENIs \
-             that are: tag the Multus ENI",
-            eni.id, e.action
+            "the ENI is not tagged {tag}=true, and the policy in {policy} allows ec2:{} only on \
+             ENIs that are: tag the Multus ENI",
+            e.action
         ),
     };
     e

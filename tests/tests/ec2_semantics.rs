@@ -232,7 +232,8 @@ async fn enis_the_vpc_cni_manages_are_refused_by_name() {
     let line = only_failure(&outcome);
     assert!(
         line.contains("UnauthorizedOperation")
-            && line.contains("eni-1n3 is not tagged node.k8s.amazonaws.com/no_manage=true")
+            && line.contains("eni-1n3")
+            && line.contains("the ENI is not tagged node.k8s.amazonaws.com/no_manage=true")
             && line.contains("tag the Multus ENI"),
         "{line}"
     );
@@ -386,7 +387,8 @@ async fn missing_permission_names_the_action_and_the_policy() {
     );
     // The ENI is tagged, so the role is what lacks the permission.
     assert!(
-        line.contains("lacks ec2:AssignPrivateIpAddresses on eni-1n3, which is tagged"),
+        line.contains("eni-1n3")
+            && line.contains("the ENI is tagged node.k8s.amazonaws.com/no_manage=true, so the IP manager's IAM role lacks ec2:AssignPrivateIpAddresses"),
         "{line}"
     );
     assert!(!line.contains('\n'));

@@ -82,9 +82,12 @@ pub enum Failure {
 /// refused for the same reason share one clause, so a missing permission is said once.
 fn unassigned(failed: &[AddressError]) -> String {
     let refusal = |f: &AddressError| match f {
-        AddressError::Ec2 { error, .. } => {
-            Some((error.action, error.code.clone(), error.detail.clone()))
-        }
+        AddressError::Ec2 { error, .. } => Some((
+            error.action,
+            error.code.clone(),
+            error.detail.clone(),
+            error.hint.clone(),
+        )),
         _ => None,
     };
     let mut clauses: Vec<Vec<&AddressError>> = Vec::new();
