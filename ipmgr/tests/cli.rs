@@ -1,4 +1,4 @@
-//! The `ipmgr ready` probe the webhook wires into the sidecar's startupProbe (and the
+//! The command line: the `ipmgr ready` probe the webhook wires into the sidecar's startupProbe (and the
 //! classic sidecar's postStart hook).
 
 use std::process::Command;
@@ -88,4 +88,21 @@ fn text_logs_carry_no_colour_codes_off_a_terminal() {
     let termination = std::fs::read_to_string(dir.join("termination-log")).unwrap();
     assert!(termination.starts_with("no address on a secondary interface"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every setting `ipmgr --help` lists is in the README's list of settings.
+#[test]
+fn the_readme_lists_every_setting() {
+    let out = ipmgr().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let readme = include_str!("../../README.md");
+    let names: Vec<&str> = help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split('=').next())
+        .collect();
+    assert!(names.len() > 10, "{help}");
+    for name in names {
+        assert!(readme.contains(name), "README does not mention {name}");
+    }
 }

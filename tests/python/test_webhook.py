@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import trustme
 
-from webhook_harness import FIXTURE_FLAGS, FIXTURES, Webhook, decode_patch, fixture_flags, issue, review_of
+from webhook_harness import ROOT, FIXTURE_FLAGS, FIXTURES, Webhook, decode_patch, fixture_flags, issue, review_of
 
 K8S_VERSION = "1.33.0"
 
@@ -357,6 +357,16 @@ def test_health_readiness_and_metrics(webhook):
     assert value(text, denied) == value(before, denied) + 1
     assert value(text, "ipmgmt_webhook_review_duration_seconds_count") > value(before, "ipmgmt_webhook_review_duration_seconds_count")
     assert value(text, "ipmgmt_webhook_tls_certificate_expiry_timestamp_seconds") > time.time()
+
+
+def test_the_readme_documents_exactly_the_metrics_served(webhook):
+    """The README's metric table and /metrics name the same families."""
+    import re
+
+    served = set(re.findall(r"^# TYPE (\S+) ", webhook.admin_get("/metrics")[1], re.M))
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\s*\| `(ipmgmt_webhook_[a-z_]+?)(?:_total)?(?:\{[^`]*\})?` \|", readme, re.M))
+    assert documented == served, f"README: {sorted(documented)}; /metrics: {sorted(served)}"
 
 
 def test_a_review_without_its_pod_is_an_error_not_a_denial(webhook):

@@ -268,6 +268,22 @@ async fn sidecar_follows_a_floating_ip_ignores_noise_and_releases_what_it_holds(
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
     assert!(!metrics.contains("result=\"incomplete\""), "{metrics}");
+    // The README's metric table names exactly the families served.
+    let served: BTreeSet<String> = (metrics.lines())
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let documented: BTreeSet<String> = (include_str!("../../README.md").lines())
+        .filter_map(|l| l.trim_start().strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|name| name.starts_with("ipmgr_"))
+        .map(|name| name.trim_end_matches("_total").to_owned())
+        .collect();
+    assert_eq!(
+        documented, served,
+        "README's ipmgr metric table against /metrics"
+    );
 
     let mutating = mutating_calls(&fake);
     stop_tx.send(true).unwrap();

@@ -42,6 +42,11 @@ impl Metrics {
             "Serving certificate changes seen on disk, by result",
             metrics.reloads.clone(),
         );
+        // Both series from the start, at 0: a scrape then shows the family, and a rate
+        // over the first reload is not lost.
+        for result in [ReloadResult::success, ReloadResult::failure] {
+            let _ = metrics.reloads.get_or_create(&ReloadLabels { result });
+        }
         metrics
     }
 
