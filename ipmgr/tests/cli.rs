@@ -1,5 +1,5 @@
-//! The command line: the `ipmgr ready` probe the webhook wires into the sidecar's startupProbe (and the
-//! classic sidecar's postStart hook).
+//! The command line: `ipmgr ready`, the probe the webhook wires into the sidecar's
+//! startupProbe (and the classic sidecar's postStart hook), and `--help`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
