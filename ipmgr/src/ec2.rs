@@ -165,15 +165,8 @@ impl Ec2Error {
 
 fn hint(action: Action, code: Option<&str>) -> String {
     match code {
-        Some("UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException")
-            if action.changes_an_eni() =>
-        {
-            format!(
-                "the IP manager's IAM role may not call ec2:{action} on this ENI: attach the policy in \
-                 {IAM_POLICY}, which allows it only on ENIs tagged {NO_MANAGE_TAG}=true, and tag the \
-                 Multus ENI so"
-            )
-        }
+        // On an ENI, the manager, which knows its tags, says which part of the policy
+        // refused (`manager::explain_refusal`).
         Some("UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException") => format!(
             "the IP manager's IAM role lacks ec2:{action}: attach the policy in {IAM_POLICY} to it"
         ),

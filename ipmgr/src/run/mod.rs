@@ -307,8 +307,8 @@ mod tests {
         assert!(
             line.starts_with(
                 "4 of the pod's addresses are not assigned: 10.0.4.66 on net1 (eni-1), 10.0.5.66 on net2 (eni-2): \
-                 AssignPrivateIpAddresses UnauthorizedOperation: not authorized; the IP manager's IAM role may \
-                 not call ec2:AssignPrivateIpAddresses on this ENI"
+                 AssignPrivateIpAddresses UnauthorizedOperation: not authorized; the IP manager's IAM role lacks \
+                 ec2:AssignPrivateIpAddresses"
             ),
             "{line}"
         );
