@@ -32,11 +32,11 @@ whereabouts, pod namespaces), `apiserver` (admission, the webhook), `kubelet`
 import pathlib
 import time
 
-from deploy_harness import render
 from webhook_harness import TARGET
 
-from .apiserver import Apiserver, Webhook, app_images, pod_from_template, sample, schedule
-from .base import POD_CREDENTIALS, PROFILE, REGION, Fail, ec2_calls, host, need_root
+from .apiserver import (Apiserver, Webhook, app_images, chart_images, pod_from_template, render_chart, sample,
+                        schedule)
+from .base import POD_CREDENTIALS, PROFILE, Fail, ec2_calls, host, need_root
 from .images import Podman, build_app_image, build_image, dockerfile_stages
 from .kubelet import Kubelet, Pod
 from .vpc import Node, Sandbox, Vpc, Whereabouts, pod_mac
@@ -64,11 +64,9 @@ class Cluster:
         self.webhook = None
         try:
             # Tags as the chart names the images, so the patched pods resolve them here.
-            webhook_tag = render(sets=[f"aws.region={REGION}"])
-            deployment = [d for d in webhook_tag if d["kind"] == "Deployment"][0]
-            (container,) = deployment["spec"]["template"]["spec"]["containers"]
-            ipmgr_tag = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--image=")][0]
-            for stage, binary, tag in (("webhook", "ipmgmt-webhook", container["image"]),
+            chart = render_chart()
+            webhook_tag, ipmgr_tag = chart_images(chart)
+            for stage, binary, tag in (("webhook", "ipmgmt-webhook", webhook_tag),
                                        ("ipmgr", "ipmgr", ipmgr_tag)):
                 path = TARGET / PROFILE / binary
                 if not path.exists():
@@ -81,7 +79,7 @@ class Cluster:
                 self.kubelet.local_images.add(app)
             self.timings["images"] = time.monotonic() - started
             started = time.monotonic()
-            self.webhook = Webhook(self.kubelet, self.workdir)
+            self.webhook = Webhook(self.kubelet, self.workdir, chart)
             self.timings["webhook"] = time.monotonic() - started
             self.apiserver = Apiserver(self.webhook)
         except BaseException:

@@ -79,19 +79,29 @@ def apply_patch_tool():
     return out
 
 
+def render_chart(values=()):
+    """The chart's manifests with the region set, as an install would render them."""
+    return render(sets=[f"aws.region={REGION}", *values])
+
+
+def chart_images(docs):
+    """The webhook's image and the manager's (`--image`), as the chart names them."""
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    (ipmgr,) = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--image=")]
+    return container["image"], ipmgr
+
+
 class Webhook:
     """The chart's webhook Deployment, run from its image in the host's network
     namespace; only the listen addresses differ from what Helm rendered."""
 
-    def __init__(self, kubelet, workdir, values=()):
-        docs = render(sets=[f"aws.region={REGION}", *values])
-        deployment = [d for d in docs if d["kind"] == "Deployment"][0]
+    def __init__(self, kubelet, workdir, docs):
+        """`docs`: the chart as `render_chart` rendered it."""
         self.configuration = one(docs, "MutatingWebhookConfiguration")
-        pod_spec = deployment["spec"]["template"]["spec"]
+        pod_spec = one(docs, "Deployment")["spec"]["template"]["spec"]
         (container,) = pod_spec["containers"]
-        self.image = container["image"]
+        self.image, self.ipmgr_image = chart_images(docs)
         self.chart_args = list(container["args"])
-        self.ipmgr_image = [a.split("=", 1)[1] for a in self.chart_args if a.startswith("--image=")][0]
         self.port, self.admin_port = free_port(), free_port()
         container["args"] = [self._listen(a) for a in self.chart_args]
         # The Secret volume cert-manager's certificate lands in, laid out as kubelet does.
