@@ -288,6 +288,24 @@ impl FakeEc2 {
             .map(|e| e.id.clone())
     }
 
+    /// Logs one request as it was answered.
+    fn record(
+        &self,
+        action: String,
+        status: StatusCode,
+        code: Option<String>,
+        q: &Query,
+        at_us: u64,
+    ) {
+        self.lock().log.push(LogEntry {
+            action,
+            status: status.as_u16(),
+            code,
+            eni: q.get("NetworkInterfaceId").map(str::to_owned),
+            at_us,
+        });
+    }
+
     pub fn router(&self) -> Router {
         Router::new()
             .route("/", post(handle))
@@ -315,13 +333,7 @@ async fn handle(State(fake): State<FakeEc2>, body: Bytes) -> Response {
                 sts::error(f.code, &f.message, &id),
             ),
         };
-        fake.lock().log.push(LogEntry {
-            action,
-            status: status.as_u16(),
-            code,
-            eni: None,
-            at_us: arrived,
-        });
+        fake.record(action, status, code, &q, arrived);
         return (status, [("content-type", "text/xml")], body).into_response();
     }
     let broken = {
@@ -333,13 +345,7 @@ async fn handle(State(fake): State<FakeEc2>, body: Bytes) -> Response {
         broken
     };
     if broken == Some(Broken::HtmlError) {
-        fake.lock().log.push(LogEntry {
-            action,
-            status: 500,
-            code: None,
-            eni: q.get("NetworkInterfaceId").map(str::to_owned),
-            at_us: arrived,
-        });
+        fake.record(action, StatusCode::INTERNAL_SERVER_ERROR, None, &q, arrived);
         let page = "<html><head><title>500 Internal Server Error</title></head>\
                     <body><h1>Internal Server Error</h1></body></html>";
         return (
@@ -369,16 +375,7 @@ async fn handle(State(fake): State<FakeEc2>, body: Bytes) -> Response {
             (f.status, Some(f.code.to_owned()), body)
         }
     };
-    {
-        let mut inner = fake.lock();
-        inner.log.push(LogEntry {
-            action,
-            status: status.as_u16(),
-            code,
-            eni: q.get("NetworkInterfaceId").map(str::to_owned),
-            at_us: arrived,
-        });
-    }
+    fake.record(action, status, code, &q, arrived);
     if broken == Some(Broken::Reset) {
         // Half the answer, then the connection fails under it.
         let half = Bytes::from(body[..body.len() / 2].to_owned());
