@@ -141,8 +141,13 @@ impl Attempts {
     }
 
     pub fn register(&self, registry: &mut Registry) {
+        self.register_as(registry, "ipmgr_ec2_attempts");
+    }
+
+    /// The same family under another binary's name (`<name>_total`).
+    pub fn register_as(&self, registry: &mut Registry, name: &str) {
         registry.register(
-            "ipmgr_ec2_attempts",
+            name,
             "EC2 request attempts (retries included), by action and result",
             self.counted.clone(),
         );

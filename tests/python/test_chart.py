@@ -30,6 +30,7 @@ from webhook_harness import ROOT, WEBHOOK_BIN, Webhook, decode_patch, review_of
 
 ALL_OPTIONS = CHART / "ci" / "all-options-values.yaml"
 WITHOUT_CERT_MANAGER = CHART / "ci" / "without-cert-manager-values.yaml"
+RECLAIMER = CHART / "ci" / "reclaimer-values.yaml"
 
 # (values files, Kubernetes version): together they reach every branch of the templates.
 CASES = {
@@ -39,6 +40,7 @@ CASES = {
     "all-options-1.35": ((ALL_OPTIONS,), "1.35.0"),
     "all-options-1.28": ((ALL_OPTIONS,), "1.28.0"),
     "without-cert-manager-1.30": ((WITHOUT_CERT_MANAGER,), "1.30.0"),
+    "reclaimer-1.33": ((RECLAIMER,), "1.33.0"),
 }
 
 ANNOTATED = "has(object.metadata.annotations) && 'ipmgmt.aws/mode' in object.metadata.annotations"
@@ -50,8 +52,12 @@ def webhook_of(docs):
     return config, config["webhooks"][0]
 
 
+def component(docs, name):
+    return [d for d in docs if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == name]
+
+
 def container_of(docs):
-    deployment = one(docs, "Deployment")
+    deployment = one(component(docs, "webhook"), "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     return deployment, container
 
@@ -93,7 +99,7 @@ def test_default_objects():
 def test_no_rbac_because_the_webhook_calls_no_api():
     for values, version in CASES.values():
         docs = render(values, kube_version=version)
-        assert not {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"} & set(kinds(docs))
+        assert not {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"} & set(kinds(component(docs, "webhook")))
         deployment, _ = container_of(docs)
         assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
@@ -632,3 +638,91 @@ def test_values_schema_is_well_formed_and_covers_values_yaml():
 
     for f in CI_VALUES:
         jsonschema.validate(without_nulls(yaml.safe_load(f.read_text())), schema)
+
+
+def reclaimer_objects(values=(RECLAIMER,), sets=()):
+    docs = component(render(values, sets=sets), "reclaimer")
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    return by_kind
+
+
+def test_reclaimer_is_off_by_default():
+    assert component(render(), "reclaimer") == []
+
+
+def test_reclaimer_rbac_is_only_what_it_uses():
+    objects = reclaimer_objects(values=(), sets=("reclaimer.enabled=true",))
+    assert sorted(objects) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding",
+                               "ServiceAccount"]
+    (cluster_role,) = objects["ClusterRole"]
+    rules = {(g, r): sorted(rule["verbs"]) for rule in cluster_role["rules"]
+             for g in rule["apiGroups"] for r in rule["resources"]}
+    assert rules == {("", "pods"): ["list", "watch"], ("", "nodes"): ["list", "watch"],
+                     ("k8s.cni.cncf.io", "network-attachment-definitions"): ["list", "watch"]}
+    (deployment,) = objects["Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    lease = flag(container["args"], "--lease-name")
+    roles = {r["metadata"]["namespace"]: r for r in objects["Role"]}
+    assert set(roles) == {"ipmgmt-system", "default"}
+    lease_rules = roles["ipmgmt-system"]["rules"]
+    assert {(tuple(r["verbs"]), tuple(r.get("resourceNames", ()))) for r in lease_rules} == {
+        (("create",), ()), (("get", "update"), (lease,))}
+    assert all(r["resources"] == ["leases"] and r["apiGroups"] == ["coordination.k8s.io"] for r in lease_rules)
+    # Events about Nodes land in the default namespace.
+    assert roles["default"]["rules"] == [
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}]
+    account = objects["ServiceAccount"][0]["metadata"]["name"]
+    for binding in objects["ClusterRoleBinding"] + objects["RoleBinding"]:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "ipmgmt-system"}]
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account
+
+
+def test_reclaimer_deployment_is_restricted_probed_and_told_who_it_is():
+    objects = reclaimer_objects(values=(), sets=("reclaimer.enabled=true",))
+    (deployment,) = objects["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert deployment["spec"]["replicas"] == 2
+    assert selector_matches(deployment["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
+    webhook, _ = container_of(render(sets=("reclaimer.enabled=true",)))
+    assert not selector_matches(webhook["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["readOnlyRootFilesystem"] is True
+    admin = container["ports"][0]["containerPort"]
+    assert flag(container["args"], "--admin-listen") == f"0.0.0.0:{admin}"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in container["env"]}
+    assert env["POD_NAME"] == "metadata.name" and env["POD_NAMESPACE"] == "metadata.namespace"
+    assert flag(container["args"], "--dry-run") == "false"
+    assert flag(container["args"], "--grace") == "5m"
+
+
+def test_reclaimer_options():
+    objects = reclaimer_objects()
+    account = objects["ServiceAccount"][0]
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(":role/ipmgmt-reclaimer")
+    (deployment,) = objects["Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert flag(container["args"], "--dry-run") == "true"
+    assert flag(container["args"], "--grace") == "10m"
+    assert {"name": "AWS_REGION", "value": "eu-west-1"} in container["env"]
+
+
+@pytest.mark.parametrize("values", [(), (RECLAIMER,)], ids=["defaults", "reclaimer-values"])
+def test_the_reclaimer_accepts_every_flag_the_chart_passes(values):
+    """The chart's arguments parse: the binary gets past its flags and stops only at
+    the missing cluster (exit 1), where a bad flag would be a usage error (exit 2)."""
+    objects = reclaimer_objects(values=values, sets=("reclaimer.enabled=true",))
+    (container,) = objects["Deployment"][0]["spec"]["template"]["spec"]["containers"]
+    binary = ROOT / "target" / "debug" / "ipmgmt-reclaimer"
+    env = {"POD_NAME": "r-0", "POD_NAMESPACE": "ipmgmt-system", "KUBECONFIG": "/nonexistent",
+           "PATH": os.environ["PATH"]}
+    proc = subprocess.run([str(binary), *container["args"]], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1, proc.stderr
+    assert "usage" not in proc.stderr.lower(), proc.stderr

@@ -117,6 +117,20 @@ def test_iam_policy_is_least_privilege():
                 "StringEquals": {"ec2:ResourceTag/node.k8s.amazonaws.com/no_manage": "true"}}
 
 
+def test_reclaimer_policy_is_describe_and_unassign_on_multus_enis_only():
+    policy = json.loads((ROOT / "deploy" / "reclaimer-iam-policy.json").read_text())
+    actions = sorted(a for st in policy["Statement"]
+                     for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"]))
+    assert actions == ["ec2:DescribeNetworkInterfaces", "ec2:UnassignIpv6Addresses",
+                       "ec2:UnassignPrivateIpAddresses"]
+    for statement in policy["Statement"]:
+        if "Unassign" in json.dumps(statement["Action"]):
+            assert statement["Resource"] == "arn:aws:ec2:*:*:network-interface/*"
+            assert statement["Condition"] == {
+                "StringEquals": {"ec2:ResourceTag/node.k8s.amazonaws.com/no_manage": "true"}}
+    assert parliament_findings(policy) == []
+
+
 def parliament_findings(policy):
     import parliament
 
@@ -175,8 +189,8 @@ def test_dockerfile_images_are_minimal_non_root_and_where_the_webhook_looks():
     text = (ROOT / "deploy" / "Dockerfile").read_text()
     finals = re.split(r"^FROM ", text, flags=re.M)[1:]
     by_name = {block.split("\n")[0].split(" AS ")[1].strip(): block for block in finals}
-    assert set(by_name) == {"build", "webhook", "ipmgr"}
-    for name in ("webhook", "ipmgr"):
+    assert set(by_name) == {"build", "webhook", "ipmgr", "reclaimer"}
+    for name in ("webhook", "ipmgr", "reclaimer"):
         block = by_name[name]
         assert "distroless" in block.split()[0] and ":nonroot" in block.split()[0]
         assert re.search(r"^USER 65532:65532$", block, re.M)

@@ -1,0 +1,77 @@
+//! The admin port: `/healthz` (the process answers), `/readyz` (pods, nodes and
+//! NetworkAttachmentDefinitions have been listed) and `/metrics`. Both replicas are
+//! ready once listed, leader or not: readiness says the replica could lead.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::registry::Registry;
+use tracing::warn;
+
+use crate::view::View;
+
+#[derive(Clone)]
+struct Admin {
+    registry: Arc<Registry>,
+    view: View,
+}
+
+/// Serves the admin endpoints until the process ends; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    registry: Registry,
+    view: View,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(Admin {
+            registry: Arc::new(registry),
+            view,
+        });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "admin server stopped");
+        }
+    });
+    Ok(bound)
+}
+
+async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
+    if admin.view.is_ready() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "listing pods, nodes and NetworkAttachmentDefinitions\n",
+        )
+    }
+}
+
+async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
+    let mut text = String::new();
+    match encode(&mut text, &admin.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("encoding metrics: {e}\n"),
+        ),
+    }
+}

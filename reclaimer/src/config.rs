@@ -1,0 +1,174 @@
+//! The reclaimer's settings: flags, each with an environment twin. Durations are
+//! written as Kubernetes writes them: `90s`, `5m`, `1h`, `500ms`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "ipmgmt-reclaimer",
+    version,
+    about = "Gives back the Multus ENI addresses of pods that are gone"
+)]
+pub struct Args {
+    /// Health, readiness and metrics over plain HTTP.
+    #[arg(
+        long,
+        env = "IPMGMT_RECLAIMER_ADMIN_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub admin_listen: SocketAddr,
+
+    /// The namespace of the leader-election Lease (the pod's own).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+
+    /// This replica's name in the Lease and in Events (the pod's name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: String,
+
+    #[arg(
+        long,
+        env = "IPMGMT_RECLAIMER_LEASE_NAME",
+        default_value = "ipmgmt-reclaimer"
+    )]
+    pub lease_name: String,
+
+    /// How long a Lease holds without renewal before another replica may take it.
+    #[arg(long, env = "IPMGMT_RECLAIMER_LEASE_DURATION", default_value = "15s", value_parser = duration)]
+    pub lease_duration: Duration,
+
+    /// The leader stops acting when it could not renew for this long; shorter than
+    /// the lease duration, so it stops before another replica may start.
+    #[arg(long, env = "IPMGMT_RECLAIMER_RENEW_DEADLINE", default_value = "10s", value_parser = duration)]
+    pub renew_deadline: Duration,
+
+    /// How often the Lease is renewed, or tried by a replica that does not hold it.
+    #[arg(long, env = "IPMGMT_RECLAIMER_RETRY_PERIOD", default_value = "2s", value_parser = duration)]
+    pub retry_period: Duration,
+
+    /// How often the leader compares EC2 with the cluster.
+    #[arg(long, env = "IPMGMT_RECLAIMER_INTERVAL", default_value = "1m", value_parser = duration)]
+    pub interval: Duration,
+
+    /// An address is released only when it was unclaimed at a sweep at least this
+    /// long ago and at every sweep since.
+    #[arg(long, env = "IPMGMT_RECLAIMER_GRACE", default_value = "5m", value_parser = duration)]
+    pub grace: Duration,
+
+    /// At most this many addresses are released per sweep; the rest wait for the next.
+    #[arg(long, env = "IPMGMT_RECLAIMER_MAX_RELEASES_PER_SWEEP", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_releases_per_sweep: u32,
+
+    /// Report what would be released (log, Event, metric) and change nothing.
+    #[arg(long, env = "IPMGMT_RECLAIMER_DRY_RUN", default_value_t = false, action = clap::ArgAction::Set)]
+    pub dry_run: bool,
+
+    /// EC2 attempts per call, retries on throttling and 5xx included.
+    #[arg(long, env = "IPMGMT_RECLAIMER_EC2_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ec2_max_attempts: u32,
+
+    #[arg(long, env = "IPMGMT_RECLAIMER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// A tracing filter: `info`, `debug`, `ipmgmt_reclaimer=debug,kube=info`.
+    #[arg(long, env = "IPMGMT_RECLAIMER_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Args {
+    /// What clap cannot check on one flag alone.
+    pub fn check(&self) -> Result<(), String> {
+        if self.renew_deadline >= self.lease_duration {
+            return Err(format!(
+                "--renew-deadline ({:?}) must be shorter than --lease-duration ({:?}): \
+                 a leader that cannot renew must stop before another may start",
+                self.renew_deadline, self.lease_duration
+            ));
+        }
+        if self.retry_period >= self.renew_deadline {
+            return Err(format!(
+                "--retry-period ({:?}) must be shorter than --renew-deadline ({:?})",
+                self.retry_period, self.renew_deadline
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `500ms`, `90s`, `5m`, `1h`, or a combination such as `1m30s`.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration such as 500ms, 90s, 5m or 1h");
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        total += unit * u32::try_from(n).map_err(|_| bad())?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_kubernetes_writes_them() {
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "5", "m", "5 m", "5d", "-1s", "1.5s"] {
+            let err = duration(bad).unwrap_err();
+            assert!(err.contains("not a duration"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn lease_timings_must_nest() {
+        let args = |extra: &[&str]| {
+            let mut argv = vec![
+                "ipmgmt-reclaimer",
+                "--namespace",
+                "ipmgmt",
+                "--identity",
+                "r-1",
+            ];
+            argv.extend(extra);
+            Args::try_parse_from(argv).unwrap()
+        };
+        assert_eq!(args(&[]).check(), Ok(()));
+        let err = args(&["--renew-deadline", "20s"]).check().unwrap_err();
+        assert!(err.contains("--lease-duration"), "{err}");
+        let err = args(&["--retry-period", "10s"]).check().unwrap_err();
+        assert!(err.contains("--renew-deadline"), "{err}");
+    }
+}

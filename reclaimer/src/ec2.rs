@@ -1,0 +1,299 @@
+//! The EC2 calls the reclaimer makes, behind a narrow trait: one filtered describe
+//! for all the nodes' Multus ENIs, and the two unassign actions.
+//!
+//! The SDK client comes from `ipmgr::aws`, the one place that sets timeouts and
+//! retries; its standard retries back off on throttling, and a sweep that still
+//! meets `RequestLimitExceeded` stops there and leaves the rest to the next one.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::Filter;
+use ipmgr::aws::cause;
+use ipmgr::ec2::{Action, Ec2Error};
+use ipmgr::eni::NO_MANAGE_TAG;
+
+/// Where the reclaimer's policy lives, for error messages.
+pub const IAM_POLICY: &str = "deploy/reclaimer-iam-policy.json";
+
+/// Every EC2 action the reclaimer calls; `deploy/reclaimer-iam-policy.json` allows
+/// exactly these (checked by a test).
+pub const ACTIONS: [Action; 3] = [
+    Action::DescribeNetworkInterfaces,
+    Action::UnassignPrivateIpAddresses,
+    Action::UnassignIpv6Addresses,
+];
+
+/// EC2 accepts at most this many values in one filter.
+const FILTER_VALUES: usize = 200;
+
+/// A Multus ENI: tagged no_manage, attached to one of the cluster's instances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MultusEni {
+    pub id: String,
+    pub instance: String,
+    pub device_index: i32,
+    /// Secondary private IPv4 addresses (the primary is the ENI's own).
+    pub ipv4: Vec<Ipv4Addr>,
+    pub ipv6: Vec<Ipv6Addr>,
+}
+
+impl MultusEni {
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.ipv4
+            .iter()
+            .map(|v4| IpAddr::V4(*v4))
+            .chain(self.ipv6.iter().map(|v6| IpAddr::V6(*v6)))
+    }
+}
+
+pub trait Ec2 {
+    /// The ENIs tagged no_manage attached to these instances, device index 1 or more.
+    fn multus_enis(
+        &self,
+        instances: &[String],
+    ) -> impl Future<Output = Result<Vec<MultusEni>, Ec2Error>> + Send;
+    fn unassign_ipv4(
+        &self,
+        eni: &str,
+        ips: &[Ipv4Addr],
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    fn unassign_ipv6(
+        &self,
+        eni: &str,
+        ips: &[Ipv6Addr],
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+}
+
+#[derive(Clone, Debug)]
+pub struct SdkEc2 {
+    client: aws_sdk_ec2::Client,
+}
+
+impl SdkEc2 {
+    pub fn new(client: aws_sdk_ec2::Client) -> Self {
+        SdkEc2 { client }
+    }
+}
+
+fn filter(name: &str, values: Vec<String>) -> Filter {
+    Filter::builder()
+        .name(name)
+        .set_values(Some(values))
+        .build()
+}
+
+impl Ec2 for SdkEc2 {
+    async fn multus_enis(&self, instances: &[String]) -> Result<Vec<MultusEni>, Ec2Error> {
+        let mut out = Vec::new();
+        for chunk in instances.chunks(FILTER_VALUES) {
+            let mut token = None;
+            loop {
+                let page = self
+                    .client
+                    .describe_network_interfaces()
+                    .filters(filter(&format!("tag:{NO_MANAGE_TAG}"), vec!["true".into()]))
+                    .filters(filter("attachment.instance-id", chunk.to_vec()))
+                    .max_results(1000)
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        sdk_error(
+                            Action::DescribeNetworkInterfaces,
+                            format!("of {} instances", chunk.len()),
+                            e,
+                        )
+                    })?;
+                out.extend(page.network_interfaces().iter().filter_map(multus_eni));
+                token = page.next_token().map(str::to_owned);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn unassign_ipv4(&self, eni: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
+        self.client
+            .unassign_private_ip_addresses()
+            .network_interface_id(eni)
+            .set_private_ip_addresses(Some(ips.iter().map(ToString::to_string).collect()))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| sdk_error(Action::UnassignPrivateIpAddresses, eni, e))
+    }
+
+    async fn unassign_ipv6(&self, eni: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
+        self.client
+            .unassign_ipv6_addresses()
+            .network_interface_id(eni)
+            .set_ipv6_addresses(Some(ips.iter().map(ToString::to_string).collect()))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| sdk_error(Action::UnassignIpv6Addresses, eni, e))
+    }
+}
+
+/// Device index 0 is the node's own ENI, whatever its tags say: never a candidate.
+fn multus_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<MultusEni> {
+    let attachment = ni.attachment()?;
+    let device_index = attachment.device_index()?;
+    let tagged = ni
+        .tag_set()
+        .iter()
+        .any(|t| t.key() == Some(NO_MANAGE_TAG) && t.value() == Some("true"));
+    if device_index < 1 || !tagged {
+        return None;
+    }
+    Some(MultusEni {
+        id: ni.network_interface_id()?.to_owned(),
+        instance: attachment.instance_id()?.to_owned(),
+        device_index,
+        ipv4: ni
+            .private_ip_addresses()
+            .iter()
+            .filter(|a| a.primary() != Some(true))
+            .filter_map(|a| a.private_ip_address()?.parse().ok())
+            .collect(),
+        ipv6: ni
+            .ipv6_addresses()
+            .iter()
+            .filter_map(|a| a.ipv6_address()?.parse().ok())
+            .collect(),
+    })
+}
+
+/// Errors after which this sweep stops and the next one tries again.
+pub fn is_throttling(e: &Ec2Error) -> bool {
+    matches!(
+        e.code.as_deref(),
+        Some("RequestLimitExceeded" | "Throttling" | "ThrottlingException")
+    )
+}
+
+fn sdk_error<E>(action: Action, target: impl Into<String>, err: SdkError<E>) -> Ec2Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let (code, detail) = match &err {
+        SdkError::ServiceError(service) => (
+            service.err().code().map(str::to_owned),
+            service.err().message().unwrap_or("no message").to_owned(),
+        ),
+        _ => (None, cause(&err)),
+    };
+    Ec2Error {
+        action,
+        target: target.into(),
+        hint: hint(action, code.as_deref()),
+        code,
+        detail,
+    }
+}
+
+fn hint(action: Action, code: Option<&str>) -> String {
+    match code {
+        Some("UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException") => format!(
+            "the reclaimer's IAM role lacks ec2:{action} (unassign is allowed only on ENIs tagged \
+             {NO_MANAGE_TAG}=true): attach the policy in {IAM_POLICY} to the role"
+        ),
+        Some("AuthFailure" | "InvalidClientTokenId" | "ExpiredToken") => {
+            "AWS rejected the credentials: check the reclaimer's role ARN and its trust policy (IRSA) \
+             or the Pod Identity association"
+                .into()
+        }
+        Some("RequestLimitExceeded" | "Throttling" | "ThrottlingException") => {
+            "EC2 throttled the account past the retry budget: the next sweep goes on where this one stopped"
+                .into()
+        }
+        Some("InvalidNetworkInterfaceID.NotFound") => {
+            "the ENI is gone (its node was terminated): nothing to release".into()
+        }
+        Some("InvalidParameterValue" | "InvalidIPAddress.NotFound") => {
+            "the address is no longer on that ENI: another ENI took it, or it was released already".into()
+        }
+        Some(_) => "see the EC2 API reference for this error code".into(),
+        None => "EC2 could not be reached or did not answer: check the reclaimer's egress to the EC2 \
+                 endpoint and AWS_ENDPOINT_URL_EC2"
+            .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_ec2::types::{
+        NetworkInterface, NetworkInterfaceAttachment, NetworkInterfaceIpv6Address,
+        NetworkInterfacePrivateIpAddress, Tag,
+    };
+
+    fn ni(device_index: i32, tagged: bool) -> NetworkInterface {
+        let mut b = NetworkInterface::builder()
+            .network_interface_id("eni-1")
+            .attachment(
+                NetworkInterfaceAttachment::builder()
+                    .device_index(device_index)
+                    .instance_id("i-1")
+                    .build(),
+            )
+            .private_ip_addresses(
+                NetworkInterfacePrivateIpAddress::builder()
+                    .private_ip_address("10.0.4.10")
+                    .primary(true)
+                    .build(),
+            )
+            .private_ip_addresses(
+                NetworkInterfacePrivateIpAddress::builder()
+                    .private_ip_address("10.0.4.66")
+                    .primary(false)
+                    .build(),
+            )
+            .ipv6_addresses(
+                NetworkInterfaceIpv6Address::builder()
+                    .ipv6_address("2001:db8::100")
+                    .build(),
+            );
+        if tagged {
+            b = b.tag_set(Tag::builder().key(NO_MANAGE_TAG).value("true").build());
+        }
+        b.build()
+    }
+
+    #[test]
+    fn the_primary_address_and_the_primary_eni_are_never_candidates() {
+        let eni = multus_eni(&ni(1, true)).unwrap();
+        assert_eq!(eni.ipv4, ["10.0.4.66".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(eni.ipv6.len(), 1);
+        assert_eq!(eni.instance, "i-1");
+        assert_eq!(multus_eni(&ni(0, true)), None);
+        assert_eq!(multus_eni(&ni(1, false)), None);
+    }
+
+    #[test]
+    fn a_refusal_names_the_permission_and_the_policy() {
+        let line = Ec2Error {
+            action: Action::UnassignPrivateIpAddresses,
+            target: "eni-1".into(),
+            code: Some("UnauthorizedOperation".into()),
+            detail: "You are not authorized".into(),
+            hint: hint(
+                Action::UnassignPrivateIpAddresses,
+                Some("UnauthorizedOperation"),
+            ),
+        }
+        .to_string();
+        assert!(
+            line.starts_with("UnassignPrivateIpAddresses eni-1: UnauthorizedOperation: "),
+            "{line}"
+        );
+        assert!(
+            line.contains("ec2:UnassignPrivateIpAddresses") && line.contains(IAM_POLICY),
+            "{line}"
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, as client-go's
+//! `leaderelection` does it: one replica acts, the others wait.
+//!
+//! - A replica takes the Lease when it is absent, released (no holder), or unchanged
+//!   for a whole lease duration as this replica observed it. Expiry is judged by this
+//!   replica's own monotonic clock since it last saw the record change, never by
+//!   comparing another machine's `renewTime` with ours.
+//! - Every write carries the resourceVersion that was read, so of two replicas racing
+//!   for the same record, the apiserver lets exactly one win (409 for the other).
+//! - The leader renews every retry period and stops acting once it could not renew
+//!   for the renew deadline, which is shorter than the lease duration: it has stopped
+//!   before any other replica may start.
+//! - On shutdown the leader releases the Lease, so the next one starts at once.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::PostParams;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub struct Election {
+    pub api: Api<Lease>,
+    pub name: String,
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+/// What this replica last saw of the Lease, and when it saw it change.
+struct Observed {
+    spec: Option<LeaseSpec>,
+    at: Instant,
+}
+
+impl Election {
+    /// Runs until `stop` turns true, keeping `leading` true exactly while this
+    /// replica holds the Lease; then releases it if held.
+    pub async fn run(self, leading: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
+        let mut observed: Option<Observed> = None;
+        let mut last_renewal: Option<Instant> = None;
+        loop {
+            match self.try_acquire_or_renew(&mut observed).await {
+                Ok(true) => {
+                    if !*leading.borrow() {
+                        info!(lease = %self.name, identity = %self.identity, "leading");
+                    }
+                    last_renewal = Some(Instant::now());
+                    leading.send_replace(true);
+                }
+                Ok(false) => {
+                    if *leading.borrow() {
+                        warn!(lease = %self.name, "another replica holds the lease: no longer leading");
+                    }
+                    last_renewal = None;
+                    leading.send_replace(false);
+                }
+                Err(e) => {
+                    let stale = last_renewal.is_some_and(|t| t.elapsed() >= self.renew_deadline);
+                    if *leading.borrow() && stale {
+                        warn!(lease = %self.name, error = %e, "could not renew the lease within the renew deadline: no longer leading");
+                        leading.send_replace(false);
+                        last_renewal = None;
+                    } else {
+                        warn!(lease = %self.name, error = %e, "lease");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.retry_period) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        if *leading.borrow() {
+            leading.send_replace(false);
+            match self.release().await {
+                Ok(()) => info!(lease = %self.name, "released the lease"),
+                Err(e) => {
+                    warn!(lease = %self.name, error = %e, "could not release the lease; it expires by itself")
+                }
+            }
+        }
+    }
+
+    async fn try_acquire_or_renew(
+        &self,
+        observed: &mut Option<Observed>,
+    ) -> Result<bool, kube::Error> {
+        let now = MicroTime(Timestamp::now());
+        let Some(current) = self.api.get_opt(&self.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(self.spec(now.clone(), now, 0)),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(e) if is_conflict(&e) => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = current.spec.clone().unwrap_or_default();
+        if observed
+            .as_ref()
+            .is_none_or(|o| o.spec.as_ref() != Some(&spec))
+        {
+            *observed = Some(Observed {
+                spec: Some(spec.clone()),
+                at: Instant::now(),
+            });
+        }
+        let holder = spec.holder_identity.as_deref().unwrap_or("");
+        let mine = holder == self.identity;
+        let duration = spec
+            .lease_duration_seconds
+            .map_or(self.lease_duration, |s| {
+                Duration::from_secs(u64::try_from(s).unwrap_or(0))
+            });
+        let expired = observed
+            .as_ref()
+            .is_some_and(|o| o.at.elapsed() >= duration);
+        if !mine && !holder.is_empty() && !expired {
+            return Ok(false);
+        }
+        let (acquired, transitions) = if mine {
+            (
+                spec.acquire_time.clone().unwrap_or_else(|| now.clone()),
+                spec.lease_transitions.unwrap_or(0),
+            )
+        } else {
+            (now.clone(), spec.lease_transitions.unwrap_or(0) + 1)
+        };
+        let mut next = current;
+        next.spec = Some(self.spec(acquired, now, transitions));
+        // `replace` sends the resourceVersion read above: a write based on an old
+        // read fails with 409 instead of overwriting another replica's.
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &next)
+            .await
+        {
+            Ok(written) => {
+                *observed = Some(Observed {
+                    spec: written.spec,
+                    at: Instant::now(),
+                });
+                Ok(true)
+            }
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn spec(&self, acquired: MicroTime, renewed: MicroTime, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(
+                i32::try_from(self.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX),
+            ),
+            acquire_time: Some(acquired),
+            renew_time: Some(renewed),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    async fn release(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        self.api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+            .map(drop)
+    }
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 409)
+}

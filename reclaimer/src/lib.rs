@@ -1,0 +1,162 @@
+//! ipmgmt-reclaimer: gives back the Multus ENI addresses of pods that are gone.
+//!
+//! Sidecars release their pod's addresses when they stop. Nothing does for an
+//! init-mode pod, a killed sidecar, a dead node or a force-deleted pod; each such
+//! address keeps one of the ENI's few slots. The reclaimer is that safety net: the
+//! Kubernetes API says which pods are live and what they hold (`view`, `claims`), the
+//! NADs say what an IPAM hands out (`pools`), EC2 says what the Multus ENIs hold
+//! (`ec2`), and `sweep` decides, pure, what is stale. One replica acts (`leader`).
+
+pub mod admin;
+pub mod claims;
+pub mod config;
+pub mod ec2;
+pub mod leader;
+pub mod metrics;
+pub mod pools;
+pub mod run;
+pub mod sweep;
+pub mod view;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::config::Args;
+use crate::ec2::Ec2;
+use crate::leader::Election;
+use crate::metrics::Metrics;
+use crate::run::{Settings, Sweeper};
+use crate::view::View;
+
+/// The name Events are reported under.
+pub const CONTROLLER: &str = "ipmgmt-reclaimer";
+
+/// Runs until `shutdown` completes; then stops sweeping and releases the Lease.
+/// `ready` receives the admin address once it is bound.
+pub async fn run<E: Ec2>(
+    args: Args,
+    kube: kube::Client,
+    ec2: E,
+    mut registry: Registry,
+    shutdown: impl Future<Output = ()>,
+    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
+    args.check().map_err(anyhow::Error::msg)?;
+    let metrics = Metrics::default();
+    metrics.register(&mut registry);
+    let view = View::start(&kube, &metrics);
+    let admin = admin::serve(args.admin_listen, registry, view.clone()).await?;
+    if let Some(tx) = ready {
+        let _ = tx.send(admin);
+    }
+    info!(admin = %admin, dry_run = args.dry_run, grace = ?args.grace, interval = ?args.interval, "started");
+
+    let (leading_tx, mut leading) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let election = Election {
+        api: Api::<Lease>::namespaced(kube.clone(), &args.namespace),
+        name: args.lease_name.clone(),
+        identity: args.identity.clone(),
+        lease_duration: args.lease_duration,
+        renew_deadline: args.renew_deadline,
+        retry_period: args.retry_period,
+    };
+    let election = tokio::spawn(election.run(leading_tx, stop_rx));
+
+    let recorder = Recorder::new(
+        kube.clone(),
+        Reporter {
+            controller: CONTROLLER.into(),
+            instance: Some(args.identity.clone()),
+        },
+    );
+    let mut sweeper = Sweeper::new(
+        ec2,
+        view.clone(),
+        kube,
+        recorder,
+        metrics.clone(),
+        Settings {
+            grace: args.grace,
+            max_releases_per_sweep: usize::try_from(args.max_releases_per_sweep)
+                .unwrap_or(usize::MAX),
+            dry_run: args.dry_run,
+        },
+        leading.clone(),
+    );
+
+    let work = async {
+        view.wait_until_ready().await;
+        info!("pods, nodes and NetworkAttachmentDefinitions listed");
+        loop {
+            metrics.set_leader(false);
+            let _ = leading.wait_for(|l| *l).await;
+            metrics.set_leader(true);
+            sweeper.start_over();
+            let mut tick = tokio::time::interval(args.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = leading.wait_for(|l| !*l) => break,
+                }
+                if !*leading.borrow() {
+                    break;
+                }
+                sweeper.sweep().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = work => {}
+        () = shutdown => info!("shutting down"),
+    }
+    metrics.set_leader(false);
+    let _ = stop_tx.send(true);
+    let _ = election.await;
+    Ok(())
+}
+
+/// The EC2 client as production builds it: `ipmgr::aws`'s timeouts and retries,
+/// the standard credential chain (IRSA, Pod Identity), attempts counted.
+pub async fn ec2_client(args: &Args, registry: &mut Registry) -> ec2::SdkEc2 {
+    let sdk = ipmgr::aws::loader(ipmgr::aws::Retries {
+        max_attempts: args.ec2_max_attempts,
+        initial_backoff: std::time::Duration::from_millis(200),
+    })
+    .load()
+    .await;
+    let attempts = ipmgr::aws::Attempts::default();
+    attempts.register_as(registry, "ipmgmt_reclaimer_ec2_attempts");
+    ec2::SdkEc2::new(ipmgr::aws::ec2_client(&sdk, &attempts))
+}
+
+pub fn init_logging(format: config::LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// Completes on SIGTERM (kubelet stopping the pod) or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

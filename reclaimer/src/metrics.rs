@@ -1,0 +1,210 @@
+//! The reclaimer's Prometheus metrics, served on the admin port at `/metrics`.
+//!
+//! | metric | labels |
+//! |---|---|
+//! | `ipmgmt_reclaimer_leader` | none: 1 while this replica holds the Lease |
+//! | `ipmgmt_reclaimer_sweeps_total` | `result`: `complete`, `throttled`, `failed` |
+//! | `ipmgmt_reclaimer_addresses` | `verdict`: `claimed`, `outside_pools`, `node_settling`, `waiting`, `release`, `deferred` (after the last sweep) |
+//! | `ipmgmt_reclaimer_releases_total` | `result`: `released`, `dry_run`, `claimed_at_confirm`, `failed` |
+//! | `ipmgmt_reclaimer_watch_errors_total` | `resource`: `pods`, `nodes`, `network_attachment_definitions` |
+//! | `ipmgmt_reclaimer_ec2_attempts_total` | `action`, `result` (as `ipmgr_ec2_attempts_total`) |
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::sweep::Verdict;
+
+/// Enums whose variants are label values.
+trait Named: Copy {
+    fn name(self) -> &'static str;
+}
+
+macro_rules! named {
+    ($ty:ty { $($variant:path => $name:literal),+ $(,)? }) => {
+        impl Named for $ty {
+            fn name(self) -> &'static str {
+                match self { $($variant => $name),+ }
+            }
+        }
+        impl EncodeLabelValue for $ty {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                EncodeLabelValue::encode(&self.name(), encoder)
+            }
+        }
+    };
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SweepResult {
+    Complete,
+    /// EC2 throttled past the retry budget; the next sweep goes on.
+    Throttled,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReleaseResult {
+    Released,
+    DryRun,
+    /// The fresh read of the node's pods just before the call found a claim.
+    ClaimedAtConfirm,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Resource {
+    Pods,
+    Nodes,
+    NetworkAttachmentDefinitions,
+}
+
+named!(SweepResult {
+    SweepResult::Complete => "complete",
+    SweepResult::Throttled => "throttled",
+    SweepResult::Failed => "failed",
+});
+named!(ReleaseResult {
+    ReleaseResult::Released => "released",
+    ReleaseResult::DryRun => "dry_run",
+    ReleaseResult::ClaimedAtConfirm => "claimed_at_confirm",
+    ReleaseResult::Failed => "failed",
+});
+named!(Resource {
+    Resource::Pods => "pods",
+    Resource::Nodes => "nodes",
+    Resource::NetworkAttachmentDefinitions => "network_attachment_definitions",
+});
+named!(Verdict {
+    Verdict::Claimed => "claimed",
+    Verdict::OutsidePools => "outside_pools",
+    Verdict::NodeSettling => "node_settling",
+    Verdict::Waiting => "waiting",
+    Verdict::Release => "release",
+    Verdict::Deferred => "deferred",
+});
+
+impl Resource {
+    pub fn name(self) -> &'static str {
+        Named::name(self)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SweepLabel {
+    result: SweepResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReleaseLabel {
+    result: ReleaseResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabel {
+    verdict: Verdict,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabel {
+    resource: Resource,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    leader: Gauge,
+    sweeps: Family<SweepLabel, Counter>,
+    addresses: Family<VerdictLabel, Gauge>,
+    releases: Family<ReleaseLabel, Counter>,
+    watch_errors: Family<ResourceLabel, Counter>,
+}
+
+impl Metrics {
+    /// Registers every family, each label value present from the start, so a
+    /// dashboard sees zeros rather than gaps.
+    pub fn register(&self, registry: &mut Registry) {
+        for r in [
+            SweepResult::Complete,
+            SweepResult::Throttled,
+            SweepResult::Failed,
+        ] {
+            let _ = self.sweeps.get_or_create(&SweepLabel { result: r });
+        }
+        for r in [
+            ReleaseResult::Released,
+            ReleaseResult::DryRun,
+            ReleaseResult::ClaimedAtConfirm,
+            ReleaseResult::Failed,
+        ] {
+            let _ = self.releases.get_or_create(&ReleaseLabel { result: r });
+        }
+        for v in Verdict::ALL {
+            let _ = self.addresses.get_or_create(&VerdictLabel { verdict: v });
+        }
+        for r in [
+            Resource::Pods,
+            Resource::Nodes,
+            Resource::NetworkAttachmentDefinitions,
+        ] {
+            let _ = self
+                .watch_errors
+                .get_or_create(&ResourceLabel { resource: r });
+        }
+        registry.register(
+            "ipmgmt_reclaimer_leader",
+            "1 while this replica holds the leader Lease",
+            self.leader.clone(),
+        );
+        registry.register(
+            "ipmgmt_reclaimer_sweeps",
+            "Sweeps by how they ended",
+            self.sweeps.clone(),
+        );
+        registry.register(
+            "ipmgmt_reclaimer_addresses",
+            "Secondary addresses on the nodes' Multus ENIs at the last sweep, by verdict",
+            self.addresses.clone(),
+        );
+        registry.register(
+            "ipmgmt_reclaimer_releases",
+            "Addresses released (or reported, in dry-run) by result",
+            self.releases.clone(),
+        );
+        registry.register(
+            "ipmgmt_reclaimer_watch_errors",
+            "Watch errors by resource; each restarts every grace period",
+            self.watch_errors.clone(),
+        );
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    pub fn sweep(&self, result: SweepResult) {
+        self.sweeps.get_or_create(&SweepLabel { result }).inc();
+    }
+
+    pub fn release(&self, result: ReleaseResult, n: usize) {
+        self.releases
+            .get_or_create(&ReleaseLabel { result })
+            .inc_by(n as u64);
+    }
+
+    pub fn verdicts(&self, counts: &std::collections::BTreeMap<Verdict, usize>) {
+        for v in Verdict::ALL {
+            let n = counts.get(&v).copied().unwrap_or(0);
+            self.addresses
+                .get_or_create(&VerdictLabel { verdict: v })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub fn watch_errors(&self, resource: Resource) -> Counter {
+        self.watch_errors
+            .get_or_create(&ResourceLabel { resource })
+            .clone()
+    }
+}
