@@ -275,6 +275,38 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_allows_exactly_the_calls_made_and_changes_only_multus_enis() {
+        let policy: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/reclaimer-iam-policy.json")).unwrap();
+        let mut allowed = Vec::new();
+        for statement in policy["Statement"].as_array().unwrap() {
+            let actions: Vec<String> = match &statement["Action"] {
+                serde_json::Value::String(a) => vec![a.clone()],
+                list => serde_json::from_value(list.clone()).unwrap(),
+            };
+            for a in &actions {
+                let action = ACTIONS
+                    .iter()
+                    .find(|x| format!("ec2:{x}") == *a)
+                    .unwrap_or_else(|| panic!("{a} is allowed but never called"));
+                if action.changes_an_eni() {
+                    assert_eq!(
+                        statement["Condition"]["StringEquals"]
+                            [format!("ec2:ResourceTag/{NO_MANAGE_TAG}")],
+                        "true",
+                        "{a} must be limited to ENIs tagged {NO_MANAGE_TAG}"
+                    );
+                }
+            }
+            allowed.extend(actions);
+        }
+        allowed.sort();
+        let mut called: Vec<String> = ACTIONS.iter().map(|a| format!("ec2:{a}")).collect();
+        called.sort();
+        assert_eq!(allowed, called);
+    }
+
+    #[test]
     fn a_refusal_names_the_permission_and_the_policy() {
         let line = Ec2Error {
             action: Action::UnassignPrivateIpAddresses,

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod claims;
 pub mod config;
 pub mod ec2;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod pools;
@@ -23,7 +24,6 @@ use std::net::SocketAddr;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::info;
@@ -70,18 +70,12 @@ pub async fn run<E: Ec2>(
     };
     let election = tokio::spawn(election.run(leading_tx, stop_rx));
 
-    let recorder = Recorder::new(
-        kube.clone(),
-        Reporter {
-            controller: CONTROLLER.into(),
-            instance: Some(args.identity.clone()),
-        },
-    );
+    let events = events::Events::new(kube.clone(), CONTROLLER, &args.identity);
     let mut sweeper = Sweeper::new(
         ec2,
         view.clone(),
         kube,
-        recorder,
+        events,
         metrics.clone(),
         Settings {
             grace: args.grace,

@@ -6,16 +6,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
+use kube::Api;
 use kube::api::ListParams;
-use kube::runtime::events::{Event, EventType, Recorder};
-use kube::{Api, Resource};
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::claims::NadRef;
 use crate::ec2::{Ec2, is_throttling};
+use crate::events::Events;
 use crate::metrics::{Metrics, ReleaseResult, SweepResult};
 use crate::sweep::{Cluster, Held, Release, Suspects, decide};
 use crate::view::{View, add_claim};
@@ -30,7 +30,7 @@ pub struct Sweeper<E> {
     pub ec2: E,
     pub view: View,
     pub pods: Api<Pod>,
-    pub recorder: Recorder,
+    pub events: Events,
     pub metrics: Metrics,
     pub settings: Settings,
     /// Checked before every EC2 change: a sweep that outlives the leadership stops.
@@ -45,7 +45,7 @@ impl<E: Ec2> Sweeper<E> {
         ec2: E,
         view: View,
         client: kube::Client,
-        recorder: Recorder,
+        events: Events,
         metrics: Metrics,
         settings: Settings,
         leading: watch::Receiver<bool>,
@@ -55,7 +55,7 @@ impl<E: Ec2> Sweeper<E> {
             errors_seen: view.errors(),
             view,
             pods: Api::all(client),
-            recorder,
+            events,
             metrics,
             settings,
             leading,
@@ -250,31 +250,15 @@ impl<E: Ec2> Sweeper<E> {
             );
             info!(node, ip = %r.held.ip, eni = %r.held.eni, instance = %r.held.instance, pool = %r.pool,
                 unclaimed_seconds = r.unclaimed_for.as_secs(), dry_run, "{verb}");
-            let event = Event {
-                type_: EventType::Normal,
-                reason: if dry_run {
-                    "AddressWouldBeReleased"
-                } else {
-                    "AddressReleased"
-                }
-                .into(),
-                note: Some(note),
-                action: "Release".into(),
-                secondary: None,
+            let reason = if dry_run {
+                "AddressWouldBeReleased"
+            } else {
+                "AddressReleased"
             };
-            if let Err(e) = self.recorder.publish(&event, &node_ref(node)).await {
+            if let Err(e) = self.events.on_node(node, reason, note).await {
                 warn!(node, error = %e, "could not record the Event");
             }
         }
-    }
-}
-
-fn node_ref(name: &str) -> ObjectReference {
-    ObjectReference {
-        api_version: Some(Node::api_version(&()).into_owned()),
-        kind: Some(Node::kind(&()).into_owned()),
-        name: Some(name.to_owned()),
-        ..ObjectReference::default()
     }
 }
 

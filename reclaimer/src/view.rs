@@ -7,7 +7,7 @@
 //! what it saw before.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -18,6 +18,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector::store::Writer};
 use kube::{Api, Client};
+use tokio::sync::watch;
 use tracing::warn;
 
 use crate::claims::{NadRef, claim_of, nads_of};
@@ -41,7 +42,9 @@ pub struct View {
     /// since: the addresses of a deleted pod lie in its NAD's pools.
     used: Arc<Mutex<BTreeSet<NadRef>>>,
     errors: Arc<AtomicU64>,
-    listed: Arc<AtomicBool>,
+    /// True once all three have listed. One task waits on the stores: a store's
+    /// readiness wakes only its latest waiter.
+    listed: watch::Receiver<bool>,
 }
 
 impl View {
@@ -94,33 +97,34 @@ impl View {
             metrics,
         );
 
-        let view = View {
+        let (listed_tx, listed) = watch::channel(false);
+        let stores = (pods.clone(), nodes.clone(), nads.clone());
+        tokio::spawn(async move {
+            // The error only says a writer was dropped, which happens only when the
+            // process ends.
+            let _ = stores.0.wait_until_ready().await;
+            let _ = stores.1.wait_until_ready().await;
+            let _ = stores.2.wait_until_ready().await;
+            listed_tx.send_replace(true);
+        });
+        View {
             pods,
             nodes,
             nads,
             used,
             errors,
-            listed: Arc::new(AtomicBool::new(false)),
-        };
-        let waiting = view.clone();
-        tokio::spawn(async move {
-            waiting.wait_until_ready().await;
-            waiting.listed.store(true, Ordering::Relaxed);
-        });
-        view
+            listed,
+        }
     }
 
     /// Whether all three have listed once.
     pub fn is_ready(&self) -> bool {
-        self.listed.load(Ordering::Relaxed)
+        *self.listed.borrow()
     }
 
     pub async fn wait_until_ready(&self) {
-        // A store is ready after its first complete list; the error only says the
-        // writer was dropped, which happens only when the process ends.
-        let _ = self.pods.wait_until_ready().await;
-        let _ = self.nodes.wait_until_ready().await;
-        let _ = self.nads.wait_until_ready().await;
+        let mut listed = self.listed.clone();
+        let _ = listed.wait_for(|l| *l).await;
     }
 
     /// Watch errors since start; a change means the view may have missed something.

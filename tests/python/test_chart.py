@@ -672,7 +672,7 @@ def test_reclaimer_rbac_is_only_what_it_uses():
     assert all(r["resources"] == ["leases"] and r["apiGroups"] == ["coordination.k8s.io"] for r in lease_rules)
     # Events about Nodes land in the default namespace.
     assert roles["default"]["rules"] == [
-        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}]
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]}]
     account = objects["ServiceAccount"][0]["metadata"]["name"]
     for binding in objects["ClusterRoleBinding"] + objects["RoleBinding"]:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "ipmgmt-system"}]

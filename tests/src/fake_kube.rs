@@ -323,13 +323,12 @@ struct Target {
 }
 
 fn target(path: &str) -> Option<Target> {
-    let kind = Kind::ALL
-        .into_iter()
-        .find(|k| path.starts_with(&format!("{}/", k.prefix())))?;
-    let rest: Vec<&str> = path[kind.prefix().len() + 1..]
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
+    Kind::ALL.into_iter().find_map(|kind| target_of(kind, path))
+}
+
+fn target_of(kind: Kind, path: &str) -> Option<Target> {
+    let rest = path.strip_prefix(&kind.prefix())?.strip_prefix('/')?;
+    let rest: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let (namespace, rest) = match rest.as_slice() {
         ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some((*ns).to_owned()), rest),
         rest => (None, rest),

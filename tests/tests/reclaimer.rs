@@ -70,6 +70,13 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
+        // RECLAIMER_TEST_LOG=debug shows what the in-process reclaimer does.
+        if let Ok(filter) = std::env::var("RECLAIMER_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let kube = FakeKube::default();
         kube.set_bookmark_interval(Some(Duration::from_millis(200)));
         kube.apply(Kind::Node, node("node-1", "i-0001"));
@@ -384,7 +391,7 @@ async fn an_expired_watch_relists_and_releases_nothing_falsely() {
     );
     // The view follows the cluster after the relists: app-a2 going is seen.
     c.kube.delete(Kind::Pod, "multus-demo", "app-a2");
-    wait_for("app-a2's address released", Duration::from_secs(10), || {
+    wait_for("app-a2's address released", Duration::from_secs(40), || {
         c.holder("10.0.1.66").is_none()
     })
     .await;
@@ -454,6 +461,8 @@ async fn ec2_throttling_slows_sweeps_down_and_fails_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_reports_and_changes_nothing() {
     let c = Cluster::start().await;
+    // A workload on the NAD, and an address of one of its pods that is gone.
+    c.running("live-1", "node-2", "10.0.1.90", "eni-2n3");
     c.ec2.move_address(ip("10.0.1.66"), "eni-1n3");
     let r = c.reclaimer("reclaimer-0", &["--dry-run", "true"]).await;
     wait_for("an Event", Duration::from_secs(10), || {
@@ -494,7 +503,7 @@ fn reclaimer_binary() -> PathBuf {
 
 /// One replica as a process, configured as the chart configures it (the downward
 /// API's POD_NAME and POD_NAMESPACE, a kubeconfig for the API server).
-fn replica(c: &Cluster, dir: &std::path::Path, name: &str) -> Child {
+fn replica(c: &Cluster, dir: &std::path::Path, name: &str) -> Replica {
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -506,7 +515,8 @@ fn replica(c: &Cluster, dir: &std::path::Path, name: &str) -> Child {
         ),
     )
     .unwrap();
-    Command::new(reclaimer_binary())
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(reclaimer_binary())
         .env_clear()
         .env("KUBECONFIG", &kubeconfig)
         .env("POD_NAME", name)
@@ -528,9 +538,24 @@ fn replica(c: &Cluster, dir: &std::path::Path, name: &str) -> Child {
             "1500ms",
             "--retry-period",
             "200ms",
+            "--log-level",
+            &std::env::var("RECLAIMER_TEST_LOG").unwrap_or_else(|_| "info".into()),
         ])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
         .spawn()
-        .unwrap()
+        .unwrap();
+    Replica(child)
+}
+
+/// A replica process, killed if the test ends without stopping it.
+struct Replica(Child);
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn holder_of_lease(c: &Cluster) -> Option<String> {
@@ -551,6 +576,7 @@ async fn leader_hand_over_only_one_replica_acts() {
     let c = Cluster::start().await;
     let dir = std::env::temp_dir().join(format!("ipmgmt-reclaimer-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    c.running("live-1", "node-2", "10.0.1.90", "eni-2n3");
     let mut a = replica(&c, &dir, "reclaimer-a");
     wait_for("reclaimer-a leads", Duration::from_secs(20), || {
         holder_of_lease(&c).as_deref() == Some("reclaimer-a")
@@ -572,8 +598,8 @@ async fn leader_hand_over_only_one_replica_acts() {
     assert_eq!(holder_of_lease(&c).as_deref(), Some("reclaimer-a"));
 
     // The leader dies without a word (SIGKILL): b takes over once the lease runs out.
-    a.kill().unwrap();
-    a.wait().unwrap();
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
     let killed = Instant::now();
     wait_for("reclaimer-b leads", Duration::from_secs(20), || {
         holder_of_lease(&c).as_deref() == Some("reclaimer-b")
@@ -613,7 +639,7 @@ async fn leader_hand_over_only_one_replica_acts() {
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
 
     // SIGTERM: b gives the lease up on its way out.
-    let pid = b.id().to_string();
+    let pid = b.0.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -621,7 +647,7 @@ async fn leader_hand_over_only_one_replica_acts() {
             .unwrap()
             .success()
     );
-    let status = b.wait().unwrap();
+    let status = b.0.wait().unwrap();
     assert!(status.success(), "reclaimer-b exited {status}");
     assert_eq!(holder_of_lease(&c), None, "released on SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
