@@ -250,7 +250,7 @@ async fn connection(
             if ok {
                 report
                     .latencies_us
-                    .push(due.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    .push(sent_from.elapsed().as_micros().min(u32::MAX as u128) as u32);
             } else {
                 report.errors += 1;
             }
