@@ -11,6 +11,7 @@ pub mod fuzzing;
 pub mod inject;
 pub mod patch;
 pub mod review;
+pub mod runtime;
 pub mod server;
 pub mod tls;
 
@@ -79,7 +80,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_delay_seconds,
         drain_timeout_seconds,
         header_read_timeout_seconds,
-        // main installs logging before it calls run.
+        // main sizes the runtime and installs logging before it calls run.
+        worker_threads: _,
         log_format: _,
         log_level: _,
         inject,
