@@ -160,9 +160,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         roots.add(cert?)?;
     }
-    let tls = rustls::ClientConfig::builder()
+    let mut tls = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // No session resumption, as the apiserver's client keeps no session cache: every
+    // new connection makes a full handshake and is served the current certificate
+    // (a resumed one would report the certificate of the session it resumed).
+    tls.resumption = rustls::client::Resumption::disabled();
     let connector = TlsConnector::from(Arc::new(tls));
     let body =
         Bytes::from(std::fs::read(&args.body).with_context(|| args.body.display().to_string())?);
