@@ -57,8 +57,8 @@ macro_rules! review_span {
 /// What a review logs. The outcomes that need nobody's attention (injected, reordered,
 /// skipped) are counted by `reviews_total` and logged at DEBUG: a line per review cost
 /// a quarter of the throughput, and an injected pod says what it got in its
-/// `ipmgmt.aws/injected` annotation. Denials are logged at INFO (a user's pod was refused, and the line
-/// says why); errors and unreadable reviews at WARN.
+/// `ipmgmt.aws/injected` annotation. Denials are logged at INFO (a user's pod was
+/// refused, and the line says why); errors and unreadable reviews at WARN.
 async fn mutate(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let started = Instant::now();
     match review::review(&body, &app.injector) {
