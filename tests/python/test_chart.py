@@ -391,6 +391,7 @@ def test_values_become_webhook_flags():
     assert flag(args, "--role-arn") == "arn:aws:iam::111122223333:role/ipmgmt-ipmgr"
     assert flag(args, "--imds-endpoint-mode") == "IPv6"
     assert flag(args, "--container-name") == "ip-manager"
+    assert flag(args, "--worker-threads") == "2"
     env = [a.split("=", 1)[1] for a in args if a.startswith("--ipmgr-env=")]
     assert "IPMGR_LOG_LEVEL=debug,aws_config=warn" in env and "IPMGR_RESYNC_SECONDS=120" in env
 

@@ -384,15 +384,72 @@ def test_a_review_without_its_pod_is_an_error_not_a_denial(webhook):
     assert count(webhook.admin_get("/metrics")[1]) == count(before) + 1
 
 
-def test_logs_have_one_span_per_review_and_no_objects(webhook):
+def test_logs_have_one_span_per_review_and_no_objects(webhooks):
+    debug = webhooks(FIXTURE_FLAGS + ["--log-level=debug"])
     pod = json.loads((FIXTURES / "role-arn-annotation" / "pod.json").read_text())
-    webhook.post(review_of(pod, uid="span-uid-1"))
-    entry = webhook.wait_for_log(lambda e: e.get("span", {}).get("uid") == "span-uid-1")
+    debug.post(review_of(pod, uid="span-uid-1"))
+    entry = debug.wait_for_log(lambda e: e.get("span", {}).get("uid") == "span-uid-1")
+    assert (entry["level"], entry["message"]) == ("DEBUG", "injected the IP manager"), entry
     assert entry["span"]["namespace"] == "core5g"
     assert entry["span"]["pod"] == "upf-6d9f7c8b5d-*"
     assert entry["mode"] == "sidecar"
-    text = json.dumps(webhook.logs)
+    text = json.dumps(debug.logs)
     assert "role/upf-ipmgmt" not in text and "registry.example.com" not in text
+
+
+def metric(webhook, line_start):
+    text = webhook.admin_get("/metrics")[1]
+    return [float(l.split()[-1]) for l in text.splitlines() if l.startswith(line_start)][0]
+
+
+def test_at_info_an_injection_is_counted_and_a_denial_logged(webhook):
+    """The chart's level: no line for a pod that got what it asked for, one for a
+    pod that was refused, each review counted by outcome."""
+    injected = 'ipmgmt_webhook_reviews_total{outcome="injected"} '
+    denied = 'ipmgmt_webhook_reviews_total{outcome="denied"} '
+    before = metric(webhook, injected), metric(webhook, denied)
+    pod = json.loads((FIXTURES / "sidecar-native" / "pod.json").read_text())
+    status, answer = webhook.post(review_of(pod, uid="quiet-uid"))
+    assert status == 200 and "patch" in answer["response"]
+    bad = json.loads((FIXTURES / "invalid-mode" / "pod.json").read_text())
+    status, answer = webhook.post(review_of(bad, uid="denied-uid"))
+    assert status == 200 and answer["response"]["allowed"] is False
+    entry = webhook.wait_for_log(lambda e: e.get("span", {}).get("uid") == "denied-uid")
+    assert (entry["level"], entry["message"]) == ("INFO", "denied"), entry
+    assert entry["reason"]
+    assert not [e for e in webhook.logs if e.get("span", {}).get("uid") == "quiet-uid"]
+    assert (metric(webhook, injected), metric(webhook, denied)) == (before[0] + 1, before[1] + 1)
+
+
+def openssl_handshake(port, server_name):
+    """A TLS handshake that sends `server_name` as SNI whatever it is (Python's ssl
+    leaves an IP address out); True when it completed."""
+    out = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", server_name, "-brief"],
+        input="", capture_output=True, text=True, timeout=30,
+    )
+    return "CONNECTION ESTABLISHED" in out.stderr, out.stderr
+
+
+def test_sni_that_is_no_host_name_costs_no_warning_per_connection(webhook):
+    """An IP address as SNI is ignored (RFC 6066 allows host names only) and the
+    handshake completes; `host:port` is refused by rustls with illegal_parameter.
+    Neither writes a line at the chart's log level, however many connections; the
+    refusals are counted."""
+    refused = 'ipmgmt_webhook_tls_handshake_failures_total{reason="refused"} '
+    before = metric(webhook, refused)
+    start = len(webhook.logs)
+    for _ in range(3):
+        ok, out = openssl_handshake(webhook.port, "127.0.0.1")
+        assert ok, out
+        ok, out = openssl_handshake(webhook.port, f"localhost:{webhook.port}")
+        assert not ok and "illegal parameter" in out, out
+    # A line logged after them all: anything they logged is in by then.
+    webhook.post(review_of(json.loads((FIXTURES / "invalid-mode" / "pod.json").read_text()), uid="sni-end"))
+    webhook.wait_for_log(lambda e: e.get("span", {}).get("uid") == "sni-end")
+    lines = [e for e in webhook.logs[start:] if e.get("span", {}).get("uid") != "sni-end"]
+    assert lines == [], lines
+    assert metric(webhook, refused) == before + 3
 
 
 def test_certificate_rotation_under_load(tmp_path):

@@ -11,6 +11,7 @@ pub mod fuzzing;
 pub mod inject;
 pub mod patch;
 pub mod review;
+pub mod runtime;
 pub mod server;
 pub mod tls;
 
@@ -23,6 +24,8 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::ParseError;
 
 use crate::admin::{AdminState, Health};
 use crate::config::{Args, LogFormat};
@@ -31,8 +34,7 @@ use crate::server::{App, Limits};
 use crate::tls::CertStore;
 
 pub fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .with_context(|| format!("--log-level {filter:?}"))?;
+    let filter = log_filter(filter).with_context(|| format!("--log-level {filter:?}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -45,6 +47,23 @@ pub fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
             .init(),
     }
     Ok(())
+}
+
+/// `--log-level`, with rustls's own lines lowered to errors unless it names rustls.
+///
+/// rustls warns, through the `log` bridge, about what one client sent, once per
+/// connection: an IP address as SNI (which it then ignores, RFC 6066 allowing only
+/// host names) or a name that is not a DNS name, such as `host:port` (which it refuses
+/// with an `illegal_parameter` alert). The apiserver sends the Service's DNS name, so
+/// these come from other clients, and a WARN per connection floods the log. The
+/// refused handshake is logged at DEBUG in the connection's span, and counted by
+/// `tls_handshake_failures_total`.
+pub fn log_filter(spec: &str) -> Result<EnvFilter, ParseError> {
+    let filter = EnvFilter::try_new(spec)?;
+    if spec.contains("rustls") {
+        return Ok(filter);
+    }
+    Ok(filter.add_directive("rustls=error".parse()?))
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -61,7 +80,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_delay_seconds,
         drain_timeout_seconds,
         header_read_timeout_seconds,
-        // main installs logging before it calls run.
+        // main sizes the runtime and installs logging before it calls run.
+        worker_threads: _,
         log_format: _,
         log_level: _,
         inject,
@@ -100,7 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
     if store.reloads() {
         let every = Duration::from_secs(tls_reload_seconds);
-        tokio::spawn(tls::watch(store, tls_metrics, every));
+        tokio::spawn(tls::watch(store, tls_metrics.clone(), every));
     }
 
     let app = Arc::new(App {
@@ -120,7 +140,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep(shutdown_delay).await;
     };
     health.set_ready(true);
-    server::serve(listener, acceptor, server::router(app), limits, shutdown).await;
+    let router = server::router(app);
+    server::serve(listener, acceptor, router, limits, tls_metrics, shutdown).await;
     Ok(())
 }
 
@@ -130,5 +151,19 @@ async fn terminated() -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rustls_lines_are_errors_only_unless_the_filter_names_rustls() {
+        let quiet = log_filter("info").unwrap().to_string();
+        assert!(quiet.contains("rustls=error"), "{quiet}");
+        let asked = log_filter("info,rustls=debug").unwrap().to_string();
+        assert!(!asked.contains("rustls=error"), "{asked}");
+        assert!(log_filter("info,ipmgmt_webhook=loud").is_err());
     }
 }

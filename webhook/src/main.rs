@@ -1,12 +1,11 @@
 use clap::Parser;
 use ipmgmt_webhook::config::Args;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     rustls::crypto::aws_lc_rs::default_provider()
         .install_default()
         .expect("no other crypto provider is installed before main");
     ipmgmt_webhook::init_logging(args.log_format, &args.log_level)?;
-    ipmgmt_webhook::run(args).await
+    ipmgmt_webhook::runtime::build(args.worker_threads)?.block_on(ipmgmt_webhook::run(args))
 }

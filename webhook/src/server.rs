@@ -22,10 +22,11 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, Level, debug, info, info_span, warn};
 
 use crate::inject::Injector;
 use crate::review::{self, Outcome};
+use crate::tls::{self, HandshakeFailure};
 
 /// The apiserver sends at most 3 MiB; the review wrapped around a pod adds a little.
 pub const BODY_LIMIT: usize = 3 * 1024 * 1024 + 64 * 1024;
@@ -43,25 +44,41 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// One span per review, at the level of the line logged in it: a review that logs only
+/// at DEBUG then costs nothing under the default INFO filter.
+macro_rules! review_span {
+    ($level:expr, $subject:expr) => {{
+        let s = $subject;
+        // `pod`, not `name`: JSON logs already use `name` for the span itself.
+        tracing::span!($level, "review", uid = %s.uid, namespace = %s.namespace, pod = %s.name)
+    }};
+}
+
+/// What a review logs. The outcomes that need nobody's attention (injected, reordered,
+/// skipped) are counted by `reviews_total` and logged at DEBUG: a line per review cost
+/// a quarter of the throughput, and an injected pod says what it got in its
+/// `ipmgmt.aws/injected` annotation. Denials are logged at INFO (a user's pod was
+/// refused, and the line says why); errors and unreadable reviews at WARN.
 async fn mutate(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let started = Instant::now();
     match review::review(&body, &app.injector) {
         Ok(answer) => {
             let s = &answer.subject;
-            // `pod`, not `name`: JSON logs already use `name` for the span itself.
-            let span = info_span!("review", uid = %s.uid, namespace = %s.namespace, pod = %s.name);
-            let _entered = span.enter();
             let reason = answer.message.as_deref().unwrap_or("");
             match answer.outcome {
-                Outcome::Injected(mode) => {
-                    info!(mode = mode.as_str(), "injected the IP manager")
+                Outcome::Injected(mode) => review_span!(Level::DEBUG, s)
+                    .in_scope(|| debug!(mode = mode.as_str(), "injected the IP manager")),
+                Outcome::Reordered => review_span!(Level::DEBUG, s).in_scope(|| {
+                    debug!("moved the IP manager back in front of containers another webhook added")
+                }),
+                Outcome::Skipped => {
+                    review_span!(Level::DEBUG, s).in_scope(|| debug!("nothing to do"))
                 }
-                Outcome::Reordered => {
-                    info!("moved the IP manager back in front of containers another webhook added")
+                Outcome::Denied => {
+                    review_span!(Level::INFO, s).in_scope(|| info!(reason, "denied"))
                 }
-                Outcome::Skipped => debug!("nothing to do"),
-                Outcome::Denied => info!(reason, "denied"),
-                Outcome::Error => warn!(reason, "answered with an error"),
+                Outcome::Error => review_span!(Level::WARN, s)
+                    .in_scope(|| warn!(reason, "answered with an error")),
             }
             app.metrics.review(answer.outcome, started.elapsed());
             ([(header::CONTENT_TYPE, "application/json")], answer.body).into_response()
@@ -166,6 +183,7 @@ pub async fn serve(
     acceptor: TlsAcceptor,
     router: Router,
     limits: Limits,
+    tls_metrics: tls::Metrics,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -196,12 +214,19 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let timeout = limits.header_read_timeout;
+        let tls_metrics = tls_metrics.clone();
         tokio::spawn(
             async move {
                 let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => return debug!("TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        tls_metrics.handshake_failed(HandshakeFailure::of(&e));
+                        return debug!(error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        tls_metrics.handshake_failed(HandshakeFailure::timeout);
+                        return debug!("TLS handshake timed out");
+                    }
                 };
                 let conn = builder
                     .serve_connection(TokioIo::new(tls), service)

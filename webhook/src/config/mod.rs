@@ -78,6 +78,11 @@ pub struct Args {
     #[arg(long, env = "IPMGMT_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_seconds: u64,
 
+    /// Worker threads of the async runtime; 0: the container's CPU limit in whole CPUs
+    /// (rounded down, at least 1), or one per CPU where there is no limit.
+    #[arg(long, env = "IPMGMT_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
     /// Log format.
     #[arg(long, env = "IPMGMT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -1,4 +1,5 @@
-//! The serving certificate's metric families: its expiry, and the reloads seen.
+//! The serving certificate's metric families: its expiry, the reloads seen, and the
+//! handshakes that failed.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -19,11 +20,55 @@ struct ReloadLabels {
     result: ReloadResult,
 }
 
+/// The `reason` label of `tls_handshake_failures_total`, as written.
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum HandshakeFailure {
+    /// The client sent a fatal alert: usually it does not trust the certificate (for
+    /// the apiserver: the webhook configuration's caBundle is not its CA).
+    client_alert,
+    /// rustls refused what the client sent: no common version or cipher suite, or an
+    /// SNI that is not a DNS name (`host:port`).
+    refused,
+    /// The connection closed or broke before the handshake finished (port probes).
+    closed,
+    /// Not finished within --header-read-timeout-seconds.
+    timeout,
+}
+
+impl HandshakeFailure {
+    const ALL: [HandshakeFailure; 4] = [
+        HandshakeFailure::client_alert,
+        HandshakeFailure::refused,
+        HandshakeFailure::closed,
+        HandshakeFailure::timeout,
+    ];
+
+    /// The reason of a failed `TlsAcceptor::accept`, which wraps rustls's error in an
+    /// `io::Error`.
+    pub fn of(error: &std::io::Error) -> Self {
+        match error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(rustls::Error::AlertReceived(_)) => HandshakeFailure::client_alert,
+            Some(_) => HandshakeFailure::refused,
+            None => HandshakeFailure::closed,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    reason: HandshakeFailure,
+}
+
 /// The serving certificate's metric families.
 #[derive(Clone, Debug)]
 pub struct Metrics {
     expiry: Gauge,
     reloads: Family<ReloadLabels, Counter>,
+    handshake_failures: Family<HandshakeLabels, Counter>,
 }
 
 impl Metrics {
@@ -31,6 +76,7 @@ impl Metrics {
         let metrics = Metrics {
             expiry: Gauge::default(),
             reloads: Family::default(),
+            handshake_failures: Family::default(),
         };
         registry.register(
             "tls_certificate_expiry_timestamp_seconds",
@@ -47,7 +93,25 @@ impl Metrics {
         for result in [ReloadResult::success, ReloadResult::failure] {
             let _ = metrics.reloads.get_or_create(&ReloadLabels { result });
         }
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that did not complete, by reason",
+            metrics.handshake_failures.clone(),
+        );
+        for reason in HandshakeFailure::ALL {
+            let _ = metrics
+                .handshake_failures
+                .get_or_create(&HandshakeLabels { reason });
+        }
         metrics
+    }
+
+    /// One handshake failed. Counted, not logged above DEBUG: the client that failed
+    /// is the one to tell, and a line per connection floods the log.
+    pub fn handshake_failed(&self, reason: HandshakeFailure) {
+        self.handshake_failures
+            .get_or_create(&HandshakeLabels { reason })
+            .inc();
     }
 
     /// The certificate being served from now on expires at `not_after`.
@@ -72,14 +136,39 @@ mod tests {
         metrics.reloaded(ReloadResult::failure);
         metrics.reloaded(ReloadResult::failure);
         metrics.serving(1_900_000_000);
+        metrics.handshake_failed(HandshakeFailure::refused);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for line in [
             "tls_reloads_total{result=\"success\"} 1",
             "tls_reloads_total{result=\"failure\"} 2",
             "tls_certificate_expiry_timestamp_seconds 1900000000",
+            "tls_handshake_failures_total{reason=\"refused\"} 1",
+            "tls_handshake_failures_total{reason=\"client_alert\"} 0",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }
+    }
+
+    #[test]
+    fn handshake_errors_are_told_apart_by_what_rustls_said() {
+        use std::io::{Error, ErrorKind};
+        let wrapped = |e: rustls::Error| Error::new(ErrorKind::InvalidData, e);
+        assert_eq!(
+            HandshakeFailure::of(&wrapped(rustls::Error::AlertReceived(
+                rustls::AlertDescription::UnknownCA
+            ))),
+            HandshakeFailure::client_alert
+        );
+        assert_eq!(
+            HandshakeFailure::of(&wrapped(rustls::Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::ServerNameMustContainOneHostName
+            ))),
+            HandshakeFailure::refused
+        );
+        assert_eq!(
+            HandshakeFailure::of(&Error::from(ErrorKind::UnexpectedEof)),
+            HandshakeFailure::closed
+        );
     }
 }

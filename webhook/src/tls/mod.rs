@@ -9,7 +9,8 @@
 //! - here: `CertStore`, which rustls asks for the certificate, and `watch`, which
 //!   re-reads the files.
 //! - `pem`: reading and checking a PEM pair, and the self-signed one.
-//! - `metrics`: the certificate's metric families, which `watch` keeps current.
+//! - `metrics`: the certificate's metric families, which `watch` keeps current, and
+//!   the failed handshakes the server counts.
 
 mod metrics;
 mod pem;
@@ -25,7 +26,7 @@ use rustls::sign::CertifiedKey;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-pub use metrics::Metrics;
+pub use metrics::{HandshakeFailure, Metrics};
 pub use pem::{PemFiles, Served, TlsError, self_signed};
 
 use metrics::ReloadResult;
