@@ -158,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
     }
     kube.apply(Kind::NetworkAttachmentDefinition, json!({
         "metadata": {"name": "ipvlan-net1", "namespace": "multus-demo"},
-        "spec": {"config": r#"{"cniVersion":"0.3.1","type":"ipvlan","master":"eth1","ipam":{"type":"whereabouts","range":"10.1.0.0/16","exclude":["10.1.0.0/24"]}}"#}}));
+        "spec": {"config": r#"{"cniVersion":"0.3.1","type":"ipvlan","master":"eth1","ipam":{"type":"whereabouts","range":"10.1.0.0/16","exclude":["10.1.255.0/24"]}}"#}}));
     let kube_addr = kube.serve("127.0.0.1:0".parse()?).await?;
     let ec2 = FakeEc2::new(world(args.nodes, args.pods_per_node));
     ec2.set_faults(ipmgmt_tests::fake_ec2::Faults {
@@ -177,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
          contexts:\n- name: f\n  context:\n    cluster: f\n    user: r\ncurrent-context: f\n"
         ),
     )?;
-    let mut child = Command::new(&args.binary)
+    let child = Command::new(&args.binary)
         .env_clear()
         .env("KUBECONFIG", &kubeconfig)
         .env("POD_NAME", "reclaimer-0")
@@ -198,8 +198,10 @@ async fn main() -> anyhow::Result<()> {
             "--log-level",
             "warn",
         ])
+        .stderr(std::fs::File::create(dir.join("reclaimer.log"))?)
         .spawn()?;
-    let pid = child.id();
+    let mut child = Killed(child);
+    let pid = child.0.id();
 
     // Steady state: three sweeps with every address claimed.
     let describes = |ec2: &FakeEc2| {
@@ -242,7 +244,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
-    let _ = child.wait();
+    let _ = child.0.wait();
     let _ = std::fs::remove_dir_all(&dir);
 
     let log = ec2.log();
@@ -297,4 +299,14 @@ async fn main() -> anyhow::Result<()> {
         "a live address was released"
     );
     Ok(())
+}
+
+/// The reclaimer process, killed if the bench stops early.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
