@@ -3,6 +3,7 @@
 pub mod fake_ec2;
 pub mod fake_imds;
 pub mod netns;
+pub mod scale;
 pub mod scenario;
 
 use std::net::SocketAddr;

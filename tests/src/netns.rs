@@ -230,10 +230,13 @@ pub fn pod_executable(program: &std::path::Path) -> std::path::PathBuf {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let name = program.file_name().expect("a program path names a file");
     let copy = dir.join(name);
+    // Unique per caller, so that two tests of one process never share a partial copy.
+    static COPIES: AtomicU32 = AtomicU32::new(0);
     let partial = dir.join(format!(
-        ".{}.{}.partial",
+        ".{}.{}.{}.partial",
         name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        COPIES.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::copy(program, &partial).expect("copy the program");
     std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).expect("chmod");
