@@ -153,6 +153,9 @@ pub struct Manager<E> {
     /// its own changes); forgotten when a pass fails. An address event then costs the
     /// assignment and its confirmation only.
     enis: Mutex<Option<Vec<Eni>>>,
+    /// ENIs described while finding the instance (by the interfaces' MACs), fresh for
+    /// the first pass; taken by it.
+    first: Mutex<Option<Vec<Eni>>>,
 }
 
 impl<E: Ec2> Manager<E> {
@@ -163,16 +166,40 @@ impl<E: Ec2> Manager<E> {
             settings,
             subnets: Mutex::new(HashMap::new()),
             enis: Mutex::new(None),
+            first: Mutex::new(None),
         }
+    }
+
+    /// The first pass starts from these ENIs of the instance, just described, instead
+    /// of describing them again, when every address's interface carries one of their
+    /// MACs (then no other ENI of the instance changes where an address goes).
+    pub fn starting_from(self, enis: Option<Vec<Eni>>) -> Self {
+        *self.first.lock().unwrap_or_else(|p| p.into_inner()) = enis;
+        self
+    }
+
+    /// The ENIs described while finding the instance, if they place every address.
+    fn first_enis(&self, locals: &[Local]) -> Option<Vec<Eni>> {
+        let enis = self
+            .first
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        (!eni::needs_subnets(locals, &enis)).then_some(enis)
     }
 
     pub fn instance_id(&self) -> &str {
         &self.instance_id
     }
 
-    /// A pass on what EC2 shows now: the instance's ENIs described afresh.
+    /// A pass on what EC2 shows now: the instance's ENIs described afresh (or just
+    /// described, for the first pass: `starting_from`).
     pub async fn assign(&self, locals: &[Local], take: Take<'_>) -> Result<Outcome, PassError> {
         let result = async {
+            // Only some of the instance's ENIs: not remembered for the events to follow.
+            if let Some(enis) = self.first_enis(locals) {
+                return self.pass(locals, take, enis, false).await;
+            }
             let enis = self.ec2.instance_enis(&self.instance_id).await?;
             self.remember(&enis);
             self.pass(locals, take, enis, false).await

@@ -37,7 +37,9 @@ pub async fn init<E: Ec2, A: Addresses>(
             .unwrap_or_else(|| "the pass in flight did not finish".into());
         Failure::Deadline { deadline, last }
     };
-    let mgr = match tokio::time::timeout_at(until.into(), manager(ec2, args)).await {
+    let mgr = match tokio::time::timeout_at(until.into(), manager(ec2, args, &snapshot.addresses))
+        .await
+    {
         Ok(mgr) => mgr?,
         Err(_) => return Err(cut(None)),
     };

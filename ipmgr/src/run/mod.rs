@@ -25,7 +25,7 @@ use crate::aws::{self, Attempts};
 use crate::config::{Args, Cli, Command, LogFormat};
 use crate::discover::{Addresses, DiscoverError, Netlink, Snapshot};
 use crate::ec2::{Ec2, SdkEc2};
-use crate::eni::Policy;
+use crate::eni::{Local, Policy};
 use crate::identity;
 use crate::manager::{AddressError, Manager, Outcome, PassError, Settings};
 use crate::plan::Rules;
@@ -209,10 +209,12 @@ fn settings(args: &Args) -> Settings {
     }
 }
 
-async fn manager<E: Ec2>(ec2: E, args: &Args) -> Result<Manager<E>, Failure> {
-    let instance = identity::instance_id(&ec2, args.node_name.as_deref()).await?;
-    info!(instance = %instance, "running on");
-    Ok(Manager::new(ec2, instance, settings(args)))
+/// The manager of the instance the pod runs on; `locals`, the pod's addresses, may
+/// name it by their interfaces' MACs.
+async fn manager<E: Ec2>(ec2: E, args: &Args, locals: &[Local]) -> Result<Manager<E>, Failure> {
+    let found = identity::instance_id(&ec2, args.node_name.as_deref(), locals).await?;
+    info!(instance = %found.instance_id, "running on");
+    Ok(Manager::new(ec2, found.instance_id, settings(args)).starting_from(found.enis))
 }
 
 /// Waits (on address events, not a timer) until a secondary interface has an address.

@@ -173,7 +173,8 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
     let start = async {
         let wait = args.address_wait;
         let snapshot = first_addresses(&mut addresses, wait).await?;
-        Ok::<_, Failure>((snapshot, manager(ec2, args).await?))
+        let mgr = manager(ec2, args, &snapshot.addresses).await?;
+        Ok::<_, Failure>((snapshot, mgr))
     };
     let (snapshot, mgr) = tokio::select! {
         _ = stop.requested() => {
