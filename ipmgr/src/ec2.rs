@@ -151,6 +151,14 @@ impl Ec2Error {
         )
     }
 
+    /// EC2 throttled the call past the SDK's retries.
+    pub fn is_throttling(&self) -> bool {
+        matches!(
+            self.code.as_deref(),
+            Some("RequestLimitExceeded" | "Throttling" | "ThrottlingException")
+        )
+    }
+
     pub fn new(
         action: Action,
         target: impl Into<String>,

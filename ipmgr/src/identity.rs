@@ -64,6 +64,13 @@ pub enum IdentityError {
     Ec2(#[from] Ec2Error),
 }
 
+impl IdentityError {
+    /// EC2 throttled the lookup past the SDK's retries: a later try will do.
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, IdentityError::Ec2(e) if e.is_throttling())
+    }
+}
+
 pub fn imds_disabled() -> bool {
     std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
 }
@@ -116,7 +123,8 @@ pub async fn instance_id(
     }
     let macs = macs(locals);
     if !macs.is_empty() {
-        // A failure here costs nothing but the name lookup below.
+        // A failure here costs the name lookup below, except throttling: another
+        // describe would only add to it, so the caller tries again later.
         match ec2.enis_by_mac(&macs).await {
             Ok(enis) => {
                 if let Some(id) = attached_instance(&enis).map(str::to_owned) {
@@ -128,6 +136,7 @@ pub async fn instance_id(
                 }
                 debug!(macs = ?macs, "no ENI of one instance has the interfaces' MACs");
             }
+            Err(e) if e.is_throttling() => return Err(e.into()),
             Err(e) => debug!(error = %e, "ENIs by MAC"),
         }
     }
