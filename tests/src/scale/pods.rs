@@ -134,6 +134,15 @@ pub async fn create_all(specs: Vec<Spec>, fake: &FakeEc2) -> Vec<Pod> {
         .await
 }
 
+/// Deletes the pods' namespaces and files, a few at a time.
+pub async fn remove_all(pods: Vec<Pod>) {
+    futures::stream::iter(pods)
+        .map(|pod| tokio::task::spawn_blocking(move || drop(pod)))
+        .buffer_unordered(SETUP_PARALLEL)
+        .for_each(|_| async {})
+        .await;
+}
+
 /// How a pod's start went.
 #[derive(Debug)]
 pub struct Started {

@@ -43,6 +43,8 @@ pub struct Rollout {
 }
 
 pub struct Outcome {
+    /// Creating the pods' namespaces, before any manager starts.
+    pub setup: Duration,
     pub pods: usize,
     pub wall: Duration,
     pub starts: Vec<Started>,
@@ -99,7 +101,9 @@ pub fn specs(r: &Rollout) -> Vec<Spec> {
 pub async fn run(r: &Rollout) -> Outcome {
     let fake = FakeEc2::new(world(r.nodes));
     fake.set_policy(Some(shipped_policy()));
+    let setup = Instant::now();
     let pods = pods::create_all(specs(r), &fake).await;
+    let setup = setup.elapsed();
     let (bin, mode) = r.manager.program();
     let bin = crate::netns::pod_executable(bin);
     fake.set_faults(Faults {
@@ -117,8 +121,11 @@ pub async fn run(r: &Rollout) -> Outcome {
     fake.clear_log();
     let stopped = pods::stop_all(&mut starts).await;
     let release_calls = Calls::of(&fake.log());
+    let n = pods.len();
+    pods::remove_all(pods).await;
     Outcome {
-        pods: pods.len(),
+        setup,
+        pods: n,
         wall,
         starts,
         bound: calls.bound(&r.buckets.unwrap_or_default()),

@@ -130,6 +130,8 @@ pub async fn run(ipmgr: &Path, s: &Storm) -> Outcome {
         .collect();
     let misplaced = misplaced(&fake.world(), &belongs);
     pods::stop_all(&mut standing).await;
+    pods::remove_all(holders).await;
+    pods::remove_all(standbys).await;
     Outcome {
         last_moved,
         last_confirmed,
