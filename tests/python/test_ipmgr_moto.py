@@ -113,9 +113,6 @@ def test_ipmgr_init_against_moto(pod, moto, ipmgr):
         "IPMGR_ADDRESS_WAIT_SECONDS": "2",
         "IPMGR_DEADLINE_SECONDS": "20",
         "IPMGR_TERMINATION_LOG": "/dev/null",
-        # moto lacks DescribeNetworkInterfaces' mac-address filter and answers it with
-        # HTTP 500: with fewer retries ipmgr falls back to the name lookup quickly.
-        "IPMGR_RETRY_MAX_ATTEMPTS": "2",
     }
     # As the injected container runs: uid 65532, no capabilities, no new privileges.
     as_pod = ["ip", "netns", "exec", pod.ns, "setpriv", "--reuid=65532", "--regid=65532", "--clear-groups",
@@ -125,8 +122,9 @@ def test_ipmgr_init_against_moto(pod, moto, ipmgr):
     described = ec2.describe_network_interfaces(NetworkInterfaceIds=[eni["NetworkInterfaceId"]])
     addresses = [a["PrivateIpAddress"] for a in described["NetworkInterfaces"][0]["PrivateIpAddresses"]]
     assert "10.0.1.50" in addresses, addresses
-    # The instance was found by its private DNS name (DescribeInstances filter), not IMDS.
-    assert "instance by private DNS name" in out.stderr, out.stderr
+    # The instance was named by the ENI with the interface's MAC (DescribeNetworkInterfaces
+    # on mac-address, over EC2's wire format), not IMDS.
+    assert "instance of the ENIs the pod's interfaces ride on" in out.stderr, out.stderr
 
     # The untagged ENI's tags read over the wire as absent: refused by name.
     interface("net2", untagged["MacAddress"], "10.0.1.60/24")
