@@ -83,6 +83,11 @@ pub trait Ec2 {
     ) -> impl Future<Output = Result<Vec<Eni>, Ec2Error>> + Send;
     fn subnets(&self, ids: &[String])
     -> impl Future<Output = Result<Vec<Subnet>, Ec2Error>> + Send;
+    /// The ENIs, of any instance, with these MAC addresses.
+    fn enis_by_mac(
+        &self,
+        macs: &[String],
+    ) -> impl Future<Output = Result<Vec<Eni>, Ec2Error>> + Send;
     /// Which ENIs, of any instance, hold these addresses now.
     fn holders(&self, ips: &[IpAddr]) -> impl Future<Output = Result<Vec<Eni>, Ec2Error>> + Send;
     /// The instance whose private DNS name is `name` (EKS IP-based node names).
@@ -143,6 +148,14 @@ impl Ec2Error {
                     | "InvalidNetworkInterfaceID.NotFound"
                     | "InvalidNetworkInterfaceID.Malformed"
             )
+        )
+    }
+
+    /// EC2 throttled the call past the SDK's retries.
+    pub fn is_throttling(&self) -> bool {
+        matches!(
+            self.code.as_deref(),
+            Some("RequestLimitExceeded" | "Throttling" | "ThrottlingException")
         )
     }
 
@@ -313,6 +326,9 @@ fn to_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<Eni> {
             .tag_set()
             .iter()
             .any(|t| t.key() == Some(NO_MANAGE_TAG) && t.value() == Some("true")),
+        instance_id: (ni.attachment())
+            .and_then(|a| a.instance_id())
+            .map(str::to_owned),
         primary_ipv4,
         ipv4,
         ipv6: ni
@@ -338,6 +354,12 @@ impl Ec2 for SdkEc2 {
     async fn instance_enis(&self, instance_id: &str) -> Result<Vec<Eni>, Ec2Error> {
         let f = filter("attachment.instance-id", vec![instance_id.to_owned()]);
         self.describe_enis(format!("of instance {instance_id}"), f)
+            .await
+    }
+
+    async fn enis_by_mac(&self, macs: &[String]) -> Result<Vec<Eni>, Ec2Error> {
+        let f = filter("mac-address", macs.to_vec());
+        self.describe_enis(format!("with MAC {}", macs.join(",")), f)
             .await
     }
 

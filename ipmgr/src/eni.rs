@@ -38,6 +38,8 @@ pub struct Eni {
     pub ipv6: Vec<Ipv6Addr>,
     /// Tagged `node.k8s.amazonaws.com/no_manage=true`: the VPC CNI leaves it alone.
     pub no_manage: bool,
+    /// The instance it is attached to.
+    pub instance_id: Option<String>,
 }
 
 impl Eni {
@@ -332,6 +334,7 @@ pub(crate) mod tests {
             ipv4: ipv4.iter().map(|ip| ip.parse().unwrap()).collect(),
             ipv6: Vec::new(),
             no_manage: index > 0,
+            instance_id: Some("i-1".into()),
         }
     }
 

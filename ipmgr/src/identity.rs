@@ -1,6 +1,10 @@
 //! Which instance this pod runs on. IMDS first; pods often cannot reach it (hop limit
 //! 1), so the node name the webhook injects is the fallback: resource-based names
-//! carry the instance ID, IP-based names are looked up by private DNS name.
+//! carry the instance ID. With an IP-based name (EKS's default), the ENIs whose MACs
+//! the pod's interfaces carry (an ipvlan slave shares its ENI's MAC) say which
+//! instance they are attached to, in one describe that the first pass then starts
+//! from; only when no interface carries an ENI's MAC is the name looked up by private
+//! DNS name.
 
 use std::time::Duration;
 
@@ -8,6 +12,44 @@ use aws_config::imds;
 use tracing::{debug, info};
 
 use crate::ec2::{Ec2, Ec2Error};
+use crate::eni::{Eni, Local};
+
+/// The instance, and the ENIs found on the way when they were.
+#[derive(Debug)]
+pub struct Found {
+    pub instance_id: String,
+    /// The ENIs with the MACs of the pod's interfaces, when they named the instance.
+    pub enis: Option<Vec<Eni>>,
+}
+
+impl Found {
+    fn id(instance_id: impl Into<String>) -> Found {
+        Found {
+            instance_id: instance_id.into(),
+            enis: None,
+        }
+    }
+}
+
+/// The interfaces' MACs, each once.
+fn macs(locals: &[Local]) -> Vec<String> {
+    let mut macs: Vec<String> = (locals.iter())
+        .map(|l| l.mac.to_ascii_lowercase())
+        .filter(|m| !m.is_empty())
+        .collect();
+    macs.sort();
+    macs.dedup();
+    macs
+}
+
+/// The one instance every one of these ENIs is attached to; none when there are no
+/// ENIs, one is detached, or they are attached to different instances.
+pub fn attached_instance(enis: &[Eni]) -> Option<&str> {
+    let first = enis.first()?.instance_id.as_deref()?;
+    (enis.iter())
+        .all(|e| e.instance_id.as_deref() == Some(first))
+        .then_some(first)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -20,6 +62,13 @@ pub enum IdentityError {
     NotFound { node: String },
     #[error(transparent)]
     Ec2(#[from] Ec2Error),
+}
+
+impl IdentityError {
+    /// EC2 throttled the lookup past the SDK's retries: a later try will do.
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, IdentityError::Ec2(e) if e.is_throttling())
+    }
 }
 
 pub fn imds_disabled() -> bool {
@@ -50,11 +99,15 @@ pub fn instance_in_node_name(node: &str) -> Option<&str> {
     (!hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(first)
 }
 
-pub async fn instance_id(ec2: &impl Ec2, node_name: Option<&str>) -> Result<String, IdentityError> {
+pub async fn instance_id(
+    ec2: &impl Ec2,
+    node_name: Option<&str>,
+    locals: &[Local],
+) -> Result<Found, IdentityError> {
     let imds_error = match from_imds().await {
         Ok(id) => {
             debug!(instance = %id, "instance from IMDS");
-            return Ok(id);
+            return Ok(Found::id(id));
         }
         Err(e) => e,
     };
@@ -66,7 +119,26 @@ pub async fn instance_id(ec2: &impl Ec2, node_name: Option<&str>) -> Result<Stri
             instance = id,
             node, "instance from the node name (IMDS: {imds_error})"
         );
-        return Ok(id.to_owned());
+        return Ok(Found::id(id));
+    }
+    let macs = macs(locals);
+    if !macs.is_empty() {
+        // A failure here costs the name lookup below, except throttling: another
+        // describe would only add to it, so the caller tries again later.
+        match ec2.enis_by_mac(&macs).await {
+            Ok(enis) => {
+                if let Some(id) = attached_instance(&enis).map(str::to_owned) {
+                    info!(instance = %id, node, "instance of the ENIs the pod's interfaces ride on (IMDS: {imds_error})");
+                    return Ok(Found {
+                        instance_id: id,
+                        enis: Some(enis),
+                    });
+                }
+                debug!(macs = ?macs, "no ENI of one instance has the interfaces' MACs");
+            }
+            Err(e) if e.is_throttling() => return Err(e.into()),
+            Err(e) => debug!(error = %e, "ENIs by MAC"),
+        }
     }
     let id = ec2
         .instance_by_private_dns(node)
@@ -75,7 +147,7 @@ pub async fn instance_id(ec2: &impl Ec2, node_name: Option<&str>) -> Result<Stri
             node: node.to_owned(),
         })?;
     info!(instance = %id, node, "instance by private DNS name (IMDS: {imds_error})");
-    Ok(id)
+    Ok(Found::id(id))
 }
 
 #[cfg(test)]
@@ -95,5 +167,20 @@ mod tests {
         );
         assert_eq!(instance_in_node_name("i-.x"), None);
         assert_eq!(instance_in_node_name("i-xyz.x"), None);
+    }
+
+    #[test]
+    fn the_enis_name_their_instance_only_when_they_agree() {
+        use crate::eni::tests::eni;
+        let (a, mut b) = (
+            eni("eni-a", "m1", 1, "s", &["10.0.1.10"]),
+            eni("eni-b", "m2", 2, "t", &["10.0.2.10"]),
+        );
+        assert_eq!(attached_instance(&[a.clone(), b.clone()]), Some("i-1"));
+        assert_eq!(attached_instance(&[]), None);
+        b.instance_id = Some("i-2".into());
+        assert_eq!(attached_instance(&[a.clone(), b.clone()]), None);
+        b.instance_id = None;
+        assert_eq!(attached_instance(&[a, b]), None, "a detached ENI");
     }
 }

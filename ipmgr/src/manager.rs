@@ -92,6 +92,13 @@ impl AddressError {
         }
     }
 
+    /// EC2 refused to assign this IPv6 address because another ENI holds it.
+    fn held_elsewhere_v6(&self) -> bool {
+        matches!(self, AddressError::Ec2 { error, .. }
+            if error.action == Action::AssignIpv6Addresses
+                && error.code.as_deref() == Some("InvalidIPAddress.InUse"))
+    }
+
     /// Nothing a retry within this run is likely to fix: a configuration, permission
     /// or capacity problem. The sidecar retries those too (a role can be fixed, an
     /// ENI freed); init stops early on them.
@@ -153,6 +160,9 @@ pub struct Manager<E> {
     /// its own changes); forgotten when a pass fails. An address event then costs the
     /// assignment and its confirmation only.
     enis: Mutex<Option<Vec<Eni>>>,
+    /// ENIs described while finding the instance (by the interfaces' MACs), fresh for
+    /// the first pass; taken by it.
+    first: Mutex<Option<Vec<Eni>>>,
 }
 
 impl<E: Ec2> Manager<E> {
@@ -163,16 +173,40 @@ impl<E: Ec2> Manager<E> {
             settings,
             subnets: Mutex::new(HashMap::new()),
             enis: Mutex::new(None),
+            first: Mutex::new(None),
         }
+    }
+
+    /// The first pass starts from these ENIs of the instance, just described, instead
+    /// of describing them again, when every address's interface carries one of their
+    /// MACs (then no other ENI of the instance changes where an address goes).
+    pub fn starting_from(self, enis: Option<Vec<Eni>>) -> Self {
+        *self.first.lock().unwrap_or_else(|p| p.into_inner()) = enis;
+        self
+    }
+
+    /// The ENIs described while finding the instance, if they place every address.
+    fn first_enis(&self, locals: &[Local]) -> Option<Vec<Eni>> {
+        let enis = self
+            .first
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        (!eni::needs_subnets(locals, &enis)).then_some(enis)
     }
 
     pub fn instance_id(&self) -> &str {
         &self.instance_id
     }
 
-    /// A pass on what EC2 shows now: the instance's ENIs described afresh.
+    /// A pass on what EC2 shows now: the instance's ENIs described afresh (or just
+    /// described, for the first pass: `starting_from`).
     pub async fn assign(&self, locals: &[Local], take: Take<'_>) -> Result<Outcome, PassError> {
         let result = async {
+            // Only some of the instance's ENIs: not remembered for the events to follow.
+            if let Some(enis) = self.first_enis(locals) {
+                return self.pass(locals, take, enis, false).await;
+            }
             let enis = self.ec2.instance_enis(&self.instance_id).await?;
             self.remember(&enis);
             self.pass(locals, take, enis, false).await
@@ -234,10 +268,15 @@ impl<E: Ec2> Manager<E> {
             .extend(placed.errors.into_iter().map(AddressError::Resolve));
 
         let rules = self.settings.rules;
+        // At a start the addresses come fresh from the network's pool: IPv6 is assigned
+        // first, and its holder looked up only if EC2 answers that another ENI holds
+        // it. An event announces an address just taken, usually a floating IP that
+        // another ENI holds: its holder is looked up first.
+        let ipv6_first = matches!(take, Take::All);
         let asking: Vec<IpAddr> = placed
             .placements
             .iter()
-            .filter(|p| plan::needs_holder(p, take.takes(p.ip()), rules))
+            .filter(|p| plan::needs_holder(p, take.takes(p.ip()), rules, ipv6_first))
             .map(Placement::ip)
             .collect();
         let holders = match asking.is_empty() {
@@ -245,38 +284,40 @@ impl<E: Ec2> Manager<E> {
             false => self.ec2.holders(&asking).await?,
         };
         let plan = plan::plan(&placed.placements, |ip| take.takes(ip), &holders, rules);
-        for p in &plan.in_place {
-            info!(address = %p.ip(), eni = %p.eni.id, action = "none", result = "in place", "already assigned");
-            out.placed.push((p.ip(), p.eni.id.clone()));
-        }
-        for (p, holder) in &plan.left {
-            warn!(
-                address = %p.ip(), eni = %p.eni.id, holder = %holder.id,
-                "held by another ENI and left there: only a pass after this pod takes the address moves it"
-            );
-            out.left.push((p.ip(), holder.id.clone()));
-        }
-        for (p, blocked) in &plan.blocked {
-            let (ip, iface) = (p.ip(), p.local.iface.clone());
-            out.failed.push(match blocked {
-                Blocked::ReassignmentOff { holder } => AddressError::ReassignmentOff {
-                    ip,
-                    iface,
-                    holder: holder.clone(),
-                },
-                Blocked::PrimaryElsewhere { holder } => AddressError::PrimaryElsewhere {
-                    ip,
-                    iface,
-                    holder: holder.clone(),
-                },
-            });
+        account(&plan, &mut out);
+        out.calls = plan.calls();
+        let mut failed = self.execute(&plan).await;
+
+        // IPv6 assigned before its holder was known, refused because another ENI holds
+        // it: unassigned there, then assigned here, as if looked up first.
+        let held: Vec<Placement<'_>> = (plan.moving.iter())
+            .filter(|p| !asking.contains(&p.ip()))
+            .filter(|p| {
+                failed
+                    .iter()
+                    .any(|f| f.ip() == p.ip() && f.held_elsewhere_v6())
+            })
+            .copied()
+            .collect();
+        let late_holders = match held.is_empty() {
+            true => Vec::new(),
+            false => {
+                self.ec2
+                    .holders(&held.iter().map(Placement::ip).collect::<Vec<_>>())
+                    .await?
+            }
+        };
+        let again = plan::plan(&held, |ip| take.takes(ip), &late_holders, rules);
+        if !held.is_empty() {
+            failed.retain(|f| !held.iter().any(|p| p.ip() == f.ip()));
+            account(&again, &mut out);
+            out.calls += again.calls();
+            failed.extend(self.execute(&again).await);
         }
 
-        out.calls = plan.calls();
-        let failed = self.execute(&plan).await;
-        let done: Vec<Placement<'_>> = plan
-            .moving
-            .iter()
+        let done: Vec<Placement<'_>> = (plan.moving.iter())
+            .filter(|p| !held.contains(p))
+            .chain(&again.moving)
             .filter(|p| !failed.iter().any(|f| f.ip() == p.ip()))
             .copied()
             .collect();
@@ -440,6 +481,37 @@ impl<E: Ec2> Manager<E> {
             None => Ok(calls),
             Some(e) => Err(e.into()),
         }
+    }
+}
+
+/// What a plan settles without a call: addresses in place, left to their holder, or
+/// blocked, logged and put in the outcome.
+fn account(plan: &Plan<'_>, out: &mut Outcome) {
+    for p in &plan.in_place {
+        info!(address = %p.ip(), eni = %p.eni.id, action = "none", result = "in place", "already assigned");
+        out.placed.push((p.ip(), p.eni.id.clone()));
+    }
+    for (p, holder) in &plan.left {
+        warn!(
+            address = %p.ip(), eni = %p.eni.id, holder = %holder.id,
+            "held by another ENI and left there: only a pass after this pod takes the address moves it"
+        );
+        out.left.push((p.ip(), holder.id.clone()));
+    }
+    for (p, blocked) in &plan.blocked {
+        let (ip, iface) = (p.ip(), p.local.iface.clone());
+        out.failed.push(match blocked {
+            Blocked::ReassignmentOff { holder } => AddressError::ReassignmentOff {
+                ip,
+                iface,
+                holder: holder.clone(),
+            },
+            Blocked::PrimaryElsewhere { holder } => AddressError::PrimaryElsewhere {
+                ip,
+                iface,
+                holder: holder.clone(),
+            },
+        });
     }
 }
 

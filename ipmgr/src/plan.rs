@@ -78,10 +78,14 @@ impl Plan<'_> {
 }
 
 /// Which addresses not in place need their current holder known before planning:
-/// IPv6 always (it moves by unassign-then-assign), IPv4 unless the pass takes it
-/// with reassignment (AllowReassignment moves it whoever holds it).
-pub fn needs_holder(p: &Placement<'_>, take: bool, rules: Rules) -> bool {
-    !p.eni.holds(p.ip()) && (p.ip().is_ipv6() || !take || !rules.allow_reassignment)
+/// any the pass does not take with reassignment (it must not steal, and names the
+/// holder when it leaves the address there). An address it takes with reassignment
+/// does not: IPv4 moves in one call with AllowReassignment whoever holds it. IPv6
+/// moves by unassign-then-assign; with `ipv6_first` it is assigned first and its
+/// holder looked up only when EC2 answers that another ENI holds it, else first.
+pub fn needs_holder(p: &Placement<'_>, take: bool, rules: Rules, ipv6_first: bool) -> bool {
+    let takes = take && rules.allow_reassignment;
+    !p.eni.holds(p.ip()) && (!takes || (p.ip().is_ipv6() && !ipv6_first))
 }
 
 /// `take(ip)`: this pod has just taken the address. `holders` are the ENIs holding the
@@ -345,14 +349,33 @@ mod tests {
             local("2600::5", "net1", "m1"),
         );
         let in_place = local("10.0.1.10", "net1", "m1");
+        for ipv6_first in [false, true] {
+            assert!(
+                !needs_holder(&at(&v4, &e), true, TAKE, ipv6_first),
+                "AllowReassignment moves it anyway"
+            );
+            assert!(
+                needs_holder(&at(&v4, &e), false, TAKE, ipv6_first),
+                "must not steal"
+            );
+            assert!(needs_holder(&at(&v4, &e), true, KEEP_OFF, ipv6_first));
+            assert!(needs_holder(&at(&v6, &e), false, TAKE, ipv6_first));
+            assert!(needs_holder(&at(&v6, &e), true, KEEP_OFF, ipv6_first));
+            assert!(!needs_holder(
+                &at(&in_place, &e),
+                false,
+                KEEP_OFF,
+                ipv6_first
+            ));
+        }
         assert!(
-            !needs_holder(&at(&v4, &e), true, TAKE),
-            "AllowReassignment moves it anyway"
+            needs_holder(&at(&v6, &e), true, TAKE, false),
+            "looked up first"
         );
-        assert!(needs_holder(&at(&v4, &e), false, TAKE), "must not steal");
-        assert!(needs_holder(&at(&v4, &e), true, KEEP_OFF));
-        assert!(needs_holder(&at(&v6, &e), true, TAKE));
-        assert!(!needs_holder(&at(&in_place, &e), false, KEEP_OFF));
+        assert!(
+            !needs_holder(&at(&v6, &e), true, TAKE, true),
+            "assigned first: EC2 refuses it if another ENI holds it"
+        );
     }
 
     #[test]

@@ -122,8 +122,9 @@ def test_ipmgr_init_against_moto(pod, moto, ipmgr):
     described = ec2.describe_network_interfaces(NetworkInterfaceIds=[eni["NetworkInterfaceId"]])
     addresses = [a["PrivateIpAddress"] for a in described["NetworkInterfaces"][0]["PrivateIpAddresses"]]
     assert "10.0.1.50" in addresses, addresses
-    # The instance was found by its private DNS name (DescribeInstances filter), not IMDS.
-    assert "instance by private DNS name" in out.stderr, out.stderr
+    # The instance was named by the ENI with the interface's MAC (DescribeNetworkInterfaces
+    # on mac-address, over EC2's wire format), not IMDS.
+    assert "instance of the ENIs the pod's interfaces ride on" in out.stderr, out.stderr
 
     # The untagged ENI's tags read over the wire as absent: refused by name.
     interface("net2", untagged["MacAddress"], "10.0.1.60/24")

@@ -41,14 +41,16 @@ impl PodNet {
             "network-namespace tests need root (CI runs them as root): run the test command as root"
         );
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(n < 64, "too many pod namespaces in one test process");
+        assert!(n < 1 << 15, "too many pod namespaces in one process");
         let tag = format!("{}x{n}", std::process::id() % 10_000);
         let ns = format!("ipmgmt-pod-{tag}");
         let (host_veth, pod_veth) = (format!("ipmh{tag}"), format!("ipmp{tag}"));
         let (parent, parent_peer) = (format!("ipmx{tag}"), format!("ipmy{tag}"));
-        // 198.18.0.0/24 (RFC 2544 benchmarking): one /30 per pod, only on these veths.
-        let host_ip = Ipv4Addr::new(198, 18, 0, (4 * n + 1) as u8);
-        let pod_ip = Ipv4Addr::new(198, 18, 0, (4 * n + 2) as u8);
+        // 198.18.0.0/15 (RFC 2544 benchmarking): one /30 per pod, only on these veths;
+        // 198.18.1.0/24 is left to the whole-path pods (tests/python/cluster/vpc.py).
+        let slot = if n < 64 { n } else { n + 64 };
+        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + 4 * slot;
+        let (host_ip, pod_ip) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
         let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         ip(&["netns", "add", &ns]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
@@ -228,10 +230,13 @@ pub fn pod_executable(program: &std::path::Path) -> std::path::PathBuf {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let name = program.file_name().expect("a program path names a file");
     let copy = dir.join(name);
+    // Unique per caller, so that two tests of one process never share a partial copy.
+    static COPIES: AtomicU32 = AtomicU32::new(0);
     let partial = dir.join(format!(
-        ".{}.{}.partial",
+        ".{}.{}.{}.partial",
         name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        COPIES.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::copy(program, &partial).expect("copy the program");
     std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).expect("chmod");

@@ -410,6 +410,41 @@ async fn ipv6_is_unassigned_from_its_holder_then_assigned_here() {
         fake.holder(ip("2600:1f14:aaa:1b00::42")).as_deref(),
         Some("eni-1n3")
     );
+    // At a start the assignment is tried first; EC2's InvalidIPAddress.InUse makes the
+    // holder known, and only then is it unassigned there.
+    let calls: Vec<(String, Option<String>, Option<String>)> = (fake.log().into_iter())
+        .filter(|e| !e.action.starts_with("Describe"))
+        .map(|e| (e.action, e.eni, e.code))
+        .collect();
+    let call = |action: &str, eni: &str, code: Option<&str>| {
+        (
+            action.to_string(),
+            Some(eni.to_string()),
+            code.map(str::to_owned),
+        )
+    };
+    assert_eq!(
+        calls,
+        vec![
+            call(
+                "AssignIpv6Addresses",
+                "eni-1n3",
+                Some("InvalidIPAddress.InUse")
+            ),
+            call("UnassignIpv6Addresses", "eni-2n3", None),
+            call("AssignIpv6Addresses", "eni-1n3", None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_announced_ipv6_address_has_its_holder_looked_up_first() {
+    let (fake, ec2) = start(ipv6_on_the_other_node()).await;
+    let mgr = Manager::new(ec2, "i-0001".into(), settings());
+    let locals = [local("2600:1f14:aaa:1b00::42", "net1", MAC_N3)];
+    let announced: BTreeSet<IpAddr> = locals.iter().map(|l| l.ip).collect();
+    let outcome = mgr.assign(&locals, Take::Only(&announced)).await.unwrap();
+    assert!(outcome.is_complete(), "{:?}", outcome.failed);
     assert_eq!(
         mutating(&fake),
         vec![
@@ -422,6 +457,29 @@ async fn ipv6_is_unassigned_from_its_holder_then_assigned_here() {
                 Some("eni-1n3".to_string())
             ),
         ]
+    );
+}
+
+#[tokio::test]
+async fn a_fresh_ipv6_address_costs_no_holder_lookup() {
+    let (fake, ec2) = start(world()).await;
+    let mgr = Manager::new(ec2, "i-0001".into(), settings());
+    let locals = [
+        local("10.0.1.50", "net1", MAC_N3),
+        local("2600:1f14:aaa:1b00::50", "net1", MAC_N3),
+    ];
+    let outcome = mgr.assign(&locals, Take::All).await.unwrap();
+    assert!(outcome.is_complete(), "{:?}", outcome.failed);
+    let actions: Vec<String> = fake.log().into_iter().map(|e| e.action).collect();
+    assert_eq!(
+        actions,
+        [
+            "DescribeNetworkInterfaces",
+            "AssignPrivateIpAddresses",
+            "AssignIpv6Addresses",
+            "DescribeNetworkInterfaces"
+        ],
+        "the instance's ENIs, one Assign per family, the confirmation"
     );
 }
 

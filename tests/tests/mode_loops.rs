@@ -341,14 +341,15 @@ async fn init_converges_through_connections_reset_mid_answer() {
     let (result, fake, _) = init_through(Broken::Reset, 2, &[]).await;
     assert_eq!(result, Ok(()));
     assert_eq!(holder(&fake, "10.0.1.50").as_deref(), Some("eni-1n3"));
-    // The first call was cut off twice and retried by the SDK.
+    // The first call (the ENIs by the interface's MAC, which name the instance) was
+    // cut off twice and retried by the SDK.
     let first: Vec<String> = fake
         .log()
         .iter()
         .take(3)
         .map(|e| e.action.clone())
         .collect();
-    assert_eq!(first, ["DescribeInstances"; 3], "{:?}", fake.log());
+    assert_eq!(first, ["DescribeNetworkInterfaces"; 3], "{:?}", fake.log());
 }
 
 #[tokio::test]

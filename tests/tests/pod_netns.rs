@@ -300,12 +300,37 @@ async fn init_works_without_imds_from_region_and_node_name() {
     let mut cmd = pod.ipmgr("init");
     cmd.env("NODE_NAME", "ip-10-0-0-10.us-west-2.compute.internal");
     let out = output(cmd).await;
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{logs}");
+    assert_eq!(pod.holder("10.0.1.50").as_deref(), Some("eni-1n3"));
+    // The ENI with the interface's MAC names the instance, and the pass starts from
+    // it: 3 calls, as many as the seed script made, and no DescribeInstances.
+    let actions: Vec<String> = pod.ec2.log().into_iter().map(|e| e.action).collect();
     assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        actions,
+        [
+            "DescribeNetworkInterfaces",
+            "AssignPrivateIpAddresses",
+            "DescribeNetworkInterfaces"
+        ]
     );
+    assert!(
+        logs.contains("instance of the ENIs the pod's interfaces ride on"),
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_looks_the_node_name_up_when_no_interface_carries_an_enis_mac() {
+    let pod = Pod::start(world(), false).await;
+    // A MAC no ENI has: the address is placed by subnet.
+    pod.net.add_interface("net1", "0e:00:00:00:09:09");
+    pod.net.add_address("net1", "10.0.1.50/24");
+    let mut cmd = pod.ipmgr("init");
+    cmd.env("NODE_NAME", "ip-10-0-0-10.us-west-2.compute.internal");
+    let out = output(cmd).await;
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{logs}");
     assert_eq!(pod.holder("10.0.1.50").as_deref(), Some("eni-1n3"));
     assert!(
         pod.ec2
@@ -313,7 +338,6 @@ async fn init_works_without_imds_from_region_and_node_name() {
             .iter()
             .any(|e| e.action == "DescribeInstances")
     );
-    let logs = String::from_utf8_lossy(&out.stderr);
     let fallback = logs
         .lines()
         .find(|l| l.contains("instance by private DNS name"))

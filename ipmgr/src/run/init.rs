@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{Instrument, info_span, warn};
 
-use super::{Failure, first_addresses, log_outcome, manager, unassigned};
+use super::{Failure, first_addresses, jittered, log_outcome, manager, unassigned};
 use crate::aws::Attempts;
 use crate::config::Args;
 use crate::discover::Addresses;
@@ -37,7 +37,9 @@ pub async fn init<E: Ec2, A: Addresses>(
             .unwrap_or_else(|| "the pass in flight did not finish".into());
         Failure::Deadline { deadline, last }
     };
-    let mgr = match tokio::time::timeout_at(until.into(), manager(ec2, args)).await {
+    let mgr = match tokio::time::timeout_at(until.into(), manager(ec2, args, &snapshot.addresses))
+        .await
+    {
         Ok(mgr) => mgr?,
         Err(_) => return Err(cut(None)),
     };
@@ -72,7 +74,7 @@ pub async fn init<E: Ec2, A: Addresses>(
         }
         warn!(error = %last_failure, retry_in = ?backoff, "assignment pass incomplete; retrying");
         last = Some(last_failure);
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(jittered(backoff)).await;
         backoff = (backoff * 2).min(INIT_RETRY_MAX);
         snapshot = addresses.snapshot().await?;
     }

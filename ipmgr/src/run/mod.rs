@@ -19,13 +19,13 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::aws::{self, Attempts};
 use crate::config::{Args, Cli, Command, LogFormat};
 use crate::discover::{Addresses, DiscoverError, Netlink, Snapshot};
 use crate::ec2::{Ec2, SdkEc2};
-use crate::eni::Policy;
+use crate::eni::{Local, Policy};
 use crate::identity;
 use crate::manager::{AddressError, Manager, Outcome, PassError, Settings};
 use crate::plan::Rules;
@@ -209,10 +209,44 @@ fn settings(args: &Args) -> Settings {
     }
 }
 
-async fn manager<E: Ec2>(ec2: E, args: &Args) -> Result<Manager<E>, Failure> {
-    let instance = identity::instance_id(&ec2, args.node_name.as_deref()).await?;
-    info!(instance = %instance, "running on");
-    Ok(Manager::new(ec2, instance, settings(args)))
+/// The first wait before looking for the instance again after EC2 throttled the
+/// lookup; it doubles up to `IDENTITY_RETRY_MAX`.
+const IDENTITY_RETRY_FIRST: Duration = Duration::from_millis(250);
+const IDENTITY_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The manager of the instance the pod runs on; `locals`, the pod's addresses, may
+/// name it by their interfaces' MACs. A throttled lookup is tried again, with
+/// jittered backoff, for as long as the caller waits (init's deadline, the sidecar's
+/// SIGTERM): a pod that starts among hundreds meets EC2's throttling here first. Any
+/// other failure (credentials, permissions, no answer after the SDK's retries) ends
+/// the run with its one line, as before.
+async fn manager<E: Ec2>(ec2: E, args: &Args, locals: &[Local]) -> Result<Manager<E>, Failure> {
+    let mut backoff = IDENTITY_RETRY_FIRST;
+    let found = loop {
+        match identity::instance_id(&ec2, args.node_name.as_deref(), locals).await {
+            Ok(found) => break found,
+            Err(e) if !e.is_throttled() => return Err(e.into()),
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "cannot tell the instance yet; retrying");
+                tokio::time::sleep(jittered(backoff)).await;
+                backoff = (backoff * 2).min(IDENTITY_RETRY_MAX);
+            }
+        }
+    };
+    info!(instance = %found.instance_id, "running on");
+    Ok(Manager::new(ec2, found.instance_id, settings(args)).starting_from(found.enis))
+}
+
+/// A wait between passes: between half of `backoff` and all of it, at random, so that
+/// pods throttled together do not retry together. Never longer than `backoff`.
+pub(crate) fn jittered(backoff: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh RandomState is randomly keyed: enough randomness to spread retries.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let half = backoff / 2;
+    half + half.mul_f64((random % 1_000_000) as f64 / 1_000_000.0)
 }
 
 /// Waits (on address events, not a timer) until a secondary interface has an address.
@@ -326,6 +360,18 @@ mod tests {
             "a different refusal keeps its own clause: {line}"
         );
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn jitter_stays_between_half_and_all_of_the_backoff() {
+        let backoff = Duration::from_millis(800);
+        let waits: Vec<Duration> = (0..200).map(|_| jittered(backoff)).collect();
+        assert!(
+            waits.iter().all(|w| *w >= backoff / 2 && *w <= backoff),
+            "{waits:?}"
+        );
+        let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 100, "spread: {}", distinct.len());
     }
 
     #[test]

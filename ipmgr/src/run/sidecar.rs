@@ -12,7 +12,9 @@ use tokio::time::sleep_until;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::pass_metrics::{PassMetrics, TriggerKind};
-use super::{Failure, first_addresses, log_outcome, manager, termination_message, unassigned};
+use super::{
+    Failure, first_addresses, jittered, log_outcome, manager, termination_message, unassigned,
+};
 use crate::aws::Attempts;
 use crate::config::Args;
 use crate::discover::{Addresses, DiscoverError};
@@ -173,7 +175,8 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
     let start = async {
         let wait = args.address_wait;
         let snapshot = first_addresses(&mut addresses, wait).await?;
-        Ok::<_, Failure>((snapshot, manager(ec2, args).await?))
+        let mgr = manager(ec2, args, &snapshot.addresses).await?;
+        Ok::<_, Failure>((snapshot, mgr))
     };
     let (snapshot, mgr) = tokio::select! {
         _ = stop.requested() => {
@@ -257,7 +260,7 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
             }
             Some(line) => {
                 warn!(reason = %reason, error = %line, retry_in = ?backoff, "pass incomplete; retrying");
-                retry_at = Some(Instant::now() + backoff);
+                retry_at = Some(Instant::now() + jittered(backoff));
                 backoff = (backoff * 2).min(RETRY_MAX);
             }
         }

@@ -219,7 +219,9 @@ impl Inner {
                 };
             }
             if keep {
-                items.push_str(&xml::el("item", xml::reservation(i)));
+                let attached = (self.world.enis.iter())
+                    .filter(|e| e.instance_id.as_deref() == Some(i.id.as_str()));
+                items.push_str(&xml::el("item", xml::reservation(i, attached)));
             }
         }
         Ok(xml::el("reservationSet", items))

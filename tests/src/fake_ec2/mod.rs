@@ -31,6 +31,8 @@ mod sts;
 mod throttle;
 mod xml;
 
+pub use throttle::{Rate, Rates};
+
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -95,6 +97,10 @@ pub struct Faults {
     /// Apply EC2's token-bucket request rates.
     #[serde(default)]
     pub rate_limits: bool,
+    /// The buckets' rates when `rate_limits` is on; EC2's published ones when unset.
+    /// Setting faults starts the buckets full.
+    #[serde(default)]
+    pub rates: Option<Rates>,
     /// Fraction of requests answered RequestLimitExceeded regardless of rates.
     #[serde(default)]
     pub throttle_fraction: f64,
@@ -200,7 +206,7 @@ impl FakeEc2 {
                 faults: Faults::default(),
                 log: Vec::new(),
                 started: Instant::now(),
-                buckets: Buckets::new(),
+                buckets: Buckets::new(Rates::default()),
                 policy: None,
                 broken_left: 0,
                 remaps: Vec::new(),
@@ -221,6 +227,7 @@ impl FakeEc2 {
     pub fn set_faults(&self, faults: Faults) {
         let mut inner = self.lock();
         inner.broken_left = faults.broken_count;
+        inner.buckets = Buckets::new(faults.rates.unwrap_or_default());
         inner.faults = faults;
     }
 

@@ -1,12 +1,43 @@
 //! EC2's request rate limits: token buckets per account and Region, one per
 //! category (mutating actions, filtered describes, unfiltered describes), at the
-//! published rates.
+//! published rates (or smaller ones a test sets).
 
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
 use super::query::Query;
 
-/// The three buckets, at EC2's published defaults.
+/// One bucket: how many requests it holds when full, and how many it regains a second.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rate {
+    pub burst: f64,
+    pub per_second: f64,
+}
+
+/// The three buckets' rates. `Default` is EC2's published defaults; smaller ones let a
+/// test with a few pods see what hundreds see against the real ones.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    /// Assign/Unassign and every other mutating action.
+    pub mutating: Rate,
+    /// Describes with a filter or IDs.
+    pub filtered: Rate,
+    pub unfiltered: Rate,
+}
+
+impl Default for Rates {
+    fn default() -> Self {
+        let rate = |burst, per_second| Rate { burst, per_second };
+        Rates {
+            mutating: rate(100.0, 5.0),
+            filtered: rate(100.0, 20.0),
+            unfiltered: rate(50.0, 10.0),
+        }
+    }
+}
+
+/// The three buckets, full at the start.
 pub(super) struct Buckets {
     mutating: Bucket,
     filtered: Bucket,
@@ -14,11 +45,11 @@ pub(super) struct Buckets {
 }
 
 impl Buckets {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(rates: Rates) -> Self {
         Buckets {
-            mutating: Bucket::new(100.0, 5.0),
-            filtered: Bucket::new(100.0, 20.0),
-            unfiltered: Bucket::new(50.0, 10.0),
+            mutating: Bucket::new(rates.mutating),
+            filtered: Bucket::new(rates.filtered),
+            unfiltered: Bucket::new(rates.unfiltered),
         }
     }
 
@@ -47,11 +78,11 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(capacity: f64, per_second: f64) -> Self {
+    fn new(rate: Rate) -> Self {
         Bucket {
-            capacity,
-            per_second,
-            tokens: capacity,
+            capacity: rate.burst,
+            per_second: rate.per_second,
+            tokens: rate.burst,
             last: Instant::now(),
         }
     }

@@ -121,13 +121,15 @@ pub(super) fn subnet(s: &Subnet) -> String {
     .concat()
 }
 
-/// A reservation holding one instance.
-pub(super) fn reservation(i: &Instance) -> String {
+/// A reservation holding one instance, with the ENIs attached to it.
+pub(super) fn reservation<'a>(i: &Instance, enis: impl Iterator<Item = &'a Eni>) -> String {
+    let attached: String = enis.map(|e| el("item", eni(e))).collect();
     let instance = [
         text("instanceId", &i.id),
         text("instanceType", &i.instance_type),
         text("privateDnsName", &i.private_dns_name),
         el("instanceState", text("code", 16) + &text("name", "running")),
+        el("networkInterfaceSet", attached),
     ]
     .concat();
     [
