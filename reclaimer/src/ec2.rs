@@ -69,12 +69,23 @@ pub trait Ec2 {
 #[derive(Clone, Debug)]
 pub struct SdkEc2 {
     client: aws_sdk_ec2::Client,
+    /// The IP manager's calls, for the two unassign actions they share.
+    ipmgr: ipmgr::ec2::SdkEc2,
 }
 
 impl SdkEc2 {
     pub fn new(client: aws_sdk_ec2::Client) -> Self {
-        SdkEc2 { client }
+        SdkEc2 {
+            ipmgr: ipmgr::ec2::SdkEc2::new(client.clone()),
+            client,
+        }
     }
+}
+
+/// The IP manager's error, with the remedy a reclaimer's operator needs.
+fn reclaimer_hint(mut e: Ec2Error) -> Ec2Error {
+    e.hint = hint(e.action, e.code.as_deref());
+    e
 }
 
 fn filter(name: &str, values: Vec<String>) -> Filter {
@@ -117,25 +128,15 @@ impl Ec2 for SdkEc2 {
     }
 
     async fn unassign_ipv4(&self, eni: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
-        self.client
-            .unassign_private_ip_addresses()
-            .network_interface_id(eni)
-            .set_private_ip_addresses(Some(ips.iter().map(ToString::to_string).collect()))
-            .send()
+        ipmgr::ec2::Ec2::unassign_ipv4(&self.ipmgr, eni, ips)
             .await
-            .map(drop)
-            .map_err(|e| sdk_error(Action::UnassignPrivateIpAddresses, eni, e))
+            .map_err(reclaimer_hint)
     }
 
     async fn unassign_ipv6(&self, eni: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
-        self.client
-            .unassign_ipv6_addresses()
-            .network_interface_id(eni)
-            .set_ipv6_addresses(Some(ips.iter().map(ToString::to_string).collect()))
-            .send()
+        ipmgr::ec2::Ec2::unassign_ipv6(&self.ipmgr, eni, ips)
             .await
-            .map(drop)
-            .map_err(|e| sdk_error(Action::UnassignIpv6Addresses, eni, e))
+            .map_err(reclaimer_hint)
     }
 }
 
