@@ -73,12 +73,14 @@ pub struct Args {
     #[arg(long, global = true, env = "IPMGR_ALLOW_REASSIGNMENT", default_value_t = true, action = ArgAction::Set)]
     pub allow_reassignment: bool,
 
-    /// Give up on the first assignment after this many seconds.
+    /// Give up on the first assignment after this many seconds. Throttling is what
+    /// takes time at scale: EC2 refills an account's Assign bucket at 5 a second, so
+    /// 500 pods that start together need 80 s between them.
     #[arg(
         long = "deadline-seconds",
         global = true,
         env = "IPMGR_DEADLINE_SECONDS",
-        default_value = "60",
+        default_value = "120",
         value_name = "SECONDS",
         value_parser = seconds_at_least::<1>
     )]
@@ -241,7 +243,7 @@ mod duration_tests {
     fn durations_are_resolved_once_with_their_minimums() {
         let cli = Cli::try_parse_from(["ipmgr", "sidecar", "--coalesce-ms", "7"]).unwrap();
         assert_eq!(cli.settings.coalesce, Duration::from_millis(7));
-        assert_eq!(cli.settings.deadline, Duration::from_secs(60));
+        assert_eq!(cli.settings.deadline, Duration::from_secs(120));
         assert_eq!(cli.settings.release_timeout, Duration::from_secs(5));
         let err = Cli::try_parse_from(["ipmgr", "init", "--deadline-seconds", "0"])
             .unwrap_err()

@@ -160,9 +160,17 @@ pub struct Manager<E> {
     /// its own changes); forgotten when a pass fails. An address event then costs the
     /// assignment and its confirmation only.
     enis: Mutex<Option<Vec<Eni>>>,
-    /// ENIs described while finding the instance (by the interfaces' MACs), fresh for
-    /// the first pass; taken by it.
-    first: Mutex<Option<Vec<Eni>>>,
+    /// ENIs the next `assign` may start from instead of describing: those described
+    /// while finding the instance (by the interfaces' MACs), or those of a pass whose
+    /// only failures were throttled calls, which changed nothing. Taken by that pass.
+    unchanged: Mutex<Option<Start>>,
+}
+
+/// ENIs a pass may start from without describing them.
+struct Start {
+    enis: Vec<Eni>,
+    /// Only the ENIs with the pod's interfaces' MACs, not all of the instance's.
+    by_mac: bool,
 }
 
 impl<E: Ec2> Manager<E> {
@@ -173,7 +181,7 @@ impl<E: Ec2> Manager<E> {
             settings,
             subnets: Mutex::new(HashMap::new()),
             enis: Mutex::new(None),
-            first: Mutex::new(None),
+            unchanged: Mutex::new(None),
         }
     }
 
@@ -181,35 +189,40 @@ impl<E: Ec2> Manager<E> {
     /// of describing them again, when every address's interface carries one of their
     /// MACs (then no other ENI of the instance changes where an address goes).
     pub fn starting_from(self, enis: Option<Vec<Eni>>) -> Self {
-        *self.first.lock().unwrap_or_else(|p| p.into_inner()) = enis;
+        let start = enis.map(|enis| Start { enis, by_mac: true });
+        *self.unchanged.lock().unwrap_or_else(|p| p.into_inner()) = start;
         self
     }
 
-    /// The ENIs described while finding the instance, if they place every address.
-    fn first_enis(&self, locals: &[Local]) -> Option<Vec<Eni>> {
-        let enis = self
-            .first
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()?;
-        (!eni::needs_subnets(locals, &enis)).then_some(enis)
+    /// The ENIs a pass may start from without describing, if they place every address:
+    /// those found by MAC place only addresses whose interface carries one of their MACs.
+    fn unchanged_enis(&self, locals: &[Local]) -> Option<Start> {
+        let start = (self.unchanged.lock().unwrap_or_else(|p| p.into_inner())).take()?;
+        (!start.by_mac || !eni::needs_subnets(locals, &start.enis)).then_some(start)
     }
 
     pub fn instance_id(&self) -> &str {
         &self.instance_id
     }
 
-    /// A pass on what EC2 shows now: the instance's ENIs described afresh (or just
-    /// described, for the first pass: `starting_from`).
+    /// A pass on what EC2 shows now: the instance's ENIs described afresh, or just
+    /// described (for the first pass, `starting_from`; after a pass that EC2 throttled).
+    ///
+    /// A pass throttled past the SDK's retries is tried again from the ENIs it saw:
+    /// describing them again would cost a call from the same account's buckets and
+    /// show nothing new, since a throttled call is refused before it changes anything.
     pub async fn assign(&self, locals: &[Local], take: Take<'_>) -> Result<Outcome, PassError> {
         let result = async {
-            // Only some of the instance's ENIs: not remembered for the events to follow.
-            if let Some(enis) = self.first_enis(locals) {
-                return self.pass(locals, take, enis, false).await;
+            // Not remembered for the events to follow: those found by MAC are only
+            // some of the instance's ENIs.
+            if let Some(start) = self.unchanged_enis(locals) {
+                return self
+                    .pass(locals, take, start.enis, start.by_mac, true)
+                    .await;
             }
             let enis = self.ec2.instance_enis(&self.instance_id).await?;
             self.remember(&enis);
-            self.pass(locals, take, enis, false).await
+            self.pass(locals, take, enis, false, false).await
         }
         .await;
         self.forget_on_failure(&result);
@@ -230,7 +243,7 @@ impl<E: Ec2> Manager<E> {
                 .retain(|v4| Some(*v4) == primary || !take.takes(IpAddr::V4(*v4)));
             eni.ipv6.retain(|v6| !take.takes(IpAddr::V6(*v6)));
         }
-        let result = self.pass(locals, take, enis, true).await;
+        let result = self.pass(locals, take, enis, false, true).await;
         self.forget_on_failure(&result);
         result
     }
@@ -250,12 +263,37 @@ impl<E: Ec2> Manager<E> {
         }
     }
 
+    /// One pass from `enis`. When its only failures are throttled calls, the ENIs it
+    /// last saw are kept for the next `assign` to start from.
     async fn pass(
         &self,
         locals: &[Local],
         take: Take<'_>,
         enis: Vec<Eni>,
+        by_mac: bool,
         cached: bool,
+    ) -> Result<Outcome, PassError> {
+        let mut seen = Start {
+            enis: enis.clone(),
+            by_mac,
+        };
+        let out = self
+            .pass_from(locals, take, enis, cached, &mut seen)
+            .await?;
+        let throttled = |f: &AddressError| matches!(f, AddressError::Ec2 { error, .. } if error.is_throttling());
+        if !out.failed.is_empty() && out.failed.iter().all(throttled) {
+            *self.unchanged.lock().unwrap_or_else(|p| p.into_inner()) = Some(seen);
+        }
+        Ok(out)
+    }
+
+    async fn pass_from(
+        &self,
+        locals: &[Local],
+        take: Take<'_>,
+        enis: Vec<Eni>,
+        cached: bool,
+        seen: &mut Start,
     ) -> Result<Outcome, PassError> {
         let subnets = self.subnets(locals, &enis, cached).await?;
         let placed = eni::place(locals, &enis, &subnets, self.settings.policy);
@@ -324,6 +362,13 @@ impl<E: Ec2> Manager<E> {
         out.failed.extend(failed);
         if !done.is_empty() {
             let (confirmed, unconfirmed) = self.confirm(&done).await?;
+            if let Some(enis) = self.remembered() {
+                // The confirmation described every ENI of the instance.
+                *seen = Start {
+                    enis,
+                    by_mac: false,
+                };
+            }
             out.placed
                 .extend(confirmed.iter().map(|p| (p.ip(), p.eni.id.clone())));
             out.failed.extend(unconfirmed);
@@ -456,31 +501,55 @@ impl<E: Ec2> Manager<E> {
     /// Unassigns what the pod still holds, each address only from the ENI its own
     /// interface rides on. Returns the calls made; the first failure, after every
     /// call was tried.
+    ///
+    /// It starts from the ENIs the last pass left, when it succeeded (the events
+    /// followed since kept them current), so that a stop costs its unassigns only: a
+    /// Deployment deleted at once stops all its pods together, with a few seconds
+    /// each. If EC2 refuses an unassign (another ENI took a floating IP meanwhile, and
+    /// the ENIs remembered do not show it), the ENIs are described and what they still
+    /// show is released.
     pub async fn release(&self, held: &[Local]) -> Result<usize, PassError> {
+        let mut calls = 0;
+        if let Some(enis) = self.remembered() {
+            match self.release_from(held, enis, &mut calls).await {
+                Ok(()) => return Ok(calls),
+                Err(e) if e.is_throttling() => return Err(e.into()),
+                Err(e) => {
+                    warn!(error = %e, "releasing from the ENIs of the last pass failed; describing them again")
+                }
+            }
+        }
         let enis = self.ec2.instance_enis(&self.instance_id).await?;
-        let subnets = self.subnets(held, &enis, true).await?;
+        self.release_from(held, enis, &mut calls).await?;
+        Ok(calls)
+    }
+
+    /// The release from these ENIs: every call tried, the first failure returned.
+    async fn release_from(
+        &self,
+        held: &[Local],
+        enis: Vec<Eni>,
+        calls: &mut usize,
+    ) -> Result<(), Ec2Error> {
+        let subnets = (self.subnets(held, &enis, true).await).map_err(|PassError::Ec2(e)| e)?;
         let placed = eni::place(held, &enis, &subnets, self.settings.policy);
         let release = plan::release(&placed.placements);
-        let mut calls = 0;
         let mut first_error = None;
         for b in &release.ipv4 {
             let call = self.ec2.unassign_ipv4(&b.eni.id, &b.ips);
-            calls += 1;
+            *calls += 1;
             if let Err(e) = logged(Action::UnassignPrivateIpAddresses, b, call).await {
                 first_error.get_or_insert(e);
             }
         }
         for b in &release.ipv6 {
             let call = self.ec2.unassign_ipv6(&b.eni.id, &b.ips);
-            calls += 1;
+            *calls += 1;
             if let Err(e) = logged(Action::UnassignIpv6Addresses, b, call).await {
                 first_error.get_or_insert(e);
             }
         }
-        match first_error {
-            None => Ok(calls),
-            Some(e) => Err(e.into()),
-        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 

@@ -535,7 +535,20 @@ async fn release_unassigns_only_what_the_pod_still_holds_from_its_own_eni() {
         ])
         .await
         .unwrap();
-    assert_eq!(calls, 1);
+    // From the ENIs the pass left, 10.0.1.50 and the VIP in one unassign, which EC2
+    // refuses since the VIP moved; then, from the ENIs described again, 10.0.1.50.
+    assert_eq!(calls, 2);
+    let last: Vec<(String, u16)> = (fake.log().iter().rev().take(3).rev())
+        .map(|e| (e.action.clone(), e.status))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            ("UnassignPrivateIpAddresses".to_string(), 400),
+            ("DescribeNetworkInterfaces".to_string(), 200),
+            ("UnassignPrivateIpAddresses".to_string(), 200)
+        ]
+    );
     assert_eq!(fake.holder(ip("10.0.1.50")), None);
     assert_eq!(fake.holder(ip("10.0.1.51")).as_deref(), Some("eni-1n3"));
     assert_eq!(

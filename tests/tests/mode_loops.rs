@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use aws_sdk_ec2::config::{Credentials, Region};
 use clap::Parser;
-use ipmgmt_tests::fake_ec2::{Broken, FakeEc2, Faults};
+use ipmgmt_tests::fake_ec2::{Broken, FakeEc2, Faults, Rate, Rates};
 use ipmgmt_tests::scenario::{self, MAC_N3};
 use ipmgr::aws::{self, Attempts};
 use ipmgr::config::{Args, Cli};
 use ipmgr::discover::{Addresses, Changes, DiscoverError, Snapshot};
-use ipmgr::ec2::SdkEc2;
+use ipmgr::ec2::{Ec2, SdkEc2};
 use ipmgr::eni::Local;
 use ipmgr::run::{self, Stop};
 use tokio::sync::mpsc;
@@ -178,13 +178,6 @@ async fn quiet_log(fake: &FakeEc2) -> usize {
     }
 }
 
-fn mutating_calls(fake: &FakeEc2) -> usize {
-    fake.log()
-        .iter()
-        .filter(|e| !e.action.starts_with("Describe"))
-        .count()
-}
-
 #[tokio::test]
 async fn init_assigns_the_pods_addresses_and_returns() {
     let dir = tempfile_dir("init");
@@ -285,7 +278,7 @@ async fn sidecar_follows_a_floating_ip_ignores_noise_and_releases_what_it_holds(
         "README's ipmgr metric table against /metrics"
     );
 
-    let mutating = mutating_calls(&fake);
+    let stopping = fake.log().len();
     stop_tx.send(true).unwrap();
     let result = tokio::time::timeout(Duration::from_secs(10), task)
         .await
@@ -294,10 +287,13 @@ async fn sidecar_follows_a_floating_ip_ignores_noise_and_releases_what_it_holds(
     assert_eq!(result, Ok(()));
     assert_eq!(holder(&fake, "10.0.1.50"), None, "released on stop");
     assert_eq!(holder(&fake, "10.0.1.99"), None, "released on stop");
+    let released: Vec<String> = (fake.log()[stopping..].iter())
+        .map(|e| e.action.clone())
+        .collect();
     assert_eq!(
-        mutating_calls(&fake) - mutating,
-        1,
-        "one unassign for the ENI"
+        released,
+        ["UnassignPrivateIpAddresses"],
+        "one unassign for the ENI, from the ENIs the last pass left"
     );
     assert!(!ready.exists(), "not ready once stopping");
 }
@@ -384,4 +380,114 @@ async fn init_gives_up_at_its_deadline_with_one_line_when_ec2_never_answers_in_t
         "the deadline holds: {took:?}"
     );
     assert_eq!(holder(&fake, "10.0.1.50"), None);
+}
+
+#[tokio::test]
+async fn init_tries_a_throttled_assign_again_without_describing_again() {
+    let dir = tempfile_dir("throttled-assign");
+    let (fake, ec2, attempts) = ec2().await;
+    // One Assign token, refilled at 2 a second: the token goes to another caller in the
+    // account, so the pod's first pass is throttled past the SDK's 3 attempts.
+    fake.set_faults(Faults {
+        rate_limits: true,
+        rates: Some(Rates {
+            mutating: Rate {
+                burst: 1.0,
+                per_second: 2.0,
+            },
+            ..Rates::default()
+        }),
+        ..Faults::default()
+    });
+    ec2.assign_ipv4("eni-1n3", &["10.0.1.77".parse().unwrap()], true)
+        .await
+        .expect("the other caller's assign takes the token");
+    let before = fake.log().len();
+
+    let (_pod, addresses) = Pod::new(&["10.0.1.50"]);
+    run::init(ec2, addresses, &args("init", &dir, &[]), &attempts)
+        .await
+        .expect("init succeeds once a token comes");
+    assert_eq!(holder(&fake, "10.0.1.50").as_deref(), Some("eni-1n3"));
+
+    let log = fake.log();
+    let calls: Vec<(&str, u16)> = log[before..]
+        .iter()
+        .map(|e| (e.action.as_str(), e.status))
+        .collect();
+    let assigns: Vec<usize> = (calls.iter().enumerate())
+        .filter(|(_, c)| c.0 == "AssignPrivateIpAddresses")
+        .map(|(i, _)| i)
+        .collect();
+    let (first, last) = (assigns[0], assigns[assigns.len() - 1]);
+    assert!(
+        calls[..first]
+            .iter()
+            .all(|c| c.0 == "DescribeNetworkInterfaces"),
+        "{calls:?}"
+    );
+    assert!(
+        (calls[first..last].iter()).filter(|c| c.1 == 503).count() >= 3,
+        "the first pass was throttled past the SDK's attempts: {calls:?}"
+    );
+    assert!(
+        calls[first..=last]
+            .iter()
+            .all(|c| c.0 == "AssignPrivateIpAddresses"),
+        "a throttled pass is tried again from the ENIs it saw, with no describe between: {calls:?}"
+    );
+    assert_eq!(
+        calls[last + 1..],
+        [("DescribeNetworkInterfaces", 200)],
+        "one confirmation: {calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn sidecar_releases_what_ec2_still_shows_when_a_floating_ip_moved_behind_its_back() {
+    let dir = tempfile_dir("stale-release");
+    let (fake, ec2, attempts) = ec2().await;
+    let (pod, addresses) = Pod::new(&["10.0.1.50"]);
+    let (stop_tx, stop) = Stop::new();
+    let settings = args("sidecar", &dir, &[]);
+    let task = tokio::spawn(async move {
+        let result = run::sidecar(ec2, addresses, &settings, &attempts, stop).await;
+        result.map_err(|e| e.to_string())
+    });
+    pod.add("10.0.1.99");
+    eventually("both addresses on this node's ENI", || {
+        holder(&fake, "10.0.1.50").as_deref() == Some("eni-1n3")
+            && holder(&fake, "10.0.1.99").as_deref() == Some("eni-1n3")
+    })
+    .await;
+    quiet_log(&fake).await;
+
+    // Node 2 takes the VIP in EC2 while this pod still has it (a split brain): the
+    // ENIs this sidecar remembers are stale, and its unassign of both is refused.
+    fake.move_address("10.0.1.99".parse().unwrap(), "eni-2n3");
+    let stopping = fake.log().len();
+    stop_tx.send(true).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the sidecar stops")
+        .unwrap();
+    assert_eq!(result, Ok(()));
+    assert_eq!(holder(&fake, "10.0.1.50"), None, "released on stop");
+    assert_eq!(
+        holder(&fake, "10.0.1.99").as_deref(),
+        Some("eni-2n3"),
+        "node 2 keeps the VIP"
+    );
+    let released: Vec<(String, u16)> = (fake.log()[stopping..].iter())
+        .map(|e| (e.action.clone(), e.status))
+        .collect();
+    let expected = [
+        ("UnassignPrivateIpAddresses", 400),
+        ("DescribeNetworkInterfaces", 200),
+        ("UnassignPrivateIpAddresses", 200),
+    ];
+    let expected: Vec<(String, u16)> = (expected.iter())
+        .map(|(a, s)| (a.to_string(), *s))
+        .collect();
+    assert_eq!(released, expected);
 }
