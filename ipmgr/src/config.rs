@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
+use crate::eni::Tag;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ipmgr",
@@ -68,6 +70,17 @@ pub struct Args {
     /// manages every other ENI and hands out the addresses it finds there.
     #[arg(long, global = true, env = "IPMGR_REQUIRE_NO_MANAGE_TAG", default_value_t = true, action = ArgAction::Set)]
     pub require_no_manage_tag: bool,
+
+    /// Assign only to ENIs that also carry this tag, KEY=VALUE (split at the first
+    /// `=`): the tag of this cluster's Multus ENIs, which the IAM policy can require
+    /// too (the user guide shows how).
+    #[arg(
+        long,
+        global = true,
+        env = "IPMGR_CLUSTER_TAG",
+        value_name = "KEY=VALUE"
+    )]
+    pub cluster_tag: Option<Tag>,
 
     /// Take an address another ENI holds (floating IPs), IPv4 and IPv6.
     #[arg(long, global = true, env = "IPMGR_ALLOW_REASSIGNMENT", default_value_t = true, action = ArgAction::Set)]

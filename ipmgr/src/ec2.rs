@@ -326,6 +326,14 @@ fn to_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<Eni> {
             .tag_set()
             .iter()
             .any(|t| t.key() == Some(NO_MANAGE_TAG) && t.value() == Some("true")),
+        tags: (ni.tag_set().iter())
+            .filter_map(|t| {
+                Some((
+                    t.key()?.to_owned(),
+                    t.value().unwrap_or_default().to_owned(),
+                ))
+            })
+            .collect(),
         instance_id: (ni.attachment())
             .and_then(|a| a.instance_id())
             .map(str::to_owned),

@@ -15,9 +15,10 @@
 //! SR-IOV, a tunnel the application made): those are skipped, and one bad address
 //! never stops the others from being placed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -38,6 +39,8 @@ pub struct Eni {
     pub ipv6: Vec<Ipv6Addr>,
     /// Tagged `node.k8s.amazonaws.com/no_manage=true`: the VPC CNI leaves it alone.
     pub no_manage: bool,
+    /// Every tag, by key.
+    pub tags: BTreeMap<String, String>,
     /// The instance it is attached to.
     pub instance_id: Option<String>,
 }
@@ -88,20 +91,60 @@ impl fmt::Display for Local {
     }
 }
 
+/// A tag as `KEY=VALUE`, split at the first `=`: the cluster's tag, which its Multus
+/// ENIs carry (`IPMGR_CLUSTER_TAG`), so that a role shared by several clusters in an
+/// account, or a pod that names the wrong network, never touches another's ENI.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+impl FromStr for Tag {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok(Tag {
+                key: key.to_owned(),
+                value: value.to_owned(),
+            }),
+            _ => Err(format!(
+                "{s:?} is not a tag: write KEY=VALUE, e.g. kubernetes.io/cluster/prod=owned"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.key, self.value)
+    }
+}
+
+impl Eni {
+    pub fn has(&self, tag: &Tag) -> bool {
+        self.tags.get(&tag.key) == Some(&tag.value)
+    }
+}
+
 /// Which of the instance's ENIs ipmgr may assign to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     /// ENIs below this device index are never targets (0 is the node's primary ENI).
     pub min_device_index: i32,
     /// Only ENIs tagged `node.k8s.amazonaws.com/no_manage=true`.
     pub require_no_manage: bool,
+    /// Only ENIs that also carry this tag.
+    pub cluster_tag: Option<Tag>,
 }
 
 /// Why an ENI is not ipmgr's to assign to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
     DeviceIndex { index: i32, min: i32 },
     ManagedByVpcCni,
+    OtherCluster(Box<Tag>),
 }
 
 impl fmt::Display for Refusal {
@@ -121,6 +164,11 @@ impl fmt::Display for Refusal {
                 "not tagged {NO_MANAGE_TAG}=true, so the VPC CNI manages it and would hand the address to \
                  other pods; tag the ENI {NO_MANAGE_TAG}=true, or set IPMGR_REQUIRE_NO_MANAGE_TAG=false"
             ),
+            Refusal::OtherCluster(tag) => write!(
+                f,
+                "not tagged {tag}, the tag of this cluster's Multus ENIs (IPMGR_CLUSTER_TAG): tag the \
+                 ENI {tag} if this cluster's pods may use it"
+            ),
         }
     }
 }
@@ -135,7 +183,9 @@ impl Policy {
         } else if self.require_no_manage && !eni.no_manage {
             Some(Refusal::ManagedByVpcCni)
         } else {
-            None
+            (self.cluster_tag.as_ref())
+                .filter(|tag| !eni.has(tag))
+                .map(|tag| Refusal::OtherCluster(Box::new(tag.clone())))
         }
     }
 }
@@ -237,7 +287,7 @@ pub fn place<'a>(
     locals: &'a [Local],
     enis: &'a [Eni],
     subnets: &HashMap<String, Subnet>,
-    policy: Policy,
+    policy: &Policy,
 ) -> Placed<'a> {
     let mut out = Placed::default();
     for local in locals {
@@ -258,7 +308,7 @@ fn check_mac_match<'a>(
     local: &Local,
     eni: &'a Eni,
     subnets: &HashMap<String, Subnet>,
-    policy: Policy,
+    policy: &Policy,
 ) -> Result<&'a Eni, ResolveError> {
     if let Some(why) = policy.refusal(eni) {
         return Err(refused(local, eni, "MAC", why));
@@ -282,7 +332,7 @@ fn by_subnet<'a>(
     local: &Local,
     enis: &'a [Eni],
     subnets: &HashMap<String, Subnet>,
-    policy: Policy,
+    policy: &Policy,
 ) -> Result<Option<&'a Eni>, ResolveError> {
     let containing = enis.iter().filter(|e| {
         e.device_index >= 1
@@ -334,6 +384,7 @@ pub(crate) mod tests {
             ipv4: ipv4.iter().map(|ip| ip.parse().unwrap()).collect(),
             ipv6: Vec::new(),
             no_manage: index > 0,
+            tags: BTreeMap::new(),
             instance_id: Some("i-1".into()),
         }
     }
@@ -371,6 +422,7 @@ pub(crate) mod tests {
     pub const POLICY: Policy = Policy {
         min_device_index: 1,
         require_no_manage: true,
+        cluster_tag: None,
     };
 
     fn node() -> Vec<Eni> {
@@ -427,7 +479,7 @@ pub(crate) mod tests {
     }
 
     /// One address through `place`: the ENI it went to, or how it was left.
-    fn one(l: &Local, enis: &[Eni], nets: &HashMap<String, Subnet>, policy: Policy) -> String {
+    fn one(l: &Local, enis: &[Eni], nets: &HashMap<String, Subnet>, policy: &Policy) -> String {
         let locals = std::slice::from_ref(l);
         let placed = place(locals, enis, nets, policy);
         match (
@@ -490,7 +542,7 @@ pub(crate) mod tests {
             ),
         ];
         for (ip, mac, want) in cases {
-            let got = one(&local(ip, "net1", mac), &enis, &nets(), POLICY);
+            let got = one(&local(ip, "net1", mac), &enis, &nets(), &POLICY);
             assert!(
                 got.starts_with(want),
                 "{ip} {mac}: got {got:?}, want {want:?}"
@@ -506,16 +558,60 @@ pub(crate) mod tests {
             ..POLICY
         };
         let untagged = local("10.0.4.77", "net1", "0a:00:00:00:00:04");
-        assert_eq!(one(&untagged, &enis, &nets(), lax), "eni-vpccni");
+        assert_eq!(one(&untagged, &enis, &nets(), &lax), "eni-vpccni");
         let primary = local("10.0.0.77", "net1", "0a:00:00:00:00:00");
-        assert!(one(&primary, &enis, &nets(), lax).contains("primary ENI"));
+        assert!(one(&primary, &enis, &nets(), &lax).contains("primary ENI"));
         let zero = Policy {
             min_device_index: 0,
-            ..lax
+            ..lax.clone()
         };
         // Even with index 0 allowed, no address is placed on the primary by subnet.
         let by_subnet = local("10.0.0.77", "net1", "0e:ff:ff:ff:ff:ff");
-        assert_eq!(one(&by_subnet, &enis, &nets(), zero), "skipped");
+        assert_eq!(one(&by_subnet, &enis, &nets(), &zero), "skipped");
+    }
+
+    #[test]
+    fn with_a_cluster_tag_only_enis_carrying_it_are_placed_on() {
+        let mut enis = node();
+        let tag: Tag = "kubernetes.io/cluster/prod=owned".parse().unwrap();
+        enis[1].tags.insert(tag.key.clone(), tag.value.clone());
+        let policy = Policy {
+            cluster_tag: Some(tag),
+            ..POLICY
+        };
+        assert_eq!(
+            one(
+                &local("10.0.1.50", "net1", &enis[1].mac),
+                &enis,
+                &nets(),
+                &policy
+            ),
+            enis[1].id
+        );
+        // eni-n6 is tagged no_manage, but not with the cluster's tag.
+        let elsewhere = local("100.64.3.7", "net2", "0a:00:00:00:00:03");
+        let refused = one(&elsewhere, &enis, &nets(), &policy);
+        assert!(
+            refused.contains("not tagged kubernetes.io/cluster/prod=owned")
+                && refused.contains("IPMGR_CLUSTER_TAG"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn a_tag_is_split_at_its_first_equals_sign() {
+        let tag: Tag = "eks:cluster-name=prod=blue".parse().unwrap();
+        assert_eq!(
+            (tag.key.as_str(), tag.value.as_str()),
+            ("eks:cluster-name", "prod=blue")
+        );
+        assert_eq!(tag.to_string(), "eks:cluster-name=prod=blue");
+        let empty: Tag = "team=".parse().unwrap();
+        assert_eq!(empty.value, "");
+        for bad in ["", "prod", "=owned"] {
+            let err = bad.parse::<Tag>().unwrap_err();
+            assert!(err.contains("write KEY=VALUE"), "{err}");
+        }
     }
 
     #[test]
@@ -527,7 +623,7 @@ pub(crate) mod tests {
             local("192.168.77.5", "br0", "0e:ff:ff:ff:ff:fe"),
             local("100.64.3.7", "net2", "0a:00:00:00:00:03"),
         ];
-        let placed = place(&locals, &enis, &nets(), POLICY);
+        let placed = place(&locals, &enis, &nets(), &POLICY);
         let ids: Vec<_> = placed
             .placements
             .iter()

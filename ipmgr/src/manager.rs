@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::ec2::{Action, Ec2, Ec2Error};
-use crate::eni::{self, Eni, Local, Placement, Policy, ResolveError, Subnet};
+use crate::eni::{self, Eni, Local, Placement, Policy, ResolveError, Subnet, Tag};
 use crate::plan::{self, Batch, Blocked, Plan, Rules};
 
 #[derive(Clone, Debug)]
@@ -296,7 +296,7 @@ impl<E: Ec2> Manager<E> {
         seen: &mut Start,
     ) -> Result<Outcome, PassError> {
         let subnets = self.subnets(locals, &enis, cached).await?;
-        let placed = eni::place(locals, &enis, &subnets, self.settings.policy);
+        let placed = eni::place(locals, &enis, &subnets, &self.settings.policy);
         let mut out = Outcome::default();
         for local in placed.skipped {
             info!(address = %local.ip, iface = %local.iface, "not in a subnet of this node's Multus ENIs; left alone");
@@ -422,7 +422,7 @@ impl<E: Ec2> Manager<E> {
         let mut unassign_failed = Vec::new();
         for b in &plan.unassign_v6 {
             let call = self.ec2.unassign_ipv6(&b.eni.id, &b.ips);
-            if let Err(e) = logged(Action::UnassignIpv6Addresses, b, call).await {
+            if let Err(e) = self.logged(Action::UnassignIpv6Addresses, b, call).await {
                 unassign_failed.extend(b.ips.iter().copied());
                 fail(b.ips.iter().map(|&ip| ip.into()).collect(), e);
             }
@@ -431,7 +431,7 @@ impl<E: Ec2> Manager<E> {
             let call =
                 self.ec2
                     .assign_ipv4(&b.eni.id, &b.ips, self.settings.rules.allow_reassignment);
-            if let Err(mut e) = logged(Action::AssignPrivateIpAddresses, b, call).await {
+            if let Err(mut e) = self.logged(Action::AssignPrivateIpAddresses, b, call).await {
                 if e.code.as_deref() == Some("PrivateIpAddressLimitExceeded") {
                     e.detail = format!(
                         "{} (ENI {} holds {} IPv4 addresses; {} more asked)",
@@ -457,7 +457,7 @@ impl<E: Ec2> Manager<E> {
             }
             let batch = Batch { eni: b.eni, ips };
             let call = self.ec2.assign_ipv6(&b.eni.id, &batch.ips);
-            if let Err(e) = logged(Action::AssignIpv6Addresses, &batch, call).await {
+            if let Err(e) = self.logged(Action::AssignIpv6Addresses, &batch, call).await {
                 fail(batch.ips.iter().map(|&ip| ip.into()).collect(), e);
             }
         }
@@ -498,6 +498,32 @@ impl<E: Ec2> Manager<E> {
         }
     }
 
+    /// Makes one EC2 call and logs it: a line per address with action, ENI, result and latency.
+    async fn logged<T: std::fmt::Display>(
+        &self,
+        action: Action,
+        batch: &Batch<'_, T>,
+        call: impl std::future::Future<Output = Result<(), Ec2Error>>,
+    ) -> Result<(), Ec2Error> {
+        let started = Instant::now();
+        let result = call
+            .await
+            .map_err(|e| explain_refusal(e, batch.eni, self.settings.policy.cluster_tag.as_ref()));
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let eni = batch.eni.id.as_str();
+        for ip in &batch.ips {
+            match &result {
+                Ok(()) => {
+                    info!(address = %ip, eni, action = %action, result = "ok", latency_ms, "EC2 call")
+                }
+                Err(e) => {
+                    warn!(address = %ip, eni, action = %action, result = "failed", latency_ms, error = %e, "EC2 call")
+                }
+            }
+        }
+        result
+    }
+
     /// Unassigns what the pod still holds, each address only from the ENI its own
     /// interface rides on. Returns the calls made; the first failure, after every
     /// call was tried.
@@ -532,20 +558,23 @@ impl<E: Ec2> Manager<E> {
         calls: &mut usize,
     ) -> Result<(), Ec2Error> {
         let subnets = (self.subnets(held, &enis, true).await).map_err(|PassError::Ec2(e)| e)?;
-        let placed = eni::place(held, &enis, &subnets, self.settings.policy);
+        let placed = eni::place(held, &enis, &subnets, &self.settings.policy);
         let release = plan::release(&placed.placements);
         let mut first_error = None;
         for b in &release.ipv4 {
             let call = self.ec2.unassign_ipv4(&b.eni.id, &b.ips);
             *calls += 1;
-            if let Err(e) = logged(Action::UnassignPrivateIpAddresses, b, call).await {
+            if let Err(e) = self
+                .logged(Action::UnassignPrivateIpAddresses, b, call)
+                .await
+            {
                 first_error.get_or_insert(e);
             }
         }
         for b in &release.ipv6 {
             let call = self.ec2.unassign_ipv6(&b.eni.id, &b.ips);
             *calls += 1;
-            if let Err(e) = logged(Action::UnassignIpv6Addresses, b, call).await {
+            if let Err(e) = self.logged(Action::UnassignIpv6Addresses, b, call).await {
                 first_error.get_or_insert(e);
             }
         }
@@ -584,49 +613,31 @@ fn account(plan: &Plan<'_>, out: &mut Outcome) {
     }
 }
 
-/// Makes one EC2 call and logs it: a line per address with action, ENI, result and latency.
-async fn logged<T: std::fmt::Display>(
-    action: Action,
-    batch: &Batch<'_, T>,
-    call: impl std::future::Future<Output = Result<(), Ec2Error>>,
-) -> Result<(), Ec2Error> {
-    let started = Instant::now();
-    let result = call.await.map_err(|e| explain_refusal(e, batch.eni));
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let eni = batch.eni.id.as_str();
-    for ip in &batch.ips {
-        match &result {
-            Ok(()) => {
-                info!(address = %ip, eni, action = %action, result = "ok", latency_ms, "EC2 call")
-            }
-            Err(e) => {
-                warn!(address = %ip, eni, action = %action, result = "failed", latency_ms, error = %e, "EC2 call")
-            }
-        }
-    }
-    result
-}
-
 /// EC2's UnauthorizedOperation does not say which part of the policy refused; the ENI
-/// does. The shipped policy allows the changes only on ENIs tagged no_manage: on a
-/// tagged ENI the role lacks the policy, on an untagged one the tag is missing.
-fn explain_refusal(mut e: Ec2Error, eni: &Eni) -> Ec2Error {
+/// does. The shipped policy allows the changes only on ENIs tagged no_manage (and, where
+/// a cluster tag is used, carrying it): on an ENI with every tag the role lacks the
+/// policy; otherwise a tag is missing. `cluster`: the tag ipmgr checked the ENI for.
+fn explain_refusal(mut e: Ec2Error, eni: &Eni, cluster: Option<&Tag>) -> Ec2Error {
     if e.code.as_deref() != Some("UnauthorizedOperation") {
         return e;
     }
     let tag = eni::NO_MANAGE_TAG;
     let policy = crate::ec2::IAM_POLICY;
+    let action = e.action;
     // The ENI is named where the address is; the hint names only what to do.
-    e.hint = match eni.no_manage {
-        true => format!(
-            "the ENI is tagged {tag}=true, so the IP manager's IAM role lacks ec2:{}: attach the \
-             policy in {policy} to the role",
-            e.action
+    e.hint = match (eni.no_manage, cluster) {
+        (true, Some(cluster)) => format!(
+            "the ENI is tagged {tag}=true and {cluster}, so the IP manager's IAM role lacks \
+             ec2:{action}: attach the policy in {policy} (with the cluster tag condition) to the role"
         ),
-        false => format!(
-            "the ENI is not tagged {tag}=true, and the policy in {policy} allows ec2:{} only on \
-             ENIs that are: tag the Multus ENI",
-            e.action
+        (true, None) => format!(
+            "the ENI is tagged {tag}=true, so the IP manager's IAM role lacks ec2:{action}: attach \
+             the policy in {policy} to the role; if the role's policy also requires a cluster tag, \
+             tag the ENI with it and set aws.clusterTag"
+        ),
+        (false, _) => format!(
+            "the ENI is not tagged {tag}=true, and the policy in {policy} allows ec2:{action} only \
+             on ENIs that are: tag the Multus ENI"
         ),
     };
     e

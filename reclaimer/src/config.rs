@@ -66,6 +66,11 @@ pub struct Args {
     #[arg(long, env = "IPMGMT_RECLAIMER_DRY_RUN", default_value_t = false, action = clap::ArgAction::Set)]
     pub dry_run: bool,
 
+    /// Only ENIs that also carry this tag, KEY=VALUE (split at the first `=`): the tag
+    /// of this cluster's Multus ENIs, as the IP manager's IPMGR_CLUSTER_TAG.
+    #[arg(long, env = "IPMGMT_RECLAIMER_CLUSTER_TAG", value_name = "KEY=VALUE")]
+    pub cluster_tag: Option<ipmgr::eni::Tag>,
+
     /// EC2 attempts per call, retries on throttling and 5xx included.
     #[arg(long, env = "IPMGMT_RECLAIMER_EC2_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub ec2_max_attempts: u32,

@@ -12,7 +12,7 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::Filter;
 use ipmgr::aws::cause;
 use ipmgr::ec2::{Action, Ec2Error};
-use ipmgr::eni::NO_MANAGE_TAG;
+use ipmgr::eni::{NO_MANAGE_TAG, Tag};
 
 /// Where the reclaimer's policy lives, for error messages.
 pub const IAM_POLICY: &str = "deploy/reclaimer-iam-policy.json";
@@ -71,6 +71,8 @@ pub struct SdkEc2 {
     client: aws_sdk_ec2::Client,
     /// The IP manager's calls, for the two unassign actions they share.
     ipmgr: ipmgr::ec2::SdkEc2,
+    /// The cluster's tag, which its Multus ENIs also carry.
+    cluster_tag: Option<Tag>,
 }
 
 impl SdkEc2 {
@@ -78,7 +80,14 @@ impl SdkEc2 {
         SdkEc2 {
             ipmgr: ipmgr::ec2::SdkEc2::new(client.clone()),
             client,
+            cluster_tag: None,
         }
+    }
+
+    /// Only ENIs that also carry `tag`.
+    pub fn only_tagged(mut self, tag: Option<Tag>) -> Self {
+        self.cluster_tag = tag;
+        self
     }
 }
 
@@ -101,11 +110,14 @@ impl Ec2 for SdkEc2 {
         for chunk in instances.chunks(FILTER_VALUES) {
             let mut token = None;
             loop {
-                let page = self
-                    .client
-                    .describe_network_interfaces()
+                let mut request = (self.client.describe_network_interfaces())
                     .filters(filter(&format!("tag:{NO_MANAGE_TAG}"), vec!["true".into()]))
-                    .filters(filter("attachment.instance-id", chunk.to_vec()))
+                    .filters(filter("attachment.instance-id", chunk.to_vec()));
+                if let Some(tag) = &self.cluster_tag {
+                    let tagged = filter(&format!("tag:{}", tag.key), vec![tag.value.clone()]);
+                    request = request.filters(tagged);
+                }
+                let page = request
                     .max_results(1000)
                     .set_next_token(token)
                     .send()

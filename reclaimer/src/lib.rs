@@ -129,7 +129,7 @@ pub async fn ec2_client(args: &Args, registry: &mut Registry) -> ec2::SdkEc2 {
     .await;
     let attempts = ipmgr::aws::Attempts::default();
     attempts.register_as(registry, "ipmgmt_reclaimer_ec2_attempts");
-    ec2::SdkEc2::new(ipmgr::aws::ec2_client(&sdk, &attempts))
+    ec2::SdkEc2::new(ipmgr::aws::ec2_client(&sdk, &attempts)).only_tagged(args.cluster_tag.clone())
 }
 
 pub fn init_logging(format: config::LogFormat, filter: &str) -> anyhow::Result<()> {

@@ -148,6 +148,22 @@ def test_iam_policy_is_valid_for_aws_own_definitions():
     assert findings and all(issue == "UNKNOWN_CONDITION_FOR_ACTION" for issue, _ in findings), findings
 
 
+def test_the_guides_cluster_tag_condition_is_valid_in_both_policies():
+    """The user guide's condition for one cluster's ENIs (chart value aws.clusterTag),
+    put into each shipped policy's mutating statement, passes AWS's definitions."""
+    guide = (ROOT / "docs" / "user-guide.md").read_text()
+    (fragment,) = [b for b in re.findall(r"```json\n(.*?)```", guide, re.S) if "kubernetes.io/cluster/" in b]
+    condition = json.loads("{" + fragment.strip() + "}")["Condition"]
+    assert condition["StringEquals"]["ec2:ResourceTag/node.k8s.amazonaws.com/no_manage"] == "true"
+    for name in ("iam-policy.json", "reclaimer-iam-policy.json"):
+        policy = json.loads((ROOT / "deploy" / name).read_text())
+        scoped = [st for st in policy["Statement"] if "Condition" in st]
+        assert scoped, name
+        for statement in scoped:
+            statement["Condition"] = condition
+        assert parliament_findings(policy) == [], name
+
+
 def test_irsa_trust_policy_matches_what_the_webhook_injects():
     trust = json.loads((ROOT / "deploy" / "irsa-trust-policy.json").read_text())
     (statement,) = trust["Statement"]

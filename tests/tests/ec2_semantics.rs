@@ -74,6 +74,7 @@ fn settings() -> Settings {
         policy: Policy {
             min_device_index: 1,
             require_no_manage: true,
+            cluster_tag: None,
         },
         confirm_timeout: Duration::from_secs(5),
     }
@@ -249,6 +250,84 @@ async fn enis_the_vpc_cni_manages_are_refused_by_name() {
         .unwrap();
     assert!(outcome.is_complete(), "{:?}", outcome.failed);
     assert_eq!(fake.holder(ip("10.0.1.50")).as_deref(), Some("eni-1n3"));
+}
+
+/// The shipped policy with the user guide's cluster tag added to the condition of
+/// the mutating actions.
+fn policy_with_cluster_tag(key: &str, value: &str) -> IamPolicy {
+    let mut json: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/iam-policy.json")).unwrap();
+    let statements = json["Statement"].as_array_mut().unwrap();
+    let mutating = (statements.iter_mut())
+        .find(|s| s["Sid"] == "IpmgmtAssignOnMultusEnis")
+        .expect("the statement of the mutating actions");
+    mutating["Condition"]["StringEquals"][format!("ec2:ResourceTag/{key}")] = value.into();
+    IamPolicy::parse(&json)
+}
+
+#[tokio::test]
+async fn a_cluster_tag_keeps_the_manager_off_another_clusters_enis() {
+    const CLUSTER: &str = "kubernetes.io/cluster/prod=owned";
+    // Both Multus ENIs are tagged no_manage; only eni-1n3 carries the cluster's tag,
+    // and the role's policy requires it.
+    let mut w = world();
+    let n3 = w.enis.iter_mut().find(|e| e.id == "eni-1n3").unwrap();
+    n3.tags
+        .push(("kubernetes.io/cluster/prod".into(), "owned".into()));
+    let pod = [
+        local("10.0.1.50", "net1", MAC_N3),
+        local("100.64.0.50", "net2", MAC_N6),
+    ];
+
+    // The manager not told the tag: EC2 refuses the untagged ENI, and the line says
+    // that the policy may require a cluster tag.
+    let (fake, ec2) = start(w.clone()).await;
+    fake.set_policy(Some(policy_with_cluster_tag(
+        "kubernetes.io/cluster/prod",
+        "owned",
+    )));
+    let mgr = Manager::new(ec2, "i-0001".into(), settings());
+    let outcome = mgr.assign(&pod, Take::All).await.unwrap();
+    let line = only_failure(&outcome);
+    assert!(
+        line.contains("100.64.0.50")
+            && line.contains("eni-1n6")
+            && line.contains("UnauthorizedOperation")
+            && line.contains("if the role's policy also requires a cluster tag, tag the ENI with it and set aws.clusterTag"),
+        "{line}"
+    );
+    assert_eq!(fake.holder(ip("10.0.1.50")).as_deref(), Some("eni-1n3"));
+    assert_eq!(fake.holder(ip("100.64.0.50")), None);
+
+    // Told the tag (IPMGR_CLUSTER_TAG): the untagged ENI is refused by name before any
+    // call to it.
+    let (fake, ec2) = start(w).await;
+    fake.set_policy(Some(policy_with_cluster_tag(
+        "kubernetes.io/cluster/prod",
+        "owned",
+    )));
+    let tagged = Settings {
+        policy: Policy {
+            cluster_tag: Some(CLUSTER.parse().unwrap()),
+            ..settings().policy
+        },
+        ..settings()
+    };
+    let mgr = Manager::new(ec2, "i-0001".into(), tagged);
+    let outcome = mgr.assign(&pod, Take::All).await.unwrap();
+    let line = only_failure(&outcome);
+    assert!(
+        line.contains("100.64.0.50")
+            && line.contains("eni-1n6")
+            && line.contains("not tagged kubernetes.io/cluster/prod=owned")
+            && line.contains("IPMGR_CLUSTER_TAG"),
+        "{line}"
+    );
+    assert_eq!(fake.holder(ip("10.0.1.50")).as_deref(), Some("eni-1n3"));
+    let calls_to_1n6 = (fake.log().iter())
+        .filter(|e| e.eni.as_deref() == Some("eni-1n6"))
+        .count();
+    assert_eq!(calls_to_1n6, 0, "{:?}", fake.log());
 }
 
 #[tokio::test]

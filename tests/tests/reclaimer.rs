@@ -70,6 +70,10 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_with(scenario::world()).await
+    }
+
+    async fn start_with(world: ipmgmt_tests::fake_ec2::World) -> Cluster {
         // RECLAIMER_TEST_LOG=debug shows what the in-process reclaimer does.
         if let Ok(filter) = std::env::var("RECLAIMER_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -83,7 +87,7 @@ impl Cluster {
         kube.apply(Kind::Node, node("node-2", "i-0002"));
         kube.apply(Kind::NetworkAttachmentDefinition, nad());
         let kube_addr = kube.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let ec2 = FakeEc2::new(scenario::world());
+        let ec2 = FakeEc2::new(world);
         ec2.set_policy(Some(reclaimer_policy()));
         let ec2_addr = ec2.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
         Cluster {
@@ -153,7 +157,8 @@ impl Cluster {
         let ec2 = SdkEc2::new(ipmgr::aws::ec2_client(
             &sdk,
             &ipmgr::aws::Attempts::default(),
-        ));
+        ))
+        .only_tagged(args.cluster_tag.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready, admin) = oneshot::channel();
         let task = tokio::spawn(ipmgmt_reclaimer::run(
@@ -328,6 +333,38 @@ async fn a_floating_ip_outside_every_pool_is_never_released() {
         sample(&m, "ipmgmt_reclaimer_addresses{verdict=\"claimed\"}"),
         1.0
     );
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_cluster_tag_only_enis_carrying_it_are_swept() {
+    // Only node-1's Multus ENI carries the cluster's tag: node-2's belongs, as far as
+    // the reclaimer may know, to another cluster sharing the account.
+    let mut world = scenario::world();
+    let n3 = world.enis.iter_mut().find(|e| e.id == "eni-1n3").unwrap();
+    n3.tags.push(("eks:cluster-name".into(), "prod".into()));
+    let c = Cluster::start_with(world).await;
+    c.running("app-a", "node-1", "10.0.1.66", "eni-1n3");
+    c.running("app-b", "node-2", "10.0.1.70", "eni-2n3");
+    let r = c
+        .reclaimer("reclaimer-0", &["--cluster-tag", "eks:cluster-name=prod"])
+        .await;
+    tokio::time::sleep(GRACE).await;
+    c.kube.delete(Kind::Pod, "multus-demo", "app-a");
+    c.kube.delete(Kind::Pod, "multus-demo", "app-b");
+    wait_for(
+        "the tagged ENI's address released",
+        Duration::from_secs(10),
+        || c.holder("10.0.1.66").is_none(),
+    )
+    .await;
+    tokio::time::sleep(GRACE * 2).await;
+    assert_eq!(
+        c.holder("10.0.1.70").as_deref(),
+        Some("eni-2n3"),
+        "an ENI without the cluster's tag is never swept"
+    );
+    assert_eq!(c.unassign_calls(), 1);
     r.stop().await;
 }
 

@@ -204,6 +204,7 @@ fn settings(args: &Args) -> Settings {
         policy: Policy {
             min_device_index: args.min_device_index,
             require_no_manage: args.require_no_manage_tag,
+            cluster_tag: args.cluster_tag.clone(),
         },
         confirm_timeout: args.confirm,
     }

@@ -113,6 +113,7 @@ has(object.metadata.annotations) && 'ipmgmt.aws/mode' in object.metadata.annotat
 {{- if not $i.nativeSidecar }}{{ $args = append $args "--classic-sidecar" }}{{ end -}}
 {{- with $aws.region }}{{ $args = append $args (printf "--region=%s" .) }}{{ end -}}
 {{- with $aws.roleArn }}{{ $args = append $args (printf "--role-arn=%s" .) }}{{ end -}}
+{{- with $aws.clusterTag }}{{ $args = append $args (printf "--ipmgr-env=IPMGR_CLUSTER_TAG=%s" .) }}{{ end -}}
 {{- if $aws.imds.disabled }}{{ $args = append $args "--imds-disabled" }}{{ end -}}
 {{- with $aws.imds.endpointMode }}{{ $args = append $args (printf "--imds-endpoint-mode=%s" .) }}{{ end -}}
 {{- with $aws.imds.endpoint }}{{ $args = append $args (printf "--imds-endpoint=%s" .) }}{{ end -}}
