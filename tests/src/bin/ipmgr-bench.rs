@@ -2,7 +2,9 @@
 //! (the scenario of tests/tests/pod_netns.rs: 2 secondary interfaces, 3 addresses):
 //! - `ipmgr init`, process start to exit, and the EC2 calls it makes;
 //! - sidecar: an address added in the pod → its AssignPrivateIpAddresses arriving at
-//!   the fake; wake-ups and RSS while idle.
+//!   the fake; wake-ups and RSS while idle;
+//! - the same events followed by the seed script's loop (`ipmgr-scale
+//!   old-script-sidecar`: the pod's addresses every 500 ms, one Assign for what is new).
 //!
 //! Needs root.   ipmgr-bench [--ipmgr target/release/ipmgr] [--runs 30] [--events 30]
 
@@ -25,8 +27,13 @@ struct Args {
     ipmgr: Option<PathBuf>,
     #[arg(long, default_value_t = 30)]
     runs: usize,
-    #[arg(long, default_value_t = 30)]
-    events: usize,
+    /// Address events per follower; at most 75 (addresses 10.0.1.100 to .249).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..=75))]
+    events: u16,
+    /// `ipmgr-scale`, whose hidden `old-script-sidecar` is the seed script's loop;
+    /// default: beside this binary.
+    #[arg(long)]
+    old_script: Option<PathBuf>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -143,8 +150,87 @@ async fn main() -> anyhow::Result<()> {
         rss as f64 / 1024.0
     );
 
+    let events = usize::from(args.events);
+    let (upper, lower) = follow_latency(&fake, &net.ns, events, 100).await?;
+    summary(
+        "sidecar, address added → Assign at EC2 (from before `ip addr add`)",
+        upper,
+    );
+    summary(
+        "sidecar, address added → Assign at EC2 (from after `ip addr add` returned)",
+        lower,
+    );
+    println!(
+        "sidecar after {events} events: RSS {:.1} MiB, peak {:.1} MiB",
+        proc_status(pid, "VmRSS:") as f64 / 1024.0,
+        proc_status(pid, "VmHWM:") as f64 / 1024.0
+    );
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    let status = tokio::task::spawn_blocking(move || sidecar.wait()).await??;
+    ensure!(status.success(), "sidecar exit {status}");
+
+    // The seed script's sidecar loop on the same namespace, with the same events, once
+    // the addresses of the events above are gone from the pod.
+    for k in 0..events {
+        let gone = Command::new("ip")
+            .args([
+                "-n",
+                &net.ns,
+                "addr",
+                "del",
+                &format!("10.0.1.{}/24", 100 + k),
+                "dev",
+                "net1",
+            ])
+            .status()?;
+        ensure!(gone.success(), "ip addr del failed");
+    }
+    let script = ipmgmt_tests::netns::pod_executable(&match args.old_script {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("ipmgr-scale"),
+    });
+    let _ = std::fs::remove_file(dir.join("ready"));
+    let mut old = net.ipmgr(&script, "old-script-sidecar", at, &dir);
+    old.env("NODE_NAME", "ip-10-0-0-10.us-west-2.compute.internal")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let mut old = old.spawn()?;
+    let until = Instant::now() + Duration::from_secs(30);
+    while !dir.join("ready").exists() {
+        ensure!(
+            Instant::now() < until,
+            "the seed script's loop never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (upper, lower) = follow_latency(&fake, &net.ns, events, 100 + events).await?;
+    summary(
+        "seed script's loop, address added → Assign at EC2 (from before `ip addr add`)",
+        upper,
+    );
+    summary(
+        "seed script's loop, address added → Assign at EC2 (from after `ip addr add` returned)",
+        lower,
+    );
+    old.kill()?;
+    old.wait()?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// Adds `events` addresses to the pod's net1, one at a time, and times each from just
+/// before `ip addr add` started (upper) and from just after it returned (lower) to
+/// its AssignPrivateIpAddresses arriving at the fake.
+async fn follow_latency(
+    fake: &FakeEc2,
+    ns: &str,
+    events: usize,
+    first_host: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let (mut upper, mut lower) = (Vec::new(), Vec::new());
-    for k in 0..args.events {
+    for k in 0..events {
         let assigned_before = fake
             .log()
             .iter()
@@ -154,10 +240,10 @@ async fn main() -> anyhow::Result<()> {
         let ok = Command::new("ip")
             .args([
                 "-n",
-                &net.ns,
+                ns,
                 "addr",
                 "add",
-                &format!("10.0.1.{}/24", 100 + k),
+                &format!("10.0.1.{}/24", first_host + k),
                 "dev",
                 "net1",
             ])
@@ -180,27 +266,9 @@ async fn main() -> anyhow::Result<()> {
         };
         upper.push(arrived.saturating_sub(before) as f64 / 1000.0);
         lower.push(arrived.saturating_sub(after) as f64 / 1000.0);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A random pause, so that events do not fall in step with a poller's period.
+        let random = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), k);
+        tokio::time::sleep(Duration::from_millis(50 + random % 500)).await;
     }
-    summary(
-        "sidecar, address added → Assign at EC2 (from before `ip addr add`)",
-        upper,
-    );
-    summary(
-        "sidecar, address added → Assign at EC2 (from after `ip addr add` returned)",
-        lower,
-    );
-    println!(
-        "sidecar after {} events: RSS {:.1} MiB, peak {:.1} MiB",
-        args.events,
-        proc_status(pid, "VmRSS:") as f64 / 1024.0,
-        proc_status(pid, "VmHWM:") as f64 / 1024.0
-    );
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    let status = tokio::task::spawn_blocking(move || sidecar.wait()).await??;
-    ensure!(status.success(), "sidecar exit {status}");
-    std::fs::remove_dir_all(&dir)?;
-    Ok(())
+    Ok((upper, lower))
 }

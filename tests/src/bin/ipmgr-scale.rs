@@ -90,6 +90,9 @@ enum Command {
     /// The seed script's calls for one pod start (run inside a pod).
     #[command(hide = true)]
     OldScript,
+    /// The seed script's sidecar loop, polling every 500 ms (run inside a pod).
+    #[command(hide = true)]
+    OldScriptSidecar,
 }
 
 fn beside(name: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -122,6 +125,7 @@ fn kib(k: u64) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::OldScriptSidecar => old_script::follow().await,
         Command::OldScript => {
             if let Err(e) = old_script::pod_start().await {
                 let line = format!("{e:#}");
