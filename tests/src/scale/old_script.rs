@@ -139,10 +139,10 @@ pub async fn follow() -> anyhow::Result<()> {
             .filter(|ip| !known.contains(ip))
             .copied()
             .collect();
-        if !new.is_empty() {
-            if let Err(e) = node.assign(&new).await {
-                eprintln!("{e:#}");
-            }
+        if !new.is_empty()
+            && let Err(e) = node.assign(&new).await
+        {
+            eprintln!("{e:#}");
         }
         known = now;
     }
