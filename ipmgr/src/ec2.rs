@@ -165,7 +165,19 @@ impl Ec2Error {
         code: Option<&str>,
         detail: impl Into<String>,
     ) -> Self {
-        let hint = hint(action, code);
+        Ec2Error::with_remedy(action, target, code, detail, hint)
+    }
+
+    /// An error whose hint comes from `remedy`: each binary says what its own operator
+    /// should do.
+    pub fn with_remedy(
+        action: Action,
+        target: impl Into<String>,
+        code: Option<&str>,
+        detail: impl Into<String>,
+        remedy: Remedy,
+    ) -> Self {
+        let hint = remedy(action, code);
         Ec2Error {
             action,
             target: target.into(),
@@ -176,6 +188,10 @@ impl Ec2Error {
     }
 }
 
+/// What to do about a refusal with this code (none: no answer), as one clause.
+pub type Remedy = fn(Action, Option<&str>) -> String;
+
+/// The IP manager's remedies.
 fn hint(action: Action, code: Option<&str>) -> String {
     match code {
         // On an ENI, the manager, which knows its tags, says which part of the policy
@@ -212,18 +228,27 @@ fn hint(action: Action, code: Option<&str>) -> String {
     }
 }
 
-fn sdk_error<E>(action: Action, target: impl Into<String>, err: SdkError<E>) -> Ec2Error
+/// One line for a failed SDK call: EC2's code and message, what the credential
+/// provider ran into, or why no answer came; with `remedy`'s hint, or the credentials'
+/// own.
+pub fn sdk_error<E>(
+    action: Action,
+    target: impl Into<String>,
+    err: SdkError<E>,
+    remedy: Remedy,
+) -> Ec2Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     match &err {
         SdkError::ServiceError(service) => {
             let e = service.err();
-            Ec2Error::new(
+            Ec2Error::with_remedy(
                 action,
                 target,
                 e.code(),
                 e.message().unwrap_or("no message"),
+                remedy,
             )
         }
         _ => match credentials_error(&err) {
@@ -238,7 +263,7 @@ where
                     hint,
                 }
             }
-            None => Ec2Error::new(action, target, None, cause(&err)),
+            None => Ec2Error::with_remedy(action, target, None, cause(&err), remedy),
         },
     }
 }
@@ -272,11 +297,21 @@ fn credentials_error<'a>(
 #[derive(Clone, Debug)]
 pub struct SdkEc2 {
     client: aws_sdk_ec2::Client,
+    remedy: Remedy,
 }
 
 impl SdkEc2 {
     pub fn new(client: aws_sdk_ec2::Client) -> Self {
-        SdkEc2 { client }
+        SdkEc2 {
+            client,
+            remedy: hint,
+        }
+    }
+
+    /// Another binary's remedies in its error lines (the reclaimer's).
+    pub fn with_remedy(mut self, remedy: Remedy) -> Self {
+        self.remedy = remedy;
+        self
     }
 
     async fn describe_enis(
@@ -295,7 +330,12 @@ impl SdkEc2 {
                 .send()
                 .await
                 .map_err(|e| {
-                    sdk_error(Action::DescribeNetworkInterfaces, action_target.clone(), e)
+                    sdk_error(
+                        Action::DescribeNetworkInterfaces,
+                        action_target.clone(),
+                        e,
+                        self.remedy,
+                    )
                 })?;
             out.extend(page.network_interfaces().iter().filter_map(to_eni));
             token = page.next_token().map(str::to_owned);
@@ -378,7 +418,7 @@ impl Ec2 for SdkEc2 {
             .set_subnet_ids(Some(ids.to_vec()))
             .send()
             .await
-            .map_err(|e| sdk_error(Action::DescribeSubnets, ids.join(","), e))?;
+            .map_err(|e| sdk_error(Action::DescribeSubnets, ids.join(","), e, self.remedy))?;
         Ok(out
             .subnets()
             .iter()
@@ -426,7 +466,14 @@ impl Ec2 for SdkEc2 {
             .filters(filter("private-dns-name", vec![name.to_owned()]))
             .send()
             .await
-            .map_err(|e| sdk_error(Action::DescribeInstances, format!("named {name}"), e))?;
+            .map_err(|e| {
+                sdk_error(
+                    Action::DescribeInstances,
+                    format!("named {name}"),
+                    e,
+                    self.remedy,
+                )
+            })?;
         Ok(out
             .reservations()
             .iter()
@@ -448,7 +495,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error(Action::AssignPrivateIpAddresses, eni, e))
+            .map_err(|e| sdk_error(Action::AssignPrivateIpAddresses, eni, e, self.remedy))
     }
 
     async fn unassign_ipv4(&self, eni: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
@@ -459,7 +506,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error(Action::UnassignPrivateIpAddresses, eni, e))
+            .map_err(|e| sdk_error(Action::UnassignPrivateIpAddresses, eni, e, self.remedy))
     }
 
     async fn assign_ipv6(&self, eni: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
@@ -470,7 +517,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error(Action::AssignIpv6Addresses, eni, e))
+            .map_err(|e| sdk_error(Action::AssignIpv6Addresses, eni, e, self.remedy))
     }
 
     async fn unassign_ipv6(&self, eni: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
@@ -481,7 +528,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error(Action::UnassignIpv6Addresses, eni, e))
+            .map_err(|e| sdk_error(Action::UnassignIpv6Addresses, eni, e, self.remedy))
     }
 }
 

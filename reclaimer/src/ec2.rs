@@ -8,10 +8,8 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::Filter;
-use ipmgr::aws::cause;
-use ipmgr::ec2::{Action, Ec2Error};
+use ipmgr::ec2::{Action, Ec2Error, sdk_error};
 use ipmgr::eni::{NO_MANAGE_TAG, Tag};
 
 /// Where the reclaimer's policy lives, for error messages.
@@ -78,7 +76,7 @@ pub struct SdkEc2 {
 impl SdkEc2 {
     pub fn new(client: aws_sdk_ec2::Client) -> Self {
         SdkEc2 {
-            ipmgr: ipmgr::ec2::SdkEc2::new(client.clone()),
+            ipmgr: ipmgr::ec2::SdkEc2::new(client.clone()).with_remedy(hint),
             client,
             cluster_tag: None,
         }
@@ -89,12 +87,6 @@ impl SdkEc2 {
         self.cluster_tag = tag;
         self
     }
-}
-
-/// The IP manager's error, with the remedy a reclaimer's operator needs.
-fn reclaimer_hint(mut e: Ec2Error) -> Ec2Error {
-    e.hint = hint(e.action, e.code.as_deref());
-    e
 }
 
 fn filter(name: &str, values: Vec<String>) -> Filter {
@@ -127,6 +119,7 @@ impl Ec2 for SdkEc2 {
                             Action::DescribeNetworkInterfaces,
                             format!("of {} instances", chunk.len()),
                             e,
+                            hint,
                         )
                     })?;
                 out.extend(page.network_interfaces().iter().filter_map(multus_eni));
@@ -140,15 +133,11 @@ impl Ec2 for SdkEc2 {
     }
 
     async fn unassign_ipv4(&self, eni: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
-        ipmgr::ec2::Ec2::unassign_ipv4(&self.ipmgr, eni, ips)
-            .await
-            .map_err(reclaimer_hint)
+        ipmgr::ec2::Ec2::unassign_ipv4(&self.ipmgr, eni, ips).await
     }
 
     async fn unassign_ipv6(&self, eni: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
-        ipmgr::ec2::Ec2::unassign_ipv6(&self.ipmgr, eni, ips)
-            .await
-            .map_err(reclaimer_hint)
+        ipmgr::ec2::Ec2::unassign_ipv6(&self.ipmgr, eni, ips).await
     }
 }
 
@@ -181,34 +170,7 @@ fn multus_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<MultusEni> {
     })
 }
 
-/// Errors after which this sweep stops and the next one tries again.
-pub fn is_throttling(e: &Ec2Error) -> bool {
-    matches!(
-        e.code.as_deref(),
-        Some("RequestLimitExceeded" | "Throttling" | "ThrottlingException")
-    )
-}
-
-fn sdk_error<E>(action: Action, target: impl Into<String>, err: SdkError<E>) -> Ec2Error
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    let (code, detail) = match &err {
-        SdkError::ServiceError(service) => (
-            service.err().code().map(str::to_owned),
-            service.err().message().unwrap_or("no message").to_owned(),
-        ),
-        _ => (None, cause(&err)),
-    };
-    Ec2Error {
-        action,
-        target: target.into(),
-        hint: hint(action, code.as_deref()),
-        code,
-        detail,
-    }
-}
-
+/// The reclaimer's remedies (`ipmgr::ec2::Remedy`).
 fn hint(action: Action, code: Option<&str>) -> String {
     match code {
         Some("UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException") => format!(
@@ -275,6 +237,63 @@ mod tests {
             b = b.tag_set(Tag::builder().key(NO_MANAGE_TAG).value("true").build());
         }
         b.build()
+    }
+
+    /// A client whose endpoint refuses connections, with the given credentials.
+    fn unreachable(
+        credentials: impl aws_credential_types::provider::ProvideCredentials + 'static,
+    ) -> SdkEc2 {
+        let config = aws_sdk_ec2::Config::builder()
+            .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
+            .region(aws_sdk_ec2::config::Region::new("eu-west-1"))
+            .endpoint_url("http://127.0.0.1:9")
+            .retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled())
+            .credentials_provider(credentials)
+            .build();
+        SdkEc2::new(aws_sdk_ec2::Client::from_conf(config))
+    }
+
+    #[derive(Debug)]
+    struct NoCredentials;
+
+    impl aws_credential_types::provider::ProvideCredentials for NoCredentials {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            let none = aws_credential_types::provider::error::CredentialsError::not_loaded(
+                "no providers in chain provided credentials",
+            );
+            aws_credential_types::provider::future::ProvideCredentials::ready(Err(none))
+        }
+    }
+
+    /// Each of the three calls, failed.
+    async fn failures(ec2: &SdkEc2) -> [Ec2Error; 3] {
+        let (v4, v6) = (
+            "10.0.4.66".parse().unwrap(),
+            "2001:db8::100".parse().unwrap(),
+        );
+        [
+            ec2.multus_enis(&["i-1".into()]).await.unwrap_err(),
+            ec2.unassign_ipv4("eni-1", &[v4]).await.unwrap_err(),
+            ec2.unassign_ipv6("eni-1", &[v6]).await.unwrap_err(),
+        ]
+    }
+
+    #[tokio::test]
+    async fn no_answer_and_missing_credentials_each_get_their_own_remedy() {
+        let keys = aws_credential_types::Credentials::new("AKIDTEST", "secret", None, None, "t");
+        for e in failures(&unreachable(keys)).await {
+            assert_eq!(e.code, None);
+            assert!(e.hint.contains("the reclaimer's egress"), "{e}");
+        }
+        for e in failures(&unreachable(NoCredentials)).await {
+            assert!(e.to_string().contains("found no AWS credentials"), "{e}");
+            assert!(!e.hint.contains("egress"), "{e}");
+        }
     }
 
     #[test]

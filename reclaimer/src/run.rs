@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::claims::NadRef;
-use crate::ec2::{Ec2, is_throttling};
+use crate::ec2::Ec2;
 use crate::events::Events;
 use crate::metrics::{Metrics, ReleaseResult, SweepResult};
 use crate::sweep::{Cluster, Held, Release, Suspects, decide};
@@ -100,7 +100,7 @@ impl<E: Ec2> Sweeper<E> {
         let ids: Vec<String> = instances.keys().cloned().collect();
         let enis = match self.ec2.multus_enis(&ids).await {
             Ok(enis) => enis,
-            Err(e) if is_throttling(&e) => {
+            Err(e) if e.is_throttling() => {
                 warn!(error = %e, "sweep stopped");
                 return SweepResult::Throttled;
             }
@@ -174,7 +174,7 @@ impl<E: Ec2> Sweeper<E> {
                     Err(e) => {
                         self.metrics.release(ReleaseResult::Failed, batch.len());
                         warn!(node, eni, error = %e, "release failed");
-                        if is_throttling(&e) {
+                        if e.is_throttling() {
                             return SweepResult::Throttled;
                         }
                     }

@@ -623,9 +623,12 @@ async fn leader_hand_over_only_one_replica_acts() {
     for n in 64..70 {
         c.ec2.move_address(ip(&format!("10.0.1.{n}")), "eni-1n3");
     }
-    wait_for("six released", Duration::from_secs(15), || {
-        (64..70).all(|n| c.holder(&format!("10.0.1.{n}")).is_none())
-    })
+    // One call releases the six; their Events follow it, one at a time.
+    wait_for(
+        "six released, with their Events",
+        Duration::from_secs(15),
+        || (64..70).all(|n| c.holder(&format!("10.0.1.{n}")).is_none()) && c.events().len() >= 6,
+    )
     .await;
     assert_eq!(
         reporters(&c),
