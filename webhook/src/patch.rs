@@ -7,18 +7,24 @@
 //!
 //! Values are kept as serialized JSON text: the injected container is rendered once at
 //! start-up and spliced into every patch, instead of being rebuilt and re-serialized
-//! for each review.
+//! for each review. The text is shared, not copied, into each patch.
+
+use std::sync::Arc;
 
 use jsonptr::{PointerBuf, Token};
 use serde::Serialize;
 
 /// A JSON value already serialized to text.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Json(String);
+pub struct Json(Arc<str>);
 
 impl Json {
     pub fn of(value: &impl Serialize) -> Json {
-        Json(serde_json::to_string(value).expect("in-memory values always serialize"))
+        Json(
+            serde_json::to_string(value)
+                .expect("in-memory values always serialize")
+                .into(),
+        )
     }
 
     pub fn as_str(&self) -> &str {
@@ -104,7 +110,7 @@ impl Patch {
             let joined: Vec<&str> = items.iter().map(|j| j.as_str()).collect();
             self.add(
                 pointer(path.iter().copied()),
-                Json(format!("[{}]", joined.join(","))),
+                Json(format!("[{}]", joined.join(",")).into()),
             );
             return;
         }
