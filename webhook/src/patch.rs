@@ -67,9 +67,9 @@ impl Patch {
         if items.is_empty() {
             return;
         }
+        // The items, and room for their operations' own text.
         let text: usize = items.iter().map(|i| i.as_str().len()).sum();
-        self.ops
-            .reserve(text + items.len() * (path.len() * 16 + 40));
+        self.ops.reserve(text + 64 * items.len());
         if !exists {
             let value = self.add(path.iter().copied());
             value.push(b'[');
@@ -140,8 +140,8 @@ fn json(out: &mut Vec<u8>, value: &impl Serialize) {
 }
 
 /// A JSON pointer from unescaped tokens, as a JSON string: `~` and `/` in a token are
-/// escaped here (by jsonptr's `Token`). Its `PointerBuf`, and serde_json's escaping of
-/// text that needs none, took five times as long.
+/// escaped here (by jsonptr's `Token`), and the pointer as a JSON string only when it
+/// holds what JSON escapes.
 fn pointer<'a>(out: &mut Vec<u8>, tokens: impl IntoIterator<Item = &'a str>) {
     let start = out.len();
     out.push(b'"');
