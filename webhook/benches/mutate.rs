@@ -9,6 +9,10 @@ use ipmgmt_webhook::inject::Injector;
 use ipmgmt_webhook::review::{Outcome, envelope, review};
 use serde_json::Value;
 
+/// The binary's allocator (`src/main.rs`), so that the figures are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn fixture(case: &str) -> Value {
     let path = format!("{}/fixtures/{case}/pod.json", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()

@@ -83,9 +83,9 @@ fn check_with(body: &[u8], injector: &Injector, manager: &str) {
         )
     });
 
-    // The review reads only the fields it uses, so it can answer a body that is not
-    // all valid JSON (bad UTF-8 in a field it skips). The apiserver never sends one,
-    // and there is no pod document to apply the patch to.
+    // The review reads only the fields it uses, so it can answer a body that serde_json
+    // cannot read whole (nesting past its depth limit in a field it skips). The
+    // apiserver never sends one, and there is no pod document to apply the patch to.
     let Ok(request) = serde_json::from_slice::<Value>(body) else {
         return;
     };

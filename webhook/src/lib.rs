@@ -140,8 +140,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep(shutdown_delay).await;
     };
     health.set_ready(true);
-    let router = server::router(app);
-    server::serve(listener, acceptor, router, limits, tls_metrics, shutdown).await;
+    server::serve(listener, acceptor, app, limits, tls_metrics, shutdown).await;
     Ok(())
 }
 

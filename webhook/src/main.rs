@@ -1,6 +1,11 @@
 use clap::Parser;
 use ipmgmt_webhook::config::Args;
 
+/// A review allocates and frees a few dozen small blocks: glibc's malloc and free took
+/// 13% of a review's instructions (callgrind), mimalloc's take 5%.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     rustls::crypto::aws_lc_rs::default_provider()

@@ -9,7 +9,7 @@
 //! start-up and spliced into every patch, instead of being rebuilt and re-serialized
 //! for each review.
 
-use jsonptr::{PointerBuf, Token};
+use jsonptr::Token;
 use serde::Serialize;
 
 /// A JSON value already serialized to text.
@@ -33,15 +33,12 @@ pub enum Position {
     Last,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Op {
-    Add { path: PointerBuf, value: Json },
-    Move { from: PointerBuf, path: PointerBuf },
-}
-
+/// The operations written as they are added, each already JSON text: a review's patch
+/// is built once and sent once, so nothing is kept to be serialized later.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Patch {
-    ops: Vec<Op>,
+    /// The operations, comma-separated, without the array's brackets.
+    ops: Vec<u8>,
 }
 
 impl Patch {
@@ -51,39 +48,9 @@ impl Patch {
 
     /// The patch as the JSON array the API expects (before base64).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let size: usize = self
-            .ops
-            .iter()
-            .map(|op| match op {
-                Op::Add { path, value } => path.as_str().len() + value.0.len() + 32,
-                Op::Move { from, path } => from.as_str().len() + path.as_str().len() + 40,
-            })
-            .sum();
-        let mut out = Vec::with_capacity(size + 2);
+        let mut out = Vec::with_capacity(self.ops.len() + 2);
         out.push(b'[');
-        let pointer = |out: &mut Vec<u8>, p: &PointerBuf| {
-            serde_json::to_writer(out, p.as_str()).expect("writing to a Vec cannot fail")
-        };
-        for (i, op) in self.ops.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            match op {
-                Op::Add { path, value } => {
-                    out.extend_from_slice(br#"{"op":"add","path":"#);
-                    pointer(&mut out, path);
-                    out.extend_from_slice(br#","value":"#);
-                    out.extend_from_slice(value.0.as_bytes());
-                }
-                Op::Move { from, path } => {
-                    out.extend_from_slice(br#"{"op":"move","from":"#);
-                    pointer(&mut out, from);
-                    out.extend_from_slice(br#","path":"#);
-                    pointer(&mut out, path);
-                }
-            }
-            out.push(b'}');
-        }
+        out.extend_from_slice(&self.ops);
         out.push(b']');
         out
     }
@@ -100,12 +67,19 @@ impl Patch {
         if items.is_empty() {
             return;
         }
+        // The items, and room for their operations' own text.
+        let text: usize = items.iter().map(|i| i.as_str().len()).sum();
+        self.ops.reserve(text + 64 * items.len());
         if !exists {
-            let joined: Vec<&str> = items.iter().map(|j| j.as_str()).collect();
-            self.add(
-                pointer(path.iter().copied()),
-                Json(format!("[{}]", joined.join(","))),
-            );
+            let value = self.add(path.iter().copied());
+            value.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    value.push(b',');
+                }
+                value.extend_from_slice(item.as_str().as_bytes());
+            }
+            value.extend_from_slice(b"]}");
             return;
         }
         let (index, ordered): (&str, Box<dyn Iterator<Item = &&Json>>) = match position {
@@ -114,10 +88,9 @@ impl Patch {
             Position::Last => ("-", Box::new(items.iter())),
         };
         for item in ordered {
-            self.add(
-                pointer(path.iter().copied().chain([index])),
-                (*item).clone(),
-            );
+            let value = self.add(path.iter().copied().chain([index]));
+            value.extend_from_slice(item.as_str().as_bytes());
+            value.push(b'}');
         }
     }
 
@@ -125,37 +98,69 @@ impl Patch {
     /// when the pod has none.
     pub fn add_to_map(&mut self, path: &[&str], exists: bool, key: &str, value: &str) {
         if exists {
-            self.add(pointer(path.iter().copied().chain([key])), Json::of(&value));
+            let out = self.add(path.iter().copied().chain([key]));
+            json(out, &value);
         } else {
-            self.add(
-                pointer(path.iter().copied()),
-                Json::of(
-                    &[(key, value)]
-                        .into_iter()
-                        .collect::<std::collections::BTreeMap<_, _>>(),
-                ),
-            );
+            let out = self.add(path.iter().copied());
+            json(out, &std::collections::BTreeMap::from([(key, value)]));
         }
+        self.ops.push(b'}');
     }
 
     /// Moves the element at `index` of the array at `path` to its front; the elements
     /// before it each shift up by one, and none is rewritten.
     pub fn move_to_front(&mut self, path: &[&str], index: usize) {
         let index = index.to_string();
-        self.ops.push(Op::Move {
-            from: pointer(path.iter().copied().chain([index.as_str()])),
-            path: pointer(path.iter().copied().chain(["0"])),
-        });
+        self.next();
+        self.ops.extend_from_slice(br#"{"op":"move","from":"#);
+        pointer(&mut self.ops, path.iter().copied().chain([index.as_str()]));
+        self.ops.extend_from_slice(br#","path":"#);
+        pointer(&mut self.ops, path.iter().copied().chain(["0"]));
+        self.ops.push(b'}');
     }
 
-    fn add(&mut self, path: PointerBuf, value: Json) {
-        self.ops.push(Op::Add { path, value });
+    /// Opens an `add` at `path`; the caller writes the value and the closing brace.
+    fn add<'a>(&mut self, path: impl IntoIterator<Item = &'a str>) -> &mut Vec<u8> {
+        self.next();
+        self.ops.extend_from_slice(br#"{"op":"add","path":"#);
+        pointer(&mut self.ops, path);
+        self.ops.extend_from_slice(br#","value":"#);
+        &mut self.ops
+    }
+
+    fn next(&mut self) {
+        if !self.ops.is_empty() {
+            self.ops.push(b',');
+        }
     }
 }
 
-/// A JSON pointer from unescaped tokens: `~` and `/` in a token are escaped here.
-fn pointer<'a>(tokens: impl IntoIterator<Item = &'a str>) -> PointerBuf {
-    PointerBuf::from_tokens(tokens.into_iter().map(Token::new))
+fn json(out: &mut Vec<u8>, value: &impl Serialize) {
+    serde_json::to_writer(out, value).expect("writing to a Vec cannot fail");
+}
+
+/// A JSON pointer from unescaped tokens, as a JSON string: `~` and `/` in a token are
+/// escaped here (by jsonptr's `Token`), and the pointer as a JSON string only when it
+/// holds what JSON escapes.
+fn pointer<'a>(out: &mut Vec<u8>, tokens: impl IntoIterator<Item = &'a str>) {
+    let start = out.len();
+    out.push(b'"');
+    for token in tokens {
+        out.push(b'/');
+        out.extend_from_slice(Token::new(token).encoded().as_bytes());
+    }
+    if out[start + 1..].iter().copied().any(needs_escape) {
+        let text = String::from_utf8(out.split_off(start + 1)).expect("written from strs");
+        out.truncate(start);
+        json(out, &text);
+    } else {
+        out.push(b'"');
+    }
+}
+
+/// What serde_json escapes in a string: `"`, `\` and control characters.
+fn needs_escape(b: u8) -> bool {
+    b == b'"' || b == b'\\' || b < 0x20
 }
 
 #[cfg(test)]
@@ -175,8 +180,28 @@ mod tests {
 
     #[test]
     fn pointer_escapes_slash_and_tilde() {
-        let p = pointer(["metadata", "annotations", "ipmgmt.aws/mode", "a~b"]);
-        assert_eq!(p.as_str(), "/metadata/annotations/ipmgmt.aws~1mode/a~0b");
+        let mut out = Vec::new();
+        pointer(
+            &mut out,
+            ["metadata", "annotations", "ipmgmt.aws/mode", "a~b", "\"\\"],
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#""/metadata/annotations/ipmgmt.aws~1mode/a~0b/\"\\""#
+        );
+        let tokens = [
+            "metadata",
+            "annotations",
+            "ipmgmt.aws/mode",
+            "a~b",
+            "\"\\",
+            "",
+        ];
+        let mut out = Vec::new();
+        pointer(&mut out, tokens);
+        let text: String = serde_json::from_slice(&out).unwrap();
+        let expected = jsonptr::PointerBuf::from_tokens(tokens.map(Token::new));
+        assert_eq!(text, expected.as_str());
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! `available_parallelism` round the same way. Rounding up would give a 1.5-CPU limit
 //! two threads that can be throttled for a quarter of every period.
 //!
+//! One worker thread is a current-thread runtime: the connections' tasks then run on
+//! the thread that polls the sockets, where a multi-thread runtime of one worker hands
+//! each wake-up through its shared queues and parks through its idle-worker
+//! bookkeeping.
+//!
 //! The limit is read from the cgroup files (v2 `cpu.max`, else v1
 //! `cpu.cfs_quota_us` / `cpu.cfs_period_us`) so that the log can say where the number
 //! came from; `--worker-threads` overrides it.
@@ -152,10 +157,14 @@ pub fn build(requested: usize) -> std::io::Result<tokio::runtime::Runtime> {
             "worker threads: no CPU limit, one per available CPU"
         ),
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    builder.enable_all().build()
 }
 
 #[cfg(test)]
