@@ -10,8 +10,8 @@
 //! numbers (kube-rs#1781) where the API wants the base64 string of Go's `[]byte`.
 //! It is written by hand into one buffer, the patch base64'd straight into it (SIMD):
 //! through serde the base64 text was built apart, then copied and checked for escapes
-//! byte by byte, a fifth of a review's instructions under callgrind. (In tests, `ReviewOut`'s derive is the
-//! reference the writer is checked against.)
+//! byte by byte, a fifth of a review's instructions under callgrind. (In tests,
+//! `ReviewOut`'s derive is the reference the writer is checked against.)
 //! `envelope` is the review the apiserver would send for a pod, for tests and tools.
 
 use std::borrow::Cow;
