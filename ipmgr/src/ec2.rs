@@ -10,7 +10,7 @@ use aws_sdk_ec2::types::{Filter, SubnetCidrBlockStateCode};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::aws::cause;
-use crate::eni::{Eni, NO_MANAGE_TAG, Subnet};
+use crate::eni::{Eni, Subnet};
 
 /// Where the least-privilege policy lives, for error messages.
 pub const IAM_POLICY: &str = "deploy/iam-policy.json";
@@ -346,7 +346,8 @@ impl SdkEc2 {
     }
 }
 
-fn to_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<Eni> {
+/// An ENI as DescribeNetworkInterfaces shows it; `None` without an ID.
+pub fn to_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<Eni> {
     let ipv4 = ni
         .private_ip_addresses()
         .iter()
@@ -362,10 +363,6 @@ fn to_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<Eni> {
         mac: ni.mac_address().unwrap_or_default().to_ascii_lowercase(),
         device_index: ni.attachment().and_then(|a| a.device_index()).unwrap_or(-1),
         subnet_id: ni.subnet_id().unwrap_or_default().to_owned(),
-        no_manage: ni
-            .tag_set()
-            .iter()
-            .any(|t| t.key() == Some(NO_MANAGE_TAG) && t.value() == Some("true")),
         tags: (ni.tag_set().iter())
             .filter_map(|t| {
                 Some((
@@ -686,7 +683,7 @@ mod policy {
         let policy: serde_json::Value =
             serde_json::from_str(include_str!("../../deploy/iam-policy.json"))
                 .expect("policy is JSON");
-        let tag_key = format!("ec2:ResourceTag/{}", super::NO_MANAGE_TAG);
+        let tag_key = format!("ec2:ResourceTag/{}", crate::eni::NO_MANAGE_TAG);
         for action in Action::ALL.into_iter().filter(|a| a.changes_an_eni()) {
             let name = format!("ec2:{action}");
             for statement in policy["Statement"].as_array().unwrap() {

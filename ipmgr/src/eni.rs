@@ -37,8 +37,6 @@ pub struct Eni {
     /// Every private IPv4 address, the primary included.
     pub ipv4: Vec<Ipv4Addr>,
     pub ipv6: Vec<Ipv6Addr>,
-    /// Tagged `node.k8s.amazonaws.com/no_manage=true`: the VPC CNI leaves it alone.
-    pub no_manage: bool,
     /// Every tag, by key.
     pub tags: BTreeMap<String, String>,
     /// The instance it is attached to.
@@ -126,6 +124,11 @@ impl Eni {
     pub fn has(&self, tag: &Tag) -> bool {
         self.tags.get(&tag.key) == Some(&tag.value)
     }
+
+    /// Tagged `node.k8s.amazonaws.com/no_manage=true`: the VPC CNI leaves it alone.
+    pub fn no_manage(&self) -> bool {
+        self.tags.get(NO_MANAGE_TAG).map(String::as_str) == Some("true")
+    }
 }
 
 /// Which of the instance's ENIs ipmgr may assign to.
@@ -180,7 +183,7 @@ impl Policy {
                 index: eni.device_index,
                 min: self.min_device_index,
             })
-        } else if self.require_no_manage && !eni.no_manage {
+        } else if self.require_no_manage && !eni.no_manage() {
             Some(Refusal::ManagedByVpcCni)
         } else {
             (self.cluster_tag.as_ref())
@@ -383,8 +386,10 @@ pub(crate) mod tests {
             primary_ipv4: ipv4.first().map(|ip| ip.parse().unwrap()),
             ipv4: ipv4.iter().map(|ip| ip.parse().unwrap()).collect(),
             ipv6: Vec::new(),
-            no_manage: index > 0,
-            tags: BTreeMap::new(),
+            tags: match index {
+                0 => BTreeMap::new(),
+                _ => [(NO_MANAGE_TAG.to_owned(), "true".to_owned())].into(),
+            },
             instance_id: Some("i-1".into()),
         }
     }
@@ -433,7 +438,7 @@ pub(crate) mod tests {
             "subnet-d",
             &["10.0.4.10"],
         );
-        untagged.no_manage = false;
+        untagged.tags.clear();
         vec![
             eni(
                 "eni-primary",

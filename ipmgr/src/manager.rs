@@ -625,7 +625,7 @@ fn explain_refusal(mut e: Ec2Error, eni: &Eni, cluster: Option<&Tag>) -> Ec2Erro
     let policy = crate::ec2::IAM_POLICY;
     let action = e.action;
     // The ENI is named where the address is; the hint names only what to do.
-    e.hint = match (eni.no_manage, cluster) {
+    e.hint = match (eni.no_manage(), cluster) {
         (true, Some(cluster)) => format!(
             "the ENI is tagged {tag}=true and {cluster}, so the IP manager's IAM role lacks \
              ec2:{action}: attach the policy in {policy} (with the cluster tag condition) to the role"

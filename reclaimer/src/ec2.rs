@@ -141,32 +141,24 @@ impl Ec2 for SdkEc2 {
     }
 }
 
-/// Device index 0 is the node's own ENI, whatever its tags say: never a candidate.
+/// Device index 0 is the node's own ENI, whatever its tags say: never a candidate,
+/// nor is any ENI's primary address. Read as the IP manager reads ENIs.
 fn multus_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<MultusEni> {
-    let attachment = ni.attachment()?;
-    let device_index = attachment.device_index()?;
-    let tagged = ni
-        .tag_set()
-        .iter()
-        .any(|t| t.key() == Some(NO_MANAGE_TAG) && t.value() == Some("true"));
-    if device_index < 1 || !tagged {
+    let eni = ipmgr::ec2::to_eni(ni)?;
+    if eni.device_index < 1 || !eni.no_manage() {
         return None;
     }
+    let primary = eni.primary_ipv4;
     Some(MultusEni {
-        id: ni.network_interface_id()?.to_owned(),
-        instance: attachment.instance_id()?.to_owned(),
-        device_index,
-        ipv4: ni
-            .private_ip_addresses()
-            .iter()
-            .filter(|a| a.primary() != Some(true))
-            .filter_map(|a| a.private_ip_address()?.parse().ok())
+        instance: eni.instance_id?,
+        device_index: eni.device_index,
+        ipv4: eni
+            .ipv4
+            .into_iter()
+            .filter(|v4| Some(*v4) != primary)
             .collect(),
-        ipv6: ni
-            .ipv6_addresses()
-            .iter()
-            .filter_map(|a| a.ipv6_address()?.parse().ok())
-            .collect(),
+        ipv6: eni.ipv6,
+        id: eni.id,
     })
 }
 
