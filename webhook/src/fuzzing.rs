@@ -8,7 +8,9 @@
 //!   with the independent `json-patch` crate, not with our own writer);
 //! - the patched pod holds exactly one manager container, across `initContainers`
 //!   and `containers`;
-//! - the patched pod, reviewed again, is allowed without a patch.
+//! - the patched pod, reviewed again, is allowed without a patch;
+//! - the hand-written JSON reader and serde's derive on the same views (the reference)
+//!   refuse the same bodies and read the same views from the rest.
 
 use std::sync::OnceLock;
 
@@ -18,7 +20,7 @@ use serde_json::Value;
 
 use crate::config::from_flags;
 use crate::inject::Injector;
-use crate::review::{envelope, review};
+use crate::review::{envelope, read_agrees, review};
 
 /// The injectors every body is reviewed with, and the manager name of each.
 fn injectors() -> &'static [(Injector, String)] {
@@ -57,6 +59,9 @@ fn merged(mut base: Vec<String>, case: Vec<String>) -> Vec<String> {
 
 /// Reviews `body` and panics, saying which, if a property does not hold.
 pub fn check(body: &[u8]) {
+    if let Err(diff) = read_agrees(body) {
+        panic!("the reader and serde's derive differ:\n{diff}");
+    }
     for (injector, manager) in injectors() {
         check_with(body, injector, manager);
     }

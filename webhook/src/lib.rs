@@ -9,6 +9,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inject;
+pub mod json;
 pub mod patch;
 pub mod review;
 pub mod runtime;

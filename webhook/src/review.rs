@@ -17,29 +17,33 @@
 use std::borrow::Cow;
 
 use kube_core::admission::Operation;
-use serde::{Deserialize, Serialize};
+use serde::de::IntoDeserializer;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 
+use crate::inject::pod::{object, optional_object};
 use crate::inject::{Decision, Injector, Mode, Pod, Skip};
+use crate::json::{self, Reader, Seen, required};
 
-#[derive(Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ReviewIn<'a> {
     #[serde(borrow)]
     api_version: Cow<'a, str>,
     #[serde(borrow)]
     kind: Cow<'a, str>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_object")]
     request: Option<RequestIn<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RequestIn<'a> {
     #[serde(borrow)]
     uid: Cow<'a, str>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "object")]
     kind: Kind<'a>,
+    #[serde(deserialize_with = "operation")]
     operation: Operation,
     #[serde(borrow, default)]
     sub_resource: Option<Cow<'a, str>>,
@@ -47,12 +51,12 @@ struct RequestIn<'a> {
     name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     namespace: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "optional_object")]
     object: Option<Pod<'a>>,
 }
 
 /// kube-core's `GroupVersionKind`, borrowed.
-#[derive(Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 struct Kind<'a> {
     #[serde(borrow, rename = "group")]
     _group: Cow<'a, str>,
@@ -60,6 +64,170 @@ struct Kind<'a> {
     _version: Cow<'a, str>,
     #[serde(borrow)]
     kind: Cow<'a, str>,
+}
+
+/// kube-core's `Operation` from its name only (its derive also takes `{"CREATE":null}`).
+fn operation<'de, D: Deserializer<'de>>(d: D) -> Result<Operation, D::Error> {
+    let name = Cow::<str>::deserialize(d)?;
+    Operation::deserialize(name.as_ref().into_deserializer())
+}
+
+fn operation_named(name: &str) -> Option<Operation> {
+    Some(match name {
+        "CREATE" => Operation::Create,
+        "UPDATE" => Operation::Update,
+        "DELETE" => Operation::Delete,
+        "CONNECT" => Operation::Connect,
+        _ => return None,
+    })
+}
+
+impl<'a> ReviewIn<'a> {
+    fn read(text: &'a str) -> json::Result<Self> {
+        let mut r = Reader::new(text);
+        let (mut api_version, mut kind, mut request) = (None, None, None);
+        let mut seen = Seen::default();
+        r.object("struct ReviewIn", |r, key| {
+            match &*key {
+                "apiVersion" => {
+                    seen.first(r, 0, "apiVersion")?;
+                    api_version = Some(r.string("a string")?);
+                }
+                "kind" => {
+                    seen.first(r, 1, "kind")?;
+                    kind = Some(r.string("a string")?);
+                }
+                "request" => {
+                    seen.first(r, 2, "request")?;
+                    request = r.nullable(RequestIn::read)?;
+                }
+                _ => r.skip()?,
+            }
+            Ok(())
+        })?;
+        let review = ReviewIn {
+            api_version: required(api_version, &r, "apiVersion")?,
+            kind: required(kind, &r, "kind")?,
+            request,
+        };
+        r.end()?;
+        Ok(review)
+    }
+}
+
+impl<'a> RequestIn<'a> {
+    fn read(r: &mut Reader<'a>) -> json::Result<Self> {
+        let (mut uid, mut kind, mut operation) = (None, None, None);
+        let (mut sub_resource, mut name, mut namespace, mut object) = (None, None, None, None);
+        let mut seen = Seen::default();
+        r.object("struct RequestIn", |r, key| {
+            match &*key {
+                "uid" => {
+                    seen.first(r, 0, "uid")?;
+                    uid = Some(r.string("a string")?);
+                }
+                "kind" => {
+                    seen.first(r, 1, "kind")?;
+                    kind = Some(Kind::read(r)?);
+                }
+                "operation" => {
+                    seen.first(r, 2, "operation")?;
+                    let text = r.string("a string")?;
+                    let known = operation_named(&text).ok_or_else(|| {
+                        r.error(&format!(
+                            "unknown variant `{text}`, expected one of \
+                             `CREATE`, `UPDATE`, `DELETE`, `CONNECT`"
+                        ))
+                    })?;
+                    operation = Some(known);
+                }
+                "subResource" => {
+                    seen.first(r, 3, "subResource")?;
+                    sub_resource = r.nullable(|r| r.string("a string"))?;
+                }
+                "name" => {
+                    seen.first(r, 4, "name")?;
+                    name = r.nullable(|r| r.string("a string"))?;
+                }
+                "namespace" => {
+                    seen.first(r, 5, "namespace")?;
+                    namespace = r.nullable(|r| r.string("a string"))?;
+                }
+                "object" => {
+                    seen.first(r, 6, "object")?;
+                    object = r.nullable(Pod::read)?;
+                }
+                _ => r.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok(RequestIn {
+            uid: required(uid, r, "uid")?,
+            kind: required(kind, r, "kind")?,
+            operation: required(operation, r, "operation")?,
+            sub_resource,
+            name,
+            namespace,
+            object,
+        })
+    }
+}
+
+impl<'a> Kind<'a> {
+    fn read(r: &mut Reader<'a>) -> json::Result<Self> {
+        let (mut group, mut version, mut kind) = (None, None, None);
+        let mut seen = Seen::default();
+        r.object("a JSON object", |r, key| {
+            match &*key {
+                "group" => {
+                    seen.first(r, 0, "group")?;
+                    group = Some(r.string("a string")?);
+                }
+                "version" => {
+                    seen.first(r, 1, "version")?;
+                    version = Some(r.string("a string")?);
+                }
+                "kind" => {
+                    seen.first(r, 2, "kind")?;
+                    kind = Some(r.string("a string")?);
+                }
+                _ => r.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok(Kind {
+            _group: required(group, r, "group")?,
+            _version: required(version, r, "version")?,
+            kind: required(kind, r, "kind")?,
+        })
+    }
+}
+
+/// Whether the hand-written reader and serde's derive, the reference, agree on `body`:
+/// both refuse it, or both read the same views. `Err` says how they differ.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn read_agrees(body: &[u8]) -> Result<(), String> {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Ok(());
+    };
+    let hand = ReviewIn::read(text);
+    let derive = serde_json::from_str::<ObjectOnly<ReviewIn>>(text).map(|o| o.0);
+    match (hand, derive) {
+        (Ok(hand), Ok(derive)) if hand == derive => Ok(()),
+        (Err(_), Err(_)) => Ok(()),
+        (hand, derive) => Err(format!("hand-written: {hand:?}\nserde's derive: {derive:?}")),
+    }
+}
+
+/// The reference's top level, an object only, as the hand-written reader reads it.
+#[cfg(any(test, feature = "fuzzing"))]
+struct ObjectOnly<T>(T);
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        object(d).map(ObjectOnly)
+    }
 }
 
 /// What happened to one review, for logs and metrics.
@@ -78,7 +246,7 @@ pub enum Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum BadReview {
     #[error("request body is not an admission.k8s.io/v1 AdmissionReview: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(#[from] json::Error),
     #[error("request body is not UTF-8, so not JSON: {0}")]
     Utf8(#[from] std::str::Utf8Error),
     #[error("AdmissionReview has no request")]
@@ -107,7 +275,7 @@ pub struct Answer {
 }
 
 pub fn review(body: &[u8], injector: &Injector) -> Result<Answer, BadReview> {
-    let review: ReviewIn = serde_json::from_str(std::str::from_utf8(body)?)?;
+    let review = ReviewIn::read(std::str::from_utf8(body)?)?;
     if review.api_version != "admission.k8s.io/v1" {
         return Err(BadReview::Version(review.api_version.into_owned()));
     }
@@ -509,6 +677,142 @@ mod tests {
                 let _ = review(&bad, &injector);
             }
             let _ = review(&body[..i], &injector);
+        }
+    }
+
+    fn assert_agrees(body: &[u8]) {
+        if let Err(diff) = read_agrees(body) {
+            panic!("{diff}\nbody: {}", String::from_utf8_lossy(body));
+        }
+    }
+
+    /// The hand-written reader against serde's derive on the same views, on every
+    /// golden fixture's review (compact and pretty) and on every single-byte
+    /// corruption, deletion and truncation of one: the same bodies refused, the same
+    /// views read from the rest.
+    #[test]
+    fn the_reader_agrees_with_serdes_derive() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        let mut read = 0;
+        for entry in std::fs::read_dir(fixtures).unwrap() {
+            let path = entry.unwrap().path().join("pod.json");
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let review = envelope(serde_json::from_str(&text).unwrap());
+            for body in [
+                serde_json::to_vec(&review).unwrap(),
+                serde_json::to_vec_pretty(&review).unwrap(),
+            ] {
+                assert!(ReviewIn::read(std::str::from_utf8(&body).unwrap()).is_ok());
+                assert_agrees(&body);
+            }
+            read += 1;
+        }
+        assert!(read >= 10, "only {read} fixtures found");
+
+        let body = review_of(json!({
+            "metadata": {"generateName": "p-", "annotations": {"ipmgmt.aws/mode": "sidecar", "x": "a\"b\u{e9}"}},
+            "spec": {"containers": [{"name": "app", "resources": {"limits": {"cpu": 1.5, "memory": "1Gi"}}}],
+                     "initContainers": null, "volumes": [{"name": "v"}], "hostNetwork": false,
+                     "terminationGracePeriodSeconds": 30, "x": [1, -0.5e-3, true, null, {"a": []}]},
+        }));
+        for i in 0..body.len() {
+            for byte in [b'"', b'{', b'}', b'[', b']', b',', b':', b'\\', b'0', b'-', b'e', b'n', b' ', b'\n', 0x01] {
+                let mut bad = body.clone();
+                bad[i] = byte;
+                assert_agrees(&bad);
+            }
+            let mut cut = body.clone();
+            cut.remove(i);
+            assert_agrees(&cut);
+            assert_agrees(&body[..i]);
+        }
+    }
+
+    /// What the two readers might read differently, each case by hand.
+    #[test]
+    fn the_reader_agrees_on_the_edges_of_json() {
+        let pod = |spec: &str| {
+            format!(
+                r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","kind":{{"group":"","version":"v1","kind":"Pod"}},"operation":"CREATE","object":{{"metadata":{{"annotations":{{"ipmgmt.aws/mode":"init"}}}},"spec":{spec}}}}}}}"#
+            )
+        };
+        let cases = [
+            // Escapes: unescaped where read, checked where skipped.
+            (pod(r#"{"contain\u0065rs":[{"name":"a\/b\u00e9\ud83d\ude00"}]}"#), true),
+            (pod(r#"{"containers":[{"name":"\ud83d"}]}"#), false),
+            (pod(r#"{"containers":[{"name":"\ude00"}]}"#), false),
+            (pod(r#"{"containers":[{"name":"\ud83d\u0041"}]}"#), false),
+            (pod(r#"{"x":"\ud83d","y":"\ude00"}"#), true),
+            (pod(r#"{"x":"\x"}"#), false),
+            (pod(r#"{"x":"\u12G4"}"#), false),
+            (pod("{\"x\":\"a\tb\"}"), false),
+            // Numbers: the grammar where skipped, the range where read.
+            (pod(r#"{"x":[1e400,-0,0.5E+3,-1.0e-9]}"#), true),
+            (pod(r#"{"x":01}"#), false),
+            (pod(r#"{"x":1.}"#), false),
+            (pod(r#"{"x":-}"#), false),
+            (pod(r#"{"x":.5}"#), false),
+            (pod(r#"{"x":1e}"#), false),
+            (pod(r#"{"terminationGracePeriodSeconds":-9223372036854775808}"#), true),
+            (pod(r#"{"terminationGracePeriodSeconds":9223372036854775807}"#), true),
+            (pod(r#"{"terminationGracePeriodSeconds":9223372036854775808}"#), false),
+            (pod(r#"{"terminationGracePeriodSeconds":-0}"#), false),
+            (pod(r#"{"terminationGracePeriodSeconds":30.0}"#), false),
+            (pod(r#"{"terminationGracePeriodSeconds":3e1}"#), false),
+            (pod(r#"{"containers":[{"resources":{"limits":{"cpu":1e3,"memory":-0}}}]}"#), true),
+            (pod(r#"{"containers":[{"resources":{"limits":{"cpu":1e400}}}]}"#), false),
+            (pod(r#"{"containers":[{"resources":{"limits":{"cpu":true}}}]}"#), false),
+            (pod(r#"{"containers":[{"resources":{"limits":{"cpu":null}}}]}"#), true),
+            // Duplicates: refused where read, the last kept where a map.
+            (pod(r#"{"hostNetwork":null,"hostNetwork":true}"#), false),
+            (pod(r#"{"x":1,"x":2}"#), true),
+            (pod(r#"{"volumes":[{"name":"a","name":"b"}]}"#), false),
+            // Shapes.
+            (pod(r#"{"containers":[null]}"#), false),
+            (pod(r#"{"containers":{}}"#), false),
+            (pod(r#"{"containers":[],}"#), false),
+            (pod(r#"{"containers":[1,]}"#), false),
+            (pod(" \t\r\n{ \"containers\" : [ { \"name\" : \"a\" } ] } "), true),
+            (pod(r#"{"x":tru}"#), false),
+            (pod(r#"{"x":nul}"#), false),
+            (pod(r#"{"x":{1:2}}"#), false),
+            (pod(r#"{"x":[}"#), false),
+            (pod(r#"{"x":{]}"#), false),
+        ];
+        for (body, readable) in &cases {
+            assert_agrees(body.as_bytes());
+            let text = body.as_str();
+            assert_eq!(ReviewIn::read(text).is_ok(), *readable, "{text}");
+        }
+        let annotations = |a: &str| pod("{}").replace(r#"{"ipmgmt.aws/mode":"init"}"#, a);
+        let operation = |o: &str| pod("{}").replace(r#""CREATE""#, o);
+        for (body, readable) in [
+            (annotations(r#"{"a":"1","a":"2"}"#), true),
+            (annotations(r#"{"a":1}"#), false),
+            (operation(r#"{"CREATE":null}"#), false),
+            (operation(r#""PATCH""#), false),
+            (operation(r#""CONNECT""#), true),
+            (pod("{}") + " ", true),
+            (pod("{}") + " x", false),
+            (pod("{}").replacen('{', "[", 1), false),
+            (pod("{}").replace(r#"{"group":"","version":"v1","kind":"Pod"}"#, r#"["","v1","Pod"]"#), false),
+            (pod("{}").replace(r#""uid":"u","#, ""), false),
+            (pod("{}").replace(r#""uid":"u","#, r#""uid":"u","uid":"v","#), false),
+        ] {
+            assert_agrees(body.as_bytes());
+            assert_eq!(ReviewIn::read(&body).is_ok(), readable, "{body}");
+        }
+        // Nested past serde_json's depth limit in a skipped field: serde_json skips it
+        // without recursion too, and so does the reader, on a bit stack.
+        for depth in [63, 64, 65, 129, 5_000] {
+            let nested = "[{\"a\":".repeat(depth) + "1" + &"}]".repeat(depth);
+            let body = pod(&format!(r#"{{"x":{nested}}}"#));
+            assert_agrees(body.as_bytes());
+            assert!(ReviewIn::read(&body).is_ok(), "depth {depth}");
+            let unclosed = pod(&format!(r#"{{"x":{}}}"#, &nested[..nested.len() - 1]));
+            assert!(ReviewIn::read(&unclosed).is_err(), "depth {depth}");
         }
     }
 

@@ -14,7 +14,7 @@
 //! - `tests`: the decision on whole pods, by concern.
 
 mod mode;
-mod pod;
+pub(crate) mod pod;
 mod quantity;
 mod render;
 mod request;

@@ -1,0 +1,587 @@
+//! A reader of JSON text into the review's borrowed views (`review.rs`, `inject/pod.rs`).
+//!
+//! Why not serde_json: a review is mostly fields the webhook does not read (the
+//! request's kinds and user, every container's env, probes, ports, mounts), and
+//! serde_json, through serde's derive, spent about half of all a review's instructions
+//! under load skipping them, at some 16 instructions a byte. This reader finds the end
+//! of a string eight bytes at a time and skips a value in one loop, with its nesting on
+//! a bit stack: no recursion however deep a skipped value is, and no allocation until
+//! it is deeper than 64.
+//!
+//! It accepts exactly the JSON serde_json accepts, and reads exactly what serde's derive
+//! on the same views reads: the derive stays on the views as the reference, and the
+//! fuzz target and the test command check that both agree on every body they see
+//! (`review::read_agrees`). So, as serde_json does: a string that is read is unescaped
+//! and a lone surrogate in it is refused, while a skipped one has its escapes checked
+//! but not paired; a skipped number is checked against the grammar, not its range; and
+//! a field the views read may appear once per object.
+
+use std::borrow::Cow;
+use std::fmt;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Why a body is not what the views read, and where (as serde_json says it).
+#[derive(Debug, thiserror::Error)]
+#[error("{what} at line {line} column {column}")]
+pub struct Error {
+    what: String,
+    line: usize,
+    column: usize,
+}
+
+pub struct Reader<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(text: &'a str) -> Self {
+        Reader { text, at: 0 }
+    }
+
+    /// After the top-level value: only whitespace may follow.
+    pub fn end(mut self) -> Result<()> {
+        match self.peek() {
+            None => Ok(()),
+            Some(_) => Err(self.error("trailing characters")),
+        }
+    }
+
+    /// Reads an object, handing each key to `field`, which reads or skips its value.
+    pub fn object(
+        &mut self,
+        expected: &str,
+        mut field: impl FnMut(&mut Self, Cow<'a, str>) -> Result<()>,
+    ) -> Result<()> {
+        match self.peek() {
+            Some(b'{') => self.at += 1,
+            other => return Err(self.invalid_type(other, expected)),
+        }
+        if self.peek() == Some(b'}') {
+            self.at += 1;
+            return Ok(());
+        }
+        loop {
+            match self.peek() {
+                Some(b'"') => self.at += 1,
+                Some(_) => return Err(self.error("key must be a string")),
+                None => return Err(self.eof()),
+            }
+            let key = self.string_rest()?;
+            self.colon()?;
+            field(self, key)?;
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(b'}') => {
+                    self.at += 1;
+                    return Ok(());
+                }
+                Some(_) => return Err(self.error("expected `,` or `}`")),
+                None => return Err(self.eof()),
+            }
+        }
+    }
+
+    /// Reads an array, `item` reading each element.
+    pub fn array(
+        &mut self,
+        expected: &str,
+        mut item: impl FnMut(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        match self.peek() {
+            Some(b'[') => self.at += 1,
+            other => return Err(self.invalid_type(other, expected)),
+        }
+        if self.peek() == Some(b']') {
+            self.at += 1;
+            return Ok(());
+        }
+        loop {
+            item(self)?;
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(b']') => {
+                    self.at += 1;
+                    return Ok(());
+                }
+                Some(_) => return Err(self.error("expected `,` or `]`")),
+                None => return Err(self.eof()),
+            }
+        }
+    }
+
+    /// `None` for `null`, else what `read` reads.
+    pub fn nullable<T>(&mut self, read: impl FnOnce(&mut Self) -> Result<T>) -> Result<Option<T>> {
+        if self.peek() == Some(b'n') {
+            self.literal(b"null")?;
+            return Ok(None);
+        }
+        read(self).map(Some)
+    }
+
+    pub fn string(&mut self, expected: &str) -> Result<Cow<'a, str>> {
+        match self.peek() {
+            Some(b'"') => {
+                self.at += 1;
+                self.string_rest()
+            }
+            other => Err(self.invalid_type(other, expected)),
+        }
+    }
+
+    pub fn boolean(&mut self) -> Result<bool> {
+        match self.peek() {
+            Some(b't') => self.literal(b"true").map(|()| true),
+            Some(b'f') => self.literal(b"false").map(|()| false),
+            other => Err(self.invalid_type(other, "a boolean")),
+        }
+    }
+
+    /// An integer that fits an i64, refused as serde_json refuses it for an i64: a
+    /// fraction, an exponent or `-0` (which it reads as a float), or out of range.
+    pub fn i64(&mut self) -> Result<i64> {
+        let start = self.at;
+        let text = match self.peek() {
+            Some(b'-' | b'0'..=b'9') => self.number()?,
+            other => return Err(self.invalid_type(other, "i64")),
+        };
+        let (negative, digits) = match text.strip_prefix('-') {
+            Some(digits) => (true, digits),
+            None => (false, text),
+        };
+        let integer = digits.bytes().all(|b| b.is_ascii_digit());
+        let magnitude = digits.parse::<u64>().ok().filter(|_| integer);
+        let value = match (negative, magnitude) {
+            (false, Some(m)) => i64::try_from(m).ok(),
+            (true, Some(m)) if m > 0 => 0i64.checked_sub_unsigned(m),
+            _ => None,
+        };
+        value.ok_or_else(|| {
+            self.at = start;
+            self.error(&format!("invalid value: number {text}, expected i64"))
+        })
+    }
+
+    /// The text of a number, checked against JSON's grammar (not its range).
+    pub fn number(&mut self) -> Result<&'a str> {
+        let start = self.at;
+        self.skip_number()?;
+        Ok(&self.text[start..self.at])
+    }
+
+    /// The next value's first byte, after whitespace.
+    pub fn peek(&mut self) -> Option<u8> {
+        let bytes = self.text.as_bytes();
+        while let Some(&b) = bytes.get(self.at) {
+            if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+                return Some(b);
+            }
+            self.at += 1;
+        }
+        None
+    }
+
+    /// Passes over one value of any kind, checking it as serde_json does.
+    pub fn skip(&mut self) -> Result<()> {
+        let mut open = Nesting::default();
+        loop {
+            // A value.
+            match self.peek() {
+                Some(b'"') => {
+                    self.at += 1;
+                    self.skip_string_rest()?;
+                }
+                Some(b'{') => {
+                    self.at += 1;
+                    if self.peek() == Some(b'}') {
+                        self.at += 1;
+                    } else {
+                        open.push(true);
+                        self.skip_key()?;
+                        continue;
+                    }
+                }
+                Some(b'[') => {
+                    self.at += 1;
+                    if self.peek() == Some(b']') {
+                        self.at += 1;
+                    } else {
+                        open.push(false);
+                        continue;
+                    }
+                }
+                Some(b't') => self.literal(b"true")?,
+                Some(b'f') => self.literal(b"false")?,
+                Some(b'n') => self.literal(b"null")?,
+                Some(b'-' | b'0'..=b'9') => self.skip_number()?,
+                Some(_) => return Err(self.error("expected value")),
+                None => return Err(self.eof()),
+            }
+            // What follows it: the next value, or the ends of what it closes.
+            loop {
+                let Some(in_object) = open.top() else {
+                    return Ok(());
+                };
+                match self.peek() {
+                    Some(b',') => {
+                        self.at += 1;
+                        if in_object {
+                            self.skip_key()?;
+                        }
+                        break;
+                    }
+                    Some(b'}') if in_object => {
+                        self.at += 1;
+                        open.pop();
+                    }
+                    Some(b']') if !in_object => {
+                        self.at += 1;
+                        open.pop();
+                    }
+                    Some(_) if in_object => return Err(self.error("expected `,` or `}`")),
+                    Some(_) => return Err(self.error("expected `,` or `]`")),
+                    None => return Err(self.eof()),
+                }
+            }
+        }
+    }
+
+    fn skip_key(&mut self) -> Result<()> {
+        match self.peek() {
+            Some(b'"') => self.at += 1,
+            Some(_) => return Err(self.error("key must be a string")),
+            None => return Err(self.eof()),
+        }
+        self.skip_string_rest()?;
+        self.colon()
+    }
+
+    fn colon(&mut self) -> Result<()> {
+        match self.peek() {
+            Some(b':') => {
+                self.at += 1;
+                Ok(())
+            }
+            Some(_) => Err(self.error("expected `:`")),
+            None => Err(self.eof()),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<()> {
+        let bytes = self.text.as_bytes();
+        for &expected in word {
+            match bytes.get(self.at) {
+                Some(&b) if b == expected => self.at += 1,
+                Some(_) => return Err(self.error("expected ident")),
+                None => return Err(self.eof()),
+            }
+        }
+        Ok(())
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    fn skip_number(&mut self) -> Result<()> {
+        let bytes = self.text.as_bytes();
+        let digits = |at: &mut usize| {
+            let start = *at;
+            while bytes.get(*at).is_some_and(u8::is_ascii_digit) {
+                *at += 1;
+            }
+            *at > start
+        };
+        let mut at = self.at;
+        if bytes.get(at) == Some(&b'-') {
+            at += 1;
+        }
+        let whole = match bytes.get(at) {
+            Some(b'0') => {
+                at += 1;
+                !bytes.get(at).is_some_and(u8::is_ascii_digit)
+            }
+            Some(b'1'..=b'9') => digits(&mut at),
+            _ => false,
+        };
+        let fraction = bytes.get(at) != Some(&b'.') || {
+            at += 1;
+            digits(&mut at)
+        };
+        let exponent = !matches!(bytes.get(at), Some(b'e' | b'E')) || {
+            at += 1;
+            if matches!(bytes.get(at), Some(b'+' | b'-')) {
+                at += 1;
+            }
+            digits(&mut at)
+        };
+        self.at = at;
+        if whole && fraction && exponent {
+            Ok(())
+        } else if at >= bytes.len() {
+            Err(self.eof())
+        } else {
+            Err(self.error("invalid number"))
+        }
+    }
+
+    /// The rest of a string after its opening quote, unescaped.
+    fn string_rest(&mut self) -> Result<Cow<'a, str>> {
+        let start = self.at;
+        let end = special(self.text.as_bytes(), start);
+        match self.text.as_bytes().get(end) {
+            Some(b'"') => {
+                self.at = end + 1;
+                Ok(Cow::Borrowed(&self.text[start..end]))
+            }
+            _ => {
+                self.at = end;
+                self.unescape(start).map(Cow::Owned)
+            }
+        }
+    }
+
+    /// From `self.at`, at a backslash or a byte a string may not hold.
+    #[cold]
+    fn unescape(&mut self, start: usize) -> Result<String> {
+        let bytes = self.text.as_bytes();
+        let mut out = String::with_capacity(self.at - start + 16);
+        let mut from = start;
+        loop {
+            out.push_str(&self.text[from..self.at]);
+            match bytes.get(self.at) {
+                Some(b'"') => {
+                    self.at += 1;
+                    return Ok(out);
+                }
+                Some(b'\\') => {
+                    self.at += 1;
+                    out.push(self.escape()?);
+                }
+                Some(_) => return Err(self.control_character()),
+                None => return Err(self.eof()),
+            }
+            from = self.at;
+            self.at = special(bytes, from);
+        }
+    }
+
+    /// One escape after its backslash, as a char; `\u` pairs must be whole.
+    fn escape(&mut self) -> Result<char> {
+        let bytes = self.text.as_bytes();
+        let Some(&b) = bytes.get(self.at) else {
+            return Err(self.eof());
+        };
+        self.at += 1;
+        Ok(match b {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let high = self.hex4()?;
+                let low = match high {
+                    0xDC00..=0xDFFF => return Err(self.error("lone leading surrogate in hex escape")),
+                    0xD800..=0xDBFF => {
+                        if bytes.get(self.at..self.at + 2) != Some(b"\\u") {
+                            self.at = (self.at + 1).min(bytes.len());
+                            return Err(self.error("unexpected end of hex escape"));
+                        }
+                        self.at += 2;
+                        match self.hex4()? {
+                            low @ 0xDC00..=0xDFFF => Some(low),
+                            _ => return Err(self.error("lone leading surrogate in hex escape")),
+                        }
+                    }
+                    _ => None,
+                };
+                let code = match low {
+                    Some(low) => 0x1_0000 + ((u32::from(high) - 0xD800) << 10 | (u32::from(low) - 0xDC00)),
+                    None => u32::from(high),
+                };
+                char::from_u32(code).expect("surrogates are paired above")
+            }
+            _ => return Err(self.error("invalid escape")),
+        })
+    }
+
+    fn hex4(&mut self) -> Result<u16> {
+        let mut n = 0u16;
+        for _ in 0..4 {
+            let Some(&b) = self.text.as_bytes().get(self.at) else {
+                return Err(self.eof());
+            };
+            let digit = (b as char).to_digit(16).ok_or_else(|| self.error("invalid escape"))?;
+            self.at += 1;
+            n = n << 4 | digit as u16;
+        }
+        Ok(n)
+    }
+
+    /// Passes the rest of a string, checking its escapes but not pairing surrogates.
+    fn skip_string_rest(&mut self) -> Result<()> {
+        let bytes = self.text.as_bytes();
+        loop {
+            self.at = special(bytes, self.at);
+            match bytes.get(self.at) {
+                Some(b'"') => {
+                    self.at += 1;
+                    return Ok(());
+                }
+                Some(b'\\') => {
+                    self.at += 1;
+                    match bytes.get(self.at) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.at += 1,
+                        Some(b'u') => {
+                            self.at += 1;
+                            self.hex4()?;
+                        }
+                        Some(_) => {
+                            self.at += 1;
+                            return Err(self.error("invalid escape"));
+                        }
+                        None => return Err(self.eof()),
+                    }
+                }
+                Some(_) => return Err(self.control_character()),
+                None => return Err(self.eof()),
+            }
+        }
+    }
+
+    #[cold]
+    fn control_character(&mut self) -> Error {
+        self.at += 1;
+        self.error("control character (\\u0000-\\u001F) found while parsing a string")
+    }
+
+    #[cold]
+    fn invalid_type(&mut self, found: Option<u8>, expected: &str) -> Error {
+        let found = match found {
+            None => return self.eof(),
+            Some(b'"') => "string",
+            Some(b'{') => "map",
+            Some(b'[') => "sequence",
+            Some(b't' | b'f') => "boolean",
+            Some(b'n') => "null",
+            Some(b'-' | b'0'..=b'9') => "number",
+            Some(_) => return self.error("expected value"),
+        };
+        self.error(&format!("invalid type: {found}, expected {expected}"))
+    }
+
+    #[cold]
+    fn eof(&self) -> Error {
+        let end = Reader {
+            text: self.text,
+            at: self.text.len(),
+        };
+        end.error("EOF while parsing a value")
+    }
+
+    /// An error at the byte before `self.at` (the one that did not fit).
+    #[cold]
+    pub fn error(&self, what: &str) -> Error {
+        let before = &self.text.as_bytes()[..self.at.min(self.text.len())];
+        let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        Error {
+            what: what.to_owned(),
+            line,
+            column: before.len() - line_start,
+        }
+    }
+}
+
+/// The first byte at or after `at` that ends a run of plain string bytes: a quote, a
+/// backslash or a control character (or `bytes.len()`), eight bytes at a time.
+#[inline]
+fn special(bytes: &[u8], mut at: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    // The classic test for a zero byte, `(x - ONES) & !x & HIGH`, is exact in its lowest
+    // set bit, and only that bit is used.
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let v = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let quote = v ^ (ONES * u64::from(b'"'));
+        let backslash = v ^ (ONES * u64::from(b'\\'));
+        let found = (quote.wrapping_sub(ONES) & !quote
+            | backslash.wrapping_sub(ONES) & !backslash
+            | v.wrapping_sub(ONES * 0x20) & !v)
+            & HIGH;
+        if found != 0 {
+            return at + (found.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    while let Some(&b) = bytes.get(at) {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            break;
+        }
+        at += 1;
+    }
+    at
+}
+
+/// The objects and arrays a skipped value is inside, one bit each (1: an object).
+#[derive(Default)]
+struct Nesting {
+    bits: u64,
+    depth: usize,
+    /// Full words of bits below the current one, past a depth of 64.
+    below: Vec<u64>,
+}
+
+impl Nesting {
+    fn push(&mut self, object: bool) {
+        if self.depth > 0 && self.depth.is_multiple_of(64) {
+            self.below.push(self.bits);
+            self.bits = 0;
+        }
+        self.bits = self.bits << 1 | u64::from(object);
+        self.depth += 1;
+    }
+
+    /// Whether the innermost is an object; `None` at the top.
+    fn top(&self) -> Option<bool> {
+        (self.depth > 0).then_some(self.bits & 1 == 1)
+    }
+
+    fn pop(&mut self) {
+        self.bits >>= 1;
+        self.depth -= 1;
+        if self.depth > 0 && self.depth.is_multiple_of(64) {
+            self.bits = self.below.pop().expect("a full word below");
+        }
+    }
+}
+
+/// The fields of one object read so far: a field the views read may appear once, as
+/// serde's derive has it.
+#[derive(Default)]
+pub struct Seen(u32);
+
+impl Seen {
+    pub fn first(&mut self, reader: &Reader<'_>, field: u32, name: &str) -> Result<()> {
+        let bit = 1 << field;
+        if self.0 & bit != 0 {
+            return Err(reader.error(&format!("duplicate field `{name}`")));
+        }
+        self.0 |= bit;
+        Ok(())
+    }
+}
+
+/// A field the views must find, as serde's derive says it is missing.
+pub fn required<T>(value: Option<T>, reader: &Reader<'_>, name: &str) -> Result<T> {
+    value.ok_or_else(|| reader.error(&format!("missing field `{name}`")))
+}
+
+impl fmt::Debug for Reader<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Reader at byte {} of {}", self.at, self.text.len())
+    }
+}
+
