@@ -21,10 +21,14 @@ use std::fmt;
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Why a body is not what the views read, and where (as serde_json says it).
+/// Why a body is not what the views read, and where (as serde_json says it). Boxed, so
+/// that every `Result` of the reader fits in registers.
 #[derive(Debug, thiserror::Error)]
-#[error("{what} at line {line} column {column}")]
-pub struct Error {
+#[error("{} at line {} column {}", .0.what, .0.line, .0.column)]
+pub struct Error(Box<Where>);
+
+#[derive(Debug)]
+struct Where {
     what: String,
     line: usize,
     column: usize,
@@ -171,6 +175,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next value's first byte, after whitespace.
+    #[inline]
     pub fn peek(&mut self) -> Option<u8> {
         let bytes = self.text.as_bytes();
         while let Some(&b) = bytes.get(self.at) {
@@ -247,6 +252,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline(always)]
     fn skip_key(&mut self) -> Result<()> {
         match self.peek() {
             Some(b'"') => self.at += 1,
@@ -257,6 +263,7 @@ impl<'a> Reader<'a> {
         self.colon()
     }
 
+    #[inline]
     fn colon(&mut self) -> Result<()> {
         match self.peek() {
             Some(b':') => {
@@ -383,7 +390,9 @@ impl<'a> Reader<'a> {
             b'u' => {
                 let high = self.hex4()?;
                 let low = match high {
-                    0xDC00..=0xDFFF => return Err(self.error("lone leading surrogate in hex escape")),
+                    0xDC00..=0xDFFF => {
+                        return Err(self.error("lone leading surrogate in hex escape"));
+                    }
                     0xD800..=0xDBFF => {
                         if bytes.get(self.at..self.at + 2) != Some(b"\\u") {
                             self.at = (self.at + 1).min(bytes.len());
@@ -398,7 +407,9 @@ impl<'a> Reader<'a> {
                     _ => None,
                 };
                 let code = match low {
-                    Some(low) => 0x1_0000 + ((u32::from(high) - 0xD800) << 10 | (u32::from(low) - 0xDC00)),
+                    Some(low) => {
+                        0x1_0000 + ((u32::from(high) - 0xD800) << 10 | (u32::from(low) - 0xDC00))
+                    }
                     None => u32::from(high),
                 };
                 char::from_u32(code).expect("surrogates are paired above")
@@ -413,7 +424,9 @@ impl<'a> Reader<'a> {
             let Some(&b) = self.text.as_bytes().get(self.at) else {
                 return Err(self.eof());
             };
-            let digit = (b as char).to_digit(16).ok_or_else(|| self.error("invalid escape"))?;
+            let digit = (b as char)
+                .to_digit(16)
+                .ok_or_else(|| self.error("invalid escape"))?;
             self.at += 1;
             n = n << 4 | digit as u16;
         }
@@ -421,10 +434,23 @@ impl<'a> Reader<'a> {
     }
 
     /// Passes the rest of a string, checking its escapes but not pairing surrogates.
+    #[inline(always)]
     fn skip_string_rest(&mut self) -> Result<()> {
         let bytes = self.text.as_bytes();
+        let end = special(bytes, self.at);
+        if bytes.get(end) == Some(&b'"') {
+            self.at = end + 1;
+            return Ok(());
+        }
+        self.at = end;
+        self.skip_escaped_string_rest()
+    }
+
+    /// `skip_string_rest` from an escape or a byte a string may not hold.
+    #[cold]
+    fn skip_escaped_string_rest(&mut self) -> Result<()> {
+        let bytes = self.text.as_bytes();
         loop {
-            self.at = special(bytes, self.at);
             match bytes.get(self.at) {
                 Some(b'"') => {
                     self.at += 1;
@@ -433,7 +459,9 @@ impl<'a> Reader<'a> {
                 Some(b'\\') => {
                     self.at += 1;
                     match bytes.get(self.at) {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.at += 1,
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                            self.at += 1
+                        }
                         Some(b'u') => {
                             self.at += 1;
                             self.hex4()?;
@@ -444,6 +472,7 @@ impl<'a> Reader<'a> {
                         }
                         None => return Err(self.eof()),
                     }
+                    self.at = special(bytes, self.at);
                 }
                 Some(_) => return Err(self.control_character()),
                 None => return Err(self.eof()),
@@ -486,18 +515,21 @@ impl<'a> Reader<'a> {
     pub fn error(&self, what: &str) -> Error {
         let before = &self.text.as_bytes()[..self.at.min(self.text.len())];
         let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
-        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        Error {
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        Error(Box::new(Where {
             what: what.to_owned(),
             line,
             column: before.len() - line_start,
-        }
+        }))
     }
 }
 
 /// The first byte at or after `at` that ends a run of plain string bytes: a quote, a
 /// backslash or a control character (or `bytes.len()`), eight bytes at a time.
-#[inline]
+#[inline(always)]
 fn special(bytes: &[u8], mut at: usize) -> usize {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGH: u64 = ONES << 7;
@@ -584,4 +616,3 @@ impl fmt::Debug for Reader<'_> {
         write!(f, "Reader at byte {} of {}", self.at, self.text.len())
     }
 }
-

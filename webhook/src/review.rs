@@ -215,7 +215,9 @@ pub fn read_agrees(body: &[u8]) -> Result<(), String> {
     match (hand, derive) {
         (Ok(hand), Ok(derive)) if hand == derive => Ok(()),
         (Err(_), Err(_)) => Ok(()),
-        (hand, derive) => Err(format!("hand-written: {hand:?}\nserde's derive: {derive:?}")),
+        (hand, derive) => Err(format!(
+            "hand-written: {hand:?}\nserde's derive: {derive:?}"
+        )),
     }
 }
 
@@ -718,7 +720,10 @@ mod tests {
                      "terminationGracePeriodSeconds": 30, "x": [1, -0.5e-3, true, null, {"a": []}]},
         }));
         for i in 0..body.len() {
-            for byte in [b'"', b'{', b'}', b'[', b']', b',', b':', b'\\', b'0', b'-', b'e', b'n', b' ', b'\n', 0x01] {
+            for byte in [
+                b'"', b'{', b'}', b'[', b']', b',', b':', b'\\', b'0', b'-', b'e', b'n', b' ',
+                b'\n', 0x01,
+            ] {
                 let mut bad = body.clone();
                 bad[i] = byte;
                 assert_agrees(&bad);
@@ -740,7 +745,10 @@ mod tests {
         };
         let cases = [
             // Escapes: unescaped where read, checked where skipped.
-            (pod(r#"{"contain\u0065rs":[{"name":"a\/b\u00e9\ud83d\ude00"}]}"#), true),
+            (
+                pod(r#"{"contain\u0065rs":[{"name":"a\/b\u00e9\ud83d\ude00"}]}"#),
+                true,
+            ),
             (pod(r#"{"containers":[{"name":"\ud83d"}]}"#), false),
             (pod(r#"{"containers":[{"name":"\ude00"}]}"#), false),
             (pod(r#"{"containers":[{"name":"\ud83d\u0041"}]}"#), false),
@@ -755,16 +763,37 @@ mod tests {
             (pod(r#"{"x":-}"#), false),
             (pod(r#"{"x":.5}"#), false),
             (pod(r#"{"x":1e}"#), false),
-            (pod(r#"{"terminationGracePeriodSeconds":-9223372036854775808}"#), true),
-            (pod(r#"{"terminationGracePeriodSeconds":9223372036854775807}"#), true),
-            (pod(r#"{"terminationGracePeriodSeconds":9223372036854775808}"#), false),
+            (
+                pod(r#"{"terminationGracePeriodSeconds":-9223372036854775808}"#),
+                true,
+            ),
+            (
+                pod(r#"{"terminationGracePeriodSeconds":9223372036854775807}"#),
+                true,
+            ),
+            (
+                pod(r#"{"terminationGracePeriodSeconds":9223372036854775808}"#),
+                false,
+            ),
             (pod(r#"{"terminationGracePeriodSeconds":-0}"#), false),
             (pod(r#"{"terminationGracePeriodSeconds":30.0}"#), false),
             (pod(r#"{"terminationGracePeriodSeconds":3e1}"#), false),
-            (pod(r#"{"containers":[{"resources":{"limits":{"cpu":1e3,"memory":-0}}}]}"#), true),
-            (pod(r#"{"containers":[{"resources":{"limits":{"cpu":1e400}}}]}"#), false),
-            (pod(r#"{"containers":[{"resources":{"limits":{"cpu":true}}}]}"#), false),
-            (pod(r#"{"containers":[{"resources":{"limits":{"cpu":null}}}]}"#), true),
+            (
+                pod(r#"{"containers":[{"resources":{"limits":{"cpu":1e3,"memory":-0}}}]}"#),
+                true,
+            ),
+            (
+                pod(r#"{"containers":[{"resources":{"limits":{"cpu":1e400}}}]}"#),
+                false,
+            ),
+            (
+                pod(r#"{"containers":[{"resources":{"limits":{"cpu":true}}}]}"#),
+                false,
+            ),
+            (
+                pod(r#"{"containers":[{"resources":{"limits":{"cpu":null}}}]}"#),
+                true,
+            ),
             // Duplicates: refused where read, the last kept where a map.
             (pod(r#"{"hostNetwork":null,"hostNetwork":true}"#), false),
             (pod(r#"{"x":1,"x":2}"#), true),
@@ -774,7 +803,10 @@ mod tests {
             (pod(r#"{"containers":{}}"#), false),
             (pod(r#"{"containers":[],}"#), false),
             (pod(r#"{"containers":[1,]}"#), false),
-            (pod(" \t\r\n{ \"containers\" : [ { \"name\" : \"a\" } ] } "), true),
+            (
+                pod(" \t\r\n{ \"containers\" : [ { \"name\" : \"a\" } ] } "),
+                true,
+            ),
             (pod(r#"{"x":tru}"#), false),
             (pod(r#"{"x":nul}"#), false),
             (pod(r#"{"x":{1:2}}"#), false),
@@ -797,9 +829,18 @@ mod tests {
             (pod("{}") + " ", true),
             (pod("{}") + " x", false),
             (pod("{}").replacen('{', "[", 1), false),
-            (pod("{}").replace(r#"{"group":"","version":"v1","kind":"Pod"}"#, r#"["","v1","Pod"]"#), false),
+            (
+                pod("{}").replace(
+                    r#"{"group":"","version":"v1","kind":"Pod"}"#,
+                    r#"["","v1","Pod"]"#,
+                ),
+                false,
+            ),
             (pod("{}").replace(r#""uid":"u","#, ""), false),
-            (pod("{}").replace(r#""uid":"u","#, r#""uid":"u","uid":"v","#), false),
+            (
+                pod("{}").replace(r#""uid":"u","#, r#""uid":"u","uid":"v","#),
+                false,
+            ),
         ] {
             assert_agrees(body.as_bytes());
             assert_eq!(ReviewIn::read(&body).is_ok(), readable, "{body}");
