@@ -341,6 +341,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The rest of a string after its opening quote, unescaped.
+    #[inline(always)]
     fn string_rest(&mut self) -> Result<Cow<'a, str>> {
         let start = self.at;
         let end = self.string_end(start);

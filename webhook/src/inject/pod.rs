@@ -277,7 +277,8 @@ fn objects<'a, T>(
     r: &mut Reader<'a>,
     read: impl Fn(&mut Reader<'a>) -> json::Result<T>,
 ) -> json::Result<Vec<T>> {
-    let mut list = Vec::new();
+    // Pods hold a few containers and volumes: room for them from the start.
+    let mut list = Vec::with_capacity(4);
     r.array("a list of JSON objects", |r| {
         list.push(read(r)?);
         Ok(())
