@@ -17,7 +17,6 @@
 //! a field the views read may appear once per object.
 
 use std::borrow::Cow;
-use std::fmt;
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -524,18 +523,18 @@ impl<'a> Reader<'a> {
 
     #[cold]
     fn eof(&self) -> Error {
-        let end = Reader {
-            text: self.text,
-            at: self.text.len(),
-            control: self.control,
-        };
-        end.error("EOF while parsing a value")
+        self.error_at(self.text.len(), "EOF while parsing a value")
     }
 
     /// An error at the byte before `self.at` (the one that did not fit).
     #[cold]
     pub fn error(&self, what: &str) -> Error {
-        let before = &self.text.as_bytes()[..self.at.min(self.text.len())];
+        self.error_at(self.at, what)
+    }
+
+    #[cold]
+    fn error_at(&self, at: usize, what: &str) -> Error {
+        let before = &self.text.as_bytes()[..at.min(self.text.len())];
         let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
         let line_start = before
             .iter()
@@ -634,10 +633,4 @@ impl Seen {
 /// A field the views must find, as serde's derive says it is missing.
 pub fn required<T>(value: Option<T>, reader: &Reader<'_>, name: &str) -> Result<T> {
     value.ok_or_else(|| reader.error(&format!("missing field `{name}`")))
-}
-
-impl fmt::Debug for Reader<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Reader at byte {} of {}", self.at, self.text.len())
-    }
 }
