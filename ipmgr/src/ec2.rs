@@ -376,6 +376,11 @@ pub fn to_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<Eni> {
             .map(str::to_owned),
         primary_ipv4,
         ipv4,
+        primary_ipv6: ni
+            .ipv6_addresses()
+            .iter()
+            .find(|a| a.is_primary_ipv6() == Some(true))
+            .and_then(|a| a.ipv6_address()?.parse().ok()),
         ipv6: ni
             .ipv6_addresses()
             .iter()

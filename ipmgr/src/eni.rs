@@ -36,6 +36,10 @@ pub struct Eni {
     pub primary_ipv4: Option<Ipv4Addr>,
     /// Every private IPv4 address, the primary included.
     pub ipv4: Vec<Ipv4Addr>,
+    /// The primary IPv6 address of an ENI that has one (EnablePrimaryIpv6): it stays
+    /// with the ENI until it is detached, like the primary IPv4 address.
+    pub primary_ipv6: Option<Ipv6Addr>,
+    /// Every IPv6 address, the primary included.
     pub ipv6: Vec<Ipv6Addr>,
     /// Every tag, by key.
     pub tags: BTreeMap<String, String>,
@@ -48,6 +52,14 @@ impl Eni {
         match ip {
             IpAddr::V4(v4) => self.ipv4.contains(&v4),
             IpAddr::V6(v6) => self.ipv6.contains(&v6),
+        }
+    }
+
+    /// One of the ENI's primary addresses, which EC2 never moves or unassigns.
+    pub fn is_primary(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => self.primary_ipv4 == Some(v4),
+            IpAddr::V6(v6) => self.primary_ipv6 == Some(v6),
         }
     }
 }
@@ -385,6 +397,7 @@ pub(crate) mod tests {
             subnet_id: subnet.into(),
             primary_ipv4: ipv4.first().map(|ip| ip.parse().unwrap()),
             ipv4: ipv4.iter().map(|ip| ip.parse().unwrap()).collect(),
+            primary_ipv6: None,
             ipv6: Vec::new(),
             tags: match index {
                 0 => BTreeMap::new(),

@@ -109,7 +109,7 @@ pub fn plan<'a>(
         }
         let holder = holders.iter().find(|h| h.id != p.eni.id && h.holds(ip));
         if let Some(h) = holder {
-            if h.primary_ipv4.is_some_and(|v4| IpAddr::V4(v4) == ip) {
+            if h.is_primary(ip) {
                 let holder = h.id.clone();
                 plan.blocked
                     .push((*p, Blocked::PrimaryElsewhere { holder }));
@@ -159,14 +159,13 @@ pub struct Release<'a> {
 /// interface rides on, and only if that ENI holds it now. An address the pod gave up
 /// may already be another pod's; one that moved to another ENI (another node, or a
 /// pod on this node riding on another ENI) is its new owner's. A primary private
-/// address is never touched. `placements` come from a fresh describe.
+/// address, IPv4 or IPv6, is never touched. `placements` come from a fresh describe.
 pub fn release<'a>(placements: &[Placement<'a>]) -> Release<'a> {
     let mut out = Release::default();
     for p in placements {
         let eni = p.eni;
         match p.ip() {
-            ip if !eni.holds(ip) => {}
-            IpAddr::V4(v4) if eni.primary_ipv4 == Some(v4) => {}
+            ip if !eni.holds(ip) || eni.is_primary(ip) => {}
             IpAddr::V4(v4) => add(&mut out.ipv4, eni, v4),
             IpAddr::V6(v6) => add(&mut out.ipv6, eni, v6),
         }

@@ -26,6 +26,7 @@ pub fn eni(id: &str, instance: &str, index: i32, mac: &str, subnet: &str, ipv4: 
         subnet_id: subnet.into(),
         ipv4: ipv4.iter().map(|s| s.parse().unwrap()).collect(),
         ipv6: Vec::new(),
+        primary_ipv6: None,
     }
 }
 

@@ -43,11 +43,7 @@ impl Inner {
         let throttled = self.random() < self.faults.throttle_fraction
             || (self.faults.rate_limits && !self.buckets.take(action, q));
         if throttled {
-            return Err(Fail {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "RequestLimitExceeded",
-                message: "Request limit exceeded.".into(),
-            });
+            return Err(super::throttled());
         }
         if self.random() < self.faults.server_error_fraction {
             return Err(Fail {
@@ -382,6 +378,12 @@ impl Inner {
             return Err(fail(
                 "InvalidParameterValue",
                 format!("Address {ip} is not assigned to interface {}", eni.id),
+            ));
+        }
+        if let Some(ip) = ips.iter().find(|ip| eni.primary_ipv6 == Some(**ip)) {
+            return Err(fail(
+                "InvalidParameterValue",
+                format!("The primary IPv6 address {ip} of interface {} cannot be unassigned", eni.id),
             ));
         }
         eni.ipv6.retain(|ip| !ips.contains(ip));

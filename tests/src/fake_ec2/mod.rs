@@ -68,6 +68,10 @@ pub struct Eni {
     pub ipv4: Vec<Ipv4Addr>,
     #[serde(default)]
     pub ipv6: Vec<Ipv6Addr>,
+    /// The ENI's primary IPv6 address (one of `ipv6`), set where the subnet has
+    /// `EnablePrimaryIpv6`: EC2 refuses to unassign it while the ENI is attached.
+    #[serde(default)]
+    pub primary_ipv6: Option<Ipv6Addr>,
     /// Key, value.
     #[serde(default)]
     pub tags: Vec<(String, String)>,
@@ -178,10 +182,25 @@ struct Inner {
     rng: u64,
 }
 
+/// What the fake does with a request that has just arrived, as a test's hook decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// Carry it out as EC2 would.
+    Proceed,
+    /// Answer RequestLimitExceeded without acting.
+    Throttle,
+}
+
+/// Called with each request's action and ENI (if it names one) as the request
+/// arrives, before the fake acts on it: a test changes the cluster at exactly that
+/// moment, or throttles that one call.
+pub type Hook = Arc<dyn Fn(&str, Option<&str>) -> Arrival + Send + Sync>;
+
 /// The fake; clone it to share between the server and the test.
 #[derive(Clone)]
 pub struct FakeEc2 {
     inner: Arc<Mutex<Inner>>,
+    hook: Arc<Mutex<Option<Hook>>>,
 }
 
 struct Fail {
@@ -212,7 +231,13 @@ impl FakeEc2 {
                 remaps: Vec::new(),
                 rng: 0x9e37_79b9_7f4a_7c15,
             })),
+            hook: Arc::default(),
         }
+    }
+
+    /// Sets (or with `None` clears) the hook every request meets as it arrives.
+    pub fn on_arrival(&self, hook: Option<Hook>) {
+        *self.hook.lock().unwrap_or_else(|p| p.into_inner()) = hook;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -343,6 +368,15 @@ async fn handle(State(fake): State<FakeEc2>, body: Bytes) -> Response {
         fake.record(action, status, code, &q, arrived);
         return (status, [("content-type", "text/xml")], body).into_response();
     }
+    let hook = fake.hook.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(hook) = hook
+        && hook(&action, q.get("NetworkInterfaceId")) == Arrival::Throttle
+    {
+        let f = throttled();
+        fake.record(action, f.status, Some(f.code.to_owned()), &q, arrived);
+        let body = xml::error(f.code, &f.message, &request_id());
+        return (f.status, [("content-type", "text/xml;charset=UTF-8")], body).into_response();
+    }
     let broken = {
         let mut inner = fake.lock();
         let broken = inner.faults.broken.filter(|_| inner.broken_left > 0);
@@ -397,6 +431,14 @@ async fn handle(State(fake): State<FakeEc2>, body: Bytes) -> Response {
         return (status, [("content-type", "text/xml;charset=UTF-8")], cut).into_response();
     }
     (status, [("content-type", "text/xml;charset=UTF-8")], body).into_response()
+}
+
+fn throttled() -> Fail {
+    Fail {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "RequestLimitExceeded",
+        message: "Request limit exceeded.".into(),
+    }
 }
 
 fn request_id() -> String {

@@ -60,7 +60,7 @@ pub(super) fn eni(eni: &Eni) -> String {
         text("privateIpAddress", ip) + &text("primary", i == 0)
     });
     let v6 = items(&eni.ipv6, |ip| {
-        text("ipv6Address", ip) + &text("isPrimaryIpv6", false)
+        text("ipv6Address", ip) + &text("isPrimaryIpv6", eni.primary_ipv6 == Some(*ip))
     });
     let tags = items(&eni.tags, |(k, v)| text("key", k) + &text("value", v));
     let attachment = match &eni.instance_id {
