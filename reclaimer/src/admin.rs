@@ -1,5 +1,5 @@
-//! The admin port: `/healthz` (the process answers), `/readyz` (pods, nodes and
-//! NetworkAttachmentDefinitions have been listed) and `/metrics`. Both replicas are
+//! The admin port: `/healthz` (the process answers), `/readyz` (pods, nodes,
+//! namespaces and IPPools have been listed) and `/metrics`. Both replicas are
 //! ready once listed, leader or not: readiness says the replica could lead.
 
 use std::net::SocketAddr;
@@ -52,7 +52,7 @@ async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "listing pods, nodes and NetworkAttachmentDefinitions\n",
+            "listing pods, nodes, namespaces and IPPools\n",
         )
     }
 }

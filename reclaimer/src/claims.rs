@@ -1,19 +1,22 @@
 //! What the Kubernetes API says about a pod: whether it is live, which node it is on,
-//! which addresses Multus gave it, and which NetworkAttachmentDefinitions it asked
-//! for.
+//! which addresses Multus gave it, and which of them IPAM handed out.
 //!
-//! A pod is live until its phase is Succeeded or Failed, or its deletion grace has
-//! run out (`deletionTimestamp` is the end of the grace: until then kubelet may still
-//! be stopping it, and its sidecar still releasing). A live pod claims the addresses
-//! of its Multus `network-status` annotation on the node it runs on. A live pod that
-//! asked for networks but has no status for them yet is "settling": its addresses
-//! are unknown, so nothing on its node is released until it settles.
+//! A pod is live while its object exists and its phase is not Succeeded or Failed.
+//! A `deletionTimestamp` in the past does not end it: on a node that stopped
+//! answering, the pod may still run and use its addresses until the node comes back
+//! or its object is deleted (a force delete). A live pod claims the addresses of its
+//! Multus `network-status` annotation on the node it runs on. A live pod that asked
+//! for networks but has no status for them yet is "settling": its addresses are
+//! unknown, so nothing on its node is released until it settles.
+//!
+//! The secondary networks of an ipmgmt pod's `network-status` are the evidence that
+//! IPAM handed an address out (`handed_out`): the reclaimer releases nothing else. A
+//! floating IP that HA software adds to an interface is never in it.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 
 /// The annotation the webhook keys on: a pod with it is ipmgr's.
@@ -22,19 +25,6 @@ pub const MODE_ANNOTATION: &str = "ipmgmt.aws/mode";
 pub const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
 /// What Multus reports it attached.
 pub const NETWORK_STATUS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/network-status";
-
-/// A NetworkAttachmentDefinition by namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NadRef {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl std::fmt::Display for NadRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// What one pod contributes to a sweep.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,9 +35,25 @@ pub struct PodClaim {
     pub settling: bool,
 }
 
+/// Why the reclaimer believes IPAM handed an address out.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Evidence {
+    /// `namespace/name` of the pod it was handed to.
+    pub pod: String,
+    /// Where it was seen: the pod's `network-status` (the network's name), or an
+    /// IPAM's own allocation record.
+    pub seen_in: String,
+}
+
+impl std::fmt::Display for Evidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "handed out to {} ({})", self.pod, self.seen_in)
+    }
+}
+
 /// The pod's claim, or `None` when it claims nothing: not live, or not on a node.
-pub fn claim_of(pod: &Pod, now: Timestamp) -> Option<PodClaim> {
-    if !is_live(pod, now) {
+pub fn claim_of(pod: &Pod) -> Option<PodClaim> {
+    if !is_live(pod) {
         return None;
     }
     let node = pod.spec.as_ref()?.node_name.clone()?;
@@ -68,41 +74,64 @@ pub fn claim_of(pod: &Pod, now: Timestamp) -> Option<PodClaim> {
     })
 }
 
-pub fn is_live(pod: &Pod, now: Timestamp) -> bool {
+/// Live until the phase is terminal; the object's deletion ends it (the pod is then
+/// no longer listed), not its `deletionTimestamp`.
+pub fn is_live(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    if matches!(phase, Some("Succeeded" | "Failed")) {
-        return false;
-    }
-    match &pod.metadata.deletion_timestamp {
-        Some(end_of_grace) => now < end_of_grace.0,
-        None => true,
-    }
+    !matches!(phase, Some("Succeeded" | "Failed"))
 }
 
-/// The NADs an ipmgmt pod asks for; none for a pod without the mode annotation.
-pub fn nads_of(pod: &Pod) -> Vec<NadRef> {
-    let Some(annotations) = pod.metadata.annotations.as_ref() else {
-        return Vec::new();
-    };
-    if !annotations.contains_key(MODE_ANNOTATION) {
+/// Whether the pod asked for the IP manager.
+pub fn is_ipmgmt(pod: &Pod) -> bool {
+    (pod.metadata.annotations.as_ref()).is_some_and(|a| a.contains_key(MODE_ANNOTATION))
+}
+
+/// The addresses IPAM handed to an ipmgmt pod, by its `network-status`: those of its
+/// secondary networks. None for a pod without the mode annotation.
+pub fn handed_out(pod: &Pod) -> Vec<(IpAddr, Evidence)> {
+    if !is_ipmgmt(pod) {
         return Vec::new();
     }
-    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-    annotations
-        .get(NETWORKS_ANNOTATION)
-        .map(|a| networks(a, namespace))
-        .unwrap_or_default()
+    let Some(status) = (pod.metadata.annotations.as_ref())
+        .and_then(|a| a.get(NETWORK_STATUS_ANNOTATION))
+        .map(|s| network_status(s))
+    else {
+        return Vec::new();
+    };
+    let pod = format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or("")
+    );
+    status
+        .into_iter()
+        .filter(|s| !s.default)
+        .flat_map(|s| {
+            let seen_in = format!("network-status of network {}", s.name);
+            let pod = pod.clone();
+            s.addresses.into_iter().map(move |ip| {
+                let evidence = Evidence {
+                    pod: pod.clone(),
+                    seen_in: seen_in.clone(),
+                };
+                (ip, evidence)
+            })
+        })
+        .collect()
 }
 
 /// One network of `network-status`.
 #[derive(Debug, PartialEq, Eq)]
 struct Status {
+    name: String,
     default: bool,
     addresses: Vec<IpAddr>,
 }
 
 #[derive(Deserialize)]
 struct RawStatus {
+    #[serde(default)]
+    name: String,
     #[serde(default)]
     default: bool,
     #[serde(default)]
@@ -115,51 +144,13 @@ fn network_status(text: &str) -> Vec<Status> {
     let raw: Vec<RawStatus> = serde_json::from_str(text).unwrap_or_default();
     raw.into_iter()
         .map(|r| Status {
+            name: r.name,
             default: r.default,
             addresses: r
                 .ips
                 .iter()
                 .filter_map(|ip| ip.split('/').next()?.parse().ok())
                 .collect(),
-        })
-        .collect()
-}
-
-#[derive(Deserialize)]
-struct Selection {
-    name: String,
-    namespace: Option<String>,
-}
-
-/// `k8s.v1.cni.cncf.io/networks`: a JSON list of selections, or the short form
-/// `name`, `ns/name`, `ns/name@ifname`, comma-separated.
-fn networks(text: &str, pod_namespace: &str) -> Vec<NadRef> {
-    let text = text.trim();
-    if text.starts_with('[') {
-        let list: Vec<Selection> = serde_json::from_str(text).unwrap_or_default();
-        return list
-            .into_iter()
-            .map(|s| NadRef {
-                namespace: s.namespace.unwrap_or_else(|| pod_namespace.to_owned()),
-                name: s.name,
-            })
-            .collect();
-    }
-    text.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|item| {
-            let item = item.split('@').next().unwrap_or(item);
-            match item.split_once('/') {
-                Some((ns, name)) => NadRef {
-                    namespace: ns.to_owned(),
-                    name: name.to_owned(),
-                },
-                None => NadRef {
-                    namespace: pod_namespace.to_owned(),
-                    name: item.to_owned(),
-                },
-            }
         })
         .collect()
 }
@@ -197,13 +188,9 @@ mod tests {
         }
     }
 
-    fn now() -> Timestamp {
-        "2026-12-02T10:00:00Z".parse().unwrap()
-    }
-
     #[test]
     fn a_running_pod_claims_its_multus_addresses_on_its_node() {
-        let claim = claim_of(&pod(json!({})), now()).unwrap();
+        let claim = claim_of(&pod(json!({}))).unwrap();
         assert_eq!(claim.node, "node-1");
         assert!(!claim.settling);
         let ips: Vec<String> = claim.addresses.iter().map(ToString::to_string).collect();
@@ -214,51 +201,42 @@ mod tests {
     }
 
     #[test]
-    fn finished_pods_and_pods_past_their_grace_claim_nothing() {
+    fn finished_pods_claim_nothing_and_a_pod_past_its_deletion_time_still_claims() {
         assert_eq!(
-            claim_of(&pod(json!({"status": {"phase": "Succeeded"}})), now()),
+            claim_of(&pod(json!({"status": {"phase": "Succeeded"}}))),
             None
         );
-        assert_eq!(
-            claim_of(&pod(json!({"status": {"phase": "Failed"}})), now()),
-            None
-        );
-        let stopping = pod(json!({"metadata": {"deletionTimestamp": "2026-12-02T10:00:20Z"}}));
-        assert!(
-            claim_of(&stopping, now()).is_some(),
-            "inside its grace it still claims"
-        );
+        assert_eq!(claim_of(&pod(json!({"status": {"phase": "Failed"}}))), None);
+        // A node that stopped answering: kubelet never confirms the stop, the pod may
+        // still run there, and its object stays until it is force-deleted.
         let past = pod(json!({"metadata": {"deletionTimestamp": "2026-12-02T09:59:00Z"}}));
-        assert_eq!(claim_of(&past, now()), None);
-        assert_eq!(
-            claim_of(&pod(json!({"spec": {"nodeName": null}})), now()),
-            None
-        );
+        assert!(claim_of(&past).is_some());
+        let unknown = pod(json!({"status": {"phase": "Unknown"}}));
+        assert!(claim_of(&unknown).is_some());
+        assert_eq!(claim_of(&pod(json!({"spec": {"nodeName": null}}))), None);
     }
 
     #[test]
     fn a_pod_without_network_status_yet_is_settling() {
         let p = pod(json!({"metadata": {"annotations": {
             "k8s.v1.cni.cncf.io/network-status": r#"[{"name":"aws-cni","ips":["10.0.1.5"],"default":true}]"#}}}));
-        assert!(claim_of(&p, now()).unwrap().settling);
+        assert!(claim_of(&p).unwrap().settling);
         let garbled = pod(json!({"metadata": {"annotations": {
             "k8s.v1.cni.cncf.io/network-status": "{"}}}));
-        assert!(claim_of(&garbled, now()).unwrap().settling);
+        assert!(claim_of(&garbled).unwrap().settling);
     }
 
     #[test]
-    fn networks_in_both_spellings() {
-        let refs = nads_of(&pod(json!({})));
-        let names: Vec<String> = refs.iter().map(ToString::to_string).collect();
-        assert_eq!(names, ["multus-demo/ipvlan-net1", "other/ipvlan-net2"]);
-        let p = pod(json!({"metadata": {"annotations": {
-            "k8s.v1.cni.cncf.io/networks": r#"[{"name":"a","interface":"net1"},{"name":"b","namespace":"x"}]"#}}}));
-        let names: Vec<String> = nads_of(&p).iter().map(ToString::to_string).collect();
-        assert_eq!(names, ["multus-demo/a", "x/b"]);
+    fn ipam_evidence_is_the_secondary_networks_of_ipmgmt_pods_only() {
+        let seen = handed_out(&pod(json!({})));
+        let ips: Vec<String> = seen.iter().map(|(ip, _)| ip.to_string()).collect();
+        assert_eq!(ips, ["10.0.4.66", "10.0.5.66", "2001:db8:0:5::100"]);
+        assert_eq!(seen[0].1.pod, "multus-demo/app-1");
+        assert!(seen[0].1.seen_in.contains("multus-demo/ipvlan-net1"));
         let mut unmanaged = pod(json!({}));
         if let Some(a) = unmanaged.metadata.annotations.as_mut() {
             a.remove(MODE_ANNOTATION);
         }
-        assert!(nads_of(&unmanaged).is_empty());
+        assert!(handed_out(&unmanaged).is_empty());
     }
 }

@@ -71,9 +71,28 @@ pub struct Args {
     #[arg(long, env = "IPMGMT_RECLAIMER_CLUSTER_TAG", value_name = "KEY=VALUE")]
     pub cluster_tag: Option<ipmgr::eni::Tag>,
 
-    /// EC2 attempts per call, retries on throttling and 5xx included.
+    /// EC2 attempts per call, retries on throttling and 5xx included. Before each
+    /// attempt of an unassign, the node's pods are read again.
     #[arg(long, env = "IPMGMT_RECLAIMER_EC2_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub ec2_max_attempts: u32,
+
+    /// The first wait between two attempts of an EC2 call; it doubles, with jitter,
+    /// up to 5 s.
+    #[arg(long, env = "IPMGMT_RECLAIMER_EC2_INITIAL_BACKOFF", default_value = "200ms", value_parser = duration)]
+    pub ec2_initial_backoff: Duration,
+
+    /// The namespaces the webhook serves, as a label selector (`kubectl get ns -l`
+    /// syntax; the chart renders the webhook's namespaceSelector here). Only what IPAM
+    /// handed to pods in these namespaces is ever released. Unset: every namespace.
+    #[arg(long, env = "IPMGMT_RECLAIMER_NAMESPACE_SELECTOR", value_name = "SELECTOR")]
+    pub namespace_selector: Option<String>,
+
+    /// The API server ends each watch after this long, and the watch starts again; a
+    /// connection silent for 2 s longer counts as a failed watch (every grace period
+    /// starts again), so a connection that stops carrying bytes cannot leave the view
+    /// stale. Whole seconds.
+    #[arg(long, env = "IPMGMT_RECLAIMER_WATCH_TIMEOUT", default_value = "1m", value_parser = duration)]
+    pub watch_timeout: Duration,
 
     #[arg(long, env = "IPMGMT_RECLAIMER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -103,6 +122,12 @@ impl Args {
             return Err(format!(
                 "--retry-period ({:?}) must be shorter than --renew-deadline ({:?})",
                 self.retry_period, self.renew_deadline
+            ));
+        }
+        if self.watch_timeout < Duration::from_secs(1) || self.watch_timeout.subsec_nanos() != 0 {
+            return Err(format!(
+                "--watch-timeout ({:?}) must be a whole number of seconds, at least 1s: the API server takes seconds",
+                self.watch_timeout
             ));
         }
         Ok(())

@@ -1,13 +1,16 @@
 //! The EC2 calls the reclaimer makes, behind a narrow trait: one filtered describe
-//! for all the nodes' Multus ENIs, and the two unassign actions.
+//! for the nodes' Multus ENIs, the two unassign actions, and the two assign actions
+//! that put back an address a pod claimed while its release was in flight.
 //!
 //! The SDK client comes from `ipmgr::aws`, the one place that sets timeouts and
-//! retries; its standard retries back off on throttling, and a sweep that still
-//! meets `RequestLimitExceeded` stops there and leaves the rest to the next one.
+//! retries. The describe keeps the SDK's retries. The changes make one attempt each
+//! (`single_attempt`): the sweeper retries them itself, and reads the node's pods
+//! again before every attempt, which no retry inside the SDK could do.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::types::Filter;
 use ipmgr::ec2::{Action, Ec2Error, sdk_error};
 use ipmgr::eni::{NO_MANAGE_TAG, Tag};
@@ -17,10 +20,12 @@ pub const IAM_POLICY: &str = "deploy/reclaimer-iam-policy.json";
 
 /// Every EC2 action the reclaimer calls; `deploy/reclaimer-iam-policy.json` allows
 /// exactly these (checked by a test).
-pub const ACTIONS: [Action; 3] = [
+pub const ACTIONS: [Action; 5] = [
     Action::DescribeNetworkInterfaces,
     Action::UnassignPrivateIpAddresses,
     Action::UnassignIpv6Addresses,
+    Action::AssignPrivateIpAddresses,
+    Action::AssignIpv6Addresses,
 ];
 
 /// EC2 accepts at most this many values in one filter.
@@ -34,6 +39,8 @@ pub struct MultusEni {
     pub device_index: i32,
     /// Secondary private IPv4 addresses (the primary is the ENI's own).
     pub ipv4: Vec<Ipv4Addr>,
+    /// IPv6 addresses but the ENI's primary IPv6 address, which stays with the ENI
+    /// until it is detached.
     pub ipv6: Vec<Ipv6Addr>,
 }
 
@@ -46,12 +53,24 @@ impl MultusEni {
     }
 }
 
+/// The changes are one attempt each: no retry inside the SDK.
 pub trait Ec2 {
     /// The ENIs tagged no_manage attached to these instances, device index 1 or more.
     fn multus_enis(
         &self,
         instances: &[String],
     ) -> impl Future<Output = Result<Vec<MultusEni>, Ec2Error>> + Send;
+    /// Without reassignment: an address another ENI holds now is that ENI's.
+    fn assign_ipv4(
+        &self,
+        eni: &str,
+        ips: &[Ipv4Addr],
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    fn assign_ipv6(
+        &self,
+        eni: &str,
+        ips: &[Ipv6Addr],
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
     fn unassign_ipv4(
         &self,
         eni: &str,
@@ -67,16 +86,22 @@ pub trait Ec2 {
 #[derive(Clone, Debug)]
 pub struct SdkEc2 {
     client: aws_sdk_ec2::Client,
-    /// The IP manager's calls, for the two unassign actions they share.
-    ipmgr: ipmgr::ec2::SdkEc2,
     /// The cluster's tag, which its Multus ENIs also carry.
     cluster_tag: Option<Tag>,
+}
+
+/// The client's settings for one attempt of a change: the sweeper retries.
+fn single_attempt() -> aws_sdk_ec2::config::Builder {
+    aws_sdk_ec2::config::Builder::default().retry_config(RetryConfig::disabled())
+}
+
+fn strings<T: ToString>(ips: &[T]) -> Vec<String> {
+    ips.iter().map(ToString::to_string).collect()
 }
 
 impl SdkEc2 {
     pub fn new(client: aws_sdk_ec2::Client) -> Self {
         SdkEc2 {
-            ipmgr: ipmgr::ec2::SdkEc2::new(client.clone()).with_remedy(hint),
             client,
             cluster_tag: None,
         }
@@ -132,17 +157,62 @@ impl Ec2 for SdkEc2 {
         Ok(out)
     }
 
+    async fn assign_ipv4(&self, eni: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
+        self.client
+            .assign_private_ip_addresses()
+            .network_interface_id(eni)
+            .set_private_ip_addresses(Some(strings(ips)))
+            .allow_reassignment(false)
+            .customize()
+            .config_override(single_attempt())
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| sdk_error(Action::AssignPrivateIpAddresses, eni, e, hint))
+    }
+
+    async fn assign_ipv6(&self, eni: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
+        self.client
+            .assign_ipv6_addresses()
+            .network_interface_id(eni)
+            .set_ipv6_addresses(Some(strings(ips)))
+            .customize()
+            .config_override(single_attempt())
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| sdk_error(Action::AssignIpv6Addresses, eni, e, hint))
+    }
+
     async fn unassign_ipv4(&self, eni: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
-        ipmgr::ec2::Ec2::unassign_ipv4(&self.ipmgr, eni, ips).await
+        self.client
+            .unassign_private_ip_addresses()
+            .network_interface_id(eni)
+            .set_private_ip_addresses(Some(strings(ips)))
+            .customize()
+            .config_override(single_attempt())
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| sdk_error(Action::UnassignPrivateIpAddresses, eni, e, hint))
     }
 
     async fn unassign_ipv6(&self, eni: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
-        ipmgr::ec2::Ec2::unassign_ipv6(&self.ipmgr, eni, ips).await
+        self.client
+            .unassign_ipv6_addresses()
+            .network_interface_id(eni)
+            .set_ipv6_addresses(Some(strings(ips)))
+            .customize()
+            .config_override(single_attempt())
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| sdk_error(Action::UnassignIpv6Addresses, eni, e, hint))
     }
 }
 
 /// Device index 0 is the node's own ENI, whatever its tags say: never a candidate,
-/// nor is any ENI's primary address. Read as the IP manager reads ENIs.
+/// nor is any ENI's primary address, IPv4 or IPv6. Read as the IP manager reads ENIs.
 fn multus_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<MultusEni> {
     let eni = ipmgr::ec2::to_eni(ni)?;
     if eni.device_index < 1 || !eni.no_manage() {
@@ -157,7 +227,11 @@ fn multus_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<MultusEni> {
             .into_iter()
             .filter(|v4| Some(*v4) != primary)
             .collect(),
-        ipv6: eni.ipv6,
+        ipv6: eni
+            .ipv6
+            .into_iter()
+            .filter(|v6| Some(*v6) != eni.primary_ipv6)
+            .collect(),
         id: eni.id,
     })
 }
@@ -181,8 +255,18 @@ fn hint(action: Action, code: Option<&str>) -> String {
         Some("InvalidNetworkInterfaceID.NotFound") => {
             "the ENI is gone (its node was terminated): nothing to release".into()
         }
-        Some("InvalidParameterValue" | "InvalidIPAddress.NotFound") => {
-            "the address is no longer on that ENI: another ENI took it, or it was released already".into()
+        Some("InvalidParameterValue" | "InvalidIPAddress.NotFound") => match action {
+            Action::AssignPrivateIpAddresses | Action::AssignIpv6Addresses => {
+                "EC2 refused the address on that ENI: check the ENI's subnet and its address limit".into()
+            }
+            _ => "the address is no longer on that ENI: another ENI took it, or it was released already"
+                .into(),
+        },
+        Some("InvalidIPAddress.InUse") => {
+            "another ENI holds the address now, which makes it that ENI's: nothing to put back".into()
+        }
+        Some("PrivateIpAddressLimitExceeded" | "Ipv6AddressLimitExceeded") => {
+            "the ENI is full: free an address on it, then the pod's own IP manager assigns it again".into()
         }
         Some(_) => "see the EC2 API reference for this error code".into(),
         None => "EC2 could not be reached or did not answer: check the reclaimer's egress to the EC2 \
@@ -218,6 +302,12 @@ mod tests {
                 NetworkInterfacePrivateIpAddress::builder()
                     .private_ip_address("10.0.4.66")
                     .primary(false)
+                    .build(),
+            )
+            .ipv6_addresses(
+                NetworkInterfaceIpv6Address::builder()
+                    .ipv6_address("2001:db8::10")
+                    .is_primary_ipv6(true)
                     .build(),
             )
             .ipv6_addresses(
@@ -262,8 +352,8 @@ mod tests {
         }
     }
 
-    /// Each of the three calls, failed.
-    async fn failures(ec2: &SdkEc2) -> [Ec2Error; 3] {
+    /// Each of the five calls, failed.
+    async fn failures(ec2: &SdkEc2) -> [Ec2Error; 5] {
         let (v4, v6) = (
             "10.0.4.66".parse().unwrap(),
             "2001:db8::100".parse().unwrap(),
@@ -272,6 +362,8 @@ mod tests {
             ec2.multus_enis(&["i-1".into()]).await.unwrap_err(),
             ec2.unassign_ipv4("eni-1", &[v4]).await.unwrap_err(),
             ec2.unassign_ipv6("eni-1", &[v6]).await.unwrap_err(),
+            ec2.assign_ipv4("eni-1", &[v4]).await.unwrap_err(),
+            ec2.assign_ipv6("eni-1", &[v6]).await.unwrap_err(),
         ]
     }
 
@@ -289,10 +381,14 @@ mod tests {
     }
 
     #[test]
-    fn the_primary_address_and_the_primary_eni_are_never_candidates() {
+    fn the_primary_addresses_and_the_primary_eni_are_never_candidates() {
         let eni = multus_eni(&ni(1, true)).unwrap();
         assert_eq!(eni.ipv4, ["10.0.4.66".parse::<Ipv4Addr>().unwrap()]);
-        assert_eq!(eni.ipv6.len(), 1);
+        assert_eq!(
+            eni.ipv6,
+            ["2001:db8::100".parse::<Ipv6Addr>().unwrap()],
+            "the primary IPv6 address stays with its ENI"
+        );
         assert_eq!(eni.instance, "i-1");
         assert_eq!(multus_eni(&ni(0, true)), None);
         assert_eq!(multus_eni(&ni(1, false)), None);

@@ -1,4 +1,4 @@
-//! One Kubernetes Event per released address, on the address's Node.
+//! One Kubernetes Event per released (or put back) address, on the address's Node.
 //!
 //! kube-runtime's `Recorder` folds Events that share a reason and an object into one
 //! series and keeps the first one's message, so six releases on a node would read as
@@ -28,7 +28,14 @@ impl Events {
         }
     }
 
-    pub async fn on_node(&self, node: &str, reason: &str, note: String) -> Result<(), kube::Error> {
+    /// `warning`: something a user should look at (an address put back), not routine.
+    pub async fn on_node(
+        &self,
+        node: &str,
+        reason: &str,
+        warning: bool,
+        note: String,
+    ) -> Result<(), kube::Error> {
         let now = Timestamp::now();
         let event = Event {
             metadata: ObjectMeta {
@@ -38,7 +45,7 @@ impl Events {
             action: Some("Release".into()),
             reason: Some(reason.into()),
             note: Some(note),
-            type_: Some("Normal".into()),
+            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
             event_time: Some(MicroTime(now)),
             regarding: Some(ObjectReference {
                 api_version: Some(Node::api_version(&()).into_owned()),

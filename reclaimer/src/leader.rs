@@ -9,7 +9,10 @@
 //!   for the same record, the apiserver lets exactly one win (409 for the other).
 //! - The leader renews every retry period and stops acting once it could not renew
 //!   for the renew deadline, which is shorter than the lease duration: it has stopped
-//!   before any other replica may start.
+//!   before any other replica may start. Each try is cut off when the deadline
+//!   passes, as client-go bounds its renewals: on a connection that stops carrying
+//!   bytes without closing, a call could otherwise wait past the lease duration
+//!   while this replica still believes it leads.
 //! - On shutdown the leader releases the Lease, so the next one starts at once.
 
 use std::time::{Duration, Instant};
@@ -44,7 +47,16 @@ impl Election {
         let mut observed: Option<Observed> = None;
         let mut last_renewal: Option<Instant> = None;
         loop {
-            match self.try_acquire_or_renew(&mut observed).await {
+            // A leader's try may last until its renew deadline; anyone else's, a
+            // renew deadline too, so a hung call never stalls the loop.
+            let bound = match last_renewal {
+                Some(at) if *leading.borrow() => self.renew_deadline.saturating_sub(at.elapsed()),
+                _ => self.renew_deadline,
+            };
+            let tried = tokio::time::timeout(bound, self.try_acquire_or_renew(&mut observed))
+                .await
+                .unwrap_or_else(|_| Err(TryError::Deadline(bound)));
+            match tried {
                 Ok(true) => {
                     if !*leading.borrow() {
                         info!(lease = %self.name, identity = %self.identity, "leading");
@@ -77,7 +89,10 @@ impl Election {
         }
         if *leading.borrow() {
             leading.send_replace(false);
-            match self.release().await {
+            let released = tokio::time::timeout(self.renew_deadline, self.release())
+                .await
+                .unwrap_or_else(|_| Err(TryError::Deadline(self.renew_deadline)));
+            match released {
                 Ok(()) => info!(lease = %self.name, "released the lease"),
                 Err(e) => {
                     warn!(lease = %self.name, error = %e, "could not release the lease; it expires by itself")
@@ -89,7 +104,7 @@ impl Election {
     async fn try_acquire_or_renew(
         &self,
         observed: &mut Option<Observed>,
-    ) -> Result<bool, kube::Error> {
+    ) -> Result<bool, TryError> {
         let now = MicroTime(Timestamp::now());
         let Some(current) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
@@ -102,7 +117,7 @@ impl Election {
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(true),
                 Err(e) if is_conflict(&e) => Ok(false),
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             };
         };
         let spec = current.spec.clone().unwrap_or_default();
@@ -153,7 +168,7 @@ impl Election {
                 Ok(true)
             }
             Err(e) if is_conflict(&e) => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -170,7 +185,7 @@ impl Election {
         }
     }
 
-    async fn release(&self) -> Result<(), kube::Error> {
+    async fn release(&self) -> Result<(), TryError> {
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             return Ok(());
         };
@@ -187,7 +202,17 @@ impl Election {
             .replace(&self.name, &PostParams::default(), &lease)
             .await
             .map(drop)
+            .map_err(TryError::from)
     }
+}
+
+/// Why a try at the Lease did not complete.
+#[derive(Debug, thiserror::Error)]
+enum TryError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("no answer from the API server within {0:?}")]
+    Deadline(Duration),
 }
 
 fn is_conflict(e: &kube::Error) -> bool {

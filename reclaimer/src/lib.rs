@@ -3,9 +3,10 @@
 //! Sidecars release their pod's addresses when they stop. Nothing does for an
 //! init-mode pod, a killed sidecar, a dead node or a force-deleted pod; each such
 //! address keeps one of the ENI's few slots. The reclaimer is that safety net: the
-//! Kubernetes API says which pods are live and what they hold (`view`, `claims`), the
-//! NADs say what an IPAM hands out (`pools`), EC2 says what the Multus ENIs hold
-//! (`ec2`), and `sweep` decides, pure, what is stale. One replica acts (`leader`).
+//! Kubernetes API says which pods are live, what they hold and what IPAM handed out
+//! (`view`, `claims`, `whereabouts`), EC2 says what the Multus ENIs hold (`ec2`), and
+//! `sweep` decides, pure, what is stale; `run` releases it without ever leaving a
+//! claimed address unassigned. One replica acts (`leader`).
 
 pub mod admin;
 pub mod claims;
@@ -14,13 +15,14 @@ pub mod ec2;
 pub mod events;
 pub mod leader;
 pub mod metrics;
-pub mod pools;
 pub mod run;
 pub mod sweep;
 pub mod view;
+pub mod whereabouts;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
@@ -33,7 +35,7 @@ use crate::ec2::Ec2;
 use crate::leader::Election;
 use crate::metrics::Metrics;
 use crate::run::{Settings, Sweeper};
-use crate::view::View;
+use crate::view::{Scope, View};
 
 /// The name Events are reported under.
 pub const CONTROLLER: &str = "ipmgmt-reclaimer";
@@ -51,12 +53,18 @@ pub async fn run<E: Ec2>(
     args.check().map_err(anyhow::Error::msg)?;
     let metrics = Metrics::default();
     metrics.register(&mut registry);
-    let view = View::start(&kube, &metrics);
+    let scope = Scope {
+        namespaces: args.namespace_selector.clone(),
+        whereabouts: view::whereabouts_served(&kube).await,
+        watch_timeout: args.watch_timeout,
+    };
+    let view = View::start(&kube, &scope, &metrics);
     let admin = admin::serve(args.admin_listen, registry, view.clone()).await?;
     if let Some(tx) = ready {
         let _ = tx.send(admin);
     }
-    info!(admin = %admin, dry_run = args.dry_run, grace = ?args.grace, interval = ?args.interval, "started");
+    info!(admin = %admin, dry_run = args.dry_run, grace = ?args.grace, interval = ?args.interval,
+        namespaces = args.namespace_selector.as_deref().unwrap_or("all"), whereabouts = scope.whereabouts, "started");
 
     let (leading_tx, mut leading) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -82,13 +90,15 @@ pub async fn run<E: Ec2>(
             max_releases_per_sweep: usize::try_from(args.max_releases_per_sweep)
                 .unwrap_or(usize::MAX),
             dry_run: args.dry_run,
+            attempts: args.ec2_max_attempts,
+            backoff: args.ec2_initial_backoff,
         },
         leading.clone(),
     );
 
     let work = async {
         view.wait_until_ready().await;
-        info!("pods, nodes and NetworkAttachmentDefinitions listed");
+        info!("pods, nodes and namespaces listed");
         loop {
             metrics.set_leader(false);
             let _ = leading.wait_for(|l| *l).await;
@@ -116,6 +126,16 @@ pub async fn run<E: Ec2>(
     let _ = stop_tx.send(true);
     let _ = election.await;
     Ok(())
+}
+
+/// The Kubernetes client as production builds it, from `config` (in-cluster or
+/// `KUBECONFIG`): a read timeout a little longer than the watches' server-side
+/// timeout, counted from each request, so that no call waits for ever on a
+/// connection that stopped carrying bytes without closing.
+pub fn kube_client(mut config: kube::Config, args: &Args) -> anyhow::Result<kube::Client> {
+    config.read_timeout = Some(args.watch_timeout + Duration::from_secs(2));
+    config.reset_reader_on_write = true;
+    Ok(kube::Client::try_from(config)?)
 }
 
 /// The EC2 client as production builds it: `ipmgr::aws`'s timeouts and retries,

@@ -14,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
         .install_default()
         .expect("no other crypto provider is installed before main");
     ipmgmt_reclaimer::init_logging(args.log_format, &args.log_level)?;
-    let kube = kube::Client::try_default().await?;
+    let kube = ipmgmt_reclaimer::kube_client(kube::Config::infer().await?, &args)?;
     let mut registry = Registry::default();
     let ec2 = ipmgmt_reclaimer::ec2_client(&args, &mut registry).await;
     let shutdown = ipmgmt_reclaimer::shutdown_signal();

@@ -4,9 +4,9 @@
 //! |---|---|
 //! | `ipmgmt_reclaimer_leader` | none: 1 while this replica holds the Lease |
 //! | `ipmgmt_reclaimer_sweeps_total` | `result`: `complete`, `throttled`, `failed` |
-//! | `ipmgmt_reclaimer_addresses` | `verdict`: `claimed`, `outside_pools`, `node_settling`, `waiting`, `release`, `deferred` (after the last sweep) |
-//! | `ipmgmt_reclaimer_releases_total` | `result`: `released`, `dry_run`, `claimed_at_confirm`, `failed` |
-//! | `ipmgmt_reclaimer_watch_errors_total` | `resource`: `pods`, `nodes`, `network_attachment_definitions` |
+//! | `ipmgmt_reclaimer_addresses` | `verdict`: `claimed`, `not_from_ipam`, `node_settling`, `waiting`, `release`, `deferred` (after the last sweep) |
+//! | `ipmgmt_reclaimer_releases_total` | `result`: `released`, `dry_run`, `claimed_at_confirm`, `put_back`, `failed` |
+//! | `ipmgmt_reclaimer_watch_errors_total` | `resource`: `pods`, `nodes`, `namespaces`, `ippools` |
 //! | `ipmgmt_reclaimer_ec2_attempts_total` | `action`, `result` (as `ipmgr_ec2_attempts_total`) |
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -49,8 +49,10 @@ pub enum SweepResult {
 pub enum ReleaseResult {
     Released,
     DryRun,
-    /// The fresh read of the node's pods just before the call found a claim.
+    /// The fresh read of the node's pods just before an attempt found a claim.
     ClaimedAtConfirm,
+    /// Claimed by a pod while its release was in flight, and assigned to its ENI again.
+    PutBack,
     Failed,
 }
 
@@ -58,7 +60,17 @@ pub enum ReleaseResult {
 pub enum Resource {
     Pods,
     Nodes,
-    NetworkAttachmentDefinitions,
+    Namespaces,
+    IpPools,
+}
+
+impl Resource {
+    const ALL: [Resource; 4] = [
+        Resource::Pods,
+        Resource::Nodes,
+        Resource::Namespaces,
+        Resource::IpPools,
+    ];
 }
 
 named!(SweepResult {
@@ -70,16 +82,18 @@ named!(ReleaseResult {
     ReleaseResult::Released => "released",
     ReleaseResult::DryRun => "dry_run",
     ReleaseResult::ClaimedAtConfirm => "claimed_at_confirm",
+    ReleaseResult::PutBack => "put_back",
     ReleaseResult::Failed => "failed",
 });
 named!(Resource {
     Resource::Pods => "pods",
     Resource::Nodes => "nodes",
-    Resource::NetworkAttachmentDefinitions => "network_attachment_definitions",
+    Resource::Namespaces => "namespaces",
+    Resource::IpPools => "ippools",
 });
 named!(Verdict {
     Verdict::Claimed => "claimed",
-    Verdict::OutsidePools => "outside_pools",
+    Verdict::NotFromIpam => "not_from_ipam",
     Verdict::NodeSettling => "node_settling",
     Verdict::Waiting => "waiting",
     Verdict::Release => "release",
@@ -136,6 +150,7 @@ impl Metrics {
             ReleaseResult::Released,
             ReleaseResult::DryRun,
             ReleaseResult::ClaimedAtConfirm,
+            ReleaseResult::PutBack,
             ReleaseResult::Failed,
         ] {
             let _ = self.releases.get_or_create(&ReleaseLabel { result: r });
@@ -143,11 +158,7 @@ impl Metrics {
         for v in Verdict::ALL {
             let _ = self.addresses.get_or_create(&VerdictLabel { verdict: v });
         }
-        for r in [
-            Resource::Pods,
-            Resource::Nodes,
-            Resource::NetworkAttachmentDefinitions,
-        ] {
+        for r in Resource::ALL {
             let _ = self
                 .watch_errors
                 .get_or_create(&ResourceLabel { resource: r });

@@ -1,29 +1,52 @@
 //! A sweep, with its I/O: read the view, describe the Multus ENIs, decide
-//! (`sweep::decide`), confirm against a fresh read of the node's pods, release, and
-//! say so in a log line, an Event on the node and a metric.
+//! (`sweep::decide`), release, and say so in a log line, an Event on the node and a
+//! metric.
+//!
+//! A release must never leave an address unassigned that a live pod claims. Between
+//! the decision and the call, a pod scheduled to the node can be handed exactly that
+//! address (whereabouts hands out the lowest free one); its IP manager then finds it
+//! already on the ENI and makes no call. So:
+//! - before every attempt of every unassign, the node's pods are read again from the
+//!   API (not the watch cache), and an address one of them claims is kept;
+//! - an unassign is one attempt (no retry inside the SDK): a throttled one waits and
+//!   goes through that check again;
+//! - after the node's unassigns, its pods are read once more, and an address claimed
+//!   since the last check that no ENI holds any longer is assigned back to the ENI
+//!   it came from (without reassignment: another ENI holding it makes it that ENI's);
+//! - the Events are written after all of that, so their writes never widen the window.
+//!
+//! A refusal of a batch that is not throttling (an address gone meanwhile, an
+//! unexpected code) splits it, so one address never keeps the others from going.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::ListParams;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::claims::NadRef;
+use crate::claims::claim_of;
 use crate::ec2::Ec2;
 use crate::events::Events;
 use crate::metrics::{Metrics, ReleaseResult, SweepResult};
-use crate::sweep::{Cluster, Held, Release, Suspects, decide};
-use crate::view::{View, add_claim};
+use crate::sweep::{Held, Release, Suspects, decide};
+use crate::view::View;
+use ipmgr::ec2::Ec2Error;
+
+/// The longest wait between two attempts of one change.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct Settings {
     pub grace: Duration,
     pub max_releases_per_sweep: usize,
     pub dry_run: bool,
+    /// Attempts per EC2 change, retries after throttling and server errors included.
+    pub attempts: u32,
+    /// The first wait between attempts; it doubles, with jitter, up to 5 s.
+    pub backoff: Duration,
 }
 
 pub struct Sweeper<E> {
@@ -37,7 +60,26 @@ pub struct Sweeper<E> {
     pub leading: watch::Receiver<bool>,
     suspects: Suspects,
     errors_seen: u64,
-    unreadable_reported: BTreeSet<NadRef>,
+}
+
+/// What one batch's release came to.
+enum Batch {
+    /// Unassigned (possibly fewer than asked: the rest were claimed at a check).
+    Released(Vec<Release>),
+    /// Refused for a reason that may concern one address only: try each alone.
+    Split(Vec<Release>),
+    /// Not released: the error, and whether it was throttling past the attempts.
+    Failed(Vec<Release>, Ec2Error),
+    /// The node's pods could not be read, or the leadership ended: nothing called.
+    Stopped,
+}
+
+/// What a node's release came to, for its Events.
+#[derive(Default)]
+struct NodeOutcome {
+    released: Vec<Release>,
+    /// Put back on their ENI, with the pod that claimed each.
+    put_back: Vec<(Release, String)>,
 }
 
 impl<E: Ec2> Sweeper<E> {
@@ -60,7 +102,6 @@ impl<E: Ec2> Sweeper<E> {
             settings,
             leading,
             suspects: Suspects::default(),
-            unreadable_reported: BTreeSet::new(),
         }
     }
 
@@ -85,13 +126,7 @@ impl<E: Ec2> Sweeper<E> {
             self.errors_seen = errors;
         }
         let instances = self.view.instances();
-        let mut unreadable = BTreeMap::new();
-        let cluster = self.view.cluster(Timestamp::now(), &mut unreadable);
-        for (nad, why) in unreadable {
-            if self.unreadable_reported.insert(nad.clone()) {
-                warn!(%nad, why, "cannot read the NetworkAttachmentDefinition's IPAM: its addresses are never released");
-            }
-        }
+        let cluster = self.view.cluster();
         if instances.is_empty() {
             debug!("no node has an AWS providerID");
             self.metrics.verdicts(&BTreeMap::new());
@@ -140,71 +175,132 @@ impl<E: Ec2> Sweeper<E> {
         for r in releases {
             by_node.entry(r.held.node.clone()).or_default().push(r);
         }
+        let mut result = SweepResult::Complete;
         for (node, releases) in by_node {
-            let releases = match self.confirm(&node, releases).await {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(node, error = %e, "could not read the node's pods to confirm; nothing released there this sweep");
-                    continue;
-                }
-            };
-            let mut by_eni: BTreeMap<(String, bool), Vec<Release>> = BTreeMap::new();
-            for r in releases {
-                by_eni
-                    .entry((r.held.eni.clone(), r.held.ip.is_ipv4()))
-                    .or_default()
-                    .push(r);
+            if !*self.leading.borrow() {
+                info!("no longer leading: sweep stopped before releasing");
+                break;
             }
-            for ((eni, _), batch) in by_eni {
-                if !*self.leading.borrow() {
-                    info!("no longer leading: sweep stopped before releasing");
-                    return SweepResult::Complete;
-                }
-                if self.settings.dry_run {
-                    self.metrics.release(ReleaseResult::DryRun, batch.len());
-                    self.report(&node, &batch, true).await;
-                    continue;
-                }
-                let outcome = self.unassign(&eni, &batch).await;
-                match outcome {
-                    Ok(()) => {
-                        self.metrics.release(ReleaseResult::Released, batch.len());
-                        self.report(&node, &batch, false).await;
-                    }
-                    Err(e) => {
-                        self.metrics.release(ReleaseResult::Failed, batch.len());
-                        warn!(node, eni, error = %e, "release failed");
-                        if e.is_throttling() {
-                            return SweepResult::Throttled;
-                        }
-                    }
-                }
+            if self.settings.dry_run {
+                self.metrics.release(ReleaseResult::DryRun, releases.len());
+                self.report(&node, &releases, &[], true).await;
+                continue;
+            }
+            let (outcome, throttled) = self.release_on_node(&node, releases).await;
+            self.view
+                .forget(outcome.released.iter().map(|r| r.held.ip));
+            self.report(&node, &outcome.released, &outcome.put_back, false)
+                .await;
+            if throttled {
+                result = SweepResult::Throttled;
+                break;
             }
         }
-        SweepResult::Complete
+        result
     }
 
-    /// Reads the node's pods from the API (not the watch cache) and drops every
-    /// release a live pod there now claims; all of them if a pod there is settling.
-    async fn confirm(
+    /// Every batch of one node, then the check for claims made meanwhile. Whether EC2
+    /// throttled a batch past its attempts (the sweep then stops).
+    async fn release_on_node(&self, node: &str, releases: Vec<Release>) -> (NodeOutcome, bool) {
+        let mut batches: BTreeMap<(String, bool), Vec<Release>> = BTreeMap::new();
+        for r in releases {
+            batches
+                .entry((r.held.eni.clone(), r.held.ip.is_ipv4()))
+                .or_default()
+                .push(r);
+        }
+        let mut queue: VecDeque<Vec<Release>> = batches.into_values().collect();
+        let mut outcome = NodeOutcome::default();
+        // Every address an unassign was sent for, landed or not: an answer lost on the
+        // way does not mean the call did not land.
+        let mut sent: Vec<Release> = Vec::new();
+        let mut throttled = false;
+        while let Some(batch) = queue.pop_front() {
+            match self.release_batch(node, batch, &mut sent).await {
+                Batch::Released(released) => outcome.released.extend(released),
+                Batch::Split(batch) => {
+                    info!(node, addresses = %ips(&batch), "EC2 refused the batch: releasing each address on its own");
+                    queue.extend(batch.into_iter().map(|r| vec![r]));
+                }
+                Batch::Failed(batch, e) => {
+                    self.metrics.release(ReleaseResult::Failed, batch.len());
+                    warn!(node, addresses = %ips(&batch), error = %e, "release failed");
+                    if e.is_throttling() {
+                        throttled = true;
+                        break;
+                    }
+                }
+                Batch::Stopped => break,
+            }
+        }
+        outcome.put_back = self.put_back(node, &sent).await;
+        outcome
+            .released
+            .retain(|r| !outcome.put_back.iter().any(|(b, _)| b.held == r.held));
+        // Counted once the put-back is done: what ended unassigned.
+        self.metrics
+            .release(ReleaseResult::Released, outcome.released.len());
+        (outcome, throttled)
+    }
+
+    /// One batch (one ENI, one family): an attempt after a fresh check of the node's
+    /// pods, as many times as the settings allow while EC2 throttles or fails.
+    async fn release_batch(&self, node: &str, batch: Vec<Release>, sent: &mut Vec<Release>) -> Batch {
+        let mut batch = batch;
+        let mut backoff = self.settings.backoff;
+        let attempts = self.settings.attempts.max(1);
+        for attempt in 1..=attempts {
+            if !*self.leading.borrow() {
+                info!(node, "no longer leading: release stopped");
+                return Batch::Stopped;
+            }
+            batch = match self.unclaimed(node, batch).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    warn!(node, error = %e, "could not read the node's pods to check the release; nothing released there this sweep");
+                    return Batch::Stopped;
+                }
+            };
+            let Some(first) = batch.first() else {
+                return Batch::Released(Vec::new());
+            };
+            let eni = first.held.eni.clone();
+            for r in &batch {
+                if !sent.iter().any(|s| s.held == r.held) {
+                    sent.push(r.clone());
+                }
+            }
+            let error = match self.unassign(&eni, &batch).await {
+                Ok(()) => return Batch::Released(batch),
+                Err(e) => e,
+            };
+            if !transient(&error) {
+                return match batch.len() {
+                    1 => Batch::Failed(batch, error),
+                    _ => Batch::Split(batch),
+                };
+            }
+            if attempt == attempts {
+                return Batch::Failed(batch, error);
+            }
+            debug!(node, eni, attempt, error = %error, "unassign not done; checking the claims again before the next attempt");
+            tokio::time::sleep(ipmgr::run::jittered(backoff)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        Batch::Stopped
+    }
+
+    /// The node's pods from the API (not the watch cache): what of `releases` no live
+    /// pod there claims; nothing if a pod there is settling.
+    async fn unclaimed(
         &self,
         node: &str,
         releases: Vec<Release>,
     ) -> Result<Vec<Release>, kube::Error> {
-        let pods = self
-            .pods
-            .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
-            .await?;
-        let mut fresh = Cluster::default();
-        let now = Timestamp::now();
-        for pod in &pods.items {
-            add_claim(&mut fresh, pod, now);
-        }
-        let claimed = fresh.claims.get(node).cloned().unwrap_or_default();
-        let settling = fresh.settling.contains(node);
+        let claims = self.claims_on(node).await?;
         let (keep, drop): (Vec<Release>, Vec<Release>) = releases
             .into_iter()
-            .partition(|r| !settling && !claimed.contains(&r.held.ip));
+            .partition(|r| !claims.settling && !claims.by_address.contains_key(&r.held.ip));
         if !drop.is_empty() {
             self.metrics
                 .release(ReleaseResult::ClaimedAtConfirm, drop.len());
@@ -213,7 +309,118 @@ impl<E: Ec2> Sweeper<E> {
         Ok(keep)
     }
 
-    async fn unassign(&self, eni: &str, batch: &[Release]) -> Result<(), ipmgr::ec2::Ec2Error> {
+    /// Addresses a pod on the node claimed after an unassign was sent for them, and
+    /// that no Multus ENI of the node holds any longer: assigned back to the ENI they
+    /// came from. Returned with the pod that claims each.
+    async fn put_back(&self, node: &str, sent: &[Release]) -> Vec<(Release, String)> {
+        if sent.is_empty() {
+            return Vec::new();
+        }
+        let claims = match self.claims_on_with_retries(node).await {
+            Ok(claims) => claims,
+            Err(e) => {
+                warn!(node, addresses = %ips(sent), error = %e,
+                    "could not read the node's pods after releasing: a pod that claimed one of these meanwhile keeps it only if its IP manager assigns it again");
+                return Vec::new();
+            }
+        };
+        let claimed: Vec<(Release, String)> = (sent.iter())
+            .filter_map(|r| Some((r.clone(), claims.by_address.get(&r.held.ip)?.clone())))
+            .collect();
+        if claimed.is_empty() {
+            return Vec::new();
+        }
+        let instance = claimed[0].0.held.instance.clone();
+        let enis = match self.ec2.multus_enis(&[instance]).await {
+            Ok(enis) => enis,
+            Err(e) => {
+                warn!(node, addresses = %ips_of(&claimed), error = %e, "claimed while their release was in flight, and the ENIs could not be described to put them back");
+                return Vec::new();
+            }
+        };
+        let mut back = Vec::new();
+        for (r, pod) in claimed {
+            if enis.iter().any(|e| e.addresses().any(|ip| ip == r.held.ip)) {
+                // On an ENI again: the pod's own IP manager assigned it.
+                continue;
+            }
+            match self.assign_back(&r).await {
+                Ok(()) => {
+                    self.metrics.release(ReleaseResult::PutBack, 1);
+                    warn!(node, ip = %r.held.ip, eni = %r.held.eni, pod, "claimed while its release was in flight: put back");
+                    back.push((r, pod));
+                }
+                Err(e) => {
+                    warn!(node, ip = %r.held.ip, eni = %r.held.eni, pod, error = %e,
+                        "claimed while its release was in flight, and could not be put back: the pod's address is not routed until its IP manager assigns it");
+                }
+            }
+        }
+        back
+    }
+
+    async fn assign_back(&self, r: &Release) -> Result<(), Ec2Error> {
+        let mut backoff = self.settings.backoff;
+        let attempts = self.settings.attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            let result = match r.held.ip {
+                IpAddr::V4(v4) => self.ec2.assign_ipv4(&r.held.eni, &[v4]).await,
+                IpAddr::V6(v6) => self.ec2.assign_ipv6(&r.held.eni, &[v6]).await,
+            };
+            match result {
+                Err(e) if transient(&e) && attempt < attempts => {
+                    tokio::time::sleep(ipmgr::run::jittered(backoff)).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn claims_on(&self, node: &str) -> Result<NodeClaims, kube::Error> {
+        let pods = self
+            .pods
+            .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+            .await?;
+        let mut claims = NodeClaims::default();
+        for pod in &pods.items {
+            let Some(claim) = claim_of(pod) else {
+                continue;
+            };
+            claims.settling |= claim.settling;
+            let name = format!(
+                "{}/{}",
+                pod.metadata.namespace.as_deref().unwrap_or(""),
+                pod.metadata.name.as_deref().unwrap_or("")
+            );
+            for ip in claim.addresses {
+                claims.by_address.insert(ip, name.clone());
+            }
+        }
+        Ok(claims)
+    }
+
+    /// The read after the calls matters most: a claimed address left unassigned is a
+    /// pod without its network. It gets the attempts of an EC2 change.
+    async fn claims_on_with_retries(&self, node: &str) -> Result<NodeClaims, kube::Error> {
+        let mut backoff = self.settings.backoff;
+        let mut attempt = 1;
+        loop {
+            match self.claims_on(node).await {
+                Err(e) if attempt < self.settings.attempts => {
+                    debug!(node, error = %e, "reading the node's pods again");
+                    tokio::time::sleep(ipmgr::run::jittered(backoff)).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn unassign(&self, eni: &str, batch: &[Release]) -> Result<(), Ec2Error> {
         let v4: Vec<_> = batch
             .iter()
             .filter_map(|r| match r.held.ip {
@@ -237,35 +444,73 @@ impl<E: Ec2> Sweeper<E> {
         Ok(())
     }
 
-    async fn report(&self, node: &str, batch: &[Release], dry_run: bool) {
-        for r in batch {
+    async fn report(
+        &self,
+        node: &str,
+        released: &[Release],
+        put_back: &[(Release, String)],
+        dry_run: bool,
+    ) {
+        for r in released {
             let verb = if dry_run { "would release" } else { "released" };
             let note = format!(
-                "{verb} {} from {} ({}): in the pool of {}, and no live pod on the node has claimed it for {}s",
+                "{verb} {} from {} ({}): {}, and no live pod on the node has claimed it for {}s",
                 r.held.ip,
                 r.held.eni,
                 r.held.instance,
-                r.pool,
+                r.evidence,
                 r.unclaimed_for.as_secs()
             );
-            info!(node, ip = %r.held.ip, eni = %r.held.eni, instance = %r.held.instance, pool = %r.pool,
+            info!(node, ip = %r.held.ip, eni = %r.held.eni, instance = %r.held.instance, evidence = %r.evidence,
                 unclaimed_seconds = r.unclaimed_for.as_secs(), dry_run, "{verb}");
             let reason = if dry_run {
                 "AddressWouldBeReleased"
             } else {
                 "AddressReleased"
             };
-            if let Err(e) = self.events.on_node(node, reason, note).await {
+            if let Err(e) = self.events.on_node(node, reason, false, note).await {
+                warn!(node, error = %e, "could not record the Event");
+            }
+        }
+        for (r, pod) in put_back {
+            let note = format!(
+                "put {} back on {} ({}): {pod} claimed it while its release was in flight",
+                r.held.ip, r.held.eni, r.held.instance
+            );
+            if let Err(e) = self.events.on_node(node, "AddressPutBack", true, note).await {
                 warn!(node, error = %e, "could not record the Event");
             }
         }
     }
 }
 
+/// The claims of one node's live pods, as a fresh list shows them.
+#[derive(Default)]
+struct NodeClaims {
+    /// Each claimed address, with the pod (`namespace/name`) that claims it.
+    by_address: BTreeMap<IpAddr, String>,
+    /// A pod there asked for networks that Multus has not reported yet.
+    settling: bool,
+}
+
+/// Worth another attempt: throttling, a server error, or no answer at all.
+fn transient(e: &Ec2Error) -> bool {
+    e.is_throttling()
+        || match e.code.as_deref() {
+            None => true,
+            Some(code) => matches!(
+                code,
+                "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable"
+            ),
+        }
+}
+
 fn ips(releases: &[Release]) -> String {
-    releases
-        .iter()
-        .map(|r| r.held.ip.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
+    let set: BTreeSet<String> = releases.iter().map(|r| r.held.ip.to_string()).collect();
+    set.into_iter().collect::<Vec<_>>().join(",")
+}
+
+fn ips_of(claimed: &[(Release, String)]) -> String {
+    let set: BTreeSet<String> = claimed.iter().map(|(r, _)| r.held.ip.to_string()).collect();
+    set.into_iter().collect::<Vec<_>>().join(",")
 }

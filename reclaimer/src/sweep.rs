@@ -2,7 +2,9 @@
 //! unclaimed last time → what to release now.
 //!
 //! An address is released only when all of these hold:
-//! - it lies in a pool of a NetworkAttachmentDefinition that ipmgmt pods use;
+//! - IPAM is known to have handed it out to an ipmgmt pod (`Evidence`: the pod's
+//!   `network-status`, or whereabouts' allocation records), so a floating IP, which
+//!   no IPAM hands out, is never a candidate however a NAD's range is written;
 //! - no live pod on the node of its ENI claims it, and no pod there is settling;
 //! - it was unclaimed at an earlier sweep at least `grace` ago, and at every sweep
 //!   since (a claim in between starts its clock again);
@@ -14,8 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::claims::NadRef;
-use crate::pools::Pool;
+use crate::claims::Evidence;
 
 /// A secondary address on a Multus ENI of a cluster node, as EC2 reports it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -33,17 +34,9 @@ pub struct Cluster {
     pub claims: HashMap<String, BTreeSet<IpAddr>>,
     /// Nodes with a live pod whose addresses Multus has not reported yet.
     pub settling: HashSet<String>,
-    /// The pools of the NADs ipmgmt pods use.
-    pub pools: Vec<(NadRef, Pool)>,
-}
-
-impl Cluster {
-    fn pool_of(&self, ip: IpAddr) -> Option<&NadRef> {
-        self.pools
-            .iter()
-            .find(|(_, pool)| pool.contains(ip))
-            .map(|(nad, _)| nad)
-    }
+    /// Addresses IPAM is known to have handed out to ipmgmt pods in the namespaces
+    /// the webhook serves.
+    pub handed_out: HashMap<IpAddr, Evidence>,
 }
 
 /// Why an address was or was not released.
@@ -51,8 +44,8 @@ impl Cluster {
 pub enum Verdict {
     /// A live pod on the node claims it.
     Claimed,
-    /// In no NAD's pool: a floating IP, or not ipmgmt's.
-    OutsidePools,
+    /// Nothing says IPAM handed it out: a floating IP, or not ipmgmt's.
+    NotFromIpam,
     /// Unclaimed, but a pod on the node is still settling.
     NodeSettling,
     /// Unclaimed, for less than the grace period.
@@ -66,7 +59,7 @@ pub enum Verdict {
 impl Verdict {
     pub const ALL: [Verdict; 6] = [
         Verdict::Claimed,
-        Verdict::OutsidePools,
+        Verdict::NotFromIpam,
         Verdict::NodeSettling,
         Verdict::Waiting,
         Verdict::Release,
@@ -78,7 +71,7 @@ impl Verdict {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Release {
     pub held: Held,
-    pub pool: NadRef,
+    pub evidence: Evidence,
     pub unclaimed_for: Duration,
 }
 
@@ -123,10 +116,10 @@ pub fn decide(
     let mut still = HashMap::new();
     let mut due = Vec::new();
     for h in held {
-        let verdict = match cluster.pool_of(h.ip) {
-            None => Verdict::OutsidePools,
-            Some(_) if claimed(cluster, h) => Verdict::Claimed,
-            Some(pool) => {
+        let verdict = match cluster.handed_out.get(&h.ip) {
+            _ if claimed(cluster, h) => Verdict::Claimed,
+            None => Verdict::NotFromIpam,
+            Some(evidence) => {
                 let key = (h.eni.clone(), h.ip);
                 let since = suspects.since.get(&key).copied().unwrap_or(now);
                 still.insert(key, since);
@@ -136,7 +129,7 @@ pub fn decide(
                 } else if unclaimed_for >= grace && since < now {
                     due.push(Release {
                         held: h.clone(),
-                        pool: pool.clone(),
+                        evidence: evidence.clone(),
                         unclaimed_for,
                     });
                     continue;
@@ -175,7 +168,6 @@ fn claimed(cluster: &Cluster, h: &Held) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pools::pools_of_config;
 
     const GRACE: Duration = Duration::from_secs(300);
 
@@ -188,16 +180,19 @@ mod tests {
         }
     }
 
+    /// IPAM handed out 10.0.4.64–10.0.4.95; 10.0.4.100 is a floating IP.
     fn cluster() -> Cluster {
-        let nad = NadRef {
-            namespace: "multus-demo".into(),
-            name: "ipvlan-net1".into(),
-        };
-        let pools =
-            pools_of_config(r#"{"ipam":{"type":"whereabouts","range":"10.0.4.64-10.0.4.95/24"}}"#)
-                .unwrap();
+        let handed_out = (64..=95)
+            .map(|n| {
+                let evidence = Evidence {
+                    pod: format!("multus-demo/app-{n}"),
+                    seen_in: "network-status of network multus-demo/ipvlan-net1".into(),
+                };
+                (format!("10.0.4.{n}").parse().unwrap(), evidence)
+            })
+            .collect();
         Cluster {
-            pools: pools.into_iter().map(|p| (nad.clone(), p)).collect(),
+            handed_out,
             ..Cluster::default()
         }
     }
@@ -299,7 +294,7 @@ mod tests {
         decide(&h, &c, &mut s, t0, GRACE, 10);
         let d = decide(&h, &c, &mut s, t0 + GRACE * 10, GRACE, 10);
         assert!(d.releases.is_empty());
-        assert_eq!(d.verdicts[&Verdict::OutsidePools], 1);
+        assert_eq!(d.verdicts[&Verdict::NotFromIpam], 1);
         assert_eq!(d.verdicts[&Verdict::NodeSettling], 1);
         c.settling.clear();
         assert_eq!(

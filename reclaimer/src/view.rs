@@ -1,71 +1,90 @@
-//! The reclaimer's view of the cluster: pods, nodes and NetworkAttachmentDefinitions,
-//! each kept by a kube-runtime reflector (one list, then a watch that resumes from
-//! its resourceVersion, and relists on 410 Gone). Nothing here lists on a timer.
+//! The reclaimer's view of the cluster: pods and nodes, the namespaces the webhook
+//! serves, and whereabouts' IPPools where that CRD is served, each kept by a
+//! kube-runtime reflector (one list, then a watch that resumes from its
+//! resourceVersion, and relists on 410 Gone). Nothing here lists on a timer.
 //!
 //! A watch error means the view may have missed a change, so it is counted: the
 //! sweeper then restarts every grace clock (`Suspects::restart`) rather than trust
-//! what it saw before.
+//! what it saw before. The API server ends every watch after `watch_timeout` and the
+//! client's read timeout is a little longer (`crate::client`), so a connection that
+//! stops carrying bytes without closing fails as a watch error instead of leaving
+//! the view silently stale.
+//!
+//! What IPAM handed out (`handed_out`) is remembered from every ipmgmt pod seen since
+//! this process started, including pods gone since: a deleted pod's addresses are
+//! exactly the ones to give back. whereabouts' records add the addresses of pods
+//! this process never saw; a record naming a live pod is also that pod's claim.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-use kube::runtime::reflector::{self, Store};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::DynamicObject;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector::store::Writer};
 use kube::{Api, Client};
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{info, warn};
 
-use crate::claims::{NadRef, claim_of, nads_of};
+use crate::claims::{Evidence, claim_of, handed_out};
 use crate::metrics::{Metrics, Resource};
-use crate::pools::{Pool, pools_of_config};
 use crate::sweep::Cluster;
+use crate::whereabouts;
 
-pub fn nad_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition"),
-        "network-attachment-definitions",
-    )
+/// What the view watches, besides pods and nodes.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// The label selector of the namespaces the webhook serves; `None`: every namespace.
+    pub namespaces: Option<String>,
+    /// Read whereabouts' IPPools (the CRD is served).
+    pub whereabouts: bool,
+    /// The server-side timeout of every watch.
+    pub watch_timeout: Duration,
 }
 
 #[derive(Clone)]
 pub struct View {
     pods: Store<Pod>,
     nodes: Store<Node>,
-    nads: Store<DynamicObject>,
-    /// NADs named by an ipmgmt pod since this process started, including pods gone
-    /// since: the addresses of a deleted pod lie in its NAD's pools.
-    used: Arc<Mutex<BTreeSet<NadRef>>>,
+    namespaces: Option<Store<Namespace>>,
+    pools: Option<Store<DynamicObject>>,
+    /// Addresses IPAM handed to ipmgmt pods, from their `network-status`, since this
+    /// process started.
+    seen: Arc<Mutex<HashMap<IpAddr, Evidence>>>,
     errors: Arc<AtomicU64>,
-    /// True once all three have listed. One task waits on the stores: a store's
+    /// True once every reflector has listed. One task waits on the stores: a store's
     /// readiness wakes only its latest waiter.
     listed: watch::Receiver<bool>,
 }
 
 impl View {
-    /// Starts the three reflectors; they run until the process ends.
-    pub fn start(client: &Client, metrics: &Metrics) -> View {
+    /// Starts the reflectors; they run until the process ends.
+    pub fn start(client: &Client, scope: &Scope, metrics: &Metrics) -> View {
         let errors = Arc::new(AtomicU64::new(0));
-        let used = Arc::new(Mutex::new(BTreeSet::new()));
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let config = watcher::Config::default()
+            .any_semantic()
+            .timeout(u32::try_from(scope.watch_timeout.as_secs().max(1)).unwrap_or(u32::MAX));
 
         let (pods, writer) = reflector::store();
-        let used_by_pods = used.clone();
-        let stream = watcher(Api::<Pod>::all(client.clone()))
-            .modify(slim_pod)
+        let seen_by_pods = seen.clone();
+        let stream = watcher::watcher(Api::<Pod>::all(client.clone()), config.clone())
+            .default_backoff()
             .map(move |event| {
-                if let Ok(Event::Apply(pod) | Event::InitApply(pod)) = &event {
-                    let named = nads_of(pod);
-                    if !named.is_empty() {
-                        lock(&used_by_pods).extend(named);
+                if let Ok(Event::Apply(pod) | Event::InitApply(pod) | Event::Delete(pod)) = &event {
+                    let addresses = handed_out(pod);
+                    if !addresses.is_empty() {
+                        lock(&seen_by_pods).extend(addresses);
                     }
                 }
                 event
-            });
+            })
+            .modify(slim_pod);
         spawn(
             Resource::Pods,
             reflector::reflector(writer, stream),
@@ -74,10 +93,12 @@ impl View {
         );
 
         let (nodes, writer) = reflector::store();
-        let stream = watcher(Api::<Node>::all(client.clone())).modify(|n: &mut Node| {
-            n.metadata.managed_fields = None;
-            n.status = None;
-        });
+        let stream = watcher::watcher(Api::<Node>::all(client.clone()), config.clone())
+            .default_backoff()
+            .modify(|n: &mut Node| {
+                n.metadata.managed_fields = None;
+                n.status = None;
+            });
         spawn(
             Resource::Nodes,
             reflector::reflector(writer, stream),
@@ -85,39 +106,69 @@ impl View {
             metrics,
         );
 
-        let ar = nad_resource();
-        let writer = Writer::new(ar.clone());
-        let nads = writer.as_reader();
-        let stream = watcher(Api::<DynamicObject>::all_with(client.clone(), &ar))
-            .modify(|n: &mut DynamicObject| n.metadata.managed_fields = None);
-        spawn(
-            Resource::NetworkAttachmentDefinitions,
-            reflector::reflector(writer, stream),
-            &errors,
-            metrics,
-        );
+        let namespaces = scope.namespaces.as_ref().map(|selector| {
+            let (store, writer) = reflector::store();
+            let api = Api::<Namespace>::all(client.clone());
+            let stream = watcher::watcher(api, config.clone().labels(selector))
+                .default_backoff()
+                .modify(|n: &mut Namespace| {
+                    n.metadata.managed_fields = None;
+                    n.spec = None;
+                    n.status = None;
+                });
+            spawn(
+                Resource::Namespaces,
+                reflector::reflector(writer, stream),
+                &errors,
+                metrics,
+            );
+            store
+        });
+
+        let pools = scope.whereabouts.then(|| {
+            let ar = whereabouts::ip_pool_resource();
+            let writer = Writer::new(ar.clone());
+            let store = writer.as_reader();
+            let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+            let stream = watcher::watcher(api, config.clone())
+                .default_backoff()
+                .modify(|p: &mut DynamicObject| p.metadata.managed_fields = None);
+            spawn(
+                Resource::IpPools,
+                reflector::reflector(writer, stream),
+                &errors,
+                metrics,
+            );
+            store
+        });
 
         let (listed_tx, listed) = watch::channel(false);
-        let stores = (pods.clone(), nodes.clone(), nads.clone());
+        let waits = (pods.clone(), nodes.clone(), namespaces.clone(), pools.clone());
         tokio::spawn(async move {
             // The error only says a writer was dropped, which happens only when the
             // process ends.
-            let _ = stores.0.wait_until_ready().await;
-            let _ = stores.1.wait_until_ready().await;
-            let _ = stores.2.wait_until_ready().await;
+            let _ = waits.0.wait_until_ready().await;
+            let _ = waits.1.wait_until_ready().await;
+            if let Some(store) = &waits.2 {
+                let _ = store.wait_until_ready().await;
+            }
+            if let Some(store) = &waits.3 {
+                let _ = store.wait_until_ready().await;
+            }
             listed_tx.send_replace(true);
         });
         View {
             pods,
             nodes,
-            nads,
-            used,
+            namespaces,
+            pools,
+            seen,
             errors,
             listed,
         }
     }
 
-    /// Whether all three have listed once.
+    /// Whether every reflector has listed once.
     pub fn is_ready(&self) -> bool {
         *self.listed.borrow()
     }
@@ -144,45 +195,63 @@ impl View {
             .collect()
     }
 
-    /// Claims and pools as of now; `unreadable` gets the NADs whose config could
-    /// not be read, with why (they contribute no pool).
-    pub fn cluster(&self, now: Timestamp, unreadable: &mut BTreeMap<NadRef, String>) -> Cluster {
+    /// Claims, and what IPAM handed out in the namespaces the webhook serves, as of now.
+    pub fn cluster(&self) -> Cluster {
         let mut cluster = Cluster::default();
         for pod in self.pods.state() {
-            add_claim(&mut cluster, &pod, now);
+            add_claim(&mut cluster, &pod);
         }
-        let nads: HashMap<NadRef, Arc<DynamicObject>> = self
-            .nads
-            .state()
-            .into_iter()
-            .filter_map(|n| {
-                let key = NadRef {
-                    namespace: n.metadata.namespace.clone()?,
-                    name: n.metadata.name.clone()?,
-                };
-                Some((key, n))
+        let served = |pod: &str| {
+            let namespace = pod.split('/').next().unwrap_or("");
+            self.namespaces.as_ref().is_none_or(|store| {
+                store
+                    .state()
+                    .iter()
+                    .any(|n| n.metadata.name.as_deref() == Some(namespace))
+            })
+        };
+        let seen = lock(&self.seen).clone();
+        let recorded: Vec<(IpAddr, Evidence)> = (self.pools.iter())
+            .flat_map(|store| {
+                store.state().into_iter().flat_map(|pool| {
+                    let name = pool.metadata.name.clone().unwrap_or_default();
+                    let spec = pool.data.get("spec").cloned().unwrap_or_default();
+                    whereabouts::allocations(&name, &spec)
+                })
             })
             .collect();
-        for nad in lock(&self.used).iter() {
-            let Some(object) = nads.get(nad) else {
+        // A record whose pod is live claims its address on that pod's node, even
+        // before Multus writes the pod's network-status.
+        for (ip, evidence) in &recorded {
+            let Some((namespace, name)) = evidence.pod.split_once('/') else {
                 continue;
             };
-            match pools_of(object) {
-                Ok(pools) => cluster
-                    .pools
-                    .extend(pools.into_iter().map(|p| (nad.clone(), p))),
-                Err(why) => {
-                    unreadable.insert(nad.clone(), why);
-                }
+            let pod = self.pods.get(&ObjectRef::new(name).within(namespace));
+            if let Some(claim) = pod.as_deref().and_then(claim_of) {
+                cluster.claims.entry(claim.node).or_default().insert(*ip);
             }
         }
+        cluster.handed_out = seen
+            .into_iter()
+            .chain(recorded)
+            .filter(|(_, evidence)| served(&evidence.pod))
+            .collect();
         cluster
+    }
+
+    /// Forgets what IPAM handed out at these addresses: they were released, and the
+    /// next pod that gets one brings its own evidence.
+    pub fn forget(&self, released: impl IntoIterator<Item = IpAddr>) {
+        let mut seen = lock(&self.seen);
+        for ip in released {
+            seen.remove(&ip);
+        }
     }
 }
 
 /// Adds one pod's claim (if it makes one) to `cluster`.
-pub fn add_claim(cluster: &mut Cluster, pod: &Pod, now: Timestamp) {
-    if let Some(claim) = claim_of(pod, now) {
+pub fn add_claim(cluster: &mut Cluster, pod: &Pod) {
+    if let Some(claim) = claim_of(pod) {
         if claim.settling {
             cluster.settling.insert(claim.node.clone());
         }
@@ -194,14 +263,16 @@ pub fn add_claim(cluster: &mut Cluster, pod: &Pod, now: Timestamp) {
     }
 }
 
-fn pools_of(nad: &DynamicObject) -> Result<Vec<Pool>, String> {
-    let config = nad
-        .data
-        .get("spec")
-        .and_then(|s| s.get("config"))
-        .and_then(|c| c.as_str())
-        .ok_or("spec.config is missing")?;
-    pools_of_config(config)
+/// Whether the API server serves whereabouts' IPPools; an error reads as no.
+pub async fn whereabouts_served(client: &Client) -> bool {
+    let ar = whereabouts::ip_pool_resource();
+    match client.list_api_group_resources(&ar.api_version).await {
+        Ok(list) => list.resources.iter().any(|r| r.name == ar.plural),
+        Err(e) => {
+            info!(error = %e, "whereabouts' IPPools are not served: only network-status says what IPAM handed out");
+            false
+        }
+    }
 }
 
 /// `aws:///us-west-2a/i-0abc…` → `i-0abc…`.
@@ -224,13 +295,6 @@ fn slim_pod(pod: &mut Pod) {
         *status = Default::default();
         status.phase = phase;
     }
-}
-
-fn watcher<K>(api: Api<K>) -> impl futures::Stream<Item = watcher::Result<Event<K>>> + Send
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    watcher::watcher(api, watcher::Config::default().any_semantic()).default_backoff()
 }
 
 fn spawn<K, S>(what: Resource, stream: S, errors: &Arc<AtomicU64>, metrics: &Metrics)

@@ -661,7 +661,8 @@ def test_reclaimer_rbac_is_only_what_it_uses():
     rules = {(g, r): sorted(rule["verbs"]) for rule in cluster_role["rules"]
              for g in rule["apiGroups"] for r in rule["resources"]}
     assert rules == {("", "pods"): ["list", "watch"], ("", "nodes"): ["list", "watch"],
-                     ("k8s.cni.cncf.io", "network-attachment-definitions"): ["list", "watch"]}
+                     ("", "namespaces"): ["list", "watch"],
+                     ("whereabouts.cni.cncf.io", "ippools"): ["list", "watch"]}
     (deployment,) = objects["Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     lease = flag(container["args"], "--lease-name")
@@ -713,6 +714,56 @@ def test_reclaimer_options():
     assert flag(container["args"], "--dry-run") == "true"
     assert flag(container["args"], "--grace") == "10m"
     assert {"name": "AWS_REGION", "value": "eu-west-1"} in container["env"]
+
+
+def selector_string_matches(selector, labels):
+    """A label selector string, as the apiserver reads one, against a label map."""
+    terms, depth, start = [], 0, 0
+    for i, c in enumerate(selector):
+        depth += (c == "(") - (c == ")")
+        if c == "," and depth == 0:
+            terms.append(selector[start:i])
+            start = i + 1
+    terms.append(selector[start:])
+    for term in (t.strip() for t in terms if t.strip()):
+        m = re.fullmatch(r"(\S+) (in|notin) \((.*)\)", term)
+        if m:
+            key, op, values = m.group(1), m.group(2), [v.strip() for v in m.group(3).split(",")]
+            if (labels.get(key) in values) != (op == "in"):
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("expressions", [
+    [],
+    [{"key": "team", "operator": "In", "values": ["core", "edge"]}],
+    [{"key": "ipmgmt.aws/enabled", "operator": "Exists"}, {"key": "legacy", "operator": "DoesNotExist"}],
+], ids=["defaults", "in", "exists"])
+def test_the_reclaimer_serves_exactly_the_webhooks_namespaces(expressions, tmp_path):
+    """The reclaimer's --namespace-selector is the webhook's namespaceSelector, so what
+    it may release was handed out in a namespace the webhook serves, and no other."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"reclaimer": {"enabled": True}, "webhook": {
+        "excludeNamespaces": ["legacy-nf"], "namespaceSelectorExpressions": expressions}}))
+    docs = render((values,))
+    (hook,) = [d for d in docs if d["kind"] == "MutatingWebhookConfiguration"]
+    webhook_selector = hook["webhooks"][0]["namespaceSelector"]
+    (deployment,) = reclaimer_objects(values=(values,))["Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    selector = flag(container["args"], "--namespace-selector")
+    label_sets = [{"kubernetes.io/metadata.name": n} for n in
+                  ("multus-demo", "kube-system", "kube-node-lease", "ipmgmt-system", "legacy-nf")]
+    label_sets += [dict(l, team=t) for l in label_sets for t in ("core", "edge", "other")]
+    label_sets += [dict(l, **{"ipmgmt.aws/enabled": "x"}) for l in label_sets]
+    label_sets += [dict(l, legacy="1") for l in label_sets]
+    for labels in label_sets:
+        assert selector_string_matches(selector, labels) == selector_matches(webhook_selector, labels), (
+            selector, labels)
 
 
 @pytest.mark.parametrize("values", [(), (RECLAIMER,)], ids=["defaults", "reclaimer-values"])

@@ -117,14 +117,17 @@ def test_iam_policy_is_least_privilege():
                 "StringEquals": {"ec2:ResourceTag/node.k8s.amazonaws.com/no_manage": "true"}}
 
 
-def test_reclaimer_policy_is_describe_and_unassign_on_multus_enis_only():
+def test_reclaimer_policy_changes_multus_enis_only():
+    """The reclaimer unassigns, and puts back an address claimed while its release was in
+    flight: both only on ENIs tagged for Multus."""
     policy = json.loads((ROOT / "deploy" / "reclaimer-iam-policy.json").read_text())
     actions = sorted(a for st in policy["Statement"]
                      for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"]))
-    assert actions == ["ec2:DescribeNetworkInterfaces", "ec2:UnassignIpv6Addresses",
+    assert actions == ["ec2:AssignIpv6Addresses", "ec2:AssignPrivateIpAddresses",
+                       "ec2:DescribeNetworkInterfaces", "ec2:UnassignIpv6Addresses",
                        "ec2:UnassignPrivateIpAddresses"]
     for statement in policy["Statement"]:
-        if "Unassign" in json.dumps(statement["Action"]):
+        if "assign" in json.dumps(statement["Action"]):
             assert statement["Resource"] == "arn:aws:ec2:*:*:network-interface/*"
             assert statement["Condition"] == {
                 "StringEquals": {"ec2:ResourceTag/node.k8s.amazonaws.com/no_manage": "true"}}

@@ -13,10 +13,15 @@
 //!   apiserver restart does;
 //! - writes carry optimistic concurrency: an update whose resourceVersion is not the
 //!   stored one is a 409 Conflict, a create of an existing name a 409 AlreadyExists;
-//! - `fieldSelector=spec.nodeName=…` and `metadata.name=…` on lists.
+//! - `fieldSelector=spec.nodeName=…` and `metadata.name=…` on lists;
+//!   `labelSelector` terms `k=v`, `k!=v`, `k in (…)`, `k notin (…)`, `k`, `!k` on
+//!   lists and watches (an object that stops matching is not sent as DELETED: the
+//!   tests label namespaces before they start a watch);
+//! - discovery of whereabouts' group once `serve_whereabouts` is set, as the CRD's
+//!   installation makes the apiserver serve it.
 //!
-//! Resources: pods, nodes, NetworkAttachmentDefinitions, Leases, events.k8s.io
-//! Events. Objects are JSON values; tests change them in-process (`apply`,
+//! Resources: pods, nodes, namespaces, NetworkAttachmentDefinitions, whereabouts
+//! IPPools, Leases, events.k8s.io Events. Objects are JSON values; tests change them in-process (`apply`,
 //! `delete`), controllers over HTTP.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -38,24 +43,29 @@ use tokio::sync::{broadcast, watch};
 pub enum Kind {
     Pod,
     Node,
+    Namespace,
     NetworkAttachmentDefinition,
+    IpPool,
     Lease,
     Event,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 7] = [
         Kind::Pod,
         Kind::Node,
+        Kind::Namespace,
         Kind::NetworkAttachmentDefinition,
+        Kind::IpPool,
         Kind::Lease,
         Kind::Event,
     ];
 
     fn api_version(self) -> &'static str {
         match self {
-            Kind::Pod | Kind::Node => "v1",
+            Kind::Pod | Kind::Node | Kind::Namespace => "v1",
             Kind::NetworkAttachmentDefinition => "k8s.cni.cncf.io/v1",
+            Kind::IpPool => "whereabouts.cni.cncf.io/v1alpha1",
             Kind::Lease => "coordination.k8s.io/v1",
             Kind::Event => "events.k8s.io/v1",
         }
@@ -65,7 +75,9 @@ impl Kind {
         match self {
             Kind::Pod => "pods",
             Kind::Node => "nodes",
+            Kind::Namespace => "namespaces",
             Kind::NetworkAttachmentDefinition => "network-attachment-definitions",
+            Kind::IpPool => "ippools",
             Kind::Lease => "leases",
             Kind::Event => "events",
         }
@@ -75,14 +87,16 @@ impl Kind {
         match self {
             Kind::Pod => "Pod",
             Kind::Node => "Node",
+            Kind::Namespace => "Namespace",
             Kind::NetworkAttachmentDefinition => "NetworkAttachmentDefinition",
+            Kind::IpPool => "IPPool",
             Kind::Lease => "Lease",
             Kind::Event => "Event",
         }
     }
 
     fn namespaced(self) -> bool {
-        self != Kind::Node
+        !matches!(self, Kind::Node | Kind::Namespace)
     }
 
     /// `/api/v1` or `/apis/<group>/<version>`.
@@ -121,6 +135,7 @@ struct Inner {
     bookmark_every: Option<Duration>,
     requests: Vec<Request>,
     uids: u64,
+    whereabouts: bool,
 }
 
 #[derive(Clone)]
@@ -238,6 +253,11 @@ impl FakeKube {
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// Serves whereabouts' API group in discovery, as installing its CRDs does.
+    pub fn serve_whereabouts(&self) {
+        self.lock().whereabouts = true;
+    }
+
     pub fn set_bookmark_interval(&self, every: Option<Duration>) {
         self.lock().bookmark_every = every;
     }
@@ -353,6 +373,16 @@ async fn handle(State(fake): State<FakeKube>, method: Method, uri: Uri, body: By
         form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
             .into_owned()
             .collect();
+    let group = format!("/apis/{}", Kind::IpPool.api_version());
+    if method == Method::GET && uri.path() == group && fake.lock().whereabouts {
+        let list = json!({"kind": "APIResourceList", "apiVersion": "v1",
+            "groupVersion": Kind::IpPool.api_version(),
+            "resources": [{"name": "ippools", "singularName": "ippool", "namespaced": true,
+                           "kind": "IPPool", "verbs": ["get", "list", "watch", "create",
+                           "update", "patch", "delete"]}]});
+        return (StatusCode::OK, [("content-type", "application/json")], list.to_string())
+            .into_response();
+    }
     let Some(t) = target(uri.path()) else {
         return error(ApiError::new(
             404,
@@ -420,6 +450,11 @@ fn selected(object: &Value, t: &Target, query: &BTreeMap<String, String>) -> boo
     {
         return false;
     }
+    if let Some(selector) = query.get("labelSelector")
+        && !labels_match(&object["metadata"]["labels"], selector)
+    {
+        return false;
+    }
     let Some(selector) = query.get("fieldSelector") else {
         return true;
     };
@@ -434,6 +469,52 @@ fn selected(object: &Value, t: &Target, query: &BTreeMap<String, String>) -> boo
             _ => None,
         };
         got.unwrap_or("") == want.trim_start_matches('=')
+    })
+}
+
+/// A label selector string against an object's labels.
+fn labels_match(labels: &Value, selector: &str) -> bool {
+    let label = |k: &str| labels.get(k.trim()).and_then(Value::as_str);
+    // Commas split terms, except inside the parentheses of a set.
+    let mut terms = Vec::new();
+    let (mut depth, mut start) = (0, 0);
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                terms.push(&selector[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    terms.push(&selector[start..]);
+    terms.into_iter().map(str::trim).filter(|t| !t.is_empty()).all(|term| {
+        let set = |rest: &str| -> Vec<String> {
+            rest.trim()
+                .trim_start_matches('(')
+                .trim_end_matches(')')
+                .split(',')
+                .map(|v| v.trim().to_owned())
+                .collect()
+        };
+        if let Some((k, rest)) = term.split_once(" notin ") {
+            return label(k).is_none_or(|v| !set(rest).iter().any(|x| x == v));
+        }
+        if let Some((k, rest)) = term.split_once(" in ") {
+            return label(k).is_some_and(|v| set(rest).iter().any(|x| x == v));
+        }
+        if let Some((k, v)) = term.split_once("!=") {
+            return label(k) != Some(v.trim());
+        }
+        if let Some((k, v)) = term.split_once('=') {
+            return label(k) == Some(v.trim_start_matches('=').trim());
+        }
+        match term.strip_prefix('!') {
+            Some(k) => label(k).is_none(),
+            None => label(term).is_some(),
+        }
     })
 }
 
@@ -702,6 +783,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn label_selectors_match_as_the_apiserver_reads_them() {
+        let labels = json!({"team": "core", "kubernetes.io/metadata.name": "multus-demo"});
+        for (selector, want) in [
+            ("team=core", true),
+            ("team==core", true),
+            ("team!=core", false),
+            ("kubernetes.io/metadata.name notin (kube-system,ipmgmt)", true),
+            ("kubernetes.io/metadata.name notin (kube-system, multus-demo)", false),
+            ("team in (core,edge),kubernetes.io/metadata.name", true),
+            ("team in (edge)", false),
+            ("!tier", true),
+            ("tier", false),
+            ("tier notin (x)", true),
+        ] {
+            assert_eq!(labels_match(&labels, selector), want, "{selector}");
+        }
+    }
+
+    #[test]
     fn paths_name_their_resource() {
         let t = target("/api/v1/namespaces/ns/pods/p").unwrap();
         assert_eq!(
@@ -717,5 +817,13 @@ mod tests {
         let t = target("/apis/coordination.k8s.io/v1/namespaces/ipmgmt/leases/l").unwrap();
         assert_eq!((t.kind, t.name.as_deref()), (Kind::Lease, Some("l")));
         assert!(target("/api/v1/configmaps").is_none());
+        let t = target("/api/v1/namespaces").unwrap();
+        assert_eq!((t.kind, t.namespace), (Kind::Namespace, None));
+        let t = target("/api/v1/namespaces/multus-demo").unwrap();
+        assert_eq!(t.kind, Kind::Namespace);
+        assert_eq!(t.name.as_deref(), Some("multus-demo"));
+        let t = target("/apis/whereabouts.cni.cncf.io/v1alpha1/namespaces/kube-system/ippools")
+            .unwrap();
+        assert_eq!(t.kind, Kind::IpPool);
     }
 }

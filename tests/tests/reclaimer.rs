@@ -4,8 +4,10 @@
 //! asserts what EC2 holds afterwards.
 //!
 //! The world (`scenario::world`): node-1 is i-0001 (Multus ENI eni-1n3 in
-//! 10.0.1.0/24), node-2 is i-0002 (eni-2n3, holding the floating IP 10.0.1.99). The
-//! NAD hands out 10.0.1.64–10.0.1.95 by whereabouts.
+//! 10.0.1.0/24), node-2 is i-0002 (eni-2n3, holding the floating IP 10.0.1.99).
+//! whereabouts hands out addresses of 10.0.1.0/24 and 2600:1f14:aaa:1b00::/64; what a
+//! scene says IPAM handed out, it says either through a pod's network-status or
+//! through a whereabouts IPPool record (`Cluster::recorded`).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -18,7 +20,7 @@ use clap::Parser;
 use ipmgmt_reclaimer::config::Args;
 use ipmgmt_reclaimer::ec2::SdkEc2;
 use ipmgmt_tests::fake_ec2::iam::Policy as IamPolicy;
-use ipmgmt_tests::fake_ec2::{FakeEc2, Faults};
+use ipmgmt_tests::fake_ec2::{Arrival, FakeEc2, Faults};
 use ipmgmt_tests::fake_kube::{FakeKube, Kind};
 use ipmgmt_tests::scenario;
 use serde_json::{Value, json};
@@ -35,25 +37,27 @@ fn reclaimer_policy() -> IamPolicy {
     IamPolicy::parse(&serde_json::from_str(json).expect("the policy is JSON"))
 }
 
+fn namespace_object(name: &str) -> Value {
+    json!({"metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}})
+}
+
 fn node(name: &str, instance: &str) -> Value {
     json!({"metadata": {"name": name},
            "spec": {"providerID": format!("aws:///us-west-2a/{instance}")},
            "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
 }
 
-fn nad() -> Value {
-    json!({"metadata": {"name": "ipvlan-net1", "namespace": "multus-demo"},
-           "spec": {"config": r#"{"cniVersion":"0.3.1","type":"ipvlan","master":"eth1","mode":"l2",
-              "ipam":{"type":"whereabouts","range":"10.0.1.64-10.0.1.95/24"}}"#}})
-}
-
 /// An ipmgmt pod on `node` to which Multus gave `addresses` on net1.
 fn pod(name: &str, node: &str, addresses: &[&str]) -> Value {
+    pod_in("multus-demo", name, node, addresses)
+}
+
+fn pod_in(namespace: &str, name: &str, node: &str, addresses: &[&str]) -> Value {
     let status = json!([
         {"name": "aws-cni", "interface": "eth0", "ips": ["10.0.0.77"], "default": true},
-        {"name": "multus-demo/ipvlan-net1", "interface": "net1", "ips": addresses},
+        {"name": format!("{namespace}/ipvlan-net1"), "interface": "net1", "ips": addresses},
     ]);
-    json!({"metadata": {"name": name, "namespace": "multus-demo", "annotations": {
+    json!({"metadata": {"name": name, "namespace": namespace, "annotations": {
                "ipmgmt.aws/mode": "init",
                "k8s.v1.cni.cncf.io/networks": "ipvlan-net1",
                "k8s.v1.cni.cncf.io/network-status": status.to_string()}},
@@ -85,7 +89,10 @@ impl Cluster {
         kube.set_bookmark_interval(Some(Duration::from_millis(200)));
         kube.apply(Kind::Node, node("node-1", "i-0001"));
         kube.apply(Kind::Node, node("node-2", "i-0002"));
-        kube.apply(Kind::NetworkAttachmentDefinition, nad());
+        kube.serve_whereabouts();
+        for namespace in ["multus-demo", "ipmgmt"] {
+            kube.apply(Kind::Namespace, namespace_object(namespace));
+        }
         let kube_addr = kube.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let ec2 = FakeEc2::new(world);
         ec2.set_policy(Some(reclaimer_policy()));
@@ -102,6 +109,28 @@ impl Cluster {
     fn running(&self, name: &str, node: &str, address: &str, eni: &str) {
         self.kube.apply(Kind::Pod, pod(name, node, &[address]));
         self.ec2.move_address(ip(address), eni);
+    }
+
+    /// whereabouts' record that it handed `address` to `pod` (`namespace/name`), as
+    /// it stays after a pod is force-deleted from a node that never ran the CNI DEL.
+    fn recorded(&self, address: &str, pod: &str) {
+        let address = ip(address);
+        let (name, range): (&str, ipnet::IpNet) = match address {
+            IpAddr::V4(_) => ("10.0.1.0-24", "10.0.1.0/24".parse().unwrap()),
+            IpAddr::V6(_) => ("2600-1f14-aaa-1b00---64", "2600:1f14:aaa:1b00::/64".parse().unwrap()),
+        };
+        let offset = match (address, range.network()) {
+            (IpAddr::V4(a), IpAddr::V4(n)) => u128::from(u32::from(a) - u32::from(n)),
+            (IpAddr::V6(a), IpAddr::V6(n)) => u128::from(a) - u128::from(n),
+            _ => unreachable!("one family"),
+        };
+        let mut pool = self.kube.get(Kind::IpPool, "kube-system", name).unwrap_or_else(|| {
+            json!({"metadata": {"name": name, "namespace": "kube-system"},
+                   "spec": {"range": range.to_string(), "allocations": {}}})
+        });
+        pool["spec"]["allocations"][offset.to_string()] =
+            json!({"id": format!("c-{offset}"), "podref": pod, "ifname": "net1"});
+        self.kube.apply(Kind::IpPool, pool);
     }
 
     fn holder(&self, address: &str) -> Option<String> {
@@ -122,6 +151,16 @@ impl Cluster {
 
     /// Starts the reclaimer in this process; it stops when the handle drops.
     async fn reclaimer(&self, identity: &str, extra: &[&str]) -> Reclaimer {
+        self.reclaimer_via(self.kube_addr, identity, extra).await
+    }
+
+    /// Starts the reclaimer with its API server at `kube` (a proxy, in some scenes).
+    async fn reclaimer_via(
+        &self,
+        kube: std::net::SocketAddr,
+        identity: &str,
+        extra: &[&str],
+    ) -> Reclaimer {
         let mut argv = vec![
             "ipmgmt-reclaimer",
             "--namespace",
@@ -143,8 +182,8 @@ impl Cluster {
         ];
         argv.extend(extra);
         let args = Args::try_parse_from(argv).unwrap();
-        let config = kube::Config::new(format!("http://{}", self.kube_addr).parse().unwrap());
-        let client = kube::Client::try_from(config).unwrap();
+        let config = kube::Config::new(format!("http://{kube}").parse().unwrap());
+        let client = ipmgmt_reclaimer::kube_client(config, &args).unwrap();
         let sdk = ipmgr::aws::loader(ipmgr::aws::Retries {
             max_attempts: args.ec2_max_attempts,
             initial_backoff: Duration::from_millis(5),
@@ -314,19 +353,24 @@ async fn deleted_and_force_deleted_pods_give_their_addresses_back_after_the_grac
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_floating_ip_outside_every_pool_is_never_released() {
+async fn a_floating_ip_is_never_released_however_the_ranges_are_written() {
     let c = Cluster::start().await;
-    // 10.0.1.99 sits on eni-2n3 (the floating IP an HA pair moves), and in the
-    // subnet, but in no NAD's range; the pod that uses it lists only its own.
+    // 10.0.1.99 sits on eni-2n3 (the floating IP an HA pair moves), inside the
+    // subnet and inside any range a NAD may be written with, even the whole /24;
+    // the pod that uses it lists only its own address, and IPAM never handed it out.
     c.running("ha-1", "node-2", "10.0.1.80", "eni-2n3");
+    c.running("ha-2", "node-1", "10.0.1.81", "eni-1n3");
     let r = c.reclaimer("reclaimer-0", &[]).await;
+    tokio::time::sleep(GRACE).await;
+    c.kube.delete(Kind::Pod, "multus-demo", "ha-2");
     tokio::time::sleep(GRACE * 4).await;
     assert_eq!(c.holder("10.0.1.99").as_deref(), Some("eni-2n3"));
     assert_eq!(c.holder("10.0.1.80").as_deref(), Some("eni-2n3"));
-    assert_eq!(c.unassign_calls(), 0);
+    assert_eq!(c.holder("10.0.1.81"), None, "a pod's address, handed out by IPAM");
+    assert_eq!(c.unassign_calls(), 1);
     let m = r.metrics().await;
     assert_eq!(
-        sample(&m, "ipmgmt_reclaimer_addresses{verdict=\"outside_pools\"}"),
+        sample(&m, "ipmgmt_reclaimer_addresses{verdict=\"not_from_ipam\"}"),
         1.0
     );
     assert_eq!(
@@ -439,12 +483,15 @@ async fn an_expired_watch_relists_and_releases_nothing_falsely() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ec2_throttling_slows_sweeps_down_and_fails_nothing() {
     let c = Cluster::start().await;
-    // Twelve stale addresses from pods long gone, two live ones.
+    // Twelve stale addresses from pods long gone (force-deleted before this
+    // reclaimer started: only whereabouts' records remember them), two live ones.
     for n in 0..6 {
         c.ec2
             .move_address(ip(&format!("10.0.1.{}", 64 + n)), "eni-1n3");
+        c.recorded(&format!("10.0.1.{}", 64 + n), &format!("multus-demo/gone-{n}"));
         c.ec2
             .move_address(ip(&format!("10.0.1.{}", 72 + n)), "eni-2n3");
+        c.recorded(&format!("10.0.1.{}", 72 + n), &format!("multus-demo/gone-{}", 6 + n));
     }
     c.running("live-1", "node-1", "10.0.1.90", "eni-1n3");
     c.running("live-2", "node-2", "10.0.1.91", "eni-2n3");
@@ -501,6 +548,7 @@ async fn dry_run_reports_and_changes_nothing() {
     // A workload on the NAD, and an address of one of its pods that is gone.
     c.running("live-1", "node-2", "10.0.1.90", "eni-2n3");
     c.ec2.move_address(ip("10.0.1.66"), "eni-1n3");
+    c.recorded("10.0.1.66", "multus-demo/gone");
     let r = c.reclaimer("reclaimer-0", &["--dry-run", "true"]).await;
     wait_for("an Event", Duration::from_secs(10), || {
         !c.events().is_empty()
@@ -512,7 +560,9 @@ async fn dry_run_reports_and_changes_nothing() {
         events[0]["note"]
             .as_str()
             .unwrap()
-            .starts_with("would release 10.0.1.66 from eni-1n3")
+            .starts_with("would release 10.0.1.66 from eni-1n3 (i-0001): handed out to multus-demo/gone (whereabouts IPPool 10.0.1.0-24)"),
+        "{:#?}",
+        events[0]
     );
     assert_eq!(c.holder("10.0.1.66").as_deref(), Some("eni-1n3"));
     assert_eq!(c.unassign_calls(), 0);
@@ -622,6 +672,7 @@ async fn leader_hand_over_only_one_replica_acts() {
     let mut b = replica(&c, &dir, "reclaimer-b");
     for n in 64..70 {
         c.ec2.move_address(ip(&format!("10.0.1.{n}")), "eni-1n3");
+        c.recorded(&format!("10.0.1.{n}"), &format!("multus-demo/gone-{n}"));
     }
     // One call releases the six; their Events follow it, one at a time.
     wait_for(
@@ -651,6 +702,7 @@ async fn leader_hand_over_only_one_replica_acts() {
     );
     for n in 70..73 {
         c.ec2.move_address(ip(&format!("10.0.1.{n}")), "eni-2n3");
+        c.recorded(&format!("10.0.1.{n}"), &format!("multus-demo/gone-{n}"));
     }
     wait_for("three more released", Duration::from_secs(15), || {
         (70..73).all(|n| c.holder(&format!("10.0.1.{n}")).is_none())
@@ -691,4 +743,368 @@ async fn leader_hand_over_only_one_replica_acts() {
     assert!(status.success(), "reclaimer-b exited {status}");
     assert_eq!(holder_of_lease(&c), None, "released on SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The addresses of dual-stack scenes: whereabouts hands out both families.
+const V6_A: &str = "2600:1f14:aaa:1b00::66";
+
+/// A hook for the fake EC2: on the first unassign that names one of `addresses`, a
+/// pod `claimer` on node-1 is handed them (whereabouts gives out the lowest free
+/// address, which is the one being released), and EC2 answers as `answer` says.
+fn claim_on_first_unassign(c: &Cluster, claimer: &'static str, addresses: &'static [&'static str], answer: Arrival) {
+    let kube = c.kube.clone();
+    let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    c.ec2.on_arrival(Some(std::sync::Arc::new(move |action: &str, _eni: Option<&str>| {
+        if !action.starts_with("Unassign") || fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Arrival::Proceed;
+        }
+        kube.apply(Kind::Pod, pod(claimer, "node-1", addresses));
+        answer
+    })));
+}
+
+/// Whether an unassign that EC2 carried out named `address`.
+fn unassigned(c: &Cluster, eni: &str) -> usize {
+    c.ec2
+        .log()
+        .iter()
+        .filter(|e| e.action.starts_with("Unassign") && e.status == 200 && e.eni.as_deref() == Some(eni))
+        .count()
+}
+
+async fn claimed_during_a_throttled_unassign(addresses: &'static [&'static str]) {
+    let c = Cluster::start().await;
+    for a in addresses {
+        c.ec2.move_address(ip(a), "eni-1n3");
+    }
+    c.kube.apply(Kind::Pod, pod("app-a", "node-1", addresses));
+    let r = c.reclaimer("reclaimer-0", &["--ec2-initial-backoff", "300ms"]).await;
+    tokio::time::sleep(GRACE).await;
+    claim_on_first_unassign(&c, "app-b", addresses, Arrival::Throttle);
+    c.kube.delete(Kind::Pod, "multus-demo", "app-a");
+    wait_for("the throttled unassign", Duration::from_secs(10), || {
+        c.ec2.log().iter().any(|e| e.code.as_deref() == Some("RequestLimitExceeded"))
+    })
+    .await;
+    tokio::time::sleep(GRACE * 3).await;
+    for a in addresses {
+        assert_eq!(c.holder(a).as_deref(), Some("eni-1n3"), "{a} is app-b's");
+    }
+    assert_eq!(unassigned(&c, "eni-1n3"), 0, "the retry checked the claims first: {:?}", c.ec2.log());
+    let m = r.metrics().await;
+    assert_eq!(
+        sample(&m, "ipmgmt_reclaimer_releases_total{result=\"claimed_at_confirm\"}"),
+        addresses.len() as f64
+    );
+    assert_eq!(sample(&m, "ipmgmt_reclaimer_releases_total{result=\"released\"}"), 0.0);
+    assert!(c.events().is_empty(), "{:#?}", c.events());
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_claimed_while_a_throttled_unassign_waits_is_kept() {
+    claimed_during_a_throttled_unassign(&["10.0.1.66"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_addresses_claimed_while_a_throttled_unassign_waits_are_kept() {
+    claimed_during_a_throttled_unassign(&["10.0.1.66", V6_A]).await;
+}
+
+async fn claimed_while_the_unassign_lands(addresses: &'static [&'static str]) {
+    let c = Cluster::start().await;
+    for a in addresses {
+        c.ec2.move_address(ip(a), "eni-1n3");
+    }
+    c.kube.apply(Kind::Pod, pod("app-a", "node-1", addresses));
+    let r = c.reclaimer("reclaimer-0", &[]).await;
+    tokio::time::sleep(GRACE).await;
+    // The claim lands after the last check and before EC2 acts: only the check after
+    // the calls can see it.
+    claim_on_first_unassign(&c, "app-b", addresses, Arrival::Proceed);
+    c.kube.delete(Kind::Pod, "multus-demo", "app-a");
+    wait_for("the Event of the put-back", Duration::from_secs(10), || {
+        c.events().iter().any(|e| e["reason"] == "AddressPutBack")
+    })
+    .await;
+    for a in addresses {
+        assert_eq!(c.holder(a).as_deref(), Some("eni-1n3"), "{a} is app-b's");
+    }
+    let events = c.events();
+    assert!(
+        events.iter().all(|e| e["reason"] == "AddressPutBack"
+            && e["type"] == "Warning"
+            && e["note"].as_str().unwrap().contains("multus-demo/app-b")),
+        "{events:#?}"
+    );
+    // The first call lands and is put back; in a dual-stack scene the other family's
+    // call comes after the claim, and its check keeps the address.
+    let m = r.metrics().await;
+    let put_back = sample(&m, "ipmgmt_reclaimer_releases_total{result=\"put_back\"}");
+    let kept = sample(&m, "ipmgmt_reclaimer_releases_total{result=\"claimed_at_confirm\"}");
+    assert_eq!((put_back, kept), (1.0, addresses.len() as f64 - 1.0), "{m}");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(sample(&m, "ipmgmt_reclaimer_releases_total{result=\"released\"}"), 0.0);
+    // And it stays: app-b's claim holds through later sweeps.
+    tokio::time::sleep(GRACE * 3).await;
+    for a in addresses {
+        assert_eq!(c.holder(a).as_deref(), Some("eni-1n3"));
+    }
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_claimed_while_its_unassign_lands_is_put_back() {
+    claimed_while_the_unassign_lands(&["10.0.1.66"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_addresses_claimed_while_their_unassigns_land_are_put_back() {
+    claimed_while_the_unassign_lands(&["10.0.1.66", V6_A]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_ec2_refuses_does_not_keep_the_others() {
+    let c = Cluster::start().await;
+    let gone = ["10.0.1.66", "10.0.1.67", "10.0.1.68"];
+    for a in gone {
+        c.ec2.move_address(ip(a), "eni-1n3");
+    }
+    c.kube.apply(Kind::Pod, pod("app-a", "node-1", &gone));
+    let r = c.reclaimer("reclaimer-0", &[]).await;
+    tokio::time::sleep(GRACE).await;
+    // While the batch is on its way, another node's pod takes 10.0.1.67 over
+    // (reassignment): EC2 refuses the whole call, since one address is not there.
+    let ec2 = c.ec2.clone();
+    let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    c.ec2.on_arrival(Some(std::sync::Arc::new(move |action: &str, _eni: Option<&str>| {
+        if action == "UnassignPrivateIpAddresses" && !fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            ec2.move_address("10.0.1.67".parse().unwrap(), "eni-2n3");
+        }
+        Arrival::Proceed
+    })));
+    c.kube.apply(Kind::Pod, pod("app-c", "node-2", &["10.0.1.67"]));
+    c.kube.delete(Kind::Pod, "multus-demo", "app-a");
+    wait_for("the two others released", Duration::from_secs(10), || {
+        c.holder("10.0.1.66").is_none() && c.holder("10.0.1.68").is_none()
+    })
+    .await;
+    assert_eq!(c.holder("10.0.1.67").as_deref(), Some("eni-2n3"), "app-c's");
+    let refused = c.ec2.log().iter().filter(|e| e.code.as_deref() == Some("InvalidParameterValue")).count();
+    assert!(refused >= 1, "the batch was refused: {:?}", c.ec2.log());
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enis_primary_ipv6_is_never_released() {
+    let mut world = scenario::world();
+    let n3 = world.enis.iter_mut().find(|e| e.id == "eni-1n3").unwrap();
+    let primary: std::net::Ipv6Addr = "2600:1f14:aaa:1b00::10".parse().unwrap();
+    n3.ipv6.push(primary);
+    n3.primary_ipv6 = Some(primary);
+    let c = Cluster::start_with(world).await;
+    // IPAM handed it out once (a range written over the whole /64), and the pod is gone.
+    c.running("app-a", "node-1", "10.0.1.66", "eni-1n3");
+    c.recorded("2600:1f14:aaa:1b00::10", "multus-demo/app-a");
+    let r = c.reclaimer("reclaimer-0", &[]).await;
+    tokio::time::sleep(GRACE).await;
+    c.kube.delete(Kind::Pod, "multus-demo", "app-a");
+    wait_for("app-a's IPv4 address released", Duration::from_secs(10), || {
+        c.holder("10.0.1.66").is_none()
+    })
+    .await;
+    tokio::time::sleep(GRACE * 2).await;
+    assert_eq!(c.holder("2600:1f14:aaa:1b00::10").as_deref(), Some("eni-1n3"));
+    let v6_calls = c.ec2.log().iter().filter(|e| e.action == "UnassignIpv6Addresses").count();
+    assert_eq!(v6_calls, 0, "never asked: {:?}", c.ec2.log());
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_past_its_deletion_timestamp_still_claims_its_address() {
+    let c = Cluster::start().await;
+    c.running("app-a", "node-2", "10.0.1.70", "eni-2n3");
+    let r = c.reclaimer("reclaimer-0", &[]).await;
+    tokio::time::sleep(GRACE).await;
+    // node-2 stopped answering: the pod is being deleted, its grace is long over, and
+    // it may well still run there and use its address.
+    let mut dead = node("node-2", "i-0002");
+    dead["status"]["conditions"][0]["status"] = json!("Unknown");
+    c.kube.apply(Kind::Node, dead);
+    let mut terminating = pod("app-a", "node-2", &["10.0.1.70"]);
+    terminating["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    terminating["metadata"]["deletionGracePeriodSeconds"] = json!(30);
+    c.kube.apply(Kind::Pod, terminating);
+    tokio::time::sleep(GRACE * 4).await;
+    assert_eq!(c.holder("10.0.1.70").as_deref(), Some("eni-2n3"));
+    assert_eq!(c.unassign_calls(), 0);
+    // The force delete ends the claim.
+    c.kube.delete(Kind::Pod, "multus-demo", "app-a");
+    wait_for("released after the force delete", Duration::from_secs(10), || {
+        c.holder("10.0.1.70").is_none()
+    })
+    .await;
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_what_was_handed_out_in_served_namespaces_is_released() {
+    let c = Cluster::start().await;
+    c.kube.apply(Kind::Namespace, namespace_object("other-team"));
+    c.running("app-a", "node-1", "10.0.1.66", "eni-1n3");
+    c.kube.apply(Kind::Pod, pod_in("other-team", "app-o", "node-1", &["10.0.1.67"]));
+    c.ec2.move_address(ip("10.0.1.67"), "eni-1n3");
+    c.ec2.move_address(ip("10.0.1.68"), "eni-1n3");
+    c.recorded("10.0.1.68", "other-team/gone");
+    // As the chart renders the webhook's namespaceSelector for the reclaimer.
+    let r = c
+        .reclaimer("reclaimer-0", &["--namespace-selector", "kubernetes.io/metadata.name notin (kube-system,other-team)"])
+        .await;
+    tokio::time::sleep(GRACE).await;
+    c.kube.delete(Kind::Pod, "multus-demo", "app-a");
+    c.kube.delete(Kind::Pod, "other-team", "app-o");
+    wait_for("app-a's address released", Duration::from_secs(10), || {
+        c.holder("10.0.1.66").is_none()
+    })
+    .await;
+    tokio::time::sleep(GRACE * 2).await;
+    assert_eq!(c.holder("10.0.1.67").as_deref(), Some("eni-1n3"), "a namespace the webhook does not serve");
+    assert_eq!(c.holder("10.0.1.68").as_deref(), Some("eni-1n3"), "recorded for a namespace the webhook does not serve");
+    let m = r.metrics().await;
+    assert_eq!(sample(&m, "ipmgmt_reclaimer_releases_total{result=\"released\"}"), 1.0);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whereabouts_record_of_a_live_pod_claims_before_its_network_status() {
+    let c = Cluster::start().await;
+    c.ec2.move_address(ip("10.0.1.66"), "eni-1n3");
+    c.recorded("10.0.1.66", "multus-demo/app-new");
+    // Multus has not written the pod's network-status, and the pod did not ask by
+    // annotation (a namespace default network): only the record ties it to the address.
+    let mut fresh = pod("app-new", "node-1", &[]);
+    let annotations = fresh["metadata"]["annotations"].as_object_mut().unwrap();
+    annotations.remove("k8s.v1.cni.cncf.io/network-status");
+    annotations.remove("k8s.v1.cni.cncf.io/networks");
+    c.kube.apply(Kind::Pod, fresh);
+    let r = c.reclaimer("reclaimer-0", &[]).await;
+    tokio::time::sleep(GRACE * 4).await;
+    assert_eq!(c.holder("10.0.1.66").as_deref(), Some("eni-1n3"));
+    assert_eq!(c.unassign_calls(), 0);
+    r.stop().await;
+}
+
+/// A TCP proxy that can stop carrying bytes without closing anything, as a
+/// half-dead NAT entry or a stuck apiserver does.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    frozen: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn to(upstream: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (frozen, _) = tokio::sync::watch::channel(false);
+        let gate = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(pipe(dr, uw, gate.subscribe()));
+                tokio::spawn(pipe(ur, dw, gate.subscribe()));
+            }
+        });
+        Proxy { addr, frozen }
+    }
+
+    fn freeze(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(n) = from.read(&mut buf).await else { return };
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return;
+        }
+        // Bytes read while frozen are held until the thaw, or forever.
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_goes_silent_counts_as_a_watch_error() {
+    let c = Cluster::start().await;
+    c.running("app-a", "node-1", "10.0.1.66", "eni-1n3");
+    let proxy = Proxy::to(c.kube_addr).await;
+    let r = c
+        .reclaimer_via(proxy.addr, "reclaimer-0", &["--watch-timeout", "1s"])
+        .await;
+    tokio::time::sleep(GRACE * 2).await;
+    let before = sample(&r.metrics().await, "ipmgmt_reclaimer_watch_errors_total{resource=\"pods\"}");
+    assert_eq!(before, 0.0, "watches that end on time are not errors");
+    proxy.freeze(true);
+    let frozen = Instant::now();
+    let mut errors = 0.0;
+    while errors < 1.0 {
+        assert!(frozen.elapsed() < Duration::from_secs(15), "the silent watch was never noticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        errors = sample(&r.metrics().await, "ipmgmt_reclaimer_watch_errors_total{resource=\"pods\"}");
+    }
+    proxy.freeze(false);
+    // Back: the view follows the cluster again.
+    c.kube.delete(Kind::Pod, "multus-demo", "app-a");
+    wait_for("released after the thaw", Duration::from_secs(20), || {
+        c.holder("10.0.1.66").is_none()
+    })
+    .await;
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_api_stops_leading_before_the_lease_can_pass() {
+    let c = Cluster::start().await;
+    let proxy = Proxy::to(c.kube_addr).await;
+    let a = c.reclaimer_via(proxy.addr, "reclaimer-a", &[]).await;
+    wait_for("reclaimer-a leads", Duration::from_secs(10), || {
+        holder_of_lease(&c).as_deref() == Some("reclaimer-a")
+    })
+    .await;
+    let b = c.reclaimer("reclaimer-b", &[]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sample(&a.metrics().await, "ipmgmt_reclaimer_leader"), 1.0);
+    proxy.freeze(true);
+    let frozen = Instant::now();
+    let mut a_stopped = None;
+    while holder_of_lease(&c).as_deref() != Some("reclaimer-b") {
+        assert!(frozen.elapsed() < Duration::from_secs(15), "reclaimer-b never took over");
+        if a_stopped.is_none() && sample(&a.metrics().await, "ipmgmt_reclaimer_leader") == 0.0 {
+            a_stopped = Some(frozen.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let b_took = frozen.elapsed();
+    let a_stopped = a_stopped.expect("reclaimer-a still believed it led when reclaimer-b took the Lease");
+    assert!(a_stopped < b_took, "a stopped at {a_stopped:?}, b took over at {b_took:?}");
+    assert!(a_stopped <= Duration::from_millis(1500 + 400), "within the renew deadline: {a_stopped:?}");
+    proxy.freeze(false);
+    b.stop().await;
+    drop(a);
 }

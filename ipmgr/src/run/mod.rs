@@ -240,7 +240,7 @@ async fn manager<E: Ec2>(ec2: E, args: &Args, locals: &[Local]) -> Result<Manage
 
 /// A wait between passes: between half of `backoff` and all of it, at random, so that
 /// pods throttled together do not retry together. Never longer than `backoff`.
-pub(crate) fn jittered(backoff: Duration) -> Duration {
+pub fn jittered(backoff: Duration) -> Duration {
     use std::hash::{BuildHasher, Hasher};
     // A fresh RandomState is randomly keyed: enough randomness to spread retries.
     let random = std::collections::hash_map::RandomState::new()

@@ -106,6 +106,7 @@ fn world(nodes: usize, per_node: usize) -> World {
             subnet_id: "subnet-a".into(),
             ipv4: vec![format!("10.0.{n}.1").parse().unwrap()],
             ipv6: vec![],
+            primary_ipv6: None,
             tags: vec![],
         });
         let mut ipv4 = vec![format!("10.1.{n}.1").parse().unwrap()];
@@ -121,6 +122,7 @@ fn world(nodes: usize, per_node: usize) -> World {
             subnet_id: "subnet-b".into(),
             ipv4,
             ipv6: vec![],
+            primary_ipv6: None,
             tags: vec![(NO_MANAGE.0.into(), NO_MANAGE.1.into())],
         });
     }
@@ -156,9 +158,6 @@ async fn main() -> anyhow::Result<()> {
             kube.apply(Kind::Pod, pod(n, s));
         }
     }
-    kube.apply(Kind::NetworkAttachmentDefinition, json!({
-        "metadata": {"name": "ipvlan-net1", "namespace": "multus-demo"},
-        "spec": {"config": r#"{"cniVersion":"0.3.1","type":"ipvlan","master":"eth1","ipam":{"type":"whereabouts","range":"10.1.0.0/16","exclude":["10.1.255.0/24"]}}"#}}));
     let kube_addr = kube.serve("127.0.0.1:0".parse()?).await?;
     let ec2 = FakeEc2::new(world(args.nodes, args.pods_per_node));
     ec2.set_faults(ipmgmt_tests::fake_ec2::Faults {

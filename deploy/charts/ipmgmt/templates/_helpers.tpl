@@ -72,6 +72,27 @@ matchExpressions:
   {{- end }}
 {{- end -}}
 
+{{/* The namespaceSelector above as a label selector string, for the reclaimer: it
+releases only what was handed out in namespaces the webhook serves. */}}
+{{- define "ipmgmt.namespaceLabelSelector" -}}
+{{- $terms := list -}}
+{{- range (include "ipmgmt.namespaceSelector" . | fromYaml).matchExpressions -}}
+{{- $values := join "," (.values | default list) -}}
+{{- if eq .operator "In" -}}
+{{- $terms = append $terms (printf "%s in (%s)" .key $values) -}}
+{{- else if eq .operator "NotIn" -}}
+{{- $terms = append $terms (printf "%s notin (%s)" .key $values) -}}
+{{- else if eq .operator "Exists" -}}
+{{- $terms = append $terms .key -}}
+{{- else if eq .operator "DoesNotExist" -}}
+{{- $terms = append $terms (printf "!%s" .key) -}}
+{{- else -}}
+{{- fail (printf "webhook.namespaceSelectorExpressions: operator %q of key %q is not one of In, NotIn, Exists, DoesNotExist" .operator .key) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $terms -}}
+{{- end -}}
+
 {{/* Pods sent to the webhook: never its own; without matchConditions, only opted-in ones. */}}
 {{- define "ipmgmt.objectSelector" -}}
 matchExpressions:
