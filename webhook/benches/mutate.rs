@@ -34,7 +34,9 @@ fn bench(c: &mut Criterion) {
         ("inject_init", "init-existing-init-containers", true),
         ("skip_unannotated", "not-requested", false),
     ] {
-        let body = serde_json::to_vec(&envelope(fixture(case))).unwrap();
+        // Compact and newline-terminated, as the apiserver's encoder writes it.
+        let mut body = serde_json::to_vec(&envelope(fixture(case))).unwrap();
+        body.push(b'\n');
         let answer = review(&body, &injector).unwrap();
         match answer.outcome {
             Outcome::Injected(_) => assert!(injects && answer.body.len() > 1000, "{case}"),
