@@ -1,5 +1,12 @@
 //! Sidecar mode: assign, mark ready, follow address changes, and release what the pod
 //! holds on SIGTERM.
+//!
+//! Only the pod's first start, or an address newly added in the pod, may take an
+//! address from another ENI. A native sidecar restarted in place (OOM, a panic) would
+//! otherwise see every address as just taken, and pull a floating IP back from the
+//! peer that took it over meanwhile. So what each pass settled is written beside the
+//! ready file (`SettledFile`, on the pod's emptyDir, which outlives a container), and
+//! a restart takes only what the last run had not settled.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -38,13 +45,23 @@ struct Follow {
 }
 
 impl Follow {
-    /// At start every address counts as just taken: the pod has just got them.
-    fn new(addresses: &[Local]) -> Follow {
+    /// At start every address counts as just taken (the pod has just got it), except
+    /// what an earlier run of this container settled.
+    fn new(addresses: &[Local], settled_before: &BTreeSet<IpAddr>) -> Follow {
         Follow {
             last: addresses.to_vec(),
-            takes: addresses.iter().map(|l| l.ip).collect(),
+            takes: (addresses.iter().map(|l| l.ip))
+                .filter(|ip| !settled_before.contains(ip))
+                .collect(),
             announced: BTreeSet::new(),
         }
+    }
+
+    /// The pod's addresses that are on their ENI and only repaired from now on.
+    fn settled_now(&self) -> BTreeSet<IpAddr> {
+        (self.last.iter().map(|l| l.ip))
+            .filter(|ip| !self.takes.contains(ip))
+            .collect()
     }
 
     /// The kernel announced these addresses as added.
@@ -152,6 +169,38 @@ impl ReadyFile<'_> {
     }
 }
 
+/// The addresses this pod's sidecar has settled, one per line, in `settled` beside the
+/// ready file. Lost or unreadable, it reads as empty: the restart then takes as a
+/// first start does, which is what it did before the file existed.
+struct SettledFile(std::path::PathBuf);
+
+impl SettledFile {
+    fn beside(ready_file: &Path) -> SettledFile {
+        SettledFile(ready_file.with_file_name("settled"))
+    }
+
+    fn load(&self) -> BTreeSet<IpAddr> {
+        match std::fs::read_to_string(&self.0) {
+            Ok(text) => text.lines().filter_map(|l| l.trim().parse().ok()).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => {
+                warn!(path = %self.0.display(), error = %e, "cannot read what an earlier run settled: every address counts as just taken");
+                BTreeSet::new()
+            }
+        }
+    }
+
+    /// Written whole and renamed into place, so a kill mid-write leaves the old list.
+    fn store(&self, settled: &BTreeSet<IpAddr>) {
+        let text: String = settled.iter().map(|ip| format!("{ip}\n")).collect();
+        let tmp = self.0.with_extension("tmp");
+        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.0));
+        if let Err(e) = written {
+            warn!(path = %self.0.display(), error = %e, "cannot record the settled addresses: a restart of this container would take them as new");
+        }
+    }
+}
+
 /// Sidecar mode: assigns, marks ready, follows address changes, and releases what
 /// the pod holds once `stop` is requested (SIGTERM).
 pub async fn sidecar<E: Ec2, A: Addresses>(
@@ -186,7 +235,13 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
         started = start => started?,
     };
 
-    let mut follow = Follow::new(&snapshot.addresses);
+    let settled_file = SettledFile::beside(&args.ready_file);
+    let settled_before = settled_file.load();
+    if !settled_before.is_empty() {
+        info!(settled = ?settled_before, "restarted: addresses an earlier run settled are repaired only, never taken from another ENI");
+    }
+    let mut follow = Follow::new(&snapshot.addresses, &settled_before);
+    let mut settled = settled_before;
     let coalesce = args.coalesce;
     let mut resync = tokio::time::interval(args.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -242,6 +297,11 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
         let failure = match result {
             Ok(outcome) => {
                 follow.settled(&outcome);
+                let now = follow.settled_now();
+                if now != settled {
+                    settled_file.store(&now);
+                    settled = now;
+                }
                 match outcome.is_complete() {
                     true => {
                         log_outcome(reason, &outcome);
@@ -303,5 +363,59 @@ async fn release_on_stop<E: Ec2, A: Addresses>(
             timeout,
             cause: attempts.summary(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(ip: &str) -> Local {
+        Local {
+            ip: ip.parse().unwrap(),
+            iface: "net1".into(),
+            mac: "0a:00:00:00:01:01".into(),
+        }
+    }
+
+    fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_restart_takes_only_what_the_last_run_had_not_settled() {
+        let pod = [local("10.0.1.66"), local("10.0.1.100")];
+        let first = Follow::new(&pod, &BTreeSet::new());
+        assert_eq!(first.takes, ips(&["10.0.1.66", "10.0.1.100"]), "a first start takes all");
+        // The floating IP 10.0.1.100 was settled before the restart; the peer may hold
+        // it now, and only a new address event may take it back.
+        let restarted = Follow::new(&pod, &ips(&["10.0.1.100"]));
+        assert_eq!(restarted.takes, ips(&["10.0.1.66"]));
+        assert_eq!(restarted.settled_now(), ips(&["10.0.1.100"]));
+    }
+
+    #[test]
+    fn an_address_added_again_after_a_restart_may_be_taken() {
+        let mut follow = Follow::new(&[local("10.0.1.66")], &ips(&["10.0.1.66", "10.0.1.100"]));
+        assert!(follow.takes.is_empty());
+        follow.announced(&ips(&["10.0.1.100"]));
+        assert!(follow.observe(&[local("10.0.1.66"), local("10.0.1.100")]));
+        assert_eq!(follow.takes, ips(&["10.0.1.100"]));
+        assert_eq!(follow.settled_now(), ips(&["10.0.1.66"]));
+    }
+
+    #[test]
+    fn the_settled_file_outlives_the_run_and_reads_empty_when_missing_or_garbled() {
+        let dir = std::env::temp_dir().join(format!("ipmgr-settled-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = SettledFile::beside(&dir.join("ready"));
+        assert_eq!(file.0, dir.join("settled"));
+        assert!(file.load().is_empty());
+        let set = ips(&["10.0.1.66", "2600:1f14:aaa:1b00::66"]);
+        file.store(&set);
+        assert_eq!(file.load(), set);
+        std::fs::write(&file.0, "10.0.1.66\nnot an address\n").unwrap();
+        assert_eq!(file.load(), ips(&["10.0.1.66"]));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
