@@ -84,7 +84,11 @@ pub struct Args {
     /// The namespaces the webhook serves, as a label selector (`kubectl get ns -l`
     /// syntax; the chart renders the webhook's namespaceSelector here). Only what IPAM
     /// handed to pods in these namespaces is ever released. Unset: every namespace.
-    #[arg(long, env = "IPMGMT_RECLAIMER_NAMESPACE_SELECTOR", value_name = "SELECTOR")]
+    #[arg(
+        long,
+        env = "IPMGMT_RECLAIMER_NAMESPACE_SELECTOR",
+        value_name = "SELECTOR"
+    )]
     pub namespace_selector: Option<String>,
 
     /// The API server ends each watch after this long, and the watch starts again; a

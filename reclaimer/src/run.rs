@@ -187,8 +187,7 @@ impl<E: Ec2> Sweeper<E> {
                 continue;
             }
             let (outcome, throttled) = self.release_on_node(&node, releases).await;
-            self.view
-                .forget(outcome.released.iter().map(|r| r.held.ip));
+            self.view.forget(outcome.released.iter().map(|r| r.held.ip));
             self.report(&node, &outcome.released, &outcome.put_back, false)
                 .await;
             if throttled {
@@ -245,7 +244,12 @@ impl<E: Ec2> Sweeper<E> {
 
     /// One batch (one ENI, one family): an attempt after a fresh check of the node's
     /// pods, as many times as the settings allow while EC2 throttles or fails.
-    async fn release_batch(&self, node: &str, batch: Vec<Release>, sent: &mut Vec<Release>) -> Batch {
+    async fn release_batch(
+        &self,
+        node: &str,
+        batch: Vec<Release>,
+        sent: &mut Vec<Release>,
+    ) -> Batch {
         let mut batch = batch;
         let mut backoff = self.settings.backoff;
         let attempts = self.settings.attempts.max(1);
@@ -477,7 +481,11 @@ impl<E: Ec2> Sweeper<E> {
                 "put {} back on {} ({}): {pod} claimed it while its release was in flight",
                 r.held.ip, r.held.eni, r.held.instance
             );
-            if let Err(e) = self.events.on_node(node, "AddressPutBack", true, note).await {
+            if let Err(e) = self
+                .events
+                .on_node(node, "AddressPutBack", true, note)
+                .await
+            {
                 warn!(node, error = %e, "could not record the Event");
             }
         }

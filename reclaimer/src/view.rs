@@ -143,7 +143,12 @@ impl View {
         });
 
         let (listed_tx, listed) = watch::channel(false);
-        let waits = (pods.clone(), nodes.clone(), namespaces.clone(), pools.clone());
+        let waits = (
+            pods.clone(),
+            nodes.clone(),
+            namespaces.clone(),
+            pools.clone(),
+        );
         tokio::spawn(async move {
             // The error only says a writer was dropped, which happens only when the
             // process ends.

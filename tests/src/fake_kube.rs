@@ -380,7 +380,11 @@ async fn handle(State(fake): State<FakeKube>, method: Method, uri: Uri, body: By
             "resources": [{"name": "ippools", "singularName": "ippool", "namespaced": true,
                            "kind": "IPPool", "verbs": ["get", "list", "watch", "create",
                            "update", "patch", "delete"]}]});
-        return (StatusCode::OK, [("content-type", "application/json")], list.to_string())
+        return (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            list.to_string(),
+        )
             .into_response();
     }
     let Some(t) = target(uri.path()) else {
@@ -490,32 +494,36 @@ fn labels_match(labels: &Value, selector: &str) -> bool {
         }
     }
     terms.push(&selector[start..]);
-    terms.into_iter().map(str::trim).filter(|t| !t.is_empty()).all(|term| {
-        let set = |rest: &str| -> Vec<String> {
-            rest.trim()
-                .trim_start_matches('(')
-                .trim_end_matches(')')
-                .split(',')
-                .map(|v| v.trim().to_owned())
-                .collect()
-        };
-        if let Some((k, rest)) = term.split_once(" notin ") {
-            return label(k).is_none_or(|v| !set(rest).iter().any(|x| x == v));
-        }
-        if let Some((k, rest)) = term.split_once(" in ") {
-            return label(k).is_some_and(|v| set(rest).iter().any(|x| x == v));
-        }
-        if let Some((k, v)) = term.split_once("!=") {
-            return label(k) != Some(v.trim());
-        }
-        if let Some((k, v)) = term.split_once('=') {
-            return label(k) == Some(v.trim_start_matches('=').trim());
-        }
-        match term.strip_prefix('!') {
-            Some(k) => label(k).is_none(),
-            None => label(term).is_some(),
-        }
-    })
+    terms
+        .into_iter()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .all(|term| {
+            let set = |rest: &str| -> Vec<String> {
+                rest.trim()
+                    .trim_start_matches('(')
+                    .trim_end_matches(')')
+                    .split(',')
+                    .map(|v| v.trim().to_owned())
+                    .collect()
+            };
+            if let Some((k, rest)) = term.split_once(" notin ") {
+                return label(k).is_none_or(|v| !set(rest).iter().any(|x| x == v));
+            }
+            if let Some((k, rest)) = term.split_once(" in ") {
+                return label(k).is_some_and(|v| set(rest).iter().any(|x| x == v));
+            }
+            if let Some((k, v)) = term.split_once("!=") {
+                return label(k) != Some(v.trim());
+            }
+            if let Some((k, v)) = term.split_once('=') {
+                return label(k) == Some(v.trim_start_matches('=').trim());
+            }
+            match term.strip_prefix('!') {
+                Some(k) => label(k).is_none(),
+                None => label(term).is_some(),
+            }
+        })
 }
 
 fn list(fake: &FakeKube, t: &Target, query: &BTreeMap<String, String>) -> (StatusCode, Value) {
@@ -789,8 +797,14 @@ mod tests {
             ("team=core", true),
             ("team==core", true),
             ("team!=core", false),
-            ("kubernetes.io/metadata.name notin (kube-system,ipmgmt)", true),
-            ("kubernetes.io/metadata.name notin (kube-system, multus-demo)", false),
+            (
+                "kubernetes.io/metadata.name notin (kube-system,ipmgmt)",
+                true,
+            ),
+            (
+                "kubernetes.io/metadata.name notin (kube-system, multus-demo)",
+                false,
+            ),
             ("team in (core,edge),kubernetes.io/metadata.name", true),
             ("team in (edge)", false),
             ("!tier", true),

@@ -117,17 +117,23 @@ impl Cluster {
         let address = ip(address);
         let (name, range): (&str, ipnet::IpNet) = match address {
             IpAddr::V4(_) => ("10.0.1.0-24", "10.0.1.0/24".parse().unwrap()),
-            IpAddr::V6(_) => ("2600-1f14-aaa-1b00---64", "2600:1f14:aaa:1b00::/64".parse().unwrap()),
+            IpAddr::V6(_) => (
+                "2600-1f14-aaa-1b00---64",
+                "2600:1f14:aaa:1b00::/64".parse().unwrap(),
+            ),
         };
         let offset = match (address, range.network()) {
             (IpAddr::V4(a), IpAddr::V4(n)) => u128::from(u32::from(a) - u32::from(n)),
             (IpAddr::V6(a), IpAddr::V6(n)) => u128::from(a) - u128::from(n),
             _ => unreachable!("one family"),
         };
-        let mut pool = self.kube.get(Kind::IpPool, "kube-system", name).unwrap_or_else(|| {
-            json!({"metadata": {"name": name, "namespace": "kube-system"},
+        let mut pool = self
+            .kube
+            .get(Kind::IpPool, "kube-system", name)
+            .unwrap_or_else(|| {
+                json!({"metadata": {"name": name, "namespace": "kube-system"},
                    "spec": {"range": range.to_string(), "allocations": {}}})
-        });
+            });
         pool["spec"]["allocations"][offset.to_string()] =
             json!({"id": format!("c-{offset}"), "podref": pod, "ifname": "net1"});
         self.kube.apply(Kind::IpPool, pool);
@@ -366,7 +372,11 @@ async fn a_floating_ip_is_never_released_however_the_ranges_are_written() {
     tokio::time::sleep(GRACE * 4).await;
     assert_eq!(c.holder("10.0.1.99").as_deref(), Some("eni-2n3"));
     assert_eq!(c.holder("10.0.1.80").as_deref(), Some("eni-2n3"));
-    assert_eq!(c.holder("10.0.1.81"), None, "a pod's address, handed out by IPAM");
+    assert_eq!(
+        c.holder("10.0.1.81"),
+        None,
+        "a pod's address, handed out by IPAM"
+    );
     assert_eq!(c.unassign_calls(), 1);
     let m = r.metrics().await;
     assert_eq!(
@@ -488,10 +498,16 @@ async fn ec2_throttling_slows_sweeps_down_and_fails_nothing() {
     for n in 0..6 {
         c.ec2
             .move_address(ip(&format!("10.0.1.{}", 64 + n)), "eni-1n3");
-        c.recorded(&format!("10.0.1.{}", 64 + n), &format!("multus-demo/gone-{n}"));
+        c.recorded(
+            &format!("10.0.1.{}", 64 + n),
+            &format!("multus-demo/gone-{n}"),
+        );
         c.ec2
             .move_address(ip(&format!("10.0.1.{}", 72 + n)), "eni-2n3");
-        c.recorded(&format!("10.0.1.{}", 72 + n), &format!("multus-demo/gone-{}", 6 + n));
+        c.recorded(
+            &format!("10.0.1.{}", 72 + n),
+            &format!("multus-demo/gone-{}", 6 + n),
+        );
     }
     c.running("live-1", "node-1", "10.0.1.90", "eni-1n3");
     c.running("live-2", "node-2", "10.0.1.91", "eni-2n3");
@@ -751,16 +767,25 @@ const V6_A: &str = "2600:1f14:aaa:1b00::66";
 /// A hook for the fake EC2: on the first unassign that names one of `addresses`, a
 /// pod `claimer` on node-1 is handed them (whereabouts gives out the lowest free
 /// address, which is the one being released), and EC2 answers as `answer` says.
-fn claim_on_first_unassign(c: &Cluster, claimer: &'static str, addresses: &'static [&'static str], answer: Arrival) {
+fn claim_on_first_unassign(
+    c: &Cluster,
+    claimer: &'static str,
+    addresses: &'static [&'static str],
+    answer: Arrival,
+) {
     let kube = c.kube.clone();
     let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    c.ec2.on_arrival(Some(std::sync::Arc::new(move |action: &str, _eni: Option<&str>| {
-        if !action.starts_with("Unassign") || fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            return Arrival::Proceed;
-        }
-        kube.apply(Kind::Pod, pod(claimer, "node-1", addresses));
-        answer
-    })));
+    c.ec2.on_arrival(Some(std::sync::Arc::new(
+        move |action: &str, _eni: Option<&str>| {
+            if !action.starts_with("Unassign")
+                || fired.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Arrival::Proceed;
+            }
+            kube.apply(Kind::Pod, pod(claimer, "node-1", addresses));
+            answer
+        },
+    )));
 }
 
 /// Whether an unassign that EC2 carried out named `address`.
@@ -768,7 +793,9 @@ fn unassigned(c: &Cluster, eni: &str) -> usize {
     c.ec2
         .log()
         .iter()
-        .filter(|e| e.action.starts_with("Unassign") && e.status == 200 && e.eni.as_deref() == Some(eni))
+        .filter(|e| {
+            e.action.starts_with("Unassign") && e.status == 200 && e.eni.as_deref() == Some(eni)
+        })
         .count()
 }
 
@@ -778,25 +805,41 @@ async fn claimed_during_a_throttled_unassign(addresses: &'static [&'static str])
         c.ec2.move_address(ip(a), "eni-1n3");
     }
     c.kube.apply(Kind::Pod, pod("app-a", "node-1", addresses));
-    let r = c.reclaimer("reclaimer-0", &["--ec2-initial-backoff", "300ms"]).await;
+    let r = c
+        .reclaimer("reclaimer-0", &["--ec2-initial-backoff", "300ms"])
+        .await;
     tokio::time::sleep(GRACE).await;
     claim_on_first_unassign(&c, "app-b", addresses, Arrival::Throttle);
     c.kube.delete(Kind::Pod, "multus-demo", "app-a");
     wait_for("the throttled unassign", Duration::from_secs(10), || {
-        c.ec2.log().iter().any(|e| e.code.as_deref() == Some("RequestLimitExceeded"))
+        c.ec2
+            .log()
+            .iter()
+            .any(|e| e.code.as_deref() == Some("RequestLimitExceeded"))
     })
     .await;
     tokio::time::sleep(GRACE * 3).await;
     for a in addresses {
         assert_eq!(c.holder(a).as_deref(), Some("eni-1n3"), "{a} is app-b's");
     }
-    assert_eq!(unassigned(&c, "eni-1n3"), 0, "the retry checked the claims first: {:?}", c.ec2.log());
+    assert_eq!(
+        unassigned(&c, "eni-1n3"),
+        0,
+        "the retry checked the claims first: {:?}",
+        c.ec2.log()
+    );
     let m = r.metrics().await;
     assert_eq!(
-        sample(&m, "ipmgmt_reclaimer_releases_total{result=\"claimed_at_confirm\"}"),
+        sample(
+            &m,
+            "ipmgmt_reclaimer_releases_total{result=\"claimed_at_confirm\"}"
+        ),
         addresses.len() as f64
     );
-    assert_eq!(sample(&m, "ipmgmt_reclaimer_releases_total{result=\"released\"}"), 0.0);
+    assert_eq!(
+        sample(&m, "ipmgmt_reclaimer_releases_total{result=\"released\"}"),
+        0.0
+    );
     assert!(c.events().is_empty(), "{:#?}", c.events());
     r.stop().await;
 }
@@ -841,10 +884,16 @@ async fn claimed_while_the_unassign_lands(addresses: &'static [&'static str]) {
     // call comes after the claim, and its check keeps the address.
     let m = r.metrics().await;
     let put_back = sample(&m, "ipmgmt_reclaimer_releases_total{result=\"put_back\"}");
-    let kept = sample(&m, "ipmgmt_reclaimer_releases_total{result=\"claimed_at_confirm\"}");
+    let kept = sample(
+        &m,
+        "ipmgmt_reclaimer_releases_total{result=\"claimed_at_confirm\"}",
+    );
     assert_eq!((put_back, kept), (1.0, addresses.len() as f64 - 1.0), "{m}");
     assert_eq!(events.len(), 1, "{events:#?}");
-    assert_eq!(sample(&m, "ipmgmt_reclaimer_releases_total{result=\"released\"}"), 0.0);
+    assert_eq!(
+        sample(&m, "ipmgmt_reclaimer_releases_total{result=\"released\"}"),
+        0.0
+    );
     // And it stays: app-b's claim holds through later sweeps.
     tokio::time::sleep(GRACE * 3).await;
     for a in addresses {
@@ -877,20 +926,30 @@ async fn an_address_ec2_refuses_does_not_keep_the_others() {
     // (reassignment): EC2 refuses the whole call, since one address is not there.
     let ec2 = c.ec2.clone();
     let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    c.ec2.on_arrival(Some(std::sync::Arc::new(move |action: &str, _eni: Option<&str>| {
-        if action == "UnassignPrivateIpAddresses" && !fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            ec2.move_address("10.0.1.67".parse().unwrap(), "eni-2n3");
-        }
-        Arrival::Proceed
-    })));
-    c.kube.apply(Kind::Pod, pod("app-c", "node-2", &["10.0.1.67"]));
+    c.ec2.on_arrival(Some(std::sync::Arc::new(
+        move |action: &str, _eni: Option<&str>| {
+            if action == "UnassignPrivateIpAddresses"
+                && !fired.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                ec2.move_address("10.0.1.67".parse().unwrap(), "eni-2n3");
+            }
+            Arrival::Proceed
+        },
+    )));
+    c.kube
+        .apply(Kind::Pod, pod("app-c", "node-2", &["10.0.1.67"]));
     c.kube.delete(Kind::Pod, "multus-demo", "app-a");
     wait_for("the two others released", Duration::from_secs(10), || {
         c.holder("10.0.1.66").is_none() && c.holder("10.0.1.68").is_none()
     })
     .await;
     assert_eq!(c.holder("10.0.1.67").as_deref(), Some("eni-2n3"), "app-c's");
-    let refused = c.ec2.log().iter().filter(|e| e.code.as_deref() == Some("InvalidParameterValue")).count();
+    let refused = c
+        .ec2
+        .log()
+        .iter()
+        .filter(|e| e.code.as_deref() == Some("InvalidParameterValue"))
+        .count();
     assert!(refused >= 1, "the batch was refused: {:?}", c.ec2.log());
     r.stop().await;
 }
@@ -909,13 +968,23 @@ async fn the_enis_primary_ipv6_is_never_released() {
     let r = c.reclaimer("reclaimer-0", &[]).await;
     tokio::time::sleep(GRACE).await;
     c.kube.delete(Kind::Pod, "multus-demo", "app-a");
-    wait_for("app-a's IPv4 address released", Duration::from_secs(10), || {
-        c.holder("10.0.1.66").is_none()
-    })
+    wait_for(
+        "app-a's IPv4 address released",
+        Duration::from_secs(10),
+        || c.holder("10.0.1.66").is_none(),
+    )
     .await;
     tokio::time::sleep(GRACE * 2).await;
-    assert_eq!(c.holder("2600:1f14:aaa:1b00::10").as_deref(), Some("eni-1n3"));
-    let v6_calls = c.ec2.log().iter().filter(|e| e.action == "UnassignIpv6Addresses").count();
+    assert_eq!(
+        c.holder("2600:1f14:aaa:1b00::10").as_deref(),
+        Some("eni-1n3")
+    );
+    let v6_calls = c
+        .ec2
+        .log()
+        .iter()
+        .filter(|e| e.action == "UnassignIpv6Addresses")
+        .count();
     assert_eq!(v6_calls, 0, "never asked: {:?}", c.ec2.log());
     r.stop().await;
 }
@@ -940,9 +1009,11 @@ async fn a_pod_past_its_deletion_timestamp_still_claims_its_address() {
     assert_eq!(c.unassign_calls(), 0);
     // The force delete ends the claim.
     c.kube.delete(Kind::Pod, "multus-demo", "app-a");
-    wait_for("released after the force delete", Duration::from_secs(10), || {
-        c.holder("10.0.1.70").is_none()
-    })
+    wait_for(
+        "released after the force delete",
+        Duration::from_secs(10),
+        || c.holder("10.0.1.70").is_none(),
+    )
     .await;
     r.stop().await;
 }
@@ -950,15 +1021,25 @@ async fn a_pod_past_its_deletion_timestamp_still_claims_its_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_what_was_handed_out_in_served_namespaces_is_released() {
     let c = Cluster::start().await;
-    c.kube.apply(Kind::Namespace, namespace_object("other-team"));
+    c.kube
+        .apply(Kind::Namespace, namespace_object("other-team"));
     c.running("app-a", "node-1", "10.0.1.66", "eni-1n3");
-    c.kube.apply(Kind::Pod, pod_in("other-team", "app-o", "node-1", &["10.0.1.67"]));
+    c.kube.apply(
+        Kind::Pod,
+        pod_in("other-team", "app-o", "node-1", &["10.0.1.67"]),
+    );
     c.ec2.move_address(ip("10.0.1.67"), "eni-1n3");
     c.ec2.move_address(ip("10.0.1.68"), "eni-1n3");
     c.recorded("10.0.1.68", "other-team/gone");
     // As the chart renders the webhook's namespaceSelector for the reclaimer.
     let r = c
-        .reclaimer("reclaimer-0", &["--namespace-selector", "kubernetes.io/metadata.name notin (kube-system,other-team)"])
+        .reclaimer(
+            "reclaimer-0",
+            &[
+                "--namespace-selector",
+                "kubernetes.io/metadata.name notin (kube-system,other-team)",
+            ],
+        )
         .await;
     tokio::time::sleep(GRACE).await;
     c.kube.delete(Kind::Pod, "multus-demo", "app-a");
@@ -968,10 +1049,21 @@ async fn only_what_was_handed_out_in_served_namespaces_is_released() {
     })
     .await;
     tokio::time::sleep(GRACE * 2).await;
-    assert_eq!(c.holder("10.0.1.67").as_deref(), Some("eni-1n3"), "a namespace the webhook does not serve");
-    assert_eq!(c.holder("10.0.1.68").as_deref(), Some("eni-1n3"), "recorded for a namespace the webhook does not serve");
+    assert_eq!(
+        c.holder("10.0.1.67").as_deref(),
+        Some("eni-1n3"),
+        "a namespace the webhook does not serve"
+    );
+    assert_eq!(
+        c.holder("10.0.1.68").as_deref(),
+        Some("eni-1n3"),
+        "recorded for a namespace the webhook does not serve"
+    );
     let m = r.metrics().await;
-    assert_eq!(sample(&m, "ipmgmt_reclaimer_releases_total{result=\"released\"}"), 1.0);
+    assert_eq!(
+        sample(&m, "ipmgmt_reclaimer_releases_total{result=\"released\"}"),
+        1.0
+    );
     r.stop().await;
 }
 
@@ -1034,7 +1126,9 @@ async fn pipe(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let Ok(n) = from.read(&mut buf).await else { return };
+        let Ok(n) = from.read(&mut buf).await else {
+            return;
+        };
         if n == 0 {
             let _ = to.shutdown().await;
             return;
@@ -1058,15 +1152,24 @@ async fn a_watch_that_goes_silent_counts_as_a_watch_error() {
         .reclaimer_via(proxy.addr, "reclaimer-0", &["--watch-timeout", "1s"])
         .await;
     tokio::time::sleep(GRACE * 2).await;
-    let before = sample(&r.metrics().await, "ipmgmt_reclaimer_watch_errors_total{resource=\"pods\"}");
+    let before = sample(
+        &r.metrics().await,
+        "ipmgmt_reclaimer_watch_errors_total{resource=\"pods\"}",
+    );
     assert_eq!(before, 0.0, "watches that end on time are not errors");
     proxy.freeze(true);
     let frozen = Instant::now();
     let mut errors = 0.0;
     while errors < 1.0 {
-        assert!(frozen.elapsed() < Duration::from_secs(15), "the silent watch was never noticed");
+        assert!(
+            frozen.elapsed() < Duration::from_secs(15),
+            "the silent watch was never noticed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
-        errors = sample(&r.metrics().await, "ipmgmt_reclaimer_watch_errors_total{resource=\"pods\"}");
+        errors = sample(
+            &r.metrics().await,
+            "ipmgmt_reclaimer_watch_errors_total{resource=\"pods\"}",
+        );
     }
     proxy.freeze(false);
     // Back: the view follows the cluster again.
@@ -1094,16 +1197,26 @@ async fn a_leader_cut_off_from_the_api_stops_leading_before_the_lease_can_pass()
     let frozen = Instant::now();
     let mut a_stopped = None;
     while holder_of_lease(&c).as_deref() != Some("reclaimer-b") {
-        assert!(frozen.elapsed() < Duration::from_secs(15), "reclaimer-b never took over");
+        assert!(
+            frozen.elapsed() < Duration::from_secs(15),
+            "reclaimer-b never took over"
+        );
         if a_stopped.is_none() && sample(&a.metrics().await, "ipmgmt_reclaimer_leader") == 0.0 {
             a_stopped = Some(frozen.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let b_took = frozen.elapsed();
-    let a_stopped = a_stopped.expect("reclaimer-a still believed it led when reclaimer-b took the Lease");
-    assert!(a_stopped < b_took, "a stopped at {a_stopped:?}, b took over at {b_took:?}");
-    assert!(a_stopped <= Duration::from_millis(1500 + 400), "within the renew deadline: {a_stopped:?}");
+    let a_stopped =
+        a_stopped.expect("reclaimer-a still believed it led when reclaimer-b took the Lease");
+    assert!(
+        a_stopped < b_took,
+        "a stopped at {a_stopped:?}, b took over at {b_took:?}"
+    );
+    assert!(
+        a_stopped <= Duration::from_millis(1500 + 400),
+        "within the renew deadline: {a_stopped:?}"
+    );
     proxy.freeze(false);
     b.stop().await;
     drop(a);

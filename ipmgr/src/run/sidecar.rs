@@ -386,7 +386,11 @@ mod tests {
     fn a_restart_takes_only_what_the_last_run_had_not_settled() {
         let pod = [local("10.0.1.66"), local("10.0.1.100")];
         let first = Follow::new(&pod, &BTreeSet::new());
-        assert_eq!(first.takes, ips(&["10.0.1.66", "10.0.1.100"]), "a first start takes all");
+        assert_eq!(
+            first.takes,
+            ips(&["10.0.1.66", "10.0.1.100"]),
+            "a first start takes all"
+        );
         // The floating IP 10.0.1.100 was settled before the restart; the peer may hold
         // it now, and only a new address event may take it back.
         let restarted = Follow::new(&pod, &ips(&["10.0.1.100"]));

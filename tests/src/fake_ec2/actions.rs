@@ -383,7 +383,10 @@ impl Inner {
         if let Some(ip) = ips.iter().find(|ip| eni.primary_ipv6 == Some(**ip)) {
             return Err(fail(
                 "InvalidParameterValue",
-                format!("The primary IPv6 address {ip} of interface {} cannot be unassigned", eni.id),
+                format!(
+                    "The primary IPv6 address {ip} of interface {} cannot be unassigned",
+                    eni.id
+                ),
             ));
         }
         eni.ipv6.retain(|ip| !ips.contains(ip));
