@@ -389,7 +389,8 @@ pub fn to_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<Eni> {
     })
 }
 
-fn strings<T: ToString>(ips: &[T]) -> Vec<String> {
+/// Addresses as the SDK's request builders take them.
+pub fn strings<T: ToString>(ips: &[T]) -> Vec<String> {
     ips.iter().map(ToString::to_string).collect()
 }
 

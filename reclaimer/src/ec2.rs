@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::types::Filter;
-use ipmgr::ec2::{Action, Ec2Error, sdk_error};
+use ipmgr::ec2::{Action, Ec2Error, sdk_error, strings};
 use ipmgr::eni::{NO_MANAGE_TAG, Tag};
 
 /// Where the reclaimer's policy lives, for error messages.
@@ -93,10 +93,6 @@ pub struct SdkEc2 {
 /// The client's settings for one attempt of a change: the sweeper retries.
 fn single_attempt() -> aws_sdk_ec2::config::Builder {
     aws_sdk_ec2::config::Builder::default().retry_config(RetryConfig::disabled())
-}
-
-fn strings<T: ToString>(ips: &[T]) -> Vec<String> {
-    ips.iter().map(ToString::to_string).collect()
 }
 
 impl SdkEc2 {

@@ -364,16 +364,31 @@ impl<E: Ec2> Sweeper<E> {
     }
 
     async fn assign_back(&self, r: &Release) -> Result<(), Ec2Error> {
-        let mut backoff = self.settings.backoff;
-        let attempts = self.settings.attempts.max(1);
-        let mut attempt = 1;
-        loop {
-            let result = match r.held.ip {
+        self.with_retries(transient, || async {
+            match r.held.ip {
                 IpAddr::V4(v4) => self.ec2.assign_ipv4(&r.held.eni, &[v4]).await,
                 IpAddr::V6(v6) => self.ec2.assign_ipv6(&r.held.eni, &[v6]).await,
-            };
-            match result {
-                Err(e) if transient(&e) && attempt < attempts => {
+            }
+        })
+        .await
+    }
+
+    /// `call`, again while `again` says its error is worth it, up to the settings'
+    /// attempts, with the backoff of an EC2 change between them.
+    async fn with_retries<T, Err, F, Fut>(
+        &self,
+        again: impl Fn(&Err) -> bool,
+        mut call: F,
+    ) -> Result<T, Err>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Err>>,
+    {
+        let mut backoff = self.settings.backoff;
+        let mut attempt = 1;
+        loop {
+            match call().await {
+                Err(e) if attempt < self.settings.attempts && again(&e) => {
                     tokio::time::sleep(ipmgr::run::jittered(backoff)).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     attempt += 1;
@@ -409,19 +424,11 @@ impl<E: Ec2> Sweeper<E> {
     /// The read after the calls matters most: a claimed address left unassigned is a
     /// pod without its network. It gets the attempts of an EC2 change.
     async fn claims_on_with_retries(&self, node: &str) -> Result<NodeClaims, kube::Error> {
-        let mut backoff = self.settings.backoff;
-        let mut attempt = 1;
-        loop {
-            match self.claims_on(node).await {
-                Err(e) if attempt < self.settings.attempts => {
-                    debug!(node, error = %e, "reading the node's pods again");
-                    tokio::time::sleep(ipmgr::run::jittered(backoff)).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        let again = |e: &kube::Error| {
+            debug!(node, error = %e, "reading the node's pods again");
+            true
+        };
+        self.with_retries(again, || self.claims_on(node)).await
     }
 
     async fn unassign(&self, eni: &str, batch: &[Release]) -> Result<(), Ec2Error> {
