@@ -6,11 +6,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_ec2::types::{Filter, SubnetCidrBlockStateCode};
+use aws_sdk_ec2::types::{Filter, SubnetCidrBlockStateCode, VpcCidrBlockStateCode};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::aws::cause;
-use crate::eni::{Eni, Subnet};
+use crate::eni::{Eni, Subnet, Vpc};
 
 /// Where the least-privilege policy lives, for error messages.
 pub const IAM_POLICY: &str = "deploy/iam-policy.json";
@@ -23,6 +23,7 @@ pub enum Action {
     DescribeInstances,
     DescribeNetworkInterfaces,
     DescribeSubnets,
+    DescribeVpcs,
     AssignPrivateIpAddresses,
     UnassignPrivateIpAddresses,
     AssignIpv6Addresses,
@@ -30,10 +31,11 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 8] = [
         Action::DescribeInstances,
         Action::DescribeNetworkInterfaces,
         Action::DescribeSubnets,
+        Action::DescribeVpcs,
         Action::AssignPrivateIpAddresses,
         Action::UnassignPrivateIpAddresses,
         Action::AssignIpv6Addresses,
@@ -46,6 +48,7 @@ impl Action {
             Action::DescribeInstances => "DescribeInstances",
             Action::DescribeNetworkInterfaces => "DescribeNetworkInterfaces",
             Action::DescribeSubnets => "DescribeSubnets",
+            Action::DescribeVpcs => "DescribeVpcs",
             Action::AssignPrivateIpAddresses => "AssignPrivateIpAddresses",
             Action::UnassignPrivateIpAddresses => "UnassignPrivateIpAddresses",
             Action::AssignIpv6Addresses => "AssignIpv6Addresses",
@@ -60,7 +63,8 @@ impl Action {
         match self {
             Action::DescribeInstances
             | Action::DescribeNetworkInterfaces
-            | Action::DescribeSubnets => false,
+            | Action::DescribeSubnets
+            | Action::DescribeVpcs => false,
             Action::AssignPrivateIpAddresses
             | Action::UnassignPrivateIpAddresses
             | Action::AssignIpv6Addresses
@@ -83,6 +87,8 @@ pub trait Ec2 {
     ) -> impl Future<Output = Result<Vec<Eni>, Ec2Error>> + Send;
     fn subnets(&self, ids: &[String])
     -> impl Future<Output = Result<Vec<Subnet>, Ec2Error>> + Send;
+    /// These VPCs' associated CIDR blocks.
+    fn vpcs(&self, ids: &[String]) -> impl Future<Output = Result<Vec<Vpc>, Ec2Error>> + Send;
     /// The ENIs, of any instance, with these MAC addresses.
     fn enis_by_mac(
         &self,
@@ -211,12 +217,12 @@ fn hint(action: Action, code: Option<&str>) -> String {
             "EC2 throttled the account past the retry budget: fewer pods starting at once, or raise the EC2 API rate limits"
                 .into()
         }
-        Some("InvalidIPAddress.InUse") if action == Action::AssignPrivateIpAddresses => {
-            "another ENI holds the address and this pod has reassignment off (ipmgmt.aws/allow-reassignment: \"false\"); \
-             release it there or allow reassignment"
+        Some("InvalidIPAddress.InUse") => {
+            "another ENI holds the address, so it is handed out twice: find the holder with \
+             `aws ec2 describe-network-interfaces --filters Name=addresses.private-ip-address,Values=<address>` \
+             (or ipv6-addresses.ipv6-address), then release it there or take it out of one of the pools"
                 .into()
         }
-        Some("InvalidIPAddress.InUse") => "another ENI holds the address: release it there first".into(),
         Some("InvalidParameterValue") => {
             "EC2 refused an address: check that the network's address pool lies in the ENI's subnet".into()
         }
@@ -438,6 +444,45 @@ impl Ec2 for SdkEc2 {
                     .filter(|a| {
                         a.ipv6_cidr_block_state().and_then(|st| st.state())
                             == Some(&SubnetCidrBlockStateCode::Associated)
+                    })
+                    .filter_map(|a| a.ipv6_cidr_block()?.parse::<Ipv6Net>().ok())
+                    .collect(),
+                vpc_id: s.vpc_id().unwrap_or_default().to_owned(),
+                vpc: None,
+            })
+            .collect())
+    }
+
+    async fn vpcs(&self, ids: &[String]) -> Result<Vec<Vpc>, Ec2Error> {
+        let out = self
+            .client
+            .describe_vpcs()
+            .set_vpc_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| sdk_error(Action::DescribeVpcs, ids.join(","), e, self.remedy))?;
+        // A block being disassociated is still listed for a while: only associated ones
+        // count.
+        Ok(out
+            .vpcs()
+            .iter()
+            .map(|v| Vpc {
+                id: v.vpc_id().unwrap_or_default().to_owned(),
+                ipv4: v
+                    .cidr_block_association_set()
+                    .iter()
+                    .filter(|a| {
+                        a.cidr_block_state().and_then(|st| st.state())
+                            == Some(&VpcCidrBlockStateCode::Associated)
+                    })
+                    .filter_map(|a| a.cidr_block()?.parse::<Ipv4Net>().ok())
+                    .collect(),
+                ipv6: v
+                    .ipv6_cidr_block_association_set()
+                    .iter()
+                    .filter(|a| {
+                        a.ipv6_cidr_block_state().and_then(|st| st.state())
+                            == Some(&VpcCidrBlockStateCode::Associated)
                     })
                     .filter_map(|a| a.ipv6_cidr_block()?.parse::<Ipv6Net>().ok())
                     .collect(),

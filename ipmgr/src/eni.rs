@@ -69,6 +69,27 @@ pub struct Subnet {
     pub id: String,
     pub ipv4: Vec<Ipv4Net>,
     pub ipv6: Vec<Ipv6Net>,
+    pub vpc_id: String,
+    /// Its VPC's CIDR blocks, once described: only needed to tell an address outside
+    /// the subnet but in the VPC (a wrong pool) from one outside the VPC (not EC2's).
+    pub vpc: Option<Vpc>,
+}
+
+/// A VPC's associated CIDR blocks, primary and secondary, IPv4 and IPv6.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vpc {
+    pub id: String,
+    pub ipv4: Vec<Ipv4Net>,
+    pub ipv6: Vec<Ipv6Net>,
+}
+
+impl Vpc {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => self.ipv4.iter().any(|n| n.contains(&v4)),
+            IpAddr::V6(v6) => self.ipv6.iter().any(|n| n.contains(&v6)),
+        }
+    }
 }
 
 impl Subnet {
@@ -267,8 +288,9 @@ impl Placement<'_> {
 #[derive(Debug, Default)]
 pub struct Placed<'a> {
     pub placements: Vec<Placement<'a>>,
-    /// Not a VPC address of this node's Multus ENIs: none of their MACs, none of their
-    /// subnets. A node-local network or a tunnel; not ipmgr's business.
+    /// Not a VPC address of this node's Multus ENIs: none of their MACs and none of
+    /// their subnets (a node-local network, a tunnel), or on a Multus ENI's interface
+    /// but outside its VPC (a VIP routed by route tables, a VLAN). Not EC2's business.
     pub skipped: Vec<&'a Local>,
     pub errors: Vec<ResolveError>,
 }
@@ -307,7 +329,7 @@ pub fn place<'a>(
     let mut out = Placed::default();
     for local in locals {
         let placed = match by_mac(local, enis) {
-            Some(eni) => check_mac_match(local, eni, subnets, policy).map(Some),
+            Some(eni) => check_mac_match(local, eni, subnets, policy),
             None => by_subnet(local, enis, subnets, policy),
         };
         match placed {
@@ -324,21 +346,51 @@ fn check_mac_match<'a>(
     eni: &'a Eni,
     subnets: &HashMap<String, Subnet>,
     policy: &Policy,
-) -> Result<&'a Eni, ResolveError> {
+) -> Result<Option<&'a Eni>, ResolveError> {
     if let Some(why) = policy.refusal(eni) {
         return Err(refused(local, eni, "MAC", why));
     }
+    Ok(in_range(local, eni, subnets)?.then_some(eni))
+}
+
+/// Whether an address on `eni`'s interface is one for EC2: inside the ENI's subnet, or
+/// not known to lie outside it (subnet not described: EC2 has the last word). An
+/// address outside the subnet and outside the VPC is not (`false`); one outside the
+/// subnet but in the VPC, or whose VPC is not described, is a wrong address pool.
+pub fn in_range(
+    local: &Local,
+    eni: &Eni,
+    subnets: &HashMap<String, Subnet>,
+) -> Result<bool, ResolveError> {
     match subnets.get(&eni.subnet_id) {
-        Some(subnet) if !subnet.contains(local.ip) => Err(ResolveError::OutsideSubnet {
-            ip: local.ip,
-            iface: local.iface.clone(),
-            eni: eni.id.clone(),
-            subnet: subnet.id.clone(),
-            cidrs: subnet.cidrs(),
-        }),
-        // Subnet not described (every address matched by MAC): EC2 has the last word.
-        _ => Ok(eni),
+        Some(subnet) if !subnet.contains(local.ip) => match &subnet.vpc {
+            Some(vpc) if !vpc.contains(local.ip) => Ok(false),
+            _ => Err(ResolveError::OutsideSubnet {
+                ip: local.ip,
+                iface: local.iface.clone(),
+                eni: eni.id.clone(),
+                subnet: subnet.id.clone(),
+                cidrs: subnet.cidrs(),
+            }),
+        },
+        _ => Ok(true),
     }
+}
+
+/// The subnets of the `OutsideSubnet` errors whose VPC is not described yet: placing
+/// again once it is may turn each into a skipped non-VPC address.
+pub fn vpc_unknown(errors: &[ResolveError], subnets: &HashMap<String, Subnet>) -> Vec<String> {
+    let mut ids: Vec<String> = (errors.iter())
+        .filter_map(|e| match e {
+            ResolveError::OutsideSubnet { subnet, .. } => Some(subnet),
+            _ => None,
+        })
+        .filter(|id| subnets.get(*id).is_some_and(|s| s.vpc.is_none()))
+        .cloned()
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 /// The one eligible ENI whose subnet contains the address; `None` when no secondary
@@ -431,6 +483,8 @@ pub(crate) mod tests {
                         id: id.to_string(),
                         ipv4,
                         ipv6,
+                        vpc_id: "vpc-1".into(),
+                        vpc: None,
                     },
                 )
             })
@@ -494,6 +548,29 @@ pub(crate) mod tests {
             ),
             ("subnet-d", &["10.0.4.0/24"]),
         ])
+    }
+
+    /// `nets()` with their VPC described: a primary and a secondary IPv4 CIDR, and an
+    /// IPv6 /56 for each IPv6 subnet.
+    fn nets_in_vpc() -> HashMap<String, Subnet> {
+        let vpc = Vpc {
+            id: "vpc-1".into(),
+            ipv4: ["10.0.0.0/16", "100.64.0.0/16"]
+                .map(|c| c.parse().unwrap())
+                .into(),
+            ipv6: [
+                "2600:1f14:aaa:1b00::/56",
+                "2600:1f14:aaa:1c00::/56",
+                "2600:1f14:aaa:1d00::/56",
+            ]
+            .map(|c| c.parse().unwrap())
+            .into(),
+        };
+        let mut nets = nets();
+        for s in nets.values_mut() {
+            s.vpc = Some(vpc.clone());
+        }
+        nets
     }
 
     /// One address through `place`: the ENI it went to, or how it was left.
@@ -566,6 +643,45 @@ pub(crate) mod tests {
                 "{ip} {mac}: got {got:?}, want {want:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_non_vpc_address_on_a_multus_enis_interface_is_left_alone() {
+        let enis = node();
+        let n3 = "0a:00:00:00:00:01";
+        let cases: &[(&str, &str)] = &[
+            // A VIP that route tables carry (the multi-AZ pattern), a VLAN's address.
+            ("192.168.9.9", "skipped"),
+            ("172.31.0.5", "skipped"),
+            ("fd00:77::5", "skipped"),
+            // In the VPC, but not in the ENI's subnet: the network's pool is wrong.
+            (
+                "10.0.2.9",
+                "error: 10.0.2.9 on net1 rides on eni-n3 (by MAC), but its subnet subnet-b",
+            ),
+            (
+                "100.64.0.9",
+                "error: 100.64.0.9 on net1 rides on eni-n3 (by MAC)",
+            ),
+            (
+                "2600:1f14:aaa:1c00::9",
+                "error: 2600:1f14:aaa:1c00::9 on net1 rides on eni-n3",
+            ),
+            // In the subnet: placed.
+            ("10.0.1.9", "eni-n3"),
+            ("2600:1f14:aaa:1b00::9", "eni-n3"),
+        ];
+        for (ip, want) in cases {
+            let got = one(&local(ip, "net1", n3), &enis, &nets_in_vpc(), &POLICY);
+            assert!(got.starts_with(want), "{ip}: got {got:?}, want {want:?}");
+        }
+        // Until the VPC is described, outside the subnet is an error, and the manager
+        // is told which VPC to describe.
+        let l = [local("192.168.9.9", "net1", n3)];
+        let placed = place(&l, &enis, &nets(), &POLICY);
+        assert_eq!(placed.errors.len(), 1);
+        assert_eq!(vpc_unknown(&placed.errors, &nets()), ["subnet-b"]);
+        assert!(vpc_unknown(&placed.errors, &nets_in_vpc()).is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::ec2::{Action, Ec2, Ec2Error};
-use crate::eni::{self, Eni, Local, Placement, Policy, ResolveError, Subnet, Tag};
+use crate::eni::{self, Eni, Local, Placement, Policy, Refusal, ResolveError, Subnet, Tag};
 use crate::plan::{self, Batch, Blocked, Plan, Rules};
 
 #[derive(Clone, Debug)]
@@ -71,6 +71,17 @@ pub enum AddressError {
         holder: String,
     },
     #[error(
+        "{ip} on {iface} is held by {holder}, which ipmgr does not take addresses from: it is {why}; \
+         the address is handed out twice: take it out of one of the pools (a subnet CIDR reservation \
+         for the network's range keeps the VPC CNI and EC2 from handing it out)"
+    )]
+    Unmanaged {
+        ip: IpAddr,
+        iface: String,
+        holder: String,
+        why: Refusal,
+    },
+    #[error(
         "{ip} on {iface}: EC2 accepted the assignment to {eni} but after {waited:?} still does not show it"
     )]
     Unconfirmed {
@@ -88,15 +99,33 @@ impl AddressError {
             AddressError::Ec2 { ip, .. }
             | AddressError::ReassignmentOff { ip, .. }
             | AddressError::PrimaryElsewhere { ip, .. }
+            | AddressError::Unmanaged { ip, .. }
             | AddressError::Unconfirmed { ip, .. } => *ip,
         }
     }
 
-    /// EC2 refused to assign this IPv6 address because another ENI holds it.
-    fn held_elsewhere_v6(&self) -> bool {
+    /// EC2 refused an assignment made before the holder was known, in a way another
+    /// ENI holding the address explains: `InvalidIPAddress.InUse` for IPv4; for IPv6,
+    /// whose refusals are less specific, any answer but throttling.
+    fn maybe_held_elsewhere(&self) -> bool {
+        let AddressError::Ec2 { error, .. } = self else {
+            return false;
+        };
+        match error.action {
+            Action::AssignPrivateIpAddresses => {
+                error.code.as_deref() == Some("InvalidIPAddress.InUse")
+            }
+            Action::AssignIpv6Addresses => error.code.is_some() && !error.is_throttling(),
+            _ => false,
+        }
+    }
+
+    /// EC2 refused an assignment as outside the ENI's subnet (it answers
+    /// InvalidParameterValue, for IPv4 and IPv6 alike).
+    fn out_of_range(&self) -> bool {
         matches!(self, AddressError::Ec2 { error, .. }
-            if error.action == Action::AssignIpv6Addresses
-                && error.code.as_deref() == Some("InvalidIPAddress.InUse"))
+            if matches!(error.action, Action::AssignPrivateIpAddresses | Action::AssignIpv6Addresses)
+                && error.code.as_deref() == Some("InvalidParameterValue"))
     }
 
     /// Nothing a retry within this run is likely to fix: a configuration, permission
@@ -138,6 +167,8 @@ pub struct Outcome {
     pub skipped: Vec<Local>,
     /// Held by another ENI and left there, with the holder.
     pub left: Vec<(IpAddr, String)>,
+    /// Taken from another Multus ENI of this cluster, with the ENI it came from.
+    pub taken: Vec<(IpAddr, String)>,
     pub failed: Vec<AddressError>,
     /// Mutating calls made.
     pub calls: usize,
@@ -295,57 +326,121 @@ impl<E: Ec2> Manager<E> {
         cached: bool,
         seen: &mut Start,
     ) -> Result<Outcome, PassError> {
-        let subnets = self.subnets(locals, &enis, cached).await?;
-        let placed = eni::place(locals, &enis, &subnets, &self.settings.policy);
+        let mut subnets = self.subnets(locals, &enis, cached).await?;
+        let mut placed = eni::place(locals, &enis, &subnets, &self.settings.policy);
+        let unknown = eni::vpc_unknown(&placed.errors, &subnets);
+        if !unknown.is_empty() {
+            subnets = self.with_vpcs(&unknown).await;
+            placed = eni::place(locals, &enis, &subnets, &self.settings.policy);
+        }
         let mut out = Outcome::default();
         for local in placed.skipped {
-            info!(address = %local.ip, iface = %local.iface, "not in a subnet of this node's Multus ENIs; left alone");
-            out.skipped.push(local.clone());
+            left_alone(local, &mut out);
         }
         out.failed
             .extend(placed.errors.into_iter().map(AddressError::Resolve));
 
-        let rules = self.settings.rules;
-        // At a start the addresses come fresh from the network's pool: IPv6 is assigned
-        // first, and its holder looked up only if EC2 answers that another ENI holds
-        // it. An event announces an address just taken, usually a floating IP that
-        // another ENI holds: its holder is looked up first.
-        let ipv6_first = matches!(take, Take::All);
+        let (rules, policy) = (self.settings.rules, &self.settings.policy);
+        // At a start the addresses come fresh from the network's pool: each is assigned
+        // without reassignment first, and its holder looked up only if EC2 refuses. An
+        // event announces an address just taken, usually a floating IP that another ENI
+        // holds: its holder is looked up first.
+        let assign_first = matches!(take, Take::All);
         let asking: Vec<IpAddr> = placed
             .placements
             .iter()
-            .filter(|p| plan::needs_holder(p, take.takes(p.ip()), rules, ipv6_first))
+            .filter(|p| plan::needs_holder(p, take.takes(p.ip()), rules, assign_first))
             .map(Placement::ip)
             .collect();
         let holders = match asking.is_empty() {
             true => Vec::new(),
             false => self.ec2.holders(&asking).await?,
         };
-        let plan = plan::plan(&placed.placements, |ip| take.takes(ip), &holders, rules);
+        let plan = plan::plan(
+            &placed.placements,
+            |ip| take.takes(ip),
+            &holders,
+            rules,
+            policy,
+        );
         account(&plan, &mut out);
         out.calls = plan.calls();
         let mut failed = self.execute(&plan).await;
 
-        // IPv6 assigned before its holder was known, refused because another ENI holds
-        // it: unassigned there, then assigned here, as if looked up first.
-        let held: Vec<Placement<'_>> = (plan.moving.iter())
-            .filter(|p| !asking.contains(&p.ip()))
-            .filter(|p| {
-                failed
-                    .iter()
-                    .any(|f| f.ip() == p.ip() && f.held_elsewhere_v6())
-            })
+        // Matched by MAC, so assigned before the ENI's subnet was described, and refused
+        // as outside its range: with the subnet and its VPC described, an address outside
+        // the VPC is left alone, one in the VPC is the pool's mistake, named as such.
+        // The rest of a refused batch is tried again below.
+        let mut retry: Vec<Placement<'_>> = Vec::new();
+        let out_of_range: Vec<Placement<'_>> = (plan.moving.iter())
+            .filter(|p| (failed.iter()).any(|f| f.ip() == p.ip() && f.out_of_range()))
+            .filter(|p| (subnets.get(&p.eni.subnet_id)).is_none_or(|s| s.vpc.is_none()))
             .copied()
             .collect();
-        let late_holders = match held.is_empty() {
+        if !out_of_range.is_empty() {
+            let mut ids: Vec<String> = out_of_range
+                .iter()
+                .map(|p| p.eni.subnet_id.clone())
+                .collect();
+            ids.sort();
+            ids.dedup();
+            match self.described(&ids).await {
+                Ok(described) => subnets = described,
+                Err(e) => {
+                    warn!(error = %e, "the subnets of refused addresses could not be described")
+                }
+            }
+            let mut settled = Vec::new();
+            for p in &out_of_range {
+                match eni::in_range(p.local, p.eni, &subnets) {
+                    Ok(true) => continue,
+                    Ok(false) => left_alone(p.local, &mut out),
+                    Err(e) => failed.push(AddressError::Resolve(e)),
+                }
+                failed.retain(|f| !(f.ip() == p.ip() && matches!(f, AddressError::Ec2 { .. })));
+                settled.push(*p);
+            }
+            let same_call = |p: &Placement<'_>, q: &Placement<'_>| {
+                p.eni.id == q.eni.id && p.ip().is_ipv4() == q.ip().is_ipv4()
+            };
+            retry = (out_of_range.iter())
+                .filter(|p| !settled.contains(p) && settled.iter().any(|q| same_call(p, q)))
+                .copied()
+                .collect();
+            failed.retain(|f| !retry.iter().any(|p| p.ip() == f.ip()));
+        }
+
+        // Assigned before the holder was known, and refused: planned again with the
+        // holders, as if looked up first. A refused call fails every address of its
+        // batch, so the batch is planned again whole when any of its addresses has a
+        // holder; a batch in which none has keeps EC2's answer.
+        let refused: Vec<Placement<'_>> = (plan.moving.iter())
+            .filter(|p| !asking.contains(&p.ip()))
+            .filter(|p| (failed.iter()).any(|f| f.ip() == p.ip() && f.maybe_held_elsewhere()))
+            .copied()
+            .collect();
+        let late_holders = match refused.is_empty() {
             true => Vec::new(),
             false => {
                 self.ec2
-                    .holders(&held.iter().map(Placement::ip).collect::<Vec<_>>())
+                    .holders(&refused.iter().map(Placement::ip).collect::<Vec<_>>())
                     .await?
             }
         };
-        let again = plan::plan(&held, |ip| take.takes(ip), &late_holders, rules);
+        let held_elsewhere =
+            |p: &Placement<'_>| (late_holders.iter()).any(|h| h.id != p.eni.id && h.holds(p.ip()));
+        let held: Vec<Placement<'_>> = (refused.iter())
+            .filter(|p| {
+                (refused.iter()).any(|q| {
+                    q.eni.id == p.eni.id
+                        && q.ip().is_ipv4() == p.ip().is_ipv4()
+                        && held_elsewhere(q)
+                })
+            })
+            .copied()
+            .chain(retry)
+            .collect();
+        let again = plan::plan(&held, |ip| take.takes(ip), &late_holders, rules, policy);
         if !held.is_empty() {
             failed.retain(|f| !held.iter().any(|p| p.ip() == f.ip()));
             account(&again, &mut out);
@@ -353,8 +448,9 @@ impl<E: Ec2> Manager<E> {
             failed.extend(self.execute(&again).await);
         }
 
+        let skipped = |p: &Placement<'_>| out.skipped.iter().any(|l| l.ip == p.ip());
         let done: Vec<Placement<'_>> = (plan.moving.iter())
-            .filter(|p| !held.contains(p))
+            .filter(|p| !held.contains(p) && !skipped(p))
             .chain(&again.moving)
             .filter(|p| !failed.iter().any(|f| f.ip() == p.ip()))
             .copied()
@@ -384,22 +480,81 @@ impl<E: Ec2> Manager<E> {
         enis: &[Eni],
         cached: bool,
     ) -> Result<HashMap<String, Subnet>, PassError> {
-        if !eni::needs_subnets(locals, enis) {
-            return Ok(HashMap::new());
-        }
-        let ids = eni::secondary_subnet_ids(enis);
         let mut cache = self
             .subnets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        // What is known already still helps: an address outside its VPC, found once,
+        // is left alone without another refused call.
+        if !eni::needs_subnets(locals, enis) {
+            return Ok(cache);
+        }
+        let ids = eni::secondary_subnet_ids(enis);
         if ids.is_empty() || (cached && ids.iter().all(|id| cache.contains_key(id))) {
             return Ok(cache);
         }
         let fresh = self.ec2.subnets(&ids).await?;
-        cache.extend(fresh.into_iter().map(|s| (s.id.clone(), s)));
+        merge(&mut cache, fresh);
         *self.subnets.lock().unwrap_or_else(|p| p.into_inner()) = cache.clone();
         Ok(cache)
+    }
+
+    /// The cached subnets, with the VPCs of `ids` described. A failure is logged and
+    /// leaves them undescribed: the addresses outside their subnets stay errors.
+    async fn with_vpcs(&self, ids: &[String]) -> HashMap<String, Subnet> {
+        let mut cache = self
+            .subnets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut vpc_ids: Vec<String> = (ids.iter())
+            .filter_map(|id| cache.get(id))
+            .filter(|s| s.vpc.is_none())
+            .map(|s| s.vpc_id.clone())
+            .collect();
+        vpc_ids.sort();
+        vpc_ids.dedup();
+        if vpc_ids.is_empty() {
+            return cache;
+        }
+        match self.ec2.vpcs(&vpc_ids).await {
+            Ok(vpcs) => {
+                for s in cache.values_mut() {
+                    s.vpc = s
+                        .vpc
+                        .take()
+                        .or_else(|| vpcs.iter().find(|v| v.id == s.vpc_id).cloned());
+                }
+                *self.subnets.lock().unwrap_or_else(|p| p.into_inner()) = cache.clone();
+            }
+            Err(e) => {
+                warn!(error = %e, "the VPC could not be described: addresses outside their ENI's subnet stay errors")
+            }
+        }
+        cache
+    }
+
+    /// The cached subnets, with `ids` and their VPCs described.
+    async fn described(&self, ids: &[String]) -> Result<HashMap<String, Subnet>, Ec2Error> {
+        let cache = self
+            .subnets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|id| !cache.contains_key(*id))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let fresh = self.ec2.subnets(&missing).await?;
+            merge(
+                &mut self.subnets.lock().unwrap_or_else(|p| p.into_inner()),
+                fresh,
+            );
+        }
+        Ok(self.with_vpcs(ids).await)
     }
 
     /// Makes the planned calls, each ENI's batch on its own: a failed call fails the
@@ -427,10 +582,10 @@ impl<E: Ec2> Manager<E> {
                 fail(b.ips.iter().map(|&ip| ip.into()).collect(), e);
             }
         }
-        for b in &plan.assign_v4 {
-            let call =
-                self.ec2
-                    .assign_ipv4(&b.eni.id, &b.ips, self.settings.rules.allow_reassignment);
+        let v4 = (plan.assign_v4.iter().map(|b| (b, false)))
+            .chain(plan.reassign_v4.iter().map(|b| (b, true)));
+        for (b, reassign) in v4 {
+            let call = self.ec2.assign_ipv4(&b.eni.id, &b.ips, reassign);
             if let Err(mut e) = self.logged(Action::AssignPrivateIpAddresses, b, call).await {
                 if e.code.as_deref() == Some("PrivateIpAddressLimitExceeded") {
                     e.detail = format!(
@@ -582,6 +737,23 @@ impl<E: Ec2> Manager<E> {
     }
 }
 
+/// Subnets described afresh into the cache, keeping a VPC already described: a
+/// subnet never changes VPC, and its VPC's blocks are looked up only when needed.
+fn merge(cache: &mut HashMap<String, Subnet>, fresh: Vec<Subnet>) {
+    for mut s in fresh {
+        if let Some(old) = cache.get(&s.id).filter(|old| old.vpc_id == s.vpc_id) {
+            s.vpc = old.vpc.clone();
+        }
+        cache.insert(s.id.clone(), s);
+    }
+}
+
+/// An address that is not a VPC address of this node's Multus ENIs: logged and skipped.
+fn left_alone(local: &Local, out: &mut Outcome) {
+    info!(address = %local.ip, iface = %local.iface, "not a VPC address of this node's Multus ENIs; left alone");
+    out.skipped.push(local.clone());
+}
+
 /// What a plan settles without a call: addresses in place, left to their holder, or
 /// blocked, logged and put in the outcome.
 fn account(plan: &Plan<'_>, out: &mut Outcome) {
@@ -596,6 +768,13 @@ fn account(plan: &Plan<'_>, out: &mut Outcome) {
         );
         out.left.push((p.ip(), holder.id.clone()));
     }
+    for (p, holder) in &plan.taken {
+        info!(
+            address = %p.ip(), eni = %p.eni.id, holder = %holder.id,
+            "taking the address from another Multus ENI this cluster manages"
+        );
+        out.taken.push((p.ip(), holder.id.clone()));
+    }
     for (p, blocked) in &plan.blocked {
         let (ip, iface) = (p.ip(), p.local.iface.clone());
         out.failed.push(match blocked {
@@ -608,6 +787,12 @@ fn account(plan: &Plan<'_>, out: &mut Outcome) {
                 ip,
                 iface,
                 holder: holder.clone(),
+            },
+            Blocked::Unmanaged { holder, why } => AddressError::Unmanaged {
+                ip,
+                iface,
+                holder: holder.clone(),
+                why: why.clone(),
             },
         });
     }

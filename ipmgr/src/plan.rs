@@ -5,6 +5,12 @@
 //! and Region); IPv4 moves in one call with AllowReassignment, IPv6 has no such flag
 //! and must be unassigned from its holder first.
 //!
+//! And from what reassignment can break: AllowReassignment takes an address from any
+//! ENI in the VPC, including a VPC-CNI pod's or another cluster's, and IAM can only
+//! condition the destination. So an address is assigned without it unless its holder
+//! is known, and taken only from an ENI this pod's policy lets ipmgr manage (tagged,
+//! this cluster's, a Multus device index). Anything else is refused, naming the holder.
+//!
 //! And from floating IPs: an address moves from another ENI only when this pod has
 //! just taken it (`take`). A pass that merely re-asserts what the pod holds (a periodic
 //! pass, a retry of something else) repairs an address no ENI holds, and leaves an
@@ -13,7 +19,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::eni::{Eni, Placement};
+use crate::eni::{Eni, Placement, Policy, Refusal};
 
 /// What a pass may do with addresses another ENI holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +35,9 @@ pub enum Blocked {
     ReassignmentOff { holder: String },
     /// It is another ENI's primary address, which EC2 never moves.
     PrimaryElsewhere { holder: String },
+    /// Another ENI holds it, one ipmgr does not manage (a VPC-CNI pod's, another
+    /// cluster's, the node's primary ENI): the address is handed out twice.
+    Unmanaged { holder: String, why: Refusal },
 }
 
 /// One call's worth of addresses for one ENI.
@@ -55,12 +64,17 @@ fn add<'a, T: PartialEq>(batches: &mut Vec<Batch<'a, T>>, eni: &'a Eni, ip: T) {
 pub struct Plan<'a> {
     /// Already secondary addresses of the right ENI.
     pub in_place: Vec<Placement<'a>>,
+    /// AssignPrivateIpAddresses without reassignment: no other ENI is known to hold these.
     pub assign_v4: Vec<Batch<'a, Ipv4Addr>>,
+    /// AssignPrivateIpAddresses with AllowReassignment: held by an ENI in `taken`.
+    pub reassign_v4: Vec<Batch<'a, Ipv4Addr>>,
     /// UnassignIpv6Addresses on the current holder, before the assignment.
     pub unassign_v6: Vec<Batch<'a, Ipv6Addr>>,
     pub assign_v6: Vec<Batch<'a, Ipv6Addr>>,
     /// Placements the calls above carry: what to confirm once they succeed.
     pub moving: Vec<Placement<'a>>,
+    /// Moving from another ENI that ipmgr manages: each address and its holder.
+    pub taken: Vec<(Placement<'a>, &'a Eni)>,
     /// Held by another ENI, and this pass does not take: left there, with the holder.
     pub left: Vec<(Placement<'a>, &'a Eni)>,
     pub blocked: Vec<(Placement<'a>, Blocked)>,
@@ -68,33 +82,38 @@ pub struct Plan<'a> {
 
 impl Plan<'_> {
     pub fn is_empty(&self) -> bool {
-        self.assign_v4.is_empty() && self.assign_v6.is_empty() && self.unassign_v6.is_empty()
+        self.calls() == 0
     }
 
     /// How many mutating calls it makes.
     pub fn calls(&self) -> usize {
-        self.assign_v4.len() + self.unassign_v6.len() + self.assign_v6.len()
+        self.assign_v4.len()
+            + self.reassign_v4.len()
+            + self.unassign_v6.len()
+            + self.assign_v6.len()
     }
 }
 
 /// Which addresses not in place need their current holder known before planning:
-/// any the pass does not take with reassignment (it must not steal, and names the
-/// holder when it leaves the address there). An address it takes with reassignment
-/// does not: IPv4 moves in one call with AllowReassignment whoever holds it. IPv6
-/// moves by unassign-then-assign; with `ipv6_first` it is assigned first and its
-/// holder looked up only when EC2 answers that another ENI holds it, else first.
-pub fn needs_holder(p: &Placement<'_>, take: bool, rules: Rules, ipv6_first: bool) -> bool {
+/// any the pass does not take (it must not steal, and names the holder when it leaves
+/// the address there), and, unless `assign_first`, any it takes (to check that the
+/// holder is an ENI ipmgr may take from). With `assign_first` (a start, where the
+/// addresses come fresh from the network's pool and are rarely held) the address is
+/// assigned without reassignment first, and its holder looked up only if EC2 refuses.
+pub fn needs_holder(p: &Placement<'_>, take: bool, rules: Rules, assign_first: bool) -> bool {
     let takes = take && rules.allow_reassignment;
-    !p.eni.holds(p.ip()) && (!takes || (p.ip().is_ipv6() && !ipv6_first))
+    !p.eni.holds(p.ip()) && (!takes || !assign_first)
 }
 
 /// `take(ip)`: this pod has just taken the address. `holders` are the ENIs holding the
-/// addresses for which `needs_holder` was true (from a filtered describe).
+/// addresses for which `needs_holder` was true (from a filtered describe); `policy`
+/// says which of them ipmgr may take an address from.
 pub fn plan<'a>(
     placements: &[Placement<'a>],
     take: impl Fn(IpAddr) -> bool,
     holders: &'a [Eni],
     rules: Rules,
+    policy: &Policy,
 ) -> Plan<'a> {
     let mut plan = Plan::default();
     for p in placements {
@@ -124,9 +143,16 @@ pub fn plan<'a>(
                 plan.blocked.push((*p, Blocked::ReassignmentOff { holder }));
                 continue;
             }
+            if let Some(why) = policy.refusal(h) {
+                let holder = h.id.clone();
+                plan.blocked.push((*p, Blocked::Unmanaged { holder, why }));
+                continue;
+            }
+            plan.taken.push((*p, h));
         }
         plan.moving.push(*p);
         match ip {
+            IpAddr::V4(v4) if holder.is_some() => add(&mut plan.reassign_v4, p.eni, v4),
             IpAddr::V4(v4) => add(&mut plan.assign_v4, p.eni, v4),
             IpAddr::V6(v6) => {
                 add(&mut plan.assign_v6, p.eni, v6);
@@ -186,6 +212,11 @@ mod tests {
     const KEEP_OFF: Rules = Rules {
         allow_reassignment: false,
     };
+    const POLICY: Policy = Policy {
+        min_device_index: 1,
+        require_no_manage: true,
+        cluster_tag: None,
+    };
 
     fn at<'a>(local: &'a Local, eni: &'a Eni) -> Placement<'a> {
         Placement { local, eni }
@@ -211,7 +242,7 @@ mod tests {
     fn in_place_addresses_make_no_calls() {
         let e = eni("eni-1", "m1", 1, "s", &["10.0.1.10", "10.0.1.20"]);
         let l = local("10.0.1.20", "net1", "m1");
-        let p = plan(&[at(&l, &e)], |_| true, &[], TAKE);
+        let p = plan(&[at(&l, &e)], |_| true, &[], TAKE, &POLICY);
         assert!(p.is_empty());
         assert_eq!(p.in_place, [at(&l, &e)]);
     }
@@ -225,7 +256,7 @@ mod tests {
             .map(|s| local(s, "net1", "m1"))
             .collect();
         let targets = [at(&l[0], &a), at(&l[1], &b), at(&l[2], &a), at(&l[3], &a)];
-        let p = plan(&targets, |_| true, &[], TAKE);
+        let p = plan(&targets, |_| true, &[], TAKE, &POLICY);
         assert_eq!(p.calls(), 2);
         assert_eq!(
             ids(&p.assign_v4)["eni-a"],
@@ -253,6 +284,7 @@ mod tests {
             |_| true,
             &holders,
             TAKE,
+            &POLICY,
         );
         let v6: Ipv6Addr = "2600::7".parse().unwrap();
         assert_eq!(
@@ -277,6 +309,7 @@ mod tests {
             |_| true,
             std::slice::from_ref(&there),
             KEEP_OFF,
+            &POLICY,
         );
         assert!(p.is_empty(), "{p:?}");
         assert_eq!(
@@ -291,7 +324,7 @@ mod tests {
         // Nobody holds it: assigned, reassignment or not.
         let free = local("2600::8", "net1", "m1");
         let holders = [there];
-        let p = plan(&[at(&free, &here)], |_| true, &holders, KEEP_OFF);
+        let p = plan(&[at(&free, &here)], |_| true, &holders, KEEP_OFF, &POLICY);
         assert_eq!(
             ids(&p.assign_v6)["eni-here"],
             ["2600::8".parse::<Ipv6Addr>().unwrap()]
@@ -309,7 +342,7 @@ mod tests {
         let targets = [at(&stale, &here), at(&stale6, &here), at(&lost, &here)];
         let holders = std::slice::from_ref(&there);
 
-        let periodic = plan(&targets, |_| false, holders, TAKE);
+        let periodic = plan(&targets, |_| false, holders, TAKE, &POLICY);
         assert_eq!(
             periodic.left,
             [(at(&stale, &here), &there), (at(&stale6, &here), &there)]
@@ -322,9 +355,92 @@ mod tests {
         );
 
         // The pod has just taken the floating IP: it moves.
-        let taken = plan(&targets, |a| a == ip("10.0.1.99"), holders, TAKE);
-        assert_eq!(ids(&taken.assign_v4)["eni-here"].len(), 2);
+        let taken = plan(&targets, |a| a == ip("10.0.1.99"), holders, TAKE, &POLICY);
+        assert_eq!(
+            ids(&taken.assign_v4)["eni-here"],
+            ["10.0.1.50".parse::<Ipv4Addr>().unwrap()],
+            "no ENI holds it: no reassignment"
+        );
+        assert_eq!(
+            ids(&taken.reassign_v4)["eni-here"],
+            ["10.0.1.99".parse::<Ipv4Addr>().unwrap()],
+            "held by a Multus ENI: reassigned"
+        );
+        assert_eq!(taken.taken, [(at(&stale, &here), &there)]);
         assert_eq!(taken.left.len(), 1, "the IPv6 address was not taken");
+    }
+
+    #[test]
+    fn an_address_is_taken_only_from_an_eni_ipmgr_manages() {
+        let here = eni("eni-here", "m1", 1, "s", &["10.0.1.10"]);
+        // A VPC-CNI ENI (untagged), the node's primary ENI, another cluster's ENI.
+        let mut cni = eni("eni-cni", "m8", 1, "s", &["10.0.1.8", "10.0.1.80"]);
+        v6(&mut cni, &["2600::80"]);
+        cni.tags.clear();
+        let primary = eni("eni-node", "m7", 0, "s", &["10.0.1.7", "10.0.1.70"]);
+        let other = eni("eni-other", "m6", 1, "s", &["10.0.1.6", "10.0.1.60"]);
+        let holders = [cni, primary, other];
+        let l: Vec<Local> = ["10.0.1.80", "2600::80", "10.0.1.70", "10.0.1.60"]
+            .iter()
+            .map(|s| local(s, "net1", "m1"))
+            .collect();
+        let targets: Vec<_> = l.iter().map(|l| at(l, &here)).collect();
+        let cluster = Policy {
+            cluster_tag: Some(crate::eni::Tag {
+                key: "ipmgmt.aws/cluster".into(),
+                value: "blue".into(),
+            }),
+            ..POLICY
+        };
+        let mut tagged = holders.clone();
+        for h in &mut tagged[..2] {
+            h.tags.insert("ipmgmt.aws/cluster".into(), "blue".into());
+        }
+        let p = plan(&targets, |_| true, &tagged, TAKE, &cluster);
+        assert!(p.is_empty(), "{p:?}");
+        let refused: Vec<(IpAddr, &str)> = (p.blocked.iter())
+            .map(|(q, b)| match b {
+                Blocked::Unmanaged { holder, .. } => (q.ip(), holder.as_str()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                (ip("10.0.1.80"), "eni-cni"),
+                (ip("2600::80"), "eni-cni"),
+                (ip("10.0.1.70"), "eni-node"),
+                (ip("10.0.1.60"), "eni-other"),
+            ]
+        );
+        assert!(matches!(
+            &p.blocked[0].1,
+            Blocked::Unmanaged {
+                why: Refusal::ManagedByVpcCni,
+                ..
+            }
+        ));
+        assert!(matches!(
+            &p.blocked[2].1,
+            Blocked::Unmanaged {
+                why: Refusal::DeviceIndex { index: 0, .. },
+                ..
+            }
+        ));
+        assert!(matches!(
+            &p.blocked[3].1,
+            Blocked::Unmanaged {
+                why: Refusal::OtherCluster(_),
+                ..
+            }
+        ));
+        // Without a cluster tag the third ENI is a Multus ENI like any other.
+        let p = plan(&targets, |_| true, &holders, TAKE, &POLICY);
+        assert_eq!(
+            ids(&p.reassign_v4)["eni-here"],
+            ["10.0.1.60".parse::<Ipv4Addr>().unwrap()]
+        );
+        assert_eq!(p.blocked.len(), 3);
     }
 
     #[test]
@@ -333,7 +449,7 @@ mod tests {
         let there = eni("eni-there", "m9", 1, "s", &["10.0.1.9"]);
         let l = local("10.0.1.9", "net1", "m1");
         let holders = [there];
-        let p = plan(&[at(&l, &here)], |_| true, &holders, TAKE);
+        let p = plan(&[at(&l, &here)], |_| true, &holders, TAKE, &POLICY);
         assert!(p.is_empty());
         assert!(
             matches!(&p.blocked[0].1, Blocked::PrimaryElsewhere { holder } if holder == "eni-there")
@@ -348,33 +464,31 @@ mod tests {
             local("2600::5", "net1", "m1"),
         );
         let in_place = local("10.0.1.10", "net1", "m1");
-        for ipv6_first in [false, true] {
+        for assign_first in [false, true] {
             assert!(
-                !needs_holder(&at(&v4, &e), true, TAKE, ipv6_first),
-                "AllowReassignment moves it anyway"
-            );
-            assert!(
-                needs_holder(&at(&v4, &e), false, TAKE, ipv6_first),
+                needs_holder(&at(&v4, &e), false, TAKE, assign_first),
                 "must not steal"
             );
-            assert!(needs_holder(&at(&v4, &e), true, KEEP_OFF, ipv6_first));
-            assert!(needs_holder(&at(&v6, &e), false, TAKE, ipv6_first));
-            assert!(needs_holder(&at(&v6, &e), true, KEEP_OFF, ipv6_first));
+            assert!(needs_holder(&at(&v4, &e), true, KEEP_OFF, assign_first));
+            assert!(needs_holder(&at(&v6, &e), false, TAKE, assign_first));
+            assert!(needs_holder(&at(&v6, &e), true, KEEP_OFF, assign_first));
             assert!(!needs_holder(
                 &at(&in_place, &e),
                 false,
                 KEEP_OFF,
-                ipv6_first
+                assign_first
             ));
         }
-        assert!(
-            needs_holder(&at(&v6, &e), true, TAKE, false),
-            "looked up first"
-        );
-        assert!(
-            !needs_holder(&at(&v6, &e), true, TAKE, true),
-            "assigned first: EC2 refuses it if another ENI holds it"
-        );
+        for l in [&v4, &v6] {
+            assert!(
+                needs_holder(&at(l, &e), true, TAKE, false),
+                "looked up first"
+            );
+            assert!(
+                !needs_holder(&at(l, &e), true, TAKE, true),
+                "assigned first, without reassignment: EC2 refuses it if another ENI holds it"
+            );
+        }
     }
 
     #[test]

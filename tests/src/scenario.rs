@@ -81,6 +81,10 @@ pub fn world() -> World {
                 ipv6: vec![],
             },
         ],
+        // A primary and a secondary IPv4 block (subnet-c's), and the IPv6 /56.
+        vpc_cidrs: ["10.0.0.0/16", "100.64.0.0/16", "2600:1f14:aaa:1b00::/56"]
+            .map(|c| c.parse().unwrap())
+            .into(),
     }
 }
 

@@ -664,3 +664,175 @@ async fn rate_limits_follow_ec2s_buckets() {
     let last = fake.log().pop().unwrap();
     assert_eq!(last.code.as_deref(), Some("RequestLimitExceeded"));
 }
+
+/// Mutating calls with the code EC2 answered each.
+fn answered(fake: &FakeEc2) -> Vec<(String, String, Option<String>)> {
+    (fake.log().into_iter())
+        .filter(|e| !e.action.starts_with("Describe"))
+        .map(|e| (e.action, e.eni.unwrap_or_default(), e.code))
+        .collect()
+}
+
+fn call(action: &str, eni: &str, code: Option<&str>) -> (String, String, Option<String>) {
+    (action.into(), eni.into(), code.map(str::to_owned))
+}
+
+/// The shared world plus a VPC-CNI ENI on node i-0002 in subnet-b (untagged, as the
+/// VPC CNI leaves its ENIs), holding 10.0.1.77 and 2600:1f14:aaa:1b00::77 for its pods.
+fn vpc_cni_holds_an_address() -> World {
+    let mut w = world();
+    let mut cni = scenario::eni(
+        "eni-2cni",
+        "i-0002",
+        2,
+        "0a:00:00:00:11:02",
+        "subnet-b",
+        &["10.0.1.21", "10.0.1.77"],
+    );
+    cni.tags.clear();
+    cni.ipv6 = vec!["2600:1f14:aaa:1b00::77".parse().unwrap()];
+    w.enis.push(cni);
+    w
+}
+
+#[tokio::test]
+async fn an_address_is_assigned_without_reassignment_until_its_holder_is_known() {
+    let (fake, ec2) = start(world()).await;
+    let mgr = Manager::new(ec2, "i-0001".into(), settings());
+    // 10.0.1.99 is a floating IP on the peer's Multus ENI; 10.0.1.50 is free.
+    let outcome = mgr
+        .assign(
+            &[
+                local("10.0.1.99", "net1", MAC_N3),
+                local("10.0.1.50", "net1", MAC_N3),
+            ],
+            Take::All,
+        )
+        .await
+        .unwrap();
+    assert!(outcome.is_complete(), "{:?}", outcome.failed);
+    assert_eq!(outcome.taken, [(ip("10.0.1.99"), "eni-2n3".to_string())]);
+    assert_eq!(fake.holder(ip("10.0.1.99")).as_deref(), Some("eni-1n3"));
+    assert_eq!(fake.holder(ip("10.0.1.50")).as_deref(), Some("eni-1n3"));
+    // The first call asks for no reassignment, so EC2 refuses the whole batch; with the
+    // holder known (a Multus ENI of this cluster), the free address goes without
+    // reassignment and the held one with it.
+    assert_eq!(
+        answered(&fake),
+        [
+            call(
+                "AssignPrivateIpAddresses",
+                "eni-1n3",
+                Some("InvalidIPAddress.InUse")
+            ),
+            call("AssignPrivateIpAddresses", "eni-1n3", None),
+            call("AssignPrivateIpAddresses", "eni-1n3", None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_address_a_vpc_cni_eni_holds_is_never_taken_and_the_holder_is_named() {
+    for (address, assign) in [
+        ("10.0.1.77", "AssignPrivateIpAddresses"),
+        ("2600:1f14:aaa:1b00::77", "AssignIpv6Addresses"),
+    ] {
+        let (fake, ec2) = start(vpc_cni_holds_an_address()).await;
+        let mgr = Manager::new(ec2, "i-0001".into(), settings());
+        let outcome = mgr
+            .assign(&[local(address, "net1", MAC_N3)], Take::All)
+            .await
+            .unwrap();
+        let line = only_failure(&outcome);
+        assert!(
+            line.starts_with(&format!("{address} on net1 is held by eni-2cni")),
+            "{line}"
+        );
+        assert!(
+            line.contains("not tagged node.k8s.amazonaws.com/no_manage=true")
+                && line.contains("handed out twice")
+                && line.contains("subnet CIDR reservation"),
+            "{line}"
+        );
+        assert!(outcome.failed[0].is_permanent());
+        assert_eq!(
+            answered(&fake),
+            [call(assign, "eni-1n3", Some("InvalidIPAddress.InUse"))],
+            "one refused assignment, nothing unassigned from the holder"
+        );
+        assert_eq!(fake.holder(ip(address)).as_deref(), Some("eni-2cni"));
+
+        // Announced by an address event: the holder is looked up first, and no call made.
+        let (fake, ec2) = start(vpc_cni_holds_an_address()).await;
+        let mgr = Manager::new(ec2, "i-0001".into(), settings());
+        let announced = BTreeSet::from([ip(address)]);
+        let outcome = mgr
+            .assign(&[local(address, "net1", MAC_N3)], Take::Only(&announced))
+            .await
+            .unwrap();
+        assert!(only_failure(&outcome).contains("held by eni-2cni"));
+        assert!(answered(&fake).is_empty(), "{:?}", answered(&fake));
+        assert_eq!(fake.holder(ip(address)).as_deref(), Some("eni-2cni"));
+    }
+}
+
+#[tokio::test]
+async fn an_address_outside_the_vpc_on_the_multus_interface_is_left_alone() {
+    let (fake, ec2) = start(world()).await;
+    let mgr = Manager::new(ec2, "i-0001".into(), settings());
+    // A VIP that route tables carry across AZs, an IPv6 one, and an ordinary address,
+    // all on the interface with the Multus ENI's MAC.
+    let locals = [
+        local("192.168.50.5", "net1", MAC_N3),
+        local("fd00:50::5", "net1", MAC_N3),
+        local("10.0.1.50", "net1", MAC_N3),
+    ];
+    let outcome = mgr.assign(&locals, Take::All).await.unwrap();
+    assert!(outcome.is_complete(), "{:?}", outcome.failed);
+    let skipped: Vec<IpAddr> = outcome.skipped.iter().map(|l| l.ip).collect();
+    assert_eq!(skipped, [ip("192.168.50.5"), ip("fd00:50::5")]);
+    assert_eq!(outcome.placed, [(ip("10.0.1.50"), "eni-1n3".to_string())]);
+    assert_eq!(fake.holder(ip("10.0.1.50")).as_deref(), Some("eni-1n3"));
+    let actions: Vec<String> = fake.log().into_iter().map(|e| e.action).collect();
+    assert_eq!(
+        actions,
+        [
+            "DescribeNetworkInterfaces",
+            "AssignPrivateIpAddresses",
+            "AssignIpv6Addresses",
+            "DescribeSubnets",
+            "DescribeVpcs",
+            "AssignPrivateIpAddresses",
+            "DescribeNetworkInterfaces",
+        ],
+        "refused as outside the subnet, the subnet and VPC described once, the rest assigned"
+    );
+
+    // The next pass knows: no refused call again.
+    let before = fake.log().len();
+    let nothing_new = BTreeSet::new();
+    let outcome = mgr.assign(&locals, Take::Only(&nothing_new)).await.unwrap();
+    assert!(outcome.is_complete(), "{:?}", outcome.failed);
+    let again: Vec<String> = (fake.log().into_iter().skip(before))
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(again, ["DescribeNetworkInterfaces"]);
+}
+
+#[tokio::test]
+async fn an_address_in_the_vpc_but_outside_the_enis_subnet_is_named() {
+    let (fake, ec2) = start(world()).await;
+    let mgr = Manager::new(ec2, "i-0001".into(), settings());
+    let outcome = mgr
+        .assign(&[local("10.0.2.5", "net1", MAC_N3)], Take::All)
+        .await
+        .unwrap();
+    let line = only_failure(&outcome);
+    assert_eq!(
+        line,
+        "10.0.2.5 on net1 rides on eni-1n3 (by MAC), but its subnet subnet-b \
+         (10.0.1.0/24, 2600:1f14:aaa:1b00::/64) does not contain it; fix the address pool of that network"
+    );
+    assert!(outcome.skipped.is_empty());
+    assert_eq!(fake.holder(ip("10.0.2.5")), None);
+}

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 
 use super::query::Query;
-use super::{Eni, Fail, Inner, Remap, Subnet, addresses_per_eni, fail, request_id, xml};
+use super::{Eni, Fail, Inner, Remap, Subnet, VPC_ID, addresses_per_eni, fail, request_id, xml};
+use ipnet::IpNet;
 
 impl Inner {
     fn random(&mut self) -> f64 {
@@ -78,6 +79,7 @@ impl Inner {
         let body = match action {
             "DescribeNetworkInterfaces" => self.describe_network_interfaces(q)?,
             "DescribeSubnets" => self.describe_subnets(q)?,
+            "DescribeVpcs" => self.describe_vpcs(q)?,
             "DescribeInstances" => self.describe_instances(q)?,
             "AssignPrivateIpAddresses" => self.assign_private(q)?,
             "UnassignPrivateIpAddresses" => self.unassign_private(q)?,
@@ -191,6 +193,25 @@ impl Inner {
             items.push_str(&xml::el("item", xml::subnet(s)));
         }
         Ok(xml::el("subnetSet", items))
+    }
+
+    fn describe_vpcs(&self, q: &Query) -> Result<String, Fail> {
+        let ids = q.list("VpcId");
+        if let Some(id) = ids.iter().find(|id| *id != VPC_ID) {
+            return Err(fail(
+                "InvalidVpcID.NotFound",
+                format!("The vpc ID '{id}' does not exist"),
+            ));
+        }
+        let cidrs: Vec<IpNet> = match self.world.vpc_cidrs.is_empty() {
+            false => self.world.vpc_cidrs.clone(),
+            true => (self.world.subnets.iter())
+                .flat_map(|s| {
+                    std::iter::once(IpNet::V4(s.ipv4)).chain(s.ipv6.iter().map(|n| IpNet::V6(*n)))
+                })
+                .collect(),
+        };
+        Ok(xml::el("vpcSet", xml::el("item", xml::vpc(VPC_ID, &cidrs))))
     }
 
     fn describe_instances(&self, q: &Query) -> Result<String, Fail> {

@@ -10,6 +10,8 @@
 //!   `PrivateIpAddressLimitExceeded`.
 //! - AssignIpv6Addresses: no reassignment; in use elsewhere is `InvalidIPAddress.InUse`.
 //! - Unassign*: only addresses the ENI holds; never the primary.
+//! - One VPC, `vpc-0fake`, holding every subnet: DescribeVpcs answers its associated
+//!   CIDR blocks (`World::vpc_cidrs`, or each subnet's own when none are given).
 //! - DescribeNetworkInterfaces shows each ENI's tags (the VPC CNI's `no_manage` tag
 //!   among them) and its attachment's device index (0 is the instance's primary ENI).
 //! - Throttling by token buckets at EC2's published rates, per category.
@@ -94,7 +96,13 @@ pub struct World {
     pub instances: Vec<Instance>,
     pub enis: Vec<Eni>,
     pub subnets: Vec<Subnet>,
+    /// The VPC's CIDR blocks, primary and secondary; empty: the subnets' own.
+    #[serde(default)]
+    pub vpc_cidrs: Vec<ipnet::IpNet>,
 }
+
+/// The fake's one VPC.
+pub const VPC_ID: &str = "vpc-0fake";
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Faults {

@@ -86,7 +86,7 @@ pub(super) fn eni(eni: &Eni) -> String {
     [
         text("networkInterfaceId", &eni.id),
         text("subnetId", &eni.subnet_id),
-        text("vpcId", "vpc-0fake"),
+        text("vpcId", super::VPC_ID),
         text("availabilityZone", "us-west-2a"),
         text("ownerId", "111122223333"),
         text("requesterManaged", false),
@@ -103,6 +103,37 @@ pub(super) fn eni(eni: &Eni) -> String {
     .concat()
 }
 
+/// A VPC with these CIDR blocks, all associated; the first IPv4 one is its primary.
+pub(super) fn vpc(id: &str, cidrs: &[ipnet::IpNet]) -> String {
+    let (v4, v6): (Vec<&ipnet::IpNet>, Vec<&ipnet::IpNet>) =
+        cidrs.iter().partition(|c| matches!(c, ipnet::IpNet::V4(_)));
+    let v4_items = items(v4.iter().enumerate(), |(i, net)| {
+        text("cidrBlock", net)
+            + &text("associationId", format!("vpc-cidr-assoc-{i}"))
+            + &el("cidrBlockState", text("state", "associated"))
+    });
+    let v6_items = items(v6.iter().enumerate(), |(i, net)| {
+        text("ipv6CidrBlock", net)
+            + &text("associationId", format!("vpc-cidr-assoc-6-{i}"))
+            + &el("ipv6CidrBlockState", text("state", "associated"))
+            + &text("networkBorderGroup", "us-west-2")
+            + &text("ipv6Pool", "Amazon")
+    });
+    [
+        text("vpcId", id),
+        text("ownerId", "111122223333"),
+        text("state", "available"),
+        v4.first()
+            .map_or_else(String::new, |c| text("cidrBlock", c)),
+        el("cidrBlockAssociationSet", v4_items),
+        el("ipv6CidrBlockAssociationSet", v6_items),
+        text("dhcpOptionsId", "dopt-0fake"),
+        text("instanceTenancy", "default"),
+        text("isDefault", false),
+    ]
+    .concat()
+}
+
 pub(super) fn subnet(s: &Subnet) -> String {
     let v6 = items(s.ipv6.iter().enumerate(), |(i, net)| {
         text("ipv6CidrBlock", net)
@@ -112,7 +143,7 @@ pub(super) fn subnet(s: &Subnet) -> String {
     [
         text("subnetId", &s.id),
         text("state", "available"),
-        text("vpcId", "vpc-0fake"),
+        text("vpcId", super::VPC_ID),
         text("cidrBlock", s.ipv4),
         el("ipv6CidrBlockAssociationSet", v6),
         text("availableIpAddressCount", 250),
