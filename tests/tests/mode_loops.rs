@@ -210,8 +210,9 @@ async fn sidecar_follows_a_floating_ip_ignores_noise_and_releases_what_it_holds(
         holder(&fake, "10.0.1.50").as_deref() == Some("eni-1n3") && ready.exists()
     })
     .await;
-    // The floating IP node 2 held appears in this pod: it moves here, for two calls:
-    // the assignment and its confirmation (the ENIs are those the last pass left).
+    // The floating IP node 2 held appears in this pod: it moves here, for three calls:
+    // who holds it (a Multus ENI of this cluster, so it may be taken), the assignment
+    // and its confirmation (the ENIs are those the last pass left).
     assert_eq!(holder(&fake, "10.0.1.99").as_deref(), Some("eni-2n3"));
     let settled = quiet_log(&fake).await;
     pod.add("10.0.1.99");
@@ -226,7 +227,11 @@ async fn sidecar_follows_a_floating_ip_ignores_noise_and_releases_what_it_holds(
         .collect();
     assert_eq!(
         followed,
-        ["AssignPrivateIpAddresses", "DescribeNetworkInterfaces"],
+        [
+            "DescribeNetworkInterfaces",
+            "AssignPrivateIpAddresses",
+            "DescribeNetworkInterfaces"
+        ],
         "EC2 calls for one followed change"
     );
 

@@ -431,14 +431,18 @@ async fn init_skips_addresses_that_are_not_the_vpcs() {
     pod.net.add_interface("br1", "0e:00:00:00:07:07");
     pod.net.add_address("br1", "192.168.77.5/24");
     pod.net.add_address("br1", "fd00:77::5/64");
+    // A VIP outside the VPC on the Multus ENI's own interface, as route tables carry
+    // one across Availability Zones.
+    pod.net.add_address("net1", "192.168.50.5/32");
     let (code, termination, logs) = pod.run("init").await;
     assert_eq!(code, Some(0), "{termination}\n{logs}");
     assert_eq!(pod.holder("10.0.1.50").as_deref(), Some("eni-1n3"));
+    assert_eq!(pod.holder("192.168.50.5"), None);
     let skips = logs
         .lines()
-        .filter(|l| l.contains("not in a subnet of this node's Multus ENIs"))
+        .filter(|l| l.contains("not a VPC address of this node's Multus ENIs; left alone"))
         .count();
-    assert_eq!(skips, 2, "one line per skipped address: {logs}");
+    assert_eq!(skips, 3, "one line per skipped address: {logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
