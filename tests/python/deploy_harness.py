@@ -13,12 +13,12 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+from cluster_tools import tool
 from webhook_harness import ROOT
 
 CHART = ROOT / "deploy" / "charts" / "ipmgmt"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 SAMPLES = ROOT / "deploy" / "samples"
-HELM = pathlib.Path(os.environ.get("HELM", ROOT / ".tools" / "bin" / "helm"))
 SCHEMAS = pathlib.Path(__file__).resolve().parent / "schemas"
 
 # Custom resources: apiVersion -> schema file. Anything else must be a built-in kind
@@ -30,8 +30,9 @@ CRD_SCHEMAS = {
 
 
 def helm(*args, check=True):
-    assert HELM.exists(), f"{HELM} is missing: ./scripts/install-helm installs it (./scripts/test runs it)"
-    proc = subprocess.run([str(HELM), *args], capture_output=True, text=True)
+    """Helm 4 as scripts/cluster-tools builds it from helm.sh/helm/v4 ($HELM overrides)."""
+    binary = os.environ.get("HELM") or tool("helm")
+    proc = subprocess.run([str(binary), *args], capture_output=True, text=True)
     if check:
         assert proc.returncode == 0, f"helm {' '.join(args)} failed:\n{proc.stderr}"
     return proc

@@ -8,7 +8,6 @@ import pathlib
 import random
 import socket
 import ssl
-import subprocess
 import tempfile
 import time
 import urllib.request
@@ -21,7 +20,8 @@ import trustme
 from deploy_harness import SAMPLES, load_yaml_docs, one, render
 from webhook_harness import TARGET, KubeletSecretDir, decode_patch, review_of
 
-from .base import GO_TOOLS, K8S_VERSION, REGION, Fail, run
+from .base import K8S_VERSION, REGION, Fail, run
+from cluster_tools import tool
 
 def pod_from_template(deployment):
     """The pod a ReplicaSet creates from a Deployment's template, as admission sees it:
@@ -64,19 +64,9 @@ def app_images():
 
 
 def apply_patch_tool():
-    """evanphx/json-patch's apply, built in GOPATH mode against Debian's package."""
-    out = TARGET / "go" / "apply-patch"
-    source = GO_TOOLS / "src" / "apply-patch" / "main.go"
-    if not out.exists() or out.stat().st_mtime < source.stat().st_mtime:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "GOPATH": f"{GO_TOOLS}:/usr/share/gocode", "GO111MODULE": "off",
-               "GOCACHE": str(TARGET / "go" / "cache")}
-        proc = subprocess.run(["go", "build", "-o", str(out), "apply-patch"], capture_output=True, text=True,
-                              env=env)
-        if proc.returncode != 0:
-            raise Fail(f"building the Go patch tool failed (golang-go and golang-github-evanphx-json-patch-dev "
-                       f"are installed by ./scripts/setup): {proc.stderr.strip()}")
-    return out
+    """evanphx/json-patch's apply, at the version the control plane's apiserver uses,
+    built by scripts/cluster-tools."""
+    return tool("apply-patch")
 
 
 def render_chart(values=()):

@@ -6,7 +6,7 @@
 //
 //	apply-patch OBJECT.json < review-response.json > patched.json
 //
-// Built in GOPATH mode against Debian's golang-github-evanphx-json-patch-dev.
+// Built as a module against the version the apiserver uses (tests/cluster/versions.env).
 package main
 
 import (
@@ -15,7 +15,7 @@ import (
 	"io"
 	"os"
 
-	jsonpatch "github.com/evanphx/json-patch"
+	jsonpatch "gopkg.in/evanphx/json-patch.v4"
 )
 
 type review struct {

@@ -1,0 +1,279 @@
+"""A real Kubernetes control plane on this machine: etcd, kube-apiserver,
+kube-controller-manager and kube-scheduler as processes, built from their Go modules by
+scripts/cluster-tools at the versions in tests/cluster/versions.env, plus kubectl and
+Helm 4 pointed at it.
+
+What it is and is not: the apiserver runs its whole admission chain (mutating webhooks
+with matchConditions, ValidatingAdmissionPolicy, the built-in plugins), RBAC, and the
+controllers and scheduler reconcile as in any cluster. There is no kubelet yet: pods
+are scheduled to Node objects that nothing runs, so a webhook the apiserver calls runs
+as a process on this machine, and an EndpointSlice of the caller's points the chart's
+Service at it (the apiserver resolves webhook Services through EndpointSlices, as
+`--enable-aggregator-routing` makes it)."""
+
+import base64
+import json
+import os
+import pathlib
+import secrets
+import socket
+import subprocess
+import time
+
+import requests
+import trustme
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from webhook_harness import ROOT
+
+from cluster_tools import tool
+
+from .base import Fail
+
+SERVICE_CIDR = "10.96.0.0/16"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def host_address():
+    """An IPv4 address of this machine that an EndpointSlice may name (not loopback)."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True,
+                         check=True).stdout
+    for line in out.splitlines():
+        return line.split()[3].split("/")[0]
+    raise Fail("this machine has no global IPv4 address for the webhook's EndpointSlice")
+
+
+class Process:
+    """A component's process, its output in a log file, stopped with SIGTERM."""
+
+    def __init__(self, name, args, logdir):
+        self.name = name
+        self.log_path = logdir / f"{name}.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([str(a) for a in args], stdout=self.log, stderr=subprocess.STDOUT)
+
+    def check(self):
+        if self.proc.poll() is not None:
+            raise Fail(f"{self.name} exited {self.proc.returncode}: {self.tail()}")
+
+    def tail(self, lines=15):
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+class ControlPlane:
+    def __init__(self, workdir: pathlib.Path):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.procs = []
+        self.token = secrets.token_hex(16)
+        self.ca = trustme.CA(organization_name="ipmgmt tests cluster CA")
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        try:
+            self._write_credentials()
+            self._start_etcd()
+            self._start_apiserver()
+            self._write_kubeconfig()
+            self._start_controllers()
+        except BaseException:
+            self.stop()
+            raise
+
+    # -- setup ---------------------------------------------------------------------
+
+    def _write_credentials(self):
+        d = self.dir
+        cert = self.ca.issue_cert("127.0.0.1", "localhost", "kubernetes", "kubernetes.default",
+                                  "kubernetes.default.svc", "10.96.0.1")
+        cert.private_key_pem.write_to_path(str(d / "apiserver.key"))
+        (d / "apiserver.crt").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
+        self.ca.cert_pem.write_to_path(str(d / "ca.crt"))
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        (d / "sa.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                     serialization.PrivateFormat.TraditionalOpenSSL,
+                                                     serialization.NoEncryption()))
+        (d / "sa.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                 serialization.PublicFormat.SubjectPublicKeyInfo))
+        # One static token: the test's admin, and the controllers' identity, in
+        # system:masters (what kubeadm's admin.conf carries).
+        (d / "tokens.csv").write_text(f'{self.token},admin,admin,"system:masters"\n')
+
+    def _start_etcd(self):
+        client, peer = free_port(), free_port()
+        self.etcd_url = f"http://127.0.0.1:{client}"
+        etcd = Process("etcd", [
+            tool("etcd"), "--data-dir", self.dir / "etcd", "--name", "ipmgmt-tests",
+            "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", f"ipmgmt-tests=http://127.0.0.1:{peer}",
+            # A test cluster's data need not survive a power cut.
+            "--unsafe-no-fsync", "--log-level", "warn",
+        ], self.dir)
+        self.procs.append(etcd)
+        self._wait(lambda: requests.get(f"{self.etcd_url}/health", timeout=1).json().get("health") == "true",
+                   "etcd healthy", etcd)
+
+    def _start_apiserver(self):
+        d = self.dir
+        api = Process("kube-apiserver", [
+            tool("kube-apiserver"),
+            "--etcd-servers", self.etcd_url,
+            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+            "--secure-port", self.port,
+            "--tls-cert-file", d / "apiserver.crt", "--tls-private-key-file", d / "apiserver.key",
+            "--client-ca-file", d / "ca.crt",
+            "--token-auth-file", d / "tokens.csv",
+            "--authorization-mode", "Node,RBAC",
+            "--service-account-issuer", "https://kubernetes.default.svc",
+            "--service-account-key-file", d / "sa.pub",
+            "--service-account-signing-key-file", d / "sa.key",
+            "--service-cluster-ip-range", SERVICE_CIDR,
+            # Webhook Services resolve to their EndpointSlices' addresses, not to a
+            # cluster IP that no kube-proxy serves here.
+            "--enable-aggregator-routing=true",
+            # The `kubernetes` Service's endpoint would be 127.0.0.1, which an
+            # EndpointSlice may not name; nothing here reaches the apiserver through it.
+            "--endpoint-reconciler-type=none",
+            "--allow-privileged=true",
+        ], d)
+        self.procs.append(api)
+        self._wait(lambda: self.get("/readyz", raw=True).status_code == 200, "kube-apiserver ready", api,
+                   timeout=90)
+
+    def _write_kubeconfig(self):
+        self.kubeconfig = self.dir / "kubeconfig"
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "ipmgmt-tests",
+            "clusters": [{"name": "ipmgmt-tests", "cluster": {
+                "server": self.url, "certificate-authority": str(self.dir / "ca.crt")}}],
+            "users": [{"name": "admin", "user": {"token": self.token}}],
+            "contexts": [{"name": "ipmgmt-tests", "context": {"cluster": "ipmgmt-tests", "user": "admin"}}],
+        }
+        self.kubeconfig.write_text(json.dumps(config))
+
+    def _start_controllers(self):
+        d = self.dir
+        common = ["--kubeconfig", self.kubeconfig, "--leader-elect=false",
+                  "--bind-address", "127.0.0.1", "--secure-port", "0"]
+        self.procs.append(Process("kube-controller-manager", [
+            tool("kube-controller-manager"), *common,
+            "--service-account-private-key-file", d / "sa.key",
+            "--root-ca-file", d / "ca.crt",
+            "--use-service-account-credentials=false",
+            "--service-cluster-ip-range", SERVICE_CIDR,
+            # The Nodes here have no kubelet to renew their Leases: without this the
+            # node lifecycle controller would taint them unreachable after 40 s.
+            "--controllers", "*,-node-lifecycle-controller",
+        ], d))
+        self.procs.append(Process("kube-scheduler", [tool("kube-scheduler"), *common], d))
+        # The controller-manager is up once it has made the default ServiceAccount.
+        self._wait(lambda: self.get("/api/v1/namespaces/default/serviceaccounts/default", raw=True).status_code == 200,
+                   "kube-controller-manager's default ServiceAccount", self.procs[-2], timeout=60)
+
+    def _wait(self, ready, what, proc, timeout=30):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            proc.check()
+            try:
+                if ready():
+                    return
+            except (requests.RequestException, ValueError) as e:
+                last = e
+            time.sleep(0.2)
+        raise Fail(f"{what}: not within {timeout} s ({last}); {proc.name} said:\n{proc.tail()}")
+
+    # -- use -------------------------------------------------------------------------
+
+    def request(self, method, path, body=None, raw=False, content_type="application/json", **params):
+        r = requests.request(method, self.url + path, params=params or None,
+                             data=None if body is None else (body if isinstance(body, (str, bytes)) else json.dumps(body)),
+                             headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type},
+                             verify=str(self.dir / "ca.crt"), timeout=30)
+        if raw:
+            return r
+        if r.status_code >= 300:
+            raise Fail(f"{method} {path}: HTTP {r.status_code}: {r.text[:1000]}")
+        return r.json()
+
+    def get(self, path, raw=False, **params):
+        return self.request("GET", path, raw=raw, **params)
+
+    def create(self, path, obj):
+        return self.request("POST", path, obj)
+
+    def kubectl(self, *args, check=True, input=None):
+        proc = subprocess.run([str(tool("kubectl")), "--kubeconfig", str(self.kubeconfig), *map(str, args)],
+                              capture_output=True, text=True, input=input, timeout=120)
+        if check and proc.returncode != 0:
+            raise Fail(f"kubectl {' '.join(map(str, args))} exited {proc.returncode}: {proc.stderr.strip()}")
+        return proc
+
+    def helm(self, *args, check=True):
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HELM_CACHE_HOME": str(self.dir / "helm-cache"),
+               "HELM_CONFIG_HOME": str(self.dir / "helm-config"), "HELM_DATA_HOME": str(self.dir / "helm-data")}
+        proc = subprocess.run([str(tool("helm")), *map(str, args)], capture_output=True, text=True, env=env,
+                              timeout=300)
+        if check and proc.returncode != 0:
+            raise Fail(f"helm {' '.join(map(str, args))} exited {proc.returncode}: {proc.stderr.strip()}")
+        return proc
+
+    def add_node(self, name, provider_id, labels=None):
+        """A Node object the scheduler may bind pods to: Ready, with room for pods.
+        Nothing runs its pods (no kubelet yet)."""
+        self.create("/api/v1/nodes", {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                                                  **(labels or {})}},
+            "spec": {"providerID": provider_id},
+        })
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        status = {"status": {
+            "capacity": {"cpu": "4", "memory": "16Gi", "pods": "110"},
+            "allocatable": {"cpu": "4", "memory": "16Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "lastHeartbeatTime": now, "lastTransitionTime": now}],
+        }}
+        self.request("PATCH", f"/api/v1/nodes/{name}/status", status, content_type="application/merge-patch+json")
+        # The TaintNodesByCondition admission plugin taints a new Node not-ready; the node
+        # lifecycle controller, which would lift it once Ready, is off (no heartbeats).
+        self.request("PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": None}},
+                     content_type="application/merge-patch+json")
+
+    def wait_for(self, what, fetch, timeout=30):
+        """Polls `fetch()` until it returns something truthy; that value."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for p in self.procs:
+                p.check()
+            value = fetch()
+            if value:
+                return value
+            time.sleep(0.2)
+        raise Fail(f"never: {what} within {timeout} s")
+
+    def stop(self):
+        for p in reversed(self.procs):
+            p.stop()
+        self.procs = []
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
