@@ -187,6 +187,26 @@ class ControlPlane:
         self._wait(lambda: self.get("/api/v1/namespaces/default/serviceaccounts/default", raw=True).status_code == 200,
                    "kube-controller-manager's default ServiceAccount", self.procs[-2], timeout=60)
 
+    def start_cert_manager(self):
+        """cert-manager's controller and cainjector, with its CRDs, as cert-manager's
+        own chart runs them (its webhook, which only validates cert-manager's own
+        resources, is not run: nothing registers it)."""
+        crds = tool("cert-manager", "cert-manager-controller").parent.parent / "cert-manager.crds.yaml"
+        self.kubectl("create", "namespace", "cert-manager")
+        self.kubectl("apply", "--server-side", "-f", crds)
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                     "crd/certificates.cert-manager.io", "crd/issuers.cert-manager.io",
+                     "crd/certificaterequests.cert-manager.io")
+        self.procs.append(Process("cert-manager-controller", [
+            tool("cert-manager", "cert-manager-controller"), "--kubeconfig", self.kubeconfig,
+            "--leader-elect=false", "--cluster-resource-namespace=cert-manager",
+            f"--metrics-listen-address=127.0.0.1:{free_port()}",
+        ], self.dir))
+        self.procs.append(Process("cert-manager-cainjector", [
+            tool("cert-manager", "cert-manager-cainjector"), "--kubeconfig", self.kubeconfig,
+            "--leader-elect=false",
+        ], self.dir))
+
     def _wait(self, ready, what, proc, timeout=30):
         deadline = time.monotonic() + timeout
         last = None
