@@ -66,14 +66,19 @@ def world_of(nodes):
 class Vpc:
     """The fake EC2 (`fake-vpc`) in the host namespace; pods reach it over `eth0`."""
 
-    def __init__(self, nodes, workdir):
+    def __init__(self, nodes, workdir, iam_policy=IAM_POLICY, held=()):
+        """`iam_policy`: the caller's role's policy, enforced on every call (the
+        manager's by default). `held`: (ENI id, address) pairs assigned before start."""
         binary = TARGET / PROFILE / "fake-vpc"
         if not binary.exists():
             raise Fail(f"{binary} is missing: build the workspace first (cargo build --workspace)")
         world = pathlib.Path(workdir) / "world.json"
-        world.write_text(json.dumps(world_of(nodes)))
-        # The manager's role carries the policy the project ships, enforced on every call.
-        self.proc = subprocess.Popen([binary, "--world", world, "--iam-policy", IAM_POLICY, "--listen", "0.0.0.0:0"],
+        state = world_of(nodes)
+        for eni_id, address in held:
+            (eni,) = [e for e in state["enis"] if e["id"] == eni_id]
+            eni["ipv6" if ":" in address else "ipv4"].append(address)
+        world.write_text(json.dumps(state))
+        self.proc = subprocess.Popen([binary, "--world", world, "--iam-policy", iam_policy, "--listen", "0.0.0.0:0"],
                                      stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()

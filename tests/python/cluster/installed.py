@@ -1,0 +1,155 @@
+"""The chart installed on a real control plane (`control_plane.py`) with Helm 4, and
+the webhook run on this machine with the args of the chart's Deployment: an
+EndpointSlice points the chart's Service at it, so the apiserver calls it through the
+Service as it would call the chart's pods. No kubelet runs the chart's pods yet."""
+
+import base64
+import subprocess
+import time
+
+import requests
+import trustme
+
+from cluster_tools import versions
+from deploy_harness import CHART, SAMPLES, load_yaml_docs
+from webhook_harness import WEBHOOK_BIN
+
+from .base import Fail
+from .control_plane import ControlPlane, free_port, host_address
+
+NAMESPACE = "ipmgmt-system"
+RELEASE = "ipmgmt"
+APPS = "multus-demo"
+# Node 1 of the fake VPC (`vpc.Node(1)`): its name and its instance.
+NODE = "ip-10-0-0-10.us-west-2.compute.internal"
+NODE_INSTANCE = "i-0000000000000001"
+CERT_MANAGER_BEFORE_1_12 = tuple(map(int, versions()["CERT_MANAGER_VERSION"].lstrip("v").split(".")[:2])) < (1, 12)
+
+
+class HostWebhook:
+    """ipmgmt-webhook on this machine, run with the args of the chart's Deployment as
+    the apiserver stored it; only the listen ports and the certificate paths differ."""
+
+    def __init__(self, cp, tmp, cert_pem, key_pem):
+        deployment = cp.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{RELEASE}")
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        self.port, self.admin_port = free_port(), free_port()
+        tls = tmp / "webhook-tls"
+        tls.mkdir()
+        (tls / "tls.crt").write_bytes(cert_pem)
+        (tls / "tls.key").write_bytes(key_pem)
+        replaced = {
+            "--listen": f"0.0.0.0:{self.port}",
+            "--admin-listen": f"127.0.0.1:{self.admin_port}",
+            "--tls-cert": str(tls / "tls.crt"),
+            "--tls-key": str(tls / "tls.key"),
+        }
+        args = []
+        for arg in container["args"]:
+            name = arg.split("=", 1)[0]
+            args.append(f"{name}={replaced[name]}" if name in replaced else arg)
+        self.args = args
+        self.log_path = tmp / "webhook.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([str(WEBHOOK_BIN), *args], stdout=subprocess.DEVNULL, stderr=self.log)
+        deadline = time.monotonic() + 15
+        while "HTTPS" not in self.log_path.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise Fail(f"the webhook did not start: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def reviews(self):
+        """Reviews answered so far, by outcome, from the webhook's own metrics."""
+        text = requests.get(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5).text
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("ipmgmt_webhook_reviews_total{"):
+                labels, value = line.rsplit(" ", 1)
+                out[labels.split('outcome="', 1)[1].split('"', 1)[0]] = int(float(value))
+        return out
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+def install_with_cert_manager(cp, sets):
+    """The chart's defaults: cert-manager issues the serving certificate from the
+    chart's own CA and injects that CA into the webhook configuration."""
+    cp.start_cert_manager()
+    cp.helm("install", RELEASE, CHART, "--namespace", NAMESPACE, "--set", "aws.region=us-west-2",
+            *[a for s in sets for a in ("--set", s)])
+    certificate = cp.get(f"/apis/cert-manager.io/v1/namespaces/{NAMESPACE}/certificates/{RELEASE}")
+    secret_path = f"/api/v1/namespaces/{NAMESPACE}/secrets/{certificate['spec']['secretName']}"
+    secret = cp.wait_for("cert-manager's serving certificate", lambda: (
+        r := cp.get(secret_path, raw=True)).status_code == 200 and r.json().get("data", {}).get("tls.crt")
+        and r.json(), timeout=60)
+    webhooks = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{RELEASE}"
+    cp.wait_for("the CA injected into the webhook configuration", lambda: all(
+        w["clientConfig"].get("caBundle") for w in cp.get(webhooks)["webhooks"]), timeout=60)
+    return base64.b64decode(secret["data"]["tls.crt"]), base64.b64decode(secret["data"]["tls.key"])
+
+
+def install_with_own_certificate(cp, tmp, sets):
+    """Without cert-manager: a kubernetes.io/tls Secret and its CA as `tls.caBundle`."""
+    ca = trustme.CA()
+    cert = ca.issue_cert(f"{RELEASE}.{NAMESPACE}.svc", f"{RELEASE}.{NAMESPACE}.svc.cluster.local")
+    chain = b"".join(b.bytes() for b in cert.cert_chain_pems)
+    key = cert.private_key_pem.bytes()
+    files = tmp / "secret"
+    files.mkdir()
+    (files / "tls.crt").write_bytes(chain)
+    (files / "tls.key").write_bytes(key)
+    cp.kubectl("-n", NAMESPACE, "create", "secret", "tls", "ipmgmt-serving-cert",
+               f"--cert={files / 'tls.crt'}", f"--key={files / 'tls.key'}")
+    cp.helm("install", RELEASE, CHART, "--namespace", NAMESPACE,
+            "--set", "certManager.enabled=false", "--set", "tls.secretName=ipmgmt-serving-cert",
+            "--set", f"tls.caBundle={base64.b64encode(ca.cert_pem.bytes()).decode()}",
+            "--set", "aws.region=us-west-2", *[a for s in sets for a in ("--set", s)])
+    return chain, key
+
+
+def start(tmp, tls, sets=()):
+    """A control plane with one Node, the chart installed (`tls`: "cert-manager" or
+    "own-certificate"; `sets`: more --set values) and the webhook serving it."""
+    assert WEBHOOK_BIN.exists(), f"{WEBHOOK_BIN} is missing: build the workspace first (cargo build --workspace)"
+    cp = ControlPlane(tmp / "cluster")
+    cp.tls = tls
+    webhook = None
+    try:
+        cp.add_node(NODE, f"aws:///us-west-2a/{NODE_INSTANCE}", labels={"example.com/multus-ready": "true"})
+        cp.kubectl("create", "namespace", NAMESPACE)
+        if cp.tls == "cert-manager":
+            chain, key = install_with_cert_manager(cp, sets)
+        else:
+            chain, key = install_with_own_certificate(cp, tmp, sets)
+        webhook = HostWebhook(cp, tmp, chain, key)
+        service = cp.get(f"/api/v1/namespaces/{NAMESPACE}/services/{RELEASE}")
+        (https,) = [p for p in service["spec"]["ports"] if p["name"] == "https"]
+        cp.create(f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices", {
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{RELEASE}-on-this-machine", "labels": {
+                "kubernetes.io/service-name": RELEASE,
+                # Not the EndpointSlice controller's: it leaves this slice alone.
+                "endpointslice.kubernetes.io/managed-by": "ipmgmt-tests"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [host_address()], "conditions": {"ready": True}}],
+            "ports": [{"name": https["name"], "port": webhook.port, "protocol": "TCP"}],
+        })
+        for doc in load_yaml_docs(SAMPLES / "namespace.yaml"):
+            cp.create("/api/v1/namespaces", doc)
+        cp.webhook = webhook
+        return cp
+    except BaseException:
+        if webhook:
+            webhook.stop()
+        cp.stop()
+        raise
+
+
+def stop(cp):
+    cp.webhook.stop()
+    cp.stop()
+
+

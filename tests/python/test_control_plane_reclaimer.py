@@ -1,0 +1,137 @@
+"""The reclaimer on a real control plane: the chart installs it with its RBAC, and the
+reclaimer binary runs on this machine with the args of the chart's Deployment and the
+token of the chart's ServiceAccount, so every list, watch, Lease write and Event is
+the chart's own RBAC at work against kube-apiserver. EC2 is the fake (`fake-vpc`)
+under `deploy/reclaimer-iam-policy.json`. The pods are admitted through the webhook;
+their `network-status` is written as Multus writes it."""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from cluster.base import Fail
+from cluster.control_plane import free_port
+from cluster.installed import APPS, NAMESPACE, NODE, start, stop
+from cluster.vpc import Node, Vpc
+from webhook_harness import ROOT, TARGET
+
+RECLAIMER_BIN = TARGET / "debug" / "ipmgmt-reclaimer"
+POLICY = ROOT / "deploy" / "reclaimer-iam-policy.json"
+NODE1 = Node(1)
+ETH1 = NODE1.enis[1]
+GONE, LIVE = "10.0.4.66", "10.0.4.67"
+
+
+class HostReclaimer:
+    """ipmgmt-reclaimer with the chart's args, as the chart's ServiceAccount."""
+
+    def __init__(self, cp, tmp, ec2_port, name):
+        deployment = [d for d in cp.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments")["items"]
+                      if d["metadata"]["name"].endswith("-reclaimer")][0]
+        spec = deployment["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        token = cp.create(f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{spec['serviceAccountName']}/token",
+                          {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                           "spec": {"expirationSeconds": 3600}})["status"]["token"]
+        kubeconfig = tmp / f"{name}.kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "c", "cluster": {"server": cp.url,
+                                                   "certificate-authority": str(cp.dir / "ca.crt")}}],
+            "users": [{"name": "u", "user": {"token": token}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        }))
+        self.admin_port = free_port()
+        args = [f"--admin-listen=127.0.0.1:{self.admin_port}" if a.startswith("--admin-listen=") else a
+                for a in container["args"]]
+        env = {"PATH": os.environ["PATH"], "KUBECONFIG": str(kubeconfig), "POD_NAME": name,
+               "POD_NAMESPACE": NAMESPACE, "AWS_REGION": "us-west-2",
+               "AWS_ENDPOINT_URL_EC2": f"http://127.0.0.1:{ec2_port}",
+               "AWS_ACCESS_KEY_ID": "AKIARECLAIMERTEST", "AWS_SECRET_ACCESS_KEY": "reclaimer-secret",
+               "AWS_EC2_METADATA_DISABLED": "true"}
+        self.log_path = tmp / f"{name}.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([str(RECLAIMER_BIN), *args], env=env, stdout=subprocess.DEVNULL,
+                                     stderr=self.log)
+
+    def check(self):
+        if self.proc.poll() is not None:
+            raise Fail(f"the reclaimer exited {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    assert RECLAIMER_BIN.exists(), f"{RECLAIMER_BIN} is missing: build the workspace first (cargo build --workspace)"
+    tmp = tmp_path_factory.mktemp("control-plane-reclaimer")
+    vpc = Vpc([NODE1], tmp, iam_policy=POLICY, held=[(ETH1.id, GONE), (ETH1.id, LIVE)])
+    cp = None
+    reclaimer = None
+    try:
+        cp = start(tmp, "own-certificate",
+                   sets=["reclaimer.enabled=true", "reclaimer.grace=2s", "reclaimer.interval=1s"])
+        reclaimer = HostReclaimer(cp, tmp, vpc.port, "reclaimer-on-this-machine")
+        yield cp, vpc, reclaimer
+    finally:
+        if reclaimer:
+            reclaimer.stop()
+        if cp:
+            stop(cp)
+        vpc.stop()
+
+
+def multus_pod(name, address):
+    """An init-mode pod on node 1 with one ipvlan network, as the samples declare it."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": APPS, "annotations": {
+                "ipmgmt.aws/mode": "init", "k8s.v1.cni.cncf.io/networks": "ipvlan-net1"}},
+            "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "busybox"}]}}
+
+
+def network_status(address):
+    """The annotation Multus writes once the pod's networks are attached."""
+    return json.dumps([
+        {"name": "aws-cni", "interface": "eth0", "ips": ["192.168.1.5"], "default": True},
+        {"name": f"{APPS}/ipvlan-net1", "interface": "net1", "ips": [address], "mac": ETH1.mac},
+    ])
+
+
+def test_the_reclaimer_releases_only_the_address_of_a_pod_that_is_gone(cluster):
+    cp, vpc, reclaimer = cluster
+    for name, address in (("gone", GONE), ("live", LIVE)):
+        pod = cp.create(f"/api/v1/namespaces/{APPS}/pods", multus_pod(name, address))
+        assert pod["spec"]["initContainers"][0]["name"] == "aws-ip-mgmt", "admitted through the webhook"
+        cp.request("PATCH", f"/api/v1/namespaces/{APPS}/pods/{name}",
+                   {"metadata": {"annotations": {"k8s.v1.cni.cncf.io/network-status": network_status(address)}}},
+                   content_type="application/merge-patch+json")
+
+    # It leads through the chart's Lease, written with the chart's RBAC.
+    lease = cp.wait_for("the reclaimer holding its Lease", lambda: [
+        item for item in cp.get(f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases")["items"]
+        if item["spec"].get("holderIdentity") == "reclaimer-on-this-machine"] or reclaimer.check(), timeout=60)
+    assert lease
+    # Both pods are seen (their claims), and nothing is released while they live.
+    time.sleep(4)
+    reclaimer.check()
+    holders = vpc.holders()
+    assert holders.get(GONE) == [ETH1.id] and holders.get(LIVE) == [ETH1.id], holders
+
+    # The node died and the pod was force-deleted: its address goes after the grace.
+    cp.request("DELETE", f"/api/v1/namespaces/{APPS}/pods/gone", {"gracePeriodSeconds": 0})
+    vpc.wait_for(lambda h: GONE not in h, timeout=60)
+    holders = vpc.holders()
+    assert holders.get(LIVE) == [ETH1.id], "the live pod's address stays"
+    assert holders.get(f"10.0.4.{10 * NODE1.n}") == [ETH1.id], "the ENI's primary stays"
+    unassigns = [e for e in vpc.log() if e["action"] == "UnassignPrivateIpAddresses"]
+    assert [e["eni"] for e in unassigns] == [ETH1.id], unassigns
+    events = cp.wait_for("an AddressReleased Event", lambda: [
+        e for e in cp.get("/api/v1/events")["items"] if e["reason"] == "AddressReleased"])
+    assert any(GONE in e["message"] for e in events), [e["message"] for e in events]
+    reclaimer.check()
