@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from cluster.installed import APPS, CERT_MANAGER_BEFORE_1_12, NAMESPACE, NODE, RELEASE, start, stop
+from cluster.installed import APPS, CERT_MANAGER_BEFORE_1_12, NAMESPACE, NODE, RELEASE, restricted_pod, start, stop
 from deploy_harness import SAMPLES, load_yaml_docs
 
 
@@ -89,8 +89,7 @@ def test_a_replicasets_pod_is_injected_through_the_apiservers_admission_chain(cl
 def test_a_pod_without_the_annotation_is_left_alone(cluster):
     cp, webhook = cluster
     before = sum(webhook.reviews().values())
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain", "namespace": APPS},
-           "spec": {"containers": [{"name": "app", "image": "busybox"}]}}
+    pod = restricted_pod("plain")
     created = cp.create(f"/api/v1/namespaces/{APPS}/pods", pod)
     assert [c["name"] for c in created["spec"]["containers"]] == ["app"]
     assert "initContainers" not in created["spec"]
@@ -103,9 +102,7 @@ def test_a_pod_without_the_annotation_is_left_alone(cluster):
 
 def test_a_pod_with_a_bad_mode_is_refused_with_the_webhooks_message(cluster):
     cp, _ = cluster
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": "bad-mode", "namespace": APPS, "annotations": {"ipmgmt.aws/mode": "daemon"}},
-           "spec": {"containers": [{"name": "app", "image": "busybox"}]}}
+    pod = restricted_pod("bad-mode", {"ipmgmt.aws/mode": "daemon"})
     r = cp.request("POST", f"/api/v1/namespaces/{APPS}/pods", pod, raw=True)
     assert r.status_code in (400, 403, 422), r.text
     message = r.json()["message"]

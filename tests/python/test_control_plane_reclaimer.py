@@ -14,7 +14,7 @@ import pytest
 
 from cluster.base import Fail
 from cluster.control_plane import free_port
-from cluster.installed import APPS, NAMESPACE, NODE, start, stop
+from cluster.installed import APPS, NAMESPACE, NODE, restricted_pod, start, stop
 from cluster.vpc import Node, Vpc
 from webhook_harness import ROOT, TARGET
 
@@ -87,12 +87,9 @@ def cluster(tmp_path_factory):
         vpc.stop()
 
 
-def multus_pod(name, address):
+def multus_pod(name):
     """An init-mode pod on node 1 with one ipvlan network, as the samples declare it."""
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": APPS, "annotations": {
-                "ipmgmt.aws/mode": "init", "k8s.v1.cni.cncf.io/networks": "ipvlan-net1"}},
-            "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "busybox"}]}}
+    return restricted_pod(name, {"ipmgmt.aws/mode": "init", "k8s.v1.cni.cncf.io/networks": "ipvlan-net1"}, node=NODE)
 
 
 def network_status(address):
@@ -106,11 +103,16 @@ def network_status(address):
 def test_the_reclaimer_releases_only_the_address_of_a_pod_that_is_gone(cluster):
     cp, vpc, reclaimer = cluster
     for name, address in (("gone", GONE), ("live", LIVE)):
-        pod = cp.create(f"/api/v1/namespaces/{APPS}/pods", multus_pod(name, address))
+        pod = cp.create(f"/api/v1/namespaces/{APPS}/pods", multus_pod(name))
         assert pod["spec"]["initContainers"][0]["name"] == "aws-ip-mgmt", "admitted through the webhook"
         cp.request("PATCH", f"/api/v1/namespaces/{APPS}/pods/{name}",
                    {"metadata": {"annotations": {"k8s.v1.cni.cncf.io/network-status": network_status(address)}}},
                    content_type="application/merge-patch+json")
+
+    # The chart's reclaimer pods pass the namespace's restricted Pod Security profile.
+    assert cp.wait_for("the reclaimer Deployment's pods", lambda: [
+        p for p in cp.get(f"/api/v1/namespaces/{NAMESPACE}/pods")["items"]
+        if p["metadata"]["labels"].get("app.kubernetes.io/component") == "reclaimer"])
 
     # It leads through the chart's Lease, written with the chart's RBAC.
     lease = cp.wait_for("the reclaimer holding its Lease", lambda: [

@@ -9,7 +9,7 @@ controllers and scheduler reconcile as in any cluster. There is no kubelet yet: 
 are scheduled to Node objects that nothing runs, so a webhook the apiserver calls runs
 as a process on this machine, and an EndpointSlice of the caller's points the chart's
 Service at it (the apiserver resolves webhook Services through EndpointSlices, as
-`--enable-aggregator-routing` makes it)."""
+`--enable-aggregator-routing` makes it), at the host end of a veth pair."""
 
 import base64
 import json
@@ -40,13 +40,22 @@ def free_port():
         return s.getsockname()[1]
 
 
-def host_address():
-    """An IPv4 address of this machine that an EndpointSlice may name (not loopback)."""
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True,
-                         check=True).stdout
-    for line in out.splitlines():
-        return line.split()[3].split("/")[0]
-    raise Fail("this machine has no global IPv4 address for the webhook's EndpointSlice")
+ENDPOINT_LINK = ("ipmgmt-cp0", "ipmgmt-cp1")
+ENDPOINT_ADDRESS = "10.250.0.1"
+
+
+def endpoint_address():
+    """An address of this machine that an EndpointSlice may name (not loopback): the
+    host end of a veth pair of the tests' own, made on first use (root needed)."""
+    here, peer = ENDPOINT_LINK
+    if subprocess.run(["ip", "link", "show", here], capture_output=True).returncode != 0:
+        for args in (["link", "add", here, "type", "veth", "peer", "name", peer],
+                     ["addr", "add", f"{ENDPOINT_ADDRESS}/30", "dev", here],
+                     ["link", "set", peer, "up"], ["link", "set", here, "up"]):
+            proc = subprocess.run(["ip", *args], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise Fail(f"ip {' '.join(args)}: {proc.stderr.strip()} (the control-plane tests need root)")
+    return ENDPOINT_ADDRESS
 
 
 class Process:
@@ -152,6 +161,11 @@ class ControlPlane:
             # EndpointSlice may not name; nothing here reaches the apiserver through it.
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
+            # What a managed cluster enables besides the defaults (EKS adds NodeRestriction;
+            # the webhooks, ValidatingAdmissionPolicy, PodSecurity and ServiceAccount are
+            # on by default, and named here so that a release turning one off fails).
+            "--enable-admission-plugins=NodeRestriction,PodSecurity,ServiceAccount,MutatingAdmissionWebhook,"
+            "ValidatingAdmissionWebhook,ValidatingAdmissionPolicy",
         ], d)
         self.procs.append(api)
         self._wait(lambda: self.get("/readyz", raw=True).status_code == 200, "kube-apiserver ready", api,

@@ -15,11 +15,12 @@ from deploy_harness import CHART, SAMPLES, load_yaml_docs
 from webhook_harness import WEBHOOK_BIN
 
 from .base import Fail
-from .control_plane import ControlPlane, free_port, host_address
+from .control_plane import ControlPlane, endpoint_address, free_port
 
 NAMESPACE = "ipmgmt-system"
 RELEASE = "ipmgmt"
 APPS = "multus-demo"
+RESTRICTED = "pod-security.kubernetes.io/enforce"
 # Node 1 of the fake VPC (`vpc.Node(1)`): its name and its instance.
 NODE = "ip-10-0-0-10.us-west-2.compute.internal"
 NODE_INSTANCE = "i-0000000000000001"
@@ -74,6 +75,19 @@ class HostWebhook:
         self.log.close()
 
 
+def restricted_pod(name, annotations=None, node=None):
+    """A pod of one busybox container that the restricted Pod Security profile admits."""
+    spec = {
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": "app", "image": "busybox", "securityContext": {
+            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}],
+    }
+    if node:
+        spec["nodeName"] = node
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": APPS, "annotations": annotations or {}}, "spec": spec}
+
+
 def install_with_cert_manager(cp, sets):
     """The chart's defaults: cert-manager issues the serving certificate from the
     chart's own CA and injects that CA into the webhook configuration."""
@@ -119,7 +133,10 @@ def start(tmp, tls, sets=()):
     webhook = None
     try:
         cp.add_node(NODE, f"aws:///us-west-2a/{NODE_INSTANCE}", labels={"example.com/multus-ready": "true"})
+        # Both namespaces enforce the restricted Pod Security profile, as the user guide
+        # allows: a chart pod, or an injected manager, that breaks it is refused.
         cp.kubectl("create", "namespace", NAMESPACE)
+        cp.kubectl("label", "namespace", NAMESPACE, f"{RESTRICTED}=restricted")
         if cp.tls == "cert-manager":
             chain, key = install_with_cert_manager(cp, sets)
         else:
@@ -134,10 +151,11 @@ def start(tmp, tls, sets=()):
                 # Not the EndpointSlice controller's: it leaves this slice alone.
                 "endpointslice.kubernetes.io/managed-by": "ipmgmt-tests"}},
             "addressType": "IPv4",
-            "endpoints": [{"addresses": [host_address()], "conditions": {"ready": True}}],
+            "endpoints": [{"addresses": [endpoint_address()], "conditions": {"ready": True}}],
             "ports": [{"name": https["name"], "port": webhook.port, "protocol": "TCP"}],
         })
         for doc in load_yaml_docs(SAMPLES / "namespace.yaml"):
+            doc["metadata"].setdefault("labels", {})[RESTRICTED] = "restricted"
             cp.create("/api/v1/namespaces", doc)
         cp.webhook = webhook
         return cp
