@@ -9,10 +9,17 @@ ValidatingAdmissionPolicy. The pods are the ReplicaSet controller's, bound by th
 scheduler. The webhook runs on this machine with the args of the chart's Deployment;
 an EndpointSlice points the chart's Service at it."""
 
+import base64
+import http.server
+import json
+import ssl
+import threading
 import time
 
 import pytest
+import trustme
 
+from cluster.control_plane import endpoint_address, free_port
 from cluster.installed import APPS, CERT_MANAGER_BEFORE_1_12, NAMESPACE, NODE, RELEASE, restricted_pod, start, stop
 from deploy_harness import SAMPLES, load_yaml_docs
 
@@ -107,3 +114,123 @@ def test_a_pod_with_a_bad_mode_is_refused_with_the_webhooks_message(cluster):
     assert r.status_code in (400, 403, 422), r.text
     message = r.json()["message"]
     assert "ipmgmt.aws/mode" in message and "daemon" in message, message
+
+
+class MeshWebhook:
+    """A second mutating webhook, of the test's own, that puts an init container first,
+    as service meshes do: served over TLS on the veth address, called by URL."""
+
+    def __init__(self, tmp):
+        self.ca = trustme.CA()
+        cert = self.ca.issue_cert(endpoint_address())
+        files = tmp / "mesh-tls"
+        files.mkdir(exist_ok=True)
+        cert.private_key_and_cert_chain_pem.write_to_path(str(files / "pair.pem"))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(files / "pair.pem"))
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                pod = review["request"]["object"]
+                init = pod["spec"].get("initContainers") or []
+                response = {"uid": review["request"]["uid"], "allowed": True}
+                if not any(c["name"] == "mesh-init" for c in init):
+                    container = {"name": "mesh-init", "image": "busybox", "command": ["true"], "securityContext": {
+                        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
+                    op = ({"op": "add", "path": "/spec/initContainers/0", "value": container} if init else
+                          {"op": "add", "path": "/spec/initContainers", "value": [container]})
+                    response |= {"patchType": "JSONPatch",
+                                 "patch": base64.b64encode(json.dumps([op]).encode()).decode()}
+                body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                                   "response": response}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((endpoint_address(), 0), Handler)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def test_a_webhook_that_puts_its_container_first_reinvokes_ipmgmts(cluster, tmp_path):
+    """The apiserver calls the webhooks in name order: ipmgmt's injects the manager
+    first, the mesh's puts its own container in front of it, and the dispatcher calls
+    ipmgmt's again (reinvocationPolicy IfNeeded), which moves the manager back."""
+    cp, webhook = cluster
+    mesh = MeshWebhook(tmp_path)
+    try:
+        cp.create("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", {
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "zz-mesh"},
+            "webhooks": [{
+                "name": "mesh.example.com", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                "failurePolicy": "Fail", "timeoutSeconds": 5, "reinvocationPolicy": "Never",
+                "clientConfig": {"url": f"https://{endpoint_address()}:{mesh.port}/inject",
+                                 "caBundle": base64.b64encode(mesh.ca.cert_pem.bytes()).decode()},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                           "resources": ["pods"]}],
+                "objectSelector": {"matchLabels": {"mesh": "on"}},
+            }],
+        })
+        reordered = webhook.reviews().get("reordered", 0)
+        pod = restricted_pod("meshed", {"ipmgmt.aws/mode": "init", "k8s.v1.cni.cncf.io/networks": "ipvlan-net1"})
+        pod["metadata"]["labels"] = {"mesh": "on"}
+        # The configuration takes effect once the apiserver's informer has it.
+        created = cp.wait_for("the mesh webhook in effect", lambda: (
+            r := cp.request("POST", f"/api/v1/namespaces/{APPS}/pods", pod, raw=True)).status_code == 201
+            and any(c["name"] == "mesh-init" for c in r.json()["spec"]["initContainers"]) and r.json()
+            or (r.status_code == 201 and cp.request("DELETE", f"/api/v1/namespaces/{APPS}/pods/meshed",
+                                                    {"gracePeriodSeconds": 0}) and None))
+        names = [c["name"] for c in created["spec"]["initContainers"]]
+        assert names == ["aws-ip-mgmt", "mesh-init"], names
+        assert webhook.reviews().get("reordered", 0) - reordered == 1, webhook.reviews()
+    finally:
+        cp.request("DELETE", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/zz-mesh", raw=True)
+        mesh.stop()
+
+
+def test_with_the_webhook_unreachable_the_policy_refuses_an_annotated_pod(cluster):
+    """failurePolicy Ignore lets the pod through the webhook unpatched; the chart's
+    ValidatingAdmissionPolicy then refuses it, saying why."""
+    cp, webhook = cluster
+    configs = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+    slice_path = f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices/{RELEASE}-on-this-machine"
+    merge = "application/merge-patch+json"
+    original = cp.get(slice_path)["ports"]
+    config = cp.get(f"{configs}/{RELEASE}")
+    config["webhooks"][0]["failurePolicy"] = "Ignore"
+    cp.request("PUT", f"{configs}/{RELEASE}", config)
+    # Nothing listens there: the apiserver's call fails.
+    cp.request("PATCH", slice_path, {"ports": [{**original[0], "port": free_port()}]}, content_type=merge)
+    try:
+        pod = restricted_pod("unmanaged", {"ipmgmt.aws/mode": "init"})
+        # The apiserver sees the changes through its informers: try until it does.
+        deadline = time.monotonic() + 30
+        while True:
+            r = cp.request("POST", f"/api/v1/namespaces/{APPS}/pods", pod, raw=True)
+            if r.status_code != 201:
+                break
+            cp.request("DELETE", f"/api/v1/namespaces/{APPS}/pods/unmanaged", {"gracePeriodSeconds": 0}, raw=True)
+            assert time.monotonic() < deadline, f"still admitted: {r.json()['spec'].get('initContainers')}"
+            time.sleep(0.5)
+        message = r.json()["message"]
+        assert r.status_code == 422, r.text
+        assert "ValidatingAdmissionPolicy" in message and "has no aws-ip-mgmt container" in message, message
+        # A pod without the annotation is not the policy's business.
+        plain = cp.request("POST", f"/api/v1/namespaces/{APPS}/pods", restricted_pod("plain-2"), raw=True)
+        assert plain.status_code == 201, plain.text
+    finally:
+        cp.request("PATCH", slice_path, {"ports": original}, content_type=merge)
+        config = cp.get(f"{configs}/{RELEASE}")
+        config["webhooks"][0]["failurePolicy"] = "Fail"
+        cp.request("PUT", f"{configs}/{RELEASE}", config)
