@@ -21,7 +21,7 @@ import trustme
 
 from cluster.control_plane import endpoint_address, free_port
 from cluster.installed import APPS, CERT_MANAGER_BEFORE_1_12, NAMESPACE, NODE, RELEASE, restricted_pod, start, stop
-from deploy_harness import SAMPLES, load_yaml_docs
+from deploy_harness import CHART, SAMPLES, load_yaml_docs
 
 
 @pytest.fixture(scope="module", params=["cert-manager", "own-certificate"])
@@ -234,3 +234,20 @@ def test_with_the_webhook_unreachable_the_policy_refuses_an_annotated_pod(cluste
         config = cp.get(f"{configs}/{RELEASE}")
         config["webhooks"][0]["failurePolicy"] = "Fail"
         cp.request("PUT", f"{configs}/{RELEASE}", config)
+
+
+def test_a_value_the_apiserver_refuses_fails_helm_install_with_its_message(cluster):
+    """An opt-in label key that is not a valid label key passes the chart's schema (a
+    label key's syntax is the apiserver's to judge) and is refused by the apiserver,
+    whose message names the field and the rule; Helm prints it and fails."""
+    cp, _ = cluster
+    cp.kubectl("create", "namespace", "refused")
+    proc = cp.helm("install", "refused", CHART, "--namespace", "refused", "--set", "aws.region=us-west-2",
+                   "--set", "certManager.enabled=false", "--set", "tls.secretName=none",
+                   "--set", "tls.caBundle=" + base64.b64encode(b"not used").decode(),
+                   "--set", "webhook.matchConditions=false", "--set-string", "webhook.optInLabel=bad key!",
+                   check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert "is invalid" in proc.stderr and "bad key!" in proc.stderr, proc.stderr
+    assert "name part must consist of alphanumeric characters" in proc.stderr, proc.stderr
+    cp.helm("uninstall", "refused", "--namespace", "refused", check=False)
