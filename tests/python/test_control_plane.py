@@ -12,6 +12,7 @@ an EndpointSlice points the chart's Service at it."""
 import base64
 import http.server
 import json
+import socket
 import ssl
 import threading
 import time
@@ -19,7 +20,8 @@ import time
 import pytest
 import trustme
 
-from cluster.control_plane import endpoint_address, free_port
+from cluster.base import Fail
+from cluster.control_plane import ControlPlane, endpoint_address, free_port
 from cluster.installed import APPS, CERT_MANAGER_BEFORE_1_12, NAMESPACE, NODE, RELEASE, restricted_pod, start, stop
 from deploy_harness import CHART, SAMPLES, load_yaml_docs
 
@@ -251,3 +253,17 @@ def test_a_value_the_apiserver_refuses_fails_helm_install_with_its_message(clust
     assert "is invalid" in proc.stderr and "bad key!" in proc.stderr, proc.stderr
     assert "name part must consist of alphanumeric characters" in proc.stderr, proc.stderr
     cp.helm("uninstall", "refused", "--namespace", "refused", check=False)
+
+
+def test_a_component_that_cannot_start_stops_the_scene_with_its_own_words(tmp_path):
+    """The apiserver's port is taken: the start fails at once with the apiserver's
+    last lines, not after a timeout."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        started = time.monotonic()
+        with pytest.raises(Fail) as failed:
+            ControlPlane(tmp_path / "cluster", port=taken.getsockname()[1])
+    assert "kube-apiserver exited" in str(failed.value), failed.value
+    assert "address already in use" in str(failed.value), failed.value
+    assert time.monotonic() - started < 60

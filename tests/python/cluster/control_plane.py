@@ -86,13 +86,14 @@ class Process:
 
 
 class ControlPlane:
-    def __init__(self, workdir: pathlib.Path):
+    def __init__(self, workdir: pathlib.Path, port=None):
+        """`port`: the apiserver's secure port (default: a free one)."""
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.procs = []
         self.token = secrets.token_hex(16)
         self.ca = trustme.CA(organization_name="ipmgmt tests cluster CA")
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         try:
             self._write_credentials()
