@@ -10,7 +10,7 @@ import time
 import requests
 import trustme
 
-from cluster_tools import versions
+from cluster_tools import tool, versions
 from deploy_harness import CHART, SAMPLES, load_yaml_docs
 from webhook_harness import WEBHOOK_BIN
 
@@ -171,3 +171,30 @@ def stop(cp):
     cp.stop()
 
 
+
+
+def main():
+    """`scripts/cluster`: the tests' cluster, kept running until Ctrl-C, to poke at."""
+    import argparse
+    import pathlib
+    import signal
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="scripts/cluster", description=main.__doc__)
+    parser.add_argument("--tls", choices=["cert-manager", "own-certificate"], default="cert-manager")
+    parser.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                        help="a chart value, as helm install --set takes it")
+    args = parser.parse_args()
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="ipmgmt-cluster-"))
+    cp = start(tmp, args.tls, args.sets)
+    print(f"export KUBECONFIG={cp.kubeconfig}", flush=True)
+    print(f"# kubectl: {tool('kubectl')}; helm: {tool('helm')}; logs in {cp.dir} and {tmp}", flush=True)
+    print("# Ctrl-C stops the cluster", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        stop(cp)
+
+
+if __name__ == "__main__":
+    main()
