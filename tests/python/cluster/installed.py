@@ -71,7 +71,11 @@ class HostWebhook:
 
     def stop(self):
         self.proc.terminate()
-        self.proc.wait(timeout=30)
+        try:
+            self.proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self.log.close()
 
 
@@ -167,8 +171,12 @@ def start(tmp, tls, sets=()):
 
 
 def stop(cp):
-    cp.webhook.stop()
-    cp.stop()
+    """The control plane first: with the apiserver's connections closed, the webhook
+    has nothing to drain and exits after its shutdown delay."""
+    try:
+        cp.stop()
+    finally:
+        cp.webhook.stop()
 
 
 
