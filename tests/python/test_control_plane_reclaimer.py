@@ -14,7 +14,7 @@ import pytest
 
 from cluster.base import Fail
 from cluster.control_plane import free_port
-from cluster.installed import APPS, NAMESPACE, NODE, restricted_pod, start, stop
+from cluster.installed import APPS, NAMESPACE, NODE, RELEASE, restricted_pod, start, stop
 from cluster.vpc import Node, Vpc
 from webhook_harness import ROOT, TARGET
 
@@ -23,6 +23,8 @@ POLICY = ROOT / "deploy" / "reclaimer-iam-policy.json"
 NODE1 = Node(1)
 ETH1 = NODE1.enis[1]
 GONE, LIVE = "10.0.4.66", "10.0.4.67"
+# A floating IP in the same subnet: on the ENI, in no pod's network-status.
+VIP = "10.0.4.100"
 
 
 class HostReclaimer:
@@ -71,7 +73,7 @@ class HostReclaimer:
 def cluster(tmp_path_factory):
     assert RECLAIMER_BIN.exists(), f"{RECLAIMER_BIN} is missing: build the workspace first (cargo build --workspace)"
     tmp = tmp_path_factory.mktemp("control-plane-reclaimer")
-    vpc = Vpc([NODE1], tmp, iam_policy=POLICY, held=[(ETH1.id, GONE), (ETH1.id, LIVE)])
+    vpc = Vpc([NODE1], tmp, iam_policy=POLICY, held=[(ETH1.id, GONE), (ETH1.id, LIVE), (ETH1.id, VIP)])
     cp = None
     reclaimer = None
     try:
@@ -130,6 +132,7 @@ def test_the_reclaimer_releases_only_the_address_of_a_pod_that_is_gone(cluster):
     vpc.wait_for(lambda h: GONE not in h, timeout=60)
     holders = vpc.holders()
     assert holders.get(LIVE) == [ETH1.id], "the live pod's address stays"
+    assert holders.get(VIP) == [ETH1.id], "a floating IP, which IPAM never handed out, is never released"
     assert holders.get(f"10.0.4.{10 * NODE1.n}") == [ETH1.id], "the ENI's primary stays"
     unassigns = [e for e in vpc.log() if e["action"] == "UnassignPrivateIpAddresses"]
     assert [e["eni"] for e in unassigns] == [ETH1.id], unassigns
@@ -137,3 +140,29 @@ def test_the_reclaimer_releases_only_the_address_of_a_pod_that_is_gone(cluster):
         e for e in cp.get("/api/v1/events")["items"] if e["reason"] == "AddressReleased"])
     assert any(GONE in e["message"] for e in events), [e["message"] for e in events]
     reclaimer.check()
+
+
+def test_a_replica_stopping_hands_the_lease_over_at_once(cluster, tmp_path):
+    """Two replicas through the real Lease: the one that stops gives the Lease up, and
+    the other holds it well before the lease duration (15 s) runs out."""
+    cp, vpc, reclaimer = cluster
+    leases = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases"
+
+    def holder():
+        lease = cp.get(f"{leases}/{RELEASE}-reclaimer", raw=True)
+        return lease.status_code == 200 and lease.json()["spec"].get("holderIdentity")
+
+    assert cp.wait_for("the first replica leading", lambda: holder() == "reclaimer-on-this-machine")
+    second = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-second")
+    try:
+        time.sleep(3)
+        second.check()
+        assert holder() == "reclaimer-on-this-machine", "the second replica waits"
+        reclaimer.stop()
+        stopped = time.monotonic()
+        cp.wait_for("the second replica leading", lambda: holder() == "reclaimer-second", timeout=30)
+        assert time.monotonic() - stopped < 10, "handed over, not expired"
+        second.check()
+        assert vpc.holders().get(LIVE) == [ETH1.id]
+    finally:
+        second.stop()
