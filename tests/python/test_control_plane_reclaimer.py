@@ -25,6 +25,8 @@ ETH1 = NODE1.enis[1]
 GONE, LIVE = "10.0.4.66", "10.0.4.67"
 # A floating IP in the same subnet: on the ENI, in no pod's network-status.
 VIP = "10.0.4.100"
+# A pod made after the apiserver's restart.
+LATER = "10.0.4.68"
 
 
 class HostReclaimer:
@@ -73,7 +75,7 @@ class HostReclaimer:
 def cluster(tmp_path_factory):
     assert RECLAIMER_BIN.exists(), f"{RECLAIMER_BIN} is missing: build the workspace first (cargo build --workspace)"
     tmp = tmp_path_factory.mktemp("control-plane-reclaimer")
-    vpc = Vpc([NODE1], tmp, iam_policy=POLICY, held=[(ETH1.id, GONE), (ETH1.id, LIVE), (ETH1.id, VIP)])
+    vpc = Vpc([NODE1], tmp, iam_policy=POLICY, held=[(ETH1.id, GONE), (ETH1.id, LIVE), (ETH1.id, VIP), (ETH1.id, LATER)])
     cp = None
     reclaimer = None
     try:
@@ -166,3 +168,39 @@ def test_a_replica_stopping_hands_the_lease_over_at_once(cluster, tmp_path):
         assert vpc.holders().get(LIVE) == [ETH1.id]
     finally:
         second.stop()
+
+
+def test_compacted_history_and_a_restarted_apiserver_release_nothing_by_mistake(cluster, tmp_path):
+    """etcd's history compacted and the apiserver restarted: the reclaimer's watches
+    are cut, resume from a resourceVersion that is gone (410) and list again. Nothing
+    claimed is released meanwhile, and a pod gone after the restart still has its
+    address released. (A replica of its own: the one above may have been stopped.)"""
+    cp, vpc, _ = cluster
+    replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-across-restart")
+    try:
+        compacted_history_scene(cp, vpc, replica)
+    finally:
+        replica.stop()
+
+
+def compacted_history_scene(cp, vpc, replica):
+    pod = cp.create(f"/api/v1/namespaces/{APPS}/pods", multus_pod("later"))
+    cp.request("PATCH", f"/api/v1/namespaces/{APPS}/pods/later",
+               {"metadata": {"annotations": {"k8s.v1.cni.cncf.io/network-status": network_status(LATER)}}},
+               content_type="application/merge-patch+json")
+    assert pod["spec"]["initContainers"][0]["name"] == "aws-ip-mgmt"
+    time.sleep(3)
+    compacted = cp.compact_and_restart_apiserver()
+    stale = cp.request("GET", f"/api/v1/namespaces/{APPS}/pods", raw=True, watch="true",
+                       resourceVersion=str(compacted - 1), timeoutSeconds="1")
+    assert '"code":410' in stale.text, "history before the compaction is gone"
+    # Several sweeps past the grace, across the relist.
+    time.sleep(6)
+    holders = vpc.holders()
+    for address in (LIVE, VIP, LATER):
+        assert holders.get(address) == [ETH1.id], (address, holders)
+
+    cp.request("DELETE", f"/api/v1/namespaces/{APPS}/pods/later", {"gracePeriodSeconds": 0})
+    vpc.wait_for(lambda h: LATER not in h, timeout=60)
+    assert vpc.holders().get(LIVE) == [ETH1.id]
+    replica.check()

@@ -64,7 +64,8 @@ class Process:
     def __init__(self, name, args, logdir):
         self.name = name
         self.log_path = logdir / f"{name}.log"
-        self.log = open(self.log_path, "w")
+        # Appended: a restarted component keeps its earlier lines.
+        self.log = open(self.log_path, "a")
         self.proc = subprocess.Popen([str(a) for a in args], stdout=self.log, stderr=subprocess.STDOUT)
 
     def check(self):
@@ -142,7 +143,7 @@ class ControlPlane:
 
     def _start_apiserver(self):
         d = self.dir
-        api = Process("kube-apiserver", [
+        self._apiserver_args = [
             tool("kube-apiserver"),
             "--etcd-servers", self.etcd_url,
             "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
@@ -167,10 +168,28 @@ class ControlPlane:
             # on by default, and named here so that a release turning one off fails).
             "--enable-admission-plugins=NodeRestriction,PodSecurity,ServiceAccount,MutatingAdmissionWebhook,"
             "ValidatingAdmissionWebhook,ValidatingAdmissionPolicy",
-        ], d)
-        self.procs.append(api)
+        ]
+        self._run_apiserver()
+
+    def _run_apiserver(self):
+        api = Process("kube-apiserver", self._apiserver_args, self.dir)
+        self.procs.insert(1, api)
         self._wait(lambda: self.get("/readyz", raw=True).status_code == 200, "kube-apiserver ready", api,
                    timeout=90)
+
+    def compact_and_restart_apiserver(self):
+        """Compacts etcd's history up to now and restarts the apiserver, as an upgrade
+        or a crash does: every watch is cut, and one resumed from before the
+        compaction gets `410 Gone` and must list again."""
+        head = requests.post(f"{self.etcd_url}/v3/kv/range", json={"key": base64.b64encode(b"/").decode()},
+                             timeout=10).json()["header"]["revision"]
+        requests.post(f"{self.etcd_url}/v3/kv/compaction", json={"revision": head, "physical": True},
+                      timeout=30).raise_for_status()
+        (api,) = [p for p in self.procs if p.name == "kube-apiserver"]
+        api.stop()
+        self.procs.remove(api)
+        self._run_apiserver()
+        return int(head)
 
     def _write_kubeconfig(self):
         self.kubeconfig = self.dir / "kubeconfig"
