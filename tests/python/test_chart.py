@@ -365,6 +365,10 @@ def test_bring_your_own_certificate():
     ("injection.logLevel=info\\,IPMGR_X=1", "/injection/logLevel"),
     ("injection.extraEnv.NO_PROXY=10.0.0.0/8\\,IPMGR_X=1", "/injection/extraEnv/NO_PROXY"),
     ("certManager.issuerRef.kind=Issuer", "/certManager/issuerRef"),
+    ("webhook.bodyBufferMiB=3", "/webhook/bodyBufferMiB"),
+    ("webhook.maxConcurrentStreams=0", "/webhook/maxConcurrentStreams"),
+    ("networkPolicy.apiserverCIDRs={10.0.0.0}", "/networkPolicy/apiserverCIDRs/0"),
+    ("networkPolicy.webhookFrom=10.0.0.0/16", "/networkPolicy/webhookFrom"),
 ])
 def test_schema_rejects_typos_and_bad_values(setting, path):
     proc = helm(*template_args(sets=[setting]), check=False)
@@ -392,6 +396,10 @@ def test_values_become_webhook_flags():
     assert flag(args, "--imds-endpoint-mode") == "IPv6"
     assert flag(args, "--container-name") == "ip-manager"
     assert flag(args, "--worker-threads") == "2"
+    # The body deadline is the apiserver's own timeout.
+    assert flag(args, "--body-read-timeout-seconds") == "10"
+    assert flag(args, "--body-buffer-mib") == "48"
+    assert flag(args, "--max-concurrent-streams") == "64"
     env = [a.split("=", 1)[1] for a in args if a.startswith("--ipmgr-env=")]
     assert "IPMGR_LOG_LEVEL=debug,aws_config=warn" in env and "IPMGR_RESYNC_SECONDS=120" in env
 
@@ -399,6 +407,61 @@ def test_values_become_webhook_flags():
     args = container["args"]
     for absent in ("--classic-sidecar", "--imds-disabled", "--region", "--role-arn", "--imds-endpoint"):
         assert not any(a == absent or a.startswith(absent + "=") for a in args), absent
+
+
+def network_policy(values=(), sets=()):
+    docs = render(values, sets=sets)
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    return docs, (policies[0] if policies else None)
+
+
+def test_network_policy_is_off_by_default():
+    assert network_policy()[1] is None
+
+
+def test_network_policy_lets_in_the_apiserver_and_scrapes_only():
+    docs, policy = network_policy(values=[ALL_OPTIONS])
+    validate(policy, "1.35.0")
+    deployment, container = container_of(docs)
+    assert selector_matches(policy["spec"]["podSelector"], deployment["spec"]["template"]["metadata"]["labels"])
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    webhook_rule, admin_rule = policy["spec"]["ingress"]
+    # The pod's ports, which the policy applies to: not the Service's 443.
+    assert webhook_rule["ports"] == [{"port": ports["https"], "protocol": "TCP"}] and ports["https"] == 9443
+    assert admin_rule["ports"] == [{"port": ports["admin"], "protocol": "TCP"}]
+    assert webhook_rule["from"] == [
+        {"ipBlock": {"cidr": "10.0.0.0/16"}},
+        {"ipBlock": {"cidr": "2600:1f14:abc:de00::/56"}},
+        {"ipBlock": {"cidr": "100.64.0.0/16"}},
+    ]
+    (scraper,) = admin_rule["from"]
+    assert scraper["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+
+    # Only CIDRs, and any scraper: the admin rule names no peer, which lets all in.
+    _, policy = network_policy(sets=["networkPolicy.enabled=true", "networkPolicy.apiserverCIDRs={192.168.0.0/20}"])
+    validate(policy, "1.33.0")
+    webhook_rule, admin_rule = policy["spec"]["ingress"]
+    assert webhook_rule["from"] == [{"ipBlock": {"cidr": "192.168.0.0/20"}}]
+    assert webhook_rule["ports"] == [{"port": 8443, "protocol": "TCP"}]
+    assert "from" not in admin_rule and admin_rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+
+
+def test_webhook_runs_without_transparent_huge_pages():
+    """The environment the slow-client test runs the webhook with is the chart's."""
+    from test_webhook_limits import CHART_ENV
+
+    for values in [(), (ALL_OPTIONS,)]:
+        _, container = container_of(render(values))
+        assert container["env"] == [{"name": k, "value": v} for k, v in CHART_ENV.items()]
+
+
+def test_network_policy_that_lets_no_apiserver_in_is_refused():
+    """Ingress rules with no peer would be default-deny: under failurePolicy Fail every
+    annotated pod would be rejected."""
+    proc = helm(*template_args(sets=["networkPolicy.enabled=true"]), check=False)
+    assert proc.returncode != 0
+    assert "networkPolicy.apiserverCIDRs or networkPolicy.webhookFrom" in proc.stderr, proc.stderr
 
 
 def clap_help():
@@ -447,6 +510,8 @@ CHART_DIFFERS_FROM_CLAP = {
     "--shutdown-delay-seconds": "5: endpoints drop the pod before it stops accepting; a local run needs no delay",
     "--log-format": "json for log collectors; clap's text reads best on a terminal",
     "--ipmgr-env": "injection.logLevel and injection.logFormat reach ipmgr through it; clap adds nothing",
+    "--body-read-timeout-seconds": "webhook.timeoutSeconds (5): the apiserver stops waiting then; clap's 10 is "
+                                   "the apiserver's default timeoutSeconds",
 }
 
 # Flags the chart never passes.

@@ -1,9 +1,10 @@
 //! ipmgmt-webhook: injects the ipmgmt IP manager into pods that ask for it.
 //!
 //! `inject` and `patch` are the pure mutation; `review` turns request bytes into
-//! response bytes; `server`, `tls` and `admin` are the I/O around them.
+//! response bytes; `server`, `body`, `tls` and `admin` are the I/O around them.
 
 pub mod admin;
+pub mod body;
 pub mod config;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -81,6 +82,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_delay_seconds,
         drain_timeout_seconds,
         header_read_timeout_seconds,
+        body_read_timeout_seconds,
+        body_buffer_mib,
+        max_concurrent_streams,
         // main sizes the runtime and installs logging before it calls run.
         worker_threads: _,
         log_format: _,
@@ -90,6 +94,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = inject.to_config()?;
     let mut registry = Registry::with_prefix("ipmgmt_webhook");
     let review_metrics = server::Metrics::register(&mut registry);
+    let body_metrics = body::Metrics::register(&mut registry);
     let tls_metrics = tls::Metrics::register(&mut registry);
     let health = Arc::new(Health::default());
 
@@ -124,13 +129,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(tls::watch(store, tls_metrics.clone(), every));
     }
 
+    let bodies = body::Reader::new(
+        usize::try_from(body_buffer_mib << 20).context("--body-buffer-mib")?,
+        Duration::from_secs(body_read_timeout_seconds),
+        body_metrics,
+    );
     let app = Arc::new(App {
         injector: Injector::new(config),
         metrics: review_metrics,
+        bodies,
     });
     let limits = Limits {
         header_read_timeout: Duration::from_secs(header_read_timeout_seconds),
         drain_timeout: Duration::from_secs(drain_timeout_seconds),
+        max_concurrent_streams,
     };
     let shutdown_delay = Duration::from_secs(shutdown_delay_seconds);
     let ready = health.clone();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,17 +23,16 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, Level, debug, info, info_span, warn};
 
+use crate::body;
 use crate::inject::Injector;
 use crate::review::{self, Outcome};
 use crate::tls::{self, HandshakeFailure};
-
-/// The apiserver sends at most 3 MiB; the review wrapped around a pod adds a little.
-pub const BODY_LIMIT: usize = 3 * 1024 * 1024 + 64 * 1024;
 
 #[derive(Debug)]
 pub struct App {
     pub injector: Injector,
     pub metrics: Metrics,
+    pub bodies: body::Reader,
 }
 
 /// `POST /mutate`; 404 for any other path, 405 for any other method. One route needs
@@ -52,21 +51,15 @@ async fn route(
         refused.headers_mut().insert(header::ALLOW, allow);
         return Ok(refused);
     }
-    let body = match Limited::new(request.into_body(), BODY_LIMIT)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(e) => {
-            let status = match e.downcast_ref::<LengthLimitError>() {
-                Some(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                None => StatusCode::BAD_REQUEST,
-            };
-            let text = format!("Failed to buffer the request body: {e}\n");
-            return Ok(answer(status, text.into()));
+    match app.bodies.read(request.into_body()).await {
+        Ok(body) => Ok(mutate(&app, &body)),
+        // Counted by reason; a line each would let any client flood the log.
+        Err(refused) => {
+            let reason = refused.reason().as_str();
+            debug!(reason, error = %refused, "request body refused");
+            Ok(answer(refused.status(), format!("{refused}\n").into()))
         }
-    };
-    Ok(mutate(&app, &body))
+    }
 }
 
 /// An answer other than a review's: empty, or a line of text saying what was wrong.
@@ -213,7 +206,20 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// In-flight requests get this long to finish once draining starts.
     pub drain_timeout: Duration,
+    /// HTTP/2 requests open at once on one connection.
+    pub max_concurrent_streams: u32,
 }
+
+/// What one connection may make this process hold besides the bodies being read
+/// (`body`), which are counted against their budget. HTTP/2 data the handler has not
+/// taken yet sits in the stream's buffer, up to the flow-control windows granted:
+/// hyper's 1 MiB per stream and per connection become 128 KiB and 256 KiB, still more
+/// than a review of a typical pod, and 3 MiB at 256 KiB per round trip inside a cluster
+/// is milliseconds. HTTP/1 reads into one buffer, which also bounds the request head:
+/// hyper's 400 KiB becomes 64 KiB. HTTP/2 headers stay within hyper's 16 KiB.
+const H2_STREAM_WINDOW: u32 = 128 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
+const H1_MAX_BUF: usize = 64 * 1024;
 
 /// Serves `router` over TLS until `shutdown` resolves, then stops accepting and
 /// drains open connections (HTTP/1 keep-alive closed after the current request,
@@ -230,8 +236,14 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(H1_MAX_BUF);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);

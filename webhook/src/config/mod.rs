@@ -78,6 +78,26 @@ pub struct Args {
     #[arg(long, env = "IPMGMT_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_seconds: u64,
 
+    /// Answer 408 to a request whose body has not all arrived this long after its
+    /// headers. The apiserver gives up on a review after the webhook configuration's
+    /// timeoutSeconds (10 unless set, at most 30), so nobody waits for a body later than
+    /// that: set it to the same timeoutSeconds.
+    #[arg(long, env = "IPMGMT_BODY_READ_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=30))]
+    pub body_read_timeout_seconds: u64,
+
+    /// Request bodies held at once, across all connections, in MiB. A request that finds
+    /// no room waits for it within --body-read-timeout-seconds, then gets 503. At least
+    /// one largest review (3 MiB + 64 KiB). A thousand reviews of a typical pod fit in
+    /// the default; under a flood of slow clients a replica peaked at about three times
+    /// it (docs/benchmarks.md), so keep it under a quarter of the memory limit.
+    #[arg(long, env = "IPMGMT_BODY_BUFFER_MIB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(MIN_BODY_BUFFER_MIB..=4096))]
+    pub body_buffer_mib: u64,
+
+    /// HTTP/2 requests one connection may have open at once. A client that wants more
+    /// opens another connection, as the apiserver's does.
+    #[arg(long, env = "IPMGMT_MAX_CONCURRENT_STREAMS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_concurrent_streams: u32,
+
     /// Worker threads of the async runtime; 0: the container's CPU limit in whole CPUs
     /// (rounded down, at least 1), or one per CPU where there is no limit.
     #[arg(long, env = "IPMGMT_WORKER_THREADS", default_value_t = 0)]
@@ -94,6 +114,10 @@ pub struct Args {
     #[command(flatten)]
     pub inject: InjectArgs,
 }
+
+/// --body-buffer-mib's least: one largest review.
+const MIN_BODY_BUFFER_MIB: u64 = 4;
+const _: () = assert!((MIN_BODY_BUFFER_MIB << 20) as usize >= crate::body::BODY_LIMIT);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -156,6 +180,28 @@ pub(super) mod tests {
             "k",
         ]);
         assert!(files.is_ok());
+    }
+
+    #[test]
+    fn body_bounds_refuse_what_cannot_work() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(
+            (
+                args.body_read_timeout_seconds,
+                args.body_buffer_mib,
+                args.max_concurrent_streams
+            ),
+            (10, 16, 32)
+        );
+        // Past 30 s the apiserver has stopped waiting; under 4 MiB no largest review fits.
+        for bad in [
+            ["--body-read-timeout-seconds", "0"],
+            ["--body-read-timeout-seconds", "31"],
+            ["--body-buffer-mib", "3"],
+            ["--max-concurrent-streams", "0"],
+        ] {
+            assert!(parse(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
