@@ -369,6 +369,11 @@ def test_bring_your_own_certificate():
     ("webhook.maxConcurrentStreams=0", "/webhook/maxConcurrentStreams"),
     ("networkPolicy.apiserverCIDRs={10.0.0.0}", "/networkPolicy/apiserverCIDRs/0"),
     ("networkPolicy.webhookFrom=10.0.0.0/16", "/networkPolicy/webhookFrom"),
+    # What the apiserver refuses in a label selector (test_control_plane.py shows it).
+    ("webhook.namespaceSelectorExpressions[0].key=team,webhook.namespaceSelectorExpressions[0].operator=In",
+     "/webhook/namespaceSelectorExpressions/0"),
+    ("webhook.namespaceSelectorExpressions[0].key=team,webhook.namespaceSelectorExpressions[0].operator=Exists,"
+     "webhook.namespaceSelectorExpressions[0].values={a}", "/webhook/namespaceSelectorExpressions/0/values"),
 ])
 def test_schema_rejects_typos_and_bad_values(setting, path):
     proc = helm(*template_args(sets=[setting]), check=False)

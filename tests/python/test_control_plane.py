@@ -267,3 +267,23 @@ def test_a_component_that_cannot_start_stops_the_scene_with_its_own_words(tmp_pa
     assert "kube-apiserver exited" in str(failed.value), failed.value
     assert "address already in use" in str(failed.value), failed.value
     assert time.monotonic() - started < 60
+
+
+def test_the_schema_refuses_the_selector_the_apiserver_refuses(cluster):
+    """A namespace selector term `In` with no values: the apiserver refuses the webhook
+    configuration it would render (shown with the schema skipped), so the chart's
+    schema refuses the value first, with the value's path."""
+    cp, _ = cluster
+    cp.kubectl("create", "namespace", "selector")
+    term = ["--set", "webhook.namespaceSelectorExpressions[0].key=team",
+            "--set", "webhook.namespaceSelectorExpressions[0].operator=In"]
+    common = ["install", "selector", CHART, "--namespace", "selector", "--set", "aws.region=us-west-2",
+              "--set", "certManager.enabled=false", "--set", "tls.secretName=none",
+              "--set", "tls.caBundle=" + base64.b64encode(b"not used").decode(), *term]
+    by_apiserver = cp.helm(*common, "--skip-schema-validation", check=False)
+    assert by_apiserver.returncode != 0 and "is invalid" in by_apiserver.stderr, by_apiserver.stderr
+    assert "must be specified when `operator` is 'In' or 'NotIn'" in by_apiserver.stderr, by_apiserver.stderr
+    cp.helm("uninstall", "selector", "--namespace", "selector", check=False)
+    by_schema = cp.helm(*common, check=False)
+    assert by_schema.returncode != 0 and "/webhook/namespaceSelectorExpressions/0" in by_schema.stderr, \
+        by_schema.stderr
