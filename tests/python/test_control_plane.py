@@ -12,6 +12,7 @@ an EndpointSlice points the chart's Service at it."""
 import base64
 import http.server
 import json
+import re
 import socket
 import ssl
 import threading
@@ -93,6 +94,15 @@ def test_a_replicasets_pod_is_injected_through_the_apiservers_admission_chain(cl
     scheduled = cp.wait_for("the pods bound by the scheduler", lambda: all(
         p["spec"].get("nodeName") == NODE for p in pods_of(cp, APPS, "multus-app")))
     assert scheduled
+    # What a user sees with kubectl: the manager first among the init containers, and
+    # the node the scheduler chose.
+    name = pods[0]["metadata"]["name"]
+    described = cp.kubectl("-n", APPS, "describe", "pod", name).stdout
+    init_section = described.split("Init Containers:", 1)[1].split("Containers:", 1)[0]
+    assert init_section.lstrip().startswith("aws-ip-mgmt:"), described
+    assert re.search(rf"^Node:\s+{re.escape(NODE)}", described, re.M), described
+    wide = cp.kubectl("-n", APPS, "get", "pods", "-l", "app=multus-app", "-o", "wide").stdout
+    assert wide.count(NODE) == 2, wide
 
 
 def test_a_pod_without_the_annotation_is_left_alone(cluster):

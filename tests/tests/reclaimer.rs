@@ -720,9 +720,15 @@ async fn leader_hand_over_only_one_replica_acts() {
         c.ec2.move_address(ip(&format!("10.0.1.{n}")), "eni-2n3");
         c.recorded(&format!("10.0.1.{n}"), &format!("multus-demo/gone-{n}"));
     }
-    wait_for("three more released", Duration::from_secs(15), || {
-        (70..73).all(|n| c.holder(&format!("10.0.1.{n}")).is_none())
-    })
+    // The Events follow the call that released them: wait for both.
+    wait_for(
+        "three more released, with their Events",
+        Duration::from_secs(15),
+        || {
+            (70..73).all(|n| c.holder(&format!("10.0.1.{n}")).is_none())
+                && reporters(&c).iter().filter(|r| *r == "reclaimer-b").count() >= 3
+        },
+    )
     .await;
     let reporters = reporters(&c);
     assert_eq!(
