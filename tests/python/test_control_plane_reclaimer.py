@@ -27,6 +27,8 @@ GONE, LIVE = "10.0.4.66", "10.0.4.67"
 VIP = "10.0.4.100"
 # A pod made after the apiserver's restart.
 LATER = "10.0.4.68"
+# A pod deleted gracefully, whose deletion a kubelet finishes later.
+DRAINING = "10.0.4.69"
 
 
 class HostReclaimer:
@@ -75,7 +77,7 @@ class HostReclaimer:
 def cluster(tmp_path_factory):
     assert RECLAIMER_BIN.exists(), f"{RECLAIMER_BIN} is missing: build the workspace first (cargo build --workspace)"
     tmp = tmp_path_factory.mktemp("control-plane-reclaimer")
-    vpc = Vpc([NODE1], tmp, iam_policy=POLICY, held=[(ETH1.id, GONE), (ETH1.id, LIVE), (ETH1.id, VIP), (ETH1.id, LATER)])
+    vpc = Vpc([NODE1], tmp, iam_policy=POLICY, held=[(ETH1.id, GONE), (ETH1.id, LIVE), (ETH1.id, VIP), (ETH1.id, LATER), (ETH1.id, DRAINING)])
     cp = None
     reclaimer = None
     try:
@@ -204,3 +206,31 @@ def compacted_history_scene(cp, vpc, replica):
     vpc.wait_for(lambda h: LATER not in h, timeout=60)
     assert vpc.holders().get(LIVE) == [ETH1.id]
     replica.check()
+
+
+def test_a_pod_past_its_deletion_timestamp_keeps_its_address_until_it_is_gone(cluster, tmp_path):
+    """A graceful delete only marks the pod (deletionTimestamp): on a node that has
+    not finished stopping it, its containers may still run. The address stays, past
+    the reclaimer's grace, until the kubelet's final delete removes the object (played
+    here: no kubelet runs these pods)."""
+    cp, vpc, _ = cluster
+    replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-draining")
+    try:
+        cp.create(f"/api/v1/namespaces/{APPS}/pods", multus_pod("draining"))
+        cp.request("PATCH", f"/api/v1/namespaces/{APPS}/pods/draining",
+                   {"metadata": {"annotations": {"k8s.v1.cni.cncf.io/network-status": network_status(DRAINING)}}},
+                   content_type="application/merge-patch+json")
+        time.sleep(3)
+        cp.request("DELETE", f"/api/v1/namespaces/{APPS}/pods/draining", {"gracePeriodSeconds": 30})
+        marked = cp.get(f"/api/v1/namespaces/{APPS}/pods/draining")
+        assert marked["metadata"].get("deletionTimestamp"), "still there, marked for deletion"
+        # Several sweeps, well past the 2 s grace.
+        time.sleep(6)
+        replica.check()
+        assert vpc.holders().get(DRAINING) == [ETH1.id], "kept while the pod may still run"
+        # The kubelet's last word: the object goes.
+        cp.request("DELETE", f"/api/v1/namespaces/{APPS}/pods/draining", {"gracePeriodSeconds": 0})
+        vpc.wait_for(lambda h: DRAINING not in h, timeout=60)
+        replica.check()
+    finally:
+        replica.stop()
