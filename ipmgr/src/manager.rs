@@ -400,9 +400,6 @@ impl<E: Ec2> Manager<E> {
                 failed.retain(|f| !(f.ip() == p.ip() && matches!(f, AddressError::Ec2 { .. })));
                 settled.push(*p);
             }
-            let same_call = |p: &Placement<'_>, q: &Placement<'_>| {
-                p.eni.id == q.eni.id && p.ip().is_ipv4() == q.ip().is_ipv4()
-            };
             retry = (out_of_range.iter())
                 .filter(|p| !settled.contains(p) && settled.iter().any(|q| same_call(p, q)))
                 .copied()
@@ -430,13 +427,7 @@ impl<E: Ec2> Manager<E> {
         let held_elsewhere =
             |p: &Placement<'_>| (late_holders.iter()).any(|h| h.id != p.eni.id && h.holds(p.ip()));
         let held: Vec<Placement<'_>> = (refused.iter())
-            .filter(|p| {
-                (refused.iter()).any(|q| {
-                    q.eni.id == p.eni.id
-                        && q.ip().is_ipv4() == p.ip().is_ipv4()
-                        && held_elsewhere(q)
-                })
-            })
+            .filter(|p| (refused.iter()).any(|q| same_call(p, q) && held_elsewhere(q)))
             .copied()
             .chain(retry)
             .collect();
@@ -735,6 +726,12 @@ impl<E: Ec2> Manager<E> {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Whether two placements went in one assign call (one ENI, one address family): a
+/// refused call failed both.
+fn same_call(p: &Placement<'_>, q: &Placement<'_>) -> bool {
+    p.eni.id == q.eni.id && p.ip().is_ipv4() == q.ip().is_ipv4()
 }
 
 /// Subnets described afresh into the cache, keeping a VPC already described: a

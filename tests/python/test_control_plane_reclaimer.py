@@ -42,14 +42,7 @@ class HostReclaimer:
         token = cp.create(f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{spec['serviceAccountName']}/token",
                           {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                            "spec": {"expirationSeconds": 3600}})["status"]["token"]
-        kubeconfig = tmp / f"{name}.kubeconfig"
-        kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "c",
-            "clusters": [{"name": "c", "cluster": {"server": cp.url,
-                                                   "certificate-authority": str(cp.dir / "ca.crt")}}],
-            "users": [{"name": "u", "user": {"token": token}}],
-            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-        }))
+        kubeconfig = cp.write_kubeconfig(tmp / f"{name}.kubeconfig", token, name)
         self.admin_port = free_port()
         args = [f"--admin-listen=127.0.0.1:{self.admin_port}" if a.startswith("--admin-listen=") else a
                 for a in container["args"]]

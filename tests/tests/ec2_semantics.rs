@@ -491,20 +491,9 @@ async fn ipv6_is_unassigned_from_its_holder_then_assigned_here() {
     );
     // At a start the assignment is tried first; EC2's InvalidIPAddress.InUse makes the
     // holder known, and only then is it unassigned there.
-    let calls: Vec<(String, Option<String>, Option<String>)> = (fake.log().into_iter())
-        .filter(|e| !e.action.starts_with("Describe"))
-        .map(|e| (e.action, e.eni, e.code))
-        .collect();
-    let call = |action: &str, eni: &str, code: Option<&str>| {
-        (
-            action.to_string(),
-            Some(eni.to_string()),
-            code.map(str::to_owned),
-        )
-    };
     assert_eq!(
-        calls,
-        vec![
+        answered(&fake),
+        [
             call(
                 "AssignIpv6Addresses",
                 "eni-1n3",

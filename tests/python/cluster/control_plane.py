@@ -192,15 +192,18 @@ class ControlPlane:
         return int(head)
 
     def _write_kubeconfig(self):
-        self.kubeconfig = self.dir / "kubeconfig"
-        config = {
+        self.kubeconfig = self.write_kubeconfig(self.dir / "kubeconfig", self.token, "admin")
+
+    def write_kubeconfig(self, path, token, user):
+        """A kubeconfig for this cluster that authenticates with `token`."""
+        path.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "ipmgmt-tests",
             "clusters": [{"name": "ipmgmt-tests", "cluster": {
                 "server": self.url, "certificate-authority": str(self.dir / "ca.crt")}}],
-            "users": [{"name": "admin", "user": {"token": self.token}}],
-            "contexts": [{"name": "ipmgmt-tests", "context": {"cluster": "ipmgmt-tests", "user": "admin"}}],
-        }
-        self.kubeconfig.write_text(json.dumps(config))
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": "ipmgmt-tests", "context": {"cluster": "ipmgmt-tests", "user": user}}],
+        }))
+        return path
 
     def _start_controllers(self):
         d = self.dir
