@@ -15,6 +15,7 @@ def main(runs):
     with tempfile.TemporaryDirectory(prefix="ipmgmt-bench-") as workdir:
         c = cluster.Cluster(workdir)
         try:
+            whole_path.apply_samples(c)
             for stage, (tag, size) in sorted(c.images.items()):
                 print(f"image {stage:<8} {tag:<40} {size / 2**20:6.1f} MiB ({size} bytes)")
             failover, calls = [], []

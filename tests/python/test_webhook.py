@@ -1,6 +1,9 @@
 """The real webhook binary over TLS, with the test playing the kube-apiserver: the
-patch is applied by an independent RFC 6902 implementation (jsonpatch) and the result
-validated against the Kubernetes OpenAPI schema (kubernetes-validate --strict)."""
+patch is applied by the apiserver's own library (evanphx/json-patch, at the pinned
+release's version) and by an independent RFC 6902 implementation (jsonpatch), which
+must agree, and the result validated against the Kubernetes OpenAPI schema
+(kubernetes-validate --strict). test_control_plane.py sends the same pods through a
+real apiserver."""
 
 import copy
 import json
@@ -18,6 +21,8 @@ import kubernetes_validate
 import pytest
 import trustme
 
+from cluster_tools import tool
+
 from webhook_harness import ROOT, FIXTURE_FLAGS, FIXTURES, Webhook, decode_patch, fixture_flags, issue, review_of
 
 K8S_VERSION = "1.33.0"
@@ -25,6 +30,17 @@ K8S_VERSION = "1.33.0"
 
 def validate_pod(pod):
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+def apiserver_apply(pod, answer, tmp_path):
+    """The answer's patch applied as the apiserver applies it (evanphx/json-patch,
+    after decoding the review as the apiserver does)."""
+    original = tmp_path / "pod.json"
+    original.write_text(json.dumps(pod))
+    proc = subprocess.run([str(tool("apply-patch")), str(original)], input=json.dumps(answer),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
 
 
 def fixture_cases():
@@ -57,7 +73,7 @@ def container_name(flags):
 
 
 @pytest.mark.parametrize("case", fixture_cases())
-def test_fixture_pod_as_the_apiserver_would(webhooks, case):
+def test_fixture_pod_as_the_apiserver_would(webhooks, case, tmp_path):
     """Each golden fixture, sent to the webhook started with the fixture's flags."""
     flags = fixture_flags(case)
     webhook, manager = webhooks(flags), container_name(flags)
@@ -85,6 +101,7 @@ def test_fixture_pod_as_the_apiserver_would(webhooks, case):
     ops = decode_patch(response)
     assert ops == expected["patch"]
     patched = jsonpatch.apply_patch(pod, ops)
+    assert apiserver_apply(pod, answer, tmp_path) == patched, "evanphx/json-patch and jsonpatch disagree"
     validate_pod(patched)
     if expected["decision"] == "reorder":
         (op,) = ops
@@ -107,6 +124,7 @@ def test_fixture_pod_as_the_apiserver_would(webhooks, case):
         ops = decode_patch(moved["response"])
         assert ops == [{"op": "move", "from": f"/spec/{list_name}/1", "path": f"/spec/{list_name}/0"}]
         patched = jsonpatch.apply_patch(behind, ops)
+        assert apiserver_apply(behind, moved, tmp_path) == patched
         validate_pod(patched)
         assert_only_moved_to_front(behind, patched, manager)
 

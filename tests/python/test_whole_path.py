@@ -1,6 +1,6 @@
-"""The whole path with real images run by podman: the scenes of ./scripts/demo,
-asserted on what EC2 holds, exit codes and termination messages (whole_path.py,
-cluster.py). Needs root: without it every test here fails, saying so."""
+"""The whole path on the real control plane, with real images run by podman: the
+scenes of ./scripts/demo, asserted on what the apiserver and EC2 hold (whole_path.py,
+cluster/). Needs root: without it every test here fails, saying so."""
 
 import ipaddress
 import json
@@ -14,8 +14,11 @@ import whole_path as scenes
 @pytest.fixture(scope="module")
 def cl(tmp_path_factory):
     c = k.Cluster(tmp_path_factory.mktemp("whole-path"))
-    yield c
-    c.close()
+    try:
+        scenes.apply_samples(c)
+        yield c
+    finally:
+        c.close()
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def test_images_follow_the_released_dockerfile(cl, init_scene):
         version = cl.podman("run", "--rm", "--pull", "never", "--network", "none", tag, "--version")
         assert version.stdout.strip(), name
     # The manager the webhook injects is the binary the ipmgr image holds.
-    manager = init_scene[0]["admitted"].pod["spec"]["initContainers"][0]
+    manager = init_scene[0]["stored"]["spec"]["initContainers"][0]
     assert manager["image"] == cl.images["ipmgr"][0]
     assert manager["command"][0] == stages["ipmgr"]["copy"][0][1]
 
@@ -57,12 +60,40 @@ def test_a_changed_base_image_is_caught():
         k.build_image(None, stage, k.TARGET / "debug" / "ipmgr", "unused")
 
 
-def test_webhook_runs_with_the_charts_arguments(cl):
-    args = cl.webhook.container.inspect()["Args"]
-    listen = ("--listen=", "--admin-listen=")
-    assert [a for a in args if not a.startswith(listen)] == [a for a in cl.webhook.chart_args
-                                                              if not a.startswith(listen)]
-    assert f"--listen=127.0.0.1:{cl.webhook.port}" in args
+def test_webhook_pods_run_the_deployments_own_container(cl):
+    """The chart's webhook pods, from its image with its args unchanged, behind the
+    chart's Service: the EndpointSlice controller lists each pod's address."""
+    deployment = cl.cp.get("/apis/apps/v1/namespaces/ipmgmt-system/deployments/ipmgmt")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    pods = cl.workers("ipmgmt-system", k.selector(deployment))
+    assert len(pods) == deployment["spec"]["replicas"] == 2
+    endpoints = set(cl.wait_for_webhook())
+    for stored, worker in pods:
+        running = worker.pod.container("webhook").inspect()
+        assert running["Args"] == container["args"]
+        assert running["ImageName"] == container["image"] == cl.images["webhook"][0]
+        assert stored["status"]["podIP"] in endpoints
+        assert k.is_ready(stored)
+
+
+def test_the_apiserver_called_the_webhook_for_the_samples(init_scene):
+    for step in init_scene:
+        stored = step["stored"]
+        assert stored["metadata"]["annotations"]["ipmgmt.aws/injected"]
+        (owner,) = stored["metadata"]["ownerReferences"]
+        assert owner["kind"] == "ReplicaSet" and owner["name"].startswith("multus-app-")
+        assert [c["name"] for c in stored["spec"]["initContainers"]] == ["aws-ip-mgmt"]
+
+
+def test_kubelet_reports_what_ran(init_scene):
+    for step in init_scene:
+        status = step["stored"]["status"]
+        ((init,),) = [status["initContainerStatuses"]]
+        assert init["state"]["terminated"]["exitCode"] == 0 and init["name"] == "aws-ip-mgmt"
+        assert status["phase"] == "Running" and status["podIP"] == step["pod"].sandbox.pod_ip
+        assert status["containerStatuses"][0]["ready"] is True
+        network_status = json.loads(step["stored"]["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"])
+        assert [n["interface"] for n in network_status] == ["eth0", "net1", "net2"]
 
 
 def test_init_pods_have_their_addresses_on_their_own_nodes_enis_before_the_app(init_scene):
@@ -98,6 +129,9 @@ def test_dual_stack_addresses_both_land_on_the_second_multus_eni(init_scene):
 def test_floating_ip_follows_the_pod_that_holds_it(floating_scene):
     s = floating_scene
     assert s["to_a"] >= 0 and s["failover"] >= 0
+    a, b = s["pods"]
+    assert a.node is not b.node, "the sample's anti-affinity puts the pair on two nodes"
+    assert s["pods_after_a"] == [b.name], "the scale-down took the pod with the lower deletion cost"
     assert s["stop_a"] == {"app": 0, "aws-ip-mgmt": 0}
     assert s["after_a"] == {"vip": [s["eni_b"].id], "own": []}, "the VIP stays with the new holder"
 
@@ -120,12 +154,17 @@ def test_the_sidecar_runs_as_the_patched_pod_says(floating_scene):
 
 
 def test_a_missing_permission_is_one_line_in_the_termination_message(permission_scene):
-    pod = permission_scene["pod"]
-    ((name, code, _, message),) = pod.init_results
-    assert pod.phase == "Init:Error" and pod.app_started is None
-    assert (name, code) == ("aws-ip-mgmt", 1)
+    stored = permission_scene["stored"]
+    ((status,),) = [stored["status"]["initContainerStatuses"]]
+    terminated = status["state"]["terminated"]
+    assert stored["status"]["phase"] == "Pending" and permission_scene["pod"].app_started is None
+    assert permission_scene["status_column"] == "Init:Error"
+    assert (status["name"], terminated["exitCode"]) == ("aws-ip-mgmt", 1)
+    message = terminated["message"]
     assert len(message.splitlines()) == 1
     assert "UnauthorizedOperation" in message and "ec2:AssignPrivateIpAddresses" in message
+    # Scaled back, the ReplicaSet took the pod that never became ready.
+    assert permission_scene["kept"] == permission_scene["before"]
     for address, holders in permission_scene["held"].items():
         if ipaddress.ip_address(address).version == 4:
             assert holders == [], f"{address} was assigned although the role may not"

@@ -5,11 +5,12 @@ Helm 4 pointed at it.
 
 What it is and is not: the apiserver runs its whole admission chain (mutating webhooks
 with matchConditions, ValidatingAdmissionPolicy, the built-in plugins), RBAC, and the
-controllers and scheduler reconcile as in any cluster. There is no kubelet yet: pods
-are scheduled to Node objects that nothing runs, so a webhook the apiserver calls runs
-as a process on this machine, and an EndpointSlice of the caller's points the chart's
-Service at it (the apiserver resolves webhook Services through EndpointSlices, as
-`--enable-aggregator-routing` makes it), at the host end of a veth pair."""
+controllers and scheduler reconcile as in any cluster. No kubelet runs here: the
+Nodes are objects, and what runs their pods is the caller's (the kubelet stand-in of
+`node.py` for the whole path; for the control-plane scenes, a webhook process on this
+machine that an EndpointSlice of the test's points the chart's Service at, at the host
+end of a veth pair). The apiserver resolves webhook Services through EndpointSlices,
+as `--enable-aggregator-routing` makes it."""
 
 import base64
 import json
@@ -24,8 +25,6 @@ import requests
 import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
-from webhook_harness import ROOT
 
 from cluster_tools import tool
 
@@ -87,12 +86,16 @@ class Process:
 
 
 class ControlPlane:
-    def __init__(self, workdir: pathlib.Path, port=None):
-        """`port`: the apiserver's secure port (default: a free one)."""
+    def __init__(self, workdir: pathlib.Path, port=None, nodes=()):
+        """`port`: the apiserver's secure port (default: a free one). `nodes`: names of
+        the nodes whose kubelets will call in; each gets a token of its own in
+        `node_tokens`, for the identity `system:node:<name>` in `system:nodes`, which
+        the Node authorizer and NodeRestriction judge as they judge a kubelet."""
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.procs = []
         self.token = secrets.token_hex(16)
+        self.node_tokens = {name: secrets.token_hex(16) for name in nodes}
         self.ca = trustme.CA(organization_name="ipmgmt tests cluster CA")
         self.port = port or free_port()
         self.url = f"https://127.0.0.1:{self.port}"
@@ -123,7 +126,9 @@ class ControlPlane:
                                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
         # One static token: the test's admin, and the controllers' identity, in
         # system:masters (what kubeadm's admin.conf carries).
-        (d / "tokens.csv").write_text(f'{self.token},admin,admin,"system:masters"\n')
+        lines = [f'{self.token},admin,admin,"system:masters"']
+        lines += [f'{token},system:node:{name},node-{name},"system:nodes"' for name, token in self.node_tokens.items()]
+        (d / "tokens.csv").write_text("\n".join(lines) + "\n")
 
     def _start_etcd(self):
         client, peer = free_port(), free_port()
@@ -259,10 +264,12 @@ class ControlPlane:
 
     # -- use -------------------------------------------------------------------------
 
-    def request(self, method, path, body=None, raw=False, content_type="application/json", **params):
+    def request(self, method, path, body=None, raw=False, content_type="application/json", token=None, **params):
+        """One API call, as the admin or as whoever `token` is; the decoded answer, or
+        with `raw` the response itself."""
         r = requests.request(method, self.url + path, params=params or None,
                              data=None if body is None else (body if isinstance(body, (str, bytes)) else json.dumps(body)),
-                             headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type},
+                             headers={"Authorization": f"Bearer {token or self.token}", "Content-Type": content_type},
                              verify=str(self.dir / "ca.crt"), timeout=30)
         if raw:
             return r
@@ -294,7 +301,7 @@ class ControlPlane:
 
     def add_node(self, name, provider_id, labels=None):
         """A Node object the scheduler may bind pods to: Ready, with room for pods.
-        Nothing runs its pods (no kubelet yet)."""
+        What runs its pods is the caller's."""
         self.create("/api/v1/nodes", {
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",

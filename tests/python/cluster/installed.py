@@ -1,7 +1,9 @@
 """The chart installed on a real control plane (`control_plane.py`) with Helm 4, and
 the webhook run on this machine with the args of the chart's Deployment: an
 EndpointSlice points the chart's Service at it, so the apiserver calls it through the
-Service as it would call the chart's pods. No kubelet runs the chart's pods yet."""
+Service as it would call the chart's pods. These scenes run no kubelet, so each can
+start the webhook with a fault of its own; the whole path (`Cluster`) runs the chart's
+pods from their images instead."""
 
 import base64
 import subprocess
@@ -92,6 +94,12 @@ def restricted_pod(name, annotations=None, node=None):
             "metadata": {"name": name, "namespace": APPS, "annotations": annotations or {}}, "spec": spec}
 
 
+def create_restricted_namespace(cp, name):
+    """A namespace that enforces the restricted Pod Security profile."""
+    cp.kubectl("create", "namespace", name)
+    cp.kubectl("label", "namespace", name, f"{RESTRICTED}=restricted")
+
+
 def install_with_cert_manager(cp, sets):
     """The chart's defaults: cert-manager issues the serving certificate from the
     chart's own CA and injects that CA into the webhook configuration."""
@@ -139,8 +147,7 @@ def start(tmp, tls, sets=()):
         cp.add_node(NODE, f"aws:///us-west-2a/{NODE_INSTANCE}", labels={"example.com/multus-ready": "true"})
         # Both namespaces enforce the restricted Pod Security profile, as the user guide
         # allows: a chart pod, or an injected manager, that breaks it is refused.
-        cp.kubectl("create", "namespace", NAMESPACE)
-        cp.kubectl("label", "namespace", NAMESPACE, f"{RESTRICTED}=restricted")
+        create_restricted_namespace(cp, NAMESPACE)
         if cp.tls == "cert-manager":
             chain, key = install_with_cert_manager(cp, sets)
         else:

@@ -3,6 +3,7 @@
 import json
 import pathlib
 import time
+import urllib.request
 
 from .base import SECCOMP_RUNTIME_DEFAULT, Fail
 
@@ -86,6 +87,8 @@ class Kubelet:
         self.local_images = set()
 
     def env_of(self, pod_manifest, container):
+        """The container's env as kubelet resolves it: values, and the downward API's
+        fields of the pod."""
         env = {}
         for var in container.get("env", []):
             if "value" in var:
@@ -95,14 +98,18 @@ class Kubelet:
             values = {"spec.nodeName": pod_manifest["spec"].get("nodeName"),
                       "metadata.name": pod_manifest["metadata"].get("name"),
                       "metadata.namespace": pod_manifest["metadata"].get("namespace"),
-                      "spec.serviceAccountName": pod_manifest["spec"].get("serviceAccountName", "default")}
+                      "spec.serviceAccountName": pod_manifest["spec"].get("serviceAccountName", "default"),
+                      "metadata.uid": pod_manifest["metadata"].get("uid"),
+                      "status.podIP": pod_manifest.get("status", {}).get("podIP"),
+                      "status.hostIP": pod_manifest.get("status", {}).get("hostIP")}
             if field not in values or values[field] is None:
                 raise Fail(f"container {container['name']}: env {var['name']} from {var.get('valueFrom')} is not "
                            f"resolved here")
             env[var["name"]] = values[field]
         return env
 
-    def podman_args(self, pod_manifest, container, name, network, extra_env):
+    def podman_args(self, pod_manifest, container, name, network, extra_env, volumes):
+        """`volumes`: {volume name: the host directory kubelet laid it out in}."""
         spec = pod_manifest["spec"]
         pod_sc = spec.get("securityContext", {})
         sc = container.get("securityContext", {})
@@ -145,21 +152,11 @@ class Kubelet:
             args += ["--cpu-shares", str(max(2, millicpu(cpu_request) * 1024 // 1000))]
         for key, value in {**self.env_of(pod_manifest, container), **extra_env}.items():
             args += ["--env", f"{key}={value}"]
-        # Volumes: emptyDir and Secret volumes as kubelet lays them out.
         pod_dir = self.workdir / "pods" / pod_manifest["metadata"]["name"]
-        volumes = {v["name"]: v for v in spec.get("volumes", [])}
         for mount in container.get("volumeMounts", []):
-            volume = volumes.get(mount["name"])
-            if volume is None:
+            host = volumes.get(mount["name"])
+            if host is None:
                 raise Fail(f"container {container['name']} mounts {mount['name']}, which the pod does not define")
-            if "emptyDir" in volume:
-                host = pod_dir / "volumes" / mount["name"]
-                host.mkdir(parents=True, exist_ok=True)
-                host.chmod(0o777)
-            elif "hostPathForTests" in volume:
-                host = pathlib.Path(volume["hostPathForTests"])
-            else:
-                raise Fail(f"volume {mount['name']} of {container['name']}: only emptyDir volumes run here")
             suffix = ":ro" if mount.get("readOnly") else ""
             args += ["--volume", f"{host}:{mount['mountPath']}{suffix}"]
         termination = pod_dir / "termination" / container["name"]
@@ -173,69 +170,50 @@ class Kubelet:
         args += container.get("args", [])
         return args, termination
 
-    def start_container(self, pod_manifest, container, network, extra_env=None):
+    def start_container(self, pod_manifest, container, network, extra_env=None, volumes=None):
         name = f"{pod_manifest['metadata']['name']}-{container['name']}"
         self.podman("rm", "--force", name, check=False)
-        args, termination = self.podman_args(pod_manifest, container, name, network, extra_env or {})
+        args, termination = self.podman_args(pod_manifest, container, name, network, extra_env or {}, volumes or {})
         self.podman(*args)
         return Container(self.podman, name, container, termination)
 
-    def probe(self, container, probe, what):
-        """An exec probe as kubelet runs it; returns the seconds until it passed."""
+    def probe_once(self, container, probe, pod_ip):
+        """One try of an exec or httpGet probe; whether it passed."""
+        timeout = probe.get("timeoutSeconds", 1)
+        if "exec" in probe:
+            return container.exec(probe["exec"]["command"], timeout=timeout + 10).returncode == 0
+        if "httpGet" in probe:
+            get = probe["httpGet"]
+            port = get["port"]
+            if isinstance(port, str):
+                (port,) = [p["containerPort"] for p in container.spec.get("ports", []) if p.get("name") == port]
+            try:
+                url = f"{get.get('scheme', 'HTTP').lower()}://{pod_ip}:{port}{get.get('path', '/')}"
+                with urllib.request.urlopen(url, timeout=timeout) as resp:
+                    return 200 <= resp.status < 400
+            except OSError:
+                return False
+        raise Fail(f"a probe of {container.spec['name']} is neither exec nor httpGet: {probe}")
+
+    def probe(self, container, probe, what, pod_ip=None, give_up=True):
+        """A probe as kubelet runs it, until it passes; the seconds that took. With
+        `give_up`, fails after failureThreshold tries (a startup probe)."""
         start = time.monotonic()
         time.sleep(probe.get("initialDelaySeconds", 0))
         failures = 0
-        while True:
-            proc = container.exec(probe["exec"]["command"], timeout=probe.get("timeoutSeconds", 1) + 10)
-            if proc.returncode == 0:
-                return time.monotonic() - start
+        while not self.probe_once(container, probe, pod_ip):
             failures += 1
-            if failures >= probe.get("failureThreshold", 3):
+            if give_up and failures >= probe.get("failureThreshold", 3):
                 raise Fail(f"{what} of {container.spec['name']} failed {failures} times: {container.logs()[-1500:]}")
             time.sleep(probe.get("periodSeconds", 10))
+        return time.monotonic() - start
 
-    def run_pod(self, pod, network):
-        """Init containers in order (a native sidecar once its startup probe passes),
-        then the regular containers, each after the previous one's postStart hook."""
-        manifest = pod.manifest
-        for container in manifest["spec"].get("initContainers", []):
-            if container["image"] not in self.local_images:
-                raise Fail(f"init container {container['name']} uses {container['image']}, which is not here")
-            started = time.monotonic()
-            running = self.start_container(manifest, container, network, self.extra_env(pod, container))
-            if container.get("restartPolicy") == "Always":
-                pod.containers.append(running)
-                if "startupProbe" in container:
-                    self.probe(running, container["startupProbe"], "startup probe")
-                pod.init_results.append((container["name"], None, time.monotonic() - started, ""))
-                continue
-            code = running.wait()
-            message = running.termination_message(code)
-            pod.init_results.append((container["name"], code, time.monotonic() - started, message))
-            running.remove()
-            if code != 0:
-                pod.phase = "Init:Error"
-                return pod
-        for container in manifest["spec"]["containers"]:
-            if container["image"] not in self.local_images:
-                raise Fail(f"container {container['name']} uses {container['image']}, which is not here")
-            running = self.start_container(manifest, container, network, self.extra_env(pod, container))
-            pod.containers.append(running)
-            # kubelet starts the next container only once a postStart hook has returned.
-            hook = container.get("lifecycle", {}).get("postStart", {}).get("exec")
-            if hook is not None:
-                proc = running.exec(hook["command"], timeout=120)
-                if proc.returncode != 0:
-                    raise Fail(f"postStart hook of {container['name']} exited {proc.returncode}: "
-                               f"{running.logs()[-1500:]}")
-        pod.app_started = time.monotonic()
-        pod.phase = "Running"
-        return pod
-
-    def stop_pod(self, pod):
-        """SIGTERM, then SIGKILL after the grace period: regular containers first, then
-        native sidecars in reverse order. Returns {container: exit code}."""
-        grace = pod.manifest["spec"].get("terminationGracePeriodSeconds", 30)
+    def stop_pod(self, pod, grace=None):
+        """SIGTERM, then SIGKILL after the grace period (`grace`, else the pod's):
+        regular containers first, then native sidecars in reverse order. Returns
+        {container: exit code}."""
+        if grace is None:
+            grace = pod.manifest["spec"].get("terminationGracePeriodSeconds", 30)
         sidecars = {c["name"] for c in pod.manifest["spec"].get("initContainers", [])}
         order = [c for c in pod.containers if c.spec["name"] not in sidecars]
         order += [c for c in reversed(pod.containers) if c.spec["name"] in sidecars]

@@ -1,5 +1,5 @@
-"""The VPC and the nodes: the fake EC2 as a process, the nodes' ENIs, whereabouts'
-address pools, and each pod's network namespace with its Multus interfaces."""
+"""The VPC and the nodes: the fake EC2 as a process, the nodes' ENIs, and each pod's
+network namespace with its Multus interfaces."""
 
 import ipaddress
 import json
@@ -9,7 +9,6 @@ import subprocess
 import time
 import urllib.request
 
-from deploy_harness import SAMPLES, cni_config, load_yaml_docs, ranges
 from webhook_harness import TARGET
 
 from .base import IAM_POLICY, PROFILE, REGION, Fail, run
@@ -27,6 +26,8 @@ class Node:
         self.n = n
         self.name = f"ip-10-0-0-{10 * n}.{REGION}.compute.internal"
         self.instance_id = f"i-0{n:015x}"
+        self.address = f"10.0.0.{10 * n}"
+        self.provider_id = f"aws:///{REGION}a/{self.instance_id}"
         self.labels = {"kubernetes.io/hostname": self.name, "example.com/multus-ready": "true"}
         self.enis = {
             0: Eni(f"eni-0{n:03x}0primary", f"0a:00:00:00:{n:02x}:00", "subnet-nodes", 0),
@@ -43,19 +44,11 @@ SUBNETS = [
 ]
 
 
-NO_MANAGE = ["node.k8s.amazonaws.com/no_manage", "true"]
-SUBNETS = [
-    {"id": "subnet-nodes", "ipv4": "10.0.0.0/24", "ipv6": []},
-    {"id": "subnet-net1", "ipv4": "10.0.4.0/24", "ipv6": []},
-    {"id": "subnet-net2", "ipv4": "10.0.5.0/24", "ipv6": ["2001:db8:0:5::/64"]},
-]
-
-
 def world_of(nodes):
     enis = []
     for node in nodes:
         for index, eni in node.enis.items():
-            primary = f"10.0.0.{10 * node.n}" if index == 0 else f"10.0.{3 + index}.{10 * node.n}"
+            primary = node.address if index == 0 else f"10.0.{3 + index}.{10 * node.n}"
             enis.append({"id": eni.id, "instance_id": node.instance_id, "device_index": index, "mac": eni.mac,
                          "subnet_id": eni.subnet, "ipv4": [primary], "ipv6": [],
                          "tags": [] if index == 0 else [NO_MANAGE]})
@@ -124,37 +117,6 @@ class Vpc:
         self.proc.wait(timeout=10)
 
 
-class Whereabouts:
-    """Cluster-wide IPAM of the sample attachments: the lowest free address of each
-    range, as whereabouts hands them out."""
-
-    def __init__(self):
-        self.nads = {(d["metadata"]["namespace"], d["metadata"]["name"]): cni_config(d)
-                     for f in sorted(SAMPLES.glob("*.yaml")) for d in load_yaml_docs(f)
-                     if d["kind"] == "NetworkAttachmentDefinition"}
-        self.taken = set()
-
-    def allocate(self, namespace, name):
-        """The attachment's master (eth1, eth2) and one address with prefix per range."""
-        config = self.nads.get((namespace, name))
-        if config is None:
-            raise Fail(f"no NetworkAttachmentDefinition {namespace}/{name} in deploy/samples")
-        out = []
-        for network, first, last in ranges(config["ipam"]):
-            address = first
-            while address in self.taken:
-                address += 1
-            if address > last:
-                raise Fail(f"range {first}-{last} of {name} is exhausted")
-            self.taken.add(address)
-            out.append(f"{address}/{network.prefixlen}")
-        return config["master"], out
-
-    def free(self, cidrs):
-        for cidr in cidrs:
-            self.taken.discard(ipaddress.ip_interface(cidr).ip)
-
-
 def ip(*args):
     run(["ip", *args])
 
@@ -174,6 +136,7 @@ class Sandbox:
         self.ns = f"ipmgmt-wp-{tag}"
         self.links = []
         self.host_ip = f"198.18.1.{4 * n + 1}"
+        self.pod_ip = f"198.18.1.{4 * n + 2}"
         self.tag, self.n = tag, n
         run(["ip", "netns", "del", self.ns], check=False)
         ip("netns", "add", self.ns)
@@ -185,7 +148,7 @@ class Sandbox:
         ip("-n", self.ns, "link", "set", peer, "name", "eth0")
         ip("addr", "add", f"{self.host_ip}/30", "dev", host)
         ip("link", "set", host, "up")
-        ip("-n", self.ns, "addr", "add", f"198.18.1.{4 * n + 2}/30", "dev", "eth0")
+        ip("-n", self.ns, "addr", "add", f"{self.pod_ip}/30", "dev", "eth0")
         ip("-n", self.ns, "link", "set", "eth0", "up")
         self._wait_up(host)
 
