@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
+use ipmgmt_common::ipmgr_env;
+
 use crate::eni::Tag;
 
 #[derive(Parser, Debug)]
@@ -40,7 +42,7 @@ pub struct Args {
     #[arg(
         long,
         global = true,
-        env = "IPMGR_PRIMARY_INTERFACE",
+        env = ipmgr_env::PRIMARY_INTERFACE,
         default_value = "eth0"
     )]
     pub primary_interface: String,
@@ -50,7 +52,7 @@ pub struct Args {
     #[arg(
         long,
         global = true,
-        env = "IPMGR_INTERFACES",
+        env = ipmgr_env::INTERFACES,
         value_delimiter = ',',
         value_name = "NAMES"
     )]
@@ -61,14 +63,14 @@ pub struct Args {
     #[arg(
         long,
         global = true,
-        env = "IPMGR_MIN_DEVICE_INDEX",
+        env = ipmgr_env::MIN_DEVICE_INDEX,
         default_value_t = 1
     )]
     pub min_device_index: i32,
 
     /// Assign only to ENIs tagged node.k8s.amazonaws.com/no_manage=true: the VPC CNI
     /// manages every other ENI and hands out the addresses it finds there.
-    #[arg(long, global = true, env = "IPMGR_REQUIRE_NO_MANAGE_TAG", default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, global = true, env = ipmgr_env::REQUIRE_NO_MANAGE_TAG, default_value_t = true, action = ArgAction::Set)]
     pub require_no_manage_tag: bool,
 
     /// Assign only to ENIs that also carry this tag, KEY=VALUE (split at the first
@@ -77,13 +79,13 @@ pub struct Args {
     #[arg(
         long,
         global = true,
-        env = "IPMGR_CLUSTER_TAG",
+        env = ipmgr_env::CLUSTER_TAG,
         value_name = "KEY=VALUE"
     )]
     pub cluster_tag: Option<Tag>,
 
     /// Take an address another ENI holds (floating IPs), IPv4 and IPv6.
-    #[arg(long, global = true, env = "IPMGR_ALLOW_REASSIGNMENT", default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, global = true, env = ipmgr_env::ALLOW_REASSIGNMENT, default_value_t = true, action = ArgAction::Set)]
     pub allow_reassignment: bool,
 
     /// Give up on the first assignment after this many seconds. Throttling is what
@@ -92,7 +94,7 @@ pub struct Args {
     #[arg(
         long = "deadline-seconds",
         global = true,
-        env = "IPMGR_DEADLINE_SECONDS",
+        env = ipmgr_env::DEADLINE_SECONDS,
         default_value = "120",
         value_name = "SECONDS",
         value_parser = seconds_at_least::<1>
@@ -103,7 +105,7 @@ pub struct Args {
     #[arg(
         long = "address-wait-seconds",
         global = true,
-        env = "IPMGR_ADDRESS_WAIT_SECONDS",
+        env = ipmgr_env::ADDRESS_WAIT_SECONDS,
         default_value = "10",
         value_name = "SECONDS",
         value_parser = seconds_at_least::<0>
@@ -114,7 +116,7 @@ pub struct Args {
     #[arg(
         long = "confirm-seconds",
         global = true,
-        env = "IPMGR_CONFIRM_SECONDS",
+        env = ipmgr_env::CONFIRM_SECONDS,
         default_value = "30",
         value_name = "SECONDS",
         value_parser = seconds_at_least::<1>
@@ -125,7 +127,7 @@ pub struct Args {
     #[arg(
         long = "resync-seconds",
         global = true,
-        env = "IPMGR_RESYNC_SECONDS",
+        env = ipmgr_env::RESYNC_SECONDS,
         default_value = "300",
         value_name = "SECONDS",
         value_parser = seconds_at_least::<1>
@@ -136,7 +138,7 @@ pub struct Args {
     #[arg(
         long = "coalesce-ms",
         global = true,
-        env = "IPMGR_COALESCE_MS",
+        env = ipmgr_env::COALESCE_MS,
         default_value = "5",
         value_name = "MS",
         value_parser = millis_at_least::<0>
@@ -148,7 +150,7 @@ pub struct Args {
     #[arg(
         long = "release-delay-seconds",
         global = true,
-        env = "IPMGR_RELEASE_DELAY_SECONDS",
+        env = ipmgr_env::RELEASE_DELAY_SECONDS,
         default_value = "0",
         value_name = "SECONDS",
         value_parser = seconds_at_least::<0>
@@ -159,7 +161,8 @@ pub struct Args {
     #[arg(
         long = "release-timeout-seconds",
         global = true,
-        env = "IPMGR_RELEASE_TIMEOUT_SECONDS",
+        env = ipmgr_env::RELEASE_TIMEOUT_SECONDS,
+        // ipmgr_env::DEFAULT_RELEASE_TIMEOUT_SECONDS (tests/tests/contract.rs checks it).
         default_value = "5",
         value_name = "SECONDS",
         value_parser = seconds_at_least::<1>
@@ -168,7 +171,7 @@ pub struct Args {
 
     /// Sidecar: serve Prometheus metrics on this address (e.g. 0.0.0.0:9090) at
     /// `/metrics`; off when unset.
-    #[arg(long, global = true, env = "IPMGR_METRICS_LISTEN")]
+    #[arg(long, global = true, env = ipmgr_env::METRICS_LISTEN)]
     pub metrics_listen: Option<std::net::SocketAddr>,
 
     /// Sidecar: the file that tells `ipmgr ready` every address is assigned; present
@@ -176,7 +179,7 @@ pub struct Args {
     #[arg(
         long,
         global = true,
-        env = "IPMGR_READY_FILE",
+        env = ipmgr_env::READY_FILE,
         default_value = "/run/ipmgmt/ready"
     )]
     pub ready_file: PathBuf,
@@ -185,7 +188,7 @@ pub struct Args {
     #[arg(
         long,
         global = true,
-        env = "IPMGR_TERMINATION_LOG",
+        env = ipmgr_env::TERMINATION_LOG,
         default_value = "/dev/termination-log"
     )]
     pub termination_log: PathBuf,
@@ -198,7 +201,7 @@ pub struct Args {
     #[arg(
         long,
         global = true,
-        env = "IPMGR_RETRY_MAX_ATTEMPTS",
+        env = ipmgr_env::RETRY_MAX_ATTEMPTS,
         default_value_t = 8
     )]
     pub retry_max_attempts: u32,
@@ -207,18 +210,18 @@ pub struct Args {
     #[arg(
         long = "retry-initial-backoff-ms",
         global = true,
-        env = "IPMGR_RETRY_INITIAL_BACKOFF_MS",
+        env = ipmgr_env::RETRY_INITIAL_BACKOFF_MS,
         default_value = "200",
         value_name = "MS",
         value_parser = millis_at_least::<1>
     )]
     pub retry_initial_backoff: Duration,
 
-    #[arg(long, global = true, env = "IPMGR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = ipmgr_env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Log filter, in tracing's EnvFilter syntax.
-    #[arg(long, global = true, env = "IPMGR_LOG_LEVEL", default_value = "info")]
+    #[arg(long, global = true, env = ipmgr_env::LOG_LEVEL, default_value = "info")]
     pub log_level: String,
 }
 

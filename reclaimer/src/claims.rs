@@ -20,11 +20,11 @@ use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 
 /// The annotation the webhook keys on: a pod with it is ipmgr's.
-pub const MODE_ANNOTATION: &str = "ipmgmt.aws/mode";
+pub const MODE_ANNOTATION: &str = ipmgmt_common::annotations::MODE;
 /// The networks a pod asks Multus for.
-pub const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
+pub const NETWORKS_ANNOTATION: &str = ipmgmt_common::annotations::MULTUS_NETWORKS;
 /// What Multus reports it attached.
-pub const NETWORK_STATUS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/network-status";
+pub const NETWORK_STATUS_ANNOTATION: &str = ipmgmt_common::annotations::MULTUS_NETWORK_STATUS;
 
 /// What one pod contributes to a sweep.
 #[derive(Clone, Debug, PartialEq, Eq)]

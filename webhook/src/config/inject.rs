@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use ipmgmt_common::ipmgr_env;
+
 use crate::inject::{self, Config, Mode, Quantity, Resources};
 
 use super::env::{is_env_name, split_env};
@@ -101,6 +103,14 @@ pub struct InjectArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub startup_timeout_seconds: u32,
 
+    /// Seconds a sidecar's release may take after SIGTERM (IPMGR_RELEASE_TIMEOUT_SECONDS).
+    /// A classic sidecar's release delay is computed from it, so that the release ends
+    /// about 5 s before kubelet's SIGKILL.
+    #[arg(long, env = "IPMGMT_IPMGR_RELEASE_TIMEOUT_SECONDS",
+          default_value_t = ipmgr_env::DEFAULT_RELEASE_TIMEOUT_SECONDS,
+          value_parser = clap::value_parser!(u32).range(1..=60))]
+    pub ipmgr_release_timeout_seconds: u32,
+
     /// Extra NAME=VALUE environment for the IP manager (repeatable), e.g.
     /// IPMGR_LOG_FORMAT=json. One value may hold several, comma-separated: a comma
     /// followed by an upper-case NAME= starts the next variable, any other comma belongs
@@ -153,6 +163,7 @@ impl InjectArgs {
             memory_limit,
             run_as_user,
             startup_timeout_seconds,
+            ipmgr_release_timeout_seconds,
             ipmgr_env,
         } = self;
         if image.trim().is_empty() {
@@ -238,6 +249,25 @@ impl InjectArgs {
                     format!("{name:?} is not a variable name"),
                 ));
             }
+            if name == ipmgr_env::RELEASE_TIMEOUT_SECONDS {
+                return Err(invalid(
+                    "--ipmgr-env",
+                    format!(
+                        "{name} is set with --ipmgr-release-timeout-seconds (the chart's \
+                         injection.releaseTimeoutSeconds), from which a classic sidecar's \
+                         release delay is computed"
+                    ),
+                ));
+            }
+            if name.starts_with("IPMGR_") && !ipmgr_env::is_known(name) {
+                return Err(invalid(
+                    "--ipmgr-env",
+                    format!(
+                        "ipmgr reads no {name}; it reads {}",
+                        ipmgr_env::ALL.join(", ")
+                    ),
+                ));
+            }
             env.insert(name.to_owned(), value.to_owned());
         }
         Ok(Config {
@@ -257,6 +287,7 @@ impl InjectArgs {
             resources,
             run_as_user: *run_as_user,
             startup_timeout_seconds: *startup_timeout_seconds,
+            release_timeout_seconds: *ipmgr_release_timeout_seconds,
             ipmgr_env: env,
         })
     }

@@ -70,6 +70,8 @@ pub struct Config {
     /// How long the sidecar may take to assign the pod's addresses before the
     /// startup probe gives up on it.
     pub startup_timeout_seconds: u32,
+    /// How long a sidecar's release may take (IPMGR_RELEASE_TIMEOUT_SECONDS).
+    pub release_timeout_seconds: u32,
     /// Extra variables for ipmgr (log format, deadlines, primary interface).
     pub ipmgr_env: BTreeMap<String, String>,
 }

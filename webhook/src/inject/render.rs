@@ -1,6 +1,7 @@
 //! The manager container and the volumes it needs, from the configuration and one
 //! pod's overrides.
 
+use ipmgmt_common::ipmgr_env;
 use serde_json::{Value, json};
 
 use super::request::{DEFAULT_GRACE_SECONDS, Overrides, release_delay_seconds};
@@ -58,6 +59,7 @@ pub fn container(
         resources: configured_resources,
         run_as_user,
         startup_timeout_seconds,
+        release_timeout_seconds,
         ipmgr_env,
     } = cfg;
     let form = Form::of(mode, *classic_sidecar);
@@ -101,20 +103,31 @@ pub fn container(
         mounts.push(json!({"name": IRSA_VOLUME, "mountPath": IRSA_MOUNT_PATH, "readOnly": true}));
     }
     if *reassignment_off {
-        env.push(value("IPMGR_ALLOW_REASSIGNMENT", "false"));
+        env.push(value(ipmgr_env::ALLOW_REASSIGNMENT, "false"));
     }
     if let Some(names) = interfaces {
-        env.push(value("IPMGR_INTERFACES", names));
+        env.push(value(ipmgr_env::INTERFACES, names));
     }
     if form.runs_alongside() {
-        env.push(value("IPMGR_READY_FILE", READY_FILE));
+        env.push(value(ipmgr_env::READY_FILE, READY_FILE));
         mounts.push(json!({"name": ready_volume, "mountPath": READY_DIR}));
+    }
+    if form.runs_alongside()
+        && *release_timeout_seconds != ipmgr_env::DEFAULT_RELEASE_TIMEOUT_SECONDS
+    {
+        env.push(value(
+            ipmgr_env::RELEASE_TIMEOUT_SECONDS,
+            &release_timeout_seconds.to_string(),
+        ));
     }
     match form {
         Form::Init | Form::NativeSidecar => {}
         Form::ClassicSidecar => {
-            let delay = release_delay.unwrap_or(release_delay_seconds(DEFAULT_GRACE_SECONDS));
-            env.push(value("IPMGR_RELEASE_DELAY_SECONDS", &delay.to_string()));
+            let delay = release_delay.unwrap_or(release_delay_seconds(
+                DEFAULT_GRACE_SECONDS,
+                *release_timeout_seconds,
+            ));
+            env.push(value(ipmgr_env::RELEASE_DELAY_SECONDS, &delay.to_string()));
         }
     }
     // What the webhook sets for this pod wins over the same name in --ipmgr-env:

@@ -5,12 +5,14 @@ use super::pod::{self, Pod, Spec};
 use super::resources::{self, Override, RESOURCES_ANNOTATION, Resources};
 use super::{Config, Form, Mode, Skip};
 
-pub const MODE_ANNOTATION: &str = "ipmgmt.aws/mode";
-pub const ROLE_ARN_ANNOTATION: &str = "ipmgmt.aws/role-arn";
-pub const ALLOW_REASSIGNMENT_ANNOTATION: &str = "ipmgmt.aws/allow-reassignment";
-pub const INTERFACES_ANNOTATION: &str = "ipmgmt.aws/interfaces";
-pub const INJECTED_ANNOTATION: &str = "ipmgmt.aws/injected";
-pub const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
+use ipmgmt_common::annotations;
+
+pub const MODE_ANNOTATION: &str = annotations::MODE;
+pub const ROLE_ARN_ANNOTATION: &str = annotations::ROLE_ARN;
+pub const ALLOW_REASSIGNMENT_ANNOTATION: &str = annotations::ALLOW_REASSIGNMENT;
+pub const INTERFACES_ANNOTATION: &str = annotations::INTERFACES;
+pub const INJECTED_ANNOTATION: &str = annotations::INJECTED;
+pub const NETWORKS_ANNOTATION: &str = annotations::MULTUS_NETWORKS;
 pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
 /// The EKS pod-identity webhook gives the pod's role to every container not named here.
 pub const SKIP_CONTAINERS_ANNOTATION: &str = "eks.amazonaws.com/skip-containers";
@@ -186,10 +188,11 @@ fn checked<'p>(
     let (release_delay, default_container) = match form {
         Form::Init | Form::NativeSidecar => (None, None),
         Form::ClassicSidecar => {
+            let delay_for = |grace| release_delay_seconds(grace, cfg.release_timeout_seconds);
             let delay = spec
                 .termination_grace_period_seconds
-                .map(release_delay_seconds)
-                .filter(|&delay| delay != release_delay_seconds(DEFAULT_GRACE_SECONDS));
+                .map(delay_for)
+                .filter(|&delay| delay != delay_for(DEFAULT_GRACE_SECONDS));
             let app = match annotation(DEFAULT_CONTAINER_ANNOTATION) {
                 Some(_) => None,
                 None => spec
@@ -229,10 +232,12 @@ fn checked<'p>(
 
 /// How long a classic sidecar keeps the pod's addresses after SIGTERM: kubelet signals
 /// it together with the app, which may still be draining connections on them. It
-/// releases with about 10 s of the grace period left, and waits at most 20 s. Native
-/// sidecars need none: kubelet stops them only after the app containers have exited.
-pub fn release_delay_seconds(grace_seconds: i64) -> u32 {
-    grace_seconds.saturating_sub(10).clamp(0, 20) as u32
+/// starts releasing with the release timeout and 5 s more of the grace period left, so
+/// the release ends before SIGKILL, and waits at most 20 s. Native sidecars need none:
+/// kubelet stops them only after the app containers have exited.
+pub fn release_delay_seconds(grace_seconds: i64, release_timeout_seconds: u32) -> u32 {
+    let left = i64::from(release_timeout_seconds) + 5;
+    grace_seconds.saturating_sub(left).clamp(0, 20) as u32
 }
 
 /// The manager added to the pod-identity webhook's skip list, theirs kept as written.
@@ -326,6 +331,17 @@ mod tests {
     }
 
     #[test]
+    fn release_delay_leaves_the_release_timeout_and_five_seconds() {
+        for (grace, timeout, delay) in [(30, 15, 10), (30, 25, 0), (60, 1, 20), (12, 1, 6)] {
+            assert_eq!(
+                release_delay_seconds(grace, timeout),
+                delay,
+                "grace {grace}, timeout {timeout}"
+            );
+        }
+    }
+
+    #[test]
     fn release_delay_leaves_ten_seconds_and_waits_at_most_twenty() {
         for (grace, delay) in [
             (30, 20),
@@ -338,7 +354,7 @@ mod tests {
             (i64::MIN, 0),
             (i64::MAX, 20),
         ] {
-            assert_eq!(release_delay_seconds(grace), delay, "grace {grace}");
+            assert_eq!(release_delay_seconds(grace, 5), delay, "grace {grace}");
         }
     }
 

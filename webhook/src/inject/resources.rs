@@ -9,7 +9,7 @@
 use super::pod::{Container, ResourceList};
 use super::quantity::Quantity;
 
-pub const RESOURCES_ANNOTATION: &str = "ipmgmt.aws/resources";
+pub const RESOURCES_ANNOTATION: &str = ipmgmt_common::annotations::RESOURCES;
 
 const KEYS: &str = "requests.cpu, requests.memory, limits.cpu, limits.memory";
 

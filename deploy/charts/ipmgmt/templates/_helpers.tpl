@@ -121,6 +121,7 @@ has(object.metadata.annotations) && 'ipmgmt.aws/mode' in object.metadata.annotat
   (printf "--container-name=%s" $i.containerName)
   (printf "--default-mode=%s" $i.defaultMode)
   (printf "--startup-timeout-seconds=%v" $i.startupTimeoutSeconds)
+  (printf "--ipmgr-release-timeout-seconds=%v" $i.releaseTimeoutSeconds)
   (printf "--run-as-user=%v" $i.runAsUser)
   (printf "--cpu-request=%v" $i.resources.requests.cpu)
   (printf "--memory-request=%v" $i.resources.requests.memory)
