@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import pytest
+import requests
 
 from cluster.base import Fail
 from cluster.control_plane import free_port
@@ -29,12 +30,20 @@ VIP = "10.0.4.100"
 LATER = "10.0.4.68"
 # A pod deleted gracefully, whose deletion a kubelet finishes later.
 DRAINING = "10.0.4.69"
+# A pod force-deleted, whose address whereabouts hands to the next pod on the node.
+REUSED = "10.0.4.70"
+# A pod gone while a dry-run replica leads.
+REPORTED = "10.0.4.71"
+# Pods gone from a namespace the reclaimer serves, and from one it does not.
+SERVED, UNSERVED = "10.0.4.72", "10.0.4.73"
 
 
 class HostReclaimer:
     """ipmgmt-reclaimer with the chart's args, as the chart's ServiceAccount."""
 
-    def __init__(self, cp, tmp, ec2_port, name):
+    def __init__(self, cp, tmp, ec2_port, name, flags=()):
+        """`flags`: `--name=value` in place of the chart's, as a changed chart value
+        would render it."""
         deployment = [d for d in cp.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments")["items"]
                       if d["metadata"]["name"].endswith("-reclaimer")][0]
         spec = deployment["spec"]["template"]["spec"]
@@ -44,8 +53,9 @@ class HostReclaimer:
                            "spec": {"expirationSeconds": 3600}})["status"]["token"]
         kubeconfig = cp.write_kubeconfig(tmp / f"{name}.kubeconfig", token, name)
         self.admin_port = free_port()
-        args = [f"--admin-listen=127.0.0.1:{self.admin_port}" if a.startswith("--admin-listen=") else a
-                for a in container["args"]]
+        flags = [f"--admin-listen=127.0.0.1:{self.admin_port}", *flags]
+        names = {f.split("=", 1)[0] for f in flags}
+        args = [a for a in container["args"] if a.split("=", 1)[0] not in names] + flags
         env = {"PATH": os.environ["PATH"], "KUBECONFIG": str(kubeconfig), "POD_NAME": name,
                "POD_NAMESPACE": NAMESPACE, "AWS_REGION": "us-west-2",
                "AWS_ENDPOINT_URL_EC2": f"http://127.0.0.1:{ec2_port}",
@@ -55,6 +65,14 @@ class HostReclaimer:
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([str(RECLAIMER_BIN), *args], env=env, stdout=subprocess.DEVNULL,
                                      stderr=self.log)
+
+    def metric(self, series):
+        """One sample of the reclaimer's metrics, `name{labels}`; 0 when absent."""
+        text = requests.get(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
 
     def check(self):
         if self.proc.poll() is not None:
@@ -70,7 +88,9 @@ class HostReclaimer:
 def cluster(tmp_path_factory):
     assert RECLAIMER_BIN.exists(), f"{RECLAIMER_BIN} is missing: build the workspace first (cargo build --workspace)"
     tmp = tmp_path_factory.mktemp("control-plane-reclaimer")
-    vpc = Vpc([NODE1], tmp, iam_policy=POLICY, held=[(ETH1.id, GONE), (ETH1.id, LIVE), (ETH1.id, VIP), (ETH1.id, LATER), (ETH1.id, DRAINING)])
+    vpc = Vpc([NODE1], tmp, iam_policy=POLICY, held=[(ETH1.id, GONE), (ETH1.id, LIVE), (ETH1.id, VIP), (ETH1.id, LATER), (ETH1.id, DRAINING),
+                                                  (ETH1.id, REUSED), (ETH1.id, REPORTED), (ETH1.id, SERVED),
+                                                  (ETH1.id, UNSERVED)])
     cp = None
     reclaimer = None
     try:
@@ -86,9 +106,29 @@ def cluster(tmp_path_factory):
         vpc.stop()
 
 
-def multus_pod(name):
+def multus_pod(name, namespace=APPS):
     """An init-mode pod on node 1 with one ipvlan network, as the samples declare it."""
-    return restricted_pod(name, {"ipmgmt.aws/mode": "init", "k8s.v1.cni.cncf.io/networks": "ipvlan-net1"}, node=NODE)
+    pod = restricted_pod(name, {"ipmgmt.aws/mode": "init", "k8s.v1.cni.cncf.io/networks": "ipvlan-net1"}, node=NODE)
+    pod["metadata"]["namespace"] = namespace
+    return pod
+
+
+def attached(cp, name, address, namespace=APPS):
+    """The pod created, admitted through the webhook, with the network-status Multus
+    writes once its network is attached."""
+    pod = cp.create(f"/api/v1/namespaces/{namespace}/pods", multus_pod(name, namespace))
+    assert pod["spec"]["initContainers"][0]["name"] == "aws-ip-mgmt", "admitted through the webhook"
+    cp.request("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}",
+               {"metadata": {"annotations": {"k8s.v1.cni.cncf.io/network-status": network_status(address)}}},
+               content_type="application/merge-patch+json")
+
+
+def force_delete(cp, name, namespace=APPS):
+    cp.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", {"gracePeriodSeconds": 0})
+
+
+def released(vpc, address):
+    return [e for e in vpc.log() if e["action"] == "UnassignPrivateIpAddresses" and address in json.dumps(e)]
 
 
 def network_status(address):
@@ -225,5 +265,77 @@ def test_a_pod_past_its_deletion_timestamp_keeps_its_address_until_it_is_gone(cl
         cp.request("DELETE", f"/api/v1/namespaces/{APPS}/pods/draining", {"gracePeriodSeconds": 0})
         vpc.wait_for(lambda h: DRAINING not in h, timeout=60)
         replica.check()
+    finally:
+        replica.stop()
+
+
+def test_an_address_handed_to_the_next_pod_within_the_grace_is_kept(cluster, tmp_path):
+    """A pod force-deleted, and its address handed by whereabouts to the next pod on
+    the node before the grace is over: the new pod's claim stands, nothing is
+    released."""
+    cp, vpc, _ = cluster
+    replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-reuse")
+    try:
+        for name in ("first-holder", "next-holder"):
+            cp.create(f"/api/v1/namespaces/{APPS}/pods", multus_pod(name))
+            cp.request("PATCH", f"/api/v1/namespaces/{APPS}/pods/{name}",
+                       {"metadata": {"annotations": {"k8s.v1.cni.cncf.io/network-status": network_status(REUSED)}}},
+                       content_type="application/merge-patch+json")
+            if name == "first-holder":
+                time.sleep(3)
+                cp.request("DELETE", f"/api/v1/namespaces/{APPS}/pods/{name}", {"gracePeriodSeconds": 0})
+                time.sleep(1)
+        # Several sweeps, well past the 2 s grace.
+        time.sleep(8)
+        replica.check()
+        assert vpc.holders().get(REUSED) == [ETH1.id], "claimed again by the next pod"
+        assert not [e for e in vpc.log() if e["action"] == "UnassignPrivateIpAddresses"
+                    and REUSED in json.dumps(e)], "never released"
+    finally:
+        replica.stop()
+
+
+def test_a_dry_run_reports_with_an_event_and_changes_nothing(cluster, tmp_path):
+    """The chart's reclaimer.dryRun (`--dry-run=true`): a gone pod's address is
+    reported, as an Event `kubectl get events` shows and a metric, and stays."""
+    cp, vpc, _ = cluster
+    replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-dry-run", ["--dry-run=true"])
+    try:
+        attached(cp, "reported", REPORTED)
+        time.sleep(3)
+        force_delete(cp, "reported")
+        events = cp.wait_for("an AddressWouldBeReleased Event", lambda: [
+            e for e in cp.get("/api/v1/events")["items"]
+            if e["reason"] == "AddressWouldBeReleased" and REPORTED in e["message"]], timeout=60)
+        assert events[0]["message"].startswith(f"would release {REPORTED} from {ETH1.id}"), events[0]["message"]
+        shown = cp.kubectl("get", "events", "-A", "--field-selector", "reason=AddressWouldBeReleased").stdout
+        assert REPORTED in shown, shown
+        time.sleep(4)
+        replica.check()
+        assert vpc.holders().get(REPORTED) == [ETH1.id] and not released(vpc, REPORTED)
+        assert replica.metric('ipmgmt_reclaimer_releases_total{result="dry_run"}') >= 1
+    finally:
+        replica.stop()
+
+
+def test_only_namespaces_the_reclaimer_serves_have_their_addresses_released(cluster, tmp_path):
+    """A namespace outside the reclaimer's namespace selector (as the chart renders the
+    webhook's): its gone pod's address stays; a served namespace's goes."""
+    cp, vpc, _ = cluster
+    cp.kubectl("create", "namespace", "other-team")
+    replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-served", [
+        "--namespace-selector=kubernetes.io/metadata.name notin (kube-system,ipmgmt-system,other-team)"])
+    try:
+        attached(cp, "served", SERVED)
+        attached(cp, "unserved", UNSERVED, namespace="other-team")
+        time.sleep(3)
+        force_delete(cp, "served")
+        force_delete(cp, "unserved", namespace="other-team")
+        vpc.wait_for(lambda h: SERVED not in h, timeout=60)
+        time.sleep(4)
+        replica.check()
+        assert vpc.holders().get(UNSERVED) == [ETH1.id], "a namespace the reclaimer does not serve"
+        assert not released(vpc, UNSERVED)
+        assert replica.metric('ipmgmt_reclaimer_releases_total{result="released"}') == 1
     finally:
         replica.stop()

@@ -3,6 +3,21 @@
 //! IAM policy. kube-runtime's reflectors and the SDK client run unmodified; each scene
 //! asserts what EC2 holds afterwards.
 //!
+//! What a real API server can show runs on one: `tests/python/test_control_plane_reclaimer.py`
+//! (force-deleted and gracefully deleted pods, a pod past its deletionTimestamp, an
+//! address handed to the next pod within the grace, a floating IP, a dry run, served
+//! namespaces, the Lease handed over, compaction and a restart). The scenes here need
+//! what only the fake gives:
+//! - its request log, to count the reclaimer's lists and writes (relists after 410,
+//!   one replica acting while another waits);
+//! - a change to the cluster made inside an EC2 call (`claim_on_first_unassign`: a pod
+//!   handed an address while its unassign waits or lands), which a real apiserver
+//!   cannot be made to do at that instant;
+//! - a connection that stops carrying bytes without closing (`Proxy`);
+//! - whereabouts IPPool records and worlds of ENIs, tags and IPv6 primaries beyond
+//!   the control-plane harness's (cluster tags, EC2 refusals and throttling, the
+//!   ranges a floating IP may sit in), which are yet to move there.
+//!
 //! The world (`scenario::world`): node-1 is i-0001 (Multus ENI eni-1n3 in
 //! 10.0.1.0/24), node-2 is i-0002 (eni-2n3, holding the floating IP 10.0.1.99).
 //! whereabouts hands out addresses of 10.0.1.0/24 and 2600:1f14:aaa:1b00::/64; what a
@@ -272,93 +287,6 @@ async fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleted_and_force_deleted_pods_give_their_addresses_back_after_the_grace() {
-    let c = Cluster::start().await;
-    c.running("app-a", "node-1", "10.0.1.66", "eni-1n3");
-    c.running("app-b", "node-2", "10.0.1.70", "eni-2n3");
-    c.running("app-c", "node-1", "10.0.1.71", "eni-1n3");
-    let r = c.reclaimer("reclaimer-0", &[]).await;
-    tokio::time::sleep(GRACE * 2).await;
-    assert_eq!(
-        c.holder("10.0.1.66").as_deref(),
-        Some("eni-1n3"),
-        "claimed by a live pod"
-    );
-
-    // app-a: a graceful delete runs to its end; app-b: force-deleted from node-2,
-    // which stopped answering (no grace, no kubelet).
-    c.kube.delete(Kind::Pod, "multus-demo", "app-a");
-    let mut dead = node("node-2", "i-0002");
-    dead["status"]["conditions"][0]["status"] = json!("Unknown");
-    c.kube.apply(Kind::Node, dead);
-    c.kube.delete(Kind::Pod, "multus-demo", "app-b");
-    let deleted = Instant::now();
-    wait_for("both addresses released", Duration::from_secs(10), || {
-        c.holder("10.0.1.66").is_none() && c.holder("10.0.1.70").is_none()
-    })
-    .await;
-    assert!(
-        deleted.elapsed() >= GRACE,
-        "released {:?} after the delete, inside the grace",
-        deleted.elapsed()
-    );
-    assert_eq!(
-        c.holder("10.0.1.71").as_deref(),
-        Some("eni-1n3"),
-        "app-c is live"
-    );
-    assert_eq!(
-        c.holder("10.0.1.99").as_deref(),
-        Some("eni-2n3"),
-        "the floating IP"
-    );
-    assert_eq!(
-        c.holder("10.0.1.10").as_deref(),
-        Some("eni-1n3"),
-        "the ENI's primary"
-    );
-
-    let events = c.events();
-    let released: Vec<(&str, &str)> = events
-        .iter()
-        .map(|e| {
-            (
-                e["regarding"]["name"].as_str().unwrap_or(""),
-                e["note"].as_str().unwrap_or(""),
-            )
-        })
-        .collect();
-    assert_eq!(released.len(), 2, "one Event per release: {events:#?}");
-    assert!(
-        released.iter().any(|(n, note)| *n == "node-1"
-            && note.contains("10.0.1.66")
-            && note.contains("eni-1n3"))
-    );
-    assert!(
-        released
-            .iter()
-            .any(|(n, note)| *n == "node-2" && note.contains("10.0.1.70"))
-    );
-    assert!(
-        events
-            .iter()
-            .all(|e| e["reason"] == "AddressReleased" && e["reportingInstance"] == "reclaimer-0")
-    );
-    let m = r.metrics().await;
-    assert_eq!(
-        sample(&m, "ipmgmt_reclaimer_releases_total{result=\"released\"}"),
-        2.0
-    );
-    assert_eq!(sample(&m, "ipmgmt_reclaimer_leader"), 1.0);
-    assert_eq!(
-        c.unassign_calls(),
-        2,
-        "one UnassignPrivateIpAddresses per ENI"
-    );
-    r.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_floating_ip_is_never_released_however_the_ranges_are_written() {
     let c = Cluster::start().await;
     // 10.0.1.99 sits on eni-2n3 (the floating IP an HA pair moves), inside the
@@ -419,23 +347,6 @@ async fn with_a_cluster_tag_only_enis_carrying_it_are_swept() {
         "an ENI without the cluster's tag is never swept"
     );
     assert_eq!(c.unassign_calls(), 1);
-    r.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_address_taken_again_on_the_same_node_within_the_grace_is_kept() {
-    let c = Cluster::start().await;
-    c.running("app-a", "node-1", "10.0.1.66", "eni-1n3");
-    let r = c.reclaimer("reclaimer-0", &[]).await;
-    tokio::time::sleep(GRACE).await;
-    c.kube.delete(Kind::Pod, "multus-demo", "app-a");
-    // whereabouts hands the lowest free address to the next pod on the node.
-    tokio::time::sleep(GRACE / 2).await;
-    c.kube
-        .apply(Kind::Pod, pod("app-a2", "node-1", &["10.0.1.66"]));
-    tokio::time::sleep(GRACE * 4).await;
-    assert_eq!(c.holder("10.0.1.66").as_deref(), Some("eni-1n3"));
-    assert_eq!(c.unassign_calls(), 0);
     r.stop().await;
 }
 
@@ -555,35 +466,6 @@ async fn ec2_throttling_slows_sweeps_down_and_fails_nothing() {
         sample(&m, "ipmgmt_reclaimer_releases_total{result=\"released\"}"),
         12.0
     );
-    r.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dry_run_reports_and_changes_nothing() {
-    let c = Cluster::start().await;
-    // A workload on the NAD, and an address of one of its pods that is gone.
-    c.running("live-1", "node-2", "10.0.1.90", "eni-2n3");
-    c.ec2.move_address(ip("10.0.1.66"), "eni-1n3");
-    c.recorded("10.0.1.66", "multus-demo/gone");
-    let r = c.reclaimer("reclaimer-0", &["--dry-run", "true"]).await;
-    wait_for("an Event", Duration::from_secs(10), || {
-        !c.events().is_empty()
-    })
-    .await;
-    let events = c.events();
-    assert_eq!(events[0]["reason"], "AddressWouldBeReleased");
-    assert!(
-        events[0]["note"]
-            .as_str()
-            .unwrap()
-            .starts_with("would release 10.0.1.66 from eni-1n3 (i-0001): handed out to multus-demo/gone (whereabouts IPPool 10.0.1.0-24)"),
-        "{:#?}",
-        events[0]
-    );
-    assert_eq!(c.holder("10.0.1.66").as_deref(), Some("eni-1n3"));
-    assert_eq!(c.unassign_calls(), 0);
-    let m = r.metrics().await;
-    assert!(sample(&m, "ipmgmt_reclaimer_releases_total{result=\"dry_run\"}") >= 1.0);
     r.stop().await;
 }
 
@@ -992,84 +874,6 @@ async fn the_enis_primary_ipv6_is_never_released() {
         .filter(|e| e.action == "UnassignIpv6Addresses")
         .count();
     assert_eq!(v6_calls, 0, "never asked: {:?}", c.ec2.log());
-    r.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pod_past_its_deletion_timestamp_still_claims_its_address() {
-    let c = Cluster::start().await;
-    c.running("app-a", "node-2", "10.0.1.70", "eni-2n3");
-    let r = c.reclaimer("reclaimer-0", &[]).await;
-    tokio::time::sleep(GRACE).await;
-    // node-2 stopped answering: the pod is being deleted, its grace is long over, and
-    // it may well still run there and use its address.
-    let mut dead = node("node-2", "i-0002");
-    dead["status"]["conditions"][0]["status"] = json!("Unknown");
-    c.kube.apply(Kind::Node, dead);
-    let mut terminating = pod("app-a", "node-2", &["10.0.1.70"]);
-    terminating["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-    terminating["metadata"]["deletionGracePeriodSeconds"] = json!(30);
-    c.kube.apply(Kind::Pod, terminating);
-    tokio::time::sleep(GRACE * 4).await;
-    assert_eq!(c.holder("10.0.1.70").as_deref(), Some("eni-2n3"));
-    assert_eq!(c.unassign_calls(), 0);
-    // The force delete ends the claim.
-    c.kube.delete(Kind::Pod, "multus-demo", "app-a");
-    wait_for(
-        "released after the force delete",
-        Duration::from_secs(10),
-        || c.holder("10.0.1.70").is_none(),
-    )
-    .await;
-    r.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_what_was_handed_out_in_served_namespaces_is_released() {
-    let c = Cluster::start().await;
-    c.kube
-        .apply(Kind::Namespace, namespace_object("other-team"));
-    c.running("app-a", "node-1", "10.0.1.66", "eni-1n3");
-    c.kube.apply(
-        Kind::Pod,
-        pod_in("other-team", "app-o", "node-1", &["10.0.1.67"]),
-    );
-    c.ec2.move_address(ip("10.0.1.67"), "eni-1n3");
-    c.ec2.move_address(ip("10.0.1.68"), "eni-1n3");
-    c.recorded("10.0.1.68", "other-team/gone");
-    // As the chart renders the webhook's namespaceSelector for the reclaimer.
-    let r = c
-        .reclaimer(
-            "reclaimer-0",
-            &[
-                "--namespace-selector",
-                "kubernetes.io/metadata.name notin (kube-system,other-team)",
-            ],
-        )
-        .await;
-    tokio::time::sleep(GRACE).await;
-    c.kube.delete(Kind::Pod, "multus-demo", "app-a");
-    c.kube.delete(Kind::Pod, "other-team", "app-o");
-    wait_for("app-a's address released", Duration::from_secs(10), || {
-        c.holder("10.0.1.66").is_none()
-    })
-    .await;
-    tokio::time::sleep(GRACE * 2).await;
-    assert_eq!(
-        c.holder("10.0.1.67").as_deref(),
-        Some("eni-1n3"),
-        "a namespace the webhook does not serve"
-    );
-    assert_eq!(
-        c.holder("10.0.1.68").as_deref(),
-        Some("eni-1n3"),
-        "recorded for a namespace the webhook does not serve"
-    );
-    let m = r.metrics().await;
-    assert_eq!(
-        sample(&m, "ipmgmt_reclaimer_releases_total{result=\"released\"}"),
-        1.0
-    );
     r.stop().await;
 }
 
