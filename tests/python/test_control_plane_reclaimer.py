@@ -5,6 +5,7 @@ the chart's own RBAC at work against kube-apiserver. EC2 is the fake (`fake-vpc`
 under `deploy/reclaimer-iam-policy.json`. The pods are admitted through the webhook;
 their `network-status` is written as Multus writes it."""
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -20,9 +21,12 @@ from cluster.vpc import Node, Vpc
 from webhook_harness import ROOT, TARGET
 
 RECLAIMER_BIN = TARGET / "debug" / "ipmgmt-reclaimer"
+IPPOOL_CRD = ROOT / "tests" / "cluster" / "whereabouts-ippool.crd.yaml"
 POLICY = ROOT / "deploy" / "reclaimer-iam-policy.json"
 NODE1 = Node(1)
-ETH1 = NODE1.enis[1]
+ETH1, ETH2 = NODE1.enis[1], NODE1.enis[2]
+# The ranges whereabouts hands out from, one IPPool each: eth1's and eth2's subnets.
+RANGES = [ipaddress.ip_network(n) for n in ("10.0.4.0/24", "10.0.5.0/24", "2001:db8:0:5::/64")]
 GONE, LIVE = "10.0.4.66", "10.0.4.67"
 # A floating IP in the same subnet: on the ENI, in no pod's network-status.
 VIP = "10.0.4.100"
@@ -36,6 +40,15 @@ REUSED = "10.0.4.70"
 REPORTED = "10.0.4.71"
 # Pods gone from a namespace the reclaimer serves, and from one it does not.
 SERVED, UNSERVED = "10.0.4.72", "10.0.4.73"
+# Pods gone before any reclaimer saw them: only whereabouts' records remember them.
+STALE = [f"10.0.4.{n}" for n in range(80, 86)]
+# On eth2, whose primary IPv6 address IPAM once handed out too.
+PRIMARY_V6, STALE_ON_ETH2 = "2001:db8:0:5::10", "10.0.5.80"
+# eth1 carries the cluster's tag, eth2 does not.
+CLUSTER_TAG = ("eks:cluster-name", "prod")
+TAGGED, UNTAGGED = "10.0.4.86", "10.0.5.81"
+# Recorded for a live pod whose network-status Multus has not written yet.
+FRESH = "10.0.4.87"
 
 
 class HostReclaimer:
@@ -88,14 +101,17 @@ class HostReclaimer:
 def cluster(tmp_path_factory):
     assert RECLAIMER_BIN.exists(), f"{RECLAIMER_BIN} is missing: build the workspace first (cargo build --workspace)"
     tmp = tmp_path_factory.mktemp("control-plane-reclaimer")
-    vpc = Vpc([NODE1], tmp, iam_policy=POLICY, held=[(ETH1.id, GONE), (ETH1.id, LIVE), (ETH1.id, VIP), (ETH1.id, LATER), (ETH1.id, DRAINING),
-                                                  (ETH1.id, REUSED), (ETH1.id, REPORTED), (ETH1.id, SERVED),
-                                                  (ETH1.id, UNSERVED)])
+    on_eth1 = [GONE, LIVE, VIP, LATER, DRAINING, REUSED, REPORTED, SERVED, UNSERVED, *STALE, TAGGED, FRESH]
+    vpc = Vpc([NODE1], tmp, iam_policy=POLICY,
+              held=[(ETH1.id, a) for a in on_eth1] + [(ETH2.id, STALE_ON_ETH2), (ETH2.id, UNTAGGED)],
+              tags=[(ETH1.id, *CLUSTER_TAG)], primary_ipv6=[(ETH2.id, PRIMARY_V6)])
     cp = None
     reclaimer = None
     try:
         cp = start(tmp, "own-certificate",
                    sets=["reclaimer.enabled=true", "reclaimer.grace=2s", "reclaimer.interval=1s"])
+        cp.kubectl("apply", "--server-side", "-f", IPPOOL_CRD)
+        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/ippools.whereabouts.cni.cncf.io")
         reclaimer = HostReclaimer(cp, tmp, vpc.port, "reclaimer-on-this-machine")
         yield cp, vpc, reclaimer
     finally:
@@ -127,8 +143,35 @@ def force_delete(cp, name, namespace=APPS):
     cp.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", {"gracePeriodSeconds": 0})
 
 
-def released(vpc, address):
-    return [e for e in vpc.log() if e["action"] == "UnassignPrivateIpAddresses" and address in json.dumps(e)]
+def calls_since(vpc, mark, action, code=None):
+    """EC2 calls of `action` since the log held `mark` entries (with `code`: refused so)."""
+    return [e for e in vpc.log()[mark:] if e["action"] == action and (code is None or e.get("code") == code)]
+
+
+def unassigns_since(vpc, mark):
+    return calls_since(vpc, mark, "UnassignPrivateIpAddresses")
+
+
+def pool_of(address):
+    """The range `address` is handed out from, and the path of its IPPool."""
+    address = ipaddress.ip_address(address)
+    (net,) = [n for n in RANGES if address in n]
+    name = str(net).replace("/", "-").replace(":", "-")
+    return net, f"/apis/whereabouts.cni.cncf.io/v1alpha1/namespaces/kube-system/ippools/{name}"
+
+
+def record(cp, address, pod, keep=True):
+    """whereabouts' allocation record of `address` for `pod` (namespace/name) in the
+    IPPool of its range; with `keep` False, the record removed."""
+    net, path = pool_of(address)
+    if cp.get(path, raw=True).status_code == 404:
+        cp.create(path.rsplit("/", 1)[0], {
+            "apiVersion": "whereabouts.cni.cncf.io/v1alpha1", "kind": "IPPool",
+            "metadata": {"name": path.rsplit("/", 1)[1], "namespace": "kube-system"},
+            "spec": {"range": str(net), "allocations": {}}})
+    offset = str(int(ipaddress.ip_address(address)) - int(net.network_address))
+    entry = {"id": f"c-{offset}", "podref": pod, "ifname": "net1"} if keep else None
+    cp.request("PATCH", path, {"spec": {"allocations": {offset: entry}}}, content_type="application/merge-patch+json")
 
 
 def network_status(address):
@@ -170,6 +213,7 @@ def test_the_reclaimer_releases_only_the_address_of_a_pod_that_is_gone(cluster):
     holders = vpc.holders()
     assert holders.get(LIVE) == [ETH1.id], "the live pod's address stays"
     assert holders.get(VIP) == [ETH1.id], "a floating IP, which IPAM never handed out, is never released"
+    assert reclaimer.metric('ipmgmt_reclaimer_addresses{verdict="not_from_ipam"}') >= 1, "the VIP, seen and left"
     assert holders.get(f"10.0.4.{10 * NODE1.n}") == [ETH1.id], "the ENI's primary stays"
     unassigns = [e for e in vpc.log() if e["action"] == "UnassignPrivateIpAddresses"]
     assert [e["eni"] for e in unassigns] == [ETH1.id], unassigns
@@ -275,6 +319,7 @@ def test_an_address_handed_to_the_next_pod_within_the_grace_is_kept(cluster, tmp
     released."""
     cp, vpc, _ = cluster
     replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-reuse")
+    mark = len(vpc.log())
     try:
         for name in ("first-holder", "next-holder"):
             cp.create(f"/api/v1/namespaces/{APPS}/pods", multus_pod(name))
@@ -289,8 +334,7 @@ def test_an_address_handed_to_the_next_pod_within_the_grace_is_kept(cluster, tmp
         time.sleep(8)
         replica.check()
         assert vpc.holders().get(REUSED) == [ETH1.id], "claimed again by the next pod"
-        assert not [e for e in vpc.log() if e["action"] == "UnassignPrivateIpAddresses"
-                    and REUSED in json.dumps(e)], "never released"
+        assert not unassigns_since(vpc, mark), "never released"
     finally:
         replica.stop()
 
@@ -300,6 +344,7 @@ def test_a_dry_run_reports_with_an_event_and_changes_nothing(cluster, tmp_path):
     reported, as an Event `kubectl get events` shows and a metric, and stays."""
     cp, vpc, _ = cluster
     replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-dry-run", ["--dry-run=true"])
+    mark = len(vpc.log())
     try:
         attached(cp, "reported", REPORTED)
         time.sleep(3)
@@ -312,7 +357,7 @@ def test_a_dry_run_reports_with_an_event_and_changes_nothing(cluster, tmp_path):
         assert REPORTED in shown, shown
         time.sleep(4)
         replica.check()
-        assert vpc.holders().get(REPORTED) == [ETH1.id] and not released(vpc, REPORTED)
+        assert vpc.holders().get(REPORTED) == [ETH1.id] and not unassigns_since(vpc, mark)
         assert replica.metric('ipmgmt_reclaimer_releases_total{result="dry_run"}') >= 1
     finally:
         replica.stop()
@@ -325,6 +370,7 @@ def test_only_namespaces_the_reclaimer_serves_have_their_addresses_released(clus
     cp.kubectl("create", "namespace", "other-team")
     replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-served", [
         "--namespace-selector=kubernetes.io/metadata.name notin (kube-system,ipmgmt-system,other-team)"])
+    mark = len(vpc.log())
     try:
         attached(cp, "served", SERVED)
         attached(cp, "unserved", UNSERVED, namespace="other-team")
@@ -335,7 +381,90 @@ def test_only_namespaces_the_reclaimer_serves_have_their_addresses_released(clus
         time.sleep(4)
         replica.check()
         assert vpc.holders().get(UNSERVED) == [ETH1.id], "a namespace the reclaimer does not serve"
-        assert not released(vpc, UNSERVED)
+        assert len(unassigns_since(vpc, mark)) == 1, "the served pod's address only"
         assert replica.metric('ipmgmt_reclaimer_releases_total{result="released"}') == 1
+    finally:
+        replica.stop()
+
+
+def test_throttled_ec2_slows_sweeps_down_and_fails_nothing(cluster, tmp_path):
+    """Six stale addresses, remembered only by whereabouts' records, with EC2 answering
+    60% of calls RequestLimitExceeded and the reclaimer allowed 3 releases a sweep and
+    2 attempts a call: every one is released in time, nothing else, no sweep fails."""
+    cp, vpc, _ = cluster
+    for n, address in enumerate(STALE):
+        record(cp, address, f"{APPS}/gone-{n}")
+    mark = len(vpc.log())
+    vpc.set_faults(throttle_fraction=0.6)
+    replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-throttled",
+                            ["--max-releases-per-sweep=3", "--ec2-max-attempts=2"])
+    try:
+        vpc.wait_for(lambda h: not any(a in h for a in STALE), timeout=90)
+        vpc.set_faults()
+        holders = vpc.holders()
+        assert holders.get(LIVE) == [ETH1.id] and holders.get(VIP) == [ETH1.id]
+        throttled = [e for e in vpc.log()[mark:] if e.get("code") == "RequestLimitExceeded"]
+        assert throttled, "EC2 throttled"
+        replica.check()
+        assert replica.metric('ipmgmt_reclaimer_sweeps_total{result="throttled"}') >= 1
+        assert replica.metric('ipmgmt_reclaimer_sweeps_total{result="failed"}') == 0
+        assert replica.metric('ipmgmt_reclaimer_releases_total{result="released"}') == len(STALE)
+    finally:
+        vpc.set_faults()
+        replica.stop()
+
+
+def test_the_enis_primary_ipv6_is_never_released(cluster, tmp_path):
+    """IPAM once handed out eth2's primary IPv6 address (a range over the whole /64),
+    to a pod now gone: its IPv4 address is released, the primary never asked for."""
+    cp, vpc, _ = cluster
+    record(cp, STALE_ON_ETH2, f"{APPS}/v6-gone")
+    record(cp, PRIMARY_V6, f"{APPS}/v6-gone")
+    mark = len(vpc.log())
+    replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-primary-v6")
+    try:
+        vpc.wait_for(lambda h: STALE_ON_ETH2 not in h, timeout=60)
+        time.sleep(4)
+        replica.check()
+        assert vpc.holders().get(PRIMARY_V6) == [ETH2.id]
+        assert not calls_since(vpc, mark, "UnassignIpv6Addresses"), "never asked"
+    finally:
+        replica.stop()
+
+
+def test_with_a_cluster_tag_only_enis_carrying_it_are_swept(cluster, tmp_path):
+    """aws.clusterTag (`--cluster-tag`): eth1 carries the tag, eth2 does not and so, as
+    far as the reclaimer may know, belongs to another cluster sharing the account."""
+    cp, vpc, _ = cluster
+    record(cp, TAGGED, f"{APPS}/tagged-gone")
+    record(cp, UNTAGGED, f"{APPS}/untagged-gone")
+    mark = len(vpc.log())
+    replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-cluster-tag",
+                            [f"--cluster-tag={CLUSTER_TAG[0]}={CLUSTER_TAG[1]}"])
+    try:
+        vpc.wait_for(lambda h: TAGGED not in h, timeout=60)
+        time.sleep(4)
+        replica.check()
+        assert vpc.holders().get(UNTAGGED) == [ETH2.id], "an ENI without the cluster's tag is never swept"
+        assert [e["eni"] for e in unassigns_since(vpc, mark)] == [ETH1.id]
+    finally:
+        replica.stop()
+        record(cp, UNTAGGED, None, keep=False)
+
+
+def test_a_whereabouts_record_of_a_live_pod_claims_before_its_network_status(cluster, tmp_path):
+    """A live pod that Multus has not written a network-status for yet (and that asked
+    for no network by annotation: a namespace's default network): whereabouts' record
+    alone ties it to its address, which stays."""
+    cp, vpc, _ = cluster
+    cp.create(f"/api/v1/namespaces/{APPS}/pods", restricted_pod("app-new", {"ipmgmt.aws/mode": "init"}, node=NODE))
+    record(cp, FRESH, f"{APPS}/app-new")
+    mark = len(vpc.log())
+    replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-fresh")
+    try:
+        time.sleep(8)
+        replica.check()
+        assert vpc.holders().get(FRESH) == [ETH1.id]
+        assert not unassigns_since(vpc, mark)
     finally:
         replica.stop()

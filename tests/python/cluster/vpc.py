@@ -59,17 +59,24 @@ def world_of(nodes):
 class Vpc:
     """The fake EC2 (`fake-vpc`) in the host namespace; pods reach it over `eth0`."""
 
-    def __init__(self, nodes, workdir, iam_policy=IAM_POLICY, held=()):
+    def __init__(self, nodes, workdir, iam_policy=IAM_POLICY, held=(), tags=(), primary_ipv6=()):
         """`iam_policy`: the caller's role's policy, enforced on every call (the
-        manager's by default). `held`: (ENI id, address) pairs assigned before start."""
+        manager's by default). `held`: (ENI id, address) pairs assigned before start.
+        `tags`: (ENI id, key, value) tags besides `no_manage`. `primary_ipv6`: (ENI id,
+        address) primary IPv6 addresses, which EC2 never unassigns."""
         binary = TARGET / PROFILE / "fake-vpc"
         if not binary.exists():
             raise Fail(f"{binary} is missing: build the workspace first (cargo build --workspace)")
         world = pathlib.Path(workdir) / "world.json"
         state = world_of(nodes)
+        enis = {e["id"]: e for e in state["enis"]}
         for eni_id, address in held:
-            (eni,) = [e for e in state["enis"] if e["id"] == eni_id]
-            eni["ipv6" if ":" in address else "ipv4"].append(address)
+            enis[eni_id]["ipv6" if ":" in address else "ipv4"].append(address)
+        for eni_id, key, value in tags:
+            enis[eni_id]["tags"].append([key, value])
+        for eni_id, address in primary_ipv6:
+            enis[eni_id]["ipv6"].append(address)
+            enis[eni_id]["primary_ipv6"] = address
         world.write_text(json.dumps(state))
         self.proc = subprocess.Popen([binary, "--world", world, "--iam-policy", iam_policy, "--listen", "0.0.0.0:0"],
                                      stdout=subprocess.PIPE,
