@@ -67,6 +67,8 @@ def test_webhook_pods_run_the_deployments_own_container(cl):
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     pods = cl.workers("ipmgmt-system", k.selector(deployment))
     assert len(pods) == deployment["spec"]["replicas"] == 2
+    # The chart's topology spread, on nodes labelled as EKS labels them.
+    assert len({p["spec"]["nodeName"] for p, _ in pods}) == 2, "spread over both nodes"
     endpoints = set(cl.wait_for_webhook())
     for stored, worker in pods:
         running = worker.pod.container("webhook").inspect()

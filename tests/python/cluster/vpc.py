@@ -28,7 +28,9 @@ class Node:
         self.instance_id = f"i-0{n:015x}"
         self.address = f"10.0.0.{10 * n}"
         self.provider_id = f"aws:///{REGION}a/{self.instance_id}"
-        self.labels = {"kubernetes.io/hostname": self.name, "example.com/multus-ready": "true"}
+        # What EKS labels a node with, besides the user's own label for Multus nodes.
+        self.labels = {"kubernetes.io/hostname": self.name, "topology.kubernetes.io/region": REGION,
+                       "topology.kubernetes.io/zone": f"{REGION}a", "example.com/multus-ready": "true"}
         self.enis = {
             0: Eni(f"eni-0{n:03x}0primary", f"0a:00:00:00:{n:02x}:00", "subnet-nodes", 0),
             1: Eni(f"eni-0{n:03x}1eth1", f"0a:00:00:00:{n:02x}:01", "subnet-net1", 1),
