@@ -24,7 +24,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::ec2::Action;
-use crate::metrics::label_values;
+use ipmgmt_common::label_values;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Retries {

@@ -23,25 +23,6 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
-/// `EncodeLabelValue` for an enum of label values, each variant with its name:
-/// `label_values!(Kind { Start => "start", Retry => "retry" });`
-macro_rules! label_values {
-    ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
-        impl prometheus_client::encoding::EncodeLabelValue for $ty {
-            fn encode(
-                &self,
-                encoder: &mut prometheus_client::encoding::LabelValueEncoder,
-            ) -> Result<(), std::fmt::Error> {
-                let name = match self {
-                    $(Self::$variant => $name),+
-                };
-                prometheus_client::encoding::EncodeLabelValue::encode(&name, encoder)
-            }
-        }
-    };
-}
-pub(crate) use label_values;
-
 /// Serves `registry` on `addr` until the process ends; returns the bound address.
 pub async fn serve(addr: SocketAddr, registry: Registry) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;

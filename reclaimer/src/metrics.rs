@@ -9,33 +9,14 @@
 //! | `ipmgmt_reclaimer_watch_errors_total` | `resource`: `pods`, `nodes`, `namespaces`, `ippools` |
 //! | `ipmgmt_reclaimer_ec2_attempts_total` | `action`, `result` (as `ipmgr_ec2_attempts_total`) |
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use ipmgmt_common::label_values;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::sweep::Verdict;
-
-/// Enums whose variants are label values.
-trait Named: Copy {
-    fn name(self) -> &'static str;
-}
-
-macro_rules! named {
-    ($ty:ty { $($variant:path => $name:literal),+ $(,)? }) => {
-        impl Named for $ty {
-            fn name(self) -> &'static str {
-                match self { $($variant => $name),+ }
-            }
-        }
-        impl EncodeLabelValue for $ty {
-            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-                EncodeLabelValue::encode(&self.name(), encoder)
-            }
-        }
-    };
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SweepResult {
@@ -73,38 +54,32 @@ impl Resource {
     ];
 }
 
-named!(SweepResult {
-    SweepResult::Complete => "complete",
-    SweepResult::Throttled => "throttled",
-    SweepResult::Failed => "failed",
+label_values!(SweepResult {
+    Complete => "complete",
+    Throttled => "throttled",
+    Failed => "failed",
 });
-named!(ReleaseResult {
-    ReleaseResult::Released => "released",
-    ReleaseResult::DryRun => "dry_run",
-    ReleaseResult::ClaimedAtConfirm => "claimed_at_confirm",
-    ReleaseResult::PutBack => "put_back",
-    ReleaseResult::Failed => "failed",
+label_values!(ReleaseResult {
+    Released => "released",
+    DryRun => "dry_run",
+    ClaimedAtConfirm => "claimed_at_confirm",
+    PutBack => "put_back",
+    Failed => "failed",
 });
-named!(Resource {
-    Resource::Pods => "pods",
-    Resource::Nodes => "nodes",
-    Resource::Namespaces => "namespaces",
-    Resource::IpPools => "ippools",
+label_values!(Resource {
+    Pods => "pods",
+    Nodes => "nodes",
+    Namespaces => "namespaces",
+    IpPools => "ippools",
 });
-named!(Verdict {
-    Verdict::Claimed => "claimed",
-    Verdict::NotFromIpam => "not_from_ipam",
-    Verdict::NodeSettling => "node_settling",
-    Verdict::Waiting => "waiting",
-    Verdict::Release => "release",
-    Verdict::Deferred => "deferred",
+label_values!(Verdict {
+    Claimed => "claimed",
+    NotFromIpam => "not_from_ipam",
+    NodeSettling => "node_settling",
+    Waiting => "waiting",
+    Release => "release",
+    Deferred => "deferred",
 });
-
-impl Resource {
-    pub fn name(self) -> &'static str {
-        Named::name(self)
-    }
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SweepLabel {

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use ipmgmt_common::metrics::LabelValue;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::DynamicObject;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -315,7 +316,7 @@ where
             if let Err(e) = event {
                 errors.fetch_add(1, Ordering::Relaxed);
                 counter.inc();
-                warn!(resource = what.name(), error = %e, "watch failed; it resumes with backoff, and every grace period starts again");
+                warn!(resource = what.label(), error = %e, "watch failed; it resumes with backoff, and every grace period starts again");
             }
         }
     });

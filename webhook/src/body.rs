@@ -28,7 +28,8 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Body;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use ipmgmt_common::label_values;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -68,40 +69,37 @@ impl Refused {
 
     pub fn reason(&self) -> RefusalReason {
         match self {
-            Refused::TooLarge { .. } => RefusalReason::too_large,
-            Refused::Timeout(_) => RefusalReason::timeout,
-            Refused::Busy(_) => RefusalReason::busy,
-            Refused::Aborted(_) => RefusalReason::aborted,
+            Refused::TooLarge { .. } => RefusalReason::TooLarge,
+            Refused::Timeout(_) => RefusalReason::Timeout,
+            Refused::Busy(_) => RefusalReason::Busy,
+            Refused::Aborted(_) => RefusalReason::Aborted,
         }
     }
 }
 
 /// The `reason` label of `requests_refused_total`, as written.
-#[allow(non_camel_case_types)]
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum RefusalReason {
-    too_large,
-    timeout,
-    busy,
-    aborted,
+    TooLarge,
+    Timeout,
+    Busy,
+    Aborted,
 }
+
+label_values!(RefusalReason {
+    TooLarge => "too_large",
+    Timeout => "timeout",
+    Busy => "busy",
+    Aborted => "aborted",
+});
 
 impl RefusalReason {
     const ALL: [RefusalReason; 4] = [
-        RefusalReason::too_large,
-        RefusalReason::timeout,
-        RefusalReason::busy,
-        RefusalReason::aborted,
+        RefusalReason::TooLarge,
+        RefusalReason::Timeout,
+        RefusalReason::Busy,
+        RefusalReason::Aborted,
     ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefusalReason::too_large => "too_large",
-            RefusalReason::timeout => "timeout",
-            RefusalReason::busy => "busy",
-            RefusalReason::aborted => "aborted",
-        }
-    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -381,6 +379,7 @@ impl Drop for Room {
 
 #[cfg(test)]
 mod tests {
+    use ipmgmt_common::metrics::LabelValue;
     use std::collections::VecDeque;
     use std::pin::Pin;
     use std::task::{Context, Poll};
@@ -624,7 +623,7 @@ mod tests {
         let _ = Metrics::register(&mut registry);
         let text = text(&registry);
         for reason in RefusalReason::ALL {
-            let line = format!("requests_refused_total{{reason=\"{}\"}} 0", reason.as_str());
+            let line = format!("requests_refused_total{{reason=\"{}\"}} 0", reason.label());
             assert!(text.contains(&line), "{line} in {text}");
         }
     }

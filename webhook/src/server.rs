@@ -14,7 +14,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use ipmgmt_common::label_values;
+use ipmgmt_common::metrics::LabelValue;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -55,7 +57,7 @@ async fn route(
         Ok(body) => Ok(mutate(&app, &body)),
         // Counted by reason; a line each would let any client flood the log.
         Err(refused) => {
-            let reason = refused.reason().as_str();
+            let reason = refused.reason().label();
             debug!(reason, error = %refused, "request body refused");
             Ok(answer(refused.status(), format!("{refused}\n").into()))
         }
@@ -125,33 +127,40 @@ fn mutate(app: &App, body: &[u8]) -> Response<Full<Bytes>> {
 }
 
 /// The `outcome` label of `reviews_total`, as written.
-#[allow(non_camel_case_types)]
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 enum OutcomeLabel {
-    injected,
-    reordered,
-    skipped,
-    denied,
-    error,
+    Injected,
+    Reordered,
+    Skipped,
+    Denied,
+    Error,
 }
+
+label_values!(OutcomeLabel {
+    Injected => "injected",
+    Reordered => "reordered",
+    Skipped => "skipped",
+    Denied => "denied",
+    Error => "error",
+});
 
 impl OutcomeLabel {
     /// Every value, created at start so that rate() works before the first of each.
     const ALL: [OutcomeLabel; 5] = [
-        OutcomeLabel::injected,
-        OutcomeLabel::reordered,
-        OutcomeLabel::skipped,
-        OutcomeLabel::denied,
-        OutcomeLabel::error,
+        OutcomeLabel::Injected,
+        OutcomeLabel::Reordered,
+        OutcomeLabel::Skipped,
+        OutcomeLabel::Denied,
+        OutcomeLabel::Error,
     ];
 
     fn of(outcome: Outcome) -> Self {
         match outcome {
-            Outcome::Injected(_) => OutcomeLabel::injected,
-            Outcome::Reordered => OutcomeLabel::reordered,
-            Outcome::Skipped => OutcomeLabel::skipped,
-            Outcome::Denied => OutcomeLabel::denied,
-            Outcome::Error => OutcomeLabel::error,
+            Outcome::Injected(_) => OutcomeLabel::Injected,
+            Outcome::Reordered => OutcomeLabel::Reordered,
+            Outcome::Skipped => OutcomeLabel::Skipped,
+            Outcome::Denied => OutcomeLabel::Denied,
+            Outcome::Error => OutcomeLabel::Error,
         }
     }
 }
@@ -277,7 +286,7 @@ pub async fn serve(
                         return debug!(error = %e, "TLS handshake failed");
                     }
                     Err(_) => {
-                        tls_metrics.handshake_failed(HandshakeFailure::timeout);
+                        tls_metrics.handshake_failed(HandshakeFailure::Timeout);
                         return debug!("TLS handshake timed out");
                     }
                 };

@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 
 use super::sidecar::Trigger;
 use crate::manager::{Outcome, PassError};
-use crate::metrics::label_values;
+use ipmgmt_common::label_values;
 
 /// A trigger without its event count: the `trigger` label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]

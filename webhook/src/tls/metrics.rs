@@ -1,19 +1,24 @@
 //! The serving certificate's metric families: its expiry, the reloads seen, and the
 //! handshakes that failed.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use ipmgmt_common::label_values;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// The `result` label of `tls_reloads_total`, as written.
-#[allow(non_camel_case_types)]
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(super) enum ReloadResult {
-    success,
-    failure,
+    Success,
+    Failure,
 }
+
+label_values!(ReloadResult {
+    Success => "success",
+    Failure => "failure",
+});
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
@@ -21,27 +26,33 @@ struct ReloadLabels {
 }
 
 /// The `reason` label of `tls_handshake_failures_total`, as written.
-#[allow(non_camel_case_types)]
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum HandshakeFailure {
     /// The client sent a fatal alert: usually it does not trust the certificate (for
     /// the apiserver: the webhook configuration's caBundle is not its CA).
-    client_alert,
+    ClientAlert,
     /// rustls refused what the client sent: no common version or cipher suite, or an
     /// SNI that is not a DNS name (`host:port`).
-    refused,
+    Refused,
     /// The connection closed or broke before the handshake finished (port probes).
-    closed,
+    Closed,
     /// Not finished within --header-read-timeout-seconds.
-    timeout,
+    Timeout,
 }
+
+label_values!(HandshakeFailure {
+    ClientAlert => "client_alert",
+    Refused => "refused",
+    Closed => "closed",
+    Timeout => "timeout",
+});
 
 impl HandshakeFailure {
     const ALL: [HandshakeFailure; 4] = [
-        HandshakeFailure::client_alert,
-        HandshakeFailure::refused,
-        HandshakeFailure::closed,
-        HandshakeFailure::timeout,
+        HandshakeFailure::ClientAlert,
+        HandshakeFailure::Refused,
+        HandshakeFailure::Closed,
+        HandshakeFailure::Timeout,
     ];
 
     /// The reason of a failed `TlsAcceptor::accept`, which wraps rustls's error in an
@@ -51,9 +62,9 @@ impl HandshakeFailure {
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
-            Some(rustls::Error::AlertReceived(_)) => HandshakeFailure::client_alert,
-            Some(_) => HandshakeFailure::refused,
-            None => HandshakeFailure::closed,
+            Some(rustls::Error::AlertReceived(_)) => HandshakeFailure::ClientAlert,
+            Some(_) => HandshakeFailure::Refused,
+            None => HandshakeFailure::Closed,
         }
     }
 }
@@ -90,7 +101,7 @@ impl Metrics {
         );
         // Both series from the start, at 0: a scrape then shows the family, and a rate
         // over the first reload is not lost.
-        for result in [ReloadResult::success, ReloadResult::failure] {
+        for result in [ReloadResult::Success, ReloadResult::Failure] {
             let _ = metrics.reloads.get_or_create(&ReloadLabels { result });
         }
         registry.register(
@@ -132,11 +143,11 @@ mod tests {
     fn metrics_say_success_and_failure_and_the_expiry() {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
-        metrics.reloaded(ReloadResult::success);
-        metrics.reloaded(ReloadResult::failure);
-        metrics.reloaded(ReloadResult::failure);
+        metrics.reloaded(ReloadResult::Success);
+        metrics.reloaded(ReloadResult::Failure);
+        metrics.reloaded(ReloadResult::Failure);
         metrics.serving(1_900_000_000);
-        metrics.handshake_failed(HandshakeFailure::refused);
+        metrics.handshake_failed(HandshakeFailure::Refused);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for line in [
@@ -158,17 +169,17 @@ mod tests {
             HandshakeFailure::of(&wrapped(rustls::Error::AlertReceived(
                 rustls::AlertDescription::UnknownCA
             ))),
-            HandshakeFailure::client_alert
+            HandshakeFailure::ClientAlert
         );
         assert_eq!(
             HandshakeFailure::of(&wrapped(rustls::Error::PeerMisbehaved(
                 rustls::PeerMisbehaved::ServerNameMustContainOneHostName
             ))),
-            HandshakeFailure::refused
+            HandshakeFailure::Refused
         );
         assert_eq!(
             HandshakeFailure::of(&Error::from(ErrorKind::UnexpectedEof)),
-            HandshakeFailure::closed
+            HandshakeFailure::Closed
         );
     }
 }

@@ -156,12 +156,12 @@ pub async fn watch(store: Arc<CertStore>, metrics: Metrics, every: Duration) {
         match store.reload() {
             Reload::Unchanged => {}
             Reload::Swapped { not_after } => {
-                metrics.reloaded(ReloadResult::success);
+                metrics.reloaded(ReloadResult::Success);
                 metrics.serving(not_after);
                 info!(not_after, "serving a renewed certificate");
             }
             Reload::Rejected(e) => {
-                metrics.reloaded(ReloadResult::failure);
+                metrics.reloaded(ReloadResult::Failure);
                 warn!(error = %e, "renewed certificate is not usable yet; still serving the last good one");
             }
         }

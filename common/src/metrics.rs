@@ -1,0 +1,83 @@
+//! Metric label values, written one way in every binary: an enum whose variants are
+//! the values, each given its text once by `label_values!`, which also makes it
+//! encodable as a Prometheus label value.
+
+/// Re-exported for `label_values!`, so a crate using it needs no path of its own.
+pub use prometheus_client;
+
+/// The text of a label value.
+pub trait LabelValue {
+    fn label(&self) -> &'static str;
+}
+
+/// `LabelValue` and `EncodeLabelValue` for an enum, each variant with its text:
+/// `label_values!(Trigger { Start => "start", Retry => "retry" });`
+#[macro_export]
+macro_rules! label_values {
+    ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $crate::metrics::LabelValue for $ty {
+            fn label(&self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name),+
+                }
+            }
+        }
+        impl $crate::metrics::prometheus_client::encoding::EncodeLabelValue for $ty {
+            fn encode(
+                &self,
+                encoder: &mut $crate::metrics::prometheus_client::encoding::LabelValueEncoder<'_>,
+            ) -> Result<(), std::fmt::Error> {
+                $crate::metrics::prometheus_client::encoding::EncodeLabelValue::encode(
+                    &$crate::metrics::LabelValue::label(self),
+                    encoder,
+                )
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::registry::Registry;
+
+    use super::LabelValue;
+
+    #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+    enum Trigger {
+        Start,
+        AddressEvent,
+    }
+
+    crate::label_values!(Trigger {
+        Start => "start",
+        AddressEvent => "address_event",
+    });
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Labels {
+        trigger: Trigger,
+    }
+
+    #[test]
+    fn the_text_is_the_label_and_the_encoding() {
+        assert_eq!(Trigger::Start.label(), "start");
+        assert_eq!(Trigger::AddressEvent.label(), "address_event");
+        let family = Family::<Labels, Counter>::default();
+        family
+            .get_or_create(&Labels {
+                trigger: Trigger::AddressEvent,
+            })
+            .inc();
+        let mut registry = Registry::default();
+        registry.register("passes", "passes", family);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("passes_total{trigger=\"address_event\"} 1"),
+            "{text}"
+        );
+    }
+}
