@@ -6,5 +6,7 @@
 //! and `tests/tests/contract.rs` checks the two ends against each other.
 
 pub mod annotations;
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod ipmgr_env;
 pub mod metrics;

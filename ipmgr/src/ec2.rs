@@ -4,80 +4,14 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aws_credential_types::provider::error::CredentialsError;
-use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{Filter, SubnetCidrBlockStateCode, VpcCidrBlockStateCode};
+pub use ipmgmt_common::aws::{Action, Ec2Error, Remedy, sdk_error, strings};
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::aws::cause;
 use crate::eni::{Eni, Subnet, Vpc};
 
 /// Where the least-privilege policy lives, for error messages.
 pub const IAM_POLICY: &str = "deploy/iam-policy.json";
-
-/// Every EC2 action ipmgr calls. The calls name their action here, the error lines
-/// print it, and the IAM policy test checks `deploy/iam-policy.json` against `ALL`:
-/// a new action is a variant, its name, and its entry in `ALL`, side by side.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Action {
-    DescribeInstances,
-    DescribeNetworkInterfaces,
-    DescribeSubnets,
-    DescribeVpcs,
-    AssignPrivateIpAddresses,
-    UnassignPrivateIpAddresses,
-    AssignIpv6Addresses,
-    UnassignIpv6Addresses,
-}
-
-impl Action {
-    pub const ALL: [Action; 8] = [
-        Action::DescribeInstances,
-        Action::DescribeNetworkInterfaces,
-        Action::DescribeSubnets,
-        Action::DescribeVpcs,
-        Action::AssignPrivateIpAddresses,
-        Action::UnassignPrivateIpAddresses,
-        Action::AssignIpv6Addresses,
-        Action::UnassignIpv6Addresses,
-    ];
-
-    /// The API's name of the action, as IAM policies and error lines spell it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Action::DescribeInstances => "DescribeInstances",
-            Action::DescribeNetworkInterfaces => "DescribeNetworkInterfaces",
-            Action::DescribeSubnets => "DescribeSubnets",
-            Action::DescribeVpcs => "DescribeVpcs",
-            Action::AssignPrivateIpAddresses => "AssignPrivateIpAddresses",
-            Action::UnassignPrivateIpAddresses => "UnassignPrivateIpAddresses",
-            Action::AssignIpv6Addresses => "AssignIpv6Addresses",
-            Action::UnassignIpv6Addresses => "UnassignIpv6Addresses",
-        }
-    }
-}
-
-impl Action {
-    /// The four actions the policy allows only on ENIs tagged no_manage.
-    pub const fn changes_an_eni(self) -> bool {
-        match self {
-            Action::DescribeInstances
-            | Action::DescribeNetworkInterfaces
-            | Action::DescribeSubnets
-            | Action::DescribeVpcs => false,
-            Action::AssignPrivateIpAddresses
-            | Action::UnassignPrivateIpAddresses
-            | Action::AssignIpv6Addresses
-            | Action::UnassignIpv6Addresses => true,
-        }
-    }
-}
-
-impl std::fmt::Display for Action {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 pub trait Ec2 {
     /// The ENIs attached to the instance.
@@ -124,78 +58,15 @@ pub trait Ec2 {
     ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
 }
 
-/// One failed EC2 call.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{action} {target}: {}{detail}; {hint}", code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
-pub struct Ec2Error {
-    pub action: Action,
-    /// What the call was about: an ENI, addresses, an instance.
-    pub target: String,
-    /// The AWS error code, when EC2 answered.
-    pub code: Option<String>,
-    pub detail: String,
-    pub hint: String,
+/// An error of the IP manager's, with its remedies.
+pub fn error(
+    action: Action,
+    target: impl Into<String>,
+    code: Option<&str>,
+    detail: impl Into<String>,
+) -> Ec2Error {
+    Ec2Error::with_remedy(action, target, code, detail, hint)
 }
-
-impl Ec2Error {
-    /// Errors that no retry within this run can fix: stop and say so.
-    pub fn is_permanent(&self) -> bool {
-        matches!(
-            self.code.as_deref(),
-            Some(
-                "UnauthorizedOperation"
-                    | "AuthFailure"
-                    | "AccessDenied"
-                    | "AccessDeniedException"
-                    | "PrivateIpAddressLimitExceeded"
-                    | "InvalidParameterValue"
-                    | "InvalidParameterCombination"
-                    | "InvalidIPAddress.InUse"
-                    | "InvalidNetworkInterfaceID.NotFound"
-                    | "InvalidNetworkInterfaceID.Malformed"
-            )
-        )
-    }
-
-    /// EC2 throttled the call past the SDK's retries.
-    pub fn is_throttling(&self) -> bool {
-        matches!(
-            self.code.as_deref(),
-            Some("RequestLimitExceeded" | "Throttling" | "ThrottlingException")
-        )
-    }
-
-    pub fn new(
-        action: Action,
-        target: impl Into<String>,
-        code: Option<&str>,
-        detail: impl Into<String>,
-    ) -> Self {
-        Ec2Error::with_remedy(action, target, code, detail, hint)
-    }
-
-    /// An error whose hint comes from `remedy`: each binary says what its own operator
-    /// should do.
-    pub fn with_remedy(
-        action: Action,
-        target: impl Into<String>,
-        code: Option<&str>,
-        detail: impl Into<String>,
-        remedy: Remedy,
-    ) -> Self {
-        let hint = remedy(action, code);
-        Ec2Error {
-            action,
-            target: target.into(),
-            code: code.map(str::to_owned),
-            detail: detail.into(),
-            hint,
-        }
-    }
-}
-
-/// What to do about a refusal with this code (none: no answer), as one clause.
-pub type Remedy = fn(Action, Option<&str>) -> String;
 
 /// The IP manager's remedies.
 fn hint(action: Action, code: Option<&str>) -> String {
@@ -232,71 +103,6 @@ fn hint(action: Action, code: Option<&str>) -> String {
                  network policy, proxy) and AWS_ENDPOINT_URL_EC2"
             .into(),
     }
-}
-
-/// One line for a failed SDK call: EC2's code and message, what the credential
-/// provider ran into, or why no answer came; with `remedy`'s hint, or the credentials'
-/// own.
-pub fn sdk_error<E>(
-    action: Action,
-    target: impl Into<String>,
-    err: SdkError<E>,
-    remedy: Remedy,
-) -> Ec2Error
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match &err {
-        SdkError::ServiceError(service) => {
-            let e = service.err();
-            Ec2Error::with_remedy(
-                action,
-                target,
-                e.code(),
-                e.message().unwrap_or("no message"),
-                remedy,
-            )
-        }
-        _ => match credentials_error(&err) {
-            Some(failure) => {
-                let detail = cause(failure);
-                let hint = credentials_hint(&detail).into();
-                Ec2Error {
-                    action,
-                    target: target.into(),
-                    code: None,
-                    detail,
-                    hint,
-                }
-            }
-            None => Ec2Error::with_remedy(action, target, None, cause(&err), remedy),
-        },
-    }
-}
-
-/// What to do about credentials the SDK could not get, by what STS said.
-fn credentials_hint(detail: &str) -> &'static str {
-    if detail.contains("ExpiredToken") {
-        "STS refused the pod's web identity token as expired: kubelet renews the projected token \
-         (volume aws-iam-token) long before it expires, so check that the pod mounts the token the \
-         webhook injected and that the node's clock is right"
-    } else if detail.contains("InvalidIdentityToken") || detail.contains("AccessDenied") {
-        "STS refused to let the pod's service account assume the role: check the role's trust policy \
-         (deploy/irsa-trust-policy.json) for this cluster's OIDC provider, namespace and service account"
-    } else {
-        NO_CREDENTIALS
-    }
-}
-
-const NO_CREDENTIALS: &str = "the SDK found no AWS credentials: give the pod an IRSA role (the chart's aws.roleArn or \
-     the annotation ipmgmt.aws/role-arn), or for the node role let pods reach IMDS (hop limit 2)";
-
-/// The credentials failure behind a call that never left the pod, if that is
-/// why it failed.
-fn credentials_error<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(err), |e| e.source()).find(|e| e.is::<CredentialsError>())
 }
 
 /// EC2 through aws-sdk-ec2.
@@ -393,11 +199,6 @@ pub fn to_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<Eni> {
             .filter_map(|a| a.ipv6_address()?.parse().ok())
             .collect(),
     })
-}
-
-/// Addresses as the SDK's request builders take them.
-pub fn strings<T: ToString>(ips: &[T]) -> Vec<String> {
-    ips.iter().map(ToString::to_string).collect()
 }
 
 fn filter(name: &str, values: Vec<String>) -> Filter {
@@ -582,11 +383,13 @@ impl Ec2 for SdkEc2 {
 
 #[cfg(test)]
 mod tests {
+    use aws_credential_types::provider::error::CredentialsError;
+
     use super::*;
 
     #[test]
     fn messages_carry_code_and_remedy() {
-        let e = Ec2Error::new(
+        let e = error(
             Action::AssignPrivateIpAddresses,
             "eni-0ab",
             Some("UnauthorizedOperation"),
@@ -606,14 +409,14 @@ mod tests {
         assert!(e.is_permanent());
         assert!(!line.contains('\n'));
 
-        let e = Ec2Error::new(
+        let e = error(
             Action::AssignPrivateIpAddresses,
             "eni-0ab",
             Some("RequestLimitExceeded"),
             "Request limit exceeded.",
         );
         assert!(!e.is_permanent());
-        let e = Ec2Error::new(
+        let e = error(
             Action::DescribeNetworkInterfaces,
             "of instance i-1",
             None,

@@ -18,12 +18,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::str::FromStr;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-/// The tag that keeps the VPC CNI away from an ENI.
-pub const NO_MANAGE_TAG: &str = "node.k8s.amazonaws.com/no_manage";
+pub use ipmgmt_common::aws::{NO_MANAGE_TAG, Tag};
 
 /// An ENI attached to this instance, as EC2 describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,37 +117,6 @@ pub struct Local {
 impl fmt::Display for Local {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} on {}", self.ip, self.iface)
-    }
-}
-
-/// A tag as `KEY=VALUE`, split at the first `=`: the cluster's tag, which its Multus
-/// ENIs carry (`IPMGR_CLUSTER_TAG`), so that a role shared by several clusters in an
-/// account, or a pod that names the wrong network, never touches another's ENI.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tag {
-    pub key: String,
-    pub value: String,
-}
-
-impl FromStr for Tag {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.split_once('=') {
-            Some((key, value)) if !key.is_empty() => Ok(Tag {
-                key: key.to_owned(),
-                value: value.to_owned(),
-            }),
-            _ => Err(format!(
-                "{s:?} is not a tag: write KEY=VALUE, e.g. kubernetes.io/cluster/prod=owned"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Tag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}", self.key, self.value)
     }
 }
 

@@ -69,7 +69,7 @@ pub struct Args {
     /// Only ENIs that also carry this tag, KEY=VALUE (split at the first `=`): the tag
     /// of this cluster's Multus ENIs, as the IP manager's IPMGR_CLUSTER_TAG.
     #[arg(long, env = "IPMGMT_RECLAIMER_CLUSTER_TAG", value_name = "KEY=VALUE")]
-    pub cluster_tag: Option<ipmgr::eni::Tag>,
+    pub cluster_tag: Option<ipmgmt_common::aws::Tag>,
 
     /// EC2 attempts per call, retries on throttling and 5xx included. Before each
     /// attempt of an unassign, the node's pods are read again.

@@ -2,7 +2,7 @@
 //! for the nodes' Multus ENIs, the two unassign actions, and the two assign actions
 //! that put back an address a pod claimed while its release was in flight.
 //!
-//! The SDK client comes from `ipmgr::aws`, the one place that sets timeouts and
+//! The SDK client comes from `ipmgmt_common::aws`, the one place that sets timeouts and
 //! retries. The describe keeps the SDK's retries. The changes make one attempt each
 //! (`single_attempt`): the sweeper retries them itself, and reads the node's pods
 //! again before every attempt, which no retry inside the SDK could do.
@@ -12,8 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::types::Filter;
-use ipmgr::ec2::{Action, Ec2Error, sdk_error, strings};
-use ipmgr::eni::{NO_MANAGE_TAG, Tag};
+use ipmgmt_common::aws::{Action, Ec2Error, sdk_error, strings};
+use ipmgmt_common::aws::{NO_MANAGE_TAG, Tag};
 
 /// Where the reclaimer's policy lives, for error messages.
 pub const IAM_POLICY: &str = "deploy/reclaimer-iam-policy.json";
@@ -232,7 +232,7 @@ fn multus_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<MultusEni> {
     })
 }
 
-/// The reclaimer's remedies (`ipmgr::ec2::Remedy`).
+/// The reclaimer's remedies (`Remedy`).
 fn hint(action: Action, code: Option<&str>) -> String {
     match code {
         Some("UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException") => format!(

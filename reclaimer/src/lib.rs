@@ -138,18 +138,19 @@ pub fn kube_client(mut config: kube::Config, args: &Args) -> anyhow::Result<kube
     Ok(kube::Client::try_from(config)?)
 }
 
-/// The EC2 client as production builds it: `ipmgr::aws`'s timeouts and retries,
+/// The EC2 client as production builds it: `ipmgmt_common::aws`'s timeouts and retries,
 /// the standard credential chain (IRSA, Pod Identity), attempts counted.
 pub async fn ec2_client(args: &Args, registry: &mut Registry) -> ec2::SdkEc2 {
-    let sdk = ipmgr::aws::loader(ipmgr::aws::Retries {
+    let sdk = ipmgmt_common::aws::loader(ipmgmt_common::aws::Retries {
         max_attempts: args.ec2_max_attempts,
         initial_backoff: std::time::Duration::from_millis(200),
     })
     .load()
     .await;
-    let attempts = ipmgr::aws::Attempts::default();
+    let attempts = ipmgmt_common::aws::Attempts::default();
     attempts.register_as(registry, "ipmgmt_reclaimer_ec2_attempts");
-    ec2::SdkEc2::new(ipmgr::aws::ec2_client(&sdk, &attempts)).only_tagged(args.cluster_tag.clone())
+    ec2::SdkEc2::new(ipmgmt_common::aws::ec2_client(&sdk, &attempts))
+        .only_tagged(args.cluster_tag.clone())
 }
 
 pub fn init_logging(format: config::LogFormat, filter: &str) -> anyhow::Result<()> {

@@ -34,7 +34,7 @@ use crate::events::Events;
 use crate::metrics::{Metrics, ReleaseResult, SweepResult};
 use crate::sweep::{Held, Release, Suspects, decide};
 use crate::view::View;
-use ipmgr::ec2::Ec2Error;
+use ipmgmt_common::aws::Ec2Error;
 
 /// The longest wait between two attempts of one change.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -288,7 +288,7 @@ impl<E: Ec2> Sweeper<E> {
                 return Batch::Failed(batch, error);
             }
             debug!(node, eni, attempt, error = %error, "unassign not done; checking the claims again before the next attempt");
-            tokio::time::sleep(ipmgr::run::jittered(backoff)).await;
+            tokio::time::sleep(ipmgmt_common::aws::jittered(backoff)).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         Batch::Stopped
@@ -389,7 +389,7 @@ impl<E: Ec2> Sweeper<E> {
         loop {
             match call().await {
                 Err(e) if attempt < self.settings.attempts && again(&e) => {
-                    tokio::time::sleep(ipmgr::run::jittered(backoff)).await;
+                    tokio::time::sleep(ipmgmt_common::aws::jittered(backoff)).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     attempt += 1;
                 }

@@ -203,7 +203,7 @@ impl Cluster {
         let args = Args::try_parse_from(argv).unwrap();
         let config = kube::Config::new(format!("http://{kube}").parse().unwrap());
         let client = ipmgmt_reclaimer::kube_client(config, &args).unwrap();
-        let sdk = ipmgr::aws::loader(ipmgr::aws::Retries {
+        let sdk = ipmgmt_common::aws::loader(ipmgmt_common::aws::Retries {
             max_attempts: args.ec2_max_attempts,
             initial_backoff: Duration::from_millis(5),
         })
@@ -212,9 +212,9 @@ impl Cluster {
         .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
         .load()
         .await;
-        let ec2 = SdkEc2::new(ipmgr::aws::ec2_client(
+        let ec2 = SdkEc2::new(ipmgmt_common::aws::ec2_client(
             &sdk,
-            &ipmgr::aws::Attempts::default(),
+            &ipmgmt_common::aws::Attempts::default(),
         ))
         .only_tagged(args.cluster_tag.clone());
         let (stop, stopped) = oneshot::channel::<()>();

@@ -19,6 +19,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+pub use ipmgmt_common::aws::jittered;
 use tracing::{error, info, warn};
 
 use crate::aws::{self, Attempts};
@@ -238,18 +239,6 @@ async fn manager<E: Ec2>(ec2: E, args: &Args, locals: &[Local]) -> Result<Manage
     Ok(Manager::new(ec2, found.instance_id, settings(args)).starting_from(found.enis))
 }
 
-/// A wait between passes: between half of `backoff` and all of it, at random, so that
-/// pods throttled together do not retry together. Never longer than `backoff`.
-pub fn jittered(backoff: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    // A fresh RandomState is randomly keyed: enough randomness to spread retries.
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let half = backoff / 2;
-    half + half.mul_f64((random % 1_000_000) as f64 / 1_000_000.0)
-}
-
 /// Waits (on address events, not a timer) until a secondary interface has an address.
 async fn first_addresses<A: Addresses>(
     addresses: &mut A,
@@ -306,13 +295,13 @@ fn ready(file: &Path, wait: Option<Duration>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ec2::{Action, Ec2Error};
+    use crate::ec2::{self, Action};
 
     fn refused(ip: &str, iface: &str, eni: &str, action: Action) -> AddressError {
         AddressError::Ec2 {
             ip: ip.parse().unwrap(),
             iface: iface.into(),
-            error: Ec2Error::new(action, eni, Some("UnauthorizedOperation"), "not authorized"),
+            error: ec2::error(action, eni, Some("UnauthorizedOperation"), "not authorized"),
         }
     }
 

@@ -1,0 +1,65 @@
+//! The EC2 actions ipmgmt calls, by name.
+
+/// Every EC2 action ipmgr calls. The calls name their action here, the error lines
+/// print it, and the IAM policy test checks `deploy/iam-policy.json` against `ALL`:
+/// a new action is a variant, its name, and its entry in `ALL`, side by side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    DescribeInstances,
+    DescribeNetworkInterfaces,
+    DescribeSubnets,
+    DescribeVpcs,
+    AssignPrivateIpAddresses,
+    UnassignPrivateIpAddresses,
+    AssignIpv6Addresses,
+    UnassignIpv6Addresses,
+}
+
+impl Action {
+    pub const ALL: [Action; 8] = [
+        Action::DescribeInstances,
+        Action::DescribeNetworkInterfaces,
+        Action::DescribeSubnets,
+        Action::DescribeVpcs,
+        Action::AssignPrivateIpAddresses,
+        Action::UnassignPrivateIpAddresses,
+        Action::AssignIpv6Addresses,
+        Action::UnassignIpv6Addresses,
+    ];
+
+    /// The API's name of the action, as IAM policies and error lines spell it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Action::DescribeInstances => "DescribeInstances",
+            Action::DescribeNetworkInterfaces => "DescribeNetworkInterfaces",
+            Action::DescribeSubnets => "DescribeSubnets",
+            Action::DescribeVpcs => "DescribeVpcs",
+            Action::AssignPrivateIpAddresses => "AssignPrivateIpAddresses",
+            Action::UnassignPrivateIpAddresses => "UnassignPrivateIpAddresses",
+            Action::AssignIpv6Addresses => "AssignIpv6Addresses",
+            Action::UnassignIpv6Addresses => "UnassignIpv6Addresses",
+        }
+    }
+}
+
+impl Action {
+    /// The four actions the policy allows only on ENIs tagged no_manage.
+    pub const fn changes_an_eni(self) -> bool {
+        match self {
+            Action::DescribeInstances
+            | Action::DescribeNetworkInterfaces
+            | Action::DescribeSubnets
+            | Action::DescribeVpcs => false,
+            Action::AssignPrivateIpAddresses
+            | Action::UnassignPrivateIpAddresses
+            | Action::AssignIpv6Addresses
+            | Action::UnassignIpv6Addresses => true,
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
