@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aws_sdk_ec2::types::{Filter, SubnetCidrBlockStateCode, VpcCidrBlockStateCode};
-pub use ipmgmt_common::aws::{Action, Ec2Error, Remedy, sdk_error, strings};
+pub use ipmgmt_common::aws::{Action, Ec2Error, Remedy, sdk_error, strings, to_eni};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::eni::{Eni, Subnet, Vpc};
@@ -156,49 +156,6 @@ impl SdkEc2 {
             }
         }
     }
-}
-
-/// An ENI as DescribeNetworkInterfaces shows it; `None` without an ID.
-pub fn to_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<Eni> {
-    let ipv4 = ni
-        .private_ip_addresses()
-        .iter()
-        .filter_map(|a| a.private_ip_address()?.parse().ok())
-        .collect();
-    let primary_ipv4 = ni
-        .private_ip_addresses()
-        .iter()
-        .find(|a| a.primary() == Some(true))
-        .and_then(|a| a.private_ip_address()?.parse().ok());
-    Some(Eni {
-        id: ni.network_interface_id()?.to_owned(),
-        mac: ni.mac_address().unwrap_or_default().to_ascii_lowercase(),
-        device_index: ni.attachment().and_then(|a| a.device_index()).unwrap_or(-1),
-        subnet_id: ni.subnet_id().unwrap_or_default().to_owned(),
-        tags: (ni.tag_set().iter())
-            .filter_map(|t| {
-                Some((
-                    t.key()?.to_owned(),
-                    t.value().unwrap_or_default().to_owned(),
-                ))
-            })
-            .collect(),
-        instance_id: (ni.attachment())
-            .and_then(|a| a.instance_id())
-            .map(str::to_owned),
-        primary_ipv4,
-        ipv4,
-        primary_ipv6: ni
-            .ipv6_addresses()
-            .iter()
-            .find(|a| a.is_primary_ipv6() == Some(true))
-            .and_then(|a| a.ipv6_address()?.parse().ok()),
-        ipv6: ni
-            .ipv6_addresses()
-            .iter()
-            .filter_map(|a| a.ipv6_address()?.parse().ok())
-            .collect(),
-    })
 }
 
 fn filter(name: &str, values: Vec<String>) -> Filter {

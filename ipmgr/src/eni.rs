@@ -15,52 +15,13 @@
 //! SR-IOV, a tunnel the application made): those are skipped, and one bad address
 //! never stops the others from being placed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-pub use ipmgmt_common::aws::{NO_MANAGE_TAG, Tag};
-
-/// An ENI attached to this instance, as EC2 describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Eni {
-    pub id: String,
-    /// Lower case, `0a:1b:…`, as EC2 reports it.
-    pub mac: String,
-    pub device_index: i32,
-    pub subnet_id: String,
-    pub primary_ipv4: Option<Ipv4Addr>,
-    /// Every private IPv4 address, the primary included.
-    pub ipv4: Vec<Ipv4Addr>,
-    /// The primary IPv6 address of an ENI that has one (EnablePrimaryIpv6): it stays
-    /// with the ENI until it is detached, like the primary IPv4 address.
-    pub primary_ipv6: Option<Ipv6Addr>,
-    /// Every IPv6 address, the primary included.
-    pub ipv6: Vec<Ipv6Addr>,
-    /// Every tag, by key.
-    pub tags: BTreeMap<String, String>,
-    /// The instance it is attached to.
-    pub instance_id: Option<String>,
-}
-
-impl Eni {
-    pub fn holds(&self, ip: IpAddr) -> bool {
-        match ip {
-            IpAddr::V4(v4) => self.ipv4.contains(&v4),
-            IpAddr::V6(v6) => self.ipv6.contains(&v6),
-        }
-    }
-
-    /// One of the ENI's primary addresses, which EC2 never moves or unassigns.
-    pub fn is_primary(&self, ip: IpAddr) -> bool {
-        match ip {
-            IpAddr::V4(v4) => self.primary_ipv4 == Some(v4),
-            IpAddr::V6(v6) => self.primary_ipv6 == Some(v6),
-        }
-    }
-}
+pub use ipmgmt_common::aws::{Eni, NO_MANAGE_TAG, Tag};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subnet {
@@ -117,17 +78,6 @@ pub struct Local {
 impl fmt::Display for Local {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} on {}", self.ip, self.iface)
-    }
-}
-
-impl Eni {
-    pub fn has(&self, tag: &Tag) -> bool {
-        self.tags.get(&tag.key) == Some(&tag.value)
-    }
-
-    /// Tagged `node.k8s.amazonaws.com/no_manage=true`: the VPC CNI leaves it alone.
-    pub fn no_manage(&self) -> bool {
-        self.tags.get(NO_MANAGE_TAG).map(String::as_str) == Some("true")
     }
 }
 
@@ -406,6 +356,8 @@ fn refused(local: &Local, eni: &Eni, matched: &'static str, why: Refusal) -> Res
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     pub fn eni(id: &str, mac: &str, index: i32, subnet: &str, ipv4: &[&str]) -> Eni {

@@ -210,7 +210,7 @@ impl Ec2 for SdkEc2 {
 /// Device index 0 is the node's own ENI, whatever its tags say: never a candidate,
 /// nor is any ENI's primary address, IPv4 or IPv6. Read as the IP manager reads ENIs.
 fn multus_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<MultusEni> {
-    let eni = ipmgr::ec2::to_eni(ni)?;
+    let eni = ipmgmt_common::aws::to_eni(ni)?;
     if eni.device_index < 1 || !eni.no_manage() {
         return None;
     }
