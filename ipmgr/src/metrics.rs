@@ -19,7 +19,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
@@ -54,21 +53,18 @@ async fn answer<B>(
     registry: Arc<Registry>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, content_type, body) = match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/metrics") => {
-            let mut text = String::new();
-            match encode(&mut text, &registry) {
-                Ok(()) => (
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    text,
-                ),
-                Err(e) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    format!("encoding the metrics failed: {e}\n"),
-                ),
-            }
-        }
+        ("GET", "/metrics") => match ipmgmt_common::shell::metrics_text(&registry) {
+            Ok(text) => (
+                StatusCode::OK,
+                ipmgmt_common::shell::METRICS_CONTENT_TYPE,
+                text,
+            ),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("encoding the metrics failed: {e}\n"),
+            ),
+        },
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -10,7 +10,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use tracing::warn;
 
@@ -58,13 +57,12 @@ async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
 }
 
 async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
-    let mut text = String::new();
-    match encode(&mut text, &admin.registry) {
-        Ok(()) => (
+    match ipmgmt_common::shell::metrics_text(&admin.registry) {
+        Ok(text) => (
             StatusCode::OK,
             [(
                 header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ipmgmt_common::shell::METRICS_CONTENT_TYPE,
             )],
             text,
         ),

@@ -155,23 +155,11 @@ pub async fn ec2_client(args: &Args, registry: &mut Registry) -> ec2::SdkEc2 {
 
 pub fn init_logging(format: config::LogFormat, filter: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        config::LogFormat::Text => builder.init(),
-        config::LogFormat::Json => builder.json().init(),
-    }
+    ipmgmt_common::shell::init_logging(filter, matches!(format, config::LogFormat::Json));
     Ok(())
 }
 
 /// Completes on SIGTERM (kubelet stopping the pod) or SIGINT.
 pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    ipmgmt_common::shell::terminated().await;
 }

@@ -23,7 +23,6 @@ use std::time::Duration;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
@@ -37,17 +36,7 @@ use crate::tls::CertStore;
 
 pub fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     let filter = log_filter(filter).with_context(|| format!("--log-level {filter:?}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
-    }
+    ipmgmt_common::shell::init_logging(filter, matches!(format, LogFormat::Json));
     Ok(())
 }
 
@@ -147,7 +136,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown_delay = Duration::from_secs(shutdown_delay_seconds);
     let ready = health.clone();
     let shutdown = async move {
-        let signal = terminated().await;
+        let signal = ipmgmt_common::shell::terminated().await;
         ready.set_ready(false);
         info!(signal, delay = ?shutdown_delay, "shutting down: unready, still serving during the delay");
         tokio::time::sleep(shutdown_delay).await;
@@ -155,15 +144,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     health.set_ready(true);
     server::serve(listener, acceptor, app, limits, tls_metrics, shutdown).await;
     Ok(())
-}
-
-async fn terminated() -> &'static str {
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
 }
 
 #[cfg(test)]

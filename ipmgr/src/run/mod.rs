@@ -14,7 +14,6 @@ mod init;
 mod pass_metrics;
 mod sidecar;
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -185,15 +184,7 @@ fn termination_message(args: &Args, line: &str) {
 fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| format!("--log-level {filter:?}: {e}"))?;
-    // `kubectl logs` shows escape codes verbatim: colour only on a terminal.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    ipmgmt_common::shell::init_logging(filter, matches!(format, LogFormat::Json));
     Ok(())
 }
 

@@ -1,0 +1,63 @@
+//! The process shell the three binaries share: logging to stderr as text or JSON, the
+//! signals that stop them, and the metrics page their admin ports serve.
+
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+
+/// The content type of the metrics page: OpenMetrics text, which Prometheus asks for.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Logs to stderr: JSON lines with the event's fields at the top level and its span,
+/// or text, coloured only on a terminal (`kubectl logs` shows escape codes verbatim).
+pub fn init_logging(filter: EnvFilter, json: bool) {
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Completes on SIGTERM (kubelet stopping the pod) or SIGINT; says which.
+pub async fn terminated() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// The metrics page: every family of `registry` as OpenMetrics text.
+pub fn metrics_text(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::metrics::counter::Counter;
+
+    use super::*;
+
+    #[test]
+    fn the_metrics_page_ends_as_openmetrics_asks() {
+        let mut registry = Registry::default();
+        let counter = Counter::<u64>::default();
+        counter.inc();
+        registry.register("reviews", "reviews answered", counter);
+        let text = metrics_text(&registry).unwrap();
+        assert!(text.contains("reviews_total 1\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
