@@ -1,5 +1,6 @@
 //! The process shell the three binaries share: logging to stderr as text or JSON, the
-//! signals that stop them, and the metrics page their admin ports serve.
+//! signals that stop them, the metrics page their admin ports serve, and (feature
+//! `admin`) the admin port itself: `/healthz`, `/readyz` and `/metrics`.
 
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
@@ -42,6 +43,49 @@ pub fn metrics_text(registry: &Registry) -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, registry)?;
     Ok(out)
+}
+
+/// What `/readyz` answers: the text for 200 when ready, for 503 when not.
+#[cfg(feature = "admin")]
+pub type Readiness = std::sync::Arc<dyn Fn() -> Result<&'static str, &'static str> + Send + Sync>;
+
+/// The admin port's routes: `/healthz` (the process answers), `/readyz` (as
+/// `readiness` says) and `/metrics` (`registry`).
+#[cfg(feature = "admin")]
+pub fn admin_router(readiness: Readiness, registry: std::sync::Arc<Registry>) -> axum::Router {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+
+    let readyz = move || {
+        let readiness = readiness.clone();
+        async move {
+            match readiness() {
+                Ok(text) => (StatusCode::OK, text),
+                Err(text) => (StatusCode::SERVICE_UNAVAILABLE, text),
+            }
+        }
+    };
+    let metrics = move || {
+        let registry = registry.clone();
+        async move {
+            match metrics_text(&registry) {
+                Ok(text) => (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+                    text,
+                ),
+                Err(e) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    format!("encoding metrics: {e}\n"),
+                ),
+            }
+        }
+    };
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }
 
 #[cfg(test)]

@@ -1,16 +1,12 @@
-//! The plain-HTTP admin port: `/healthz`, `/readyz` and `/metrics`, apart from the
-//! TLS port so that probes and scrapes never need the serving certificate. The metric
-//! families are registered by the components that keep them (`server`, `tls`).
+//! The webhook's readiness, which its admin port (`ipmgmt_common::shell::admin_router`,
+//! plain HTTP apart from the TLS port so that probes and scrapes never need the
+//! serving certificate) answers at `/readyz`. The metric families are registered by
+//! the components that keep them (`server`, `tls`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use prometheus_client::registry::Registry;
+use ipmgmt_common::shell::Readiness;
 
 /// Readiness: set once TLS material is loaded and the listener is bound, cleared as
 /// soon as shutdown begins so the Service stops sending new reviews here.
@@ -27,44 +23,16 @@ impl Health {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
-}
 
-#[derive(Clone, Debug)]
-pub struct AdminState {
-    pub health: Arc<Health>,
-    pub registry: Arc<Registry>,
-}
-
-pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
-}
-
-async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.health.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
-}
-
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    match ipmgmt_common::shell::metrics_text(&state.registry) {
-        Ok(text) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                ipmgmt_common::shell::METRICS_CONTENT_TYPE,
-            )],
-            text,
-        ),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("encoding metrics: {e}\n"),
-        ),
+    /// What `/readyz` answers.
+    pub fn readiness(self: &Arc<Self>) -> Readiness {
+        let health = self.clone();
+        Arc::new(move || {
+            if health.is_ready() {
+                Ok("ready\n")
+            } else {
+                Err("not ready\n")
+            }
+        })
     }
 }

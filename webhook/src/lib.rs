@@ -28,7 +28,7 @@ use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::ParseError;
 
-use crate::admin::{AdminState, Health};
+use crate::admin::Health;
 use crate::config::{Args, LogFormat};
 use crate::inject::Injector;
 use crate::server::{App, Limits};
@@ -104,10 +104,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     info!(address = %listener.local_addr()?, "serving admission reviews over HTTPS at /mutate");
     info!(address = %admin_listener.local_addr()?, "serving /healthz, /readyz and /metrics over HTTP");
 
-    let admin = admin::router(AdminState {
-        health: health.clone(),
-        registry: Arc::new(registry),
-    });
+    let admin = ipmgmt_common::shell::admin_router(health.readiness(), Arc::new(registry));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(admin_listener, admin).await {
             error!(error = %e, "admin server stopped");
