@@ -5,7 +5,7 @@ use ipmgmt_common::ipmgr_env;
 use serde_json::{Value, json};
 
 use super::request::{DEFAULT_GRACE_SECONDS, Overrides, release_delay_seconds};
-use super::{Config, Form, Mode};
+use super::{Config, Form, Mode, Resources};
 
 /// Names the EKS pod-identity webhook uses, so that both agree on one token volume.
 pub const IRSA_VOLUME: &str = "aws-iam-token";
@@ -142,20 +142,7 @@ pub fn container(
         Some(resources) => resources.clone(),
         None => configured_resources.for_pod(guaranteed),
     };
-    let mut requests = serde_json::Map::new();
-    requests.insert("cpu".into(), json!(resources.cpu_request));
-    requests.insert("memory".into(), json!(resources.memory_request));
-    let mut limits = serde_json::Map::new();
-    if let Some(cpu) = &resources.cpu_limit {
-        limits.insert("cpu".into(), json!(cpu));
-    }
-    if let Some(memory) = &resources.memory_limit {
-        limits.insert("memory".into(), json!(memory));
-    }
-    let mut resources = json!({"requests": requests});
-    if !limits.is_empty() {
-        resources["limits"] = Value::Object(limits);
-    }
+    let resources = resources_value(&resources);
 
     let mut c = json!({
         "name": container_name,
@@ -176,13 +163,42 @@ pub fn container(
         // ipmgr writes its one-line failure reason there; the pod's status shows it.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     });
+    probes_and_lifecycle(&mut c, form, ipmgr_path, *startup_timeout_seconds);
+    if !mounts.is_empty() {
+        c["volumeMounts"] = Value::Array(mounts);
+    }
+    c
+}
+
+/// The manager's requests, and its limits when it has any.
+fn resources_value(resources: &Resources) -> Value {
+    let mut requests = serde_json::Map::new();
+    requests.insert("cpu".into(), json!(resources.cpu_request));
+    requests.insert("memory".into(), json!(resources.memory_request));
+    let mut limits = serde_json::Map::new();
+    if let Some(cpu) = &resources.cpu_limit {
+        limits.insert("cpu".into(), json!(cpu));
+    }
+    if let Some(memory) = &resources.memory_limit {
+        limits.insert("memory".into(), json!(memory));
+    }
+    let mut value = json!({"requests": requests});
+    if !limits.is_empty() {
+        value["limits"] = Value::Object(limits);
+    }
+    value
+}
+
+/// How the form starts and is judged: a sidecar's startup and readiness probes, a
+/// native sidecar's restart policy, a classic sidecar's postStart gate.
+fn probes_and_lifecycle(c: &mut Value, form: Form, ipmgr_path: &str, startup_timeout_seconds: u32) {
     if form.runs_alongside() {
         let ready = json!({"command": [ipmgr_path, "ready"]});
         c["startupProbe"] = json!({
             "exec": ready,
             "periodSeconds": 1,
             "timeoutSeconds": 5,
-            "failureThreshold": (*startup_timeout_seconds).max(1),
+            "failureThreshold": startup_timeout_seconds.max(1),
         });
         // `ipmgr ready` fails while an address of the pod is unassigned, so a lasting
         // failure turns the pod NotReady after about 15 s. A native sidecar's
@@ -204,8 +220,4 @@ pub fn container(
             ]}}});
         }
     }
-    if !mounts.is_empty() {
-        c["volumeMounts"] = Value::Array(mounts);
-    }
-    c
 }
