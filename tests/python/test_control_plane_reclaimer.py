@@ -185,11 +185,7 @@ def network_status(address):
 def test_the_reclaimer_releases_only_the_address_of_a_pod_that_is_gone(cluster):
     cp, vpc, reclaimer = cluster
     for name, address in (("gone", GONE), ("live", LIVE)):
-        pod = cp.create(f"/api/v1/namespaces/{APPS}/pods", multus_pod(name))
-        assert pod["spec"]["initContainers"][0]["name"] == "aws-ip-mgmt", "admitted through the webhook"
-        cp.request("PATCH", f"/api/v1/namespaces/{APPS}/pods/{name}",
-                   {"metadata": {"annotations": {"k8s.v1.cni.cncf.io/network-status": network_status(address)}}},
-                   content_type="application/merge-patch+json")
+        attached(cp, name, address)
 
     # The chart's reclaimer pods pass the namespace's restricted Pod Security profile.
     assert cp.wait_for("the reclaimer Deployment's pods", lambda: [
@@ -208,7 +204,7 @@ def test_the_reclaimer_releases_only_the_address_of_a_pod_that_is_gone(cluster):
     assert holders.get(GONE) == [ETH1.id] and holders.get(LIVE) == [ETH1.id], holders
 
     # The node died and the pod was force-deleted: its address goes after the grace.
-    cp.request("DELETE", f"/api/v1/namespaces/{APPS}/pods/gone", {"gracePeriodSeconds": 0})
+    force_delete(cp, "gone")
     vpc.wait_for(lambda h: GONE not in h, timeout=60)
     holders = vpc.holders()
     assert holders.get(LIVE) == [ETH1.id], "the live pod's address stays"
@@ -263,11 +259,7 @@ def test_compacted_history_and_a_restarted_apiserver_release_nothing_by_mistake(
 
 
 def compacted_history_scene(cp, vpc, replica):
-    pod = cp.create(f"/api/v1/namespaces/{APPS}/pods", multus_pod("later"))
-    cp.request("PATCH", f"/api/v1/namespaces/{APPS}/pods/later",
-               {"metadata": {"annotations": {"k8s.v1.cni.cncf.io/network-status": network_status(LATER)}}},
-               content_type="application/merge-patch+json")
-    assert pod["spec"]["initContainers"][0]["name"] == "aws-ip-mgmt"
+    attached(cp, "later", LATER)
     time.sleep(3)
     compacted = cp.compact_and_restart_apiserver()
     stale = cp.request("GET", f"/api/v1/namespaces/{APPS}/pods", raw=True, watch="true",
@@ -279,7 +271,7 @@ def compacted_history_scene(cp, vpc, replica):
     for address in (LIVE, VIP, LATER):
         assert holders.get(address) == [ETH1.id], (address, holders)
 
-    cp.request("DELETE", f"/api/v1/namespaces/{APPS}/pods/later", {"gracePeriodSeconds": 0})
+    force_delete(cp, "later")
     vpc.wait_for(lambda h: LATER not in h, timeout=60)
     assert vpc.holders().get(LIVE) == [ETH1.id]
     replica.check()
@@ -293,10 +285,7 @@ def test_a_pod_past_its_deletion_timestamp_keeps_its_address_until_it_is_gone(cl
     cp, vpc, _ = cluster
     replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-draining")
     try:
-        cp.create(f"/api/v1/namespaces/{APPS}/pods", multus_pod("draining"))
-        cp.request("PATCH", f"/api/v1/namespaces/{APPS}/pods/draining",
-                   {"metadata": {"annotations": {"k8s.v1.cni.cncf.io/network-status": network_status(DRAINING)}}},
-                   content_type="application/merge-patch+json")
+        attached(cp, "draining", DRAINING)
         time.sleep(3)
         cp.request("DELETE", f"/api/v1/namespaces/{APPS}/pods/draining", {"gracePeriodSeconds": 30})
         marked = cp.get(f"/api/v1/namespaces/{APPS}/pods/draining")
@@ -306,7 +295,7 @@ def test_a_pod_past_its_deletion_timestamp_keeps_its_address_until_it_is_gone(cl
         replica.check()
         assert vpc.holders().get(DRAINING) == [ETH1.id], "kept while the pod may still run"
         # The kubelet's last word: the object goes.
-        cp.request("DELETE", f"/api/v1/namespaces/{APPS}/pods/draining", {"gracePeriodSeconds": 0})
+        force_delete(cp, "draining")
         vpc.wait_for(lambda h: DRAINING not in h, timeout=60)
         replica.check()
     finally:
@@ -322,13 +311,10 @@ def test_an_address_handed_to_the_next_pod_within_the_grace_is_kept(cluster, tmp
     mark = len(vpc.log())
     try:
         for name in ("first-holder", "next-holder"):
-            cp.create(f"/api/v1/namespaces/{APPS}/pods", multus_pod(name))
-            cp.request("PATCH", f"/api/v1/namespaces/{APPS}/pods/{name}",
-                       {"metadata": {"annotations": {"k8s.v1.cni.cncf.io/network-status": network_status(REUSED)}}},
-                       content_type="application/merge-patch+json")
+            attached(cp, name, REUSED)
             if name == "first-holder":
                 time.sleep(3)
-                cp.request("DELETE", f"/api/v1/namespaces/{APPS}/pods/{name}", {"gracePeriodSeconds": 0})
+                force_delete(cp, name)
                 time.sleep(1)
         # Several sweeps, well past the 2 s grace.
         time.sleep(8)

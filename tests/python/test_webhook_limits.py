@@ -218,11 +218,9 @@ class Outcomes:
             self.errors.append(repr(e))
 
 
-def slow_client(hook, stop, outcomes, trickle, first_sent):
-    """Announces the body, sends a KiB of it, then stalls (or trickles a byte every half
-    second); again and again. Records (round, status, seconds from sending the head to
-    the answer)."""
-    rounds = 0
+def connections(hook, stop, outcomes):
+    """HTTP/1.1 connections to the webhook, one after another until `stop`; a connect
+    that fails is recorded, and tried again after 0.1 s."""
     while not stop.is_set():
         try:
             tls = connect(hook, "http/1.1")
@@ -230,6 +228,15 @@ def slow_client(hook, stop, outcomes, trickle, first_sent):
             outcomes.error(e)
             time.sleep(0.1)
             continue
+        yield tls
+
+
+def slow_client(hook, stop, outcomes, trickle, first_sent):
+    """Announces the body, sends a KiB of it, then stalls (or trickles a byte every half
+    second); again and again. Records (round, status, seconds from sending the head to
+    the answer)."""
+    rounds = 0
+    for tls in connections(hook, stop, outcomes):
         with tls:
             # Taken before the head is sent: the server's deadline cannot start earlier.
             sent = time.monotonic()
@@ -251,13 +258,7 @@ FLOOD_BODY = b"{" + b" " * (FLOOD - 1)
 def flooding_client(hook, stop, outcomes):
     """Announces the body and sends all but 100 KB of it as fast as the server takes
     it, then stalls; again and again."""
-    while not stop.is_set():
-        try:
-            tls = connect(hook, "http/1.1")
-        except (OSError, ssl.SSLError) as e:
-            outcomes.error(e)
-            time.sleep(0.1)
-            continue
+    for tls in connections(hook, stop, outcomes):
         with tls:
             tls.settimeout(1)
             try:

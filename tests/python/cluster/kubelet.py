@@ -195,15 +195,15 @@ class Kubelet:
                 return False
         raise Fail(f"a probe of {container.spec['name']} is neither exec nor httpGet: {probe}")
 
-    def probe(self, container, probe, what, pod_ip=None, give_up=True):
-        """A probe as kubelet runs it, until it passes; the seconds that took. With
-        `give_up`, fails after failureThreshold tries (a startup probe)."""
+    def probe(self, container, probe, what, pod_ip=None):
+        """A startup probe as kubelet runs it, until it passes; the seconds that took.
+        Fails after failureThreshold tries."""
         start = time.monotonic()
         time.sleep(probe.get("initialDelaySeconds", 0))
         failures = 0
         while not self.probe_once(container, probe, pod_ip):
             failures += 1
-            if give_up and failures >= probe.get("failureThreshold", 3):
+            if failures >= probe.get("failureThreshold", 3):
                 raise Fail(f"{what} of {container.spec['name']} failed {failures} times: {container.logs()[-1500:]}")
             time.sleep(probe.get("periodSeconds", 10))
         return time.monotonic() - start

@@ -113,15 +113,6 @@ class NodeAgent:
                 worker.start()
         worker.observe(pod)
 
-    # -- use -----------------------------------------------------------------------------
-
-    def worker(self, name, namespace):
-        for worker in list(self.workers.values()):
-            meta = worker.manifest["metadata"]
-            if (meta["name"], meta["namespace"]) == (name, namespace):
-                return worker
-        return None
-
     def stop_watch(self):
         self.stopping.set()
         if self.response is not None:
@@ -319,11 +310,6 @@ class PodWorker(threading.Thread):
         }}
         self.manifest["status"]["startTime"] = body["status"]["startTime"]
         self.agent.api("PATCH", f"{self.path}/status", body, content_type="application/strategic-merge-patch+json")
-
-    def status_seen(self):
-        """The pod as the apiserver holds it now (None once it is gone)."""
-        r = self.cp.get(self.path, raw=True)
-        return r.json() if r.status_code == 200 else None
 
     # -- volumes ----------------------------------------------------------------------------
 
