@@ -1,9 +1,38 @@
-//! Metric label values, written one way in every binary: an enum whose variants are
-//! the values, each given its text once by `label_values!`, which also makes it
-//! encodable as a Prometheus label value.
+//! Metrics, named and labelled one way in every binary.
+//!
+//! Names: every family a binary serves is `ipmgmt_<component>_<what>`, the prefix
+//! coming from the registry `Component::registry` makes, so a family registers under
+//! its short name and cannot be named otherwise. Label values: an enum whose
+//! variants are the values, each given its text once by `label_values!`, which also
+//! makes it encodable as a Prometheus label value.
 
 /// Re-exported for `label_values!`, so a crate using it needs no path of its own.
 pub use prometheus_client;
+use prometheus_client::registry::Registry;
+
+/// The binary a metric comes from: the middle of its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    Webhook,
+    Reclaimer,
+    /// ipmgr, the IP manager in the pods.
+    Manager,
+}
+
+impl Component {
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            Component::Webhook => "ipmgmt_webhook",
+            Component::Reclaimer => "ipmgmt_reclaimer",
+            Component::Manager => "ipmgmt_manager",
+        }
+    }
+
+    /// The registry this binary's families go in, each named `<prefix>_<name>`.
+    pub fn registry(self) -> Registry {
+        Registry::with_prefix(self.prefix())
+    }
+}
 
 /// The text of a label value.
 pub trait LabelValue {

@@ -618,27 +618,6 @@ impl Nesting {
     }
 }
 
-/// The fields of one object read so far: a field the views read may appear once, as
-/// serde's derive has it.
-#[derive(Default)]
-pub struct Seen(u32);
-
-impl Seen {
-    pub fn first(&mut self, reader: &Reader<'_>, field: u32, name: &str) -> Result<()> {
-        let bit = 1 << field;
-        if self.0 & bit != 0 {
-            return Err(reader.error(&format!("duplicate field `{name}`")));
-        }
-        self.0 |= bit;
-        Ok(())
-    }
-}
-
-/// A field the views must find, as serde's derive says it is missing.
-pub fn required<T>(value: Option<T>, reader: &Reader<'_>, name: &str) -> Result<T> {
-    value.ok_or_else(|| reader.error(&format!("missing field `{name}`")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

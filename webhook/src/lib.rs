@@ -16,12 +16,13 @@ pub mod review;
 pub mod runtime;
 pub mod server;
 pub mod tls;
+pub mod view;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use prometheus_client::registry::Registry;
+use ipmgmt_common::metrics::Component;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info};
@@ -81,7 +82,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         inject,
     } = args;
     let config = inject.to_config()?;
-    let mut registry = Registry::with_prefix("ipmgmt_webhook");
+    let mut registry = Component::Webhook.registry();
     let review_metrics = server::Metrics::register(&mut registry);
     let body_metrics = body::Metrics::register(&mut registry);
     let tls_metrics = tls::Metrics::register(&mut registry);

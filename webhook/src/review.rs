@@ -22,185 +22,72 @@ use serde::de::IntoDeserializer;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 
-use crate::inject::pod::{object, optional_object};
 use crate::inject::{Decision, Injector, Mode, Pod, Skip};
-use crate::json::{self, Reader, Seen, required};
+use crate::json::{self, Reader};
+#[cfg(any(test, feature = "fuzzing"))]
+use crate::view::Via;
+use crate::view::{Field, view};
 
-#[derive(Debug, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewIn<'a> {
-    #[serde(borrow)]
-    api_version: Cow<'a, str>,
-    #[serde(borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow, default, deserialize_with = "optional_object")]
-    request: Option<RequestIn<'a>>,
+view! {
+    struct ReviewIn<'a> {
+        api_version: Cow<'a, str> = "apiVersion",
+        kind: Cow<'a, str> = "kind",
+        request: Option<RequestIn<'a>> = "request" or default,
+    }
 }
 
-#[derive(Debug, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RequestIn<'a> {
-    #[serde(borrow)]
-    uid: Cow<'a, str>,
-    #[serde(borrow, deserialize_with = "object")]
-    kind: Kind<'a>,
-    #[serde(deserialize_with = "operation")]
-    operation: Operation,
-    #[serde(borrow, default)]
-    sub_resource: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    namespace: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "optional_object")]
-    object: Option<Pod<'a>>,
+view! {
+    struct RequestIn<'a> {
+        uid: Cow<'a, str> = "uid",
+        kind: Kind<'a> = "kind",
+        operation: Operation = "operation",
+        sub_resource: Option<Cow<'a, str>> = "subResource" or default,
+        name: Option<Cow<'a, str>> = "name" or default,
+        namespace: Option<Cow<'a, str>> = "namespace" or default,
+        object: Option<Pod<'a>> = "object" or default,
+    }
 }
 
-/// kube-core's `GroupVersionKind`, borrowed.
-#[derive(Debug, PartialEq, Deserialize)]
-struct Kind<'a> {
-    #[serde(borrow, rename = "group")]
-    _group: Cow<'a, str>,
-    #[serde(borrow, rename = "version")]
-    _version: Cow<'a, str>,
-    #[serde(borrow)]
-    kind: Cow<'a, str>,
+view! {
+    /// kube-core's `GroupVersionKind`, borrowed.
+    struct Kind<'a> {
+        _group: Cow<'a, str> = "group",
+        _version: Cow<'a, str> = "version",
+        kind: Cow<'a, str> = "kind",
+    }
 }
 
 /// kube-core's `Operation` from its name only (its derive also takes `{"CREATE":null}`).
-fn operation<'de, D: Deserializer<'de>>(d: D) -> Result<Operation, D::Error> {
-    let name = Cow::<str>::deserialize(d)?;
-    Operation::deserialize(name.as_ref().into_deserializer())
-}
+impl<'de> Field<'de> for Operation {
+    fn read(r: &mut Reader<'de>) -> json::Result<Self> {
+        let name = r.string("a string")?;
+        Ok(match &*name {
+            "CREATE" => Operation::Create,
+            "UPDATE" => Operation::Update,
+            "DELETE" => Operation::Delete,
+            "CONNECT" => Operation::Connect,
+            _ => {
+                return Err(r.error(&format!(
+                    "unknown variant `{name}`, expected one of \
+                     `CREATE`, `UPDATE`, `DELETE`, `CONNECT`"
+                )));
+            }
+        })
+    }
 
-fn operation_named(name: &str) -> Option<Operation> {
-    Some(match name {
-        "CREATE" => Operation::Create,
-        "UPDATE" => Operation::Update,
-        "DELETE" => Operation::Delete,
-        "CONNECT" => Operation::Connect,
-        _ => return None,
-    })
+    fn reference<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = Cow::<str>::deserialize(d)?;
+        Operation::deserialize(name.as_ref().into_deserializer())
+    }
 }
 
 impl<'a> ReviewIn<'a> {
-    fn read(text: &'a str) -> json::Result<Self> {
+    /// The whole body: one review, then only whitespace.
+    fn read_body(text: &'a str) -> json::Result<Self> {
         let mut r = Reader::new(text);
-        let (mut api_version, mut kind, mut request) = (None, None, None);
-        let mut seen = Seen::default();
-        r.object("struct ReviewIn", |r, key| {
-            match &*key {
-                "apiVersion" => {
-                    seen.first(r, 0, "apiVersion")?;
-                    api_version = Some(r.string("a string")?);
-                }
-                "kind" => {
-                    seen.first(r, 1, "kind")?;
-                    kind = Some(r.string("a string")?);
-                }
-                "request" => {
-                    seen.first(r, 2, "request")?;
-                    request = r.nullable(RequestIn::read)?;
-                }
-                _ => r.skip()?,
-            }
-            Ok(())
-        })?;
-        let review = ReviewIn {
-            api_version: required(api_version, &r, "apiVersion")?,
-            kind: required(kind, &r, "kind")?,
-            request,
-        };
+        let review = <Self as Field>::read(&mut r)?;
         r.end()?;
         Ok(review)
-    }
-}
-
-impl<'a> RequestIn<'a> {
-    fn read(r: &mut Reader<'a>) -> json::Result<Self> {
-        let (mut uid, mut kind, mut operation) = (None, None, None);
-        let (mut sub_resource, mut name, mut namespace, mut object) = (None, None, None, None);
-        let mut seen = Seen::default();
-        r.object("struct RequestIn", |r, key| {
-            match &*key {
-                "uid" => {
-                    seen.first(r, 0, "uid")?;
-                    uid = Some(r.string("a string")?);
-                }
-                "kind" => {
-                    seen.first(r, 1, "kind")?;
-                    kind = Some(Kind::read(r)?);
-                }
-                "operation" => {
-                    seen.first(r, 2, "operation")?;
-                    let text = r.string("a string")?;
-                    let known = operation_named(&text).ok_or_else(|| {
-                        r.error(&format!(
-                            "unknown variant `{text}`, expected one of \
-                             `CREATE`, `UPDATE`, `DELETE`, `CONNECT`"
-                        ))
-                    })?;
-                    operation = Some(known);
-                }
-                "subResource" => {
-                    seen.first(r, 3, "subResource")?;
-                    sub_resource = r.nullable(|r| r.string("a string"))?;
-                }
-                "name" => {
-                    seen.first(r, 4, "name")?;
-                    name = r.nullable(|r| r.string("a string"))?;
-                }
-                "namespace" => {
-                    seen.first(r, 5, "namespace")?;
-                    namespace = r.nullable(|r| r.string("a string"))?;
-                }
-                "object" => {
-                    seen.first(r, 6, "object")?;
-                    object = r.nullable(Pod::read)?;
-                }
-                _ => r.skip()?,
-            }
-            Ok(())
-        })?;
-        Ok(RequestIn {
-            uid: required(uid, r, "uid")?,
-            kind: required(kind, r, "kind")?,
-            operation: required(operation, r, "operation")?,
-            sub_resource,
-            name,
-            namespace,
-            object,
-        })
-    }
-}
-
-impl<'a> Kind<'a> {
-    fn read(r: &mut Reader<'a>) -> json::Result<Self> {
-        let (mut group, mut version, mut kind) = (None, None, None);
-        let mut seen = Seen::default();
-        r.object("a JSON object", |r, key| {
-            match &*key {
-                "group" => {
-                    seen.first(r, 0, "group")?;
-                    group = Some(r.string("a string")?);
-                }
-                "version" => {
-                    seen.first(r, 1, "version")?;
-                    version = Some(r.string("a string")?);
-                }
-                "kind" => {
-                    seen.first(r, 2, "kind")?;
-                    kind = Some(r.string("a string")?);
-                }
-                _ => r.skip()?,
-            }
-            Ok(())
-        })?;
-        Ok(Kind {
-            _group: required(group, r, "group")?,
-            _version: required(version, r, "version")?,
-            kind: required(kind, r, "kind")?,
-        })
     }
 }
 
@@ -211,25 +98,14 @@ pub fn read_agrees(body: &[u8]) -> Result<(), String> {
     let Ok(text) = std::str::from_utf8(body) else {
         return Ok(());
     };
-    let hand = ReviewIn::read(text);
-    let derive = serde_json::from_str::<ObjectOnly<ReviewIn>>(text).map(|o| o.0);
+    let hand = ReviewIn::read_body(text);
+    let derive = serde_json::from_str::<Via<ReviewIn>>(text).map(|v| v.0);
     match (hand, derive) {
         (Ok(hand), Ok(derive)) if hand == derive => Ok(()),
         (Err(_), Err(_)) => Ok(()),
         (hand, derive) => Err(format!(
             "hand-written: {hand:?}\nserde's derive: {derive:?}"
         )),
-    }
-}
-
-/// The reference's top level, an object only, as the hand-written reader reads it.
-#[cfg(any(test, feature = "fuzzing"))]
-struct ObjectOnly<T>(T);
-
-#[cfg(any(test, feature = "fuzzing"))]
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        object(d).map(ObjectOnly)
     }
 }
 
@@ -278,7 +154,7 @@ pub struct Answer {
 }
 
 pub fn review(body: &[u8], injector: &Injector) -> Result<Answer, BadReview> {
-    let review = ReviewIn::read(std::str::from_utf8(body)?)?;
+    let review = ReviewIn::read_body(std::str::from_utf8(body)?)?;
     if review.api_version != "admission.k8s.io/v1" {
         return Err(BadReview::Version(review.api_version.into_owned()));
     }

@@ -335,7 +335,7 @@ mod tests {
 
     #[test]
     fn metrics_text_has_outcomes_and_latency() {
-        let mut registry = Registry::with_prefix("ipmgmt_webhook");
+        let mut registry = ipmgmt_common::metrics::Component::Webhook.registry();
         let m = Metrics::register(&mut registry);
         m.review(Outcome::Injected(Mode::Init), Duration::from_micros(30));
         m.review(Outcome::Denied, Duration::from_micros(30));
