@@ -148,7 +148,7 @@ pub async fn ec2_client(args: &Args, registry: &mut Registry) -> ec2::SdkEc2 {
     .load()
     .await;
     let attempts = ipmgmt_common::aws::Attempts::default();
-    attempts.register_as(registry, "ipmgmt_reclaimer_ec2_attempts");
+    attempts.register(registry);
     ec2::SdkEc2::new(ipmgmt_common::aws::ec2_client(&sdk, &attempts))
         .only_tagged(args.cluster_tag.clone())
 }

@@ -1,6 +1,6 @@
 use clap::{CommandFactory, Parser};
+use ipmgmt_common::metrics::Component;
 use ipmgmt_reclaimer::config::Args;
-use prometheus_client::registry::Registry;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
         .expect("no other crypto provider is installed before main");
     ipmgmt_reclaimer::init_logging(args.log_format, &args.log_level)?;
     let kube = ipmgmt_reclaimer::kube_client(kube::Config::infer().await?, &args)?;
-    let mut registry = Registry::default();
+    let mut registry = Component::Reclaimer.registry();
     let ec2 = ipmgmt_reclaimer::ec2_client(&args, &mut registry).await;
     let shutdown = ipmgmt_reclaimer::shutdown_signal();
     ipmgmt_reclaimer::run(args, kube, ec2, registry, shutdown, None).await

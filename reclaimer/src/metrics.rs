@@ -7,7 +7,7 @@
 //! | `ipmgmt_reclaimer_addresses` | `verdict`: `claimed`, `not_from_ipam`, `node_settling`, `waiting`, `release`, `deferred` (after the last sweep) |
 //! | `ipmgmt_reclaimer_releases_total` | `result`: `released`, `dry_run`, `claimed_at_confirm`, `put_back`, `failed` |
 //! | `ipmgmt_reclaimer_watch_errors_total` | `resource`: `pods`, `nodes`, `namespaces`, `ippools` |
-//! | `ipmgmt_reclaimer_ec2_attempts_total` | `action`, `result` (as `ipmgr_ec2_attempts_total`) |
+//! | `ipmgmt_reclaimer_ec2_attempts_total` | `action`, `result` (as `ipmgmt_manager_ec2_attempts_total`) |
 
 use ipmgmt_common::label_values;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -139,27 +139,23 @@ impl Metrics {
                 .get_or_create(&ResourceLabel { resource: r });
         }
         registry.register(
-            "ipmgmt_reclaimer_leader",
+            "leader",
             "1 while this replica holds the leader Lease",
             self.leader.clone(),
         );
+        registry.register("sweeps", "Sweeps by how they ended", self.sweeps.clone());
         registry.register(
-            "ipmgmt_reclaimer_sweeps",
-            "Sweeps by how they ended",
-            self.sweeps.clone(),
-        );
-        registry.register(
-            "ipmgmt_reclaimer_addresses",
+            "addresses",
             "Secondary addresses on the nodes' Multus ENIs at the last sweep, by verdict",
             self.addresses.clone(),
         );
         registry.register(
-            "ipmgmt_reclaimer_releases",
+            "releases",
             "Addresses released (or reported, in dry-run) by result",
             self.releases.clone(),
         );
         registry.register(
-            "ipmgmt_reclaimer_watch_errors",
+            "watch_errors",
             "Watch errors by resource; each restarts every grace period",
             self.watch_errors.clone(),
         );

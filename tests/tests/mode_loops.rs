@@ -255,27 +255,36 @@ async fn sidecar_follows_a_floating_ip_ignores_noise_and_releases_what_it_holds(
 
     // What was done shows in the metrics: three assignments (the pod's address at
     // start, the VIP, the VIP again), every pass complete, two addresses assigned.
+    // Each also under its name from before 0.2 (`ipmgr_*`), with the same value.
     let metrics = scrape(&metrics_at).await;
     for line in [
-        "ipmgr_ec2_attempts_total{action=\"AssignPrivateIpAddresses\",result=\"ok\"} 3",
-        "ipmgr_passes_total{trigger=\"start\",result=\"complete\"} 1",
-        "ipmgr_passes_total{trigger=\"events\",result=\"complete\"} ",
-        "ipmgr_addresses{state=\"assigned\"} 2",
-        "ipmgr_addresses{state=\"unassigned\"} 0",
+        "ec2_attempts_total{action=\"AssignPrivateIpAddresses\",result=\"ok\"} 3",
+        "passes_total{trigger=\"start\",result=\"complete\"} 1",
+        "passes_total{trigger=\"events\",result=\"complete\"} ",
+        "addresses{state=\"assigned\"} 2",
+        "addresses{state=\"unassigned\"} 0",
     ] {
-        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+        for name in ["ipmgmt_manager_", "ipmgr_"] {
+            let line = format!("\n{name}{line}");
+            assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+        }
     }
+    assert!(
+        metrics.contains("# HELP ipmgr_passes Deprecated: the same as ipmgmt_manager_passes_total"),
+        "{metrics}"
+    );
     assert!(!metrics.contains("result=\"incomplete\""), "{metrics}");
     // The README's metric table names exactly the families served.
     let served: BTreeSet<String> = (metrics.lines())
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| !name.starts_with("ipmgr_"))
         .map(str::to_owned)
         .collect();
     let documented: BTreeSet<String> = (include_str!("../../README.md").lines())
         .filter_map(|l| l.trim_start().strip_prefix("| `"))
         .filter_map(|l| l.split('`').next())
-        .filter(|name| name.starts_with("ipmgr_"))
+        .filter(|name| name.starts_with("ipmgmt_manager_"))
         .map(|name| name.trim_end_matches("_total").to_owned())
         .collect();
     assert_eq!(

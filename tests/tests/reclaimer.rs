@@ -223,7 +223,7 @@ impl Cluster {
             args,
             client,
             ec2,
-            Default::default(),
+            ipmgmt_common::metrics::Component::Reclaimer.registry(),
             async {
                 let _ = stopped.await;
             },

@@ -62,7 +62,7 @@ pub fn ec2_client(sdk: &SdkConfig, attempts: &Attempts) -> aws_sdk_ec2::Client {
 
 /// What the SDK's attempts last ran into. The SDK retries inside one call, so a call
 /// that a deadline cuts short returns no error of its own: this keeps the cause. It
-/// also counts every attempt by action and result (`ipmgr_ec2_attempts_total`).
+/// also counts every attempt by action and result (`ipmgmt_<component>_ec2_attempts_total`).
 #[derive(Clone, Debug, Default)]
 pub struct Attempts {
     state: Arc<Mutex<AttemptState>>,
@@ -124,17 +124,19 @@ impl Attempts {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// `<component>_ec2_attempts_total`, the component's prefix from the registry.
     pub fn register(&self, registry: &mut Registry) {
-        self.register_as(registry, "ipmgr_ec2_attempts");
-    }
-
-    /// The same family under another binary's name (`<name>_total`).
-    pub fn register_as(&self, registry: &mut Registry, name: &str) {
         registry.register(
-            name,
+            "ec2_attempts",
             "EC2 request attempts (retries included), by action and result",
             self.counted.clone(),
         );
+    }
+
+    /// The same family under a name of its own (`<name>_total`): an old name kept
+    /// while dashboards move to the new one.
+    pub fn register_as(&self, registry: &mut Registry, name: &str, help: &str) {
+        registry.register(name, help, self.counted.clone());
     }
 
     /// One line on the latest attempts: the one still waiting, the last that failed.

@@ -31,7 +31,6 @@ use crate::manager::{AddressError, Manager, Outcome, PassError, Settings};
 use crate::plan::Rules;
 
 pub use init::init;
-pub use pass_metrics::PassMetrics;
 pub use sidecar::{Stop, sidecar};
 
 /// Why ipmgr stopped: always one line, for the pod's status.

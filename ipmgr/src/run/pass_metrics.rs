@@ -8,8 +8,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::sidecar::Trigger;
+use crate::aws::Attempts;
 use crate::manager::{Outcome, PassError};
 use ipmgmt_common::label_values;
+use ipmgmt_common::metrics::Component;
 
 /// A trigger without its event count: the `trigger` label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -69,19 +71,41 @@ pub struct PassMetrics {
     addresses: Family<StateLabel, Gauge>,
 }
 
+/// The manager's registry, with the EC2 attempts and the sidecar loop's metrics in it
+/// as `ipmgmt_manager_*`. Each is also served, with the same values, under the name it
+/// had before it took the project's convention (`ipmgr_*`), so that dashboards and
+/// alerts can move over; the old names go in 0.3.
+pub(super) fn registry(attempts: &Attempts) -> (Registry, PassMetrics) {
+    let mut root = Registry::default();
+    let prefix = Component::Manager.prefix();
+    let own = root.sub_registry_with_prefix(prefix);
+    attempts.register(own);
+    let metrics = PassMetrics::register(own);
+    let old =
+        |new: &str| format!("Deprecated: the same as {prefix}_{new}, which replaces it in 0.3");
+    attempts.register_as(&mut root, "ipmgr_ec2_attempts", &old("ec2_attempts_total"));
+    root.register("ipmgr_passes", old("passes_total"), metrics.passes.clone());
+    root.register(
+        "ipmgr_addresses",
+        old("addresses"),
+        metrics.addresses.clone(),
+    );
+    (root, metrics)
+}
+
 impl PassMetrics {
     /// Makes the families, each registered as it is made: a new one cannot be left
     /// out of `/metrics`.
-    pub fn register(registry: &mut Registry) -> PassMetrics {
+    fn register(registry: &mut Registry) -> PassMetrics {
         let passes = Family::default();
         registry.register(
-            "ipmgr_passes",
+            "passes",
             "Sidecar assignment passes, by what started them and how they ended",
             passes.clone(),
         );
         let addresses = Family::default();
         registry.register(
-            "ipmgr_addresses",
+            "addresses",
             "The pod's managed addresses after the last pass, by state",
             addresses.clone(),
         );

@@ -13,12 +13,11 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::sleep_until;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::pass_metrics::{PassMetrics, TriggerKind};
+use super::pass_metrics::{self, TriggerKind};
 use super::{
     Failure, first_addresses, jittered, log_outcome, manager, termination_message, unassigned,
 };
@@ -27,7 +26,7 @@ use crate::config::Args;
 use crate::discover::{Addresses, DiscoverError};
 use crate::ec2::Ec2;
 use crate::eni::Local;
-use crate::manager::{Manager, Outcome, Take};
+use crate::manager::{Manager, Outcome, PassError, Take};
 
 /// First wait after a failed sidecar pass; it doubles up to `RETRY_MAX`.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
@@ -201,6 +200,89 @@ impl SettledFile {
     }
 }
 
+/// What the sidecar loop carries from one pass to the next: what the pod's addresses
+/// may take, what is settled, and when the next try is due.
+struct Between<'a> {
+    follow: Follow,
+    settled: BTreeSet<IpAddr>,
+    settled_file: SettledFile,
+    ready: ReadyFile<'a>,
+    resync: tokio::time::Interval,
+    /// When the next retry is due (at once for the first pass); `None` while the last
+    /// pass was complete.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    /// Why the last pass was incomplete, while it is.
+    failing: Option<String>,
+}
+
+impl Between<'_> {
+    /// What starts the next pass: the first pass or a retry falling due, the pod's
+    /// addresses changing (coalesced over `coalesce`), or the periodic resync.
+    async fn next_trigger<A: Addresses>(
+        &mut self,
+        addresses: &mut A,
+        coalesce: Duration,
+    ) -> Result<Trigger, Failure> {
+        let retry_at = self.retry_at;
+        Ok(tokio::select! {
+            biased;
+            _ = sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => {
+                match self.failing { Some(_) => Trigger::Retry, None => Trigger::Start }
+            }
+            changed = addresses.changed(coalesce) => match changed {
+                Some(changes) => {
+                    self.follow.announced(&changes.added);
+                    Trigger::Events(changes.events)
+                }
+                None => return Err(DiscoverError::Socket(std::io::Error::other("netlink event socket closed")).into()),
+            },
+            _ = self.resync.tick() => Trigger::Periodic,
+        })
+    }
+
+    /// After a pass: records what it settled, marks the pod ready or not, and schedules
+    /// a retry with backoff while anything is left unassigned.
+    fn after_pass(
+        &mut self,
+        reason: Trigger,
+        result: Result<Outcome, PassError>,
+    ) -> Result<(), Failure> {
+        let failure = match result {
+            Ok(outcome) => {
+                self.follow.settled(&outcome);
+                let now = self.follow.settled_now();
+                if now != self.settled {
+                    self.settled_file.store(&now);
+                    self.settled = now;
+                }
+                match outcome.is_complete() {
+                    true => {
+                        log_outcome(reason, &outcome);
+                        None
+                    }
+                    false => Some(unassigned(&outcome.failed)),
+                }
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        self.ready.set(failure.is_none())?;
+        match &failure {
+            None => {
+                self.retry_at = None;
+                self.backoff = RETRY_FIRST;
+            }
+            Some(line) => {
+                warn!(reason = %reason, error = %line, retry_in = ?self.backoff, "pass incomplete; retrying");
+                self.retry_at = Some(Instant::now() + jittered(self.backoff));
+                self.backoff = (self.backoff * 2).min(RETRY_MAX);
+            }
+        }
+        self.failing = failure;
+        Ok(())
+    }
+}
+
 /// Sidecar mode: assigns, marks ready, follows address changes, and releases what
 /// the pod holds once `stop` is requested (SIGTERM).
 pub async fn sidecar<E: Ec2, A: Addresses>(
@@ -213,9 +295,7 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
     let ready = ReadyFile(&args.ready_file);
     // A restarted sidecar must not pass its probes on the last run's file.
     ready.set(false)?;
-    let mut registry = Registry::default();
-    attempts.register(&mut registry);
-    let metrics = PassMetrics::register(&mut registry);
+    let (registry, metrics) = pass_metrics::registry(attempts);
     if let Some(addr) = args.metrics_listen {
         crate::metrics::serve(addr, registry)
             .await
@@ -240,36 +320,31 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
     if !settled_before.is_empty() {
         info!(settled = ?settled_before, "restarted: addresses an earlier run settled are repaired only, never taken from another ENI");
     }
-    let mut follow = Follow::new(&snapshot.addresses, &settled_before);
-    let mut settled = settled_before;
-    let coalesce = args.coalesce;
-    let mut resync = tokio::time::interval(args.resync);
-    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    resync.reset();
-    let mut retry_at = Some(Instant::now());
-    let mut backoff = RETRY_FIRST;
-    let mut failing: Option<String> = None;
+    let mut state = Between {
+        follow: Follow::new(&snapshot.addresses, &settled_before),
+        settled: settled_before,
+        settled_file,
+        ready,
+        resync: tokio::time::interval(args.resync),
+        retry_at: Some(Instant::now()),
+        backoff: RETRY_FIRST,
+        failing: None,
+    };
+    state
+        .resync
+        .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    state.resync.reset();
     let mut passes = 0_u64;
     loop {
         let reason = tokio::select! {
             biased;
             _ = stop.requested() => break,
-            _ = sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => {
-                match failing { Some(_) => Trigger::Retry, None => Trigger::Start }
-            }
-            changed = addresses.changed(coalesce) => match changed {
-                Some(changes) => {
-                    follow.announced(&changes.added);
-                    Trigger::Events(changes.events)
-                }
-                None => return Err(DiscoverError::Socket(std::io::Error::other("netlink event socket closed")).into()),
-            },
-            _ = resync.tick() => Trigger::Periodic,
+            trigger = state.next_trigger(&mut addresses, args.coalesce) => trigger?,
         };
         let snapshot = addresses.snapshot().await?;
         // Link-local addresses, DAD completing, the primary interface: events that
         // change nothing ipmgr manages cost no EC2 call.
-        let changed = follow.observe(&snapshot.addresses);
+        let changed = state.follow.observe(&snapshot.addresses);
         if !changed && matches!(reason, Trigger::Events(_)) {
             debug!(reason = %reason, "no change to the managed addresses");
             continue;
@@ -277,7 +352,7 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
         passes += 1;
         // An address event is followed from the ENIs the last pass left; the start, a
         // retry and the periodic pass look at EC2 afresh.
-        let take = Take::Only(&follow.takes);
+        let take = Take::Only(&state.follow.takes);
         let pass = async {
             match reason {
                 Trigger::Events(_) => mgr.follow(&snapshot.addresses, take).await,
@@ -294,39 +369,10 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
             result = pass => result,
         };
         metrics.pass(reason, &result);
-        let failure = match result {
-            Ok(outcome) => {
-                follow.settled(&outcome);
-                let now = follow.settled_now();
-                if now != settled {
-                    settled_file.store(&now);
-                    settled = now;
-                }
-                match outcome.is_complete() {
-                    true => {
-                        log_outcome(reason, &outcome);
-                        None
-                    }
-                    false => Some(unassigned(&outcome.failed)),
-                }
-            }
-            Err(e) => Some(e.to_string()),
-        };
-        ready.set(failure.is_none())?;
-        match &failure {
-            None => {
-                retry_at = None;
-                backoff = RETRY_FIRST;
-            }
-            Some(line) => {
-                warn!(reason = %reason, error = %line, retry_in = ?backoff, "pass incomplete; retrying");
-                retry_at = Some(Instant::now() + jittered(backoff));
-                backoff = (backoff * 2).min(RETRY_MAX);
-            }
-        }
-        failing = failure;
+        state.after_pass(reason, result)?;
     }
 
+    let Between { ready, failing, .. } = state;
     ready.set(false)?;
     if let Some(line) = &failing {
         // The pod's status then says why its addresses were never all assigned.
