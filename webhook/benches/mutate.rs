@@ -46,6 +46,21 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("{name}_{}B", body.len()), |b| {
             b.iter(|| review(black_box(&body), &injector).unwrap())
         });
+        // The same review read by sonic-rs through the views' serde derive, with the
+        // same answer.
+        #[cfg(feature = "sonic")]
+        {
+            let sonic = ipmgmt_webhook::review::review_sonic(&body, &injector).unwrap();
+            assert_eq!(
+                sonic.body, answer.body,
+                "{case}: sonic-rs answers otherwise"
+            );
+            group.bench_function(format!("{name}_{}B_sonic_rs", body.len()), |b| {
+                b.iter(|| {
+                    ipmgmt_webhook::review::review_sonic(black_box(&body), &injector).unwrap()
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::inject::{Decision, Injector, Mode, Pod, Skip};
 use crate::json::{self, Reader};
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(any(test, feature = "fuzzing", feature = "sonic"))]
 use crate::view::Via;
 use crate::view::{Field, view};
 
@@ -134,6 +134,9 @@ pub enum BadReview {
     Version(String),
     #[error("kind is {0:?}, not AdmissionReview")]
     Kind(String),
+    #[cfg(feature = "sonic")]
+    #[error("request body is not an admission.k8s.io/v1 AdmissionReview: {0}")]
+    Sonic(String),
 }
 
 /// Who the review is about, for the per-review span.
@@ -154,7 +157,20 @@ pub struct Answer {
 }
 
 pub fn review(body: &[u8], injector: &Injector) -> Result<Answer, BadReview> {
-    let review = ReviewIn::read_body(std::str::from_utf8(body)?)?;
+    answer(ReviewIn::read_body(std::str::from_utf8(body)?)?, injector)
+}
+
+/// `review` with the body read by sonic-rs through the views' serde derive: the
+/// library alternative to `json::Reader`, for the benchmark that compares them.
+#[cfg(feature = "sonic")]
+pub fn review_sonic(body: &[u8], injector: &Injector) -> Result<Answer, BadReview> {
+    let text = std::str::from_utf8(body)?;
+    let review =
+        sonic_rs::from_str::<Via<ReviewIn>>(text).map_err(|e| BadReview::Sonic(e.to_string()))?;
+    answer(review.0, injector)
+}
+
+fn answer(review: ReviewIn<'_>, injector: &Injector) -> Result<Answer, BadReview> {
     if review.api_version != "admission.k8s.io/v1" {
         return Err(BadReview::Version(review.api_version.into_owned()));
     }
