@@ -5,7 +5,8 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aws_sdk_ec2::types::{Filter, SubnetCidrBlockStateCode, VpcCidrBlockStateCode};
-pub use ipmgmt_common::aws::{Action, Ec2Error, Remedy, sdk_error, strings, to_eni};
+pub use ipmgmt_common::aws::{Action, Ec2Error, sdk_error, strings, to_eni};
+use ipmgmt_common::aws::{NoCredentials, Remedy};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::eni::{Eni, Subnet, Vpc};
@@ -65,10 +66,34 @@ pub fn error(
     code: Option<&str>,
     detail: impl Into<String>,
 ) -> Ec2Error {
-    Ec2Error::with_remedy(action, target, code, detail, hint)
+    Ec2Error::with_remedy(action, target, code, detail, &REMEDY)
 }
 
 /// The IP manager's remedies.
+const REMEDY: Remedy = Remedy {
+    refused: hint,
+    credentials,
+};
+
+/// What to do about credentials the manager could not get, by what STS said.
+fn credentials(why: NoCredentials) -> &'static str {
+    match why {
+        NoCredentials::Expired => {
+            "STS refused the pod's web identity token as expired: kubelet renews the projected token \
+             (volume aws-iam-token) long before it expires, so check that the pod mounts the token the \
+             webhook injected and that the node's clock is right"
+        }
+        NoCredentials::Untrusted => {
+            "STS refused to let the pod's service account assume the role: check the role's trust policy \
+             (deploy/irsa-trust-policy.json) for this cluster's OIDC provider, namespace and service account"
+        }
+        NoCredentials::Missing => {
+            "the SDK found no AWS credentials: give the pod an IRSA role (the chart's aws.roleArn or \
+             the annotation ipmgmt.aws/role-arn), or for the node role let pods reach IMDS (hop limit 2)"
+        }
+    }
+}
+
 fn hint(action: Action, code: Option<&str>) -> String {
     match code {
         // On an ENI, the manager, which knows its tags, says which part of the policy
@@ -109,21 +134,11 @@ fn hint(action: Action, code: Option<&str>) -> String {
 #[derive(Clone, Debug)]
 pub struct SdkEc2 {
     client: aws_sdk_ec2::Client,
-    remedy: Remedy,
 }
 
 impl SdkEc2 {
     pub fn new(client: aws_sdk_ec2::Client) -> Self {
-        SdkEc2 {
-            client,
-            remedy: hint,
-        }
-    }
-
-    /// Another binary's remedies in its error lines (the reclaimer's).
-    pub fn with_remedy(mut self, remedy: Remedy) -> Self {
-        self.remedy = remedy;
-        self
+        SdkEc2 { client }
     }
 
     async fn describe_enis(
@@ -146,7 +161,7 @@ impl SdkEc2 {
                         Action::DescribeNetworkInterfaces,
                         action_target.clone(),
                         e,
-                        self.remedy,
+                        &REMEDY,
                     )
                 })?;
             out.extend(page.network_interfaces().iter().filter_map(to_eni));
@@ -185,7 +200,7 @@ impl Ec2 for SdkEc2 {
             .set_subnet_ids(Some(ids.to_vec()))
             .send()
             .await
-            .map_err(|e| sdk_error(Action::DescribeSubnets, ids.join(","), e, self.remedy))?;
+            .map_err(|e| sdk_error(Action::DescribeSubnets, ids.join(","), e, &REMEDY))?;
         Ok(out
             .subnets()
             .iter()
@@ -218,7 +233,7 @@ impl Ec2 for SdkEc2 {
             .set_vpc_ids(Some(ids.to_vec()))
             .send()
             .await
-            .map_err(|e| sdk_error(Action::DescribeVpcs, ids.join(","), e, self.remedy))?;
+            .map_err(|e| sdk_error(Action::DescribeVpcs, ids.join(","), e, &REMEDY))?;
         // A block being disassociated is still listed for a while: only associated ones
         // count.
         Ok(out
@@ -277,7 +292,7 @@ impl Ec2 for SdkEc2 {
                     Action::DescribeInstances,
                     format!("named {name}"),
                     e,
-                    self.remedy,
+                    &REMEDY,
                 )
             })?;
         Ok(out
@@ -301,7 +316,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error(Action::AssignPrivateIpAddresses, eni, e, self.remedy))
+            .map_err(|e| sdk_error(Action::AssignPrivateIpAddresses, eni, e, &REMEDY))
     }
 
     async fn unassign_ipv4(&self, eni: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
@@ -312,7 +327,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error(Action::UnassignPrivateIpAddresses, eni, e, self.remedy))
+            .map_err(|e| sdk_error(Action::UnassignPrivateIpAddresses, eni, e, &REMEDY))
     }
 
     async fn assign_ipv6(&self, eni: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
@@ -323,7 +338,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error(Action::AssignIpv6Addresses, eni, e, self.remedy))
+            .map_err(|e| sdk_error(Action::AssignIpv6Addresses, eni, e, &REMEDY))
     }
 
     async fn unassign_ipv6(&self, eni: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
@@ -334,7 +349,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error(Action::UnassignIpv6Addresses, eni, e, self.remedy))
+            .map_err(|e| sdk_error(Action::UnassignIpv6Addresses, eni, e, &REMEDY))
     }
 }
 

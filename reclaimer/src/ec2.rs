@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::types::Filter;
-use ipmgmt_common::aws::{Action, Ec2Error, sdk_error, strings};
+use ipmgmt_common::aws::{Action, Ec2Error, NoCredentials, Remedy, sdk_error, strings};
 use ipmgmt_common::aws::{NO_MANAGE_TAG, Tag};
 
 /// Where the reclaimer's policy lives, for error messages.
@@ -140,7 +140,7 @@ impl Ec2 for SdkEc2 {
                             Action::DescribeNetworkInterfaces,
                             format!("of {} instances", chunk.len()),
                             e,
-                            hint,
+                            &REMEDY,
                         )
                     })?;
                 out.extend(page.network_interfaces().iter().filter_map(multus_eni));
@@ -164,7 +164,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error(Action::AssignPrivateIpAddresses, eni, e, hint))
+            .map_err(|e| sdk_error(Action::AssignPrivateIpAddresses, eni, e, &REMEDY))
     }
 
     async fn assign_ipv6(&self, eni: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
@@ -177,7 +177,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error(Action::AssignIpv6Addresses, eni, e, hint))
+            .map_err(|e| sdk_error(Action::AssignIpv6Addresses, eni, e, &REMEDY))
     }
 
     async fn unassign_ipv4(&self, eni: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
@@ -190,7 +190,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error(Action::UnassignPrivateIpAddresses, eni, e, hint))
+            .map_err(|e| sdk_error(Action::UnassignPrivateIpAddresses, eni, e, &REMEDY))
     }
 
     async fn unassign_ipv6(&self, eni: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
@@ -203,7 +203,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error(Action::UnassignIpv6Addresses, eni, e, hint))
+            .map_err(|e| sdk_error(Action::UnassignIpv6Addresses, eni, e, &REMEDY))
     }
 }
 
@@ -232,7 +232,31 @@ fn multus_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<MultusEni> {
     })
 }
 
-/// The reclaimer's remedies (`Remedy`).
+/// The reclaimer's remedies.
+const REMEDY: Remedy = Remedy {
+    refused: hint,
+    credentials,
+};
+
+/// What to do about credentials the reclaimer could not get, by what STS said.
+fn credentials(why: NoCredentials) -> &'static str {
+    match why {
+        NoCredentials::Expired => {
+            "STS refused the reclaimer's web identity token as expired: kubelet renews the projected \
+             token long before it expires, so check the node's clock"
+        }
+        NoCredentials::Untrusted => {
+            "STS refused to let the reclaimer's service account assume its role: check that role's trust \
+             policy for this cluster's OIDC provider and the chart's reclaimer service account"
+        }
+        NoCredentials::Missing => {
+            "the SDK found no AWS credentials: set the chart's reclaimer.roleArn to a role with \
+             deploy/reclaimer-iam-policy.json (IRSA), or give the node's role that policy and let pods \
+             reach IMDS (hop limit 2)"
+        }
+    }
+}
+
 fn hint(action: Action, code: Option<&str>) -> String {
     match code {
         Some("UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException") => format!(
@@ -373,6 +397,9 @@ mod tests {
         for e in failures(&unreachable(NoCredentials)).await {
             assert!(e.to_string().contains("found no AWS credentials"), "{e}");
             assert!(!e.hint.contains("egress"), "{e}");
+            // The reclaimer's own role and chart value, not the IP manager's.
+            assert!(e.hint.contains("reclaimer.roleArn"), "{e}");
+            assert!(!e.hint.contains("ipmgmt.aws/role-arn"), "{e}");
         }
     }
 

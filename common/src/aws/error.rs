@@ -56,9 +56,9 @@ impl Ec2Error {
         target: impl Into<String>,
         code: Option<&str>,
         detail: impl Into<String>,
-        remedy: Remedy,
+        remedy: &Remedy,
     ) -> Self {
-        let hint = remedy(action, code);
+        let hint = (remedy.refused)(action, code);
         Ec2Error {
             action,
             target: target.into(),
@@ -69,17 +69,46 @@ impl Ec2Error {
     }
 }
 
-/// What to do about a refusal with this code (none: no answer), as one clause.
-pub type Remedy = fn(Action, Option<&str>) -> String;
+/// What a binary tells its operator to do, in its own words: each binary's error
+/// lines name its own role, chart values and policy.
+#[derive(Clone, Copy, Debug)]
+pub struct Remedy {
+    /// About EC2's refusal with this code (none: no answer came), as one clause.
+    pub refused: fn(Action, Option<&str>) -> String,
+    /// About credentials the SDK could not get.
+    pub credentials: fn(NoCredentials) -> &'static str,
+}
+
+/// Why the SDK had no credentials to sign a call with, as STS said it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoCredentials {
+    /// STS refused the web identity token as expired.
+    Expired,
+    /// STS refused to let the service account assume the role.
+    Untrusted,
+    /// No provider in the chain had any.
+    Missing,
+}
+
+impl NoCredentials {
+    fn of(detail: &str) -> NoCredentials {
+        if detail.contains("ExpiredToken") {
+            NoCredentials::Expired
+        } else if detail.contains("InvalidIdentityToken") || detail.contains("AccessDenied") {
+            NoCredentials::Untrusted
+        } else {
+            NoCredentials::Missing
+        }
+    }
+}
 
 /// One line for a failed SDK call: EC2's code and message, what the credential
-/// provider ran into, or why no answer came; with `remedy`'s hint, or the credentials'
-/// own.
+/// provider ran into, or why no answer came; with `remedy`'s hint for it.
 pub fn sdk_error<E>(
     action: Action,
     target: impl Into<String>,
     err: SdkError<E>,
-    remedy: Remedy,
+    remedy: &Remedy,
 ) -> Ec2Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -98,7 +127,7 @@ where
         _ => match credentials_error(&err) {
             Some(failure) => {
                 let detail = cause(failure);
-                let hint = credentials_hint(&detail).into();
+                let hint = (remedy.credentials)(NoCredentials::of(&detail)).into();
                 Ec2Error {
                     action,
                     target: target.into(),
@@ -111,23 +140,6 @@ where
         },
     }
 }
-
-/// What to do about credentials the SDK could not get, by what STS said.
-fn credentials_hint(detail: &str) -> &'static str {
-    if detail.contains("ExpiredToken") {
-        "STS refused the pod's web identity token as expired: kubelet renews the projected token \
-         (volume aws-iam-token) long before it expires, so check that the pod mounts the token the \
-         webhook injected and that the node's clock is right"
-    } else if detail.contains("InvalidIdentityToken") || detail.contains("AccessDenied") {
-        "STS refused to let the pod's service account assume the role: check the role's trust policy \
-         (deploy/irsa-trust-policy.json) for this cluster's OIDC provider, namespace and service account"
-    } else {
-        NO_CREDENTIALS
-    }
-}
-
-const NO_CREDENTIALS: &str = "the SDK found no AWS credentials: give the pod an IRSA role (the chart's aws.roleArn or \
-     the annotation ipmgmt.aws/role-arn), or for the node role let pods reach IMDS (hop limit 2)";
 
 /// The credentials failure behind a call that never left the pod, if that is
 /// why it failed.
