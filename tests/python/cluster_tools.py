@@ -1,6 +1,6 @@
 """The Go programs scripts/cluster-tools builds (etcd, the Kubernetes control plane,
-kubectl, Helm 4, cert-manager, apply-patch), at the versions in
-tests/cluster/versions.env."""
+kubectl, Helm 4, cert-manager, apply-patch; for real nodes kubelet, containerd, the CNI
+plugins, Multus, whereabouts and pause), at the versions in tests/cluster/versions.env."""
 
 from webhook_harness import ROOT
 
@@ -27,6 +27,11 @@ def tool(component, binary=None):
         "helm": v["HELM_VERSION"],
         "cert-manager": v["CERT_MANAGER_VERSION"],
         "apply-patch": v["JSON_PATCH_VERSION"],
+        "containerd": v["CONTAINERD_VERSION"],
+        "cni-plugins": v["CNI_PLUGINS_VERSION"],
+        "multus": v["MULTUS_VERSION"],
+        "whereabouts": v["WHEREABOUTS_VERSION"],
+        "pause": v["PAUSE_VERSION"],
     }.get(component, v["KUBERNETES_VERSION"])
     path = TOOLS / f"{component}-{version}" / "bin" / (binary or component)
     if not path.exists():
