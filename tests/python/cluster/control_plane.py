@@ -86,12 +86,15 @@ class Process:
 
 
 class ControlPlane:
-    def __init__(self, workdir: pathlib.Path, port=None, nodes=()):
+    def __init__(self, workdir: pathlib.Path, port=None, nodes=(), kubelets=False):
         """`port`: the apiserver's secure port (default: a free one). `nodes`: names of
         the nodes whose kubelets will call in; each gets a token of its own in
         `node_tokens`, for the identity `system:node:<name>` in `system:nodes`, which
-        the Node authorizer and NodeRestriction judge as they judge a kubelet."""
+        the Node authorizer and NodeRestriction judge as they judge a kubelet.
+        `kubelets`: real kubelets (`real_node.py`) will renew the nodes' Leases, so the
+        node lifecycle controller runs too."""
         self.dir = workdir
+        self.kubelets = kubelets
         self.dir.mkdir(parents=True, exist_ok=True)
         self.procs = []
         self.token = secrets.token_hex(16)
@@ -118,6 +121,14 @@ class ControlPlane:
         cert.private_key_pem.write_to_path(str(d / "apiserver.key"))
         (d / "apiserver.crt").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
         self.ca.cert_pem.write_to_path(str(d / "ca.crt"))
+        # The apiserver's client certificate towards kubelets (logs, exec), as kubeadm's
+        # apiserver-kubelet-client: in system:masters, which kubelet's webhook
+        # authorization lets through.
+        client = self.ca.issue_cert("kube-apiserver-kubelet-client",
+                                    common_name="kube-apiserver-kubelet-client",
+                                    organization_name="system:masters")
+        client.private_key_pem.write_to_path(str(d / "kubelet-client.key"))
+        (d / "kubelet-client.crt").write_bytes(b"".join(b.bytes() for b in client.cert_chain_pems))
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         (d / "sa.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                                      serialization.PrivateFormat.TraditionalOpenSSL,
@@ -168,6 +179,12 @@ class ControlPlane:
             # EndpointSlice may not name; nothing here reaches the apiserver through it.
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
+            # Kubelets are reached at the address they report, by their own CA's
+            # certificate, with the apiserver's client certificate (as kubeadm sets up).
+            "--kubelet-preferred-address-types=InternalIP",
+            "--kubelet-certificate-authority", d / "ca.crt",
+            "--kubelet-client-certificate", d / "kubelet-client.crt",
+            "--kubelet-client-key", d / "kubelet-client.key",
             # What a managed cluster enables besides the defaults (EKS adds NodeRestriction;
             # the webhooks, ValidatingAdmissionPolicy, PodSecurity and ServiceAccount are
             # on by default, and named here so that a release turning one off fails).
@@ -220,9 +237,10 @@ class ControlPlane:
             "--root-ca-file", d / "ca.crt",
             "--use-service-account-credentials=false",
             "--service-cluster-ip-range", SERVICE_CIDR,
-            # The Nodes here have no kubelet to renew their Leases: without this the
-            # node lifecycle controller would taint them unreachable after 40 s.
-            "--controllers", "*,-node-lifecycle-controller",
+            # Nodes without a real kubelet renew no Lease: the node lifecycle controller
+            # would taint them unreachable after 40 s. With real kubelets it runs, and
+            # lifts the not-ready taint a new Node is registered with.
+            "--controllers", "*" if self.kubelets else "*,-node-lifecycle-controller",
         ], d))
         self.procs.append(Process("kube-scheduler", [tool("kube-scheduler"), *common], d))
         # The controller-manager is up once it has made the default ServiceAccount.

@@ -178,3 +178,27 @@ def build_app_image(podman, tag):
         except Exception:
             podman.buildah("rm", container, check=False)
             raise
+
+
+def build_pause_image(podman, tag):
+    """The pod sandbox's image: the project's static pause program (scripts/cluster-tools
+    builds it) FROM scratch, as registry.k8s.io/pause is built."""
+    from cluster_tools import tool
+    with tempfile.TemporaryDirectory(prefix="ipmgmt-image-") as tmp:
+        rootfs = pathlib.Path(tmp)
+        shutil.copy2(tool("pause"), rootfs / "pause")
+        container = podman.buildah("from", "--quiet", "scratch").stdout.strip()
+        try:
+            podman.buildah("copy", "--quiet", container, str(rootfs), "/")
+            podman.buildah("config", "--entrypoint", '["/pause"]', "--user", "65535:65535", container)
+            podman.buildah("commit", "--quiet", "--rm", container, tag)
+        except Exception:
+            podman.buildah("rm", container, check=False)
+            raise
+
+
+def oci_archive(podman, tag, path):
+    """Image `tag` as an OCI archive, which containerd imports (`ctr images import`)."""
+    path.unlink(missing_ok=True)
+    podman("save", "--format", "oci-archive", "-o", str(path), tag, timeout=300)
+    return path

@@ -1,0 +1,348 @@
+"""A real Kubernetes node on this machine: kubelet and containerd 2 (its CRI plugin,
+runc, the CNI plugins), each node in a network namespace of its own, several nodes side
+by side under one control plane.
+
+The layout, per node `N` (index `i`):
+- **Network**: the namespace `ipmgmt-N` holds the node's uplink `eth0`
+  (10.250.i.2/30, a veth whose host end `ipn-N` has 10.250.i.1) and its Multus ENIs as
+  bridges `eth1`, `eth2`, ... each carrying its ENI's MAC. Pods get `eth0` from the ptp
+  plugin out of 10.244.i.0/24; the host routes that range to the node, which forwards.
+  Anything on the host is reachable from pods and nodes at any host address (the fake
+  EC2, the API server at `API_ADDRESS`).
+- **containerd** runs inside the node's namespace, so the CNI plugins it runs (and
+  hostNetwork pods) see the node's interfaces, with a root, state and socket of its
+  own under the node's directory, the overlayfs snapshotter and runc with cgroupfs.
+- **kubelet** runs on the host (it reaches the API server on loopback and must own the
+  address it reports, 10.250.i.1), as `system:node:N` with the node's token, its own
+  root directory and cgroup root (`/ipmgmt-N`, so two kubelets never clean up each
+  other's pods), serving on 10.250.i.1:10250 with a certificate from the cluster CA.
+  cgroups here are v1 beside a unified hierarchy: kubelet 1.35+ refuses v1 unless
+  `failCgroupV1: false`, and the driver is cgroupfs (no systemd runs).
+- **Images**: containerd imports the project's OCI archives (`ctr images import`); the
+  pod sandbox is the project's own pause image. Nothing is pulled.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import tarfile
+import time
+
+from cluster_tools import tool
+
+from .base import Fail, run
+from .control_plane import Process
+
+RUNC = os.environ.get('IPMGMT_RUNC', '/usr/bin/runc')
+# The pod sandbox's image, built FROM scratch from the project's pause program.
+PAUSE_IMAGE = "localhost/ipmgmt/pause:v1"
+# Where pods and node-side CNI plugins (Multus, whereabouts) reach the API server: the
+# host end of the tests' endpoint veth (`control_plane.endpoint_address`).
+KUBELET_PORT = 10250
+
+
+def node_subnet(index):
+    return f"10.250.{index}"
+
+
+def pod_cidr(index):
+    return f"10.244.{index}.0/24"
+
+
+def ip(*args, ns=None):
+    prefix = ["ip", "-n", ns] if ns else ["ip"]
+    return run([*prefix, *args])
+
+
+class NodeNetwork:
+    """The node's network namespace, its uplink to the host, and its Multus ENIs."""
+
+    def __init__(self, name, index, enis=()):
+        """`enis`: (interface name, MAC) of each Multus ENI, e.g. ("eth1", "02:..")."""
+        self.ns = f"ipmgmt-{name}"
+        self.host_link = f"ipn-{name}"[:15]
+        base = node_subnet(index)
+        self.host_address, self.node_address = f"{base}.1", f"{base}.2"
+        self.pod_cidr = pod_cidr(index)
+        self.close()
+        run(["ip", "netns", "add", self.ns])
+        ip("link", "add", self.host_link, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
+        ip("addr", "add", f"{self.host_address}/30", "dev", self.host_link)
+        ip("link", "set", self.host_link, "up")
+        ip("addr", "add", f"{self.node_address}/30", "dev", "eth0", ns=self.ns)
+        ip("link", "set", "eth0", "up", ns=self.ns)
+        ip("link", "set", "lo", "up", ns=self.ns)
+        ip("route", "add", "default", "via", self.host_address, ns=self.ns)
+        ip("route", "add", self.pod_cidr, "via", self.node_address)
+        run(["ip", "netns", "exec", self.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        for iface, mac in enis:
+            ip("link", "add", iface, "address", mac, "type", "bridge", ns=self.ns)
+            ip("link", "set", iface, "up", ns=self.ns)
+
+    def close(self):
+        run(["ip", "route", "del", self.pod_cidr], check=False)
+        run(["ip", "link", "del", self.host_link], check=False)
+        run(["ip", "netns", "del", self.ns], check=False)
+
+
+CGROUP_V1 = pathlib.Path("/sys/fs/cgroup")
+
+
+class CgroupRoot:
+    """The node's own cgroup (`/ipmgmt-N`) in every v1 hierarchy, which kubelet needs to
+    exist before it puts its `kubepods` tree under it."""
+
+    def __init__(self, name):
+        self.name = f"ipmgmt-{name}"
+        # What an interrupted run left.
+        self.kill_all()
+        self.close()
+        for hierarchy in self.hierarchies():
+            path = hierarchy / self.name
+            path.mkdir(exist_ok=True)
+            if hierarchy.name == "cpuset":
+                # A v1 cpuset takes no task until it is given CPUs and memory nodes.
+                for f in ("cpuset.cpus", "cpuset.mems"):
+                    (path / f).write_text((hierarchy / f).read_text())
+
+    @staticmethod
+    def hierarchies():
+        return [h for h in sorted(CGROUP_V1.iterdir()) if h.is_dir() and h.name != "unified"]
+
+    def kill_all(self):
+        """SIGKILL to every process in the node's cgroups, until none is left."""
+        pids = CGROUP_V1 / "pids" / self.name
+        deadline = time.monotonic() + 10
+        while pids.exists() and time.monotonic() < deadline:
+            procs = {int(p) for f in pids.rglob("cgroup.procs") for p in f.read_text().split()}
+            if not procs:
+                return
+            for pid in procs:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+
+    def close(self):
+        """Removes the node's cgroups, deepest first (only empty ones can go)."""
+        for hierarchy in self.hierarchies():
+            top = hierarchy / self.name
+            if top.exists():
+                for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                    d.rmdir()
+                top.rmdir()
+
+
+def unmount_under(directory):
+    """Lazily unmounts every mount at or under `directory`, deepest first."""
+    prefix = str(directory.resolve())
+    points = []
+    for line in pathlib.Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].encode().decode("unicode_escape")
+        if point == prefix or point.startswith(prefix + "/"):
+            points.append(point)
+    for point in sorted(set(points), key=len, reverse=True):
+        run(["umount", "-l", point], check=False)
+
+
+class Containerd:
+    """containerd 2 with its CRI plugin, inside the node's network namespace."""
+
+    def __init__(self, workdir, netns, cni_conf_dir, cni_bin_dirs, stream_address):
+        """`stream_address`: where kubelet, on the host, reaches the streaming server
+        (exec, attach, port-forward): an address of the node's, not its loopback."""
+        self.dir = workdir
+        self.socket = workdir / "containerd.sock"
+        root, state = workdir / "root", workdir / "state"
+        for d in (root, state, cni_conf_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        bins = ", ".join(f"'{d}'" for d in cni_bin_dirs)
+        config = workdir / "config.toml"
+        config.write_text(f"""version = 4
+root = '{root}'
+state = '{state}'
+# Nothing outside the node's own directory: no /etc/containerd/conf.d imports.
+imports = []
+
+[plugins]
+  [plugins.'io.containerd.grpc.v1.cri']
+    stream_server_address = '{stream_address}'
+  [plugins.'io.containerd.server.v1.grpc']
+    address = '{self.socket}'
+  [plugins.'io.containerd.server.v1.ttrpc']
+    address = '{self.socket}.ttrpc'
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = 'overlayfs'
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = '{PAUSE_IMAGE}'
+  [plugins.'io.containerd.cri.v1.runtime']
+    # This machine drops CAP_SYS_RESOURCE, so no process may lower its oom_score_adj
+    # (kubelet asks -998 for the sandbox, -997 for Guaranteed containers): runc's init
+    # fails with "failed to update /proc/self/oom_score_adj: Permission denied" unless
+    # containerd keeps every score at or above its own.
+    restrict_oom_score_adj = true
+    # Pod network namespaces under the node's state, not /run/netns, so that a node's
+    # teardown finds them with its other mounts.
+    netns_mounts_under_state_dir = true
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = 'runc'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+        runtime_type = 'io.containerd.runc.v2'
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+          BinaryName = '{RUNC}'
+          Root = '{state}/runc'
+          SystemdCgroup = false
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = [{bins}]
+      conf_dir = '{cni_conf_dir}'
+      max_conf_num = 1
+""")
+        env_path = f"{tool('containerd').parent}:/usr/sbin:/usr/bin:/sbin:/bin"
+        self.proc = Process(f"containerd-{workdir.parent.name}",
+                            # nsenter, not `ip netns exec`: that also remounts /sys for
+                            # the namespace, which hides the cgroup mounts runc needs.
+                            ["nsenter", f"--net=/run/netns/{netns}", "env", f"PATH={env_path}",
+                             tool("containerd"), "--config", config], workdir)
+        deadline = time.monotonic() + 30
+        while not self.ctr("version", check=False).returncode == 0:
+            self.proc.check()
+            if time.monotonic() > deadline:
+                raise Fail(f"containerd did not answer on {self.socket}: {self.proc.tail()}")
+            time.sleep(0.2)
+
+    def ctr(self, *args, check=True, timeout=120):
+        return run([tool("containerd", "ctr"), "--address", self.socket, "--namespace", "k8s.io", *args],
+                   check=check, timeout=timeout)
+
+    def import_image(self, archive, name):
+        """An OCI archive as image `name`, unpacked for the CRI plugin's snapshotter. The
+        archive names its image (podman writes the tag as the manifest's ref name);
+        another name is a tag of it."""
+        with tarfile.open(archive) as tar:
+            index = json.load(tar.extractfile("index.json"))
+        (saved,) = [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]]
+        self.ctr("images", "import", "--snapshotter", "overlayfs", archive, timeout=300)
+        if saved != name:
+            self.ctr("images", "tag", "--force", saved, name)
+
+    def stop(self):
+        self.proc.stop()
+
+
+class Kubelet:
+    """kubelet, on the host, for one node."""
+
+    def __init__(self, control_plane, name, index, workdir, containerd, provider_id, labels):
+        self.name = name
+        root = workdir / "kubelet"
+        root.mkdir(parents=True, exist_ok=True)
+        address = f"{node_subnet(index)}.1"
+        cert = control_plane.ca.issue_cert(address, name)
+        cert.private_key_pem.write_to_path(str(workdir / "kubelet.key"))
+        (workdir / "kubelet.crt").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
+        kubeconfig = workdir / "kubelet.kubeconfig"
+        control_plane.write_kubeconfig(kubeconfig, control_plane.node_tokens[name], f"system:node:{name}")
+        (workdir / "resolv.conf").write_text("")
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            # This machine's cgroups are v1 beside a unified hierarchy.
+            "failCgroupV1": False,
+            "cgroupDriver": "cgroupfs",
+            "cgroupRoot": f"/ipmgmt-{name}",
+            "containerRuntimeEndpoint": f"unix://{containerd.socket}",
+            "address": address,
+            "port": KUBELET_PORT,
+            "readOnlyPort": 0,
+            "healthzBindAddress": address,
+            "healthzPort": 10248,
+            "tlsCertFile": str(workdir / "kubelet.crt"),
+            "tlsPrivateKeyFile": str(workdir / "kubelet.key"),
+            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                               "x509": {"clientCAFile": str(control_plane.dir / "ca.crt")}},
+            "authorization": {"mode": "Webhook"},
+            "providerID": provider_id,
+            "resolvConf": str(workdir / "resolv.conf"),
+            "failSwapOn": False,
+            # A test machine's disk is shared and often fuller than a node's: never evict.
+            "evictionHard": {"memory.available": "0%", "nodefs.available": "0%", "imagefs.available": "0%",
+                             "nodefs.inodesFree": "0%", "imagefs.inodesFree": "0%"},
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "localStorageCapacityIsolation": False,
+            "serializeImagePulls": False,
+            "registerNode": True,
+            "nodeStatusUpdateFrequency": "2s",
+            "syncFrequency": "5s",
+            "fileCheckFrequency": "5s",
+            "shutdownGracePeriod": "0s",
+        }
+        (workdir / "kubelet.yaml").write_text(json.dumps(config, indent=2))
+        node_labels = ",".join(f"{k}={v}" for k, v in labels.items())
+        self.proc = Process(f"kubelet-{name}", [
+            tool("kubelet"), "--config", workdir / "kubelet.yaml", "--kubeconfig", kubeconfig,
+            "--root-dir", root, "--hostname-override", name, "--node-ip", address,
+            "--node-labels", node_labels, "--v", "2",
+        ], workdir)
+
+    def stop(self):
+        self.proc.stop()
+
+
+class RealNode:
+    """One node: its network, containerd and kubelet, and the images its pods run."""
+
+    def __init__(self, control_plane, name, index, workdir, images, provider_id, labels=None, enis=()):
+        """`images`: image name -> OCI archive, imported before kubelet starts."""
+        self.name = name
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.network = NodeNetwork(name, index, enis)
+        self.containerd = self.kubelet = self.cgroup = None
+        try:
+            self.cgroup = CgroupRoot(name)
+            conf_dir = self.dir / "net.d"
+            conf_dir.mkdir(exist_ok=True)
+            self._write_pod_network(conf_dir)
+            self.containerd = Containerd(self.dir / "containerd", self.network.ns, conf_dir,
+                                         [tool("cni-plugins", "loopback").parent], self.network.node_address)
+            for image, archive in images.items():
+                self.containerd.import_image(archive, image)
+            self.kubelet = Kubelet(control_plane, name, index, self.dir, self.containerd, provider_id,
+                                   labels or {})
+        except BaseException:
+            self.close()
+            raise
+
+    def _write_pod_network(self, conf_dir):
+        (conf_dir / "10-pods.conflist").write_text(json.dumps({
+            "cniVersion": "1.0.0", "name": "pods",
+            "plugins": [{"type": "ptp", "ipMasq": False,
+                         "ipam": {"type": "host-local", "ranges": [[{"subnet": self.network.pod_cidr}]],
+                                  "routes": [{"dst": "0.0.0.0/0"}],
+                                  "dataDir": str(self.dir / "ipam")}}],
+        }, indent=2))
+
+    def check(self):
+        for part in (self.containerd, self.kubelet):
+            if part:
+                part.proc.check()
+
+    def close(self):
+        """Stops the node and leaves nothing of it behind: its pods' processes (which
+        outlive containerd, under their shims), the shims, the mounts under its
+        directory (rootfs overlays, sandbox /dev/shm, kubelet's tmpfs volumes), its
+        cgroups and its network namespace."""
+        if self.kubelet:
+            self.kubelet.stop()
+        if self.cgroup:
+            self.cgroup.kill_all()
+        if self.containerd:
+            self.containerd.stop()
+            run(["pkill", "-KILL", "-f", f"-address {self.containerd.socket}"], check=False)
+        unmount_under(self.dir)
+        if self.cgroup:
+            self.cgroup.close()
+        self.network.close()

@@ -1,0 +1,133 @@
+"""Real nodes under the real control plane: kubelet v1.37 and containerd 2 (CRI, runc,
+the CNI plugins) run the pods, two nodes side by side on this machine, each in a
+network namespace of its own (`cluster/real_node.py`).
+
+What these scenes hold: a node registers itself with its providerID and EKS's labels
+and turns Ready (the node lifecycle controller lifts its not-ready taint); the
+scheduler's pods start in containerd from the project's own images, imported from OCI
+archives with the project's pause image as the sandbox; each pod's eth0 comes from
+the ptp plugin out of its node's range, reachable from the host; the apiserver reaches
+kubelet for `kubectl logs` and `kubectl exec` by the node's InternalIP, with its client
+certificate; deleting a pod runs kubelet's graceful stop.
+
+Needs root (network namespaces, cgroups, mounts).
+"""
+
+import ipaddress
+import json
+import os
+import time
+
+import pytest
+
+from cluster.control_plane import ControlPlane
+from cluster.images import Podman, build_app_image, build_pause_image, oci_archive
+from cluster.real_node import PAUSE_IMAGE, RealNode
+from cluster_tools import versions
+
+APP_IMAGE = "localhost/ipmgmt/busybox:real-node"
+NODES = {"node1": ("us-west-2a", "i-0a1b2c3d4e5f60001"), "node2": ("us-west-2b", "i-0a1b2c3d4e5f60002")}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.fail("real nodes need root (network namespaces, cgroups, mounts): run ./scripts/test as root")
+    work = tmp_path_factory.mktemp("real-node")
+    podman = Podman()
+    build_pause_image(podman, PAUSE_IMAGE)
+    build_app_image(podman, APP_IMAGE)
+    images = {image: oci_archive(podman, image, work / f"{i}.tar") for i, image in enumerate([PAUSE_IMAGE, APP_IMAGE])}
+    cp = ControlPlane(work / "control-plane", nodes=list(NODES), kubelets=True)
+    nodes = []
+    try:
+        for index, (name, (zone, instance)) in enumerate(NODES.items(), start=1):
+            nodes.append(RealNode(cp, name, index, work, images, f"aws:///{zone}/{instance}",
+                                  labels={"topology.kubernetes.io/zone": zone,
+                                          "topology.kubernetes.io/region": "us-west-2",
+                                          "node.kubernetes.io/instance-type": "m5.large"}))
+        for node in nodes:
+            cp.wait_for(f"{node.name} Ready", lambda node=node: node.check() or is_ready(cp, node.name), timeout=120)
+        yield cp, nodes
+    finally:
+        for node in nodes:
+            node.close()
+        cp.stop()
+
+
+def is_ready(cp, name):
+    r = cp.get(f"/api/v1/nodes/{name}", raw=True)
+    if r.status_code != 200:
+        return None
+    node = r.json()
+    conditions = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
+    taints = node["spec"].get("taints") or []
+    return conditions.get("Ready") == "True" and not taints and node
+
+
+def pod(name, node, command, grace=30):
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeSelector": {"kubernetes.io/hostname": node}, "terminationGracePeriodSeconds": grace,
+                     "containers": [{"name": "app", "image": APP_IMAGE, "imagePullPolicy": "Never",
+                                     "command": ["sh", "-c", command]}]}}
+
+
+def running(cp, name, nodes):
+    def check():
+        for node in nodes:
+            node.check()
+        p = cp.get(f"/api/v1/namespaces/default/pods/{name}")
+        return p["status"].get("phase") == "Running" and p["status"].get("podIP") and p
+    return cp.wait_for(f"pod {name} Running", check, timeout=90)
+
+
+def test_nodes_register_themselves_as_eks_nodes_do(cluster):
+    cp, nodes = cluster
+    want = versions()
+    for name, (zone, instance) in NODES.items():
+        node = is_ready(cp, name)
+        assert node["spec"]["providerID"] == f"aws:///{zone}/{instance}"
+        assert node["metadata"]["labels"]["topology.kubernetes.io/zone"] == zone
+        info = node["status"]["nodeInfo"]
+        assert info["kubeletVersion"] == want["KUBERNETES_VERSION"]
+        assert info["containerRuntimeVersion"] == f"containerd://{want['CONTAINERD_VERSION'].lstrip('v')}"
+        addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
+        assert addresses["InternalIP"] == next(n for n in nodes if n.name == name).network.host_address
+
+
+def test_a_pod_runs_in_containerd_with_eth0_from_its_nodes_range(cluster):
+    cp, nodes = cluster
+    for node in nodes:
+        name = f"hello-{node.name}"
+        cp.create("/api/v1/namespaces/default/pods", pod(name, node.name, "ip -4 -o addr show eth0; sleep 3600"))
+        p = running(cp, name, nodes)
+        assert p["spec"]["nodeName"] == node.name
+        assert ipaddress.ip_address(p["status"]["podIP"]) in ipaddress.ip_network(node.network.pod_cidr)
+        # The apiserver reaches kubelet by the node's InternalIP: logs and exec.
+        logs = cp.wait_for(f"{name}'s log", lambda: cp.kubectl("logs", name, check=False).stdout)
+        assert p["status"]["podIP"] in logs, logs
+        out = cp.kubectl("exec", name, "--", "cat", "/proc/1/cmdline").stdout
+        # sh ran the command list and exec'd into its last command.
+        assert out.split("\x00")[:2] == ["sleep", "3600"], out
+        # The pod is reachable from the host, through its node.
+        reply = cp.kubectl("exec", name, "--", "ping", "-c1", "-W2", node.network.host_address, check=False)
+        assert reply.returncode == 0, reply.stdout + reply.stderr
+
+
+def test_a_deleted_pod_gets_sigterm_and_is_gone(cluster):
+    cp, nodes = cluster
+    script = "trap 'echo stopping; exit 0' TERM; while true; do sleep 1; done"
+    cp.create("/api/v1/namespaces/default/pods", pod("graceful", "node1", script, grace=20))
+    running(cp, "graceful", nodes)
+    started = time.monotonic()
+    cp.request("DELETE", "/api/v1/namespaces/default/pods/graceful")
+
+    def gone():
+        return cp.get("/api/v1/namespaces/default/pods/graceful", raw=True).status_code == 404
+    cp.wait_for("the pod gone after SIGTERM", gone, timeout=40)
+    # The trap ended the container on SIGTERM: kubelet's final DELETE came long before
+    # the 20 s grace period would have ended in SIGKILL.
+    assert time.monotonic() - started < 15
+    events = json.loads(cp.kubectl("get", "events", "-o", "json").stdout)["items"]
+    killing = [e for e in events if e["involvedObject"].get("name") == "graceful" and e["reason"] == "Killing"]
+    assert killing, "kubelet reported no Killing event"
