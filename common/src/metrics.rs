@@ -44,6 +44,12 @@ pub trait LabelValue {
 #[macro_export]
 macro_rules! label_values {
     ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every value, in declaration order: to set a family's series to zero at
+            /// start, so that a value never seen yet is still on `/metrics`.
+            #[allow(dead_code)]
+            pub const ALL: [Self; [$($name),+].len()] = [$(Self::$variant),+];
+        }
         impl $crate::metrics::LabelValue for $ty {
             fn label(&self) -> &'static str {
                 match self {
@@ -94,6 +100,7 @@ mod tests {
     fn the_text_is_the_label_and_the_encoding() {
         assert_eq!(Trigger::Start.label(), "start");
         assert_eq!(Trigger::AddressEvent.label(), "address_event");
+        assert_eq!(Trigger::ALL, [Trigger::Start, Trigger::AddressEvent]);
         let family = Family::<Labels, Counter>::default();
         family
             .get_or_create(&Labels {

@@ -3,14 +3,8 @@
 //! owns (`aws::Attempts::register`, `run::pass_metrics::registry`); label values are
 //! enums, so a new value is a new variant and every place that sets it is checked.
 //!
-//! | metric | labels |
-//! |---|---|
-//! | `ipmgmt_manager_ec2_attempts_total` | `action` (the EC2 action), `result`: `ok`, `throttled`, `server_error`, `client_error`, `no_answer` |
-//! | `ipmgmt_manager_passes_total` | `trigger`: `start`, `retry`, `events`, `periodic`; `result`: `complete`, `incomplete`, `failed` |
-//! | `ipmgmt_manager_addresses` | `state`: `assigned`, `unassigned` (after the last pass) |
-//!
-//! Until 0.3 each is also served under its old name (`ipmgr_ec2_attempts_total`,
-//! `ipmgr_passes_total`, `ipmgr_addresses`), with the same values.
+//! The families and their labels are listed in the README's metrics table, which
+//! `tests/tests/mode_loops.rs` compares with what `/metrics` serves.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

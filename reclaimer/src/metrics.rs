@@ -45,15 +45,6 @@ pub enum Resource {
     IpPools,
 }
 
-impl Resource {
-    const ALL: [Resource; 4] = [
-        Resource::Pods,
-        Resource::Nodes,
-        Resource::Namespaces,
-        Resource::IpPools,
-    ];
-}
-
 label_values!(SweepResult {
     Complete => "complete",
     Throttled => "throttled",

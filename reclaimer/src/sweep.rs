@@ -56,17 +56,6 @@ pub enum Verdict {
     Deferred,
 }
 
-impl Verdict {
-    pub const ALL: [Verdict; 6] = [
-        Verdict::Claimed,
-        Verdict::NotFromIpam,
-        Verdict::NodeSettling,
-        Verdict::Waiting,
-        Verdict::Release,
-        Verdict::Deferred,
-    ];
-}
-
 /// An address this sweep releases.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Release {

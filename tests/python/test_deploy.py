@@ -104,7 +104,8 @@ def test_sample_pods_after_the_webhook_are_valid(webhook, deployment):
 def test_iam_policy_is_least_privilege():
     policy = json.loads((ROOT / "deploy" / "iam-policy.json").read_text())
     actions = [a for s in policy["Statement"] for a in s["Action"]]
-    assert len(actions) == len(set(actions)) == 8
+    # Exactly the actions the manager calls: the Rust test of the policy compares both sets.
+    assert len(actions) == len(set(actions))
     # DescribeVpcs tells an address outside the VPC (left alone) from a wrong pool.
     assert "ec2:DescribeVpcs" in actions
     assert not {"ec2:ModifyNetworkInterfaceAttribute", "ec2:ModifyInstanceMetadataOptions"} & set(actions)

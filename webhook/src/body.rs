@@ -93,15 +93,6 @@ label_values!(RefusalReason {
     Aborted => "aborted",
 });
 
-impl RefusalReason {
-    const ALL: [RefusalReason; 4] = [
-        RefusalReason::TooLarge,
-        RefusalReason::Timeout,
-        RefusalReason::Busy,
-        RefusalReason::Aborted,
-    ];
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusalLabels {
     reason: RefusalReason,

@@ -145,15 +145,6 @@ label_values!(OutcomeLabel {
 });
 
 impl OutcomeLabel {
-    /// Every value, created at start so that rate() works before the first of each.
-    const ALL: [OutcomeLabel; 5] = [
-        OutcomeLabel::Injected,
-        OutcomeLabel::Reordered,
-        OutcomeLabel::Skipped,
-        OutcomeLabel::Denied,
-        OutcomeLabel::Error,
-    ];
-
     fn of(outcome: Outcome) -> Self {
         match outcome {
             Outcome::Injected(_) => OutcomeLabel::Injected,

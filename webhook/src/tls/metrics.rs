@@ -48,13 +48,6 @@ label_values!(HandshakeFailure {
 });
 
 impl HandshakeFailure {
-    const ALL: [HandshakeFailure; 4] = [
-        HandshakeFailure::ClientAlert,
-        HandshakeFailure::Refused,
-        HandshakeFailure::Closed,
-        HandshakeFailure::Timeout,
-    ];
-
     /// The reason of a failed `TlsAcceptor::accept`, which wraps rustls's error in an
     /// `io::Error`.
     pub fn of(error: &std::io::Error) -> Self {
