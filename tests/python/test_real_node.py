@@ -22,7 +22,7 @@ import pytest
 
 from cluster.control_plane import ControlPlane
 from cluster.images import Podman, build_app_image, build_pause_image, oci_archive
-from cluster.real_node import PAUSE_IMAGE, RealNode
+from cluster.real_node import PAUSE_IMAGE, Multus, RealNode
 from cluster_tools import versions
 
 APP_IMAGE = "localhost/ipmgmt/busybox:real-node"
@@ -41,11 +41,13 @@ def cluster(tmp_path_factory):
     cp = ControlPlane(work / "control-plane", nodes=list(NODES), kubelets=True)
     nodes = []
     try:
+        multus = Multus(cp, work)
         for index, (name, (zone, instance)) in enumerate(NODES.items(), start=1):
             nodes.append(RealNode(cp, name, index, work, images, f"aws:///{zone}/{instance}",
                                   labels={"topology.kubernetes.io/zone": zone,
                                           "topology.kubernetes.io/region": "us-west-2",
-                                          "node.kubernetes.io/instance-type": "m5.large"}))
+                                          "node.kubernetes.io/instance-type": "m5.large"},
+                                  enis=[("eth1", f"02:00:00:00:0{index}:01")], multus=multus))
         for node in nodes:
             cp.wait_for(f"{node.name} Ready", lambda node=node: node.check() or is_ready(cp, node.name), timeout=120)
         yield cp, nodes
@@ -131,3 +133,30 @@ def test_a_deleted_pod_gets_sigterm_and_is_gone(cluster):
     events = json.loads(cp.kubectl("get", "events", "-o", "json").stdout)["items"]
     killing = [e for e in events if e["involvedObject"].get("name") == "graceful" and e["reason"] == "Killing"]
     assert killing, "kubelet reported no Killing event"
+
+
+def test_multus_gives_net1_from_whereabouts_and_writes_network_status(cluster):
+    cp, nodes = cluster
+    multus = nodes[0].multus
+    nad = {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+           "metadata": {"name": "bridge-net1", "namespace": "default"},
+           "spec": {"config": json.dumps({"cniVersion": "0.3.1", "name": "bridge-net1", "type": "bridge",
+                                          "bridge": "eth1", "ipam": multus.ipam(range="10.0.1.64/27")})}}
+    cp.create("/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions", nad)
+    spec = pod("multi", "node2", "ip -4 -o addr show net1; sleep 3600")
+    spec["metadata"]["annotations"] = {"k8s.v1.cni.cncf.io/networks": "bridge-net1"}
+    cp.create("/api/v1/namespaces/default/pods", spec)
+    running(cp, "multi", nodes)
+    p = cp.get("/api/v1/namespaces/default/pods/multi")
+    status = json.loads(p["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"])
+    by_name = {s["name"]: s for s in status}
+    net1 = by_name["default/bridge-net1"]
+    assert net1["interface"] == "net1"
+    (address,) = net1["ips"]
+    assert ipaddress.ip_address(address) in ipaddress.ip_network("10.0.1.64/27")
+    # whereabouts recorded the allocation in its IPPool, for this pod.
+    pools = cp.get("/apis/whereabouts.cni.cncf.io/v1alpha1/namespaces/kube-system/ippools")["items"]
+    allocations = [a for pool in pools for a in pool["spec"]["allocations"].values()]
+    assert any(a["podref"] == "default/multi" for a in allocations), pools
+    logs = cp.wait_for("multi's log", lambda: cp.kubectl("logs", "multi", check=False).stdout)
+    assert address in logs, logs

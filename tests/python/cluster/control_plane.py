@@ -102,6 +102,9 @@ class ControlPlane:
         self.ca = trustme.CA(organization_name="ipmgmt tests cluster CA")
         self.port = port or free_port()
         self.url = f"https://127.0.0.1:{self.port}"
+        # Where what runs in a real node's network namespace (Multus, whereabouts, pods)
+        # reaches the apiserver: a host address, routed from every node.
+        self.node_url = f"https://{endpoint_address()}:{self.port}" if kubelets else None
         try:
             self._write_credentials()
             self._start_etcd()
@@ -116,7 +119,8 @@ class ControlPlane:
 
     def _write_credentials(self):
         d = self.dir
-        cert = self.ca.issue_cert("127.0.0.1", "localhost", "kubernetes", "kubernetes.default",
+        node_side = [endpoint_address()] if self.kubelets else []
+        cert = self.ca.issue_cert("127.0.0.1", *node_side, "localhost", "kubernetes", "kubernetes.default",
                                   "kubernetes.default.svc", "10.96.0.1")
         cert.private_key_pem.write_to_path(str(d / "apiserver.key"))
         (d / "apiserver.crt").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
@@ -162,7 +166,7 @@ class ControlPlane:
         self._apiserver_args = [
             tool("kube-apiserver"),
             "--etcd-servers", self.etcd_url,
-            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+            "--bind-address", "0.0.0.0" if self.kubelets else "127.0.0.1", "--advertise-address", "127.0.0.1",
             "--secure-port", self.port,
             "--tls-cert-file", d / "apiserver.crt", "--tls-private-key-file", d / "apiserver.key",
             "--client-ca-file", d / "ca.crt",
@@ -216,12 +220,13 @@ class ControlPlane:
     def _write_kubeconfig(self):
         self.kubeconfig = self.write_kubeconfig(self.dir / "kubeconfig", self.token, "admin")
 
-    def write_kubeconfig(self, path, token, user):
-        """A kubeconfig for this cluster that authenticates with `token`."""
+    def write_kubeconfig(self, path, token, user, server=None):
+        """A kubeconfig for this cluster that authenticates with `token`; `server`: the
+        apiserver's URL as the user reaches it (default: loopback)."""
         path.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "ipmgmt-tests",
             "clusters": [{"name": "ipmgmt-tests", "cluster": {
-                "server": self.url, "certificate-authority": str(self.dir / "ca.crt")}}],
+                "server": server or self.url, "certificate-authority": str(self.dir / "ca.crt")}}],
             "users": [{"name": user, "user": {"token": token}}],
             "contexts": [{"name": "ipmgmt-tests", "context": {"cluster": "ipmgmt-tests", "user": user}}],
         }))
@@ -338,6 +343,23 @@ class ControlPlane:
         # lifecycle controller, which would lift it once Ready, is off (no heartbeats).
         self.request("PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": None}},
                      content_type="application/merge-patch+json")
+
+    def service_account_kubeconfig(self, path, namespace, name, cluster_roles=(), server=None):
+        """A ServiceAccount bound to `cluster_roles`, and a kubeconfig with a token of
+        its (TokenRequest, a day long): the identity a DaemonSet's pod would have."""
+        self.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
+                     {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
+        for role in cluster_roles:
+            self.create("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": f"{name}-{role}"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+            })
+        token = self.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+                             {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                              "spec": {"expirationSeconds": 86400}})["status"]["token"]
+        return self.write_kubeconfig(path, token, f"system:serviceaccount:{namespace}:{name}", server=server)
 
     def wait_for(self, what, fetch, timeout=30):
         """Polls `fetch()` until it returns something truthy; that value."""

@@ -291,11 +291,50 @@ class Kubelet:
         self.proc.stop()
 
 
+class Multus:
+    """Multus (thin plugin) and whereabouts as their installs set them up: their own
+    CRDs and ClusterRoles from their module sources (`scripts/cluster-tools`), a
+    ServiceAccount each bound to its role, and a kubeconfig with its token that the
+    plugins, run by containerd in a node's namespace, use to reach the apiserver."""
+
+    def __init__(self, control_plane, workdir):
+        self.dir = workdir / "multus"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for component in ("multus", "whereabouts"):
+            manifests = tool(component).parent.parent / "manifests.yaml"
+            control_plane.kubectl("apply", "--server-side", "-f", manifests)
+        control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                              "crd/network-attachment-definitions.k8s.cni.cncf.io",
+                              "crd/ippools.whereabouts.cni.cncf.io",
+                              "crd/overlappingrangeipreservations.whereabouts.cni.cncf.io")
+        self.kubeconfig = control_plane.service_account_kubeconfig(
+            self.dir / "multus.kubeconfig", "kube-system", "multus", ["multus"], server=control_plane.node_url)
+        self.whereabouts_kubeconfig = control_plane.service_account_kubeconfig(
+            self.dir / "whereabouts.kubeconfig", "kube-system", "whereabouts", ["whereabouts-cni"],
+            server=control_plane.node_url)
+        # The flat file whereabouts' DaemonSet writes on every node
+        # (/etc/cni/net.d/whereabouts.d/whereabouts.conf): whereabouts refuses to run
+        # without one. Here it lives in the test's directory, named by the NAD.
+        self.whereabouts_conf = self.dir / "whereabouts.conf"
+        self.whereabouts_conf.write_text(json.dumps({
+            "datastore": "kubernetes", "kubernetes": {"kubeconfig": str(self.whereabouts_kubeconfig)},
+            "log_file": str(self.dir / "whereabouts.log"), "log_level": "verbose"}))
+
+    def ipam(self, **config):
+        """whereabouts IPAM for a NetworkAttachmentDefinition, reading this install's
+        flat file (where a node's whereabouts.conf would be)."""
+        return {"type": "whereabouts", "configuration_path": str(self.whereabouts_conf), **config}
+
+
 class RealNode:
     """One node: its network, containerd and kubelet, and the images its pods run."""
 
-    def __init__(self, control_plane, name, index, workdir, images, provider_id, labels=None, enis=()):
-        """`images`: image name -> OCI archive, imported before kubelet starts."""
+    def __init__(self, control_plane, name, index, workdir, images, provider_id, labels=None, enis=(),
+                 multus=None):
+        """`images`: image name -> OCI archive, imported before kubelet starts.
+        `multus`: a `Multus` install; then pods' networks go through Multus, with eth0
+        its cluster network."""
+        self.multus = multus
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -307,7 +346,7 @@ class RealNode:
             conf_dir.mkdir(exist_ok=True)
             self._write_pod_network(conf_dir)
             self.containerd = Containerd(self.dir / "containerd", self.network.ns, conf_dir,
-                                         [tool("cni-plugins", "loopback").parent], self.network.node_address)
+                                         [self._cni_bin()], self.network.node_address)
             for image, archive in images.items():
                 self.containerd.import_image(archive, image)
             self.kubelet = Kubelet(control_plane, name, index, self.dir, self.containerd, provider_id,
@@ -316,13 +355,37 @@ class RealNode:
             self.close()
             raise
 
+    def _cni_bin(self):
+        """The node's CNI plugin directory, as /opt/cni/bin is on a node: every plugin
+        in one place, where containerd and Multus both look."""
+        bin_dir = self.dir / "cni-bin"
+        bin_dir.mkdir(exist_ok=True)
+        plugins = [*tool("cni-plugins", "loopback").parent.iterdir(), tool("multus"), tool("whereabouts")]
+        for plugin in plugins:
+            link = bin_dir / plugin.name
+            link.unlink(missing_ok=True)
+            link.symlink_to(plugin)
+        return bin_dir
+
     def _write_pod_network(self, conf_dir):
-        (conf_dir / "10-pods.conflist").write_text(json.dumps({
+        pods = {
             "cniVersion": "1.0.0", "name": "pods",
             "plugins": [{"type": "ptp", "ipMasq": False,
                          "ipam": {"type": "host-local", "ranges": [[{"subnet": self.network.pod_cidr}]],
                                   "routes": [{"dst": "0.0.0.0/0"}],
                                   "dataDir": str(self.dir / "ipam")}}],
+        }
+        if self.multus is None:
+            (conf_dir / "10-pods.conflist").write_text(json.dumps(pods, indent=2))
+            return
+        # Multus's thin plugin as the node's one network: eth0 from its delegate, the
+        # pod's `k8s.v1.cni.cncf.io/networks` from the NetworkAttachmentDefinitions.
+        (conf_dir / "00-multus.conf").write_text(json.dumps({
+            "cniVersion": "1.0.0", "name": "multus-cni-network", "type": "multus",
+            "kubeconfig": str(self.multus.kubeconfig),
+            "cniDir": str(self.dir / "multus"), "binDir": str(self.dir / "cni-bin"),
+            "logFile": str(self.dir / "multus.log"), "logLevel": "verbose",
+            "delegates": [pods],
         }, indent=2))
 
     def check(self):
