@@ -24,6 +24,7 @@ from cluster.control_plane import ControlPlane
 from cluster.images import Podman, build_app_image, build_pause_image, oci_archive
 from cluster.real_node import PAUSE_IMAGE, Multus, RealNode
 from cluster_tools import versions
+from deploy_harness import SAMPLES, load_yaml_docs
 
 APP_IMAGE = "localhost/ipmgmt/busybox:real-node"
 NODES = {"node1": ("us-west-2a", "i-0a1b2c3d4e5f60001"), "node2": ("us-west-2b", "i-0a1b2c3d4e5f60002")}
@@ -160,3 +161,30 @@ def test_multus_gives_net1_from_whereabouts_and_writes_network_status(cluster):
     assert any(a["podref"] == "default/multi" for a in allocations), pools
     logs = cp.wait_for("multi's log", lambda: cp.kubectl("logs", "multi", check=False).stdout)
     assert address in logs, logs
+
+
+def test_a_sample_nad_gives_net1_with_its_enis_mac(cluster):
+    """The sample NAD unchanged but for where whereabouts finds its flat file: ipvlan on
+    eth1 (the stand-in for this kernel) gives the pod net1 with the ENI's MAC, as an
+    ipvlan slave has its master's, and an address from the sample's range."""
+    cp, nodes = cluster
+    (doc,) = [d for d in load_yaml_docs(SAMPLES / "nad-ipvlan-whereabouts.yaml")
+              if d["kind"] == "NetworkAttachmentDefinition"]
+    doc["metadata"]["namespace"] = "default"
+    cp.create("/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions",
+              nodes[0].multus.nad(doc))
+    for node in nodes:
+        name = f"ipvlan-{node.name}"
+        spec = pod(name, node.name, "ip -o link show net1; ip -4 -o addr show net1; sleep 3600")
+        spec["metadata"]["annotations"] = {"k8s.v1.cni.cncf.io/networks": doc["metadata"]["name"]}
+        cp.create("/api/v1/namespaces/default/pods", spec)
+        running(cp, name, nodes)
+        status = json.loads(cp.get(f"/api/v1/namespaces/default/pods/{name}")["metadata"]["annotations"]
+                            ["k8s.v1.cni.cncf.io/network-status"])
+        (net1,) = [s for s in status if s.get("interface") == "net1"]
+        eni_mac = dict(node.enis)["eth1"]
+        assert net1["mac"] == eni_mac
+        (address,) = net1["ips"]
+        assert ipaddress.ip_address("10.0.4.64") <= ipaddress.ip_address(address) <= ipaddress.ip_address("10.0.4.95")
+        logs = cp.wait_for(f"{name}'s log", lambda: cp.kubectl("logs", name, check=False).stdout)
+        assert eni_mac in logs and address in logs, logs

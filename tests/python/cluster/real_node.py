@@ -35,6 +35,7 @@ from .base import Fail, run
 from .control_plane import Process
 
 RUNC = os.environ.get('IPMGMT_RUNC', '/usr/bin/runc')
+IPVLAN_STAND_IN = pathlib.Path(__file__).parent / "cni" / "ipvlan"
 # The pod sandbox's image, built FROM scratch from the project's pause program.
 PAUSE_IMAGE = "localhost/ipmgmt/pause:v1"
 # Where pods and node-side CNI plugins (Multus, whereabouts) reach the API server: the
@@ -320,6 +321,14 @@ class Multus:
             "datastore": "kubernetes", "kubernetes": {"kubeconfig": str(self.whereabouts_kubeconfig)},
             "log_file": str(self.dir / "whereabouts.log"), "log_level": "verbose"}))
 
+    def nad(self, doc):
+        """A NetworkAttachmentDefinition as this cluster serves it: the same, its
+        whereabouts IPAM reading this install's flat file."""
+        config = json.loads(doc["spec"]["config"])
+        if config.get("ipam", {}).get("type") == "whereabouts":
+            config["ipam"]["configuration_path"] = str(self.whereabouts_conf)
+        return {**doc, "spec": {**doc["spec"], "config": json.dumps(config)}}
+
     def ipam(self, **config):
         """whereabouts IPAM for a NetworkAttachmentDefinition, reading this install's
         flat file (where a node's whereabouts.conf would be)."""
@@ -338,6 +347,7 @@ class RealNode:
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.enis = list(enis)
         self.network = NodeNetwork(name, index, enis)
         self.containerd = self.kubelet = self.cgroup = None
         try:
@@ -360,7 +370,9 @@ class RealNode:
         in one place, where containerd and Multus both look."""
         bin_dir = self.dir / "cni-bin"
         bin_dir.mkdir(exist_ok=True)
-        plugins = [*tool("cni-plugins", "loopback").parent.iterdir(), tool("multus"), tool("whereabouts")]
+        plugins = [*tool("cni-plugins", "loopback").parent.iterdir(), tool("multus"), tool("whereabouts"),
+                   # This kernel has no ipvlan: the stand-in (cni/ipvlan says what it keeps).
+                   IPVLAN_STAND_IN]
         for plugin in plugins:
             link = bin_dir / plugin.name
             link.unlink(missing_ok=True)
