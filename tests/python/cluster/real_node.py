@@ -25,6 +25,7 @@ The layout, per node `N` (index `i`):
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import tarfile
 import time
@@ -62,7 +63,7 @@ class NodeNetwork:
     def __init__(self, name, index, enis=()):
         """`enis`: (interface name, MAC) of each Multus ENI, e.g. ("eth1", "02:..")."""
         self.ns = f"ipmgmt-{name}"
-        self.host_link = f"ipn-{name}"[:15]
+        self.host_link = f"ipmgmt-n{index}"
         base = node_subnet(index)
         self.host_address, self.node_address = f"{base}.1", f"{base}.2"
         self.pod_cidr = pod_cidr(index)
@@ -151,11 +152,13 @@ def unmount_under(directory):
 class Containerd:
     """containerd 2 with its CRI plugin, inside the node's network namespace."""
 
-    def __init__(self, workdir, netns, cni_conf_dir, cni_bin_dirs, stream_address):
+    def __init__(self, workdir, netns, cni_conf_dir, cni_bin_dirs, stream_address, socket_dir):
         """`stream_address`: where kubelet, on the host, reaches the streaming server
-        (exec, attach, port-forward): an address of the node's, not its loopback."""
+        (exec, attach, port-forward): an address of the node's, not its loopback.
+        `socket_dir`: a short path (a unix socket's is at most 104 bytes)."""
         self.dir = workdir
-        self.socket = workdir / "containerd.sock"
+        socket_dir.mkdir(parents=True, exist_ok=True)
+        self.socket = socket_dir / "containerd.sock"
         root, state = workdir / "root", workdir / "state"
         for d in (root, state, cni_conf_dir):
             d.mkdir(parents=True, exist_ok=True)
@@ -235,9 +238,10 @@ imports = []
 class Kubelet:
     """kubelet, on the host, for one node."""
 
-    def __init__(self, control_plane, name, index, workdir, containerd, provider_id, labels):
+    def __init__(self, control_plane, name, index, workdir, containerd, provider_id, labels, root):
+        """`root`: kubelet's root directory, on a short path: kubelet makes unix sockets
+        in it (104 bytes at most)."""
         self.name = name
-        root = workdir / "kubelet"
         root.mkdir(parents=True, exist_ok=True)
         address = f"{node_subnet(index)}.1"
         cert = control_plane.ca.issue_cert(address, name)
@@ -348,6 +352,10 @@ class RealNode:
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.enis = list(enis)
+        # Sockets and kubelet's root on a short path of the node's own.
+        self.sockets = pathlib.Path(f"/run/ipmgmt-n{index}")
+        unmount_under(self.sockets)
+        shutil.rmtree(self.sockets, ignore_errors=True)
         self.network = NodeNetwork(name, index, enis)
         self.containerd = self.kubelet = self.cgroup = None
         try:
@@ -356,11 +364,11 @@ class RealNode:
             conf_dir.mkdir(exist_ok=True)
             self._write_pod_network(conf_dir)
             self.containerd = Containerd(self.dir / "containerd", self.network.ns, conf_dir,
-                                         [self._cni_bin()], self.network.node_address)
+                                         [self._cni_bin()], self.network.node_address, self.sockets)
             for image, archive in images.items():
                 self.containerd.import_image(archive, image)
             self.kubelet = Kubelet(control_plane, name, index, self.dir, self.containerd, provider_id,
-                                   labels or {})
+                                   labels or {}, self.sockets / "kubelet")
         except BaseException:
             self.close()
             raise
@@ -418,6 +426,8 @@ class RealNode:
             self.containerd.stop()
             run(["pkill", "-KILL", "-f", f"-address {self.containerd.socket}"], check=False)
         unmount_under(self.dir)
+        unmount_under(self.sockets)
+        shutil.rmtree(self.sockets, ignore_errors=True)
         if self.cgroup:
             self.cgroup.close()
         self.network.close()

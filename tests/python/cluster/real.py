@@ -1,0 +1,157 @@
+"""The whole path on real nodes: the control plane, two real nodes (kubelet, containerd,
+Multus, whereabouts; `real_node.py`), the fake EC2 with each node's ENIs, and the chart
+installed with Helm and cert-manager, its webhook pods run by kubelet.
+
+Nothing plays kubelet or Multus here. What stands in: EC2 (the fake, `vpc.py`), and
+ipvlan, which this kernel lacks (`cni/ipvlan`). The manager reaches the fake EC2 as a
+VPC endpoint, through the chart's own `injection.extraEnv` (AWS_ENDPOINT_URL_EC2 and the
+test's static credentials, where EKS would give the pod an IRSA role).
+"""
+
+import json
+import pathlib
+import time
+
+from deploy_harness import SAMPLES, load_yaml_docs
+from webhook_harness import TARGET
+
+from . import app_images, chart_images, selector
+from .base import POD_CREDENTIALS, PROFILE, Fail, need_root
+from .control_plane import ControlPlane, endpoint_address
+from .images import Podman, build_app_image, build_image, build_pause_image, dockerfile_stages, oci_archive
+from .installed import NAMESPACE, RELEASE, create_restricted_namespace, install_with_cert_manager
+from .real_node import PAUSE_IMAGE, Multus, RealNode
+from .vpc import Node, Vpc
+
+
+class RealCluster:
+    def __init__(self, workdir, nodes=2, vpc_args=None):
+        need_root()
+        self.workdir = pathlib.Path(workdir)
+        self.podman = Podman()
+        self.timings = {}
+        self.nodes = [Node(n + 1) for n in range(nodes)]
+        self.vpc, self.cp, self.real = None, None, []
+        try:
+            started = time.monotonic()
+            images = self._images()
+            self.timings["images"] = time.monotonic() - started
+
+            started = time.monotonic()
+            self.vpc = Vpc(self.nodes, self.workdir, **(vpc_args or {}))
+            self.cp = ControlPlane(self.workdir / "cluster", nodes=[n.name for n in self.nodes], kubelets=True)
+            self.multus = Multus(self.cp, self.workdir)
+            for index, node in enumerate(self.nodes, start=1):
+                labels = {k: v for k, v in node.labels.items() if k != "kubernetes.io/hostname"}
+                enis = [(f"eth{i}", eni.mac) for i, eni in node.enis.items() if i > 0]
+                self.real.append(RealNode(self.cp, node.name, index, self.workdir, images, node.provider_id,
+                                          labels=labels, enis=enis, multus=self.multus))
+            for node in self.real:
+                self.cp.wait_for(f"node {node.name} Ready", lambda node=node: node.check() or self._ready(node.name),
+                                 timeout=120)
+            self.timings["control plane and nodes"] = time.monotonic() - started
+
+            started = time.monotonic()
+            create_restricted_namespace(self.cp, NAMESPACE)
+            endpoint = f"http://{endpoint_address()}:{self.vpc.port}"
+            install_with_cert_manager(self.cp, [f"injection.extraEnv.AWS_ENDPOINT_URL_EC2={endpoint}",
+                                                *[f"injection.extraEnv.{k}={v}" for k, v in POD_CREDENTIALS.items()]])
+            self.wait_for_webhook()
+            self.timings["install"] = time.monotonic() - started
+        except BaseException:
+            self.close()
+            raise
+
+    def _images(self):
+        """The released images, the samples' app image and the pause image, as OCI
+        archives each node's containerd imports."""
+        stages = dockerfile_stages()
+        webhook_tag, ipmgr_tag = chart_images()
+        self.ipmgr_image = ipmgr_tag
+        tags = []
+        for stage, binary, tag in (("webhook", "ipmgmt-webhook", webhook_tag), ("ipmgr", "ipmgr", ipmgr_tag)):
+            path = TARGET / PROFILE / binary
+            if not path.exists():
+                raise Fail(f"{path} is missing: build the workspace first (cargo build --workspace)")
+            build_image(self.podman, stages[stage], path, tag)
+            tags.append(tag)
+        for app in app_images():
+            build_app_image(self.podman, app)
+            tags.append(app)
+        build_pause_image(self.podman, PAUSE_IMAGE)
+        tags.append(PAUSE_IMAGE)
+        archives = self.workdir / "images"
+        archives.mkdir(parents=True, exist_ok=True)
+        return {tag: oci_archive(self.podman, tag, archives / f"{i}.tar") for i, tag in enumerate(tags)}
+
+    def _ready(self, name):
+        r = self.cp.get(f"/api/v1/nodes/{name}", raw=True)
+        if r.status_code == 404:
+            return False
+        node = r.json()
+        conditions = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
+        return conditions.get("Ready") == "True" and not node["spec"].get("taints")
+
+    # -- what the scenes use -------------------------------------------------------------
+
+    def kubectl(self, *args, **kw):
+        return self.cp.kubectl(*args, **kw)
+
+    def check(self):
+        for node in self.real:
+            node.check()
+
+    def apply_samples(self):
+        """The samples' namespace and NADs, as the user guide applies them; the NADs'
+        whereabouts IPAM reads this cluster's flat file (`Multus.nad`)."""
+        self.kubectl("apply", "-f", SAMPLES / "namespace.yaml")
+        for name in ("nad-ipvlan-whereabouts.yaml", "nad-dual-stack.yaml"):
+            for doc in load_yaml_docs(SAMPLES / name):
+                self.kubectl("apply", "-f", "-", input=json.dumps(self.multus.nad(doc)))
+
+    def pods(self, namespace, label_selector):
+        return self.cp.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=label_selector)["items"]
+
+    def wait_for_pods(self, namespace, label_selector, count, settled, timeout=120):
+        def check():
+            self.check()
+            found = [p for p in self.pods(namespace, label_selector) if not p["metadata"].get("deletionTimestamp")]
+            if len(found) == count and all(settled(p) for p in found):
+                return sorted(found, key=lambda p: p["spec"]["nodeName"])
+            return None
+        try:
+            return self.cp.wait_for(f"{count} pods {label_selector} in {namespace}", check, timeout=timeout)
+        except Fail as e:
+            raise Fail(f"{e}; pods: {self.kubectl('get', 'pods', '-A', '-o', 'wide').stdout}; "
+                       f"events: {self.kubectl('get', 'events', '-A').stdout[-3000:]}") from None
+
+    def wait_for_webhook(self, timeout=120):
+        deployment = self.cp.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{RELEASE}")
+        replicas = deployment["spec"]["replicas"]
+        self.wait_for_pods(NAMESPACE, selector(deployment), replicas, is_ready, timeout=timeout)
+
+        def ready_endpoints():
+            slices = self.cp.get(f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices",
+                                 labelSelector=f"kubernetes.io/service-name={RELEASE}")["items"]
+            ready = [a for s in slices for e in s.get("endpoints") or [] if e["conditions"].get("ready")
+                     for a in e["addresses"]]
+            return len(ready) >= replicas and ready
+        return self.cp.wait_for("the webhook's Service with a ready endpoint per replica", ready_endpoints,
+                                timeout=timeout)
+
+    def node(self, name):
+        return next(n for n in self.nodes if n.name == name)
+
+    def close(self):
+        """The nodes first, so that kubelet stops every pod (the sidecars release to the
+        VPC, still running); then the control plane and the VPC."""
+        for node in self.real:
+            node.close()
+        if self.cp is not None:
+            self.cp.stop()
+        if self.vpc is not None:
+            self.vpc.stop()
+
+
+def is_ready(pod):
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
