@@ -84,3 +84,108 @@ def app_image():
     from cluster import app_images
     (image,) = app_images()
     return image
+
+
+def init_failed(pod):
+    return any(s.get("lastState", {}).get("terminated", {}).get("exitCode", 0) != 0
+               or s.get("state", {}).get("terminated", {}).get("exitCode", 0) != 0
+               for s in pod.get("status", {}).get("initContainerStatuses", []))
+
+
+def test_a_missing_iam_permission_shows_in_kubectl_as_init_error_with_one_line(cluster):
+    """The init Deployment scaled up while its role lacks ec2:AssignPrivateIpAddresses:
+    the new pod never starts its app; kubelet reports the manager's exit with its
+    termination message, which `kubectl describe` shows as one line naming the action."""
+    before = {p["metadata"]["uid"] for p in cluster.pods(APPS, "app=multus-app")}
+    cluster.vpc.set_faults(deny=["AssignPrivateIpAddresses"])
+    try:
+        cluster.kubectl("-n", APPS, "scale", "deployment/multus-app", "--replicas=3")
+        pods = cluster.wait_for_pods(APPS, "app=multus-app", 3,
+                                     lambda p: p["metadata"]["uid"] in before or init_failed(p))
+        (failed,) = [p for p in pods if p["metadata"]["uid"] not in before]
+        name = failed["metadata"]["name"]
+        # kubelet restarts the manager with backoff (the Deployment's restartPolicy is
+        # Always): the STATUS column shows the failure between the tries.
+        shown = cluster.cp.wait_for("Init:Error or Init:CrashLoopBackOff in kubectl get", lambda: (
+            s := cluster.kubectl("-n", APPS, "get", "pod", name, "--no-headers").stdout.split())[2] in (
+                "Init:Error", "Init:CrashLoopBackOff") and s, timeout=60)
+        assert shown[1] == "0/1", shown
+        failed = cluster.cp.get(f"/api/v1/namespaces/{APPS}/pods/{name}")
+        status = failed["status"]["initContainerStatuses"][0]
+        terminated = status["state"].get("terminated") or status["lastState"]["terminated"]
+        message = terminated["message"].strip()
+        assert len(message.splitlines()) == 1 and "AssignPrivateIpAddresses" in message, message
+        assert "UnauthorizedOperation" in message, message
+        described = cluster.kubectl("-n", APPS, "describe", "pod", name).stdout
+        assert "AssignPrivateIpAddresses" in described and "UnauthorizedOperation" in described, described
+        app = failed["status"]["containerStatuses"][0]
+        assert "running" not in app["state"] and not app.get("started"), "the app ran"
+    finally:
+        cluster.vpc.set_faults()
+    # Scaled back, the ReplicaSet takes the pod that is not ready first.
+    cluster.kubectl("-n", APPS, "scale", "deployment/multus-app", "--replicas=2")
+    cluster.wait_for_pods(APPS, "app=multus-app", 2, lambda p: p["metadata"]["uid"] in before)
+
+
+def test_the_floating_ip_follows_the_pod_that_holds_it_and_stays_with_it(cluster):
+    """The sample floating-IP pair, as its comment tells users to run it: the VIP added
+    with `kubectl exec` in one pod lands on that pod's node ENI; moved to the other pod,
+    it follows; the first pod's graceful stop (a scale-down, picked by its deletion
+    cost) releases its own address and leaves the VIP where it is; the last stop
+    releases everything."""
+    cluster.kubectl("apply", "-f", SAMPLES / "deployment-sidecar-floating-ip.yaml")
+    a, b = cluster.wait_for_pods(APPS, "app=floating-ip-pair", 2, is_ready)
+    vip = floating_ip()
+    vip_host = str(ipaddress.ip_interface(vip).ip)
+    eni = {p["metadata"]["name"]: eni_of(cluster, p, "net1") for p in (a, b)}
+    own = {p["metadata"]["name"]: own_address(p) for p in (a, b)}
+    name_a, name_b = a["metadata"]["name"], b["metadata"]["name"]
+    # The manager is a native sidecar: started before the app, still running.
+    for pod in (a, b):
+        (sidecar,) = [s for s in pod["status"]["initContainerStatuses"] if s["name"] == MANAGER]
+        assert "running" in sidecar["state"] and sidecar["started"], sidecar
+
+    exec_in(cluster, name_a, "ip", "addr", "add", vip, "dev", "net1")
+    cluster.vpc.wait_for(lambda h: h.get(vip_host) == [eni[name_a]])
+    exec_in(cluster, name_a, "ip", "addr", "del", vip, "dev", "net1")
+    exec_in(cluster, name_b, "ip", "addr", "add", vip, "dev", "net1")
+    cluster.vpc.wait_for(lambda h: h.get(vip_host) == [eni[name_b]])
+
+    cluster.kubectl("-n", APPS, "annotate", "pod", name_a, "controller.kubernetes.io/pod-deletion-cost=-1000")
+    cluster.kubectl("-n", APPS, "scale", "deployment/floating-ip-pair", "--replicas=1")
+    gone(cluster, name_a)
+    holders = cluster.vpc.holders()
+    assert holders.get(vip_host) == [eni[name_b]], "the VIP stays with the pod that holds it"
+    assert holders.get(own[name_a]) is None, "the stopped pod's own address is released"
+
+    cluster.kubectl("-n", APPS, "scale", "deployment/floating-ip-pair", "--replicas=0")
+    gone(cluster, name_b)
+    holders = cluster.vpc.holders()
+    assert holders.get(vip_host) is None and holders.get(own[name_b]) is None, holders
+
+
+def floating_ip():
+    import re
+    (vip,) = set(re.findall(r"ip addr add (\S+) dev net1", (SAMPLES / "deployment-sidecar-floating-ip.yaml").read_text()))
+    return vip
+
+
+def eni_of(cluster, pod, iface):
+    node = cluster.node(pod["spec"]["nodeName"])
+    (status,) = [s for s in network_status(pod) if s.get("interface") == iface]
+    (eni,) = [e.id for e in node.enis.values() if e.mac == status["mac"]]
+    return eni
+
+
+def own_address(pod):
+    (status,) = [s for s in network_status(pod) if s.get("interface") == "net1"]
+    return str(ipaddress.ip_address(status["ips"][0]))
+
+
+def exec_in(cluster, pod, *command):
+    return cluster.kubectl("-n", APPS, "exec", pod, "-c", "app", "--", *command)
+
+
+def gone(cluster, name, timeout=90):
+    cluster.cp.wait_for(f"pod {name} gone", lambda: cluster.check() or cluster.cp.get(
+        f"/api/v1/namespaces/{APPS}/pods/{name}", raw=True).status_code == 404, timeout=timeout)
