@@ -188,3 +188,15 @@ def test_a_sample_nad_gives_net1_with_its_enis_mac(cluster):
         assert ipaddress.ip_address("10.0.4.64") <= ipaddress.ip_address(address) <= ipaddress.ip_address("10.0.4.95")
         logs = cp.wait_for(f"{name}'s log", lambda: cp.kubectl("logs", name, check=False).stdout)
         assert eni_mac in logs and address in logs, logs
+
+
+def test_pods_reach_the_apiserver_through_the_kubernetes_service(cluster):
+    """kube-proxy on each node routes the `kubernetes` Service's cluster IP to the
+    apiserver, so in-cluster clients (the reclaimer) work from pods."""
+    cp, nodes = cluster
+    service = cp.get("/api/v1/namespaces/default/services/kubernetes")["spec"]["clusterIP"]
+    script = f"if echo | nc -w 3 {service} 443 >/dev/null 2>&1; then echo reached; else echo refused; fi; sleep 3600"
+    cp.create("/api/v1/namespaces/default/pods", pod("in-cluster", "node1", script))
+    running(cp, "in-cluster", nodes)
+    logs = cp.wait_for("in-cluster's log", lambda: cp.kubectl("logs", "in-cluster", check=False).stdout.strip())
+    assert logs.splitlines()[0] == "reached", logs

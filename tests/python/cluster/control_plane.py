@@ -166,7 +166,8 @@ class ControlPlane:
         self._apiserver_args = [
             tool("kube-apiserver"),
             "--etcd-servers", self.etcd_url,
-            "--bind-address", "0.0.0.0" if self.kubelets else "127.0.0.1", "--advertise-address", "127.0.0.1",
+            "--bind-address", "0.0.0.0" if self.kubelets else "127.0.0.1",
+            "--advertise-address", endpoint_address() if self.kubelets else "127.0.0.1",
             "--secure-port", self.port,
             "--tls-cert-file", d / "apiserver.crt", "--tls-private-key-file", d / "apiserver.key",
             "--client-ca-file", d / "ca.crt",
@@ -179,9 +180,11 @@ class ControlPlane:
             # Webhook Services resolve to their EndpointSlices' addresses, not to a
             # cluster IP that no kube-proxy serves here.
             "--enable-aggregator-routing=true",
-            # The `kubernetes` Service's endpoint would be 127.0.0.1, which an
-            # EndpointSlice may not name; nothing here reaches the apiserver through it.
-            "--endpoint-reconciler-type=none",
+            # With real nodes the `kubernetes` Service's endpoint is the host address
+            # pods reach (kube-proxy on each node routes the Service to it). Without,
+            # it would be 127.0.0.1, which an EndpointSlice may not name, and nothing
+            # reaches the apiserver through it.
+            "--endpoint-reconciler-type=" + ("lease" if self.kubelets else "none"),
             "--allow-privileged=true",
             # Kubelets are reached at the address they report, by their own CA's
             # certificate, with the apiserver's client certificate (as kubeadm sets up).

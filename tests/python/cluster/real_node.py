@@ -296,6 +296,27 @@ class Kubelet:
         self.proc.stop()
 
 
+class KubeProxy:
+    """kube-proxy (iptables mode) in the node's network namespace, as its DaemonSet
+    runs it on the host network: Services' cluster IPs, the `kubernetes` Service among
+    them, reach their endpoints from pods and from the node. Its identity is the
+    `kube-proxy` ServiceAccount bound to `system:node-proxier`."""
+
+    def __init__(self, control_plane, name, workdir, netns, kubeconfig, node_address):
+        self.proc = Process(f"kube-proxy-{name}", [
+            "nsenter", f"--net=/run/netns/{netns}", tool("kube-proxy"),
+            "--kubeconfig", kubeconfig, "--hostname-override", name, "--proxy-mode", "iptables",
+            "--cluster-cidr", "10.244.0.0/16",
+            "--metrics-bind-address", f"{node_address}:10249", "--healthz-bind-address", f"{node_address}:10256",
+            # Leave the host's conntrack table as it is: it is the machine's, not the node's.
+            "--conntrack-max-per-core", "0", "--conntrack-tcp-timeout-established", "0",
+            "--conntrack-tcp-timeout-close-wait", "0",
+        ], workdir)
+
+    def stop(self):
+        self.proc.stop()
+
+
 class Multus:
     """Multus (thin plugin) and whereabouts as their installs set them up: their own
     CRDs and ClusterRoles from their module sources (`scripts/cluster-tools`), a
@@ -314,6 +335,10 @@ class Multus:
                               "crd/overlappingrangeipreservations.whereabouts.cni.cncf.io")
         self.kubeconfig = control_plane.service_account_kubeconfig(
             self.dir / "multus.kubeconfig", "kube-system", "multus", ["multus"], server=control_plane.node_url)
+        # kube-proxy's, which every node's kube-proxy shares as its DaemonSet's pods would.
+        self.kube_proxy_kubeconfig = control_plane.service_account_kubeconfig(
+            self.dir / "kube-proxy.kubeconfig", "kube-system", "kube-proxy", ["system:node-proxier"],
+            server=control_plane.node_url)
         self.whereabouts_kubeconfig = control_plane.service_account_kubeconfig(
             self.dir / "whereabouts.kubeconfig", "kube-system", "whereabouts", ["whereabouts-cni"],
             server=control_plane.node_url)
@@ -357,7 +382,7 @@ class RealNode:
         unmount_under(self.sockets)
         shutil.rmtree(self.sockets, ignore_errors=True)
         self.network = NodeNetwork(name, index, enis)
-        self.containerd = self.kubelet = self.cgroup = None
+        self.containerd = self.kubelet = self.cgroup = self.kube_proxy = None
         try:
             self.cgroup = CgroupRoot(name)
             conf_dir = self.dir / "net.d"
@@ -369,6 +394,9 @@ class RealNode:
                 self.containerd.import_image(archive, image)
             self.kubelet = Kubelet(control_plane, name, index, self.dir, self.containerd, provider_id,
                                    labels or {}, self.sockets / "kubelet")
+            if multus is not None:
+                self.kube_proxy = KubeProxy(control_plane, name, self.dir, self.network.ns,
+                                            multus.kube_proxy_kubeconfig, self.network.node_address)
         except BaseException:
             self.close()
             raise
@@ -409,7 +437,7 @@ class RealNode:
         }, indent=2))
 
     def check(self):
-        for part in (self.containerd, self.kubelet):
+        for part in (self.containerd, self.kubelet, self.kube_proxy):
             if part:
                 part.proc.check()
 
@@ -418,6 +446,8 @@ class RealNode:
         outlive containerd, under their shims), the shims, the mounts under its
         directory (rootfs overlays, sandbox /dev/shm, kubelet's tmpfs volumes), its
         cgroups and its network namespace."""
+        if self.kube_proxy:
+            self.kube_proxy.stop()
         if self.kubelet:
             self.kubelet.stop()
         if self.cgroup:
