@@ -22,7 +22,10 @@ MANAGER = "aws-ip-mgmt"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = RealCluster(tmp_path_factory.mktemp("real-whole-path"))
+    # The reclaimer too, as the chart's own pods, in-cluster (through the kubernetes
+    # Service), with a grace short enough for a scene.
+    c = RealCluster(tmp_path_factory.mktemp("real-whole-path"),
+                    sets=["reclaimer.enabled=true", "reclaimer.grace=6s", "reclaimer.interval=2s"])
     try:
         c.apply_samples()
         yield c
@@ -189,3 +192,44 @@ def exec_in(cluster, pod, *command):
 def gone(cluster, name, timeout=90):
     cluster.cp.wait_for(f"pod {name} gone", lambda: cluster.check() or cluster.cp.get(
         f"/api/v1/namespaces/{APPS}/pods/{name}", raw=True).status_code == 404, timeout=timeout)
+
+
+def test_the_reclaimer_pod_gives_back_a_stopped_init_pods_addresses_and_keeps_the_live_ones(cluster):
+    """The chart's reclaimer, running as its own pods and reaching the apiserver through
+    the kubernetes Service, reads what Multus wrote (network-status) and whereabouts'
+    IPPool records: an init-mode pod scaled away leaves its addresses on the ENI (the
+    init manager releases nothing); once unclaimed for the grace period they are
+    released, while the live pod's, which Multus and whereabouts still record, stay."""
+    pods = cluster.wait_for_pods(APPS, "app=multus-app", 2, is_ready)
+    stopped, live = pods
+    addresses = {p["metadata"]["name"]: [str(ipaddress.ip_address(a)) for s in network_status(p)
+                                         if s.get("interface", "eth0") != "eth0" for a in s["ips"]] for p in pods}
+    pools = cluster.cp.get("/apis/whereabouts.cni.cncf.io/v1alpha1/ippools")["items"]
+    recorded = {a["podref"] for pool in pools for a in pool["spec"]["allocations"].values()}
+    assert f"{APPS}/{live['metadata']['name']}" in recorded, recorded
+    holders = cluster.vpc.holders()
+    assert all(holders.get(a) for p in pods for a in addresses[p["metadata"]["name"]]), holders
+
+    cluster.kubectl("-n", APPS, "annotate", "pod", stopped["metadata"]["name"],
+                    "controller.kubernetes.io/pod-deletion-cost=-1000")
+    cluster.kubectl("-n", APPS, "scale", "deployment/multus-app", "--replicas=1")
+    gone(cluster, stopped["metadata"]["name"])
+    assert all(cluster.vpc.holders().get(a) for a in addresses[stopped["metadata"]["name"]]), \
+        "an init pod's stop releases nothing"
+    cluster.vpc.wait_for(lambda h: not any(h.get(a) for a in addresses[stopped["metadata"]["name"]]),
+                         timeout=90)
+    holders = cluster.vpc.holders()
+    assert all(holders.get(a) for a in addresses[live["metadata"]["name"]]), "the live pod's addresses stay"
+    released = reclaimer_metric(cluster, 'ipmgmt_reclaimer_releases_total{result="released"}')
+    assert released >= len(addresses[stopped["metadata"]["name"]]), released
+
+
+def reclaimer_metric(cluster, series):
+    """A sample summed over the reclaimer's pods, read through the apiserver's proxy."""
+    total = 0.0
+    for pod in cluster.pods("ipmgmt-system", "app.kubernetes.io/component=reclaimer"):
+        text = cluster.kubectl("get", "--raw",
+                               f"/api/v1/namespaces/ipmgmt-system/pods/{pod['metadata']['name']}:8080/proxy/metrics"
+                               ).stdout
+        total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " "))
+    return total

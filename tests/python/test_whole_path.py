@@ -38,9 +38,9 @@ def permission_scene(cl, floating_scene):
 
 def test_images_follow_the_released_dockerfile(cl, init_scene):
     stages = k.dockerfile_stages()
-    assert set(stages) == {"webhook", "ipmgr"}
-    for name, stage in stages.items():
-        tag, _ = cl.images[name]
+    assert set(stages) == {"webhook", "ipmgr", "reclaimer"}
+    for name, (tag, _) in cl.images.items():
+        stage = stages[name]
         config = json.loads(cl.podman("image", "inspect", tag).stdout)[0]["Config"]
         assert config["User"] == stage["user"] == "65532:65532"
         assert config["Entrypoint"] == stage["entrypoint"] == [stage["copy"][0][1]]

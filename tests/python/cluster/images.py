@@ -78,7 +78,7 @@ def dockerfile_stages(text=None):
             current["entrypoint"] = json.loads(rest)
         elif word == "EXPOSE":
             current["expose"] += rest.split()
-    return {k: v for k, v in stages.items() if k in ("webhook", "ipmgr")}
+    return {k: v for k, v in stages.items() if k in ("webhook", "ipmgr", "reclaimer")}
 
 
 # What gcr.io/distroless/cc-debian12:nonroot holds besides glibc and libgcc.

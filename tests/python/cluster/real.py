@@ -24,8 +24,18 @@ from .real_node import PAUSE_IMAGE, Multus, RealNode
 from .vpc import Node, Vpc
 
 
+def reclaimer_image():
+    """The reclaimer's image as the chart names it (enabled)."""
+    from deploy_harness import one, render
+    deployment = [d for d in render(sets=["aws.region=us-west-2", "reclaimer.enabled=true"])
+                  if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-reclaimer")][0]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container["image"]
+
+
 class RealCluster:
-    def __init__(self, workdir, nodes=2, vpc_args=None):
+    def __init__(self, workdir, nodes=2, vpc_args=None, sets=()):
+        """`sets`: more chart values (`--set`)."""
         need_root()
         self.workdir = pathlib.Path(workdir)
         self.podman = Podman()
@@ -54,8 +64,10 @@ class RealCluster:
             started = time.monotonic()
             create_restricted_namespace(self.cp, NAMESPACE)
             endpoint = f"http://{endpoint_address()}:{self.vpc.port}"
-            install_with_cert_manager(self.cp, [f"injection.extraEnv.AWS_ENDPOINT_URL_EC2={endpoint}",
-                                                *[f"injection.extraEnv.{k}={v}" for k, v in POD_CREDENTIALS.items()]])
+            aws = {"AWS_ENDPOINT_URL_EC2": endpoint, **POD_CREDENTIALS}
+            install_with_cert_manager(self.cp, [
+                *[f"injection.extraEnv.{k}={v}" for k, v in aws.items()],
+                *[f"reclaimer.extraEnv.{k}={v}" for k, v in aws.items()], *sets])
             self.wait_for_webhook()
             self.timings["install"] = time.monotonic() - started
         except BaseException:
@@ -69,7 +81,8 @@ class RealCluster:
         webhook_tag, ipmgr_tag = chart_images()
         self.ipmgr_image = ipmgr_tag
         tags = []
-        for stage, binary, tag in (("webhook", "ipmgmt-webhook", webhook_tag), ("ipmgr", "ipmgr", ipmgr_tag)):
+        for stage, binary, tag in (("webhook", "ipmgmt-webhook", webhook_tag), ("ipmgr", "ipmgr", ipmgr_tag),
+                                   ("reclaimer", "ipmgmt-reclaimer", reclaimer_image())):
             path = TARGET / PROFILE / binary
             if not path.exists():
                 raise Fail(f"{path} is missing: build the workspace first (cargo build --workspace)")
