@@ -1,23 +1,27 @@
 """Figures of the whole path for docs/benchmarks.md: the images' sizes, and the
-floating-IP failover time (the address added in the pod on node 2 → EC2 showing it on
-node 2's ENI) over repeated runs of the demo's scene. Run by ./scripts/bench-whole-path
-(as root), with the release binaries by default."""
+floating-IP failover time (the address added in the network namespace of the pod on
+node 2 → EC2 showing it on node 2's ENI) over repeated runs of the demo's scene, on
+real nodes. Run by ./scripts/bench-whole-path (as root), with the release binaries by
+default."""
 
+import json
 import statistics
 import sys
 import tempfile
 
 import cluster
 import whole_path
+from cluster.real import RealCluster
 
 
 def main(runs):
     with tempfile.TemporaryDirectory(prefix="ipmgmt-bench-") as workdir:
-        c = cluster.Cluster(workdir)
+        c = RealCluster(workdir)
         try:
-            whole_path.apply_samples(c)
-            for stage, (tag, size) in sorted(c.images.items()):
-                print(f"image {stage:<8} {tag:<40} {size / 2**20:6.1f} MiB ({size} bytes)")
+            c.apply_samples()
+            for stage, tag in sorted(c.images.items()):
+                size = int(json.loads(c.podman("image", "inspect", tag).stdout)[0]["Size"])
+                print(f"image {stage:<9} {tag:<40} {size / 2**20:6.1f} MiB ({size} bytes)")
             failover, calls = [], []
             for _ in range(runs):
                 scene = whole_path.scene_floating_ip(c)

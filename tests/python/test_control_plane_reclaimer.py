@@ -18,10 +18,12 @@ from cluster.base import Fail
 from cluster.control_plane import free_port
 from cluster.installed import APPS, NAMESPACE, NODE, RELEASE, restricted_pod, start, stop
 from cluster.vpc import Node, Vpc
+from cluster_tools import tool
 from webhook_harness import ROOT, TARGET
 
 RECLAIMER_BIN = TARGET / "debug" / "ipmgmt-reclaimer"
-IPPOOL_CRD = ROOT / "tests" / "cluster" / "whereabouts-ippool.crd.yaml"
+# whereabouts' own CRDs (and ClusterRole), from its module source (scripts/cluster-tools).
+IPPOOL_CRD = tool("whereabouts").parent.parent / "manifests.yaml"
 POLICY = ROOT / "deploy" / "reclaimer-iam-policy.json"
 NODE1 = Node(1)
 ETH1, ETH2 = NODE1.enis[1], NODE1.enis[2]

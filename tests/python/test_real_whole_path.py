@@ -13,8 +13,10 @@ import json
 
 import pytest
 
-from cluster.real import RealCluster, is_ready
+import cluster as k
+from cluster.real import RealCluster, init_failed, is_ready, network_status
 from deploy_harness import SAMPLES
+from whole_path import floating_ip
 
 APPS = "multus-demo"
 MANAGER = "aws-ip-mgmt"
@@ -33,9 +35,6 @@ def cluster(tmp_path_factory):
         c.close()
 
 
-def network_status(pod):
-    return json.loads(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"])
-
 
 def test_the_init_sample_assigns_each_pods_addresses_to_its_own_nodes_enis(cluster):
     cluster.kubectl("apply", "-f", SAMPLES / "deployment-init.yaml")
@@ -51,13 +50,71 @@ def test_the_init_sample_assigns_each_pods_addresses_to_its_own_nodes_enis(clust
         (spec,) = [c for c in pod["spec"]["initContainers"] if c["name"] == MANAGER]
         assert spec["securityContext"]["runAsUser"] == 65532
         assert spec["securityContext"]["capabilities"]["drop"] == ["ALL"]
-        secondary = [s for s in network_status(pod) if s.get("interface", "eth0") != "eth0"]
-        assert secondary, network_status(pod)
+        # The apiserver called the webhook for the ReplicaSet's pods and applied its patch.
+        assert pod["metadata"]["annotations"]["ipmgmt.aws/injected"]
+        (owner,) = pod["metadata"]["ownerReferences"]
+        assert owner["kind"] == "ReplicaSet" and owner["name"].startswith("multus-app-")
+        assert [c["name"] for c in pod["spec"]["initContainers"]] == [MANAGER]
+        assert spec["image"] == cluster.images["ipmgr"]
+        assert [n["interface"] for n in network_status(pod)] == ["eth0", "net1", "net2"]
+        secondary = [s for s in network_status(pod) if s["interface"] != "eth0"]
+        placed = {}
         for attachment in secondary:
             (eni,) = [e for e in node.enis.values() if e.mac == attachment["mac"]]
             for address in attachment["ips"]:
-                key = str(ipaddress.ip_address(address))
-                assert holders.get(key) == [eni.id], f"{address} of {pod['metadata']['name']}: {holders.get(key)}"
+                placed[str(ipaddress.ip_address(address))] = eni
+        assert len(placed) == 3, placed
+        for address, eni in placed.items():
+            assert holders.get(address) == [eni.id], f"{address} of {pod['metadata']['name']}: {holders.get(address)}"
+        # The dual-stack attachment: both families on the second Multus ENI.
+        assert {ipaddress.ip_address(a).version for a, e in placed.items() if e is node.enis[2]} == {4, 6}
+        # The app started after the manager and saw its addresses with `ip addr`.
+        log = cluster.kubectl("-n", APPS, "logs", pod["metadata"]["name"], "-c", "app").stdout
+        for address in placed:
+            assert f" {address}/" in log, f"the app's `ip addr` does not show {address}: {log}"
+
+
+def test_images_follow_the_released_dockerfile(cluster):
+    stages = k.dockerfile_stages()
+    assert set(stages) == set(cluster.images) == {"webhook", "ipmgr", "reclaimer"}
+    for name, tag in cluster.images.items():
+        stage = stages[name]
+        config = json.loads(cluster.podman("image", "inspect", tag).stdout)[0]["Config"]
+        assert config["User"] == stage["user"] == "65532:65532"
+        assert config["Entrypoint"] == stage["entrypoint"] == [stage["copy"][0][1]]
+        assert sorted(config.get("ExposedPorts", {})) == sorted(f"{p}/tcp" for p in stage["expose"])
+
+
+def test_a_changed_base_image_is_caught():
+    stage = dict(k.dockerfile_stages()["ipmgr"], **{"from": "gcr.io/distroless/static-debian12:nonroot"})
+    with pytest.raises(k.Fail, match="update cluster.build_image"):
+        k.build_image(None, stage, k.TARGET / "debug" / "ipmgr", "unused")
+
+
+def test_webhook_pods_run_the_deployments_own_container(cluster):
+    """The chart's webhook pods, run by kubelet from the webhook image with the
+    Deployment's args, spread over both nodes (EKS's zone labels), and listed by the
+    EndpointSlice controller behind the chart's Service."""
+    deployment = cluster.cp.get("/apis/apps/v1/namespaces/ipmgmt-system/deployments/ipmgmt")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    pods = cluster.pods("ipmgmt-system", k.selector(deployment))
+    assert len(pods) == deployment["spec"]["replicas"] == 2
+    assert len({p["spec"]["nodeName"] for p in pods}) == 2, "spread over both nodes"
+    endpoints = set(cluster.wait_for_webhook())
+    stage = k.dockerfile_stages()["webhook"]
+    for pod in pods:
+        cmdline, status = cluster.process(pod, "webhook")
+        assert cmdline == stage["entrypoint"] + container["args"]
+        assert pod["spec"]["containers"][0]["image"] == container["image"] == cluster.images["webhook"]
+        assert status["Uid"].split() == ["65532"] * 4
+        assert pod["status"]["podIP"] in endpoints and is_ready(pod)
+
+
+def test_imds_is_unreachable_from_the_pods_as_on_eks(cluster):
+    (pod, _) = cluster.pods(APPS, "app=multus-app")
+    out = cluster.kubectl("-n", APPS, "exec", pod["metadata"]["name"], "-c", "app", "--", "sh", "-c",
+                          "wget -q -T 2 -O- http://169.254.169.254/latest/meta-data/ 2>&1 || echo unreachable").stdout
+    assert out.strip().endswith("unreachable"), out
 
 
 def test_a_guaranteed_pod_stays_guaranteed_with_the_manager_in_it(cluster):
@@ -89,10 +146,6 @@ def app_image():
     return image
 
 
-def init_failed(pod):
-    return any(s.get("lastState", {}).get("terminated", {}).get("exitCode", 0) != 0
-               or s.get("state", {}).get("terminated", {}).get("exitCode", 0) != 0
-               for s in pod.get("status", {}).get("initContainerStatuses", []))
 
 
 def test_a_missing_iam_permission_shows_in_kubectl_as_init_error_with_one_line(cluster):
@@ -121,8 +174,14 @@ def test_a_missing_iam_permission_shows_in_kubectl_as_init_error_with_one_line(c
         assert "UnauthorizedOperation" in message, message
         described = cluster.kubectl("-n", APPS, "describe", "pod", name).stdout
         assert "AssignPrivateIpAddresses" in described and "UnauthorizedOperation" in described, described
+        assert terminated["exitCode"] == 1 and "ec2:AssignPrivateIpAddresses" in message, terminated
         app = failed["status"]["containerStatuses"][0]
         assert "running" not in app["state"] and not app.get("started"), "the app ran"
+        assert failed["status"]["phase"] == "Pending"
+        (net1,) = [s for s in network_status(failed) if s["interface"] == "net1"]
+        holders = cluster.vpc.holders()
+        assert all(not holders.get(str(ipaddress.ip_address(a))) for a in net1["ips"]), \
+            "assigned although the role may not"
     finally:
         cluster.vpc.set_faults()
     # Scaled back, the ReplicaSet takes the pod that is not ready first.
@@ -143,10 +202,18 @@ def test_the_floating_ip_follows_the_pod_that_holds_it_and_stays_with_it(cluster
     eni = {p["metadata"]["name"]: eni_of(cluster, p, "net1") for p in (a, b)}
     own = {p["metadata"]["name"]: own_address(p) for p in (a, b)}
     name_a, name_b = a["metadata"]["name"], b["metadata"]["name"]
-    # The manager is a native sidecar: started before the app, still running.
+    assert a["spec"]["nodeName"] != b["spec"]["nodeName"], "the sample's anti-affinity puts them on two nodes"
+    # The manager is a native sidecar: started before the app, still running, as the
+    # runtime started it from the patched pod: uid 65532, no capabilities, no new
+    # privileges, the RuntimeDefault seccomp filter.
     for pod in (a, b):
         (sidecar,) = [s for s in pod["status"]["initContainerStatuses"] if s["name"] == MANAGER]
         assert "running" in sidecar["state"] and sidecar["started"], sidecar
+        _, status = cluster.process(pod, MANAGER)
+        assert status["Uid"].split() == ["65532"] * 4 and status["Gid"].split() == ["65532"] * 4
+        assert int(status["CapEff"], 16) == 0 and int(status["CapBnd"], 16) == 0
+        assert status["NoNewPrivs"] == "1"
+        assert status["Seccomp"] == "2", "RuntimeDefault seccomp filter"
 
     exec_in(cluster, name_a, "ip", "addr", "add", vip, "dev", "net1")
     cluster.vpc.wait_for(lambda h: h.get(vip_host) == [eni[name_a]])
@@ -156,21 +223,17 @@ def test_the_floating_ip_follows_the_pod_that_holds_it_and_stays_with_it(cluster
 
     cluster.kubectl("-n", APPS, "annotate", "pod", name_a, "controller.kubernetes.io/pod-deletion-cost=-1000")
     cluster.kubectl("-n", APPS, "scale", "deployment/floating-ip-pair", "--replicas=1")
-    gone(cluster, name_a)
+    cluster.gone(APPS, name_a)
+    remaining = [p["metadata"]["name"] for p in cluster.pods(APPS, "app=floating-ip-pair")]
+    assert remaining == [name_b], "the scale-down took the pod with the lower deletion cost"
     holders = cluster.vpc.holders()
     assert holders.get(vip_host) == [eni[name_b]], "the VIP stays with the pod that holds it"
     assert holders.get(own[name_a]) is None, "the stopped pod's own address is released"
 
     cluster.kubectl("-n", APPS, "scale", "deployment/floating-ip-pair", "--replicas=0")
-    gone(cluster, name_b)
+    cluster.gone(APPS, name_b)
     holders = cluster.vpc.holders()
     assert holders.get(vip_host) is None and holders.get(own[name_b]) is None, holders
-
-
-def floating_ip():
-    import re
-    (vip,) = set(re.findall(r"ip addr add (\S+) dev net1", (SAMPLES / "deployment-sidecar-floating-ip.yaml").read_text()))
-    return vip
 
 
 def eni_of(cluster, pod, iface):
@@ -187,11 +250,6 @@ def own_address(pod):
 
 def exec_in(cluster, pod, *command):
     return cluster.kubectl("-n", APPS, "exec", pod, "-c", "app", "--", *command)
-
-
-def gone(cluster, name, timeout=90):
-    cluster.cp.wait_for(f"pod {name} gone", lambda: cluster.check() or cluster.cp.get(
-        f"/api/v1/namespaces/{APPS}/pods/{name}", raw=True).status_code == 404, timeout=timeout)
 
 
 def test_the_reclaimer_pod_gives_back_a_stopped_init_pods_addresses_and_keeps_the_live_ones(cluster):
@@ -213,7 +271,7 @@ def test_the_reclaimer_pod_gives_back_a_stopped_init_pods_addresses_and_keeps_th
     cluster.kubectl("-n", APPS, "annotate", "pod", stopped["metadata"]["name"],
                     "controller.kubernetes.io/pod-deletion-cost=-1000")
     cluster.kubectl("-n", APPS, "scale", "deployment/multus-app", "--replicas=1")
-    gone(cluster, stopped["metadata"]["name"])
+    cluster.gone(APPS, stopped["metadata"]["name"])
     assert all(cluster.vpc.holders().get(a) for a in addresses[stopped["metadata"]["name"]]), \
         "an init pod's stop releases nothing"
     cluster.vpc.wait_for(lambda h: not any(h.get(a) for a in addresses[stopped["metadata"]["name"]]),

@@ -1,7 +1,7 @@
-"""The scenes of the whole path, from an annotated sample workload to addresses on
-node ENIs, on the real control plane: the story `./scripts/demo` tells, and what
-`test_whole_path.py` asserts. Each scene `kubectl apply`s a sample, waits for what the
-apiserver reports, and returns what happened; the story prints it, the tests check it.
+"""The whole path, from an annotated sample workload to addresses on node ENIs, on a
+real control plane and two real nodes (kubelet, containerd, Multus, whereabouts,
+kube-proxy): the story `./scripts/demo` tells. `test_real_whole_path.py` runs the same
+samples and asserts what this prints.
 
     python whole_path.py      (as root; ./scripts/demo runs it)
 """
@@ -13,7 +13,8 @@ import sys
 import tempfile
 import time
 
-from cluster import Cluster, Fail, ec2_calls, host, init_failed
+from cluster import Fail, ec2_calls
+from cluster.real import RealCluster, init_failed, is_ready, network_status
 from deploy_harness import SAMPLES
 
 APPS = "multus-demo"
@@ -28,117 +29,62 @@ def floating_ip():
     return vip
 
 
-def holds(holders, address, eni):
-    return holders.get(str(ipaddress.ip_address(address))) == [eni.id]
-
-
-def injected(pod):
-    return pod["metadata"]["annotations"].get("ipmgmt.aws/injected", "")
-
-
-def apply_samples(cluster):
-    """The samples' namespace and NetworkAttachmentDefinitions, as the user guide
-    applies them; kubectl's output."""
-    return cluster.kubectl("apply", "-f", SAMPLES / "namespace.yaml", "-f", SAMPLES / "nad-ipvlan-whereabouts.yaml",
-                           "-f", SAMPLES / "nad-dual-stack.yaml").stdout
-
-
-def scene_init_deployment(cluster):
-    """The sample init Deployment, two replicas: each pod's addresses on its own node's
-    ENIs before its app starts."""
-    since = len(cluster.vpc.log())
-    applied = cluster.kubectl("apply", "-f", INIT_SAMPLE).stdout
-    out = []
-    for stored, worker in cluster.wait_for_pods(APPS, "app=multus-app", 2):
-        pod, node = worker.pod, worker.agent.node
-        app_log = wait_for_log(pod.container("app"), "net1")
-        holders = cluster.vpc.holders()
-        placed = {host(cidr): (cluster.eni_of(node, iface, pod), holders.get(host(cidr), []))
-                  for iface, cidr in pod.addresses}
-        out.append({"stored": stored, "pod": pod, "node": node, "placed": placed, "app_log": app_log,
-                    "applied": applied})
-    out[0]["calls"] = ec2_calls(cluster.vpc.log(), since)
+def placed(cluster, pod):
+    """Each of the pod's secondary addresses -> (the ENI its interface rides on, the ENIs
+    EC2 says hold it)."""
+    node = cluster.node(pod["spec"]["nodeName"])
+    holders = cluster.vpc.holders()
+    out = {}
+    for attachment in network_status(pod):
+        if attachment["interface"] == "eth0":
+            continue
+        (eni,) = [e for e in node.enis.values() if e.mac == attachment["mac"]]
+        for address in attachment["ips"]:
+            address = str(ipaddress.ip_address(address))
+            out[address] = (eni, holders.get(address, []))
     return out
+
+
+def seconds_between(start, end):
+    parse = lambda t: time.mktime(time.strptime(t, "%Y-%m-%dT%H:%M:%SZ"))
+    return parse(end) - parse(start)
+
+
+def exec_app(cluster, pod, *command):
+    return cluster.kubectl("-n", APPS, "exec", pod, "-c", "app", "--", *command)
 
 
 def scene_floating_ip(cluster):
-    """The sample floating-IP pair: the VIP appears in the pod on node 1, moves to the
-    pod on node 2, then the old pod stops, then the new one stops while holding it.
-    Each stop is a scale-down of the Deployment, the first pod picked by its
-    pod-deletion-cost, so the ReplicaSet controller and kubelet's graceful delete do it."""
-    applied = cluster.kubectl("apply", "-f", VIP_SAMPLE).stdout
+    """The sample floating-IP pair: the VIP added in the pod on one node, moved to the
+    pod on the other (the failover timed from the address change in its network
+    namespace, the kernel event HA software makes), then each pod stopped by a
+    scale-down, the first picked by its pod-deletion-cost."""
+    cluster.kubectl("apply", "-f", VIP_SAMPLE)
+    a, b = cluster.wait_for_pods(APPS, "app=floating-ip-pair", 2, is_ready)
+    name_a, name_b = a["metadata"]["name"], b["metadata"]["name"]
+    ((own_a, (eni_a, _)),) = placed(cluster, a).items()
+    ((own_b, (eni_b, _)),) = placed(cluster, b).items()
     vip = floating_ip()
-    (stored_a, worker_a), (stored_b, worker_b) = cluster.wait_for_pods(APPS, "app=floating-ip-pair", 2)
-    a, b = worker_a.pod, worker_b.pod
-    eni_a, eni_b = cluster.eni_of(a.node, "net1", a), cluster.eni_of(b.node, "net1", b)
-    sidecar = a.container(MANAGER)
-    out = {"applied": applied, "stored": stored_a, "pods": (a, b), "vip": vip, "eni_a": eni_a, "eni_b": eni_b,
-           "startup": [p.init_results[0][2] for p in (a, b)],
-           "sidecar": sidecar.inspect(), "sidecar_process": sidecar.process_status()}
-
-    # As the sample's comment tells users to, with the app container's NET_ADMIN.
-    a.exec("app", "ip", "addr", "add", vip, "dev", "net1")
-    out["to_a"] = cluster.vpc.wait_for(lambda h: holds(h, host(vip), eni_a))
-    # The failover, timed from the address change itself: `ip -n` makes the same
-    # kernel event as the HA software in the pod, without `podman exec`'s start-up.
+    vip_host = str(ipaddress.ip_interface(vip).ip)
+    exec_app(cluster, name_a, "ip", "addr", "add", vip, "dev", "net1")
+    cluster.vpc.wait_for(lambda h: h.get(vip_host) == [eni_a.id])
     since = len(cluster.vpc.log())
-    a.sandbox.del_address("net1", vip)
-    b.sandbox.add_address("net1", vip)
-    out["failover"] = cluster.vpc.wait_for(lambda h: holds(h, host(vip), eni_b), poll=0.001)
-    out["failover_calls"] = ec2_calls(cluster.vpc.log(), since)
-
-    own_a = host(a.addresses[0][1])
-    cluster.kubectl("-n", APPS, "annotate", "pod", stored_a["metadata"]["name"],
-                    "controller.kubernetes.io/pod-deletion-cost=-1000")
+    cluster.in_pod_netns(a, "app", "ip", "addr", "del", vip, "dev", "net1")
+    cluster.in_pod_netns(b, "app", "ip", "addr", "add", vip, "dev", "net1")
+    failover = cluster.vpc.wait_for(lambda h: h.get(vip_host) == [eni_b.id], poll=0.001)
+    out = {"vip": vip, "a": name_a, "b": name_b, "eni_a": eni_a.id, "eni_b": eni_b.id, "failover": failover,
+           "failover_calls": ec2_calls(cluster.vpc.log(), since)}
+    cluster.kubectl("-n", APPS, "annotate", "pod", name_a, "controller.kubernetes.io/pod-deletion-cost=-1000")
     cluster.kubectl("-n", APPS, "scale", "deployment/floating-ip-pair", "--replicas=1")
-    cluster.wait_gone(worker_a)
-    out["stop_a"] = worker_a.exit_codes
+    cluster.gone(APPS, name_a)
     holders = cluster.vpc.holders()
-    out["after_a"] = {"vip": holders.get(host(vip), []), "own": holders.get(own_a, [])}
-    out["pods_after_a"] = [p["metadata"]["name"] for p, _ in cluster.workers(APPS, "app=floating-ip-pair")]
-
-    own_b = host(b.addresses[0][1])
+    out["after_a"] = {"vip": holders.get(vip_host, []), "own": holders.get(own_a, [])}
     cluster.kubectl("-n", APPS, "scale", "deployment/floating-ip-pair", "--replicas=0")
-    cluster.wait_gone(worker_b)
-    out["stop_b"] = worker_b.exit_codes
+    cluster.gone(APPS, name_b)
     holders = cluster.vpc.holders()
-    out["after_b"] = {"vip": holders.get(host(vip), []), "own": holders.get(own_b, [])}
+    out["after_b"] = {"vip": holders.get(vip_host, []), "own": holders.get(own_b, [])}
     return out
 
-
-def wait_for_log(container, text, timeout=10):
-    deadline = time.monotonic() + timeout
-    while text not in (log := container.logs()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return log
-
-
-def scene_missing_permission(cluster):
-    """The init Deployment scaled up while its role lacks
-    ec2:AssignPrivateIpAddresses: the new pod stays in Init:Error, with the one-line
-    reason in the container's termination message, as the apiserver reports it; then
-    scaled back, which takes the failed pod away first (it is not ready)."""
-    before = {p["metadata"]["uid"] for p, _ in cluster.workers(APPS, "app=multus-app")}
-    cluster.vpc.set_faults(deny=["AssignPrivateIpAddresses"])
-    try:
-        cluster.kubectl("-n", APPS, "scale", "deployment/multus-app", "--replicas=3")
-        pods = cluster.wait_for_pods(APPS, "app=multus-app", 3,
-                                     settled=lambda p: p["metadata"]["uid"] in before or init_failed(p))
-    finally:
-        cluster.vpc.set_faults()
-    ((stored, worker),) = [(p, w) for p, w in pods if p["metadata"]["uid"] not in before]
-    holders = cluster.vpc.holders()
-    shown = cluster.kubectl("-n", APPS, "get", "pod", stored["metadata"]["name"], "--no-headers").stdout.split()
-    out = {"stored": stored, "pod": worker.pod, "status_column": shown[2],
-           "held": {host(c): holders.get(host(c), []) for _, c in worker.pod.addresses}}
-    cluster.kubectl("-n", APPS, "scale", "deployment/multus-app", "--replicas=2")
-    cluster.wait_gone(worker)
-    out["kept"] = sorted(p["metadata"]["uid"] for p, _ in cluster.workers(APPS, "app=multus-app"))
-    out["before"] = sorted(before)
-    return out
-
-
-# --- the story -------------------------------------------------------------------------
 
 def say(text=""):
     print(text, flush=True)
@@ -147,7 +93,7 @@ def say(text=""):
 def story():
     with tempfile.TemporaryDirectory(prefix="ipmgmt-whole-path-") as workdir:
         started = time.monotonic()
-        cluster = Cluster(workdir)
+        cluster = RealCluster(workdir)
         try:
             tell(cluster, started)
         finally:
@@ -155,13 +101,14 @@ def story():
 
 
 def tell(cluster, started):
-    (_, ipmgr_size), (_, webhook_size) = cluster.images["ipmgr"], cluster.images["webhook"]
-    versions = cluster.cp.kubectl("version", "-o", "json").stdout
-    server = json.loads(versions)["serverVersion"]["gitVersion"]
-    say(f"images        built FROM scratch with buildah: ipmgr {ipmgr_size / 2**20:.0f} MiB, "
-        f"webhook {webhook_size / 2**20:.0f} MiB ({cluster.timings['images']:.1f} s)")
-    say(f"control plane etcd, kube-apiserver {server}, controller-manager, scheduler; two nodes run by the "
-        f"kubelet stand-in ({cluster.timings['control plane']:.1f} s)")
+    sizes = {stage: int(json.loads(cluster.podman("image", "inspect", tag).stdout)[0]["Size"])
+             for stage, tag in cluster.images.items()}
+    server = json.loads(cluster.kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
+    say(f"images        built FROM scratch with buildah, imported into each node's containerd: "
+        + ", ".join(f"{stage} {size / 2**20:.0f} MiB" for stage, size in sizes.items())
+        + f" ({cluster.timings['images']:.1f} s)")
+    say(f"control plane etcd, kube-apiserver {server}, controller-manager, scheduler; two nodes, each kubelet, "
+        f"containerd, kube-proxy, Multus and whereabouts ({cluster.timings['control plane and nodes']:.1f} s)")
     for node in cluster.nodes:
         say(f"  node        {node.name} ({node.provider_id}): eth1 {node.enis[1].id}, eth2 {node.enis[2].id}")
     say(f"helm install  the chart, its certificate from cert-manager; webhook pods Ready behind the chart's "
@@ -171,66 +118,67 @@ def tell(cluster, started):
     say()
     say("kubectl apply -f deploy/samples/namespace.yaml -f deploy/samples/nad-ipvlan-whereabouts.yaml "
         "-f deploy/samples/nad-dual-stack.yaml")
-    for line in apply_samples(cluster).splitlines():
-        say(f"  {line}")
+    cluster.apply_samples()
     say()
 
     say("1. kubectl apply -f deploy/samples/deployment-init.yaml (2 replicas)")
-    steps = scene_init_deployment(cluster)
-    for step in steps:
-        pod, stored = step["pod"], step["stored"]
-        name, code, seconds, message = pod.init_results[0]
-        first = stored["spec"]["initContainers"][0]["name"]
-        say(f"   {pod.name} on {pod.node.name}: the apiserver stored it with {first} as its first init "
-            f"container (injected: {injected(stored)})")
-        say(f"     {name} exited {code} after {seconds:.2f} s")
-        for address, (eni, holders) in step["placed"].items():
+    since = len(cluster.vpc.log())
+    cluster.kubectl("apply", "-f", INIT_SAMPLE)
+    for pod in cluster.wait_for_pods(APPS, "app=multus-app", 2, is_ready):
+        name = pod["metadata"]["name"]
+        manager = pod["status"]["initContainerStatuses"][0]
+        ran = manager["state"]["terminated"]
+        say(f"   {name} on {pod['spec']['nodeName']}: stored with {manager['name']} as its first init container")
+        say(f"     {manager['name']} exited {ran['exitCode']} "
+            f"({seconds_between(ran['startedAt'], ran['finishedAt']):.0f} s by kubelet's clock)")
+        for address, (eni, holders) in placed(cluster, pod).items():
             mark = "ok" if holders == [eni.id] else f"NOT ASSIGNED (held by {holders or 'nobody'})"
-            say(f"     {address:<22} on {eni.id} (the node's {eni_name(eni)})  {mark}")
-        seen = sorted(set(re.findall(r"inet6? (\S+) scope global", step["app_log"])))
-        say(f"     app started {pod.app_started - pod.init_started:.2f} s after the pod's sandbox; "
-            f"`ip addr` in the app shows {', '.join(seen)}")
-    say(f"   EC2 calls for both pods: {fmt_calls(steps[0]['calls'])}")
+            say(f"     {address:<22} on {eni.id} (the node's eth{eni.index})  {mark}")
+        log = cluster.kubectl("-n", APPS, "logs", name, "-c", "app").stdout
+        seen = sorted(set(re.findall(r"inet6? (\S+) scope global", log)))
+        say(f"     the app started after it; `ip addr` in the app shows {', '.join(seen)}")
+    say(f"   EC2 calls for both pods: {fmt_calls(ec2_calls(cluster.vpc.log(), since))}")
     for line in cluster.kubectl("-n", APPS, "get", "pods", "-l", "app=multus-app", "-o", "wide").stdout.splitlines():
         say(f"   {line}")
     say()
 
     say("2. kubectl apply -f deploy/samples/deployment-sidecar-floating-ip.yaml (a pair, one pod per node)")
     scene = scene_floating_ip(cluster)
-    a, b = scene["pods"]
-    say(f"   native sidecars started; startup probes passed after {scene['startup'][0]:.2f} s and "
-        f"{scene['startup'][1]:.2f} s")
-    say(f"   {scene['vip']} added by the app in {a.name} on node 1 (kubectl exec … ip addr add): "
-        f"on {scene['eni_a'].id}")
-    say(f"   moved to {b.name} on node 2: on {scene['eni_b'].id} {scene['failover'] * 1000:.0f} ms after the "
-        f"address change (EC2 calls {fmt_calls(scene['failover_calls'])})")
-    say(f"   kubectl scale --replicas=1 took {a.name} (exit codes {fmt_codes(scene['stop_a'])}): the VIP stays on "
-        f"{', '.join(scene['after_a']['vip'])}; its own address is "
-        f"{'released' if not scene['after_a']['own'] else 'still held'}")
-    say(f"   kubectl scale --replicas=0 took {b.name} while it held the VIP (exit codes {fmt_codes(scene['stop_b'])}): "
-        f"the VIP is {'released' if not scene['after_b']['vip'] else 'still on ' + str(scene['after_b']['vip'])}")
+    say("   native sidecars started, the apps after the sidecars' startup probes passed")
+    say(f"   {scene['vip']} added by the app in {scene['a']} (kubectl exec … ip addr add): on {scene['eni_a']}")
+    say(f"   moved to {scene['b']}: on {scene['eni_b']} {scene['failover'] * 1000:.0f} ms after the address "
+        f"change in its network namespace (EC2 calls {fmt_calls(scene['failover_calls'])})")
+    say(f"   kubectl scale --replicas=1 took {scene['a']}: the VIP stays on {', '.join(scene['after_a']['vip'])}; "
+        f"its own address is {'released' if not scene['after_a']['own'] else 'still held'}")
+    say(f"   kubectl scale --replicas=0 took {scene['b']} while it held the VIP: the VIP is "
+        f"{'released' if not scene['after_b']['vip'] else 'still held'}")
     say()
 
     say("3. kubectl scale deployment/multus-app --replicas=3, with a role without ec2:AssignPrivateIpAddresses")
-    scene = scene_missing_permission(cluster)
-    stored = scene["stored"]
-    (status,) = stored["status"]["initContainerStatuses"][:1]
-    terminated = status["state"]["terminated"]
-    say(f"   {stored['metadata']['name']}: kubectl get shows {scene['status_column']}; {status['name']} exited "
+    before = {p["metadata"]["uid"] for p in cluster.pods(APPS, "app=multus-app")}
+    cluster.vpc.set_faults(deny=["AssignPrivateIpAddresses"])
+    try:
+        cluster.kubectl("-n", APPS, "scale", "deployment/multus-app", "--replicas=3")
+        pods = cluster.wait_for_pods(APPS, "app=multus-app", 3, lambda p: p["metadata"]["uid"] in before
+                                     or init_failed(p))
+        (failed,) = [p for p in pods if p["metadata"]["uid"] not in before]
+        name = failed["metadata"]["name"]
+        shown = cluster.cp.wait_for("the failure in kubectl get", lambda: (
+            s := cluster.kubectl("-n", APPS, "get", "pod", name, "--no-headers").stdout.split())[2]
+            in ("Init:Error", "Init:CrashLoopBackOff") and s, timeout=60)
+        status = cluster.cp.get(f"/api/v1/namespaces/{APPS}/pods/{name}")["status"]["initContainerStatuses"][0]
+        terminated = status["state"].get("terminated") or status["lastState"]["terminated"]
+    finally:
+        cluster.vpc.set_faults()
+    say(f"   {name}: kubectl get shows {shown[2]} (kubelet retries it with backoff); {status['name']} exited "
         f"{terminated['exitCode']}; kubectl describe shows:")
     for line in terminated.get("message", "(no message)").splitlines():
         say(f"     {line}")
-    say("   kubectl scale --replicas=2: the ReplicaSet took the failed pod away and kept the two Ready ones")
+    cluster.kubectl("-n", APPS, "scale", "deployment/multus-app", "--replicas=2")
+    say("   kubectl scale --replicas=2: the ReplicaSet takes the pod that is not ready first")
     say()
-    say(f"Done in {time.monotonic() - started:.1f} s. The same scenes run as tests: tests/python/test_whole_path.py")
-
-
-def eni_name(eni):
-    return f"eth{eni.index}"
-
-
-def fmt_codes(codes):
-    return ", ".join(f"{name} {code}" for name, code in codes.items())
+    say(f"Done in {time.monotonic() - started:.1f} s. The same scenes run as tests: "
+        f"tests/python/test_real_whole_path.py")
 
 
 def fmt_calls(calls):

@@ -3,17 +3,14 @@ running a command."""
 
 import ipaddress
 import os
-import pathlib
 import shutil
 import subprocess
 
 from webhook_harness import ROOT
 
-K8S_VERSION = "1.33.0"
 PODMAN_HOME = ROOT / ".podman"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 IAM_POLICY = ROOT / "deploy" / "iam-policy.json"
-SECCOMP_RUNTIME_DEFAULT = pathlib.Path("/usr/share/containers/seccomp.json")
 REGION = "us-west-2"
 # The cargo profile whose binaries go into the images: `debug` for the demo and the
 # tests, `release` for the figures in docs/benchmarks.md.
@@ -30,7 +27,7 @@ class Fail(Exception):
 def need_root():
     if os.geteuid() != 0:
         raise Fail("the whole path needs root, for network namespaces and containers: run it as root")
-    for tool in ("podman", "buildah", "runc", "ip", "objcopy"):
+    for tool in ("podman", "buildah", "runc", "ip", "objcopy", "nsenter", "iptables", "pkill"):
         if shutil.which(tool) is None:
             raise Fail(f"{tool} is missing: ./scripts/setup installs it (the demo and the tests run it)")
 

@@ -16,7 +16,7 @@ from deploy_harness import SAMPLES, load_yaml_docs
 from webhook_harness import TARGET
 
 from . import app_images, chart_images, selector
-from .base import POD_CREDENTIALS, PROFILE, Fail, need_root
+from .base import POD_CREDENTIALS, PROFILE, Fail, need_root, run
 from .control_plane import ControlPlane, endpoint_address
 from .images import Podman, build_app_image, build_image, build_pause_image, dockerfile_stages, oci_archive
 from .installed import NAMESPACE, RELEASE, create_restricted_namespace, install_with_cert_manager
@@ -80,6 +80,8 @@ class RealCluster:
         stages = dockerfile_stages()
         webhook_tag, ipmgr_tag = chart_images()
         self.ipmgr_image = ipmgr_tag
+        # stage -> tag, of the released images
+        self.images = {}
         tags = []
         for stage, binary, tag in (("webhook", "ipmgmt-webhook", webhook_tag), ("ipmgr", "ipmgr", ipmgr_tag),
                                    ("reclaimer", "ipmgmt-reclaimer", reclaimer_image())):
@@ -87,6 +89,7 @@ class RealCluster:
             if not path.exists():
                 raise Fail(f"{path} is missing: build the workspace first (cargo build --workspace)")
             build_image(self.podman, stages[stage], path, tag)
+            self.images[stage] = tag
             tags.append(tag)
         for app in app_images():
             build_app_image(self.podman, app)
@@ -152,6 +155,34 @@ class RealCluster:
         return self.cp.wait_for("the webhook's Service with a ready endpoint per replica", ready_endpoints,
                                 timeout=timeout)
 
+    def pid(self, pod, container):
+        """The host PID of a running container's main process, as containerd knows it."""
+        statuses = pod["status"].get("initContainerStatuses", []) + pod["status"].get("containerStatuses", [])
+        (status,) = [s for s in statuses if s["name"] == container]
+        container_id = status["containerID"].split("://", 1)[1]
+        node = next(n for n in self.real if n.name == pod["spec"]["nodeName"])
+        tasks = node.containerd.ctr("tasks", "ls").stdout.splitlines()[1:]
+        (pid,) = [int(line.split()[1]) for line in tasks if line.split()[0] == container_id]
+        return pid
+
+    def in_pod_netns(self, pod, container, *command):
+        """A command of this machine's in the pod's network namespace (no exec into the
+        container: what its kernel sees, at once)."""
+        return run(["nsenter", f"--net=/proc/{self.pid(pod, container)}/ns/net", *command])
+
+    def process(self, pod, container):
+        """A running container's main process as the node's runtime started it: its
+        command line and its /proc status fields (uid, capabilities, seccomp, ...)."""
+        pid = self.pid(pod, container)
+        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
+        lines = pathlib.Path(f"/proc/{pid}/status").read_text().splitlines()
+        return cmdline, dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+    def gone(self, namespace, name, timeout=90):
+        """Until kubelet has stopped the pod and sent its final DELETE."""
+        self.cp.wait_for(f"pod {name} gone", lambda: self.check() or self.cp.get(
+            f"/api/v1/namespaces/{namespace}/pods/{name}", raw=True).status_code == 404, timeout=timeout)
+
     def node(self, name):
         return next(n for n in self.nodes if n.name == name)
 
@@ -168,3 +199,14 @@ class RealCluster:
 
 def is_ready(pod):
     return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+
+
+def init_failed(pod):
+    """An init container exited non-zero, now or before kubelet's restart of it."""
+    return any(s.get(key, {}).get("terminated", {}).get("exitCode", 0) != 0
+               for s in pod.get("status", {}).get("initContainerStatuses", []) for key in ("state", "lastState"))
+
+
+def network_status(pod):
+    """What Multus wrote: the pod's attachments, eth0 first."""
+    return json.loads(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"])

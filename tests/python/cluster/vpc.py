@@ -189,8 +189,3 @@ class Sandbox:
         run(["ip", "netns", "del", self.ns], check=False)
         for link in self.links:
             run(["ip", "link", "del", link], check=False)
-
-
-def pod_mac(pod, iface):
-    out = run(["ip", "-n", pod.sandbox.ns, "-j", "link", "show", iface]).stdout
-    return json.loads(out)[0]["address"]
