@@ -164,6 +164,14 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Ready { .. } => unreachable!("answered above"),
         }
     });
+    // What the manager cost the pod, where users and the pod-cost benchmark read it.
+    if let Some(usage) = ipmgmt_common::shell::Usage::now() {
+        info!(
+            cpu_ms = usage.cpu.as_secs_f64() * 1000.0,
+            peak_rss_kib = usage.peak_rss_kib,
+            "exiting"
+        );
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
