@@ -27,6 +27,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 
@@ -406,13 +407,17 @@ class RealNode:
         in one place, where containerd and Multus both look."""
         bin_dir = self.dir / "cni-bin"
         bin_dir.mkdir(exist_ok=True)
-        plugins = [*tool("cni-plugins", "loopback").parent.iterdir(), tool("multus"), tool("whereabouts"),
-                   # This kernel has no ipvlan: the stand-in (cni/ipvlan says what it keeps).
-                   IPVLAN_STAND_IN]
+        plugins = [*tool("cni-plugins", "loopback").parent.iterdir(), tool("multus"), tool("whereabouts")]
         for plugin in plugins:
             link = bin_dir / plugin.name
             link.unlink(missing_ok=True)
             link.symlink_to(plugin)
+        # This kernel has no ipvlan: the stand-in (cni/ipvlan says what it keeps), run by
+        # the tests' own Python, not whatever python3 the machine has.
+        ipvlan = bin_dir / "ipvlan"
+        ipvlan.unlink(missing_ok=True)
+        ipvlan.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{IPVLAN_STAND_IN}" "$@"\n')
+        ipvlan.chmod(0o755)
         return bin_dir
 
     def _write_pod_network(self, conf_dir):
