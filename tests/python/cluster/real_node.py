@@ -4,14 +4,16 @@ by side under one control plane.
 
 The layout, per node `N` (index `i`):
 - **Network**: the namespace `ipmgmt-N` holds the node's uplink `eth0`
-  (10.250.i.2/30, a veth whose host end `ipn-N` has 10.250.i.1) and its Multus ENIs as
-  bridges `eth1`, `eth2`, ... each carrying its ENI's MAC. Pods get `eth0` from the ptp
-  plugin out of 10.244.i.0/24; the host routes that range to the node, which forwards.
-  Anything on the host is reachable from pods and nodes at any host address (the fake
-  EC2, the API server at `API_ADDRESS`).
-- **containerd** runs inside the node's namespace, so the CNI plugins it runs (and
-  hostNetwork pods) see the node's interfaces, with a root, state and socket of its
-  own under the node's directory, the overlayfs snapshotter and runc with cgroupfs.
+  (10.250.i.2/30, a veth whose host end `ipmgmt-ni` has 10.250.i.1) and its Multus
+  ENIs as bridges `eth1`, `eth2`, ... each carrying its ENI's MAC. Pods get `eth0`
+  from Multus's cluster network (ptp) out of 10.244.i.0/24; the host routes that range
+  to the node, which forwards. Anything on the host is reachable from pods and nodes at
+  any host address (the fake EC2, the apiserver at `ControlPlane.node_url`).
+- **containerd** and **kube-proxy** run inside the node's namespace, so the CNI
+  plugins containerd runs (Multus, whereabouts, the `ipvlan` stand-in) and hostNetwork
+  pods see the node's interfaces; containerd's root and state are under the node's
+  directory, its sockets under `/run/ipmgmt-ni`; overlayfs snapshotter, runc with
+  cgroupfs.
 - **kubelet** runs on the host (it reaches the API server on loopback and must own the
   address it reports, 10.250.i.1), as `system:node:N` with the node's token, its own
   root directory and cgroup root (`/ipmgmt-N`, so two kubelets never clean up each
@@ -36,12 +38,12 @@ from cluster_tools import tool
 from .base import Fail, run
 from .control_plane import Process
 
-RUNC = os.environ.get('IPMGMT_RUNC', '/usr/bin/runc')
+# Debian's runc (./scripts/setup installs it).
+RUNC = "/usr/bin/runc"
 IPVLAN_STAND_IN = pathlib.Path(__file__).parent / "cni" / "ipvlan"
 # The pod sandbox's image, built FROM scratch from the project's pause program.
 PAUSE_IMAGE = "localhost/ipmgmt/pause:v1"
-# Where pods and node-side CNI plugins (Multus, whereabouts) reach the API server: the
-# host end of the tests' endpoint veth (`control_plane.endpoint_address`).
+# kubelet's port, on each node's own address (so every node can use it).
 KUBELET_PORT = 10250
 
 
