@@ -136,11 +136,6 @@ mod tests {
         assert!(text.contains("reviews_total 1\n"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
-}
-
-#[cfg(test)]
-mod usage_tests {
-    use super::*;
 
     #[test]
     fn usage_reads_this_process() {

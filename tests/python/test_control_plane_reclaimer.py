@@ -63,10 +63,8 @@ class HostReclaimer:
                       if d["metadata"]["name"].endswith("-reclaimer")][0]
         spec = deployment["spec"]["template"]["spec"]
         (container,) = spec["containers"]
-        token = cp.create(f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{spec['serviceAccountName']}/token",
-                          {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                           "spec": {"expirationSeconds": 3600}})["status"]["token"]
-        kubeconfig = cp.write_kubeconfig(tmp / f"{name}.kubeconfig", token, name)
+        kubeconfig = cp.token_kubeconfig(tmp / f"{name}.kubeconfig", NAMESPACE, spec["serviceAccountName"],
+                                         expiration=3600)
         self.admin_port = free_port()
         flags = [f"--admin-listen=127.0.0.1:{self.admin_port}", *flags]
         names = {f.split("=", 1)[0] for f in flags}

@@ -50,22 +50,12 @@ def cluster(tmp_path_factory):
                                           "node.kubernetes.io/instance-type": "m5.large"},
                                   enis=[("eth1", f"02:00:00:00:0{index}:01")], multus=multus))
         for node in nodes:
-            cp.wait_for(f"{node.name} Ready", lambda node=node: node.check() or is_ready(cp, node.name), timeout=120)
+            node.wait_ready()
         yield cp, nodes
     finally:
         for node in nodes:
             node.close()
         cp.stop()
-
-
-def is_ready(cp, name):
-    r = cp.get(f"/api/v1/nodes/{name}", raw=True)
-    if r.status_code != 200:
-        return None
-    node = r.json()
-    conditions = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
-    taints = node["spec"].get("taints") or []
-    return conditions.get("Ready") == "True" and not taints and node
 
 
 def pod(name, node, command, grace=30):
@@ -87,15 +77,16 @@ def running(cp, name, nodes):
 def test_nodes_register_themselves_as_eks_nodes_do(cluster):
     cp, nodes = cluster
     want = versions()
-    for name, (zone, instance) in NODES.items():
-        node = is_ready(cp, name)
+    for real, (name, (zone, instance)) in zip(nodes, NODES.items()):
+        node = real.registered()
         assert node["spec"]["providerID"] == f"aws:///{zone}/{instance}"
         assert node["metadata"]["labels"]["topology.kubernetes.io/zone"] == zone
         info = node["status"]["nodeInfo"]
         assert info["kubeletVersion"] == want["KUBERNETES_VERSION"]
         assert info["containerRuntimeVersion"] == f"containerd://{want['CONTAINERD_VERSION'].lstrip('v')}"
         addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
-        assert addresses["InternalIP"] == next(n for n in nodes if n.name == name).network.host_address
+        assert node["metadata"]["name"] == name
+        assert addresses["InternalIP"] == real.network.host_address
 
 
 def test_a_pod_runs_in_containerd_with_eth0_from_its_nodes_range(cluster):

@@ -16,7 +16,7 @@ import pytest
 import cluster as k
 from cluster.real import RealCluster, init_failed, is_ready, network_status
 from deploy_harness import SAMPLES
-from whole_path import floating_ip
+from whole_path import exec_app, floating_ip
 
 APPS = "multus-demo"
 MANAGER = "aws-ip-mgmt"
@@ -40,7 +40,6 @@ def test_the_init_sample_assigns_each_pods_addresses_to_its_own_nodes_enis(clust
     cluster.kubectl("apply", "-f", SAMPLES / "deployment-init.yaml")
     pods = cluster.wait_for_pods(APPS, "app=multus-app", 2, is_ready)
     assert {p["spec"]["nodeName"] for p in pods} == {n.name for n in cluster.nodes}, "one pod per node"
-    holders = cluster.vpc.holders()
     for pod in pods:
         node = cluster.node(pod["spec"]["nodeName"])
         # The manager ran first, as kubelet started it, and finished before the app.
@@ -57,17 +56,12 @@ def test_the_init_sample_assigns_each_pods_addresses_to_its_own_nodes_enis(clust
         assert [c["name"] for c in pod["spec"]["initContainers"]] == [MANAGER]
         assert spec["image"] == cluster.images["ipmgr"]
         assert [n["interface"] for n in network_status(pod)] == ["eth0", "net1", "net2"]
-        secondary = [s for s in network_status(pod) if s["interface"] != "eth0"]
-        placed = {}
-        for attachment in secondary:
-            (eni,) = [e for e in node.enis.values() if e.mac == attachment["mac"]]
-            for address in attachment["ips"]:
-                placed[str(ipaddress.ip_address(address))] = eni
+        placed = cluster.placed(pod)
         assert len(placed) == 3, placed
-        for address, eni in placed.items():
-            assert holders.get(address) == [eni.id], f"{address} of {pod['metadata']['name']}: {holders.get(address)}"
+        for address, (eni, holders) in placed.items():
+            assert holders == [eni.id], f"{address} of {pod['metadata']['name']}: {holders}"
         # The dual-stack attachment: both families on the second Multus ENI.
-        assert {ipaddress.ip_address(a).version for a, e in placed.items() if e is node.enis[2]} == {4, 6}
+        assert {ipaddress.ip_address(a).version for a, (e, _) in placed.items() if e is node.enis[2]} == {4, 6}
         # The app started after the manager and saw its addresses with `ip addr`.
         log = cluster.kubectl("-n", APPS, "logs", pod["metadata"]["name"], "-c", "app").stdout
         for address in placed:
@@ -199,9 +193,10 @@ def test_the_floating_ip_follows_the_pod_that_holds_it_and_stays_with_it(cluster
     a, b = cluster.wait_for_pods(APPS, "app=floating-ip-pair", 2, is_ready)
     vip = floating_ip()
     vip_host = str(ipaddress.ip_interface(vip).ip)
-    eni = {p["metadata"]["name"]: eni_of(cluster, p, "net1") for p in (a, b)}
-    own = {p["metadata"]["name"]: own_address(p) for p in (a, b)}
     name_a, name_b = a["metadata"]["name"], b["metadata"]["name"]
+    # The pair has one attachment, net1: its own address, on its node's ENI.
+    ((own_a, (eni_a, _)),), ((own_b, (eni_b, _)),) = cluster.placed(a).items(), cluster.placed(b).items()
+    eni, own = {name_a: eni_a.id, name_b: eni_b.id}, {name_a: own_a, name_b: own_b}
     assert a["spec"]["nodeName"] != b["spec"]["nodeName"], "the sample's anti-affinity puts them on two nodes"
     # The manager is a native sidecar: started before the app, still running, as the
     # runtime started it from the patched pod: uid 65532, no capabilities, no new
@@ -215,10 +210,10 @@ def test_the_floating_ip_follows_the_pod_that_holds_it_and_stays_with_it(cluster
         assert status["NoNewPrivs"] == "1"
         assert status["Seccomp"] == "2", "RuntimeDefault seccomp filter"
 
-    exec_in(cluster, name_a, "ip", "addr", "add", vip, "dev", "net1")
+    exec_app(cluster, name_a, "ip", "addr", "add", vip, "dev", "net1")
     cluster.vpc.wait_for(lambda h: h.get(vip_host) == [eni[name_a]])
-    exec_in(cluster, name_a, "ip", "addr", "del", vip, "dev", "net1")
-    exec_in(cluster, name_b, "ip", "addr", "add", vip, "dev", "net1")
+    exec_app(cluster, name_a, "ip", "addr", "del", vip, "dev", "net1")
+    exec_app(cluster, name_b, "ip", "addr", "add", vip, "dev", "net1")
     cluster.vpc.wait_for(lambda h: h.get(vip_host) == [eni[name_b]])
 
     cluster.kubectl("-n", APPS, "annotate", "pod", name_a, "controller.kubernetes.io/pod-deletion-cost=-1000")
@@ -236,22 +231,6 @@ def test_the_floating_ip_follows_the_pod_that_holds_it_and_stays_with_it(cluster
     assert holders.get(vip_host) is None and holders.get(own[name_b]) is None, holders
 
 
-def eni_of(cluster, pod, iface):
-    node = cluster.node(pod["spec"]["nodeName"])
-    (status,) = [s for s in network_status(pod) if s.get("interface") == iface]
-    (eni,) = [e.id for e in node.enis.values() if e.mac == status["mac"]]
-    return eni
-
-
-def own_address(pod):
-    (status,) = [s for s in network_status(pod) if s.get("interface") == "net1"]
-    return str(ipaddress.ip_address(status["ips"][0]))
-
-
-def exec_in(cluster, pod, *command):
-    return cluster.kubectl("-n", APPS, "exec", pod, "-c", "app", "--", *command)
-
-
 def test_the_reclaimer_pod_gives_back_a_stopped_init_pods_addresses_and_keeps_the_live_ones(cluster):
     """The chart's reclaimer, running as its own pods and reaching the apiserver through
     the kubernetes Service, reads what Multus wrote (network-status) and whereabouts'
@@ -260,8 +239,7 @@ def test_the_reclaimer_pod_gives_back_a_stopped_init_pods_addresses_and_keeps_th
     released, while the live pod's, which Multus and whereabouts still record, stay."""
     pods = cluster.wait_for_pods(APPS, "app=multus-app", 2, is_ready)
     stopped, live = pods
-    addresses = {p["metadata"]["name"]: [str(ipaddress.ip_address(a)) for s in network_status(p)
-                                         if s.get("interface", "eth0") != "eth0" for a in s["ips"]] for p in pods}
+    addresses = {p["metadata"]["name"]: list(cluster.placed(p)) for p in pods}
     pools = cluster.cp.get("/apis/whereabouts.cni.cncf.io/v1alpha1/ippools")["items"]
     recorded = {a["podref"] for pool in pools for a in pool["spec"]["allocations"].values()}
     assert f"{APPS}/{live['metadata']['name']}" in recorded, recorded

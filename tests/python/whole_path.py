@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from cluster import Fail, ec2_calls
-from cluster.real import RealCluster, init_failed, is_ready, network_status
+from cluster.real import RealCluster, init_failed, is_ready
 from deploy_harness import SAMPLES
 
 APPS = "multus-demo"
@@ -27,22 +27,6 @@ def floating_ip():
     """The floating IP the sample's comment tells users to add, with its prefix."""
     (vip,) = set(re.findall(r"ip addr add (\S+) dev net1", VIP_SAMPLE.read_text()))
     return vip
-
-
-def placed(cluster, pod):
-    """Each of the pod's secondary addresses -> (the ENI its interface rides on, the ENIs
-    EC2 says hold it)."""
-    node = cluster.node(pod["spec"]["nodeName"])
-    holders = cluster.vpc.holders()
-    out = {}
-    for attachment in network_status(pod):
-        if attachment["interface"] == "eth0":
-            continue
-        (eni,) = [e for e in node.enis.values() if e.mac == attachment["mac"]]
-        for address in attachment["ips"]:
-            address = str(ipaddress.ip_address(address))
-            out[address] = (eni, holders.get(address, []))
-    return out
 
 
 def seconds_between(start, end):
@@ -62,8 +46,8 @@ def scene_floating_ip(cluster):
     cluster.kubectl("apply", "-f", VIP_SAMPLE)
     a, b = cluster.wait_for_pods(APPS, "app=floating-ip-pair", 2, is_ready)
     name_a, name_b = a["metadata"]["name"], b["metadata"]["name"]
-    ((own_a, (eni_a, _)),) = placed(cluster, a).items()
-    ((own_b, (eni_b, _)),) = placed(cluster, b).items()
+    ((own_a, (eni_a, _)),) = cluster.placed(a).items()
+    ((own_b, (eni_b, _)),) = cluster.placed(b).items()
     vip = floating_ip()
     vip_host = str(ipaddress.ip_interface(vip).ip)
     exec_app(cluster, name_a, "ip", "addr", "add", vip, "dev", "net1")
@@ -104,7 +88,7 @@ def tell(cluster, started):
     sizes = {stage: int(json.loads(cluster.podman("image", "inspect", tag).stdout)[0]["Size"])
              for stage, tag in cluster.images.items()}
     server = json.loads(cluster.kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
-    say(f"images        built FROM scratch with buildah, imported into each node's containerd: "
+    say("images        built FROM scratch with buildah, imported into each node's containerd: "
         + ", ".join(f"{stage} {size / 2**20:.0f} MiB" for stage, size in sizes.items())
         + f" ({cluster.timings['images']:.1f} s)")
     say(f"control plane etcd, kube-apiserver {server}, controller-manager, scheduler; two nodes, each kubelet, "
@@ -131,7 +115,7 @@ def tell(cluster, started):
         say(f"   {name} on {pod['spec']['nodeName']}: stored with {manager['name']} as its first init container")
         say(f"     {manager['name']} exited {ran['exitCode']} "
             f"({seconds_between(ran['startedAt'], ran['finishedAt']):.0f} s by kubelet's clock)")
-        for address, (eni, holders) in placed(cluster, pod).items():
+        for address, (eni, holders) in cluster.placed(pod).items():
             mark = "ok" if holders == [eni.id] else f"NOT ASSIGNED (held by {holders or 'nobody'})"
             say(f"     {address:<22} on {eni.id} (the node's eth{eni.index})  {mark}")
         log = cluster.kubectl("-n", APPS, "logs", name, "-c", "app").stdout

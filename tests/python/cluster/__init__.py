@@ -8,7 +8,7 @@ name, and how a pod's state reads.
 Needs root (network namespaces, cgroups, mounts, containers).
 """
 
-from deploy_harness import SAMPLES, load_yaml_docs, one, render
+from deploy_harness import SAMPLES, load_yaml_docs, render
 from webhook_harness import TARGET
 
 from .base import PROFILE, REGION, Fail, ec2_calls, host
@@ -29,10 +29,16 @@ def app_images():
 
 
 def chart_images():
-    """The webhook's image and the manager's (`--image`), as the chart names them."""
-    (container,) = one(render(sets=[f"aws.region={REGION}"]), "Deployment")["spec"]["template"]["spec"]["containers"]
+    """The images as the chart names them, by Dockerfile stage: the webhook's, the
+    manager's (the webhook's `--image`) and the reclaimer's (when enabled)."""
+    docs = render(sets=[f"aws.region={REGION}", "reclaimer.enabled=true"])
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    (webhook,) = [d for name, d in deployments.items() if not name.endswith("-reclaimer")]
+    (reclaimer,) = [d for name, d in deployments.items() if name.endswith("-reclaimer")]
+    (container,) = webhook["spec"]["template"]["spec"]["containers"]
     (ipmgr,) = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--image=")]
-    return container["image"], ipmgr
+    (reclaimer_container,) = reclaimer["spec"]["template"]["spec"]["containers"]
+    return {"webhook": container["image"], "ipmgr": ipmgr, "reclaimer": reclaimer_container["image"]}
 
 
 def selector(deployment):

@@ -359,9 +359,14 @@ class ControlPlane:
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
                 "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
             })
+        return self.token_kubeconfig(path, namespace, name, server=server)
+
+    def token_kubeconfig(self, path, namespace, name, expiration=86400, server=None):
+        """A kubeconfig with a token of ServiceAccount `name` (TokenRequest, `expiration`
+        seconds long), as a pod of that account would hold one."""
         token = self.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
                              {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                              "spec": {"expirationSeconds": 86400}})["status"]["token"]
+                              "spec": {"expirationSeconds": expiration}})["status"]["token"]
         return self.write_kubeconfig(path, token, f"system:serviceaccount:{namespace}:{name}", server=server)
 
     def wait_for(self, what, fetch, timeout=30):

@@ -8,6 +8,7 @@ VPC endpoint, through the chart's own `injection.extraEnv` (AWS_ENDPOINT_URL_EC2
 test's static credentials, where EKS would give the pod an IRSA role).
 """
 
+import ipaddress
 import json
 import pathlib
 import time
@@ -22,15 +23,6 @@ from .images import Podman, build_app_image, build_image, build_pause_image, doc
 from .installed import NAMESPACE, RELEASE, create_restricted_namespace, install_with_cert_manager
 from .real_node import PAUSE_IMAGE, Multus, RealNode
 from .vpc import Node, Vpc
-
-
-def reclaimer_image():
-    """The reclaimer's image as the chart names it (enabled)."""
-    from deploy_harness import one, render
-    deployment = [d for d in render(sets=["aws.region=us-west-2", "reclaimer.enabled=true"])
-                  if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-reclaimer")][0]
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    return container["image"]
 
 
 class RealCluster:
@@ -57,8 +49,7 @@ class RealCluster:
                 self.real.append(RealNode(self.cp, node.name, index, self.workdir, images, node.provider_id,
                                           labels=labels, enis=enis, multus=self.multus))
             for node in self.real:
-                self.cp.wait_for(f"node {node.name} Ready", lambda node=node: node.check() or self._ready(node.name),
-                                 timeout=120)
+                node.wait_ready()
             self.timings["control plane and nodes"] = time.monotonic() - started
 
             started = time.monotonic()
@@ -78,14 +69,12 @@ class RealCluster:
         """The released images, the samples' app image and the pause image, as OCI
         archives each node's containerd imports."""
         stages = dockerfile_stages()
-        webhook_tag, ipmgr_tag = chart_images()
-        self.ipmgr_image = ipmgr_tag
         # stage -> tag, of the released images
         self.images = {}
         tags = []
-        for stage, binary, tag in (("webhook", "ipmgmt-webhook", webhook_tag), ("ipmgr", "ipmgr", ipmgr_tag),
-                                   ("reclaimer", "ipmgmt-reclaimer", reclaimer_image())):
-            path = TARGET / PROFILE / binary
+        binaries = {"webhook": "ipmgmt-webhook", "ipmgr": "ipmgr", "reclaimer": "ipmgmt-reclaimer"}
+        for stage, tag in chart_images().items():
+            path = TARGET / PROFILE / binaries[stage]
             if not path.exists():
                 raise Fail(f"{path} is missing: build the workspace first (cargo build --workspace)")
             build_image(self.podman, stages[stage], path, tag)
@@ -99,14 +88,6 @@ class RealCluster:
         archives = self.workdir / "images"
         archives.mkdir(parents=True, exist_ok=True)
         return {tag: oci_archive(self.podman, tag, archives / f"{i}.tar") for i, tag in enumerate(tags)}
-
-    def _ready(self, name):
-        r = self.cp.get(f"/api/v1/nodes/{name}", raw=True)
-        if r.status_code == 404:
-            return False
-        node = r.json()
-        conditions = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
-        return conditions.get("Ready") == "True" and not node["spec"].get("taints")
 
     # -- what the scenes use -------------------------------------------------------------
 
@@ -182,6 +163,21 @@ class RealCluster:
         """Until kubelet has stopped the pod and sent its final DELETE."""
         self.cp.wait_for(f"pod {name} gone", lambda: self.check() or self.cp.get(
             f"/api/v1/namespaces/{namespace}/pods/{name}", raw=True).status_code == 404, timeout=timeout)
+
+    def placed(self, pod):
+        """Each of the pod's secondary addresses (what Multus reports) -> (the node ENI its
+        interface rides on, by MAC; the ENIs EC2 says hold it)."""
+        node = self.node(pod["spec"]["nodeName"])
+        holders = self.vpc.holders()
+        out = {}
+        for attachment in network_status(pod):
+            if attachment["interface"] == "eth0":
+                continue
+            (eni,) = [e for e in node.enis.values() if e.mac == attachment["mac"]]
+            for address in attachment["ips"]:
+                address = str(ipaddress.ip_address(address))
+                out[address] = (eni, holders.get(address, []))
+        return out
 
     def node(self, name):
         return next(n for n in self.nodes if n.name == name)

@@ -28,7 +28,6 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
 import tarfile
 import time
@@ -376,6 +375,7 @@ class RealNode:
         `multus`: a `Multus` install; then pods' networks go through Multus, with eth0
         its cluster network."""
         self.multus = multus
+        self.control_plane = control_plane
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -442,6 +442,20 @@ class RealNode:
             "logFile": str(self.dir / "multus.log"), "logLevel": "verbose",
             "delegates": [pods],
         }, indent=2))
+
+    def registered(self):
+        """The Node object once kubelet has registered it Ready and the node lifecycle
+        controller has lifted its taints; `None` before."""
+        r = self.control_plane.get(f"/api/v1/nodes/{self.name}", raw=True)
+        if r.status_code != 200:
+            return None
+        node = r.json()
+        conditions = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
+        return node if conditions.get("Ready") == "True" and not node["spec"].get("taints") else None
+
+    def wait_ready(self, timeout=120):
+        return self.control_plane.wait_for(f"node {self.name} Ready", lambda: self.check() or self.registered(),
+                                           timeout=timeout)
 
     def check(self):
         for part in (self.containerd, self.kubelet, self.kube_proxy):
