@@ -119,7 +119,15 @@ class CgroupRoot:
         pids = CGROUP_V1 / "pids" / self.name
         deadline = time.monotonic() + 10
         while pids.exists() and time.monotonic() < deadline:
-            procs = {int(p) for f in pids.rglob("cgroup.procs") for p in f.read_text().split()}
+            procs = set()
+            # kubelet and the runtime may be removing cgroups under the walk: a
+            # directory or file gone mid-walk holds no process any more.
+            for d, _, files in os.walk(pids):
+                if "cgroup.procs" in files:
+                    try:
+                        procs.update(int(p) for p in pathlib.Path(d, "cgroup.procs").read_text().split())
+                    except FileNotFoundError:
+                        pass
             if not procs:
                 return
             for pid in procs:
@@ -133,10 +141,13 @@ class CgroupRoot:
         """Removes the node's cgroups, deepest first (only empty ones can go)."""
         for hierarchy in self.hierarchies():
             top = hierarchy / self.name
-            if top.exists():
-                for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                    d.rmdir()
-                top.rmdir()
+            # Bottom-up, so each directory's children are gone before it; one that
+            # vanished on its own is not an error.
+            for d, _, _ in os.walk(top, topdown=False):
+                try:
+                    os.rmdir(d)
+                except FileNotFoundError:
+                    pass
 
 
 def unmount_under(directory):
