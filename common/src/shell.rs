@@ -2,6 +2,8 @@
 //! signals that stop them, the metrics page their admin ports serve, and (feature
 //! `admin`) the admin port itself: `/healthz`, `/readyz` and `/metrics`.
 
+use std::time::{Duration, Instant};
+
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
@@ -88,31 +90,117 @@ pub fn admin_router(readiness: Readiness, registry: std::sync::Arc<Registry>) ->
         .route("/metrics", get(metrics))
 }
 
+/// Where a program's own account starts: taken first thing in `main`.
+///
+/// The kernel keeps a thread's CPU time across `execve`, so a container's first
+/// process also carries what its runtime's init (`runc init`, a Go program) spent in
+/// the same thread before it executed the entrypoint. That time counts against the
+/// container's CPU limit as well, but it is not the program's: the two are told apart
+/// by counting from here.
+#[derive(Clone, Copy, Debug)]
+pub struct Start {
+    inherited: Duration,
+    at: Instant,
+}
+
+impl Start {
+    pub fn now() -> Start {
+        let inherited = std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| schedstat_ns(&s))
+            .map(Duration::from_nanos)
+            .unwrap_or_default();
+        Start {
+            inherited,
+            at: Instant::now(),
+        }
+    }
+}
+
 /// What this process has used so far, as it logs at exit so that its cost in a pod is
 /// visible without a profiler.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Usage {
-    /// CPU time of the threads alive now (scheduler statistics, in nanoseconds: /proc's
-    /// clock ticks are 10 ms, as long as a whole init).
-    pub cpu: std::time::Duration,
+    /// CPU time of the threads alive now, since `Start` (scheduler statistics, in
+    /// nanoseconds: /proc's clock ticks are 10 ms, as long as a whole init).
+    pub cpu: Duration,
+    /// CPU time the first thread had used before `Start`: whatever executed this
+    /// program (in a container, the runtime's init) and the dynamic loader.
+    pub inherited_cpu: Duration,
+    /// Wall time since `Start`.
+    pub elapsed: Duration,
+    /// How often and how long the CPU limit of the cgroup this process sees as its own
+    /// held it back (its `cpu.stat`), counted from the cgroup's creation, so in a
+    /// container including the runtime's init; `None` outside a CPU-limited cgroup's
+    /// view.
+    pub throttled: Option<Throttled>,
     /// The most resident memory the process ever had (VmHWM).
     pub peak_rss_kib: u64,
 }
 
+/// A CPU quota's effect: periods in which the cgroup ran out, and the time it waited.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Throttled {
+    pub periods: u64,
+    pub time: Duration,
+}
+
 impl Usage {
-    /// This process's usage, from /proc; `None` where /proc does not say.
-    pub fn now() -> Option<Usage> {
+    /// This process's usage since `start`, from /proc; `None` where /proc does not say.
+    pub fn since(start: Start) -> Option<Usage> {
         let mut cpu_ns = 0_u64;
         for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-            cpu_ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+            cpu_ns += schedstat_ns(&std::fs::read_to_string(task.path().join("schedstat")).ok()?)?;
         }
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
         Some(Usage {
-            cpu: std::time::Duration::from_nanos(cpu_ns),
+            cpu: Duration::from_nanos(cpu_ns).saturating_sub(start.inherited),
+            inherited_cpu: start.inherited,
+            elapsed: start.at.elapsed(),
+            throttled: CPU_STAT
+                .iter()
+                .find_map(|(path, unit)| {
+                    Some(throttled(&std::fs::read_to_string(path).ok()?, *unit))
+                })
+                .flatten(),
             peak_rss_kib: peak_rss_kib(&status)?,
         })
     }
+}
+
+/// The first field of a schedstat file: nanoseconds on a CPU.
+fn schedstat_ns(schedstat: &str) -> Option<u64> {
+    schedstat.split_whitespace().next()?.parse().ok()
+}
+
+/// Where a container sees its own cgroup's CPU statistics, and the unit of the
+/// throttled time there: cgroup v2 (`throttled_usec`), then v1's cpu controller alone
+/// or joined with cpuacct (`throttled_time`, nanoseconds).
+const CPU_STAT: [(&str, Unit); 3] = [
+    ("/sys/fs/cgroup/cpu.stat", Unit::Micros),
+    ("/sys/fs/cgroup/cpu/cpu.stat", Unit::Nanos),
+    ("/sys/fs/cgroup/cpu,cpuacct/cpu.stat", Unit::Nanos),
+];
+
+#[derive(Clone, Copy, Debug)]
+enum Unit {
+    Micros,
+    Nanos,
+}
+
+fn throttled(cpu_stat: &str, unit: Unit) -> Option<Throttled> {
+    let field = |name: &str| {
+        cpu_stat.lines().find_map(|l| {
+            let (key, value) = l.split_once(' ')?;
+            (key == name).then(|| value.trim().parse::<u64>().ok())?
+        })
+    };
+    let periods = field("nr_throttled")?;
+    let time = match unit {
+        Unit::Micros => Duration::from_micros(field("throttled_usec")?),
+        Unit::Nanos => Duration::from_nanos(field("throttled_time")?),
+    };
+    Some(Throttled { periods, time })
 }
 
 fn peak_rss_kib(status: &str) -> Option<u64> {
@@ -139,11 +227,18 @@ mod tests {
 
     #[test]
     fn usage_reads_this_process() {
-        let before = Usage::now().expect("/proc answers");
+        // CPU before the start, as a runtime's init spends before an exec; the sleep
+        // makes the scheduler account for it (a running thread's own schedstat lags).
+        let warm: u64 = (0..1_u64 << 20).map(std::hint::black_box).sum();
+        std::thread::sleep(Duration::from_millis(1));
+        let start = Start::now();
+        let before = Usage::since(start).expect("/proc answers");
         // Some CPU and memory that the figures must show.
         let buffer: Vec<u8> = (0..8 << 20).map(|i| i as u8).collect();
-        let after = Usage::now().expect("/proc answers");
+        let after = Usage::since(start).expect("/proc answers");
         assert!(after.cpu > before.cpu, "{before:?} -> {after:?}");
+        assert!(after.inherited_cpu > Duration::ZERO, "{warm}: {after:?}");
+        assert!(after.elapsed > before.elapsed, "{before:?} -> {after:?}");
         assert!(
             after.peak_rss_kib >= before.peak_rss_kib + 8 * 1024 - 512,
             "{after:?}"
@@ -154,5 +249,33 @@ mod tests {
             Some(11364)
         );
         assert_eq!(peak_rss_kib("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn throttling_reads_both_cgroup_versions() {
+        let v2 = "usage_usec 35000\nuser_usec 20000\nsystem_usec 15000\nnr_periods 4\n\
+                  nr_throttled 2\nthrottled_usec 180000\nnr_bursts 0\nburst_usec 0\n";
+        let v1 = "nr_periods 4\nnr_throttled 3\nthrottled_time 250000000\n";
+        let ms = Duration::from_millis;
+        assert_eq!(
+            throttled(v2, Unit::Micros),
+            Some(Throttled {
+                periods: 2,
+                time: ms(180)
+            })
+        );
+        assert_eq!(
+            throttled(v1, Unit::Nanos),
+            Some(Throttled {
+                periods: 3,
+                time: ms(250)
+            })
+        );
+        assert_eq!(
+            throttled(v1, Unit::Micros),
+            None,
+            "v2's field is not in v1's file"
+        );
+        assert_eq!(throttled("", Unit::Nanos), None);
     }
 }

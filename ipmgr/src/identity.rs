@@ -1,10 +1,10 @@
-//! Which instance this pod runs on. IMDS first; pods often cannot reach it (hop limit
-//! 1), so the node name the webhook injects is the fallback: resource-based names
-//! carry the instance ID. With an IP-based name (EKS's default), the ENIs whose MACs
-//! the pod's interfaces carry (an ipvlan slave shares its ENI's MAC) say which
-//! instance they are attached to, in one describe that the first pass then starts
-//! from; only when no interface carries an ENI's MAC is the name looked up by private
-//! DNS name.
+//! Which instance this pod runs on, cheapest source first. The node name the webhook
+//! injects: a resource-based name carries the instance ID. With an IP-based name
+//! (EKS's default), the ENIs whose MACs the pod's interfaces carry (an ipvlan slave
+//! shares its ENI's MAC) say which instance they are attached to, in one describe
+//! that the first pass then starts from, so it costs no call. Only then IMDS: pods
+//! often cannot reach it (hop limit 1), and then it costs its whole timeout, a second
+//! of the pod's start. Last, the node name looked up by private DNS name.
 
 use std::time::Duration;
 
@@ -54,8 +54,9 @@ pub fn attached_instance(enis: &[Eni]) -> Option<&str> {
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error(
-        "cannot tell which instance this pod runs on: IMDS gave no instance ID ({imds}) and NODE_NAME is not set; \
-         set NODE_NAME from spec.nodeName (the webhook does) or raise the IMDS hop limit to 2"
+        "cannot tell which instance this pod runs on: no ENI of one instance has the MACs of its interfaces, \
+         IMDS gave no instance ID ({imds}) and NODE_NAME is not set; set NODE_NAME from spec.nodeName \
+         (the webhook does) or raise the IMDS hop limit to 2"
     )]
     Unknown { imds: String },
     #[error("no EC2 instance has private DNS name {node:?} (NODE_NAME); is this an EKS node?")]
@@ -104,31 +105,19 @@ pub async fn instance_id(
     node_name: Option<&str>,
     locals: &[Local],
 ) -> Result<Found, IdentityError> {
-    let imds_error = match from_imds().await {
-        Ok(id) => {
-            debug!(instance = %id, "instance from IMDS");
-            return Ok(Found::id(id));
-        }
-        Err(e) => e,
-    };
-    let Some(node) = node_name.filter(|n| !n.is_empty()) else {
-        return Err(IdentityError::Unknown { imds: imds_error });
-    };
-    if let Some(id) = instance_in_node_name(node) {
-        info!(
-            instance = id,
-            node, "instance from the node name (IMDS: {imds_error})"
-        );
+    let node = node_name.filter(|n| !n.is_empty());
+    if let Some(id) = node.and_then(instance_in_node_name) {
+        info!(instance = id, node, "instance from the node name");
         return Ok(Found::id(id));
     }
     let macs = macs(locals);
     if !macs.is_empty() {
-        // A failure here costs the name lookup below, except throttling: another
-        // describe would only add to it, so the caller tries again later.
+        // A failure here costs the lookups below, except throttling: another describe
+        // would only add to it, so the caller tries again later.
         match ec2.enis_by_mac(&macs).await {
             Ok(enis) => {
                 if let Some(id) = attached_instance(&enis).map(str::to_owned) {
-                    info!(instance = %id, node, "instance of the ENIs the pod's interfaces ride on (IMDS: {imds_error})");
+                    info!(instance = %id, node, "instance of the ENIs the pod's interfaces ride on");
                     return Ok(Found {
                         instance_id: id,
                         enis: Some(enis),
@@ -140,6 +129,16 @@ pub async fn instance_id(
             Err(e) => debug!(error = %e, "ENIs by MAC"),
         }
     }
+    let imds_error = match from_imds().await {
+        Ok(id) => {
+            info!(instance = %id, "instance from IMDS");
+            return Ok(Found::id(id));
+        }
+        Err(e) => e,
+    };
+    let Some(node) = node else {
+        return Err(IdentityError::Unknown { imds: imds_error });
+    };
     let id = ec2
         .instance_by_private_dns(node)
         .await?

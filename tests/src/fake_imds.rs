@@ -4,6 +4,7 @@
 //! when the hop limit is 1.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -30,10 +31,15 @@ pub struct Identity {
     pub interfaces: Vec<Interface>,
 }
 
+/// How often a fake IMDS was asked: requests it answered, or connections a black
+/// hole took.
+pub type Asked = Arc<AtomicUsize>;
+
 #[derive(Clone)]
 pub struct FakeImds {
     identity: Arc<Identity>,
     tokens: Arc<Mutex<Vec<String>>>,
+    asked: Asked,
 }
 
 const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
@@ -44,7 +50,12 @@ impl FakeImds {
         FakeImds {
             identity: Arc::new(identity),
             tokens: Arc::default(),
+            asked: Asked::default(),
         }
+    }
+
+    pub fn asked(&self) -> Asked {
+        self.asked.clone()
     }
 
     pub fn router(&self) -> Router {
@@ -59,20 +70,24 @@ impl FakeImds {
     }
 
     /// Accepts connections and never answers.
-    pub async fn black_hole(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    pub async fn black_hole(addr: SocketAddr) -> std::io::Result<(SocketAddr, Asked)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
+        let asked = Asked::default();
+        let counted = asked.clone();
         tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((conn, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::Relaxed);
                 held.push(conn);
             }
         });
-        Ok(bound)
+        Ok((bound, asked))
     }
 }
 
 async fn token(State(imds): State<FakeImds>, headers: HeaderMap) -> Response {
+    imds.asked.fetch_add(1, Ordering::Relaxed);
     let ttl = headers
         .get(TTL_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -91,6 +106,7 @@ async fn metadata(
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    imds.asked.fetch_add(1, Ordering::Relaxed);
     let presented = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok());
     let valid = presented.is_some_and(|t| {
         imds.tokens

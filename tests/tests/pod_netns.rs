@@ -6,10 +6,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ipmgmt_tests::fake_ec2::{FakeEc2, Faults, World};
-use ipmgmt_tests::fake_imds::FakeImds;
+use ipmgmt_tests::fake_imds::{Asked, FakeImds};
 use ipmgmt_tests::netns::{Endpoints, POD_UID, PodNet, pod_dir, pod_executable};
 use ipmgmt_tests::scenario::{MAC_N3, MAC_N6, identity, world};
 
@@ -34,6 +35,7 @@ struct Pod {
     ec2: FakeEc2,
     ec2_addr: SocketAddr,
     imds_addr: SocketAddr,
+    imds_asked: Asked,
     dir: PathBuf,
 }
 
@@ -46,8 +48,11 @@ impl Pod {
             .await
             .unwrap();
         let imds_at = SocketAddr::new(net.host_ip.into(), 0);
-        let imds_addr = match imds_reachable {
-            true => FakeImds::new(identity()).serve(imds_at).await.unwrap(),
+        let (imds_addr, imds_asked) = match imds_reachable {
+            true => {
+                let imds = FakeImds::new(identity());
+                (imds.serve(imds_at).await.unwrap(), imds.asked())
+            }
             false => FakeImds::black_hole(imds_at).await.unwrap(),
         };
         let dir = pod_dir(&format!("ipmgmt-{}", net.ns));
@@ -56,6 +61,7 @@ impl Pod {
             ec2,
             ec2_addr,
             imds_addr,
+            imds_asked,
             dir,
         }
     }
@@ -318,6 +324,30 @@ async fn init_works_without_imds_from_region_and_node_name() {
         logs.contains("instance of the ENIs the pod's interfaces ride on"),
         "{logs}"
     );
+    // The MACs answered first, so a node whose IMDS pods cannot reach (hop limit 1)
+    // costs the pod no IMDS timeout.
+    assert_eq!(pod.imds_asked.load(Ordering::Relaxed), 0, "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_asks_imds_only_when_no_interface_carries_an_enis_mac() {
+    let pod = Pod::start(world(), true).await;
+    // A MAC no ENI has: the address is placed by subnet.
+    pod.net.add_interface("net1", "0e:00:00:00:09:09");
+    pod.net.add_address("net1", "10.0.1.50/24");
+    let mut cmd = pod.ipmgr("init");
+    cmd.env("NODE_NAME", "ip-10-0-0-10.us-west-2.compute.internal");
+    let out = output(cmd).await;
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{logs}");
+    assert_eq!(pod.holder("10.0.1.50").as_deref(), Some("eni-1n3"));
+    assert!(logs.contains("instance from IMDS"), "{logs}");
+    assert!(pod.imds_asked.load(Ordering::Relaxed) > 0);
+    let actions: Vec<String> = pod.ec2.log().into_iter().map(|e| e.action).collect();
+    assert!(
+        !actions.iter().any(|a| a == "DescribeInstances"),
+        "{actions:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -520,7 +550,7 @@ async fn init_manages_only_the_interfaces_it_is_given() {
 async fn init_keeps_the_real_cause_when_its_deadline_cuts_a_pass() {
     let pod = Pod::start(world(), true).await;
     // An EC2 endpoint that accepts connections and never answers.
-    let silent = FakeImds::black_hole(SocketAddr::new(pod.net.host_ip.into(), 0))
+    let (silent, _) = FakeImds::black_hole(SocketAddr::new(pod.net.host_ip.into(), 0))
         .await
         .unwrap();
     pod.net.add_interface("net1", MAC_N3);

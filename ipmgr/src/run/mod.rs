@@ -132,7 +132,7 @@ fn unassigned(failed: &[AddressError]) -> String {
     )
 }
 
-pub fn main(cli: Cli) -> ExitCode {
+pub fn main(cli: Cli, start: ipmgmt_common::shell::Start) -> ExitCode {
     let args = cli.settings;
     if let Command::Ready { wait } = cli.command {
         return ready(&args.ready_file, wait.map(Duration::from_secs));
@@ -165,9 +165,17 @@ pub fn main(cli: Cli) -> ExitCode {
         }
     });
     // What the manager cost the pod, where users and the pod-cost benchmark read it.
-    if let Some(usage) = ipmgmt_common::shell::Usage::now() {
+    // `inherited_cpu_ms`: what ran in this thread before the manager (in a pod, the
+    // runtime's init), which the container's CPU limit also pays for; `throttled_*`:
+    // how the limit held the container back, that init included.
+    if let Some(usage) = ipmgmt_common::shell::Usage::since(start) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         info!(
-            cpu_ms = usage.cpu.as_secs_f64() * 1000.0,
+            cpu_ms = ms(usage.cpu),
+            inherited_cpu_ms = ms(usage.inherited_cpu),
+            elapsed_ms = ms(usage.elapsed),
+            throttled_periods = usage.throttled.map(|t| t.periods),
+            throttled_ms = usage.throttled.map(|t| ms(t.time)),
             peak_rss_kib = usage.peak_rss_kib,
             "exiting"
         );

@@ -69,7 +69,7 @@ impl Pod {
         .expect("pod namespace setup");
         let host = SocketAddr::new(net.host_ip.into(), 0);
         let ec2 = fake.serve(host).await.expect("the fake EC2 listens");
-        let imds = FakeImds::black_hole(host).await.expect("IMDS black hole");
+        let (imds, _) = FakeImds::black_hole(host).await.expect("IMDS black hole");
         let dir = pod_dir(&format!("ipmgr-scale-{}", net.ns));
         Pod {
             name,
