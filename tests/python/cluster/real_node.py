@@ -126,7 +126,8 @@ class CgroupRoot:
                 if "cgroup.procs" in files:
                     try:
                         procs.update(int(p) for p in pathlib.Path(d, "cgroup.procs").read_text().split())
-                    except FileNotFoundError:
+                    except OSError:
+                        # ENOENT, or ENODEV from a cgroup removed while it was read.
                         pass
             if not procs:
                 return

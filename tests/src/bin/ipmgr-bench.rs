@@ -6,7 +6,7 @@
 //! - the same events followed by the seed script's loop (`ipmgr-scale
 //!   old-script-sidecar`: the pod's addresses every 500 ms, one Assign for what is new).
 //!
-//! Needs root.   ipmgr-bench [--ipmgr target/release/ipmgr] [--runs 30] [--events 30]
+//! Needs root.   ipmgr-bench [--ipmgr target/release/ipmgr] [--runs 30] [--events 30] [--idle 10]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +34,10 @@ struct Args {
     /// default: beside this binary.
     #[arg(long)]
     old_script: Option<PathBuf>,
+    /// Seconds the sidecar idles before its RSS and wake-ups are read, sampled each
+    /// minute (3600 for the hour docs/benchmarks.md reports).
+    #[arg(long, default_value_t = 10)]
+    idle: u64,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -142,12 +146,23 @@ async fn main() -> anyhow::Result<()> {
         proc_status(pid, "VmRSS:"),
     );
     fake.clear_log();
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle = Duration::from_secs(args.idle);
+    let idle_until = Instant::now() + idle;
+    let mut largest = rss;
+    while Instant::now() < idle_until {
+        let left = idle_until.saturating_duration_since(Instant::now());
+        tokio::time::sleep(left.min(Duration::from_secs(60))).await;
+        largest = largest.max(proc_status(pid, "VmRSS:"));
+    }
     let idle_wakeups = proc_status(pid, "voluntary_ctxt_switches:") - switches;
     let idle_calls = fake.log().len();
     println!(
-        "sidecar idle: {idle_wakeups} wake-ups and {idle_calls} EC2 calls in 10 s; RSS {:.1} MiB",
-        rss as f64 / 1024.0
+        "sidecar idle: {idle_wakeups} wake-ups and {idle_calls} EC2 calls in {} s; RSS {:.1} MiB at the start, \
+         {:.1} MiB at most (sampled each minute), {:.1} MiB at the end",
+        idle.as_secs(),
+        rss as f64 / 1024.0,
+        largest as f64 / 1024.0,
+        proc_status(pid, "VmRSS:") as f64 / 1024.0,
     );
 
     let events = usize::from(args.events);
