@@ -7,12 +7,18 @@
 //! (`view`, `claims`, `whereabouts`), EC2 says what the Multus ENIs hold (`ec2`), and
 //! `sweep` decides, pure, what is stale; `run` releases it without ever leaving a
 //! claimed address unassigned. One replica acts (`leader`).
+//!
+//! `guard` judges NetworkAttachmentDefinitions' address ranges against the subnets of
+//! the Multus ENIs they ride on (inside the subnet, clear of AWS's reserved addresses
+//! and the ENIs' own, under an explicit CIDR reservation, apart from other NADs'); its
+//! loop, which reads them from the API server and EC2, is not wired in yet.
 
 pub mod admin;
 pub mod claims;
 pub mod config;
 pub mod ec2;
 pub mod events;
+pub mod guard;
 pub mod leader;
 pub mod metrics;
 pub mod run;

@@ -1,0 +1,433 @@
+//! The guard's verdicts on NADs' pools against the subnet of the Multus ENI they ride
+//! on. Pure: the loop reads the NADs from the API server and the subnet, its explicit
+//! CIDR reservations and the ENIs' own addresses from EC2.
+//!
+//! AWS's rules behind each check: the VPC routes an address to an ENI only inside the
+//! ENI's subnet; AWS reserves the first four addresses and the last of each subnet
+//! CIDR, IPv4 and IPv6 alike; the VPC CNI hands out any free address of the subnet
+//! unless an explicit subnet CIDR reservation keeps it out; whereabouts keeps one
+//! cluster-wide record per address only across its own ranges with
+//! `enable_overlapping_ranges` on.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::ipam::{Attachment, Ipam, Pool, num, same_family, step};
+
+/// The subnet of the ENIs a NAD's master interface is, in one Availability Zone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Subnet {
+    pub id: String,
+    /// Its IPv4 CIDR and IPv6 CIDRs.
+    pub cidrs: Vec<IpNet>,
+    /// Its explicit subnet CIDR reservations.
+    pub reservations: Vec<IpNet>,
+    /// The Multus ENIs' own addresses in it (their primary IPv4 and IPv6 addresses).
+    pub eni_addresses: Vec<IpAddr>,
+}
+
+/// What is wrong with one pool, as one line with what to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Finding {
+    OutsideSubnet {
+        pool: String,
+        subnet: String,
+        cidrs: String,
+    },
+    Reserved {
+        pool: String,
+        address: IpAddr,
+        subnet: String,
+    },
+    EniAddress {
+        pool: String,
+        address: IpAddr,
+        subnet: String,
+    },
+    Unreserved {
+        pool: String,
+        from: IpAddr,
+        to: IpAddr,
+        subnet: String,
+    },
+    Overlap {
+        pool: String,
+        other: String,
+        other_pool: String,
+        subnet: String,
+    },
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Finding::OutsideSubnet {
+                pool,
+                subnet,
+                cidrs,
+            } => write!(
+                f,
+                "range {pool} is not inside {subnet} ({cidrs}), the subnet of the ENI it rides on, so the VPC \
+                 routes none of it there; pick a range inside {cidrs}"
+            ),
+            Finding::Reserved {
+                pool,
+                address,
+                subnet,
+            } => write!(
+                f,
+                "range {pool} holds {address}, one of the five addresses AWS reserves in {subnet} (the first four \
+                 and the last); exclude it from the range"
+            ),
+            Finding::EniAddress {
+                pool,
+                address,
+                subnet,
+            } => write!(
+                f,
+                "range {pool} holds {address}, the Multus ENI's own address in {subnet}; exclude it from the range"
+            ),
+            Finding::Unreserved {
+                pool,
+                from,
+                to,
+                subnet,
+            } => write!(
+                f,
+                "{from}-{to} of range {pool} is in no explicit CIDR reservation of {subnet}, so the VPC CNI may \
+                 give the same addresses to other pods; reserve it: aws ec2 create-subnet-cidr-reservation \
+                 --subnet-id {subnet} --reservation-type explicit --cidr CIDR"
+            ),
+            Finding::Overlap {
+                pool,
+                other,
+                other_pool,
+                subnet,
+            } => write!(
+                f,
+                "range {pool} overlaps {other}'s range {other_pool} in {subnet}, so two pods may get one address; \
+                 give each NAD its own part of the subnet"
+            ),
+        }
+    }
+}
+
+/// `10.0.4.16-10.0.4.254`, or the one address.
+fn label(pool: &Pool) -> String {
+    match pool.first == pool.last {
+        true => pool.first.to_string(),
+        false => format!("{}-{}", pool.first, pool.last),
+    }
+}
+
+/// One NAD's pools against its ENIs' subnet: each inside one of the subnet's CIDRs of
+/// its family, clear of the reserved addresses and of the ENIs' own, and covered by
+/// explicit reservations. A pool outside the subnet is only said to be outside.
+pub fn check(attachment: &Attachment, subnet: &Subnet) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for pool in &attachment.pools {
+        let within = (subnet.cidrs.iter()).find(|c| {
+            same_family(c.addr(), pool.first) && c.contains(&pool.first) && c.contains(&pool.last)
+        });
+        let Some(cidr) = within else {
+            let family: Vec<String> = (subnet.cidrs.iter())
+                .filter(|c| same_family(c.addr(), pool.first))
+                .map(ToString::to_string)
+                .collect();
+            findings.push(Finding::OutsideSubnet {
+                pool: label(pool),
+                subnet: subnet.id.clone(),
+                cidrs: match family.is_empty() {
+                    true => format!(
+                        "no {} CIDR",
+                        if pool.first.is_ipv4() { "IPv4" } else { "IPv6" }
+                    ),
+                    false => family.join(", "),
+                },
+            });
+            continue;
+        };
+        let reserved = (0..4)
+            .map(|i| step(cidr.network(), i))
+            .chain([cidr.broadcast()]);
+        for address in reserved.filter(|a| pool.holds(*a)) {
+            findings.push(Finding::Reserved {
+                pool: label(pool),
+                address,
+                subnet: subnet.id.clone(),
+            });
+        }
+        for address in subnet.eni_addresses.iter().filter(|a| pool.holds(**a)) {
+            findings.push(Finding::EniAddress {
+                pool: label(pool),
+                address: *address,
+                subnet: subnet.id.clone(),
+            });
+        }
+        if let Some((from, to)) = first_uncovered(pool, &subnet.reservations) {
+            findings.push(Finding::Unreserved {
+                pool: label(pool),
+                from: at(pool.first, from),
+                to: at(pool.first, to),
+                subnet: subnet.id.clone(),
+            });
+        }
+    }
+    findings
+}
+
+/// Pools of different NADs in one subnet that share an address, unless whereabouts
+/// hands out both with its cluster-wide records: for each NAD (by its index in
+/// `nads`), the overlaps it is part of.
+pub fn overlaps(nads: &[(String, Attachment)], subnet: &Subnet) -> Vec<(usize, Finding)> {
+    let inside = |p: &Pool| {
+        subnet
+            .cidrs
+            .iter()
+            .any(|c| c.contains(&p.first) || c.contains(&p.last))
+    };
+    let guarded = |a: &Attachment| {
+        matches!(
+            a.ipam,
+            Ipam::Whereabouts {
+                overlap_guarded: true
+            }
+        )
+    };
+    let mut found = Vec::new();
+    for (i, (_, a)) in nads.iter().enumerate() {
+        for (j, (other, b)) in nads.iter().enumerate() {
+            if i == j || (guarded(a) && guarded(b)) {
+                continue;
+            }
+            for p in a.pools.iter().filter(|p| inside(p)) {
+                for q in b
+                    .pools
+                    .iter()
+                    .filter(|q| inside(q) && same_family(q.first, p.first))
+                {
+                    if share(p, q) {
+                        found.push((
+                            i,
+                            Finding::Overlap {
+                                pool: label(p),
+                                other: other.clone(),
+                                other_pool: label(q),
+                                subnet: subnet.id.clone(),
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Whether two pools of one family may hand out one address.
+fn share(p: &Pool, q: &Pool) -> bool {
+    let (a, b) = (p.spans(), q.spans());
+    a.iter()
+        .any(|(lo, hi)| b.iter().any(|(l, h)| lo <= h && l <= hi))
+}
+
+/// The first part of the pool no reservation covers, as numbers.
+fn first_uncovered(pool: &Pool, reservations: &[IpNet]) -> Option<(u128, u128)> {
+    let mut covers: Vec<(u128, u128)> = (reservations.iter())
+        .filter(|r| same_family(r.addr(), pool.first))
+        .map(|r| (num(r.network()), num(r.broadcast())))
+        .collect();
+    covers.sort();
+    for (lo, hi) in pool.spans() {
+        let mut at = lo;
+        for (c_lo, c_hi) in &covers {
+            if *c_lo > at {
+                break;
+            }
+            if *c_hi >= at {
+                match c_hi.checked_add(1) {
+                    Some(next) => at = next,
+                    None => return None,
+                }
+            }
+            if at > hi {
+                break;
+            }
+        }
+        if at <= hi {
+            let end = (covers.iter())
+                .map(|(c_lo, _)| *c_lo)
+                .find(|c_lo| *c_lo > at)
+                .map_or(hi, |c_lo| (c_lo - 1).min(hi));
+            return Some((at, end));
+        }
+    }
+    None
+}
+
+/// The number `n` as an address of `like`'s family.
+fn at(like: IpAddr, n: u128) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::V4((n as u32).into()),
+        IpAddr::V6(_) => IpAddr::V6(n.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ipam::read;
+    use super::*;
+
+    fn subnet(reservations: &[&str]) -> Subnet {
+        Subnet {
+            id: "subnet-0a".into(),
+            cidrs: vec![
+                "10.0.4.0/24".parse().unwrap(),
+                "2600:1f14:0:4::/64".parse().unwrap(),
+            ],
+            reservations: reservations.iter().map(|r| r.parse().unwrap()).collect(),
+            eni_addresses: vec!["10.0.4.10".parse().unwrap()],
+        }
+    }
+
+    fn nad(ipam: &str) -> Attachment {
+        read(&format!(
+            r#"{{"type":"ipvlan","master":"eth1","ipam":{ipam}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn lines(findings: &[Finding]) -> Vec<String> {
+        findings.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_range_inside_clear_and_reserved_passes() {
+        let a = nad(r#"{"type":"whereabouts","range":"10.0.4.64-10.0.4.127/24"}"#);
+        assert_eq!(check(&a, &subnet(&["10.0.4.64/26"])), []);
+    }
+
+    #[test]
+    fn a_whole_subnet_range_holds_the_reserved_addresses_and_the_enis_own() {
+        let a = nad(r#"{"type":"whereabouts","range":"10.0.4.0/24"}"#);
+        let found = check(&a, &subnet(&["10.0.4.0/24"]));
+        let reserved: Vec<_> = (found.iter())
+            .filter_map(|f| match f {
+                Finding::Reserved { address, .. } => Some(address.to_string()),
+                _ => None,
+            })
+            .collect();
+        // .0 and .255 are never handed out by whereabouts; .1-.3 are.
+        assert_eq!(reserved, ["10.0.4.1", "10.0.4.2", "10.0.4.3"]);
+        assert!(found.contains(&Finding::EniAddress {
+            pool: "10.0.4.1-10.0.4.254".into(),
+            address: "10.0.4.10".parse().unwrap(),
+            subnet: "subnet-0a".into(),
+        }));
+        assert_eq!(
+            found[0].to_string(),
+            "range 10.0.4.1-10.0.4.254 holds 10.0.4.1, one of the five addresses AWS reserves in subnet-0a (the \
+             first four and the last); exclude it from the range"
+        );
+    }
+
+    #[test]
+    fn a_range_outside_the_subnet_is_said_once() {
+        let a = nad(r#"{"type":"whereabouts","range":"10.0.5.0/24"}"#);
+        assert_eq!(
+            lines(&check(&a, &subnet(&[]))),
+            [
+                "range 10.0.5.1-10.0.5.254 is not inside subnet-0a (10.0.4.0/24), the subnet of the ENI it rides \
+              on, so the VPC routes none of it there; pick a range inside 10.0.4.0/24"
+            ]
+        );
+        let v6 = nad(r#"{"type":"whereabouts","range":"2600:1f14:0:5::/64"}"#);
+        let mut only_v4 = subnet(&[]);
+        only_v4.cidrs.truncate(1);
+        assert!(lines(&check(&v6, &only_v4))[0].contains("(no IPv6 CIDR)"));
+    }
+
+    #[test]
+    fn the_first_part_without_a_reservation_is_named() {
+        let a = nad(r#"{"type":"whereabouts","range":"10.0.4.64-10.0.4.127/24"}"#);
+        let found = check(&a, &subnet(&["10.0.4.64/27", "10.0.4.112/28"]));
+        assert_eq!(
+            found,
+            [Finding::Unreserved {
+                pool: "10.0.4.64-10.0.4.127".into(),
+                from: "10.0.4.96".parse().unwrap(),
+                to: "10.0.4.111".parse().unwrap(),
+                subnet: "subnet-0a".into(),
+            }]
+        );
+        // An excluded part needs no reservation.
+        let cut = nad(
+            r#"{"type":"whereabouts","range":"10.0.4.64-10.0.4.127/24","exclude":["10.0.4.96/28"]}"#,
+        );
+        assert_eq!(check(&cut, &subnet(&["10.0.4.64/27", "10.0.4.112/28"])), []);
+    }
+
+    #[test]
+    fn an_ipv6_range_inside_the_64_clear_of_the_reserved_passes() {
+        let a = nad(r#"{"type":"whereabouts","range":"2600:1f14:0:4::100-2600:1f14:0:4::1ff/64"}"#);
+        assert_eq!(check(&a, &subnet(&["2600:1f14:0:4::100/120"])), []);
+        let b = nad(r#"{"type":"host-local","subnet":"2600:1f14:0:4::/64"}"#);
+        let found = check(&b, &subnet(&["2600:1f14:0:4::/64"]));
+        // host-local's range reaches the last address, which AWS reserves; its
+        // gateway (::1) is skipped, ::2 and ::3 are not.
+        let reserved: Vec<_> = (found.iter())
+            .filter_map(|f| match f {
+                Finding::Reserved { address, .. } => Some(address.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            reserved,
+            [
+                "2600:1f14:0:4::2",
+                "2600:1f14:0:4::3",
+                "2600:1f14:0:4:ffff:ffff:ffff:ffff"
+            ]
+        );
+    }
+
+    #[test]
+    fn overlaps_between_nads_unless_whereabouts_guards_both() {
+        let s = subnet(&[]);
+        let wa = nad(r#"{"type":"whereabouts","range":"10.0.4.64-10.0.4.127/24"}"#);
+        let wb = nad(r#"{"type":"whereabouts","range":"10.0.4.100-10.0.4.150/24"}"#);
+        let hl = nad(
+            r#"{"type":"host-local","subnet":"10.0.4.0/24","rangeStart":"10.0.4.120","rangeEnd":"10.0.4.130"}"#,
+        );
+        let apart = nad(r#"{"type":"static","addresses":[{"address":"10.0.4.200/24"}]}"#);
+        let nads = vec![
+            ("apps/a".to_owned(), wa),
+            ("apps/b".to_owned(), wb),
+            ("apps/c".to_owned(), hl),
+            ("apps/d".to_owned(), apart),
+        ];
+        let found = overlaps(&nads, &s);
+        let pairs: Vec<(usize, String)> = (found.iter())
+            .map(|(i, f)| match f {
+                Finding::Overlap { other, .. } => (*i, other.clone()),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                (0, "apps/c".into()),
+                (1, "apps/c".into()),
+                (2, "apps/a".into()),
+                (2, "apps/b".into())
+            ]
+        );
+        assert_eq!(
+            found[0].1.to_string(),
+            "range 10.0.4.64-10.0.4.127 overlaps apps/c's range 10.0.4.120-10.0.4.130 in subnet-0a, so two pods \
+             may get one address; give each NAD its own part of the subnet"
+        );
+    }
+}
