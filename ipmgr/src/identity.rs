@@ -112,22 +112,18 @@ pub async fn instance_id(
     }
     let macs = macs(locals);
     if !macs.is_empty() {
-        // A failure here costs the lookups below, except throttling: another describe
-        // would only add to it, so the caller tries again later.
-        match ec2.enis_by_mac(&macs).await {
-            Ok(enis) => {
-                if let Some(id) = attached_instance(&enis).map(str::to_owned) {
-                    info!(instance = %id, node, "instance of the ENIs the pod's interfaces ride on");
-                    return Ok(Found {
-                        instance_id: id,
-                        enis: Some(enis),
-                    });
-                }
-                debug!(macs = ?macs, "no ENI of one instance has the interfaces' MACs");
-            }
-            Err(e) if e.is_throttling() => return Err(e.into()),
-            Err(e) => debug!(error = %e, "ENIs by MAC"),
+        // A failure here is the run's: every pass needs this describe, so credentials,
+        // permissions or EC2 out of reach would fail it the same way, and throttling is
+        // the caller's to wait out.
+        let enis = ec2.enis_by_mac(&macs).await?;
+        if let Some(id) = attached_instance(&enis).map(str::to_owned) {
+            info!(instance = %id, node, "instance of the ENIs the pod's interfaces ride on");
+            return Ok(Found {
+                instance_id: id,
+                enis: Some(enis),
+            });
         }
+        debug!(macs = ?macs, "no ENI of one instance has the interfaces' MACs");
     }
     let imds_error = match from_imds().await {
         Ok(id) => {

@@ -734,13 +734,14 @@ async fn an_expired_web_identity_token_is_one_line_and_a_failure() {
     let started = std::time::Instant::now();
     let out = output(with_irsa(&pod, "expired")).await;
     let termination = std::fs::read_to_string(pod.dir.join("termination-log")).unwrap();
-    assert_eq!(out.status.code(), Some(1), "{termination}");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{termination}\n{logs}");
     assert_eq!(termination.lines().count(), 1, "{termination}");
     assert!(
         termination.contains("ExpiredTokenException")
             && termination.contains("web identity token as expired")
             && !termination.contains("found no AWS credentials"),
-        "{termination}"
+        "{termination}\n{logs}"
     );
     assert_eq!(
         termination.matches("Token expired").count(),
