@@ -329,18 +329,24 @@ async fn init_works_without_imds_from_region_and_node_name() {
     assert_eq!(pod.imds_asked.load(Ordering::Relaxed), 0, "{logs}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn init_asks_imds_only_when_no_interface_carries_an_enis_mac() {
-    let pod = Pod::start(world(), true).await;
-    // A MAC no ENI has: the address is placed by subnet.
+/// `ipmgr init` with an IP-based node name on an interface whose MAC no ENI has (the
+/// address is placed by subnet), IMDS answering or not; it succeeds either way.
+async fn init_on_a_mac_no_eni_has(imds_reachable: bool) -> (Pod, String) {
+    let pod = Pod::start(world(), imds_reachable).await;
     pod.net.add_interface("net1", "0e:00:00:00:09:09");
     pod.net.add_address("net1", "10.0.1.50/24");
     let mut cmd = pod.ipmgr("init");
     cmd.env("NODE_NAME", "ip-10-0-0-10.us-west-2.compute.internal");
     let out = output(cmd).await;
-    let logs = String::from_utf8_lossy(&out.stderr);
+    let logs = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(0), "{logs}");
     assert_eq!(pod.holder("10.0.1.50").as_deref(), Some("eni-1n3"));
+    (pod, logs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_asks_imds_only_when_no_interface_carries_an_enis_mac() {
+    let (pod, logs) = init_on_a_mac_no_eni_has(true).await;
     assert!(logs.contains("instance from IMDS"), "{logs}");
     assert!(pod.imds_asked.load(Ordering::Relaxed) > 0);
     let actions: Vec<String> = pod.ec2.log().into_iter().map(|e| e.action).collect();
@@ -352,16 +358,7 @@ async fn init_asks_imds_only_when_no_interface_carries_an_enis_mac() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_looks_the_node_name_up_when_no_interface_carries_an_enis_mac() {
-    let pod = Pod::start(world(), false).await;
-    // A MAC no ENI has: the address is placed by subnet.
-    pod.net.add_interface("net1", "0e:00:00:00:09:09");
-    pod.net.add_address("net1", "10.0.1.50/24");
-    let mut cmd = pod.ipmgr("init");
-    cmd.env("NODE_NAME", "ip-10-0-0-10.us-west-2.compute.internal");
-    let out = output(cmd).await;
-    let logs = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{logs}");
-    assert_eq!(pod.holder("10.0.1.50").as_deref(), Some("eni-1n3"));
+    let (pod, logs) = init_on_a_mac_no_eni_has(false).await;
     assert!(
         pod.ec2
             .log()

@@ -339,25 +339,14 @@ pub fn same_family(a: IpAddr, b: IpAddr) -> bool {
 
 /// `ip` moved by `by` addresses, saturating at the family's ends.
 pub fn step(ip: IpAddr, by: i8) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            let n = u32::from(v4);
-            let n = if by < 0 {
-                n.saturating_sub(by.unsigned_abs() as u32)
-            } else {
-                n.saturating_add(by as u32)
-            };
-            IpAddr::V4(n.into())
-        }
-        IpAddr::V6(v6) => {
-            let n = u128::from(v6);
-            let n = if by < 0 {
-                n.saturating_sub(by.unsigned_abs() as u128)
-            } else {
-                n.saturating_add(by as u128)
-            };
-            IpAddr::V6(n.into())
-        }
+    from_num(ip, num(ip).saturating_add_signed(by.into()))
+}
+
+/// The number `n` as an address of `like`'s family, saturating at its last address.
+pub fn from_num(like: IpAddr, n: u128) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::V4(u32::try_from(n).unwrap_or(u32::MAX).into()),
+        IpAddr::V6(_) => IpAddr::V6(n.into()),
     }
 }
 

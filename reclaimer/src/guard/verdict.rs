@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::ipam::{Attachment, Ipam, Pool, num, same_family, step};
+use super::ipam::{Attachment, Ipam, Pool, from_num, num, same_family, step};
 
 /// The subnet of the ENIs a NAD's master interface is, in one Availability Zone.
 #[derive(Clone, Debug, PartialEq)]
@@ -169,8 +169,8 @@ pub fn check(attachment: &Attachment, subnet: &Subnet) -> Vec<Finding> {
         if let Some((from, to)) = first_uncovered(pool, &subnet.reservations) {
             findings.push(Finding::Unreserved {
                 pool: label(pool),
-                from: at(pool.first, from),
-                to: at(pool.first, to),
+                from: from_num(pool.first, from),
+                to: from_num(pool.first, to),
                 subnet: subnet.id.clone(),
             });
         }
@@ -265,14 +265,6 @@ fn first_uncovered(pool: &Pool, reservations: &[IpNet]) -> Option<(u128, u128)> 
         }
     }
     None
-}
-
-/// The number `n` as an address of `like`'s family.
-fn at(like: IpAddr, n: u128) -> IpAddr {
-    match like {
-        IpAddr::V4(_) => IpAddr::V4((n as u32).into()),
-        IpAddr::V6(_) => IpAddr::V6(n.into()),
-    }
 }
 
 #[cfg(test)]
