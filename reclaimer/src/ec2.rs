@@ -1,6 +1,7 @@
 //! The EC2 calls the reclaimer makes, behind a narrow trait: one filtered describe
-//! for the nodes' Multus ENIs, the two unassign actions, and the two assign actions
-//! that put back an address a pod claimed while its release was in flight.
+//! for the nodes' Multus ENIs, the two unassign actions, the two assign actions that
+//! put back an address a pod claimed while its release was in flight, and, for the
+//! address-range guard, the subnets' CIDRs and explicit CIDR reservations.
 //!
 //! The SDK client comes from `ipmgmt_common::aws`, the one place that sets timeouts and
 //! retries. The describe keeps the SDK's retries. The changes make one attempt each
@@ -10,18 +11,25 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use aws_sdk_ec2::types::SubnetCidrReservationType;
+use ipnet::IpNet;
+
 use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::types::Filter;
 use ipmgmt_common::aws::{Action, Ec2Error, NoCredentials, Remedy, sdk_error, strings};
 use ipmgmt_common::aws::{NO_MANAGE_TAG, Tag};
+
+use crate::guard::verdict::Subnet;
 
 /// Where the reclaimer's policy lives, for error messages.
 pub const IAM_POLICY: &str = "deploy/reclaimer-iam-policy.json";
 
 /// Every EC2 action the reclaimer calls; `deploy/reclaimer-iam-policy.json` allows
 /// exactly these (checked by a test).
-pub const ACTIONS: [Action; 5] = [
+pub const ACTIONS: [Action; 7] = [
     Action::DescribeNetworkInterfaces,
+    Action::DescribeSubnets,
+    Action::GetSubnetCidrReservations,
     Action::UnassignPrivateIpAddresses,
     Action::UnassignIpv6Addresses,
     Action::AssignPrivateIpAddresses,
@@ -81,6 +89,10 @@ pub trait Ec2 {
         eni: &str,
         ips: &[Ipv6Addr],
     ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    /// These subnets' CIDRs (IPv4 and associated IPv6) and explicit CIDR reservations;
+    /// the ENIs' own addresses are left for the caller, who has the ENIs.
+    fn subnets(&self, ids: &[String])
+    -> impl Future<Output = Result<Vec<Subnet>, Ec2Error>> + Send;
 }
 
 #[derive(Clone, Debug)]
@@ -204,6 +216,74 @@ impl Ec2 for SdkEc2 {
             .await
             .map(drop)
             .map_err(|e| sdk_error(Action::UnassignIpv6Addresses, eni, e, &REMEDY))
+    }
+
+    async fn subnets(&self, ids: &[String]) -> Result<Vec<Subnet>, Ec2Error> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(FILTER_VALUES) {
+            let page = (self.client.describe_subnets())
+                .set_subnet_ids(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| {
+                    let target = format!("of {} subnets", chunk.len());
+                    sdk_error(Action::DescribeSubnets, target, e, &REMEDY)
+                })?;
+            for subnet in page.subnets() {
+                let Some(id) = subnet.subnet_id() else {
+                    continue;
+                };
+                let v6 = (subnet.ipv6_cidr_block_association_set().iter())
+                    .filter(|a| {
+                        a.ipv6_cidr_block_state()
+                            .and_then(|s| s.state())
+                            .map(|s| s.as_str())
+                            == Some("associated")
+                    })
+                    .filter_map(|a| a.ipv6_cidr_block());
+                let cidrs = subnet
+                    .cidr_block()
+                    .into_iter()
+                    .chain(v6)
+                    .filter_map(|c| c.parse().ok());
+                out.push(Subnet {
+                    id: id.to_owned(),
+                    cidrs: cidrs.collect(),
+                    reservations: self.explicit_reservations(id).await?,
+                    eni_addresses: Vec::new(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl SdkEc2 {
+    /// A subnet's explicit CIDR reservations (prefix reservations are for prefix
+    /// delegation, which hands out whole prefixes, not the guard's concern).
+    async fn explicit_reservations(&self, subnet: &str) -> Result<Vec<IpNet>, Ec2Error> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = (self.client.get_subnet_cidr_reservations())
+                .subnet_id(subnet)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| sdk_error(Action::GetSubnetCidrReservations, subnet, e, &REMEDY))?;
+            let all = page
+                .subnet_ipv4_cidr_reservations()
+                .iter()
+                .chain(page.subnet_ipv6_cidr_reservations());
+            out.extend(
+                all.filter(|r| r.reservation_type() == Some(&SubnetCidrReservationType::Explicit))
+                    .filter_map(|r| r.cidr()?.parse::<IpNet>().ok()),
+            );
+            token = page.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
     }
 }
 

@@ -122,12 +122,14 @@ def test_iam_policy_is_least_privilege():
 
 def test_reclaimer_policy_changes_multus_enis_only():
     """The reclaimer unassigns, and puts back an address claimed while its release was in
-    flight: both only on ENIs tagged for Multus."""
+    flight: both only on ENIs tagged for Multus. It reads subnets and their CIDR
+    reservations for the address-range guard."""
     policy = json.loads((ROOT / "deploy" / "reclaimer-iam-policy.json").read_text())
     actions = sorted(a for st in policy["Statement"]
                      for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"]))
     assert actions == ["ec2:AssignIpv6Addresses", "ec2:AssignPrivateIpAddresses",
-                       "ec2:DescribeNetworkInterfaces", "ec2:UnassignIpv6Addresses",
+                       "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets",
+                       "ec2:GetSubnetCidrReservations", "ec2:UnassignIpv6Addresses",
                        "ec2:UnassignPrivateIpAddresses"]
     for statement in policy["Statement"]:
         if "assign" in json.dumps(statement["Action"]):

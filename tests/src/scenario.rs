@@ -85,6 +85,7 @@ pub fn world() -> World {
         vpc_cidrs: ["10.0.0.0/16", "100.64.0.0/16", "2600:1f14:aaa:1b00::/56"]
             .map(|c| c.parse().unwrap())
             .into(),
+        reservations: Vec::new(),
     }
 }
 

@@ -9,6 +9,7 @@ pub enum Action {
     DescribeNetworkInterfaces,
     DescribeSubnets,
     DescribeVpcs,
+    GetSubnetCidrReservations,
     AssignPrivateIpAddresses,
     UnassignPrivateIpAddresses,
     AssignIpv6Addresses,
@@ -16,11 +17,12 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 8] = [
+    pub const ALL: [Action; 9] = [
         Action::DescribeInstances,
         Action::DescribeNetworkInterfaces,
         Action::DescribeSubnets,
         Action::DescribeVpcs,
+        Action::GetSubnetCidrReservations,
         Action::AssignPrivateIpAddresses,
         Action::UnassignPrivateIpAddresses,
         Action::AssignIpv6Addresses,
@@ -34,6 +36,7 @@ impl Action {
             Action::DescribeNetworkInterfaces => "DescribeNetworkInterfaces",
             Action::DescribeSubnets => "DescribeSubnets",
             Action::DescribeVpcs => "DescribeVpcs",
+            Action::GetSubnetCidrReservations => "GetSubnetCidrReservations",
             Action::AssignPrivateIpAddresses => "AssignPrivateIpAddresses",
             Action::UnassignPrivateIpAddresses => "UnassignPrivateIpAddresses",
             Action::AssignIpv6Addresses => "AssignIpv6Addresses",
@@ -49,7 +52,8 @@ impl Action {
             Action::DescribeInstances
             | Action::DescribeNetworkInterfaces
             | Action::DescribeSubnets
-            | Action::DescribeVpcs => false,
+            | Action::DescribeVpcs
+            | Action::GetSubnetCidrReservations => false,
             Action::AssignPrivateIpAddresses
             | Action::UnassignPrivateIpAddresses
             | Action::AssignIpv6Addresses

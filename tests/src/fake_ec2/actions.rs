@@ -80,6 +80,7 @@ impl Inner {
             "DescribeNetworkInterfaces" => self.describe_network_interfaces(q)?,
             "DescribeSubnets" => self.describe_subnets(q)?,
             "DescribeVpcs" => self.describe_vpcs(q)?,
+            "GetSubnetCidrReservations" => self.get_subnet_cidr_reservations(q)?,
             "DescribeInstances" => self.describe_instances(q)?,
             "AssignPrivateIpAddresses" => self.assign_private(q)?,
             "UnassignPrivateIpAddresses" => self.unassign_private(q)?,
@@ -193,6 +194,40 @@ impl Inner {
             items.push_str(&xml::el("item", xml::subnet(s)));
         }
         Ok(xml::el("subnetSet", items))
+    }
+
+    /// One subnet's reservations (`SubnetId` is required), IPv4 and IPv6 in their own
+    /// sets, as EC2 answers; the `reservationType` filter is applied, others ignored.
+    fn get_subnet_cidr_reservations(&self, q: &Query) -> Result<String, Fail> {
+        let id = (q.get("SubnetId")).ok_or_else(|| {
+            fail(
+                "MissingParameter",
+                "The request must contain the parameter SubnetId",
+            )
+        })?;
+        if self.subnet(id).is_none() {
+            return Err(fail(
+                "InvalidSubnetID.NotFound",
+                format!("The subnet ID '{id}' does not exist"),
+            ));
+        }
+        let kinds: Vec<String> = (q.filters().into_iter())
+            .filter(|(name, _)| name == "reservationType")
+            .flat_map(|(_, values)| values)
+            .collect();
+        let (mut v4, mut v6) = (String::new(), String::new());
+        for (i, r) in self.world.reservations.iter().enumerate() {
+            if r.subnet != id || !(kinds.is_empty() || kinds.contains(&r.kind)) {
+                continue;
+            }
+            let item = xml::el("item", xml::cidr_reservation(i, r));
+            match r.cidr {
+                ipnet::IpNet::V4(_) => v4.push_str(&item),
+                ipnet::IpNet::V6(_) => v6.push_str(&item),
+            }
+        }
+        Ok(xml::el("subnetIpv4CidrReservationSet", v4)
+            + &xml::el("subnetIpv6CidrReservationSet", v6))
     }
 
     fn describe_vpcs(&self, q: &Query) -> Result<String, Fail> {

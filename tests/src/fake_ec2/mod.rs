@@ -12,6 +12,8 @@
 //! - Unassign*: only addresses the ENI holds; never the primary.
 //! - One VPC, `vpc-0fake`, holding every subnet: DescribeVpcs answers its associated
 //!   CIDR blocks (`World::vpc_cidrs`, or each subnet's own when none are given).
+//! - GetSubnetCidrReservations: one subnet's reservations (`World::reservations`),
+//!   IPv4 and IPv6 in their own sets, filtered by `reservationType`.
 //! - DescribeNetworkInterfaces shows each ENI's tags (the VPC CNI's `no_manage` tag
 //!   among them) and its attachment's device index (0 is the instance's primary ENI).
 //! - Throttling by token buckets at EC2's published rates, per category.
@@ -99,6 +101,18 @@ pub struct World {
     /// The VPC's CIDR blocks, primary and secondary; empty: the subnets' own.
     #[serde(default)]
     pub vpc_cidrs: Vec<ipnet::IpNet>,
+    /// Subnet CIDR reservations, which keep EC2's own choice of addresses (the VPC
+    /// CNI's, for one) out of a subnet's range.
+    #[serde(default)]
+    pub reservations: Vec<Reservation>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reservation {
+    pub subnet: String,
+    pub cidr: ipnet::IpNet,
+    /// `explicit`, or `prefix` (kept for prefix delegation).
+    pub kind: String,
 }
 
 /// The fake's one VPC.

@@ -134,6 +134,17 @@ pub(super) fn vpc(id: &str, cidrs: &[ipnet::IpNet]) -> String {
     .concat()
 }
 
+pub(super) fn cidr_reservation(i: usize, r: &super::Reservation) -> String {
+    [
+        text("subnetCidrReservationId", format!("scr-{i:017x}")),
+        text("subnetId", &r.subnet),
+        text("cidr", r.cidr),
+        text("reservationType", &r.kind),
+        text("ownerId", "111122223333"),
+    ]
+    .concat()
+}
+
 pub(super) fn subnet(s: &Subnet) -> String {
     let v6 = items(s.ipv6.iter().enumerate(), |(i, net)| {
         text("ipv6CidrBlock", net)

@@ -1,0 +1,105 @@
+//! What the address-range guard reads from EC2, through the reclaimer's client as
+//! production builds it, against the fake EC2 under the reclaimer's own IAM policy:
+//! a subnet's CIDRs and its explicit CIDR reservations, then a NAD judged against
+//! them.
+
+use aws_config::Region;
+use aws_sdk_ec2::config::Credentials;
+use ipmgmt_reclaimer::ec2::{Ec2, SdkEc2};
+use ipmgmt_reclaimer::guard::{ipam, verdict};
+use ipmgmt_tests::fake_ec2::iam::Policy as IamPolicy;
+use ipmgmt_tests::fake_ec2::{FakeEc2, Reservation};
+use ipmgmt_tests::scenario;
+
+fn reservation(subnet: &str, cidr: &str, kind: &str) -> Reservation {
+    Reservation {
+        subnet: subnet.into(),
+        cidr: cidr.parse().unwrap(),
+        kind: kind.into(),
+    }
+}
+
+async fn reclaimer_ec2(fake: &FakeEc2) -> SdkEc2 {
+    let addr = fake.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let policy = include_str!("../../deploy/reclaimer-iam-policy.json");
+    fake.set_policy(Some(IamPolicy::parse(
+        &serde_json::from_str(policy).unwrap(),
+    )));
+    let sdk = ipmgmt_common::aws::loader(ipmgmt_common::aws::Retries {
+        max_attempts: 1,
+        initial_backoff: std::time::Duration::from_millis(5),
+    })
+    .region(Region::new("us-west-2"))
+    .endpoint_url(format!("http://{addr}"))
+    .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+    .load()
+    .await;
+    SdkEc2::new(ipmgmt_common::aws::ec2_client(
+        &sdk,
+        &ipmgmt_common::aws::Attempts::default(),
+    ))
+}
+
+#[tokio::test]
+async fn the_guard_reads_a_subnets_cidrs_and_explicit_reservations_and_judges_a_nad() {
+    let mut world = scenario::world();
+    world.reservations = vec![
+        reservation("subnet-b", "10.0.1.64/27", "explicit"),
+        // Kept for prefix delegation: not a reservation the guard counts.
+        reservation("subnet-b", "10.0.1.96/28", "prefix"),
+        reservation("subnet-b", "2600:1f14:aaa:1b00::100/120", "explicit"),
+        reservation("subnet-a", "10.0.0.64/26", "explicit"),
+    ];
+    let fake = FakeEc2::new(world);
+    let ec2 = reclaimer_ec2(&fake).await;
+
+    let subnets = ec2.subnets(&["subnet-b".into()]).await.unwrap();
+    assert_eq!(subnets.len(), 1);
+    let subnet = &subnets[0];
+    assert_eq!(subnet.id, "subnet-b");
+    let cidrs: Vec<String> = subnet.cidrs.iter().map(ToString::to_string).collect();
+    assert_eq!(cidrs, ["10.0.1.0/24", "2600:1f14:aaa:1b00::/64"]);
+    let reserved: Vec<String> = subnet
+        .reservations
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(reserved, ["10.0.1.64/27", "2600:1f14:aaa:1b00::100/120"]);
+    let actions: Vec<String> = fake.log().into_iter().map(|e| e.action).collect();
+    assert_eq!(actions, ["DescribeSubnets", "GetSubnetCidrReservations"]);
+
+    // A whereabouts range half inside the explicit reservation: the guard names the
+    // part the VPC CNI may still hand out.
+    let nad = ipam::read(
+        r#"{"cniVersion":"0.3.1","type":"ipvlan","master":"eth1","mode":"l2",
+            "ipam":{"type":"whereabouts","range":"10.0.1.64-10.0.1.111/24"}}"#,
+    )
+    .unwrap();
+    let findings: Vec<String> = (verdict::check(&nad, subnet).iter())
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        findings,
+        [
+            "10.0.1.96-10.0.1.111 of range 10.0.1.64-10.0.1.111 is in no explicit CIDR reservation of \
+          subnet-b, so the VPC CNI may give the same addresses to other pods; reserve it: aws ec2 \
+          create-subnet-cidr-reservation --subnet-id subnet-b --reservation-type explicit --cidr CIDR"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_subnet_is_one_line_with_the_code() {
+    let fake = FakeEc2::new(scenario::world());
+    let ec2 = reclaimer_ec2(&fake).await;
+    let line = ec2
+        .subnets(&["subnet-gone".into()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        line.starts_with("DescribeSubnets of 1 subnets: InvalidSubnetID.NotFound: "),
+        "{line}"
+    );
+    assert_eq!(line.lines().count(), 1, "{line}");
+}
