@@ -40,16 +40,28 @@ impl PodNet {
             is_root(),
             "network-namespace tests need root (CI runs them as root): run the test command as root"
         );
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(n < 1 << 15, "too many pod namespaces in one process");
+        // 198.18.0.0/15 (RFC 2544 benchmarking): one /30 per pod, only on these veths;
+        // 198.18.1.0/24 is left to the whole-path pods (tests/python/cluster/vpc.py).
+        // A /30 another process's pods hold (a benchmark beside the tests) is skipped:
+        // two veths with one prefix would route one pod's traffic to the other.
+        let (n, base) = loop {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            assert!(n < 1 << 15, "too many pod namespaces in one process");
+            let slot = if n < 64 { n } else { n + 64 };
+            let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + 4 * slot;
+            let prefix = format!("{}/30", Ipv4Addr::from(base));
+            let held = Command::new("ip")
+                .args(["-o", "-4", "addr", "show", "to", &prefix])
+                .output()
+                .expect("ip runs");
+            if held.stdout.is_empty() {
+                break (n, base);
+            }
+        };
         let tag = format!("{}x{n}", std::process::id() % 10_000);
         let ns = format!("ipmgmt-pod-{tag}");
         let (host_veth, pod_veth) = (format!("ipmh{tag}"), format!("ipmp{tag}"));
         let (parent, parent_peer) = (format!("ipmx{tag}"), format!("ipmy{tag}"));
-        // 198.18.0.0/15 (RFC 2544 benchmarking): one /30 per pod, only on these veths;
-        // 198.18.1.0/24 is left to the whole-path pods (tests/python/cluster/vpc.py).
-        let slot = if n < 64 { n } else { n + 64 };
-        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + 4 * slot;
         let (host_ip, pod_ip) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
         let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         ip(&["netns", "add", &ns]);
