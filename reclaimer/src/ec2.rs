@@ -45,6 +45,9 @@ pub struct MultusEni {
     pub id: String,
     pub instance: String,
     pub device_index: i32,
+    pub subnet: String,
+    /// The ENI's own addresses: its primary IPv4 address and primary IPv6 address.
+    pub own: Vec<IpAddr>,
     /// Secondary private IPv4 addresses (the primary is the ENI's own).
     pub ipv4: Vec<Ipv4Addr>,
     /// IPv6 addresses but the ENI's primary IPv6 address, which stays with the ENI
@@ -295,9 +298,14 @@ fn multus_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<MultusEni> {
         return None;
     }
     let primary = eni.primary_ipv4;
+    let own = (primary.map(IpAddr::V4).into_iter())
+        .chain(eni.primary_ipv6.map(IpAddr::V6))
+        .collect();
     Some(MultusEni {
         instance: eni.instance_id?,
         device_index: eni.device_index,
+        subnet: eni.subnet_id.clone(),
+        own,
         ipv4: eni
             .ipv4
             .into_iter()
@@ -493,6 +501,10 @@ mod tests {
             "the primary IPv6 address stays with its ENI"
         );
         assert_eq!(eni.instance, "i-1");
+        let own: Vec<IpAddr> = ["10.0.4.10", "2001:db8::10"]
+            .map(|a| a.parse().unwrap())
+            .into();
+        assert_eq!(eni.own, own, "the guard keeps ranges off them");
         assert_eq!(multus_eni(&ni(0, true)), None);
         assert_eq!(multus_eni(&ni(1, false)), None);
     }

@@ -98,9 +98,9 @@ impl Pool {
 /// Why a NAD's configuration cannot be read.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ReadError {
-    #[error("its config is not JSON: {0}")]
+    #[error("not JSON: {0}")]
     Json(String),
-    #[error("its config names no IPAM plugin")]
+    #[error("it names no IPAM plugin")]
     NoIpam,
     #[error("{plugin} {field} {value:?} is not {what}")]
     Field {

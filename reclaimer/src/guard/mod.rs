@@ -1,7 +1,211 @@
 //! The address-range guard: whether the addresses a NetworkAttachmentDefinition hands
-//! out can be routed to the Multus ENI it rides on without colliding with anything
-//! else in the subnet. `ipam` reads a NAD's configuration as its IPAM plugin does;
-//! `verdict` judges its pools against the subnet, pure, one line per finding.
+//! out can be routed to the Multus ENIs it rides on without colliding with anything
+//! else in their subnets. `ipam` reads a NAD's configuration as its IPAM plugin does;
+//! `verdict` judges its pools against one subnet; `judge`, here, puts the cluster
+//! together: each NAD's master names a device index, the Multus ENIs at that index
+//! (one subnet per Availability Zone) are where its pools must fit, and NADs that
+//! share a subnet must not share addresses. Pure: the loop brings the NADs from the
+//! API server and the ENIs and subnets from EC2.
 
 pub mod ipam;
 pub mod verdict;
+
+use std::collections::BTreeMap;
+
+use crate::ec2::MultusEni;
+use ipam::{Attachment, ReadError};
+use verdict::Subnet;
+
+/// A NAD in scope, as read from its `spec.config`.
+#[derive(Debug)]
+pub struct Nad {
+    /// `namespace/name`.
+    pub name: String,
+    pub read: Result<Attachment, ReadError>,
+}
+
+/// The device index a NAD's `master` names: `names` first (nodes whose interfaces
+/// have predictable names, `ens6`…), else `ethN` for index N, as Amazon Linux 2 and
+/// Bottlerocket name the ENI at device index N.
+pub fn device_index(master: &str, names: &BTreeMap<String, i32>) -> Option<i32> {
+    if let Some(index) = names.get(master) {
+        return Some(*index);
+    }
+    let n = master.strip_prefix("eth")?;
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then(|| n.parse().ok())?
+}
+
+/// Every NAD's findings as lines, by NAD name; a NAD without findings is absent. NADs
+/// whose master is no Multus ENI's interface (none, the pod's own `eth0`) and IPAM
+/// plugins the guard does not read are out of scope.
+pub fn judge(
+    nads: &[Nad],
+    enis: &[MultusEni],
+    subnets: &[Subnet],
+    names: &BTreeMap<String, i32>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut findings: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // subnet id -> the NADs riding on it, for the overlap check.
+    let mut riders: BTreeMap<&str, Vec<(String, Attachment)>> = BTreeMap::new();
+    for nad in nads {
+        let attachment = match &nad.read {
+            Ok(a) => a,
+            Err(e) => {
+                findings
+                    .entry(nad.name.clone())
+                    .or_default()
+                    .push(format!("cannot read its config: {e}"));
+                continue;
+            }
+        };
+        let Some(master) = attachment.master.as_deref() else {
+            continue;
+        };
+        let Some(index) = device_index(master, names).filter(|i| *i >= 1) else {
+            continue;
+        };
+        if attachment.pools.is_empty() {
+            continue;
+        }
+        let at_index: Vec<&MultusEni> = enis.iter().filter(|e| e.device_index == index).collect();
+        if at_index.is_empty() {
+            findings.entry(nad.name.clone()).or_default().push(format!(
+                "no node has a Multus ENI at device index {index} (master {master}): pods using it get \
+                 addresses the VPC routes nowhere; attach and tag the ENI, or fix the master"
+            ));
+            continue;
+        }
+        let mut ids: Vec<&str> = at_index.iter().map(|e| e.subnet.as_str()).collect();
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            let Some(subnet) = subnets.iter().find(|s| s.id == id) else {
+                continue;
+            };
+            let mut subnet = subnet.clone();
+            subnet.eni_addresses = (enis.iter())
+                .filter(|e| e.subnet == id)
+                .flat_map(|e| e.own.iter().copied())
+                .collect();
+            let lines = verdict::check(attachment, &subnet)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>();
+            if !lines.is_empty() {
+                findings.entry(nad.name.clone()).or_default().extend(lines);
+            }
+            riders
+                .entry(id)
+                .or_default()
+                .push((nad.name.clone(), attachment.clone()));
+        }
+    }
+    for (id, on) in &riders {
+        let Some(subnet) = subnets.iter().find(|s| s.id == *id) else {
+            continue;
+        };
+        for (i, finding) in verdict::overlaps(on, subnet) {
+            findings
+                .entry(on[i].0.clone())
+                .or_default()
+                .push(finding.to_string());
+        }
+    }
+    findings
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+
+    fn eni(id: &str, instance: &str, index: i32, subnet: &str, own: &str) -> MultusEni {
+        MultusEni {
+            id: id.into(),
+            instance: instance.into(),
+            device_index: index,
+            subnet: subnet.into(),
+            own: vec![own.parse::<IpAddr>().unwrap()],
+            ipv4: Vec::new(),
+            ipv6: Vec::new(),
+        }
+    }
+
+    fn subnet(id: &str, cidr: &str, reserved: &str) -> Subnet {
+        Subnet {
+            id: id.into(),
+            cidrs: vec![cidr.parse().unwrap()],
+            reservations: vec![reserved.parse().unwrap()],
+            eni_addresses: Vec::new(),
+        }
+    }
+
+    fn nad(name: &str, master: &str, range: &str) -> Nad {
+        Nad {
+            name: name.into(),
+            read: ipam::read(&format!(
+                r#"{{"type":"ipvlan","master":"{master}","ipam":{{"type":"host-local","subnet":"{range}",
+                    "rangeStart":"{}","rangeEnd":"{}"}}}}"#,
+                range.replace(".0/24", ".64"),
+                range.replace(".0/24", ".127"),
+            )),
+        }
+    }
+
+    #[test]
+    fn masters_name_device_indexes() {
+        let names = BTreeMap::from([("ens6".to_owned(), 1)]);
+        assert_eq!(device_index("eth2", &names), Some(2));
+        assert_eq!(device_index("ens6", &names), Some(1));
+        assert_eq!(device_index("eth", &names), None);
+        assert_eq!(device_index("ethx", &names), None);
+        assert_eq!(device_index("bond0", &names), None);
+    }
+
+    #[test]
+    fn each_nad_is_judged_in_every_zone_its_enis_are_in() {
+        // eth1 rides on subnet-a in one zone and subnet-b in another; a range can fit
+        // only one of them.
+        let enis = [
+            eni("eni-1", "i-1", 1, "subnet-a", "10.0.4.10"),
+            eni("eni-2", "i-2", 1, "subnet-b", "10.0.5.10"),
+            eni("eni-3", "i-1", 2, "subnet-a", "10.0.4.11"),
+        ];
+        let subnets = [
+            subnet("subnet-a", "10.0.4.0/24", "10.0.4.64/26"),
+            subnet("subnet-b", "10.0.5.0/24", "10.0.5.64/26"),
+        ];
+        let nads = [
+            nad("apps/a", "eth1", "10.0.4.0/24"),
+            nad("apps/b", "eth2", "10.0.4.0/24"),
+            nad("apps/c", "eth3", "10.0.4.0/24"),
+            nad("apps/d", "eth0", "10.0.9.0/24"),
+            Nad {
+                name: "apps/e".into(),
+                read: ipam::read("{"),
+            },
+        ];
+        let found = judge(&nads, &enis, &subnets, &BTreeMap::new());
+        let names: Vec<&str> = found.keys().map(String::as_str).collect();
+        // d rides on the pod's own eth0: out of scope.
+        assert_eq!(names, ["apps/a", "apps/b", "apps/c", "apps/e"]);
+        assert_eq!(found["apps/a"].len(), 2, "{:?}", found["apps/a"]);
+        assert!(
+            found["apps/a"][0].contains("is not inside subnet-b (10.0.5.0/24)"),
+            "{:?}",
+            found["apps/a"]
+        );
+        assert!(
+            found["apps/a"][1].contains("overlaps apps/b's range"),
+            "{:?}",
+            found["apps/a"]
+        );
+        assert_eq!(found["apps/b"].len(), 1);
+        assert!(
+            found["apps/c"][0]
+                .starts_with("no node has a Multus ENI at device index 3 (master eth3)")
+        );
+        assert!(found["apps/e"][0].starts_with("cannot read its config: not JSON: "));
+    }
+}
