@@ -131,8 +131,8 @@ pub struct Usage {
     pub elapsed: Duration,
     /// How often and how long the CPU limit of the cgroup this process sees as its own
     /// held it back (its `cpu.stat`), counted from the cgroup's creation, so in a
-    /// container including the runtime's init; `None` outside a CPU-limited cgroup's
-    /// view.
+    /// container including the runtime's init. Outside a container that is the
+    /// hierarchy's root: zero under v1, `None` under v2, whose root has no limit.
     pub throttled: Option<Throttled>,
     /// The most resident memory the process ever had (VmHWM).
     pub peak_rss_kib: u64,
