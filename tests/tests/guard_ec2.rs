@@ -6,7 +6,7 @@
 use aws_config::Region;
 use aws_sdk_ec2::config::Credentials;
 use ipmgmt_reclaimer::ec2::{Ec2, SdkEc2};
-use ipmgmt_reclaimer::guard::{ipam, verdict};
+use ipmgmt_reclaimer::guard::{self, ipam, verdict};
 use ipmgmt_tests::fake_ec2::iam::Policy as IamPolicy;
 use ipmgmt_tests::fake_ec2::{FakeEc2, Reservation};
 use ipmgmt_tests::scenario;
@@ -84,6 +84,55 @@ async fn the_guard_reads_a_subnets_cidrs_and_explicit_reservations_and_judges_a_
             "10.0.1.96-10.0.1.111 of range 10.0.1.64-10.0.1.111 is in no explicit CIDR reservation of \
           subnet-b, so the VPC CNI may give the same addresses to other pods; reserve it: aws ec2 \
           create-subnet-cidr-reservation --subnet-id subnet-b --reservation-type explicit --cidr CIDR"
+        ]
+    );
+}
+
+/// A pass over the scenario's two nodes: eth1 is the ENI at device index 1, in
+/// subnet-b on both; one NAD fits it and its reservation, one pokes into AWS's reserved
+/// addresses without a reservation, one names an index no node has.
+#[tokio::test]
+async fn a_pass_judges_each_nad_against_its_enis_subnets() {
+    let mut world = scenario::world();
+    world.reservations = vec![reservation("subnet-b", "10.0.1.128/26", "explicit")];
+    let fake = FakeEc2::new(world);
+    let ec2 = reclaimer_ec2(&fake).await;
+    let nad = |name: &str, master: &str, range: &str| guard::Nad {
+        name: name.into(),
+        read: ipam::read(&format!(
+            r#"{{"type":"ipvlan","master":"{master}","ipam":{{"type":"whereabouts","range":"{range}"}}}}"#
+        )),
+    };
+    let nads = [
+        nad("apps/fits", "eth1", "10.0.1.130-10.0.1.190/24"),
+        nad("apps/low", "eth1", "10.0.1.0-10.0.1.9/24"),
+        nad("apps/nowhere", "eth4", "10.0.1.200-10.0.1.210/24"),
+    ];
+    let instances = ["i-0001".to_owned(), "i-0002".to_owned()];
+    let found = guard::pass(&ec2, &nads, &instances, &Default::default())
+        .await
+        .unwrap();
+    let names: Vec<&str> = found.keys().map(String::as_str).collect();
+    assert_eq!(names, ["apps/low", "apps/nowhere"], "{found:?}");
+    // .1 to .3 are AWS's; whereabouts never hands out .0.
+    let reserved = found["apps/low"]
+        .iter()
+        .filter(|l| l.contains("AWS reserves"))
+        .count();
+    assert_eq!(reserved, 3, "{:?}", found["apps/low"]);
+    assert!(
+        found["apps/low"]
+            .iter()
+            .any(|l| l.starts_with("10.0.1.1-10.0.1.9 of range"))
+    );
+    assert!(found["apps/nowhere"][0].contains("device index 4 (master eth4)"));
+    let actions: Vec<String> = fake.log().into_iter().map(|e| e.action).collect();
+    assert_eq!(
+        actions,
+        [
+            "DescribeNetworkInterfaces",
+            "DescribeSubnets",
+            "GetSubnetCidrReservations"
         ]
     );
 }

@@ -4,15 +4,18 @@
 //! `verdict` judges its pools against one subnet; `judge`, here, puts the cluster
 //! together: each NAD's master names a device index, the Multus ENIs at that index
 //! (one subnet per Availability Zone) are where its pools must fit, and NADs that
-//! share a subnet must not share addresses. Pure: the loop brings the NADs from the
-//! API server and the ENIs and subnets from EC2.
+//! share a subnet must not share addresses. `judge` is pure; `pass` brings the ENIs
+//! and subnets from EC2; the loop that brings the NADs from the API server and reports
+//! the findings is not wired in yet.
 
 pub mod ipam;
 pub mod verdict;
 
 use std::collections::BTreeMap;
 
-use crate::ec2::MultusEni;
+use ipmgmt_common::aws::Ec2Error;
+
+use crate::ec2::{Ec2, MultusEni};
 use ipam::{Attachment, ReadError};
 use verdict::Subnet;
 
@@ -112,6 +115,33 @@ pub fn judge(
         }
     }
     findings
+}
+
+/// One pass of the guard over what EC2 shows now: the Multus ENIs of `instances`
+/// (the cluster's nodes), the subnets (with explicit reservations) of those at a
+/// device index some NAD's master names, and `judge`.
+pub async fn pass<E: Ec2>(
+    ec2: &E,
+    nads: &[Nad],
+    instances: &[String],
+    names: &BTreeMap<String, i32>,
+) -> Result<BTreeMap<String, Vec<String>>, Ec2Error> {
+    let enis = ec2.multus_enis(instances).await?;
+    let named: Vec<i32> = (nads.iter())
+        .filter_map(|n| n.read.as_ref().ok()?.master.as_deref())
+        .filter_map(|m| device_index(m, names))
+        .collect();
+    let mut ids: Vec<String> = (enis.iter())
+        .filter(|e| named.contains(&e.device_index))
+        .map(|e| e.subnet.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let subnets = match ids.is_empty() {
+        true => Vec::new(),
+        false => ec2.subnets(&ids).await?,
+    };
+    Ok(judge(nads, &enis, &subnets, names))
 }
 
 #[cfg(test)]
