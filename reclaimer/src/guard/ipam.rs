@@ -180,8 +180,9 @@ fn whereabouts_range(range: &Value) -> Result<Pool, ReadError> {
         value: text.to_owned(),
         what,
     };
-    // `FIRST-LAST/PREFIX` gives both ends; `CIDR` only the network.
-    let (net, mut start, mut end) = match text.split_once('-') {
+    // `FIRST-LAST/PREFIX` gives both ends, over any `range_start`/`range_end` (as
+    // whereabouts overwrites them); `CIDR` takes them from those fields.
+    let (net, start, end) = match text.split_once('-') {
         Some((first, last)) => {
             let last: IpNet = last.parse().map_err(|_| bad("FIRST-LAST/PREFIX"))?;
             let first: IpAddr = first.parse().map_err(|_| bad("FIRST-LAST/PREFIX"))?;
@@ -192,15 +193,10 @@ fn whereabouts_range(range: &Value) -> Result<Pool, ReadError> {
         }
         None => {
             let net: IpNet = text.parse().map_err(|_| bad("a CIDR"))?;
-            (net.trunc(), None, None)
+            let start = ip_field(range, PLUGIN, "range_start")?;
+            (net.trunc(), start, ip_field(range, PLUGIN, "range_end")?)
         }
     };
-    if let Some(s) = ip_field(range, PLUGIN, "range_start")? {
-        start = Some(s);
-    }
-    if let Some(e) = ip_field(range, PLUGIN, "range_end")? {
-        end = Some(e);
-    }
     let (usable_first, usable_last) =
         usable(net).ok_or_else(|| bad("a network with usable addresses"))?;
     let within = |ip: IpAddr, lo: IpAddr, hi: IpAddr| num(ip) >= num(lo) && num(ip) <= num(hi);
@@ -390,7 +386,7 @@ mod tests {
     fn whereabouts_ranges_dashes_ends_and_ip_ranges_read_as_whereabouts_reads_them() {
         let a = read(
             r#"{"type":"macvlan","master":"eth2","ipam":{"type":"whereabouts",
-                "range":"10.0.4.50-10.0.4.60/24","enable_overlapping_ranges":false,
+                "range":"10.0.4.50-10.0.4.60/24","range_start":"10.0.4.2","enable_overlapping_ranges":false,
                 "ipRanges":[{"range":"2600:1f14::/64","range_start":"2600:1f14::10","range_end":"2600:1f14::20"},
                             {"range":"10.0.5.0/24","range_start":"10.0.6.1"}]}}"#,
         )
