@@ -98,6 +98,24 @@ pub struct Args {
     #[arg(long, env = "IPMGMT_RECLAIMER_WATCH_TIMEOUT", default_value = "1m", value_parser = duration)]
     pub watch_timeout: Duration,
 
+    /// The address-range guard: NetworkAttachmentDefinitions in the namespaces the
+    /// webhook serves judged against the subnets of the Multus ENIs they ride on, with
+    /// an Event on each NAD whose findings change. Read-only in EC2
+    /// (DescribeNetworkInterfaces, DescribeSubnets, GetSubnetCidrReservations).
+    #[arg(long, env = "IPMGMT_RECLAIMER_GUARD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub guard: bool,
+
+    /// How often the guard looks again without a NAD changing (EC2's subnets,
+    /// reservations and ENIs change where nothing announces it).
+    #[arg(long, env = "IPMGMT_RECLAIMER_GUARD_INTERVAL", default_value = "10m", value_parser = duration)]
+    pub guard_interval: Duration,
+
+    /// A NAD master that is not `ethN`, as NAME=DEVICE_INDEX (`ens6=1`), for nodes
+    /// with predictable interface names; repeat it, or comma-separate in the
+    /// environment.
+    #[arg(long, env = "IPMGMT_RECLAIMER_GUARD_MASTERS", value_name = "NAME=INDEX", value_parser = master, value_delimiter = ',')]
+    pub guard_master: Vec<(String, i32)>,
+
     #[arg(long, env = "IPMGMT_RECLAIMER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
@@ -128,6 +146,12 @@ impl Args {
                 self.retry_period, self.renew_deadline
             ));
         }
+        if self.guard && self.guard_interval < Duration::from_secs(1) {
+            return Err(format!(
+                "--guard-interval ({:?}) must be at least 1s",
+                self.guard_interval
+            ));
+        }
         if self.watch_timeout < Duration::from_secs(1) || self.watch_timeout.subsec_nanos() != 0 {
             return Err(format!(
                 "--watch-timeout ({:?}) must be a whole number of seconds, at least 1s: the API server takes seconds",
@@ -136,6 +160,18 @@ impl Args {
         }
         Ok(())
     }
+}
+
+/// `ens6=1`: an interface name and the device index of the ENI it names (1 or more:
+/// index 0 is the node's primary ENI, never a Multus ENI).
+pub fn master(text: &str) -> Result<(String, i32), String> {
+    let bad = || format!("{text:?} is not NAME=DEVICE_INDEX such as ens6=1 (index 1 or more)");
+    let (name, index) = text.split_once('=').ok_or_else(bad)?;
+    let index: i32 = index.trim().parse().map_err(|_| bad())?;
+    if name.trim().is_empty() || index < 1 {
+        return Err(bad());
+    }
+    Ok((name.trim().to_owned(), index))
 }
 
 /// `500ms`, `90s`, `5m`, `1h`, or a combination such as `1m30s`.
@@ -184,6 +220,29 @@ mod tests {
             let err = duration(bad).unwrap_err();
             assert!(err.contains("not a duration"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn masters_read_as_names_and_device_indexes() {
+        assert_eq!(master("ens6=1"), Ok(("ens6".into(), 1)));
+        for bad in ["ens6", "ens6=0", "=1", "ens6=x", "ens6=-1"] {
+            let err = master(bad).unwrap_err();
+            assert!(err.contains("NAME=DEVICE_INDEX"), "{bad}: {err}");
+        }
+        let args = Args::try_parse_from([
+            "ipmgmt-reclaimer",
+            "--namespace=ipmgmt",
+            "--identity=r-1",
+            "--guard-master=ens6=1",
+            "--guard-master=ens7=2",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.guard_master,
+            vec![("ens6".into(), 1), ("ens7".into(), 2)]
+        );
+        assert!(args.guard);
+        assert_eq!(args.guard_interval, Duration::from_secs(600));
     }
 
     #[test]

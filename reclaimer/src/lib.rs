@@ -1,17 +1,17 @@
-//! ipmgmt-reclaimer: gives back the Multus ENI addresses of pods that are gone.
+//! ipmgmt-reclaimer: the project's controller. Two loops run in it while its replica
+//! holds the leader Lease (`leader`), over one view of the cluster (`view`):
 //!
-//! Sidecars release their pod's addresses when they stop. Nothing does for an
-//! init-mode pod, a killed sidecar, a dead node or a force-deleted pod; each such
-//! address keeps one of the ENI's few slots. The reclaimer is that safety net: the
-//! Kubernetes API says which pods are live, what they hold and what IPAM handed out
-//! (`view`, `claims`, `whereabouts`), EC2 says what the Multus ENIs hold (`ec2`), and
-//! `sweep` decides, pure, what is stale; `run` releases it without ever leaving a
-//! claimed address unassigned. One replica acts (`leader`).
-//!
-//! `guard` judges NetworkAttachmentDefinitions' address ranges against the subnets of
-//! the Multus ENIs they ride on (inside the subnet, clear of AWS's reserved addresses
-//! and the ENIs' own, under an explicit CIDR reservation, apart from other NADs'); its
-//! loop, which reads them from the API server and EC2, is not wired in yet.
+//! - **Reclaim**: gives back the Multus ENI addresses of pods that are gone. Sidecars
+//!   release their pod's addresses when they stop; nothing does for an init-mode pod,
+//!   a killed sidecar, a dead node or a force-deleted pod, and each such address keeps
+//!   one of the ENI's few slots. The Kubernetes API says which pods are live, what
+//!   they hold and what IPAM handed out (`view`, `claims`, `whereabouts`), EC2 says
+//!   what the Multus ENIs hold (`ec2`), `sweep` decides, pure, what is stale, and `run`
+//!   releases it without ever leaving a claimed address unassigned.
+//! - **Guard** (`guard`): judges NetworkAttachmentDefinitions' address ranges against
+//!   the subnets of the Multus ENIs they ride on (inside the subnet, clear of AWS's
+//!   reserved addresses and the ENIs' own, under an explicit CIDR reservation, apart
+//!   from other NADs') and puts an Event on each NAD whose findings change.
 
 pub mod admin;
 pub mod claims;
@@ -48,7 +48,7 @@ pub const CONTROLLER: &str = "ipmgmt-reclaimer";
 
 /// Runs until `shutdown` completes; then stops sweeping and releases the Lease.
 /// `ready` receives the admin address once it is bound.
-pub async fn run<E: Ec2>(
+pub async fn run<E: Ec2 + Clone>(
     args: Args,
     kube: kube::Client,
     ec2: E,
@@ -59,9 +59,20 @@ pub async fn run<E: Ec2>(
     args.check().map_err(anyhow::Error::msg)?;
     let metrics = Metrics::default();
     metrics.register(&mut registry);
+    let whereabouts = view::whereabouts_served(&kube).await;
+    if !whereabouts {
+        info!("whereabouts' IPPools are not served: only network-status says what IPAM handed out");
+    }
+    let guarding = args.guard && view::nads_served(&kube).await;
+    if args.guard && !guarding {
+        info!(
+            "NetworkAttachmentDefinitions are not served: the address-range guard stays off until a restart after Multus is installed"
+        );
+    }
     let scope = Scope {
         namespaces: args.namespace_selector.clone(),
-        whereabouts: view::whereabouts_served(&kube).await,
+        whereabouts,
+        nads: guarding,
         watch_timeout: args.watch_timeout,
     };
     let view = View::start(&kube, &scope, &metrics);
@@ -70,7 +81,8 @@ pub async fn run<E: Ec2>(
         let _ = tx.send(admin);
     }
     info!(admin = %admin, dry_run = args.dry_run, grace = ?args.grace, interval = ?args.interval,
-        namespaces = args.namespace_selector.as_deref().unwrap_or("all"), whereabouts = scope.whereabouts, "started");
+        namespaces = args.namespace_selector.as_deref().unwrap_or("all"), whereabouts = scope.whereabouts,
+        guard = guarding, "started");
 
     let (leading_tx, mut leading) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -84,6 +96,19 @@ pub async fn run<E: Ec2>(
     };
     let election = tokio::spawn(election.run(leading_tx, stop_rx));
 
+    let guard = guarding.then(|| {
+        guard::run::Guard::new(
+            ec2.clone(),
+            view.clone(),
+            events::Events::new(kube.clone(), CONTROLLER, &args.identity),
+            metrics.clone(),
+            guard::run::Settings {
+                interval: args.guard_interval,
+                masters: args.guard_master.iter().cloned().collect(),
+            },
+        )
+    });
+    let guard_leading = leading.clone();
     let events = events::Events::new(kube.clone(), CONTROLLER, &args.identity);
     let mut sweeper = Sweeper::new(
         ec2,
@@ -102,9 +127,7 @@ pub async fn run<E: Ec2>(
         leading.clone(),
     );
 
-    let work = async {
-        view.wait_until_ready().await;
-        info!("pods, nodes and namespaces listed");
+    let reclaim = async {
         loop {
             metrics.set_leader(false);
             let _ = leading.wait_for(|l| *l).await;
@@ -122,6 +145,16 @@ pub async fn run<E: Ec2>(
                 }
                 sweeper.sweep().await;
             }
+        }
+    };
+    let work = async {
+        view.wait_until_ready().await;
+        info!("pods, nodes and namespaces listed");
+        match guard {
+            Some(guard) => {
+                tokio::join!(reclaim, guard.run(guard_leading));
+            }
+            None => reclaim.await,
         }
     };
     tokio::select! {

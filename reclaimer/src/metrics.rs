@@ -6,7 +6,9 @@
 //! | `ipmgmt_reclaimer_sweeps_total` | `result`: `complete`, `throttled`, `failed` |
 //! | `ipmgmt_reclaimer_addresses` | `verdict`: `claimed`, `not_from_ipam`, `node_settling`, `waiting`, `release`, `deferred` (after the last sweep) |
 //! | `ipmgmt_reclaimer_releases_total` | `result`: `released`, `dry_run`, `claimed_at_confirm`, `put_back`, `failed` |
-//! | `ipmgmt_reclaimer_watch_errors_total` | `resource`: `pods`, `nodes`, `namespaces`, `ippools` |
+//! | `ipmgmt_reclaimer_watch_errors_total` | `resource`: `pods`, `nodes`, `namespaces`, `ippools`, `network_attachment_definitions` |
+//! | `ipmgmt_reclaimer_guard_passes_total` | `result`: `complete`, `failed` (the address-range guard's passes) |
+//! | `ipmgmt_reclaimer_guard_findings` | `namespace`, `name`: a NAD's address-range findings at the last pass; only NADs with findings |
 //! | `ipmgmt_reclaimer_ec2_attempts_total` | `action`, `result` (as `ipmgmt_manager_ec2_attempts_total`) |
 
 use ipmgmt_common::label_values;
@@ -38,11 +40,19 @@ pub enum ReleaseResult {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GuardResult {
+    Complete,
+    /// EC2 refused or failed; the findings of the pass before stand.
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Resource {
     Pods,
     Nodes,
     Namespaces,
     IpPools,
+    Nads,
 }
 
 label_values!(SweepResult {
@@ -57,11 +67,16 @@ label_values!(ReleaseResult {
     PutBack => "put_back",
     Failed => "failed",
 });
+label_values!(GuardResult {
+    Complete => "complete",
+    Failed => "failed",
+});
 label_values!(Resource {
     Pods => "pods",
     Nodes => "nodes",
     Namespaces => "namespaces",
     IpPools => "ippools",
+    Nads => "network_attachment_definitions",
 });
 label_values!(Verdict {
     Claimed => "claimed",
@@ -92,6 +107,17 @@ struct ResourceLabel {
     resource: Resource,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuardLabel {
+    result: GuardResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NadLabel {
+    namespace: String,
+    name: String,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
     leader: Gauge,
@@ -99,6 +125,8 @@ pub struct Metrics {
     addresses: Family<VerdictLabel, Gauge>,
     releases: Family<ReleaseLabel, Counter>,
     watch_errors: Family<ResourceLabel, Counter>,
+    guard_passes: Family<GuardLabel, Counter>,
+    guard_findings: Family<NadLabel, Gauge>,
 }
 
 impl Metrics {
@@ -123,6 +151,9 @@ impl Metrics {
         }
         for v in Verdict::ALL {
             let _ = self.addresses.get_or_create(&VerdictLabel { verdict: v });
+        }
+        for r in GuardResult::ALL {
+            let _ = self.guard_passes.get_or_create(&GuardLabel { result: r });
         }
         for r in Resource::ALL {
             let _ = self
@@ -149,6 +180,16 @@ impl Metrics {
             "watch_errors",
             "Watch errors by resource; each restarts every grace period",
             self.watch_errors.clone(),
+        );
+        registry.register(
+            "guard_passes",
+            "The address-range guard's passes by how they ended",
+            self.guard_passes.clone(),
+        );
+        registry.register(
+            "guard_findings",
+            "Address-range findings per NetworkAttachmentDefinition at the guard's last pass",
+            self.guard_findings.clone(),
         );
     }
 
@@ -179,5 +220,29 @@ impl Metrics {
         self.watch_errors
             .get_or_create(&ResourceLabel { resource })
             .clone()
+    }
+
+    pub fn guard_pass(&self, result: GuardResult) {
+        self.guard_passes
+            .get_or_create(&GuardLabel { result })
+            .inc();
+    }
+
+    /// A NAD's findings now: `0` drops its series.
+    pub fn guard_findings(&self, namespace: &str, name: &str, n: usize) {
+        let label = NadLabel {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        match n {
+            0 => {
+                self.guard_findings.remove(&label);
+            }
+            n => {
+                self.guard_findings
+                    .get_or_create(&label)
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
     }
 }

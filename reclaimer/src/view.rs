@@ -1,5 +1,6 @@
-//! The reclaimer's view of the cluster: pods and nodes, the namespaces the webhook
-//! serves, and whereabouts' IPPools where that CRD is served, each kept by a
+//! The controller's view of the cluster: pods and nodes, the namespaces the webhook
+//! serves, whereabouts' IPPools and Multus's NetworkAttachmentDefinitions where
+//! those CRDs are served, each kept by a
 //! kube-runtime reflector (one list, then a watch that resumes from its
 //! resourceVersion, and relists on 410 Gone). Nothing here lists on a timer.
 //!
@@ -24,12 +25,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use ipmgmt_common::metrics::LabelValue;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::api::DynamicObject;
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector::store::Writer};
 use kube::{Api, Client};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::claims::{Evidence, claim_of, handed_out};
@@ -44,6 +45,8 @@ pub struct Scope {
     pub namespaces: Option<String>,
     /// Read whereabouts' IPPools (the CRD is served).
     pub whereabouts: bool,
+    /// Read NetworkAttachmentDefinitions (the CRD is served and the guard runs).
+    pub nads: bool,
     /// The server-side timeout of every watch.
     pub watch_timeout: Duration,
 }
@@ -54,6 +57,9 @@ pub struct View {
     nodes: Store<Node>,
     namespaces: Option<Store<Namespace>>,
     pools: Option<Store<DynamicObject>>,
+    nads: Option<Store<DynamicObject>>,
+    /// One permit per burst of NAD changes: the guard's trigger.
+    nad_changed: Arc<Notify>,
     /// Addresses IPAM handed to ipmgmt pods, from their `network-status`, since this
     /// process started.
     seen: Arc<Mutex<HashMap<IpAddr, Evidence>>>,
@@ -143,12 +149,38 @@ impl View {
             store
         });
 
+        let nad_changed = Arc::new(Notify::new());
+        let nads = scope.nads.then(|| {
+            let ar = crate::guard::nad_resource();
+            let writer = Writer::new(ar.clone());
+            let store = writer.as_reader();
+            let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+            let changed = nad_changed.clone();
+            let stream = watcher::watcher(api, config.clone())
+                .default_backoff()
+                .map(move |event| {
+                    if let Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone) = &event {
+                        changed.notify_one();
+                    }
+                    event
+                })
+                .modify(|n: &mut DynamicObject| n.metadata.managed_fields = None);
+            spawn(
+                Resource::Nads,
+                reflector::reflector(writer, stream),
+                &errors,
+                metrics,
+            );
+            store
+        });
+
         let (listed_tx, listed) = watch::channel(false);
         let waits = (
             pods.clone(),
             nodes.clone(),
             namespaces.clone(),
             pools.clone(),
+            nads.clone(),
         );
         tokio::spawn(async move {
             // The error only says a writer was dropped, which happens only when the
@@ -161,6 +193,9 @@ impl View {
             if let Some(store) = &waits.3 {
                 let _ = store.wait_until_ready().await;
             }
+            if let Some(store) = &waits.4 {
+                let _ = store.wait_until_ready().await;
+            }
             listed_tx.send_replace(true);
         });
         View {
@@ -168,6 +203,8 @@ impl View {
             nodes,
             namespaces,
             pools,
+            nads,
+            nad_changed,
             seen,
             errors,
             listed,
@@ -207,15 +244,7 @@ impl View {
         for pod in self.pods.state() {
             add_claim(&mut cluster, &pod);
         }
-        let served = |pod: &str| {
-            let namespace = pod.split('/').next().unwrap_or("");
-            self.namespaces.as_ref().is_none_or(|store| {
-                store
-                    .state()
-                    .iter()
-                    .any(|n| n.metadata.name.as_deref() == Some(namespace))
-            })
-        };
+        let served = |pod: &str| self.serves(pod.split('/').next().unwrap_or(""));
         let seen = lock(&self.seen).clone();
         let recorded: Vec<(IpAddr, Evidence)> = (self.pools.iter())
             .flat_map(|store| {
@@ -245,6 +274,46 @@ impl View {
         cluster
     }
 
+    /// Whether the webhook serves `namespace`.
+    fn serves(&self, namespace: &str) -> bool {
+        self.namespaces.as_ref().is_none_or(|store| {
+            store
+                .state()
+                .iter()
+                .any(|n| n.metadata.name.as_deref() == Some(namespace))
+        })
+    }
+
+    /// The NetworkAttachmentDefinitions in the namespaces the webhook serves, each
+    /// with the CNI configuration it holds in `spec.config`; a NAD without one (its
+    /// configuration in a file on the nodes) is left out.
+    pub fn nads(&self) -> Vec<NadObject> {
+        let Some(store) = &self.nads else {
+            return Vec::new();
+        };
+        let mut nads: Vec<NadObject> = (store.state().iter())
+            .filter_map(|nad| {
+                let namespace = nad.metadata.namespace.clone()?;
+                let name = nad.metadata.name.clone()?;
+                let config = nad.data.get("spec")?.get("config")?.as_str()?;
+                (self.serves(&namespace) && !config.trim().is_empty()).then(|| NadObject {
+                    name,
+                    namespace,
+                    uid: nad.metadata.uid.clone(),
+                    config: config.to_owned(),
+                })
+            })
+            .collect();
+        nads.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        nads
+    }
+
+    /// Completes after NADs changed (added, changed, removed, relisted) since the
+    /// last call completed; a change during a guard pass wakes the next one.
+    pub async fn nads_changed(&self) {
+        self.nad_changed.notified().await;
+    }
+
     /// Forgets what IPAM handed out at these addresses: they were released, and the
     /// next pod that gets one brings its own evidence.
     pub fn forget(&self, released: impl IntoIterator<Item = IpAddr>) {
@@ -253,6 +322,16 @@ impl View {
             seen.remove(&ip);
         }
     }
+}
+
+/// A NetworkAttachmentDefinition as the guard reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NadObject {
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+    /// `spec.config`: the CNI configuration, JSON in a string.
+    pub config: String,
 }
 
 /// Adds one pod's claim (if it makes one) to `cluster`.
@@ -271,11 +350,20 @@ pub fn add_claim(cluster: &mut Cluster, pod: &Pod) {
 
 /// Whether the API server serves whereabouts' IPPools; an error reads as no.
 pub async fn whereabouts_served(client: &Client) -> bool {
-    let ar = whereabouts::ip_pool_resource();
+    served(client, &whereabouts::ip_pool_resource()).await
+}
+
+/// Whether the API server serves Multus's NetworkAttachmentDefinitions.
+pub async fn nads_served(client: &Client) -> bool {
+    served(client, &crate::guard::nad_resource()).await
+}
+
+/// Whether the API server serves `ar`; an error reads as no, and is logged.
+async fn served(client: &Client, ar: &ApiResource) -> bool {
     match client.list_api_group_resources(&ar.api_version).await {
         Ok(list) => list.resources.iter().any(|r| r.name == ar.plural),
         Err(e) => {
-            info!(error = %e, "whereabouts' IPPools are not served: only network-status says what IPAM handed out");
+            info!(error = %e, group = %ar.api_version, "not served");
             false
         }
     }

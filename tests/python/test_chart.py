@@ -31,6 +31,7 @@ from webhook_harness import ROOT, WEBHOOK_BIN, Webhook, decode_patch, review_of
 ALL_OPTIONS = CHART / "ci" / "all-options-values.yaml"
 WITHOUT_CERT_MANAGER = CHART / "ci" / "without-cert-manager-values.yaml"
 RECLAIMER = CHART / "ci" / "reclaimer-values.yaml"
+WITHOUT_GUARD = CHART / "ci" / "reclaimer-without-guard-values.yaml"
 
 # (values files, Kubernetes version): together they reach every branch of the templates.
 CASES = {
@@ -41,6 +42,7 @@ CASES = {
     "all-options-1.28": ((ALL_OPTIONS,), "1.28.0"),
     "without-cert-manager-1.30": ((WITHOUT_CERT_MANAGER,), "1.30.0"),
     "reclaimer-1.33": ((RECLAIMER,), "1.33.0"),
+    "reclaimer-without-guard-1.33": ((WITHOUT_GUARD,), "1.33.0"),
 }
 
 ANNOTATED = "has(object.metadata.annotations) && 'ipmgmt.aws/mode' in object.metadata.annotations"
@@ -701,14 +703,22 @@ def test_values_schema_is_well_formed_and_covers_values_yaml():
 
     jsonschema.Draft7Validator.check_schema(schema)
     jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()), schema)
-    def without_nulls(tree):
-        # Helm deletes keys set to null before it checks the schema.
-        if isinstance(tree, dict):
-            return {k: without_nulls(v) for k, v in tree.items() if v is not None}
-        return tree
+    def merged(defaults, given):
+        # As Helm checks the schema: the file over values.yaml, maps merged key by key,
+        # and keys set to null deleted.
+        if isinstance(defaults, dict) and isinstance(given, dict):
+            out = dict(defaults)
+            for k, v in given.items():
+                if v is None:
+                    out.pop(k, None)
+                else:
+                    out[k] = merged(defaults.get(k), v)
+            return out
+        return given
 
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     for f in CI_VALUES:
-        jsonschema.validate(without_nulls(yaml.safe_load(f.read_text())), schema)
+        jsonschema.validate(merged(defaults, yaml.safe_load(f.read_text())), schema)
 
 
 def reclaimer_objects(values=(RECLAIMER,), sets=()):
@@ -732,7 +742,10 @@ def test_reclaimer_rbac_is_only_what_it_uses():
              for g in rule["apiGroups"] for r in rule["resources"]}
     assert rules == {("", "pods"): ["list", "watch"], ("", "nodes"): ["list", "watch"],
                      ("", "namespaces"): ["list", "watch"],
-                     ("whereabouts.cni.cncf.io", "ippools"): ["list", "watch"]}
+                     ("whereabouts.cni.cncf.io", "ippools"): ["list", "watch"],
+                     # The guard (on by default): the NADs it judges, an Event on each.
+                     ("k8s.cni.cncf.io", "network-attachment-definitions"): ["list", "watch"],
+                     ("events.k8s.io", "events"): ["create"]}
     (deployment,) = objects["Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     lease = flag(container["args"], "--lease-name")
@@ -749,6 +762,16 @@ def test_reclaimer_rbac_is_only_what_it_uses():
     for binding in objects["ClusterRoleBinding"] + objects["RoleBinding"]:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "ipmgmt-system"}]
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account
+
+
+def test_without_the_guard_the_reclaimer_reads_no_nads_and_writes_events_only_on_nodes():
+    objects = reclaimer_objects(values=(WITHOUT_GUARD,))
+    (cluster_role,) = objects["ClusterRole"]
+    groups = {g for rule in cluster_role["rules"] for g in rule["apiGroups"]}
+    assert groups == {"", "whereabouts.cni.cncf.io"}, cluster_role["rules"]
+    assert all(set(rule["verbs"]) <= {"list", "watch"} for rule in cluster_role["rules"])
+    (container,) = objects["Deployment"][0]["spec"]["template"]["spec"]["containers"]
+    assert flag(container["args"], "--guard") == "false"
 
 
 def test_reclaimer_deployment_is_restricted_probed_and_told_who_it_is():
@@ -784,6 +807,10 @@ def test_reclaimer_options():
     assert flag(container["args"], "--dry-run") == "true"
     assert flag(container["args"], "--grace") == "10m"
     assert {"name": "AWS_REGION", "value": "eu-west-1"} in container["env"]
+    assert flag(container["args"], "--guard") == "true"
+    assert flag(container["args"], "--guard-interval") == "5m"
+    assert [a for a in container["args"] if a.startswith("--guard-master=")] == [
+        "--guard-master=ens6=1", "--guard-master=ens7=2"]
 
 
 def selector_string_matches(selector, labels):
@@ -836,7 +863,8 @@ def test_the_reclaimer_serves_exactly_the_webhooks_namespaces(expressions, tmp_p
             selector, labels)
 
 
-@pytest.mark.parametrize("values", [(), (RECLAIMER,)], ids=["defaults", "reclaimer-values"])
+@pytest.mark.parametrize("values", [(), (RECLAIMER,), (WITHOUT_GUARD,)],
+                         ids=["defaults", "reclaimer-values", "without-guard"])
 def test_the_reclaimer_accepts_every_flag_the_chart_passes(values):
     """The chart's arguments parse: the binary gets past its flags and stops only at
     the missing cluster (exit 1), where a bad flag would be a usage error (exit 2)."""

@@ -24,6 +24,10 @@ from webhook_harness import ROOT, TARGET
 RECLAIMER_BIN = TARGET / "debug" / "ipmgmt-reclaimer"
 # whereabouts' own CRDs (and ClusterRole), from its module source (scripts/cluster-tools).
 IPPOOL_CRD = tool("whereabouts").parent.parent / "manifests.yaml"
+# Multus's, with the NetworkAttachmentDefinition CRD the guard watches.
+NAD_CRD = tool("multus").parent.parent / "manifests.yaml"
+# The range the guard's scene ends with, under an explicit reservation in eth1's subnet.
+RESERVED = "10.0.4.192/26"
 POLICY = ROOT / "deploy" / "reclaimer-iam-policy.json"
 NODE1 = Node(1)
 ETH1, ETH2 = NODE1.enis[1], NODE1.enis[2]
@@ -104,14 +108,17 @@ def cluster(tmp_path_factory):
     on_eth1 = [GONE, LIVE, VIP, LATER, DRAINING, REUSED, REPORTED, SERVED, UNSERVED, *STALE, TAGGED, FRESH]
     vpc = Vpc([NODE1], tmp, iam_policy=POLICY,
               held=[(ETH1.id, a) for a in on_eth1] + [(ETH2.id, STALE_ON_ETH2), (ETH2.id, UNTAGGED)],
-              tags=[(ETH1.id, *CLUSTER_TAG)], primary_ipv6=[(ETH2.id, PRIMARY_V6)])
+              tags=[(ETH1.id, *CLUSTER_TAG)], primary_ipv6=[(ETH2.id, PRIMARY_V6)],
+              reservations=[("subnet-net1", RESERVED)])
     cp = None
     reclaimer = None
     try:
         cp = start(tmp, "own-certificate",
                    sets=["reclaimer.enabled=true", "reclaimer.grace=2s", "reclaimer.interval=1s"])
         cp.kubectl("apply", "--server-side", "-f", IPPOOL_CRD)
-        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/ippools.whereabouts.cni.cncf.io")
+        cp.kubectl("apply", "--server-side", "-f", NAD_CRD)
+        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/ippools.whereabouts.cni.cncf.io",
+                   "crd/network-attachment-definitions.k8s.cni.cncf.io")
         reclaimer = HostReclaimer(cp, tmp, vpc.port, "reclaimer-on-this-machine")
         yield cp, vpc, reclaimer
     finally:
@@ -454,3 +461,72 @@ def test_a_whereabouts_record_of_a_live_pod_claims_before_its_network_status(clu
         assert not unassigns_since(vpc, mark)
     finally:
         replica.stop()
+
+
+def nad(cp, name, config, namespace=APPS):
+    """A NetworkAttachmentDefinition made or replaced, as `kubectl apply` would."""
+    body = {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": name, "namespace": namespace}, "spec": {"config": json.dumps(config)}}
+    path = f"/apis/k8s.cni.cncf.io/v1/namespaces/{namespace}/network-attachment-definitions"
+    cp.request("PATCH", f"{path}/{name}?fieldManager=test&force=true", body,
+               content_type="application/apply-patch+yaml")
+
+
+def ipvlan_on_eth1(ipam):
+    return {"cniVersion": "0.3.1", "type": "ipvlan", "master": "eth1", "mode": "l2", "ipam": ipam}
+
+
+def nad_events(cp, name, reason):
+    return [e for e in cp.get(f"/apis/events.k8s.io/v1/namespaces/{APPS}/events")["items"]
+            if e["regarding"].get("name") == name and e["reason"] == reason]
+
+
+def test_the_guard_tells_on_a_nad_whose_range_does_not_fit_and_again_once_it_does(cluster, tmp_path):
+    """The chart's reclaimer with its guard on (the default): a NAD in a served namespace
+    whose whereabouts range the VPC cannot route to eth1 gets a Warning Event that
+    `kubectl describe` shows, naming the subnet and what to do, and a metric; fixed,
+    it gets one Normal Event and the metric goes; a NAD in a namespace the webhook does
+    not serve is not judged."""
+    cp, vpc, _ = cluster
+    reclaimer = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-guard")
+    try:
+        guarded(cp, vpc, reclaimer)
+    finally:
+        reclaimer.stop()
+
+
+def guarded(cp, vpc, reclaimer):
+    nad(cp, "outside", ipvlan_on_eth1({"type": "whereabouts", "range": "10.0.6.0/24"}))
+    # kube-system is outside the webhook's namespaces, as the chart renders them.
+    nad(cp, "outside", ipvlan_on_eth1({"type": "whereabouts", "range": "10.0.6.0/24"}), namespace="kube-system")
+    (event,) = cp.wait_for("an AddressRangeProblem Event on the NAD", lambda: (
+        nad_events(cp, "outside", "AddressRangeProblem") or reclaimer.check()), timeout=60)
+    assert event["type"] == "Warning"
+    assert event["regarding"]["kind"] == "NetworkAttachmentDefinition", event["regarding"]
+    assert "range 10.0.6.1-10.0.6.254 is not inside subnet-net1 (10.0.4.0/24)" in event["note"], event["note"]
+    assert "pick a range inside 10.0.4.0/24" in event["note"], event["note"]
+    described = cp.kubectl("describe", "network-attachment-definitions", "-n", APPS, "outside").stdout
+    assert "AddressRangeProblem" in described and "subnet-net1" in described, described
+    series = f'ipmgmt_reclaimer_guard_findings{{namespace="{APPS}",name="outside"}}'
+    assert reclaimer.metric(series) >= 1
+    assert not [e for e in cp.get("/apis/events.k8s.io/v1/namespaces/kube-system/events")["items"]
+                if e["regarding"].get("kind") == "NetworkAttachmentDefinition"], "kube-system is not served"
+
+    # Inside the subnet, but on AWS's reserved addresses and with nothing reserved
+    # for it: the same NAD, its new findings.
+    nad(cp, "outside", ipvlan_on_eth1({"type": "whereabouts", "range": "10.0.4.0/25"}))
+    notes = cp.wait_for("the NAD's new findings", lambda: [
+        e["note"] for e in nad_events(cp, "outside", "AddressRangeProblem") if "10.0.4.1-10.0.4.126" in e["note"]],
+        timeout=60)
+    assert "10.0.4.1, one of the five addresses AWS reserves in subnet-net1" in notes[0], notes[0]
+    assert "create-subnet-cidr-reservation" in notes[0], notes[0]
+
+    # Fixed: inside the subnet and its explicit reservation.
+    nad(cp, "outside", ipvlan_on_eth1({"type": "whereabouts", "range": RESERVED}))
+    (ok,) = cp.wait_for("an AddressRangeOk Event", lambda: nad_events(cp, "outside", "AddressRangeOk"), timeout=60)
+    assert ok["type"] == "Normal"
+    assert reclaimer.metric(series) == 0
+    guard_calls = [e["action"] for e in vpc.log() if e["action"] in ("DescribeSubnets", "GetSubnetCidrReservations")]
+    assert guard_calls and not [e for e in vpc.log() if e.get("code") == "UnauthorizedOperation"
+                                and e["action"] in ("DescribeSubnets", "GetSubnetCidrReservations")], \
+        "the reclaimer's policy allows the guard's calls"

@@ -5,10 +5,11 @@
 //! together: each NAD's master names a device index, the Multus ENIs at that index
 //! (one subnet per Availability Zone) are where its pools must fit, and NADs that
 //! share a subnet must not share addresses. `judge` is pure; `pass` brings the ENIs
-//! and subnets from EC2; the loop that brings the NADs from the API server and reports
-//! the findings is not wired in yet.
+//! and subnets from EC2; `run` is the controller's loop that brings the NADs from the
+//! API server and reports what changed in their findings.
 
 pub mod ipam;
+pub mod run;
 pub mod verdict;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,14 @@ use ipmgmt_common::aws::Ec2Error;
 use crate::ec2::{Ec2, MultusEni};
 use ipam::{Attachment, ReadError};
 use verdict::Subnet;
+
+/// Multus's NetworkAttachmentDefinition (`k8s.cni.cncf.io/v1`).
+pub fn nad_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition"),
+        "network-attachment-definitions",
+    )
+}
 
 /// A NAD in scope, as read from its `spec.config`.
 #[derive(Debug)]
@@ -119,18 +128,24 @@ pub fn judge(
 
 /// One pass of the guard over what EC2 shows now: the Multus ENIs of `instances`
 /// (the cluster's nodes), the subnets (with explicit reservations) of those at a
-/// device index some NAD's master names, and `judge`.
+/// device index some NAD's master names, and `judge`. No call when no NAD's master
+/// names a Multus ENI's device index.
 pub async fn pass<E: Ec2>(
     ec2: &E,
     nads: &[Nad],
     instances: &[String],
     names: &BTreeMap<String, i32>,
 ) -> Result<BTreeMap<String, Vec<String>>, Ec2Error> {
-    let enis = ec2.multus_enis(instances).await?;
     let named: Vec<i32> = (nads.iter())
         .filter_map(|n| n.read.as_ref().ok()?.master.as_deref())
         .filter_map(|m| device_index(m, names))
+        .filter(|i| *i >= 1)
         .collect();
+    if named.is_empty() {
+        // No NAD rides on a Multus ENI: nothing to ask EC2.
+        return Ok(judge(nads, &[], &[], names));
+    }
+    let enis = ec2.multus_enis(instances).await?;
     let mut ids: Vec<String> = (enis.iter())
         .filter(|e| named.contains(&e.device_index))
         .map(|e| e.subnet.clone())

@@ -61,11 +61,12 @@ def world_of(nodes):
 class Vpc:
     """The fake EC2 (`fake-vpc`) in the host namespace; pods reach it over `eth0`."""
 
-    def __init__(self, nodes, workdir, iam_policy=IAM_POLICY, held=(), tags=(), primary_ipv6=()):
+    def __init__(self, nodes, workdir, iam_policy=IAM_POLICY, held=(), tags=(), primary_ipv6=(), reservations=()):
         """`iam_policy`: the caller's role's policy, enforced on every call (the
         manager's by default). `held`: (ENI id, address) pairs assigned before start.
         `tags`: (ENI id, key, value) tags besides `no_manage`. `primary_ipv6`: (ENI id,
-        address) primary IPv6 addresses, which EC2 never unassigns."""
+        address) primary IPv6 addresses, which EC2 never unassigns. `reservations`:
+        (subnet id, CIDR) explicit subnet CIDR reservations."""
         binary = TARGET / PROFILE / "fake-vpc"
         if not binary.exists():
             raise Fail(f"{binary} is missing: build the workspace first (cargo build --workspace)")
@@ -79,6 +80,7 @@ class Vpc:
         for eni_id, address in primary_ipv6:
             enis[eni_id]["ipv6"].append(address)
             enis[eni_id]["primary_ipv6"] = address
+        state["reservations"] = [{"subnet": subnet, "cidr": cidr, "kind": "explicit"} for subnet, cidr in reservations]
         world.write_text(json.dumps(state))
         self.proc = subprocess.Popen([binary, "--world", world, "--iam-policy", iam_policy, "--listen", "0.0.0.0:0"],
                                      stdout=subprocess.PIPE,

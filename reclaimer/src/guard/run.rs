@@ -1,0 +1,281 @@
+//! The guard's loop in the controller: while this replica leads, a pass over the NADs
+//! in the namespaces the webhook serves at every change to one and every
+//! `--guard-interval` (subnets, reservations and ENIs change in EC2, where nothing
+//! announces it), reported where users look:
+//!
+//! - an Event on the NAD when its findings change: `AddressRangeProblem` (Warning)
+//!   with every finding, `AddressRangeOk` (Normal) once a NAD that had findings has
+//!   none; `kubectl describe network-attachment-definition` shows them;
+//! - a log line per finding at each change;
+//! - `ipmgmt_reclaimer_guard_findings{namespace,name}`, each NAD's number of findings.
+//!
+//! `Reports` (pure) decides what changed; a replica that starts leading reports every
+//! NAD with findings once, since the Events of the replica before may have expired.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{Nad, ipam};
+use crate::ec2::Ec2;
+use crate::events::Events;
+use crate::metrics::{GuardResult, Metrics};
+use crate::view::{NadObject, View};
+
+/// After a NAD changes, the pass waits this long for the rest of a burst (a
+/// `kubectl apply` of several).
+const SETTLE: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub interval: Duration,
+    /// Interface names that are not `ethN`, by device index (`ens6` → 1).
+    pub masters: BTreeMap<String, i32>,
+}
+
+/// What to tell users about one NAD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// Its findings, new or changed.
+    Problem(Vec<String>),
+    /// It had findings and has none now.
+    Resolved,
+}
+
+/// Each NAD's findings as last reported, by `namespace/name`.
+#[derive(Debug, Default)]
+pub struct Reports {
+    last: BTreeMap<String, Vec<String>>,
+}
+
+impl Reports {
+    /// Forgets what was reported: the next update reports every NAD with findings.
+    pub fn start_over(&mut self) {
+        self.last.clear();
+    }
+
+    /// What changed, from the findings of a pass over `present` (every NAD in scope
+    /// now). A NAD that is gone is forgotten without a report: there is nothing left
+    /// to put an Event on.
+    pub fn update(
+        &mut self,
+        findings: &BTreeMap<String, Vec<String>>,
+        present: &BTreeSet<String>,
+    ) -> Vec<(String, Report)> {
+        let mut reports = Vec::new();
+        for name in present {
+            match (self.last.get(name), findings.get(name)) {
+                (None, Some(lines)) => reports.push((name.clone(), Report::Problem(lines.clone()))),
+                (Some(before), Some(lines)) if before != lines => {
+                    reports.push((name.clone(), Report::Problem(lines.clone())))
+                }
+                (Some(_), None) => reports.push((name.clone(), Report::Resolved)),
+                _ => {}
+            }
+        }
+        self.last = findings
+            .iter()
+            .filter(|(name, _)| present.contains(*name))
+            .map(|(name, lines)| (name.clone(), lines.clone()))
+            .collect();
+        reports
+    }
+}
+
+pub struct Guard<E> {
+    ec2: E,
+    view: View,
+    events: Events,
+    metrics: Metrics,
+    settings: Settings,
+    reports: Reports,
+    /// The NADs whose findings series is set, as (namespace, name).
+    metered: BTreeSet<(String, String)>,
+}
+
+impl<E: Ec2> Guard<E> {
+    pub fn new(ec2: E, view: View, events: Events, metrics: Metrics, settings: Settings) -> Self {
+        Guard {
+            ec2,
+            view,
+            events,
+            metrics,
+            settings,
+            reports: Reports::default(),
+            metered: BTreeSet::new(),
+        }
+    }
+
+    /// Runs passes while `leading` says this replica leads; returns when the
+    /// election ends.
+    pub async fn run(mut self, mut leading: watch::Receiver<bool>) {
+        loop {
+            if leading.wait_for(|l| *l).await.is_err() {
+                return;
+            }
+            self.reports.start_over();
+            let mut tick = tokio::time::interval(self.settings.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let changed = tokio::select! {
+                    _ = tick.tick() => false,
+                    () = self.view.nads_changed() => true,
+                    _ = leading.wait_for(|l| !*l) => break,
+                };
+                if changed {
+                    tokio::time::sleep(SETTLE).await;
+                }
+                if !*leading.borrow() {
+                    break;
+                }
+                self.pass().await;
+            }
+        }
+    }
+
+    /// One pass: the NADs in scope judged against EC2 now, and what changed reported.
+    pub async fn pass(&mut self) {
+        let objects = self.view.nads();
+        let nads: Vec<Nad> = objects
+            .iter()
+            .map(|o| Nad {
+                name: key(o),
+                read: ipam::read(&o.config),
+            })
+            .collect();
+        let instances: Vec<String> = self.view.instances().into_keys().collect();
+        let findings = match super::pass(&self.ec2, &nads, &instances, &self.settings.masters).await
+        {
+            Ok(findings) => findings,
+            Err(e) => {
+                self.metrics.guard_pass(GuardResult::Failed);
+                warn!("address-range guard: {e}; its findings stand until a pass completes");
+                return;
+            }
+        };
+        self.metrics.guard_pass(GuardResult::Complete);
+        // Every NAD's series, and none left behind for a NAD that is gone.
+        let mut metered = BTreeSet::new();
+        for object in &objects {
+            let n = findings.get(&key(object)).map_or(0, Vec::len);
+            self.metrics
+                .guard_findings(&object.namespace, &object.name, n);
+            if n > 0 {
+                metered.insert((object.namespace.clone(), object.name.clone()));
+            }
+        }
+        for (namespace, name) in self.metered.difference(&metered) {
+            self.metrics.guard_findings(namespace, name, 0);
+        }
+        self.metered = metered;
+        let present: BTreeSet<String> = nads.iter().map(|n| n.name.clone()).collect();
+        for (name, report) in self.reports.update(&findings, &present) {
+            let Some(object) = objects.iter().find(|o| key(o) == name) else {
+                continue;
+            };
+            self.tell(object, &report).await;
+        }
+    }
+
+    async fn tell(&self, nad: &NadObject, report: &Report) {
+        let name = key(nad);
+        let (reason, warning, note) = match report {
+            Report::Problem(lines) => {
+                for line in lines {
+                    warn!(nad = %name, "address range: {line}");
+                }
+                ("AddressRangeProblem", true, lines.join("; "))
+            }
+            Report::Resolved => {
+                info!(nad = %name, "address range: no findings any more");
+                (
+                    "AddressRangeOk",
+                    false,
+                    "the address range fits the Multus ENIs' subnets again".to_owned(),
+                )
+            }
+        };
+        let regarding = ObjectReference {
+            api_version: Some("k8s.cni.cncf.io/v1".into()),
+            kind: Some("NetworkAttachmentDefinition".into()),
+            namespace: Some(nad.namespace.clone()),
+            name: Some(nad.name.clone()),
+            uid: nad.uid.clone(),
+            ..ObjectReference::default()
+        };
+        if let Err(e) = self
+            .events
+            .report(regarding, "CheckAddressRange", reason, warning, note)
+            .await
+        {
+            warn!(nad = %name, error = %e, "could not write the Event; the log line above says the same");
+        }
+    }
+}
+
+fn key(nad: &NadObject) -> String {
+    format!("{}/{}", nad.namespace, nad.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn findings(of: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+        of.iter()
+            .map(|(n, l)| (n.to_string(), l.iter().map(|s| s.to_string()).collect()))
+            .collect()
+    }
+
+    fn present(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_nad_is_reported_when_its_findings_change_and_once_they_are_gone() {
+        let mut reports = Reports::default();
+        let all = present(&["a/one", "a/two"]);
+        let first = findings(&[("a/one", &["outside"])]);
+        assert_eq!(
+            reports.update(&first, &all),
+            vec![("a/one".into(), Report::Problem(vec!["outside".into()]))]
+        );
+        // The same findings again: nothing new to say.
+        assert_eq!(reports.update(&first, &all), vec![]);
+        // A second finding: the whole list again.
+        let more = findings(&[("a/one", &["outside", "reserved"])]);
+        assert_eq!(
+            reports.update(&more, &all),
+            vec![(
+                "a/one".into(),
+                Report::Problem(vec!["outside".into(), "reserved".into()])
+            )]
+        );
+        // Fixed: one Ok; then silence.
+        assert_eq!(
+            reports.update(&BTreeMap::new(), &all),
+            vec![("a/one".into(), Report::Resolved)]
+        );
+        assert_eq!(reports.update(&BTreeMap::new(), &all), vec![]);
+    }
+
+    #[test]
+    fn a_nad_that_is_gone_is_forgotten_and_a_new_leader_reports_again() {
+        let mut reports = Reports::default();
+        let first = findings(&[("a/one", &["outside"])]);
+        reports.update(&first, &present(&["a/one"]));
+        // Deleted: no Ok for an object that is not there.
+        assert_eq!(reports.update(&BTreeMap::new(), &present(&[])), vec![]);
+        // Made again with the same mistake: reported as new.
+        assert_eq!(reports.update(&first, &present(&["a/one"])).len(), 1);
+        // A replica that starts leading says it all once more.
+        reports.start_over();
+        assert_eq!(
+            reports.update(&first, &present(&["a/one"])),
+            vec![("a/one".into(), Report::Problem(vec!["outside".into()]))]
+        );
+    }
+}
