@@ -116,6 +116,28 @@ pub struct Args {
     #[arg(long, env = "IPMGMT_RECLAIMER_GUARD_MASTERS", value_name = "NAME=INDEX", value_parser = master, value_delimiter = ',')]
     pub guard_master: Vec<(String, i32)>,
 
+    /// A ConfigMap in this namespace that the guard keeps every NAD's findings in
+    /// (`findings.json`), for the webhook to warn about pods that ask for one.
+    #[arg(long, env = "IPMGMT_RECLAIMER_GUARD_CONFIGMAP", value_name = "NAME")]
+    pub guard_configmap: Option<String>,
+
+    /// Node readiness for Multus ENIs: nodes with this label (repeat it: all must
+    /// match; comma-separate in the environment) keep the NoSchedule taint
+    /// `ipmgmt.aws/multus-eni-missing` until each --readiness-device-index has a
+    /// Multus ENI. Unset: the loop is off.
+    #[arg(long, env = "IPMGMT_RECLAIMER_READINESS_NODE_LABELS", value_name = "KEY=VALUE", value_parser = label, value_delimiter = ',')]
+    pub readiness_node_label: Vec<(String, String)>,
+
+    /// A device index at which each of those nodes should have a Multus ENI; repeat
+    /// it, or comma-separate in the environment.
+    #[arg(long, env = "IPMGMT_RECLAIMER_READINESS_DEVICE_INDEXES", default_value = "1", value_delimiter = ',', value_parser = clap::value_parser!(i32).range(1..))]
+    pub readiness_device_index: Vec<i32>,
+
+    /// How often readiness looks again without a new node (attachments change in EC2
+    /// unannounced).
+    #[arg(long, env = "IPMGMT_RECLAIMER_READINESS_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub readiness_interval: Duration,
+
     #[arg(long, env = "IPMGMT_RECLAIMER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
@@ -146,6 +168,13 @@ impl Args {
                 self.retry_period, self.renew_deadline
             ));
         }
+        if !self.readiness_node_label.is_empty() && self.readiness_interval < Duration::from_secs(1)
+        {
+            return Err(format!(
+                "--readiness-interval ({:?}) must be at least 1s",
+                self.readiness_interval
+            ));
+        }
         if self.guard && self.guard_interval < Duration::from_secs(1) {
             return Err(format!(
                 "--guard-interval ({:?}) must be at least 1s",
@@ -172,6 +201,18 @@ pub fn master(text: &str) -> Result<(String, i32), String> {
         return Err(bad());
     }
     Ok((name.trim().to_owned(), index))
+}
+
+/// `key=value`: a node label that selects, split at the first `=`.
+pub fn label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!(
+            "{text:?} is not KEY=VALUE such as example.com/multus=true"
+        )),
+    }
 }
 
 /// `500ms`, `90s`, `5m`, `1h`, or a combination such as `1m30s`.

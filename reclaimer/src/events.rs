@@ -1,6 +1,7 @@
 //! Kubernetes Events the controller writes: one per released (or put back) address,
-//! on the address's Node, and one per change in a NetworkAttachmentDefinition's
-//! address-range findings, on the NAD.
+//! on the address's Node; one per change in a NetworkAttachmentDefinition's
+//! address-range findings, on the NAD; one per Multus-ENI taint added or removed, on
+//! the Node.
 //!
 //! kube-runtime's `Recorder` folds Events that share a reason and an object into one
 //! series and keeps the first one's message, so six releases on a node would read as
@@ -42,13 +43,7 @@ impl Events {
         warning: bool,
         note: String,
     ) -> Result<(), kube::Error> {
-        let regarding = ObjectReference {
-            api_version: Some(Node::api_version(&()).into_owned()),
-            kind: Some(Node::kind(&()).into_owned()),
-            name: Some(node.to_owned()),
-            ..ObjectReference::default()
-        };
-        self.report(regarding, "Release", reason, warning, note)
+        self.report(node_ref(node), "Release", reason, warning, note)
             .await
     }
 
@@ -90,6 +85,16 @@ impl Events {
             .create(&PostParams::default(), &event)
             .await
             .map(drop)
+    }
+}
+
+/// A Node, as an Event regards it.
+pub fn node_ref(node: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(Node::api_version(&()).into_owned()),
+        kind: Some(Node::kind(&()).into_owned()),
+        name: Some(node.to_owned()),
+        ..ObjectReference::default()
     }
 }
 

@@ -8,6 +8,8 @@
 //!   they hold and what IPAM handed out (`view`, `claims`, `whereabouts`), EC2 says
 //!   what the Multus ENIs hold (`ec2`), `sweep` decides, pure, what is stale, and `run`
 //!   releases it without ever leaving a claimed address unassigned.
+//! - **Readiness** (`readiness`): keeps a NoSchedule taint on nodes that should carry
+//!   Multus ENIs until every expected one is attached and tagged.
 //! - **Guard** (`guard`): judges NetworkAttachmentDefinitions' address ranges against
 //!   the subnets of the Multus ENIs they ride on (inside the subnet, clear of AWS's
 //!   reserved addresses and the ENIs' own, under an explicit CIDR reservation, apart
@@ -21,6 +23,7 @@ pub mod events;
 pub mod guard;
 pub mod leader;
 pub mod metrics;
+pub mod readiness;
 pub mod run;
 pub mod sweep;
 pub mod view;
@@ -105,10 +108,33 @@ pub async fn run<E: Ec2 + Clone>(
             guard::run::Settings {
                 interval: args.guard_interval,
                 masters: args.guard_master.iter().cloned().collect(),
+                publish: args
+                    .guard_configmap
+                    .clone()
+                    .map(|name| (Api::namespaced(kube.clone(), &args.namespace), name)),
+            },
+        )
+    });
+    let readiness = (!args.readiness_node_label.is_empty()).then(|| {
+        readiness::Readiness::new(
+            ec2.clone(),
+            view.clone(),
+            kube.clone(),
+            events::Events::new(kube.clone(), CONTROLLER, &args.identity),
+            metrics.clone(),
+            readiness::Settings {
+                labels: args.readiness_node_label.iter().cloned().collect(),
+                device_indexes: args.readiness_device_index.iter().copied().collect(),
+                interval: args.readiness_interval,
+                cluster_tag: args
+                    .cluster_tag
+                    .as_ref()
+                    .map(|t| format!("{}={}", t.key, t.value)),
             },
         )
     });
     let guard_leading = leading.clone();
+    let readiness_leading = leading.clone();
     let events = events::Events::new(kube.clone(), CONTROLLER, &args.identity);
     let mut sweeper = Sweeper::new(
         ec2,
@@ -150,12 +176,17 @@ pub async fn run<E: Ec2 + Clone>(
     let work = async {
         view.wait_until_ready().await;
         info!("pods, nodes and namespaces listed");
-        match guard {
-            Some(guard) => {
-                tokio::join!(reclaim, guard.run(guard_leading));
+        let guarding = async {
+            if let Some(guard) = guard {
+                guard.run(guard_leading).await;
             }
-            None => reclaim.await,
-        }
+        };
+        let readying = async {
+            if let Some(readiness) = readiness {
+                readiness.run(readiness_leading).await;
+            }
+        };
+        tokio::join!(reclaim, guarding, readying);
     };
     tokio::select! {
         () = work => {}

@@ -8,6 +8,8 @@
 //! | `ipmgmt_reclaimer_releases_total` | `result`: `released`, `dry_run`, `claimed_at_confirm`, `put_back`, `failed` |
 //! | `ipmgmt_reclaimer_watch_errors_total` | `resource`: `pods`, `nodes`, `namespaces`, `ippools`, `network_attachment_definitions` |
 //! | `ipmgmt_reclaimer_guard_passes_total` | `result`: `complete`, `failed` (the address-range guard's passes) |
+//! | `ipmgmt_reclaimer_readiness_passes_total` | `result`: `complete`, `failed` (node readiness for Multus ENIs) |
+//! | `ipmgmt_reclaimer_nodes_missing_enis` | none: nodes in scope tainted for a missing Multus ENI after the last pass |
 //! | `ipmgmt_reclaimer_guard_findings` | `namespace`, `name`: a NAD's address-range findings at the last pass; only NADs with findings |
 //! | `ipmgmt_reclaimer_ec2_attempts_total` | `action`, `result` (as `ipmgmt_manager_ec2_attempts_total`) |
 
@@ -47,6 +49,13 @@ pub enum GuardResult {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadinessResult {
+    Complete,
+    /// EC2 failed, or a taint could not be written.
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Resource {
     Pods,
     Nodes,
@@ -68,6 +77,10 @@ label_values!(ReleaseResult {
     Failed => "failed",
 });
 label_values!(GuardResult {
+    Complete => "complete",
+    Failed => "failed",
+});
+label_values!(ReadinessResult {
     Complete => "complete",
     Failed => "failed",
 });
@@ -113,6 +126,11 @@ struct GuardLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadinessLabel {
+    result: ReadinessResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NadLabel {
     namespace: String,
     name: String,
@@ -127,6 +145,8 @@ pub struct Metrics {
     watch_errors: Family<ResourceLabel, Counter>,
     guard_passes: Family<GuardLabel, Counter>,
     guard_findings: Family<NadLabel, Gauge>,
+    readiness_passes: Family<ReadinessLabel, Counter>,
+    nodes_missing_enis: Gauge,
 }
 
 impl Metrics {
@@ -154,6 +174,11 @@ impl Metrics {
         }
         for r in GuardResult::ALL {
             let _ = self.guard_passes.get_or_create(&GuardLabel { result: r });
+        }
+        for r in ReadinessResult::ALL {
+            let _ = self
+                .readiness_passes
+                .get_or_create(&ReadinessLabel { result: r });
         }
         for r in Resource::ALL {
             let _ = self
@@ -185,6 +210,16 @@ impl Metrics {
             "guard_passes",
             "The address-range guard's passes by how they ended",
             self.guard_passes.clone(),
+        );
+        registry.register(
+            "readiness_passes",
+            "Node readiness passes by how they ended",
+            self.readiness_passes.clone(),
+        );
+        registry.register(
+            "nodes_missing_enis",
+            "Nodes in scope tainted for a missing Multus ENI after the last readiness pass",
+            self.nodes_missing_enis.clone(),
         );
         registry.register(
             "guard_findings",
@@ -220,6 +255,17 @@ impl Metrics {
         self.watch_errors
             .get_or_create(&ResourceLabel { resource })
             .clone()
+    }
+
+    pub fn readiness_pass(&self, result: ReadinessResult) {
+        self.readiness_passes
+            .get_or_create(&ReadinessLabel { result })
+            .inc();
+    }
+
+    pub fn nodes_missing_enis(&self, n: usize) {
+        self.nodes_missing_enis
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn guard_pass(&self, result: GuardResult) {

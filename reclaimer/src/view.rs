@@ -58,6 +58,8 @@ pub struct View {
     namespaces: Option<Store<Namespace>>,
     pools: Option<Store<DynamicObject>>,
     nads: Option<Store<DynamicObject>>,
+    /// One permit per burst of nodes seen for the first time: the readiness trigger.
+    node_added: Arc<Notify>,
     /// One permit per burst of NAD changes: the guard's trigger.
     nad_changed: Arc<Notify>,
     /// Addresses IPAM handed to ipmgmt pods, from their `network-status`, since this
@@ -100,8 +102,22 @@ impl View {
         );
 
         let (nodes, writer) = reflector::store();
+        let node_added = Arc::new(Notify::new());
+        let added = node_added.clone();
+        let mut known = std::collections::HashSet::new();
         let stream = watcher::watcher(Api::<Node>::all(client.clone()), config.clone())
             .default_backoff()
+            .map(move |event| {
+                // A node seen for the first time: it may lack its Multus ENIs. Status
+                // heartbeats of known nodes wake nobody.
+                if let Ok(Event::Apply(node) | Event::InitApply(node)) = &event
+                    && let Some(name) = &node.metadata.name
+                    && known.insert(name.clone())
+                {
+                    added.notify_one();
+                }
+                event
+            })
             .modify(|n: &mut Node| {
                 n.metadata.managed_fields = None;
                 n.status = None;
@@ -204,6 +220,7 @@ impl View {
             namespaces,
             pools,
             nads,
+            node_added,
             nad_changed,
             seen,
             errors,
@@ -272,6 +289,16 @@ impl View {
             .filter(|(_, evidence)| served(&evidence.pod))
             .collect();
         cluster
+    }
+
+    /// Every node, as last seen (status left out).
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        self.nodes.state()
+    }
+
+    /// Completes after a node was seen for the first time since the last call.
+    pub async fn node_added(&self) {
+        self.node_added.notified().await;
     }
 
     /// Whether the webhook serves `namespace`.

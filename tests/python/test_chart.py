@@ -751,10 +751,17 @@ def test_reclaimer_rbac_is_only_what_it_uses():
     lease = flag(container["args"], "--lease-name")
     roles = {r["metadata"]["namespace"]: r for r in objects["Role"]}
     assert set(roles) == {"ipmgmt-system", "default"}
-    lease_rules = roles["ipmgmt-system"]["rules"]
+    own_rules = roles["ipmgmt-system"]["rules"]
+    lease_rules = [r for r in own_rules if r["resources"] == ["leases"]]
     assert {(tuple(r["verbs"]), tuple(r.get("resourceNames", ()))) for r in lease_rules} == {
         (("create",), ()), (("get", "update"), (lease,))}
-    assert all(r["resources"] == ["leases"] and r["apiGroups"] == ["coordination.k8s.io"] for r in lease_rules)
+    assert all(r["apiGroups"] == ["coordination.k8s.io"] for r in lease_rules)
+    # The guard's ConfigMap for the webhook: its own name only, beyond create.
+    guard_map = flag(container["args"], "--guard-configmap")
+    map_rules = [r for r in own_rules if r["resources"] == ["configmaps"]]
+    assert {(tuple(r["verbs"]), tuple(r.get("resourceNames", ()))) for r in map_rules} == {
+        (("create",), ()), (("get", "patch"), (guard_map,))}
+    assert len(lease_rules) + len(map_rules) == len(own_rules)
     # Events about Nodes land in the default namespace.
     assert roles["default"]["rules"] == [
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]}]
@@ -772,6 +779,42 @@ def test_without_the_guard_the_reclaimer_reads_no_nads_and_writes_events_only_on
     assert all(set(rule["verbs"]) <= {"list", "watch"} for rule in cluster_role["rules"])
     (container,) = objects["Deployment"][0]["spec"]["template"]["spec"]["containers"]
     assert flag(container["args"], "--guard") == "false"
+
+
+def test_the_webhook_reads_the_findings_the_guard_publishes():
+    """The webhook's pods mount the ConfigMap the reclaimer's guard writes (optional:
+    it exists after the guard's first pass) and read findings.json from it; without
+    the guard, neither."""
+    docs = render((RECLAIMER,))
+    (deployment,) = [d for d in component(docs, "webhook") if d["kind"] == "Deployment"]
+    spec = deployment["spec"]["template"]["spec"]
+    (webhook,) = spec["containers"]
+    (reclaimer,) = reclaimer_objects()["Deployment"][0]["spec"]["template"]["spec"]["containers"]
+    name = flag(reclaimer["args"], "--guard-configmap")
+    (volume,) = [v for v in spec["volumes"] if "configMap" in v]
+    assert volume["configMap"] == {"name": name, "optional": True}
+    (mount,) = [m for m in webhook["volumeMounts"] if m["name"] == volume["name"]]
+    assert flag(webhook["args"], "--guard-findings") == mount["mountPath"] + "/findings.json"
+    assert "--guard-deny" in webhook["args"]
+    for values in ((), (WITHOUT_GUARD,)):
+        (deployment,) = [d for d in component(render(values), "webhook") if d["kind"] == "Deployment"]
+        spec = deployment["spec"]["template"]["spec"]
+        assert not [v for v in spec["volumes"] if "configMap" in v]
+        assert flag(spec["containers"][0]["args"], "--guard-findings") is None
+        assert "--guard-deny" not in spec["containers"][0]["args"]
+
+
+def test_node_readiness_is_off_until_a_node_selector_names_the_nodes():
+    (container,) = reclaimer_objects(values=(), sets=("reclaimer.enabled=true",))["Deployment"][0]["spec"][
+        "template"]["spec"]["containers"]
+    assert not [a for a in container["args"] if a.startswith("--readiness-")]
+    objects = reclaimer_objects()
+    (container,) = objects["Deployment"][0]["spec"]["template"]["spec"]["containers"]
+    assert [a for a in container["args"] if a.startswith("--readiness-")] == [
+        "--readiness-node-label=example.com/multus=true", "--readiness-device-index=1",
+        "--readiness-device-index=2", "--readiness-interval=1m"]
+    (cluster_role,) = objects["ClusterRole"]
+    assert {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]} in cluster_role["rules"]
 
 
 def test_reclaimer_deployment_is_restricted_probed_and_told_who_it_is():

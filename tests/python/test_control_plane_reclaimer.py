@@ -26,6 +26,8 @@ RECLAIMER_BIN = TARGET / "debug" / "ipmgmt-reclaimer"
 IPPOOL_CRD = tool("whereabouts").parent.parent / "manifests.yaml"
 # Multus's, with the NetworkAttachmentDefinition CRD the guard watches.
 NAD_CRD = tool("multus").parent.parent / "manifests.yaml"
+# Nodes that should carry a Multus ENI at device index 1 (the chart's default).
+READY_LABEL = ("example.com/multus-eni", "expected")
 # The range the guard's scene ends with, under an explicit reservation in eth1's subnet.
 RESERVED = "10.0.4.192/26"
 POLICY = ROOT / "deploy" / "reclaimer-iam-policy.json"
@@ -114,7 +116,11 @@ def cluster(tmp_path_factory):
     reclaimer = None
     try:
         cp = start(tmp, "own-certificate",
-                   sets=["reclaimer.enabled=true", "reclaimer.grace=2s", "reclaimer.interval=1s"])
+                   sets=["reclaimer.enabled=true", "reclaimer.grace=2s", "reclaimer.interval=1s",
+                         # Node readiness for the nodes labelled so (only the readiness
+                         # scene adds one), checked every 2 s.
+                         f"reclaimer.readiness.nodeSelector.{READY_LABEL[0].replace('.', chr(92) + '.')}={READY_LABEL[1]}",
+                         "reclaimer.readiness.interval=2s"])
         cp.kubectl("apply", "--server-side", "-f", IPPOOL_CRD)
         cp.kubectl("apply", "--server-side", "-f", NAD_CRD)
         cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/ippools.whereabouts.cni.cncf.io",
@@ -487,12 +493,18 @@ def test_the_guard_tells_on_a_nad_whose_range_does_not_fit_and_again_once_it_doe
     `kubectl describe` shows, naming the subnet and what to do, and a metric; fixed,
     it gets one Normal Event and the metric goes; a NAD in a namespace the webhook does
     not serve is not judged."""
-    cp, vpc, _ = cluster
-    reclaimer = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-guard")
+    cp, vpc, first = cluster
+    replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-guard")
     try:
-        guarded(cp, vpc, reclaimer)
+        # The module's replica may still lead (when this scene runs alone); the guard
+        # runs in whichever does, and so do its metrics.
+        names = ("reclaimer-on-this-machine", "reclaimer-guard")
+        (holder,) = cp.wait_for("a reclaimer leading", lambda: [
+            h for item in cp.get(f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases")["items"]
+            if (h := item["spec"].get("holderIdentity")) in names], timeout=60)
+        guarded(cp, vpc, replica if holder == "reclaimer-guard" else first)
     finally:
-        reclaimer.stop()
+        replica.stop()
 
 
 def guarded(cp, vpc, reclaimer):
@@ -507,6 +519,23 @@ def guarded(cp, vpc, reclaimer):
     assert "pick a range inside 10.0.4.0/24" in event["note"], event["note"]
     described = cp.kubectl("describe", "network-attachment-definitions", "-n", APPS, "outside").stdout
     assert "AddressRangeProblem" in described and "subnet-net1" in described, described
+
+    # The findings reach the webhook through the chart's ConfigMap (written with the
+    # chart's RBAC), and a pod that asks for the NAD is admitted with a warning that
+    # kubectl prints; a pod asking for another network gets none.
+    published = cp.wait_for("the findings in the guard's ConfigMap", lambda: (
+        (text := cp.webhook.project_guard(cp)) and f"{APPS}/outside" in text and text), timeout=30)
+    assert "kube-system/outside" not in published
+    pod = multus_pod("asks-for-outside")
+    pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] = "outside"
+    warned = cp.wait_for("kubectl's warning about the NAD", lambda: (
+        "has 1 address-range finding" in (p := cp.kubectl("create", "--dry-run=server", "-f", "-",
+                                                          input=json.dumps(pod))).stderr and p), timeout=30)
+    assert (f"Warning: NetworkAttachmentDefinition {APPS}/outside has 1 address-range finding: "
+            f"kubectl describe network-attachment-definitions -n {APPS} outside") in warned.stderr, warned.stderr
+    assert "created (server dry run)" in warned.stdout, warned.stdout
+    quiet = cp.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(multus_pod("asks-for-net1")))
+    assert "address-range" not in quiet.stderr, quiet.stderr
     series = f'ipmgmt_reclaimer_guard_findings{{namespace="{APPS}",name="outside"}}'
     assert reclaimer.metric(series) >= 1
     assert not [e for e in cp.get("/apis/events.k8s.io/v1/namespaces/kube-system/events")["items"]
@@ -526,7 +555,83 @@ def guarded(cp, vpc, reclaimer):
     (ok,) = cp.wait_for("an AddressRangeOk Event", lambda: nad_events(cp, "outside", "AddressRangeOk"), timeout=60)
     assert ok["type"] == "Normal"
     assert reclaimer.metric(series) == 0
+    assert cp.webhook.project_guard(cp) == "{}"
+    cp.wait_for("the pod admitted without the warning", lambda: "address-range" not in cp.kubectl(
+        "create", "--dry-run=server", "-f", "-", input=json.dumps(pod)).stderr, timeout=30)
     guard_calls = [e["action"] for e in vpc.log() if e["action"] in ("DescribeSubnets", "GetSubnetCidrReservations")]
     assert guard_calls and not [e for e in vpc.log() if e.get("code") == "UnauthorizedOperation"
                                 and e["action"] in ("DescribeSubnets", "GetSubnetCidrReservations")], \
         "the reclaimer's policy allows the guard's calls"
+
+
+def test_a_node_without_its_multus_eni_is_tainted_until_it_has_one(cluster, tmp_path):
+    """Node readiness, with the chart's flags and RBAC: a node that should carry a
+    Multus ENI and has none keeps the NoSchedule taint, so the scheduler places no
+    ordinary pod there (a pod that tolerates everything, as Multus's DaemonSet does,
+    still lands); the ENI attached and tagged, the taint goes and the waiting pod is
+    scheduled; the ENI detached, the taint is back. Each change is an Event."""
+    cp, vpc, _ = cluster
+    # A replica of its own with the chart's flags: earlier scenes may have stopped the
+    # module's. Whichever replica leads runs the loop.
+    replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-readiness")
+    node = Node(2)
+    cp.add_node(node.name, node.provider_id, labels=dict([READY_LABEL]))
+    pending = restricted_pod("wants-node-2")
+    pending["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node.name}
+    tolerant = restricted_pod("tolerates-all")
+    tolerant["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node.name}
+    tolerant["spec"]["tolerations"] = [{"operator": "Exists"}]
+
+    def taints():
+        return [t for t in cp.get(f"/api/v1/nodes/{node.name}")["spec"].get("taints", [])
+                if t["key"] == "ipmgmt.aws/multus-eni-missing"]
+
+    def node_events(reason):
+        return [e for e in cp.get("/apis/events.k8s.io/v1/namespaces/default/events")["items"]
+                if e["regarding"].get("name") == node.name and e["reason"] == reason]
+
+    try:
+        (taint,) = cp.wait_for("the Multus-ENI taint on the new node", taints, timeout=30)
+        assert taint["effect"] == "NoSchedule"
+        # (add_node clears the taints the apiserver puts on a new Node, so the taint
+        # may be written twice.)
+        event = cp.wait_for("a MultusEniMissing Event", lambda: node_events("MultusEniMissing"), timeout=30)[0]
+        assert event["type"] == "Warning"
+        assert event["note"].startswith("no Multus ENI at device index 1 (attached to the node's instance and "
+                                        "tagged node.k8s.amazonaws.com/no_manage=true)"), event["note"]
+        for pod in (pending, tolerant):
+            cp.create(f"/api/v1/namespaces/{APPS}/pods", pod)
+        cp.wait_for("the tolerant pod bound to the node", lambda: cp.get(
+            f"/api/v1/namespaces/{APPS}/pods/tolerates-all")["spec"].get("nodeName") == node.name, timeout=30)
+        (condition,) = cp.wait_for("the other pod unschedulable", lambda: [
+            c for c in cp.get(f"/api/v1/namespaces/{APPS}/pods/wants-node-2").get("status", {}).get("conditions", [])
+            if c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"], timeout=30)
+        assert "1 node(s) had untolerated taint" in condition["message"], condition["message"]
+
+        # Someone attaches and tags the ENI.
+        world = vpc.world()
+        world["instances"].append({"id": node.instance_id, "instance_type": "m5.large",
+                                   "private_dns_name": node.name})
+        eni = node.enis[1]
+        world["enis"].append({"id": eni.id, "instance_id": node.instance_id, "device_index": 1, "mac": eni.mac,
+                              "subnet_id": eni.subnet, "ipv4": ["10.0.4.20"], "ipv6": [],
+                              "tags": [["node.k8s.amazonaws.com/no_manage", "true"]]})
+        vpc.set_world(world)
+        cp.wait_for("the taint gone", lambda: not taints(), timeout=30)
+        (ready,) = cp.wait_for("a MultusEnisReady Event", lambda: node_events("MultusEnisReady"), timeout=30)
+        assert ready["type"] == "Normal"
+        cp.wait_for("the waiting pod scheduled", lambda: cp.get(
+            f"/api/v1/namespaces/{APPS}/pods/wants-node-2")["spec"].get("nodeName") == node.name, timeout=60)
+
+        # Detached again: the taint is back, with a new Event.
+        missing_before = len(node_events("MultusEniMissing"))
+        world["enis"] = [e for e in world["enis"] if e["id"] != eni.id]
+        vpc.set_world(world)
+        cp.wait_for("the taint back", taints, timeout=30)
+        cp.wait_for("a new MultusEniMissing Event", lambda: len(node_events("MultusEniMissing")) > missing_before,
+                    timeout=30)
+    finally:
+        replica.stop()
+        for name in ("wants-node-2", "tolerates-all"):
+            cp.request("DELETE", f"/api/v1/namespaces/{APPS}/pods/{name}", {"gracePeriodSeconds": 0}, raw=True)
+        cp.request("DELETE", f"/api/v1/nodes/{node.name}", raw=True)

@@ -9,6 +9,7 @@ pub mod config;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod guard;
 pub mod inject;
 pub mod json;
 pub mod patch;
@@ -69,6 +70,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         self_signed: _,
         self_signed_names,
         tls_reload_seconds,
+        guard_findings,
+        guard_deny,
         shutdown_delay_seconds,
         drain_timeout_seconds,
         header_read_timeout_seconds,
@@ -121,8 +124,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Duration::from_secs(body_read_timeout_seconds),
         body_metrics,
     );
+    let guard = Arc::new(match guard_findings {
+        Some(path) => guard::Findings::from_file(path, guard_deny),
+        None => guard::Findings::none(),
+    });
+    if guard.reloads() {
+        let every = Duration::from_secs(tls_reload_seconds);
+        tokio::spawn(guard::watch(guard.clone(), every));
+    }
     let app = Arc::new(App {
-        injector: Injector::new(config),
+        injector: Injector::new(config).with_guard(guard),
         metrics: review_metrics,
         bodies,
     });

@@ -22,6 +22,9 @@ use serde::de::IntoDeserializer;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 
+use ipmgmt_common::annotations::MULTUS_NETWORKS;
+
+use crate::guard::Judged;
 use crate::inject::{Decision, Injector, Mode, Pod, Skip};
 use crate::json::{self, Reader};
 #[cfg(any(test, feature = "fuzzing", feature = "sonic"))]
@@ -191,8 +194,20 @@ fn answer(review: ReviewIn<'_>, injector: &Injector) -> Result<Answer, BadReview
                 Decision::Inject {
                     mode,
                     patch,
-                    warnings,
+                    mut warnings,
                 } => {
+                    let networks = (pod.metadata.annotations.as_ref())
+                        .and_then(|a| a.get(MULTUS_NETWORKS))
+                        .map(|n| n.as_ref());
+                    let namespace = request.namespace.as_deref().unwrap_or_default();
+                    match injector.guard().judge(namespace, networks) {
+                        Judged::Deny(message) => {
+                            response.deny(403, "Forbidden", &message);
+                            return Ok(finish(subject, Outcome::Denied, response, Some(message)));
+                        }
+                        Judged::Warn(more) => warnings.extend(more),
+                        Judged::Clean => {}
+                    }
                     response.patch = Some(patch.to_bytes());
                     response.patch_type = Some("JSONPatch");
                     response.warnings = warnings;
@@ -217,13 +232,21 @@ fn answer(review: ReviewIn<'_>, injector: &Injector) -> Result<Answer, BadReview
         // Only pod CREATE is registered; anything else passes untouched.
         _ => (Outcome::Skipped, None),
     };
-    let body = response.to_review();
-    Ok(Answer {
+    Ok(finish(subject, outcome, response, message))
+}
+
+fn finish(
+    subject: Subject,
+    outcome: Outcome,
+    response: Response<'_>,
+    message: Option<String>,
+) -> Answer {
+    Answer {
         subject,
         outcome,
-        body,
+        body: response.to_review(),
         message,
-    })
+    }
 }
 
 fn subject(request: &RequestIn<'_>) -> Subject {

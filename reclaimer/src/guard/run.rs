@@ -7,7 +7,11 @@
 //!   with every finding, `AddressRangeOk` (Normal) once a NAD that had findings has
 //!   none; `kubectl describe network-attachment-definition` shows them;
 //! - a log line per finding at each change;
-//! - `ipmgmt_reclaimer_guard_findings{namespace,name}`, each NAD's number of findings.
+//! - `ipmgmt_reclaimer_guard_findings{namespace,name}`, each NAD's number of findings;
+//! - with `--guard-configmap`, every NAD's findings as JSON (`findings.json`: `{"ns/name":
+//!   [lines]}`, NADs without findings absent) in a ConfigMap of the controller's
+//!   namespace, which the chart mounts into the webhook's pods so that it can warn
+//!   about (or deny) pods that ask for a NAD with findings.
 //!
 //! `Reports` (pure) decides what changed; a replica that starts leading reports every
 //! NAD with findings once, since the Events of the replica before may have expired.
@@ -15,7 +19,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -34,7 +40,12 @@ pub struct Settings {
     pub interval: Duration,
     /// Interface names that are not `ethN`, by device index (`ens6` → 1).
     pub masters: BTreeMap<String, i32>,
+    /// The ConfigMap the findings are published in, and its name.
+    pub publish: Option<(Api<ConfigMap>, String)>,
 }
+
+/// The key of the published findings in the ConfigMap, the file name the webhook reads.
+pub const FINDINGS_KEY: &str = "findings.json";
 
 /// What to tell users about one NAD.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +105,8 @@ pub struct Guard<E> {
     reports: Reports,
     /// The NADs whose findings series is set, as (namespace, name).
     metered: BTreeSet<(String, String)>,
+    /// What the ConfigMap holds, as last written by this replica while leading.
+    published: Option<String>,
 }
 
 impl<E: Ec2> Guard<E> {
@@ -106,6 +119,7 @@ impl<E: Ec2> Guard<E> {
             settings,
             reports: Reports::default(),
             metered: BTreeSet::new(),
+            published: None,
         }
     }
 
@@ -117,6 +131,7 @@ impl<E: Ec2> Guard<E> {
                 return;
             }
             self.reports.start_over();
+            self.published = None;
             let mut tick = tokio::time::interval(self.settings.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -171,12 +186,37 @@ impl<E: Ec2> Guard<E> {
             self.metrics.guard_findings(namespace, name, 0);
         }
         self.metered = metered;
+        self.publish(&findings).await;
         let present: BTreeSet<String> = nads.iter().map(|n| n.name.clone()).collect();
         for (name, report) in self.reports.update(&findings, &present) {
             let Some(object) = objects.iter().find(|o| key(o) == name) else {
                 continue;
             };
             self.tell(object, &report).await;
+        }
+    }
+
+    /// The findings into the ConfigMap, when they differ from what this replica last
+    /// wrote there (server-side apply: the controller owns `data`).
+    async fn publish(&mut self, findings: &BTreeMap<String, Vec<String>>) {
+        let Some((api, name)) = &self.settings.publish else {
+            return;
+        };
+        let json = serde_json::to_string(findings).unwrap_or_else(|_| "{}".into());
+        if self.published.as_deref() == Some(json.as_str()) {
+            return;
+        }
+        let config_map = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name},
+            "data": {FINDINGS_KEY: json},
+        });
+        let params = PatchParams::apply(crate::CONTROLLER).force();
+        match api.patch(name, &params, &Patch::Apply(&config_map)).await {
+            Ok(_) => self.published = Some(json),
+            Err(e) => warn!(configmap = %name, error = %e,
+                "could not publish the guard's findings for the webhook; the next pass tries again"),
         }
     }
 

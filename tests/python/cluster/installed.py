@@ -41,11 +41,17 @@ class HostWebhook:
         tls.mkdir()
         (tls / "tls.crt").write_bytes(cert_pem)
         (tls / "tls.key").write_bytes(key_pem)
+        # The guard's ConfigMap volume, as kubelet projects it (`project_guard`).
+        self.guard_dir = tmp / "webhook-guard"
+        self.guard_dir.mkdir()
+        self.guard_config_map = next((v["configMap"]["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]
+                                      if "configMap" in v), None)
         replaced = {
             "--listen": f"0.0.0.0:{self.port}",
             "--admin-listen": f"127.0.0.1:{self.admin_port}",
             "--tls-cert": str(tls / "tls.crt"),
             "--tls-key": str(tls / "tls.key"),
+            "--guard-findings": str(self.guard_dir / "findings.json"),
         }
         args = []
         for arg in container["args"]:
@@ -60,6 +66,25 @@ class HostWebhook:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise Fail(f"the webhook did not start: {self.log_path.read_text()[-2000:]}")
             time.sleep(0.1)
+
+    def project_guard(self, cp):
+        """What kubelet does for the chart's optional ConfigMap volume: each key of the
+        ConfigMap the guard writes as a file, none while it does not exist. Returns the
+        findings file's text, or None."""
+        path = f"/api/v1/namespaces/{NAMESPACE}/configmaps/{self.guard_config_map}"
+        r = cp.get(path, raw=True)
+        target = self.guard_dir / "findings.json"
+        if r.status_code == 404:
+            target.unlink(missing_ok=True)
+            return None
+        text = r.json().get("data", {}).get("findings.json")
+        if text is None:
+            target.unlink(missing_ok=True)
+            return None
+        staged = self.guard_dir / ".findings.json.new"
+        staged.write_text(text)
+        staged.rename(target)
+        return text
 
     def reviews(self):
         """Reviews answered so far, by outcome, from the webhook's own metrics."""

@@ -100,6 +100,13 @@ class Vpc:
     def log(self):
         return self._get("/_fake/log")
 
+    def set_world(self, world):
+        """Replaces the account's resources, as a change made outside the callers (an
+        ENI attached by an operator, say)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/_fake/world", json.dumps(world).encode(),
+                                     method="PUT")
+        urllib.request.urlopen(req, timeout=10).close()
+
     def set_faults(self, **faults):
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}/_fake/faults", json.dumps(faults).encode(),
                                      method="PUT")

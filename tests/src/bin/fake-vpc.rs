@@ -4,6 +4,8 @@
 //! play the rest of the account and read the outcome:
 //!
 //!   GET  /_fake/world    the account's resources, as a describe would show them now
+//!   PUT  /_fake/world    replace them, as a change made outside the test's callers
+//!                        (an ENI attached by an operator, say)
 //!   GET  /_fake/log      every EC2 request so far (action, status, error code, ENI)
 //!   PUT  /_fake/faults   the faults to inject from now on (JSON `Faults`)
 //!
@@ -55,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
         fake.set_policy(Some(Policy::parse(&policy)));
     }
     let control = Router::new()
-        .route("/_fake/world", get(world_now))
+        .route("/_fake/world", get(world_now).put(set_world))
         .route("/_fake/log", get(log))
         .route("/_fake/faults", put(set_faults))
         .with_state(fake.clone());
@@ -70,6 +72,16 @@ async fn main() -> anyhow::Result<()> {
 
 async fn world_now(State(fake): State<FakeEc2>) -> Response {
     json(&fake.world())
+}
+
+async fn set_world(State(fake): State<FakeEc2>, body: Bytes) -> Response {
+    match serde_json::from_slice::<World>(&body) {
+        Ok(world) => {
+            fake.set_world(world);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("not a world: {e}\n")).into_response(),
+    }
 }
 
 async fn log(State(fake): State<FakeEc2>) -> Response {

@@ -66,6 +66,17 @@ pub struct Args {
     #[arg(long, env = "IPMGMT_TLS_RELOAD_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub tls_reload_seconds: u64,
 
+    /// The address-range guard's findings (`findings.json` of the controller's
+    /// ConfigMap, mounted by the chart), re-read every --tls-reload-seconds: a pod
+    /// that asks for a NetworkAttachmentDefinition with findings is admitted with a
+    /// warning. Unset: no such check.
+    #[arg(long, env = "IPMGMT_GUARD_FINDINGS", value_name = "PATH")]
+    pub guard_findings: Option<PathBuf>,
+
+    /// Deny those pods instead, with every finding in the message.
+    #[arg(long, env = "IPMGMT_GUARD_DENY", requires = "guard_findings")]
+    pub guard_deny: bool,
+
     /// After SIGTERM, keep serving (unready) this long so endpoints drop this pod first.
     #[arg(long, env = "IPMGMT_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
     pub shutdown_delay_seconds: u64,

@@ -23,7 +23,9 @@ mod resources;
 mod tests;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use crate::guard::Findings;
 use crate::patch::{Json, Patch, Position};
 
 pub use mode::Mode;
@@ -111,6 +113,8 @@ pub struct Injector {
     irsa_volume: Json,
     ready_volume_name: String,
     ready_volume: Json,
+    /// The address-range guard's findings, read by `crate::review` for pods it injects.
+    guard: Arc<Findings>,
 }
 
 impl Injector {
@@ -131,7 +135,19 @@ impl Injector {
             ready_volume: Json::of(&render::ready_volume(&ready_volume_name)),
             ready_volume_name,
             cfg,
+            guard: Arc::new(Findings::none()),
         }
+    }
+
+    /// The injector with the guard's findings: pods that ask for a NAD with findings
+    /// are warned or denied.
+    pub fn with_guard(mut self, guard: Arc<Findings>) -> Self {
+        self.guard = guard;
+        self
+    }
+
+    pub fn guard(&self) -> &Findings {
+        &self.guard
     }
 
     pub fn decide(&self, pod: &Pod<'_>) -> Decision {

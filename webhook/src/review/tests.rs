@@ -392,3 +392,57 @@ fn create_without_object_is_an_error_answer() {
     assert_eq!(answer.outcome, Outcome::Error);
     assert_eq!(response(&answer)["allowed"], false);
 }
+
+#[test]
+fn a_pod_asking_for_a_nad_the_guard_found_problems_with_is_warned_or_denied() {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use crate::guard::Findings;
+
+    let found = |deny| {
+        Arc::new(Findings::fixed(
+            HashMap::from([(
+                "telco/ipvlan-net1".to_owned(),
+                vec!["range 10.0.6.1-10.0.6.254 is not inside subnet-a".to_owned()],
+            )]),
+            deny,
+        ))
+    };
+    let pod = |networks: &str| {
+        review_of(json!({
+            "metadata": {"generateName": "upf-", "namespace": "telco", "annotations": {
+                "ipmgmt.aws/mode": "init", "k8s.v1.cni.cncf.io/networks": networks}},
+            "spec": {"containers": [{"name": "app", "image": "app"}]},
+        }))
+    };
+    let warned = review(&pod("ipvlan-net1"), &cfg().with_guard(found(false))).unwrap();
+    assert!(matches!(warned.outcome, Outcome::Injected(_)));
+    let r = response(&warned);
+    assert_eq!(r["allowed"], true);
+    assert!(r["patch"].is_string(), "injected as ever");
+    let warnings: Vec<&str> = (r["warnings"].as_array().unwrap().iter())
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.starts_with(
+            "NetworkAttachmentDefinition telco/ipvlan-net1 has 1 address-range finding"
+        )),
+        "{warnings:?}"
+    );
+    // Another NAD: nothing to say.
+    let clean = review(&pod("ipvlan-net2"), &cfg().with_guard(found(false))).unwrap();
+    assert!(response(&clean).get("warnings").is_none());
+
+    let denied = review(&pod("ipvlan-net1"), &cfg().with_guard(found(true))).unwrap();
+    assert_eq!(denied.outcome, Outcome::Denied);
+    let r = response(&denied);
+    assert_eq!(r["allowed"], false);
+    assert_eq!(r["status"]["code"], 403);
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("telco/ipvlan-net1: range 10.0.6.1-10.0.6.254 is not inside subnet-a"),
+        "{message}"
+    );
+    assert!(r.get("patch").is_none());
+}

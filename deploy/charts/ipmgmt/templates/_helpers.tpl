@@ -144,3 +144,13 @@ has(object.metadata.annotations) && 'ipmgmt.aws/mode' in object.metadata.annotat
 - {{ . | quote }}
 {{- end }}
 {{- end -}}
+
+{{/*
+The ConfigMap in which the controller's address-range guard publishes its findings
+for the webhook; empty when the guard does not run.
+*/}}
+{{- define "ipmgmt.guardConfigMap" -}}
+{{- if and .Values.reclaimer.enabled .Values.reclaimer.guard.enabled -}}
+{{- printf "%s-guard" (include "ipmgmt.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
