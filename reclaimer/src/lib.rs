@@ -1,7 +1,7 @@
 //! ipmgmt-reclaimer: the project's controller. Two loops run in it while its replica
 //! holds the leader Lease (`leader`), over one view of the cluster (`view`):
 //!
-//! - **Reclaim**: gives back the Multus ENI addresses of pods that are gone. Sidecars
+//! - **Reclaim** (`reclaim`): gives back the Multus ENI addresses of pods that are gone. Sidecars
 //!   release their pod's addresses when they stop; nothing does for an init-mode pod,
 //!   a killed sidecar, a dead node or a force-deleted pod, and each such address keeps
 //!   one of the ENI's few slots. The Kubernetes API says which pods are live, what
@@ -16,7 +16,6 @@
 //!   from other NADs') and puts an Event on each NAD whose findings change.
 
 pub mod admin;
-pub mod claims;
 pub mod config;
 pub mod ec2;
 pub mod events;
@@ -24,10 +23,8 @@ pub mod guard;
 pub mod leader;
 pub mod metrics;
 pub mod readiness;
-pub mod run;
-pub mod sweep;
+pub mod reclaim;
 pub mod view;
-pub mod whereabouts;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,7 +40,7 @@ use crate::config::Args;
 use crate::ec2::Ec2;
 use crate::leader::Election;
 use crate::metrics::Metrics;
-use crate::run::{Settings, Sweeper};
+use crate::reclaim::run::{Settings, Sweeper};
 use crate::view::{Scope, View};
 
 /// The name Events are reported under.
@@ -87,7 +84,7 @@ pub async fn run<E: Ec2 + Clone>(
         namespaces = args.namespace_selector.as_deref().unwrap_or("all"), whereabouts = scope.whereabouts,
         guard = guarding, "started");
 
-    let (leading_tx, mut leading) = watch::channel(false);
+    let (leading_tx, leading) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let election = Election {
         api: Api::<Lease>::namespaced(kube.clone(), &args.namespace),
@@ -136,7 +133,7 @@ pub async fn run<E: Ec2 + Clone>(
     let guard_leading = leading.clone();
     let readiness_leading = leading.clone();
     let events = events::Events::new(kube.clone(), CONTROLLER, &args.identity);
-    let mut sweeper = Sweeper::new(
+    let sweeper = Sweeper::new(
         ec2,
         view.clone(),
         kube,
@@ -153,23 +150,18 @@ pub async fn run<E: Ec2 + Clone>(
         leading.clone(),
     );
 
-    let reclaim = async {
-        loop {
-            metrics.set_leader(false);
-            let _ = leading.wait_for(|l| *l).await;
-            metrics.set_leader(true);
-            sweeper.start_over();
-            let mut tick = tokio::time::interval(args.interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let interval = args.interval;
+    let reclaim = sweeper.run(leading.clone(), interval);
+    // The leader metric follows the election, whichever loops run.
+    let leader_metric = {
+        let metrics = metrics.clone();
+        let mut leading = leading.clone();
+        async move {
             loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = leading.wait_for(|l| !*l) => break,
+                metrics.set_leader(*leading.borrow_and_update());
+                if leading.changed().await.is_err() {
+                    return;
                 }
-                if !*leading.borrow() {
-                    break;
-                }
-                sweeper.sweep().await;
             }
         }
     };
@@ -186,7 +178,7 @@ pub async fn run<E: Ec2 + Clone>(
                 readiness.run(readiness_leading).await;
             }
         };
-        tokio::join!(reclaim, guarding, readying);
+        tokio::join!(reclaim, guarding, readying, leader_metric);
     };
     tokio::select! {
         () = work => {}

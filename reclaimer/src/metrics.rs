@@ -20,7 +20,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::sweep::Verdict;
+use crate::reclaim::sweep::Verdict;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SweepResult {

@@ -33,10 +33,10 @@ use kube::{Api, Client};
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
-use crate::claims::{Evidence, claim_of, handed_out};
 use crate::metrics::{Metrics, Resource};
-use crate::sweep::Cluster;
-use crate::whereabouts;
+use crate::reclaim::claims::{Evidence, claim_of, handed_out};
+use crate::reclaim::sweep::Cluster;
+use crate::reclaim::whereabouts;
 
 /// What the view watches, besides pods and nodes.
 #[derive(Clone, Debug, Default)]

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use kube::api::{ApiResource, GroupVersionKind};
 use serde_json::Value;
 
-use crate::claims::Evidence;
+use crate::reclaim::claims::Evidence;
 
 pub fn ip_pool_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(

@@ -1,6 +1,6 @@
 //! A sweep, with its I/O: read the view, describe the Multus ENIs, decide
 //! (`sweep::decide`), release, and say so in a log line, an Event on the node and a
-//! metric.
+//! metric; and the loop that sweeps while this replica leads.
 //!
 //! A release must never leave an address unassigned that a live pod claims. Between
 //! the decision and the call, a pod scheduled to the node can be handed exactly that
@@ -28,11 +28,11 @@ use kube::api::ListParams;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::claims::claim_of;
 use crate::ec2::Ec2;
 use crate::events::Events;
 use crate::metrics::{Metrics, ReleaseResult, SweepResult};
-use crate::sweep::{Held, Release, Suspects, decide};
+use crate::reclaim::claims::claim_of;
+use crate::reclaim::sweep::{Held, Release, Suspects, decide};
 use crate::view::View;
 use ipmgmt_common::aws::Ec2Error;
 
@@ -107,6 +107,30 @@ impl<E: Ec2> Sweeper<E> {
 
     /// Called when this replica starts leading: what an earlier leadership saw
     /// is not trusted.
+    /// Sweeps every `interval` while `leading` says this replica leads, each time it
+    /// starts leading with every grace period started again; returns when the
+    /// election ends.
+    pub async fn run(mut self, mut leading: watch::Receiver<bool>, interval: Duration) {
+        loop {
+            if leading.wait_for(|l| *l).await.is_err() {
+                return;
+            }
+            self.start_over();
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = leading.wait_for(|l| !*l) => break,
+                }
+                if !*leading.borrow() {
+                    break;
+                }
+                self.sweep().await;
+            }
+        }
+    }
+
     pub fn start_over(&mut self) {
         self.suspects.restart();
         self.errors_seen = self.view.errors();

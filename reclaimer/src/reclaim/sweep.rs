@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::claims::Evidence;
+use crate::reclaim::claims::Evidence;
 
 /// A secondary address on a Multus ENI of a cluster node, as EC2 reports it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
