@@ -107,16 +107,17 @@ impl Findings {
         }
     }
 
-    /// The pod's NADs (`k8s.v1.cni.cncf.io/networks`, in `namespace` unless named
-    /// with theirs) that have findings: a warning each, or one denial.
-    pub fn judge(&self, namespace: &str, networks: Option<&str>) -> Judged {
-        let Some(networks) = networks else {
-            return Judged::Clean;
-        };
+    /// The pod's NADs (`k8s.v1.cni.cncf.io/networks`, read by `networks` only when
+    /// some NAD has findings; in `namespace` unless named with theirs) that have
+    /// findings: a warning each, or one denial.
+    pub fn judge<'a>(&self, namespace: &str, networks: impl FnOnce() -> Option<&'a str>) -> Judged {
         let current = self.current.load();
         if current.is_empty() {
             return Judged::Clean;
         }
+        let Some(networks) = networks() else {
+            return Judged::Clean;
+        };
         let found: Vec<(String, &Vec<String>)> = requested(networks, namespace)
             .into_iter()
             .filter_map(|nad| current.get(&nad).map(|lines| (nad, lines)))
@@ -242,11 +243,11 @@ mod tests {
     #[test]
     fn a_pod_asking_for_a_nad_with_findings_is_warned_or_denied() {
         let warn = findings(false);
-        assert_eq!(warn.judge("telco", None), Judged::Clean);
-        assert_eq!(warn.judge("telco", Some("other-net")), Judged::Clean);
+        assert_eq!(warn.judge("telco", || None), Judged::Clean);
+        assert_eq!(warn.judge("telco", || Some("other-net")), Judged::Clean);
         // The same name in another namespace is another NAD.
-        assert_eq!(warn.judge("edge", Some("ipvlan-net1")), Judged::Clean);
-        let Judged::Warn(lines) = warn.judge("telco", Some("ipvlan-net1@net1")) else {
+        assert_eq!(warn.judge("edge", || Some("ipvlan-net1")), Judged::Clean);
+        let Judged::Warn(lines) = warn.judge("telco", || Some("ipvlan-net1@net1")) else {
             panic!("a warning");
         };
         assert_eq!(
@@ -256,7 +257,8 @@ mod tests {
               kubectl describe network-attachment-definitions -n telco ipvlan-net1"
             ]
         );
-        let Judged::Deny(message) = findings(true).judge("edge", Some("telco/ipvlan-net1")) else {
+        let Judged::Deny(message) = findings(true).judge("edge", || Some("telco/ipvlan-net1"))
+        else {
             panic!("a denial");
         };
         assert!(
@@ -280,23 +282,23 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         // No file yet: no findings.
         let findings = Findings::from_file(path.clone(), false);
-        assert_eq!(findings.judge("telco", Some("a")), Judged::Clean);
+        assert_eq!(findings.judge("telco", || Some("a")), Judged::Clean);
         std::fs::write(&path, r#"{"telco/a":["outside"]}"#).unwrap();
         assert_eq!(findings.reload(), Some(1));
         assert_eq!(findings.reload(), None, "unchanged");
         assert!(matches!(
-            findings.judge("telco", Some("a")),
+            findings.judge("telco", || Some("a")),
             Judged::Warn(_)
         ));
         std::fs::write(&path, "not json").unwrap();
         assert_eq!(findings.reload(), None);
         assert!(
-            matches!(findings.judge("telco", Some("a")), Judged::Warn(_)),
+            matches!(findings.judge("telco", || Some("a")), Judged::Warn(_)),
             "kept"
         );
         std::fs::write(&path, "{}").unwrap();
         assert_eq!(findings.reload(), Some(0));
-        assert_eq!(findings.judge("telco", Some("a")), Judged::Clean);
+        assert_eq!(findings.judge("telco", || Some("a")), Judged::Clean);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -196,9 +196,11 @@ fn answer(review: ReviewIn<'_>, injector: &Injector) -> Result<Answer, BadReview
                     patch,
                     mut warnings,
                 } => {
-                    let networks = (pod.metadata.annotations.as_ref())
-                        .and_then(|a| a.get(MULTUS_NETWORKS))
-                        .map(|n| n.as_ref());
+                    let networks = || {
+                        (pod.metadata.annotations.as_ref())
+                            .and_then(|a| a.get(MULTUS_NETWORKS))
+                            .map(|n| n.as_ref())
+                    };
                     let namespace = request.namespace.as_deref().unwrap_or_default();
                     match injector.guard().judge(namespace, networks) {
                         Judged::Deny(message) => {
