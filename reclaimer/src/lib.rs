@@ -16,6 +16,7 @@
 //!   from other NADs') and puts an Event on each NAD whose findings change.
 
 pub mod admin;
+pub mod check;
 pub mod config;
 pub mod ec2;
 pub mod events;

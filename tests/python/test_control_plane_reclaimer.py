@@ -635,3 +635,75 @@ def test_a_node_without_its_multus_eni_is_tainted_until_it_has_one(cluster, tmp_
         for name in ("wants-node-2", "tolerates-all"):
             cp.request("DELETE", f"/api/v1/namespaces/{APPS}/pods/{name}", {"gracePeriodSeconds": 0}, raw=True)
         cp.request("DELETE", f"/api/v1/nodes/{node.name}", raw=True)
+
+
+IPMGMT_BIN = TARGET / "debug" / "ipmgmt"
+
+
+def ipmgmt_check(cp, vpc, *args):
+    """`ipmgmt check` as a user runs it: their kubeconfig, their AWS credentials (the
+    fake EC2's, under the reclaimer's policy)."""
+    env = {"PATH": os.environ["PATH"], "KUBECONFIG": str(cp.kubeconfig), "AWS_REGION": "us-west-2",
+           "AWS_ENDPOINT_URL_EC2": f"http://127.0.0.1:{vpc.port}", "AWS_ACCESS_KEY_ID": "AKIACHECKTEST",
+           "AWS_SECRET_ACCESS_KEY": "check-secret", "AWS_EC2_METADATA_DISABLED": "true"}
+    return subprocess.run([str(IPMGMT_BIN), "check", f"--namespace={NAMESPACE}", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def failures(report):
+    return [c["what"] for s in report["sections"] for c in s["checks"] if c["status"] == "fail"]
+
+
+def test_ipmgmt_check_passes_a_healthy_install_and_names_each_broken_part(cluster, tmp_path):
+    """`ipmgmt check` against the chart on the real control plane: every check passes
+    (exit 0); then one thing broken at a time, it names exactly that (exit 1), as text
+    and as JSON."""
+    assert IPMGMT_BIN.exists(), f"{IPMGMT_BIN} is missing: build the workspace first (cargo build --workspace)"
+    cp, vpc, _ = cluster
+    cp.kubectl("delete", "network-attachment-definitions", "--all", "-n", APPS)
+    replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-checked")
+    policy_path = f"/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/{RELEASE}-require-manager"
+    policy = cp.get(policy_path)
+    try:
+        nad(cp, "checked", ipvlan_on_eth1({"type": "whereabouts", "range": RESERVED}))
+        # The controller leads (this replica or another) before the check.
+        cp.wait_for("a fresh Lease", lambda: "the controller leads" in ipmgmt_check(cp, vpc).stdout, timeout=60)
+        healthy = ipmgmt_check(cp, vpc)
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+        text = healthy.stdout
+        for line in ("✓ Multus: NetworkAttachmentDefinitions are served", "✓ whereabouts: IPPools are served",
+                     f"✓ the webhook: MutatingWebhookConfiguration {RELEASE} carries its CA bundle",
+                     "✓ the webhook injects: a dry-run pod in default got the IP manager (aws-ip-mgmt)",
+                     f"✓ the ValidatingAdmissionPolicy {RELEASE}-require-manager is in place",
+                     f"({NODE1.instance_id}): Multus ENIs at device index 1 ({ETH1.id}), device index 2 ({ETH2.id})",
+                     f"✓ {APPS}/checked", "all checks passed"):
+            assert line in text, text
+        assert "\x1b[" not in text, "no colour off a terminal"
+
+        # A NAD whose range leaves its subnet: the one failure names it.
+        nad(cp, "checked", ipvlan_on_eth1({"type": "whereabouts", "range": "10.0.6.0/24"}))
+        broken = ipmgmt_check(cp, vpc, "--output=json")
+        assert broken.returncode == 1, broken.stdout + broken.stderr
+        report = json.loads(broken.stdout)
+        assert report["ok"] is False
+        (failure,) = failures(report)
+        assert failure.startswith(f"{APPS}/checked: range 10.0.6.1-10.0.6.254 is not inside subnet-net1"), failure
+        nad(cp, "checked", ipvlan_on_eth1({"type": "whereabouts", "range": RESERVED}))
+
+        # The policy gone: the one failure names it, with what to do.
+        cp.request("DELETE", policy_path)
+        broken = ipmgmt_check(cp, vpc, "--output=json")
+        assert broken.returncode == 1
+        report = json.loads(broken.stdout)
+        assert failures(report) == [
+            f"no ValidatingAdmissionPolicy {RELEASE}-require-manager: a pod the webhook missed would run unrouted"]
+        (fix,) = [c["fix"] for s in report["sections"] for c in s["checks"] if c["status"] == "fail"]
+        assert "validatingAdmissionPolicy.enabled=true" in fix, fix
+    finally:
+        if cp.get(policy_path, raw=True).status_code == 404:
+            for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields", "generation"):
+                policy["metadata"].pop(key, None)
+            policy.pop("status", None)
+            cp.create("/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies", policy)
+        cp.kubectl("delete", "network-attachment-definitions", "checked", "-n", APPS, "--ignore-not-found")
+        replica.stop()

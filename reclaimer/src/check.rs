@@ -1,0 +1,541 @@
+//! `ipmgmt check`: what is wrong with an install, said the same way every time, one
+//! line per check and one line of what to do per failure. It reads the cluster with
+//! the user's kubeconfig and EC2 with their credentials, and writes nothing (the
+//! webhook is tried with a server-side dry run).
+//!
+//! The report is data (`Report`): the text form (✓/✗/–, colour only on a terminal)
+//! and the JSON form (`--output json`) are two renderings of it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingAdmissionPolicy,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DynamicObject, ListParams, PostParams};
+use kube::core::{Selector, SelectorExt};
+use kube::{Api, Client};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::ec2::Ec2;
+use crate::guard::{self, Nad, ipam};
+use crate::view::instance_id;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    /// Not applicable here (a component that is not installed, say); not a failure.
+    Skip,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub status: Status,
+    /// What was checked, and what was found.
+    pub what: String,
+    /// What to do, for a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Section {
+    pub name: String,
+    pub checks: Vec<Check>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub sections: Vec<Section>,
+}
+
+impl Section {
+    fn new(name: &str) -> Self {
+        Section {
+            name: name.to_owned(),
+            checks: Vec::new(),
+        }
+    }
+    fn pass(&mut self, what: impl Into<String>) {
+        self.checks.push(Check {
+            status: Status::Pass,
+            what: what.into(),
+            fix: None,
+        });
+    }
+    fn fail(&mut self, what: impl Into<String>, fix: impl Into<String>) {
+        self.checks.push(Check {
+            status: Status::Fail,
+            what: what.into(),
+            fix: Some(fix.into()),
+        });
+    }
+    fn skip(&mut self, what: impl Into<String>) {
+        self.checks.push(Check {
+            status: Status::Skip,
+            what: what.into(),
+            fix: None,
+        });
+    }
+}
+
+impl Report {
+    fn from(sections: Vec<Section>) -> Self {
+        let ok = (sections.iter())
+            .flat_map(|s| &s.checks)
+            .all(|c| c.status != Status::Fail);
+        Report { ok, sections }
+    }
+
+    /// The terminal form; `colour` only when writing to a terminal.
+    pub fn text(&self, colour: bool) -> String {
+        let paint = |code: &str, s: &str| match colour {
+            true => format!("\x1b[{code}m{s}\x1b[0m"),
+            false => s.to_owned(),
+        };
+        let mut out = String::new();
+        for section in &self.sections {
+            let _ = writeln!(out, "{}", section.name);
+            for check in &section.checks {
+                let mark = match check.status {
+                    Status::Pass => paint("32", "✓"),
+                    Status::Fail => paint("31", "✗"),
+                    Status::Skip => paint("2", "–"),
+                };
+                let _ = writeln!(out, "  {mark} {}", check.what);
+                if let Some(fix) = &check.fix {
+                    let _ = writeln!(out, "      → {fix}");
+                }
+            }
+            out.push('\n');
+        }
+        let failed = (self.sections.iter())
+            .flat_map(|s| &s.checks)
+            .filter(|c| c.status == Status::Fail)
+            .count();
+        let _ = match failed {
+            0 => writeln!(out, "{}", paint("32", "all checks passed")),
+            n => writeln!(
+                out,
+                "{}",
+                paint(
+                    "31",
+                    &format!("{n} check{} failed", if n == 1 { "" } else { "s" })
+                )
+            ),
+        };
+        out
+    }
+}
+
+/// Where the chart is installed, and what to judge with.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The release's full name (`helm install ipmgmt …` → `ipmgmt`).
+    pub name: String,
+    /// The release's namespace.
+    pub namespace: String,
+    /// Where the webhook is tried with a dry-run pod.
+    pub dry_run_namespace: String,
+    /// NAD masters that are not `ethN`.
+    pub masters: BTreeMap<String, i32>,
+}
+
+/// Every check, in order.
+pub async fn run<E: Ec2>(client: &Client, ec2: &E, options: &Options) -> Report {
+    let mut cluster = Section::new("Cluster");
+    let nads_served = served(client, &guard::nad_resource()).await;
+    match nads_served {
+        true => cluster.pass("Multus: NetworkAttachmentDefinitions are served"),
+        false => cluster.fail(
+            "Multus: NetworkAttachmentDefinitions are not served",
+            "install Multus (its CRD network-attachment-definitions.k8s.cni.cncf.io)",
+        ),
+    }
+    let whereabouts = served(client, &crate::reclaim::whereabouts::ip_pool_resource()).await;
+    match whereabouts {
+        true => cluster.pass("whereabouts: IPPools are served"),
+        false => cluster.skip(
+            "whereabouts: IPPools are not served (needed only by NADs with whereabouts IPAM)",
+        ),
+    }
+    let selector = webhook(client, options, &mut cluster).await;
+    injects(client, options, &mut cluster).await;
+    policy(client, options, &mut cluster).await;
+    controller(client, options, &mut cluster).await;
+
+    let mut nodes = Section::new("Nodes");
+    let instances = multus_nodes(client, ec2, &mut nodes).await;
+
+    let mut nads = Section::new("NetworkAttachmentDefinitions");
+    if nads_served {
+        judge_nads(
+            client,
+            ec2,
+            options,
+            selector.as_ref(),
+            &instances,
+            whereabouts,
+            &mut nads,
+        )
+        .await;
+    } else {
+        nads.skip("no NAD to judge: Multus is not installed");
+    }
+    Report::from(vec![cluster, nodes, nads])
+}
+
+async fn served(client: &Client, ar: &kube::api::ApiResource) -> bool {
+    match client.list_api_group_resources(&ar.api_version).await {
+        Ok(list) => list.resources.iter().any(|r| r.name == ar.plural),
+        Err(_) => false,
+    }
+}
+
+/// The MutatingWebhookConfiguration and its CA bundle; its namespaceSelector, which
+/// says which namespaces' NADs are in scope.
+async fn webhook(client: &Client, options: &Options, section: &mut Section) -> Option<Selector> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let config = match api.get_opt(&options.name).await {
+        Ok(Some(config)) => config,
+        Ok(None) => {
+            section.fail(
+                format!(
+                    "the webhook: no MutatingWebhookConfiguration {}",
+                    options.name
+                ),
+                format!(
+                    "helm install {} deploy/charts/ipmgmt -n {} (or pass --name)",
+                    options.name, options.namespace
+                ),
+            );
+            return None;
+        }
+        Err(e) => {
+            section.fail(
+                format!("the webhook: cannot read its configuration: {e}"),
+                "check your kubeconfig and RBAC",
+            );
+            return None;
+        }
+    };
+    let hooks = config.webhooks.unwrap_or_default();
+    let injected = hooks.iter().all(|w| {
+        w.client_config
+            .ca_bundle
+            .as_ref()
+            .is_some_and(|b| !b.0.is_empty())
+    });
+    match (hooks.is_empty(), injected) {
+        (false, true) => section.pass(format!(
+            "the webhook: MutatingWebhookConfiguration {} carries its CA bundle",
+            options.name
+        )),
+        _ => section.fail(
+            format!("the webhook: MutatingWebhookConfiguration {} has no CA bundle", options.name),
+            "cert-manager's cainjector fills it: check that cert-manager runs and the Certificate is Ready \
+             (kubectl -n NAMESPACE get certificate), or set tls.caBundle",
+        ),
+    }
+    let label_selector = hooks.first()?.namespace_selector.clone()?;
+    Selector::try_from(label_selector).ok()
+}
+
+/// A dry-run pod asking for ipmgmt: the apiserver runs the admission chain, and the
+/// answer shows the manager injected.
+async fn injects(client: &Client, options: &Options, section: &mut Section) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &options.dry_run_namespace);
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "ipmgmt-check-", "annotations": {ipmgmt_common::annotations::MODE: "init"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]},
+    }))
+    .expect("a pod");
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    match pods.create(&params, &pod).await {
+        Ok(pod) => {
+            let annotations = pod.metadata.annotations.unwrap_or_default();
+            let first = (pod.spec.as_ref())
+                .and_then(|s| s.init_containers.as_ref())
+                .and_then(|c| c.first())
+                .map(|c| c.name.clone());
+            match annotations.get(ipmgmt_common::annotations::INJECTED) {
+                Some(_) => section.pass(format!(
+                    "the webhook injects: a dry-run pod in {} got the IP manager ({})",
+                    options.dry_run_namespace,
+                    first.unwrap_or_default()
+                )),
+                None => section.fail(
+                    format!(
+                        "the webhook did not inject a dry-run pod in {} that asks for it",
+                        options.dry_run_namespace
+                    ),
+                    "the namespace may be outside the webhook's namespaceSelector (pass --dry-run-namespace), \
+                     or its failurePolicy is Ignore and no replica answers: kubectl -n NAMESPACE get pods",
+                ),
+            }
+        }
+        Err(kube::Error::Api(status)) => section.fail(
+            format!(
+                "the webhook: a dry-run pod in {} was refused: {}",
+                options.dry_run_namespace, status.message
+            ),
+            "read the message: a denial names what is wrong; 'failed calling webhook' means the API server \
+             cannot reach the webhook's Service",
+        ),
+        Err(e) => section.fail(format!("the webhook: the dry-run pod failed: {e}"), "check your kubeconfig"),
+    }
+}
+
+async fn policy(client: &Client, options: &Options, section: &mut Section) {
+    let name = format!("{}-require-manager", options.name);
+    let api: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    match api.get_opt(&name).await {
+        Ok(Some(_)) => section.pass(format!("the ValidatingAdmissionPolicy {name} is in place")),
+        Ok(None) => section.fail(
+            format!(
+                "no ValidatingAdmissionPolicy {name}: a pod the webhook missed would run unrouted"
+            ),
+            "helm upgrade with validatingAdmissionPolicy.enabled=true (Kubernetes 1.30 and later)",
+        ),
+        Err(e) => section.fail(
+            format!("cannot read ValidatingAdmissionPolicies: {e}"),
+            "check your RBAC",
+        ),
+    }
+}
+
+async fn controller(client: &Client, options: &Options, section: &mut Section) {
+    let name = format!("{}-reclaimer", options.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &options.namespace);
+    if let Ok(None) = deployments.get_opt(&name).await {
+        section.skip("the controller is not installed (reclaimer.enabled=false)");
+        return;
+    }
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &options.namespace);
+    let lease = match leases.get_opt(&name).await {
+        Ok(Some(lease)) => lease,
+        Ok(None) => {
+            section.fail(
+                format!("the controller has never led: no Lease {name}"),
+                format!("kubectl -n {} logs deploy/{name}", options.namespace),
+            );
+            return;
+        }
+        Err(e) => {
+            section.fail(
+                format!("cannot read the controller's Lease: {e}"),
+                "check your RBAC",
+            );
+            return;
+        }
+    };
+    let spec = lease.spec.unwrap_or_default();
+    let holder = spec.holder_identity.unwrap_or_default();
+    let fresh = match (spec.renew_time, spec.lease_duration_seconds) {
+        (Some(renewed), Some(seconds)) => {
+            let age = Timestamp::now().duration_since(renewed.0).as_secs();
+            (age <= i64::from(seconds)).then_some(age)
+        }
+        _ => None,
+    };
+    match (holder.is_empty(), fresh) {
+        (false, Some(age)) => section.pass(format!(
+            "the controller leads: {holder} holds {name}, renewed {age} s ago"
+        )),
+        _ => section.fail(
+            format!("no replica of the controller holds its Lease {name}"),
+            format!("kubectl -n {} logs deploy/{name}", options.namespace),
+        ),
+    }
+}
+
+/// Each node with an EC2 instance: its Multus ENIs. Returns the instances.
+async fn multus_nodes<E: Ec2>(client: &Client, ec2: &E, section: &mut Section) -> Vec<String> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let nodes = match nodes.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            section.fail(format!("cannot list nodes: {e}"), "check your RBAC");
+            return Vec::new();
+        }
+    };
+    let by_instance: BTreeMap<String, String> = (nodes.iter())
+        .filter_map(|n| {
+            let id = instance_id(n.spec.as_ref()?.provider_id.as_deref()?)?;
+            Some((id.to_owned(), n.metadata.name.clone()?))
+        })
+        .collect();
+    if by_instance.is_empty() {
+        section.skip("no node runs on an EC2 instance (spec.providerID aws:///…)");
+        return Vec::new();
+    }
+    let instances: Vec<String> = by_instance.keys().cloned().collect();
+    let enis = match ec2.multus_enis(&instances).await {
+        Ok(enis) => enis,
+        Err(e) => {
+            section.fail(
+                format!("cannot describe the nodes' ENIs: {e}"),
+                "allow ec2:DescribeNetworkInterfaces",
+            );
+            return instances;
+        }
+    };
+    for (instance, node) in &by_instance {
+        let mut on: Vec<(i32, &str)> = (enis.iter())
+            .filter(|e| &e.instance == instance)
+            .map(|e| (e.device_index, e.id.as_str()))
+            .collect();
+        on.sort();
+        match on.is_empty() {
+            true => section.fail(
+                format!("{node} ({instance}): no Multus ENI"),
+                "attach an ENI at device index 1 or more and tag it node.k8s.amazonaws.com/no_manage=true \
+                 (and the cluster tag, if ipmgmt is given one)",
+            ),
+            false => section.pass(format!(
+                "{node} ({instance}): Multus ENIs at {}",
+                on.iter()
+                    .map(|(i, id)| format!("device index {i} ({id})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+    instances
+}
+
+/// The NADs in the namespaces the webhook serves, judged by the guard.
+async fn judge_nads<E: Ec2>(
+    client: &Client,
+    ec2: &E,
+    options: &Options,
+    selector: Option<&Selector>,
+    instances: &[String],
+    whereabouts: bool,
+    section: &mut Section,
+) {
+    let served: Option<BTreeSet<String>> = match selector {
+        Some(selector) => {
+            let namespaces: Api<Namespace> = Api::all(client.clone());
+            match namespaces.list(&ListParams::default()).await {
+                Ok(list) => Some(
+                    (list.items.iter())
+                        .filter(|n| {
+                            selector.matches(&n.metadata.labels.clone().unwrap_or_default())
+                        })
+                        .filter_map(|n| n.metadata.name.clone())
+                        .collect(),
+                ),
+                Err(_) => None,
+            }
+        }
+        None => None,
+    };
+    let api = Api::<DynamicObject>::all_with(client.clone(), &guard::nad_resource());
+    let list = match api.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            section.fail(
+                format!("cannot list NetworkAttachmentDefinitions: {e}"),
+                "check your RBAC",
+            );
+            return;
+        }
+    };
+    let nads: Vec<Nad> = (list.iter())
+        .filter_map(|nad| {
+            let namespace = nad.metadata.namespace.clone()?;
+            let name = nad.metadata.name.clone()?;
+            let config = nad.data.get("spec")?.get("config")?.as_str()?;
+            let in_scope = served.as_ref().is_none_or(|s| s.contains(&namespace));
+            (in_scope && !config.trim().is_empty()).then(|| Nad {
+                name: format!("{namespace}/{name}"),
+                read: ipam::read(config),
+            })
+        })
+        .collect();
+    if nads.is_empty() {
+        section.skip("no NetworkAttachmentDefinition in the namespaces the webhook serves");
+        return;
+    }
+    let findings = match guard::pass(ec2, &nads, instances, &options.masters).await {
+        Ok(findings) => findings,
+        Err(e) => {
+            section.fail(
+                format!("cannot read the subnets the NADs ride on: {e}"),
+                "allow ec2:DescribeSubnets and ec2:GetSubnetCidrReservations",
+            );
+            return;
+        }
+    };
+    for nad in &nads {
+        let uses_whereabouts =
+            (nad.read.as_ref()).is_ok_and(|a| matches!(a.ipam, ipam::Ipam::Whereabouts { .. }));
+        if uses_whereabouts && !whereabouts {
+            section.fail(
+                format!(
+                    "{}: its IPAM is whereabouts, whose IPPools are not served",
+                    nad.name
+                ),
+                "install whereabouts (its CRDs and DaemonSet)",
+            );
+        }
+        match findings.get(&nad.name) {
+            None => section.pass(nad.name.clone()),
+            Some(lines) => {
+                for line in lines {
+                    section.fail(
+                        format!("{}: {line}", nad.name),
+                        "fix the NAD's IPAM range (the line says how)",
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_fails_only_on_a_failure_and_says_it_the_same_way_every_time() {
+        let mut cluster = Section::new("Cluster");
+        cluster.pass("Multus: NetworkAttachmentDefinitions are served");
+        cluster.skip("whereabouts: IPPools are not served");
+        let report = Report::from(vec![cluster.clone()]);
+        assert!(report.ok);
+        cluster.fail(
+            "no ValidatingAdmissionPolicy ipmgmt-require-manager",
+            "helm upgrade",
+        );
+        let report = Report::from(vec![cluster]);
+        assert!(!report.ok);
+        let text = report.text(false);
+        assert_eq!(
+            text,
+            "Cluster\n  ✓ Multus: NetworkAttachmentDefinitions are served\n  – whereabouts: IPPools are not served\n  \
+             ✗ no ValidatingAdmissionPolicy ipmgmt-require-manager\n      → helm upgrade\n\n1 check failed\n"
+        );
+        assert!(!text.contains('\x1b'), "no colour off a terminal");
+        assert!(report.text(true).contains("\x1b[31m✗"));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["ok"], false);
+        assert_eq!(json["sections"][0]["checks"][2]["status"], "fail");
+        assert_eq!(json["sections"][0]["checks"][2]["fix"], "helm upgrade");
+        assert!(json["sections"][0]["checks"][0].get("fix").is_none());
+    }
+}
