@@ -9,6 +9,8 @@
 //! API server and reports what changed in their findings.
 
 pub mod ipam;
+#[cfg(test)]
+mod properties;
 pub mod run;
 pub mod verdict;
 

@@ -124,12 +124,22 @@ fn label(pool: &Pool) -> String {
 
 /// One NAD's pools against its ENIs' subnet: each inside one of the subnet's CIDRs of
 /// its family, clear of the reserved addresses and of the ENIs' own, and covered by
-/// explicit reservations. A pool outside the subnet is only said to be outside.
+/// explicit reservations. A pool outside the subnet is only said to be outside; one
+/// whose exclusions leave nothing is not judged (it hands nothing out).
 pub fn check(attachment: &Attachment, subnet: &Subnet) -> Vec<Finding> {
     let mut findings = Vec::new();
     for pool in &attachment.pools {
+        // What the plugin hands out: the range less its exclusions. A range wider than
+        // the subnet whose outside part is excluded is inside.
+        let spans = pool.spans();
+        if spans.is_empty() {
+            continue;
+        }
         let within = (subnet.cidrs.iter()).find(|c| {
-            same_family(c.addr(), pool.first) && c.contains(&pool.first) && c.contains(&pool.last)
+            same_family(c.addr(), pool.first)
+                && spans.iter().all(|(lo, hi)| {
+                    c.contains(&from_num(pool.first, *lo)) && c.contains(&from_num(pool.first, *hi))
+                })
         });
         let Some(cidr) = within else {
             let family: Vec<String> = (subnet.cidrs.iter())
