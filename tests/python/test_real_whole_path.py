@@ -14,6 +14,7 @@ import json
 import pytest
 
 import cluster as k
+from cluster.installed import NAMESPACE, restricted_pod
 from cluster.real import RealCluster, init_failed, is_ready, network_status
 from deploy_harness import SAMPLES
 from whole_path import exec_app, floating_ip
@@ -269,3 +270,36 @@ def reclaimer_metric(cluster, series):
                                ).stdout
         total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " "))
     return total
+
+
+def test_the_guard_in_the_controller_pod_passes_the_samples_and_the_webhook_pods_warn_of_a_bad_nad(cluster):
+    """The chart's controller pod judges the samples' NADs, read from Multus's CRD, and
+    finds nothing (their ranges reserved as the samples ask); a NAD whose range leaves
+    its ENI's subnet gets a Warning Event, and once kubelet has projected the guard's
+    ConfigMap into the webhook pods, a pod asking for that NAD is admitted with the
+    warning kubectl prints."""
+    cp = cluster.cp
+    path = f"/api/v1/namespaces/{NAMESPACE}/configmaps/ipmgmt-guard"
+    published = cp.wait_for("the guard's findings published", lambda: (
+        (r := cp.get(path, raw=True)).status_code == 200 and r.json()["data"]["findings.json"]), timeout=90)
+    assert json.loads(published) == {}, published
+    bad = {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+           "metadata": {"name": "outside-net", "namespace": APPS},
+           "spec": {"config": json.dumps({"cniVersion": "0.3.1", "type": "ipvlan", "master": "eth1", "mode": "l2",
+                                          "ipam": {"type": "whereabouts", "range": "10.0.6.0/24"}})}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(bad))
+    try:
+        (event,) = cp.wait_for("an AddressRangeProblem Event", lambda: [
+            e for e in cp.get(f"/apis/events.k8s.io/v1/namespaces/{APPS}/events")["items"]
+            if e["regarding"].get("name") == "outside-net" and e["reason"] == "AddressRangeProblem"], timeout=60)
+        assert "is not inside subnet-net1 (10.0.4.0/24)" in event["note"], event["note"]
+        pod = restricted_pod("asks-for-outside-net", {"ipmgmt.aws/mode": "init",
+                                                      "k8s.v1.cni.cncf.io/networks": "outside-net"})
+        warned = cp.wait_for("the webhook pods' warning", lambda: (
+            "address-range finding" in (p := cluster.kubectl("create", "--dry-run=server", "-f", "-",
+                                                             input=json.dumps(pod), check=False)).stderr and p),
+            timeout=120)
+        assert (f"Warning: NetworkAttachmentDefinition {APPS}/outside-net has 1 address-range finding"
+                in warned.stderr), warned.stderr
+    finally:
+        cluster.kubectl("delete", "network-attachment-definitions", "outside-net", "-n", APPS, "--ignore-not-found")

@@ -18,6 +18,10 @@ PROFILE = os.environ.get("IPMGMT_PROFILE", "debug")
 # The pod's IAM identity: on EKS the pod-identity webhook provides one; here the
 # fake EC2 accepts any signed request.
 POD_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIAIPMGMTWHOLEPATH", "AWS_SECRET_ACCESS_KEY": "whole-path-secret"}
+# The controller's own role, with deploy/reclaimer-iam-policy.json in the fake EC2.
+CONTROLLER_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIARECLAIMERWHOLEPATH",
+                          "AWS_SECRET_ACCESS_KEY": "whole-path-reclaimer-secret"}
+RECLAIMER_IAM_POLICY = ROOT / "deploy" / "reclaimer-iam-policy.json"
 
 
 class Fail(Exception):

@@ -17,12 +17,12 @@ from deploy_harness import SAMPLES, load_yaml_docs
 from webhook_harness import TARGET
 
 from . import app_images, chart_images, selector
-from .base import POD_CREDENTIALS, PROFILE, Fail, need_root, run
+from .base import CONTROLLER_CREDENTIALS, POD_CREDENTIALS, PROFILE, RECLAIMER_IAM_POLICY, Fail, need_root, run
 from .control_plane import ControlPlane, endpoint_address
 from .images import Podman, build_app_image, build_image, build_pause_image, dockerfile_stages, oci_archive
 from .installed import NAMESPACE, RELEASE, create_restricted_namespace, install_with_cert_manager
 from .real_node import PAUSE_IMAGE, Multus, RealNode
-from .vpc import Node, Vpc
+from .vpc import SAMPLE_RESERVATIONS, Node, Vpc
 
 
 class RealCluster:
@@ -40,7 +40,13 @@ class RealCluster:
             self.timings["images"] = time.monotonic() - started
 
             started = time.monotonic()
-            self.vpc = Vpc(self.nodes, self.workdir, **(vpc_args or {}))
+            # The samples' ranges reserved in their subnets, as the samples ask.
+            # and each role its own policy: the managers' the default, the controller's by
+            # its credentials.
+            self.vpc = Vpc(self.nodes, self.workdir, **{
+                "reservations": SAMPLE_RESERVATIONS,
+                "policies_by_key": [(CONTROLLER_CREDENTIALS["AWS_ACCESS_KEY_ID"], RECLAIMER_IAM_POLICY)],
+                **(vpc_args or {})})
             self.cp = ControlPlane(self.workdir / "cluster", nodes=[n.name for n in self.nodes], kubelets=True)
             self.multus = Multus(self.cp, self.workdir)
             for index, node in enumerate(self.nodes, start=1):
@@ -55,10 +61,11 @@ class RealCluster:
             started = time.monotonic()
             create_restricted_namespace(self.cp, NAMESPACE)
             endpoint = f"http://{endpoint_address()}:{self.vpc.port}"
-            aws = {"AWS_ENDPOINT_URL_EC2": endpoint, **POD_CREDENTIALS}
+            managers = {"AWS_ENDPOINT_URL_EC2": endpoint, **POD_CREDENTIALS}
+            controller = {"AWS_ENDPOINT_URL_EC2": endpoint, **CONTROLLER_CREDENTIALS}
             install_with_cert_manager(self.cp, [
-                *[f"injection.extraEnv.{k}={v}" for k, v in aws.items()],
-                *[f"reclaimer.extraEnv.{k}={v}" for k, v in aws.items()], *sets])
+                *[f"injection.extraEnv.{k}={v}" for k, v in managers.items()],
+                *[f"reclaimer.extraEnv.{k}={v}" for k, v in controller.items()], *sets])
             self.wait_for_webhook()
             self.timings["install"] = time.monotonic() - started
         except BaseException:

@@ -46,6 +46,12 @@ SUBNETS = [
 ]
 
 
+# The explicit subnet CIDR reservations the samples ask users to make for their NADs'
+# ranges (deploy/samples/nad-*.yaml), so that the VPC CNI never hands them out.
+SAMPLE_RESERVATIONS = [("subnet-net1", "10.0.4.64/27"), ("subnet-net2", "10.0.5.64/27"),
+                       ("subnet-net2", "2001:db8:0:5::100/120")]
+
+
 def world_of(nodes):
     enis = []
     for node in nodes:
@@ -61,12 +67,14 @@ def world_of(nodes):
 class Vpc:
     """The fake EC2 (`fake-vpc`) in the host namespace; pods reach it over `eth0`."""
 
-    def __init__(self, nodes, workdir, iam_policy=IAM_POLICY, held=(), tags=(), primary_ipv6=(), reservations=()):
+    def __init__(self, nodes, workdir, iam_policy=IAM_POLICY, held=(), tags=(), primary_ipv6=(), reservations=(),
+                 policies_by_key=()):
         """`iam_policy`: the caller's role's policy, enforced on every call (the
         manager's by default). `held`: (ENI id, address) pairs assigned before start.
         `tags`: (ENI id, key, value) tags besides `no_manage`. `primary_ipv6`: (ENI id,
         address) primary IPv6 addresses, which EC2 never unassigns. `reservations`:
-        (subnet id, CIDR) explicit subnet CIDR reservations."""
+        (subnet id, CIDR) explicit subnet CIDR reservations. `policies_by_key`: (access
+        key id, policy path): that role's credentials get that role's policy."""
         binary = TARGET / PROFILE / "fake-vpc"
         if not binary.exists():
             raise Fail(f"{binary} is missing: build the workspace first (cargo build --workspace)")
@@ -82,7 +90,9 @@ class Vpc:
             enis[eni_id]["primary_ipv6"] = address
         state["reservations"] = [{"subnet": subnet, "cidr": cidr, "kind": "explicit"} for subnet, cidr in reservations]
         world.write_text(json.dumps(state))
-        self.proc = subprocess.Popen([binary, "--world", world, "--iam-policy", iam_policy, "--listen", "0.0.0.0:0"],
+        by_key = [a for key, path in policies_by_key for a in ("--iam-policy-for", f"{key}={path}")]
+        self.proc = subprocess.Popen([binary, "--world", world, "--iam-policy", iam_policy, *by_key,
+                                      "--listen", "0.0.0.0:0"],
                                      stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()

@@ -39,6 +39,10 @@ struct Cli {
     /// `deploy/iam-policy.json` would be on the manager's role.
     #[arg(long)]
     iam_policy: Option<PathBuf>,
+    /// KEY=PATH: requests signed with access key id KEY are evaluated against the
+    /// policy at PATH instead (one role per set of credentials). Repeatable.
+    #[arg(long, value_name = "KEY=PATH")]
+    iam_policy_for: Vec<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -55,6 +59,15 @@ async fn main() -> anyhow::Result<()> {
         let policy: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not JSON", path.display()))?;
         fake.set_policy(Some(Policy::parse(&policy)));
+    }
+    for pair in &cli.iam_policy_for {
+        let (key, path) = pair
+            .split_once('=')
+            .with_context(|| format!("--iam-policy-for {pair:?} is not KEY=PATH"))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        let policy: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{path} is not JSON"))?;
+        fake.set_policy_for(key, Policy::parse(&policy));
     }
     let control = Router::new()
         .route("/_fake/world", get(world_now).put(set_world))

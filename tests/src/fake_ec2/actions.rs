@@ -33,7 +33,12 @@ impl Inner {
         }
     }
 
-    pub(super) fn dispatch(&mut self, action: &str, q: &Query) -> Result<String, Fail> {
+    pub(super) fn dispatch(
+        &mut self,
+        action: &str,
+        q: &Query,
+        caller: Option<&str>,
+    ) -> Result<String, Fail> {
         if self.faults.deny.contains(action) {
             return Err(Fail {
                 status: StatusCode::FORBIDDEN,
@@ -54,7 +59,9 @@ impl Inner {
             });
         }
         // Every request counts against the rate limits, authorized or not.
-        if let Some(policy) = &self.policy {
+        let policy =
+            (caller.and_then(|key| self.policies_by_key.get(key))).or(self.policy.as_ref());
+        if let Some(policy) = policy {
             let id = q.get("NetworkInterfaceId");
             let eni = id.and_then(|id| self.world.enis.iter().find(|e| e.id == id));
             if !policy.allows(action, eni) {

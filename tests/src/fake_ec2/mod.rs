@@ -198,6 +198,8 @@ struct Inner {
     started: Instant,
     buckets: Buckets,
     policy: Option<iam::Policy>,
+    /// Policies by the caller's access key id, over `policy` (one role each).
+    policies_by_key: std::collections::HashMap<String, iam::Policy>,
     /// Answers still to break.
     broken_left: u32,
     remaps: Vec<Remap>,
@@ -249,6 +251,7 @@ impl FakeEc2 {
                 started: Instant::now(),
                 buckets: Buckets::new(Rates::default()),
                 policy: None,
+                policies_by_key: std::collections::HashMap::new(),
                 broken_left: 0,
                 remaps: Vec::new(),
                 rng: 0x9e37_79b9_7f4a_7c15,
@@ -269,6 +272,14 @@ impl FakeEc2 {
     /// Evaluates every request against this identity-based policy from now on.
     pub fn set_policy(&self, policy: Option<iam::Policy>) {
         self.lock().policy = policy;
+    }
+
+    /// Evaluates the requests signed with `access_key` against `policy` instead: one
+    /// role's credentials, one role's policy.
+    pub fn set_policy_for(&self, access_key: &str, policy: iam::Policy) {
+        self.lock()
+            .policies_by_key
+            .insert(access_key.to_owned(), policy);
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -372,8 +383,20 @@ impl FakeEc2 {
     }
 }
 
-async fn handle(State(fake): State<FakeEc2>, body: Bytes) -> Response {
+/// The access key id a SigV4 request was signed with (`Credential=AKID/…`).
+fn access_key(headers: &axum::http::HeaderMap) -> Option<String> {
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    let credential = auth.split("Credential=").nth(1)?;
+    Some(credential.split('/').next()?.to_owned())
+}
+
+async fn handle(
+    State(fake): State<FakeEc2>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     let arrived = fake.now_us();
+    let caller = access_key(&headers);
     let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
     let q = Query(params);
     let action = q.get("Action").unwrap_or_default().to_owned();
@@ -422,7 +445,7 @@ async fn handle(State(fake): State<FakeEc2>, body: Bytes) -> Response {
         let mut inner = fake.lock();
         inner.apply_remaps();
         let delay = Duration::from_millis(inner.faults.delay_ms);
-        (delay, inner.dispatch(&action, &q))
+        (delay, inner.dispatch(&action, &q, caller.as_deref()))
     };
     let delay = match broken {
         Some(Broken::Slow(ms)) => delay + Duration::from_millis(ms),
