@@ -24,6 +24,7 @@ use serde_json::json;
 
 use crate::ec2::Ec2;
 use crate::guard::{self, Nad, ipam};
+use crate::reclaim::claims;
 use crate::view::instance_id;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -505,6 +506,124 @@ async fn judge_nads<E: Ec2>(
             }
         }
     }
+}
+
+/// One pod: each address of its secondary networks, the ENI that should hold it (the
+/// node's Multus ENI with the interface's MAC, as the IP manager chooses), the ENI
+/// that does, and why not.
+pub async fn pod<E: Ec2>(client: &Client, ec2: &E, namespace: &str, name: &str) -> Report {
+    let mut section = Section::new(&format!("Pod {namespace}/{name}"));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pod = match pods.get_opt(name).await {
+        Ok(Some(pod)) => pod,
+        Ok(None) => {
+            section.fail(
+                format!("no pod {name} in {namespace}"),
+                "check the name and -n",
+            );
+            return Report::from(vec![section]);
+        }
+        Err(e) => {
+            section.fail(
+                format!("cannot read the pod: {e}"),
+                "check your kubeconfig and RBAC",
+            );
+            return Report::from(vec![section]);
+        }
+    };
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    match annotations.get(ipmgmt_common::annotations::MODE) {
+        Some(mode) => section.pass(format!(
+            "asks for ipmgmt ({}={mode:?})",
+            ipmgmt_common::annotations::MODE
+        )),
+        None => section.fail(
+            format!(
+                "not annotated {}: nothing assigns its addresses",
+                ipmgmt_common::annotations::MODE
+            ),
+            format!(
+                "annotate the pod template with {}: init or sidecar",
+                ipmgmt_common::annotations::MODE
+            ),
+        ),
+    }
+    let statuses: Vec<claims::Status> = annotations
+        .get(ipmgmt_common::annotations::MULTUS_NETWORK_STATUS)
+        .map(|text| claims::network_status(text))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| !s.default)
+        .collect();
+    if statuses.is_empty() {
+        section.fail(
+            "Multus reports no secondary network for it (no network-status)",
+            "kubectl describe pod: Multus's events say why its networks were not attached",
+        );
+        return Report::from(vec![section]);
+    }
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let all_nodes = nodes
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let instance_of =
+        |node: &Node| instance_id(node.spec.as_ref()?.provider_id.as_deref()?).map(str::to_owned);
+    let instances: Vec<String> = all_nodes.iter().filter_map(instance_of).collect();
+    let own = (all_nodes.iter())
+        .find(|n| n.metadata.name.as_deref() == Some(node.as_str()))
+        .and_then(instance_of);
+    let enis = match ec2.multus_enis(&instances).await {
+        Ok(enis) => enis,
+        Err(e) => {
+            section.fail(
+                format!("cannot describe the nodes' ENIs: {e}"),
+                "allow ec2:DescribeNetworkInterfaces",
+            );
+            return Report::from(vec![section]);
+        }
+    };
+    for status in &statuses {
+        let expected = (enis.iter()).find(|e| {
+            Some(&e.instance) == own.as_ref() && !status.mac.is_empty() && e.mac == status.mac
+        });
+        for address in &status.addresses {
+            let holders: Vec<&crate::ec2::MultusEni> = enis
+                .iter()
+                .filter(|e| e.addresses().any(|a| a == *address))
+                .collect();
+            let what = format!("{address} ({} of {})", status.interface, status.name);
+            match (expected, holders.as_slice()) {
+                (None, _) => section.fail(
+                    format!("{what}: no Multus ENI of {node} has the interface's MAC {}", status.mac),
+                    "the NAD's master must be a Multus ENI's interface (tagged no_manage, device index 1 or more)",
+                ),
+                (Some(eni), [holder]) if holder.id == eni.id => section.pass(format!(
+                    "{what} is on {} (device index {}), the ENI it rides on",
+                    eni.id, eni.device_index
+                )),
+                (Some(eni), []) => section.fail(
+                    format!("{what} should be on {} and no ENI holds it: the VPC drops its traffic", eni.id),
+                    format!("the IP manager's last words: kubectl -n {namespace} logs {name} -c aws-ip-mgmt,                              and kubectl describe pod for its termination message"),
+                ),
+                (Some(eni), others) => section.fail(
+                    format!(
+                        "{what} should be on {} but is on {}: the VPC routes it elsewhere",
+                        eni.id,
+                        others.iter().map(|h| format!("{} ({})", h.id, h.instance)).collect::<Vec<_>>().join(", ")
+                    ),
+                    "a sidecar moves it back at its next pass (AllowReassignment); an init pod's manager ran once:                      restart the pod, or find what took the address",
+                ),
+            }
+        }
+    }
+    Report::from(vec![section])
 }
 
 #[cfg(test)]

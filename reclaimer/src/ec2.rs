@@ -43,6 +43,8 @@ const FILTER_VALUES: usize = 200;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MultusEni {
     pub id: String,
+    /// Lower case, as the pod's interface (an ipvlan slave) carries it.
+    pub mac: String,
     pub instance: String,
     pub device_index: i32,
     pub subnet: String,
@@ -302,6 +304,7 @@ fn multus_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<MultusEni> {
         .chain(eni.primary_ipv6.map(IpAddr::V6))
         .collect();
     Some(MultusEni {
+        mac: eni.mac.clone(),
         instance: eni.instance_id?,
         device_index: eni.device_index,
         subnet: eni.subnet_id.clone(),

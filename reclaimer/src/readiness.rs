@@ -289,6 +289,7 @@ mod tests {
     fn eni(instance: &str, index: i32) -> MultusEni {
         MultusEni {
             id: format!("eni-{instance}-{index}"),
+            mac: String::new(),
             instance: instance.into(),
             device_index: index,
             subnet: "subnet-a".into(),

@@ -57,6 +57,8 @@ CLUSTER_TAG = ("eks:cluster-name", "prod")
 TAGGED, UNTAGGED = "10.0.4.86", "10.0.5.81"
 # Recorded for a live pod whose network-status Multus has not written yet.
 FRESH = "10.0.4.87"
+# `ipmgmt check pod`: an address on its ENI, one on no ENI, one on the wrong ENI.
+ON_ITS_ENI, ON_NO_ENI, ON_ETH2 = "10.0.4.90", "10.0.4.91", "10.0.4.92"
 
 
 class HostReclaimer:
@@ -107,9 +109,11 @@ class HostReclaimer:
 def cluster(tmp_path_factory):
     assert RECLAIMER_BIN.exists(), f"{RECLAIMER_BIN} is missing: build the workspace first (cargo build --workspace)"
     tmp = tmp_path_factory.mktemp("control-plane-reclaimer")
-    on_eth1 = [GONE, LIVE, VIP, LATER, DRAINING, REUSED, REPORTED, SERVED, UNSERVED, *STALE, TAGGED, FRESH]
+    on_eth1 = [GONE, LIVE, VIP, LATER, DRAINING, REUSED, REPORTED, SERVED, UNSERVED, *STALE, TAGGED, FRESH,
+               ON_ITS_ENI]
     vpc = Vpc([NODE1], tmp, iam_policy=POLICY,
-              held=[(ETH1.id, a) for a in on_eth1] + [(ETH2.id, STALE_ON_ETH2), (ETH2.id, UNTAGGED)],
+              held=[(ETH1.id, a) for a in on_eth1] + [(ETH2.id, STALE_ON_ETH2), (ETH2.id, UNTAGGED),
+                                                      (ETH2.id, ON_ETH2)],
               tags=[(ETH1.id, *CLUSTER_TAG)], primary_ipv6=[(ETH2.id, PRIMARY_V6)],
               reservations=[("subnet-net1", RESERVED)])
     cp = None
@@ -646,7 +650,7 @@ def ipmgmt_check(cp, vpc, *args):
     env = {"PATH": os.environ["PATH"], "KUBECONFIG": str(cp.kubeconfig), "AWS_REGION": "us-west-2",
            "AWS_ENDPOINT_URL_EC2": f"http://127.0.0.1:{vpc.port}", "AWS_ACCESS_KEY_ID": "AKIACHECKTEST",
            "AWS_SECRET_ACCESS_KEY": "check-secret", "AWS_EC2_METADATA_DISABLED": "true"}
-    return subprocess.run([str(IPMGMT_BIN), "check", f"--namespace={NAMESPACE}", *args], env=env,
+    return subprocess.run([str(IPMGMT_BIN), "check", f"--release-namespace={NAMESPACE}", *args], env=env,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -707,3 +711,34 @@ def test_ipmgmt_check_passes_a_healthy_install_and_names_each_broken_part(cluste
             cp.create("/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies", policy)
         cp.kubectl("delete", "network-attachment-definitions", "checked", "-n", APPS, "--ignore-not-found")
         replica.stop()
+
+
+def test_ipmgmt_check_pod_shows_each_address_the_eni_it_should_be_on_and_the_one_it_is_on(cluster):
+    """`ipmgmt check pod`: for each address of the pod's network-status, the Multus ENI
+    with the interface's MAC on the pod's node, and the ENI EC2 says holds it."""
+    cp, vpc, _ = cluster
+    try:
+        attached(cp, "checked-fine", ON_ITS_ENI)
+        fine = ipmgmt_check(cp, vpc, "pod", "checked-fine", "-n", APPS)
+        assert fine.returncode == 0, fine.stdout + fine.stderr
+        assert f"✓ {ON_ITS_ENI} (net1 of {APPS}/ipvlan-net1) is on {ETH1.id} (device index 1)" in fine.stdout, \
+            fine.stdout
+
+        attached(cp, "checked-unassigned", ON_NO_ENI)
+        unassigned = ipmgmt_check(cp, vpc, "--output=json", "pod", "checked-unassigned", "-n", APPS)
+        assert unassigned.returncode == 1
+        (failure,) = failures(json.loads(unassigned.stdout))
+        assert failure == (f"{ON_NO_ENI} (net1 of {APPS}/ipvlan-net1) should be on {ETH1.id} and no ENI holds it: "
+                           "the VPC drops its traffic"), failure
+
+        attached(cp, "checked-elsewhere", ON_ETH2)
+        elsewhere = ipmgmt_check(cp, vpc, "--output=json", "pod", "checked-elsewhere", "-n", APPS)
+        (failure,) = failures(json.loads(elsewhere.stdout))
+        assert failure.startswith(f"{ON_ETH2} (net1 of {APPS}/ipvlan-net1) should be on {ETH1.id} but is on "
+                                  f"{ETH2.id}"), failure
+
+        missing = ipmgmt_check(cp, vpc, "pod", "no-such-pod", "-n", APPS)
+        assert missing.returncode == 1 and f"no pod no-such-pod in {APPS}" in missing.stdout, missing.stdout
+    finally:
+        for name in ("checked-fine", "checked-unassigned", "checked-elsewhere"):
+            cp.request("DELETE", f"/api/v1/namespaces/{APPS}/pods/{name}", {"gracePeriodSeconds": 0}, raw=True)

@@ -22,12 +22,16 @@ enum Command {
     /// Checks the install, the nodes' Multus ENIs and the NADs' address ranges, with
     /// your kubeconfig and AWS credentials; exits 1 when a check fails.
     Check {
+        /// One pod instead of the install: each address, the ENI that should hold it,
+        /// the ENI that does.
+        #[command(subcommand)]
+        what: Option<What>,
         /// The release's full name: its MutatingWebhookConfiguration's name.
         #[arg(long, default_value = "ipmgmt")]
         name: String,
         /// The release's namespace.
-        #[arg(long, short = 'n', default_value = "ipmgmt-system")]
-        namespace: String,
+        #[arg(long, default_value = "ipmgmt-system")]
+        release_namespace: String,
         /// The namespace the webhook is tried in, with a server-side dry-run pod.
         #[arg(long, default_value = "default")]
         dry_run_namespace: String,
@@ -38,8 +42,18 @@ enum Command {
         /// Only ENIs that also carry this tag (the chart's aws.clusterTag).
         #[arg(long, value_name = "KEY=VALUE")]
         cluster_tag: Option<ipmgmt_common::aws::Tag>,
-        #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Text, global = true)]
         output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// `ipmgmt check pod NAME -n NAMESPACE`.
+    Pod {
+        name: String,
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
     },
 }
 
@@ -52,8 +66,9 @@ enum Output {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let Command::Check {
+        what,
         name,
-        namespace,
+        release_namespace,
         dry_run_namespace,
         guard_master,
         cluster_tag,
@@ -76,13 +91,18 @@ async fn main() -> ExitCode {
     .await;
     let attempts = ipmgmt_common::aws::Attempts::default();
     let ec2 = SdkEc2::new(ipmgmt_common::aws::ec2_client(&sdk, &attempts)).only_tagged(cluster_tag);
-    let options = Options {
-        name,
-        namespace,
-        dry_run_namespace,
-        masters: guard_master.into_iter().collect(),
+    let report = match what {
+        Some(What::Pod { name, namespace }) => check::pod(&client, &ec2, &namespace, &name).await,
+        None => {
+            let options = Options {
+                name,
+                namespace: release_namespace,
+                dry_run_namespace,
+                masters: guard_master.into_iter().collect(),
+            };
+            check::run(&client, &ec2, &options).await
+        }
     };
-    let report = check::run(&client, &ec2, &options).await;
     match output {
         Output::Json => println!(
             "{}",

@@ -170,6 +170,7 @@ mod tests {
     fn eni(id: &str, instance: &str, index: i32, subnet: &str, own: &str) -> MultusEni {
         MultusEni {
             id: id.into(),
+            mac: String::new(),
             instance: instance.into(),
             device_index: index,
             subnet: subnet.into(),

@@ -122,10 +122,13 @@ pub fn handed_out(pod: &Pod) -> Vec<(IpAddr, Evidence)> {
 
 /// One network of `network-status`.
 #[derive(Debug, PartialEq, Eq)]
-struct Status {
-    name: String,
-    default: bool,
-    addresses: Vec<IpAddr>,
+pub struct Status {
+    pub name: String,
+    pub default: bool,
+    /// The pod's interface, and its MAC (lower case; an ipvlan slave's is its master's).
+    pub interface: String,
+    pub mac: String,
+    pub addresses: Vec<IpAddr>,
 }
 
 #[derive(Deserialize)]
@@ -135,17 +138,23 @@ struct RawStatus {
     #[serde(default)]
     default: bool,
     #[serde(default)]
+    interface: String,
+    #[serde(default)]
+    mac: String,
+    #[serde(default)]
     ips: Vec<String>,
 }
 
 /// A malformed annotation reads as no status: the pod then counts as settling if it
 /// asked for networks, which holds its node back rather than releasing around it.
-fn network_status(text: &str) -> Vec<Status> {
+pub fn network_status(text: &str) -> Vec<Status> {
     let raw: Vec<RawStatus> = serde_json::from_str(text).unwrap_or_default();
     raw.into_iter()
         .map(|r| Status {
             name: r.name,
             default: r.default,
+            interface: r.interface,
+            mac: r.mac.to_ascii_lowercase(),
             addresses: r
                 .ips
                 .iter()
