@@ -22,7 +22,7 @@ use kube::{Api, Client};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::ec2::Ec2;
+use crate::ec2::{Ec2, MultusEni, SdkEc2};
 use crate::guard::{self, Nad, ipam};
 use crate::reclaim::claims;
 use crate::view::instance_id;
@@ -151,7 +151,7 @@ pub struct Options {
 }
 
 /// Every check, in order.
-pub async fn run<E: Ec2>(client: &Client, ec2: &E, options: &Options) -> Report {
+pub async fn run(client: &Client, ec2: &SdkEc2, options: &Options) -> Report {
     let mut cluster = Section::new("Cluster");
     let nads_served = served(client, &guard::nad_resource()).await;
     match nads_served {
@@ -364,7 +364,7 @@ async fn controller(client: &Client, options: &Options, section: &mut Section) {
 }
 
 /// Each node with an EC2 instance: its Multus ENIs. Returns the instances.
-async fn multus_nodes<E: Ec2>(client: &Client, ec2: &E, section: &mut Section) -> Vec<String> {
+async fn multus_nodes(client: &Client, ec2: &SdkEc2, section: &mut Section) -> Vec<String> {
     let nodes: Api<Node> = Api::all(client.clone());
     let nodes = match nodes.list(&ListParams::default()).await {
         Ok(list) => list.items,
@@ -394,34 +394,86 @@ async fn multus_nodes<E: Ec2>(client: &Client, ec2: &E, section: &mut Section) -
             return instances;
         }
     };
+    // Each node's instance type, as its well-known label says, and what one ENI of it
+    // may hold.
+    let types: BTreeMap<String, String> = (nodes.iter())
+        .filter_map(|n| {
+            let id = instance_id(n.spec.as_ref()?.provider_id.as_deref()?)?;
+            let ty = n.metadata.labels.as_ref()?.get(INSTANCE_TYPE_LABEL)?;
+            Some((id.to_owned(), ty.clone()))
+        })
+        .collect();
+    let wanted: Vec<String> = types
+        .values()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let limits = match wanted.is_empty() {
+        true => BTreeMap::new(),
+        false => match ec2.ipv4_per_interface(&wanted).await {
+            Ok(limits) => limits,
+            Err(e) => {
+                section.fail(
+                    format!("cannot read the instance types' address limits: {e}"),
+                    "allow ec2:DescribeInstanceTypes (deploy/check-iam-policy.json)",
+                );
+                BTreeMap::new()
+            }
+        },
+    };
     for (instance, node) in &by_instance {
-        let mut on: Vec<(i32, &str)> = (enis.iter())
-            .filter(|e| &e.instance == instance)
-            .map(|e| (e.device_index, e.id.as_str()))
-            .collect();
-        on.sort();
-        match on.is_empty() {
-            true => section.fail(
+        let mut on: Vec<&MultusEni> = enis.iter().filter(|e| &e.instance == instance).collect();
+        on.sort_by_key(|e| e.device_index);
+        let limit = types.get(instance).and_then(|t| limits.get(t)).copied();
+        if on.is_empty() {
+            section.fail(
                 format!("{node} ({instance}): no Multus ENI"),
                 "attach an ENI at device index 1 or more and tag it node.k8s.amazonaws.com/no_manage=true \
                  (and the cluster tag, if ipmgmt is given one)",
+            );
+            continue;
+        }
+        // The primary address counts against the limit too.
+        let free = |e: &MultusEni| limit.map(|l| l.saturating_sub(1 + e.ipv4.len()));
+        let each: Vec<String> = (on.iter())
+            .map(|e| match (free(e), limit) {
+                (Some(n), Some(l)) => {
+                    format!(
+                        "device index {} ({}, {n} of {l} IPv4 addresses free)",
+                        e.device_index, e.id
+                    )
+                }
+                _ => format!("device index {} ({})", e.device_index, e.id),
+            })
+            .collect();
+        let full: Vec<&str> = (on.iter())
+            .filter(|e| free(e) == Some(0))
+            .map(|e| e.id.as_str())
+            .collect();
+        match full.is_empty() {
+            true => section.pass(format!("{node} ({instance}): Multus ENIs at {}", each.join(", "))),
+            false => section.fail(
+                format!(
+                    "{node} ({instance}): no free IPv4 address on {}: the next pod's manager there fails with \
+                     PrivateIpAddressLimitExceeded",
+                    full.join(", ")
+                ),
+                "turn the reclaimer on (reclaimer.enabled) to give back the addresses of pods that are gone, \
+                 or spread the pods over more nodes or larger instance types",
             ),
-            false => section.pass(format!(
-                "{node} ({instance}): Multus ENIs at {}",
-                on.iter()
-                    .map(|(i, id)| format!("device index {i} ({id})"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
         }
     }
     instances
 }
 
+/// The well-known label kubelet sets from the cloud provider: the node's instance type.
+const INSTANCE_TYPE_LABEL: &str = "node.kubernetes.io/instance-type";
+
 /// The NADs in the namespaces the webhook serves, judged by the guard.
-async fn judge_nads<E: Ec2>(
+async fn judge_nads(
     client: &Client,
-    ec2: &E,
+    ec2: &SdkEc2,
     options: &Options,
     selector: Option<&Selector>,
     instances: &[String],
@@ -511,7 +563,7 @@ async fn judge_nads<E: Ec2>(
 /// One pod: each address of its secondary networks, the ENI that should hold it (the
 /// node's Multus ENI with the interface's MAC, as the IP manager chooses), the ENI
 /// that does, and why not.
-pub async fn pod<E: Ec2>(client: &Client, ec2: &E, namespace: &str, name: &str) -> Report {
+pub async fn pod(client: &Client, ec2: &SdkEc2, namespace: &str, name: &str) -> Report {
     let mut section = Section::new(&format!("Pod {namespace}/{name}"));
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pod = match pods.get_opt(name).await {
@@ -594,7 +646,7 @@ pub async fn pod<E: Ec2>(client: &Client, ec2: &E, namespace: &str, name: &str) 
             Some(&e.instance) == own.as_ref() && !status.mac.is_empty() && e.mac == status.mac
         });
         for address in &status.addresses {
-            let holders: Vec<&crate::ec2::MultusEni> = enis
+            let holders: Vec<&MultusEni> = enis
                 .iter()
                 .filter(|e| e.addresses().any(|a| a == *address))
                 .collect();

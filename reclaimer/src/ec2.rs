@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aws_sdk_ec2::types::SubnetCidrReservationType;
+use aws_sdk_ec2::types::{InstanceType, SubnetCidrReservationType};
 use ipnet::IpNet;
 
 use aws_sdk_ec2::config::retry::RetryConfig;
@@ -124,6 +124,38 @@ impl SdkEc2 {
     pub fn only_tagged(mut self, tag: Option<Tag>) -> Self {
         self.cluster_tag = tag;
         self
+    }
+
+    /// How many IPv4 addresses (the primary among them) one ENI of each of these
+    /// instance types may hold, by type (`ipmgmt check`'s free slots; the controller
+    /// does not call it).
+    pub async fn ipv4_per_interface(
+        &self,
+        types: &[String],
+    ) -> Result<std::collections::BTreeMap<String, usize>, Ec2Error> {
+        let mut out = std::collections::BTreeMap::new();
+        for chunk in types.chunks(100) {
+            let wanted = chunk.iter().map(|t| InstanceType::from(t.as_str()));
+            let page = (self.client.describe_instance_types())
+                .set_instance_types(Some(wanted.collect()))
+                .send()
+                .await
+                .map_err(|e| {
+                    let target = format!("of {}", chunk.join(", "));
+                    sdk_error(Action::DescribeInstanceTypes, target, e, &REMEDY)
+                })?;
+            for info in page.instance_types() {
+                let (Some(ty), Some(n)) = (
+                    info.instance_type(),
+                    info.network_info()
+                        .and_then(|n| n.ipv4_addresses_per_interface()),
+                ) else {
+                    continue;
+                };
+                out.insert(ty.as_str().to_owned(), usize::try_from(n).unwrap_or(0));
+            }
+        }
+        Ok(out)
     }
 }
 

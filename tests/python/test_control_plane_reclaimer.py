@@ -31,6 +31,8 @@ READY_LABEL = ("example.com/multus-eni", "expected")
 # The range the guard's scene ends with, under an explicit reservation in eth1's subnet.
 RESERVED = "10.0.4.192/26"
 POLICY = ROOT / "deploy" / "reclaimer-iam-policy.json"
+# What `ipmgmt check` needs, for the user who runs it (by the access key it signs with).
+CHECK_KEY, CHECK_POLICY = "AKIACHECKTEST", ROOT / "deploy" / "check-iam-policy.json"
 NODE1 = Node(1)
 ETH1, ETH2 = NODE1.enis[1], NODE1.enis[2]
 # The ranges whereabouts hands out from, one IPPool each: eth1's and eth2's subnets.
@@ -115,7 +117,7 @@ def cluster(tmp_path_factory):
               held=[(ETH1.id, a) for a in on_eth1] + [(ETH2.id, STALE_ON_ETH2), (ETH2.id, UNTAGGED),
                                                       (ETH2.id, ON_ETH2)],
               tags=[(ETH1.id, *CLUSTER_TAG)], primary_ipv6=[(ETH2.id, PRIMARY_V6)],
-              reservations=[("subnet-net1", RESERVED)])
+              reservations=[("subnet-net1", RESERVED)], policies_by_key=[(CHECK_KEY, CHECK_POLICY)])
     cp = None
     reclaimer = None
     try:
@@ -648,7 +650,7 @@ def ipmgmt_check(cp, vpc, *args):
     """`ipmgmt check` as a user runs it: their kubeconfig, their AWS credentials (the
     fake EC2's, under the reclaimer's policy)."""
     env = {"PATH": os.environ["PATH"], "KUBECONFIG": str(cp.kubeconfig), "AWS_REGION": "us-west-2",
-           "AWS_ENDPOINT_URL_EC2": f"http://127.0.0.1:{vpc.port}", "AWS_ACCESS_KEY_ID": "AKIACHECKTEST",
+           "AWS_ENDPOINT_URL_EC2": f"http://127.0.0.1:{vpc.port}", "AWS_ACCESS_KEY_ID": CHECK_KEY,
            "AWS_SECRET_ACCESS_KEY": "check-secret", "AWS_EC2_METADATA_DISABLED": "true"}
     return subprocess.run([str(IPMGMT_BIN), "check", f"--release-namespace={NAMESPACE}", *args], env=env,
                           capture_output=True, text=True, timeout=60)
@@ -668,6 +670,9 @@ def test_ipmgmt_check_passes_a_healthy_install_and_names_each_broken_part(cluste
     replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-checked")
     policy_path = f"/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/{RELEASE}-require-manager"
     policy = cp.get(policy_path)
+    # What kubelet labels a node with from its cloud provider; the fake VPC's node 1 has
+    # every address of the scenes on eth1, which a large type holds.
+    cp.kubectl("label", "node", NODE, "node.kubernetes.io/instance-type=m5.24xlarge", "--overwrite")
     try:
         nad(cp, "checked", ipvlan_on_eth1({"type": "whereabouts", "range": RESERVED}))
         # The controller leads (this replica or another) before the check.
@@ -679,7 +684,8 @@ def test_ipmgmt_check_passes_a_healthy_install_and_names_each_broken_part(cluste
                      f"✓ the webhook: MutatingWebhookConfiguration {RELEASE} carries its CA bundle",
                      "✓ the webhook injects: a dry-run pod in default got the IP manager (aws-ip-mgmt)",
                      f"✓ the ValidatingAdmissionPolicy {RELEASE}-require-manager is in place",
-                     f"({NODE1.instance_id}): Multus ENIs at device index 1 ({ETH1.id}), device index 2 ({ETH2.id})",
+                     f"({NODE1.instance_id}): Multus ENIs at device index 1 ({ETH1.id}, ",
+                     "IPv4 addresses free), device index 2 (",
                      f"✓ {APPS}/checked", "all checks passed"):
             assert line in text, text
         assert "\x1b[" not in text, "no colour off a terminal"
@@ -693,6 +699,15 @@ def test_ipmgmt_check_passes_a_healthy_install_and_names_each_broken_part(cluste
         (failure,) = failures(report)
         assert failure.startswith(f"{APPS}/checked: range 10.0.6.1-10.0.6.254 is not inside subnet-net1"), failure
         nad(cp, "checked", ipvlan_on_eth1({"type": "whereabouts", "range": RESERVED}))
+
+        # A type whose ENIs hold six addresses: eth1 is full, and the check says what
+        # the next pod there meets.
+        cp.kubectl("label", "node", NODE, "node.kubernetes.io/instance-type=t3.medium", "--overwrite")
+        full = ipmgmt_check(cp, vpc, "--output=json")
+        (failure,) = failures(json.loads(full.stdout))
+        assert failure == (f"{NODE} ({NODE1.instance_id}): no free IPv4 address on {ETH1.id}: the next pod's "
+                           "manager there fails with PrivateIpAddressLimitExceeded"), failure
+        cp.kubectl("label", "node", NODE, "node.kubernetes.io/instance-type=m5.24xlarge", "--overwrite")
 
         # The policy gone: the one failure names it, with what to do.
         cp.request("DELETE", policy_path)

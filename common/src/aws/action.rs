@@ -1,11 +1,12 @@
 //! The EC2 actions ipmgmt calls, by name.
 
-/// Every EC2 action ipmgr calls. The calls name their action here, the error lines
+/// Every EC2 action ipmgmt calls (the manager, the controller and `ipmgmt check`). The calls name their action here, the error lines
 /// print it, and the IAM policy test checks `deploy/iam-policy.json` against `ALL`:
 /// a new action is a variant, its name, and its entry in `ALL`, side by side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Action {
     DescribeInstances,
+    DescribeInstanceTypes,
     DescribeNetworkInterfaces,
     DescribeSubnets,
     DescribeVpcs,
@@ -17,8 +18,9 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 9] = [
+    pub const ALL: [Action; 10] = [
         Action::DescribeInstances,
+        Action::DescribeInstanceTypes,
         Action::DescribeNetworkInterfaces,
         Action::DescribeSubnets,
         Action::DescribeVpcs,
@@ -33,6 +35,7 @@ impl Action {
     pub const fn name(self) -> &'static str {
         match self {
             Action::DescribeInstances => "DescribeInstances",
+            Action::DescribeInstanceTypes => "DescribeInstanceTypes",
             Action::DescribeNetworkInterfaces => "DescribeNetworkInterfaces",
             Action::DescribeSubnets => "DescribeSubnets",
             Action::DescribeVpcs => "DescribeVpcs",
@@ -50,6 +53,7 @@ impl Action {
     pub const fn changes_an_eni(self) -> bool {
         match self {
             Action::DescribeInstances
+            | Action::DescribeInstanceTypes
             | Action::DescribeNetworkInterfaces
             | Action::DescribeSubnets
             | Action::DescribeVpcs

@@ -89,6 +89,7 @@ impl Inner {
             "DescribeVpcs" => self.describe_vpcs(q)?,
             "GetSubnetCidrReservations" => self.get_subnet_cidr_reservations(q)?,
             "DescribeInstances" => self.describe_instances(q)?,
+            "DescribeInstanceTypes" => self.describe_instance_types(q)?,
             "AssignPrivateIpAddresses" => self.assign_private(q)?,
             "UnassignPrivateIpAddresses" => self.unassign_private(q)?,
             "AssignIpv6Addresses" => self.assign_ipv6(q)?,
@@ -254,6 +255,28 @@ impl Inner {
                 .collect(),
         };
         Ok(xml::el("vpcSet", xml::el("item", xml::vpc(VPC_ID, &cidrs))))
+    }
+
+    /// The named types' network limits (`InstanceType.N`), from the fake's table; a
+    /// type it does not know is refused, as EC2 refuses one that does not exist.
+    fn describe_instance_types(&self, q: &Query) -> Result<String, Fail> {
+        let mut items = String::new();
+        for ty in q.list("InstanceType") {
+            let Some((ipv4, interfaces)) = network_limits(&ty) else {
+                return Err(fail(
+                    "InvalidInstanceType",
+                    format!("The following supplied instance types do not exist: [{ty}]"),
+                ));
+            };
+            let info = format!(
+                "<instanceType>{ty}</instanceType><networkInfo><maximumNetworkInterfaces>{interfaces}\
+                 </maximumNetworkInterfaces><ipv4AddressesPerInterface>{ipv4}</ipv4AddressesPerInterface>\
+                 <ipv6AddressesPerInterface>{ipv4}</ipv6AddressesPerInterface><ipv6Supported>true\
+                 </ipv6Supported></networkInfo>"
+            );
+            items.push_str(&xml::el("item", info));
+        }
+        Ok(xml::el("instanceTypeSet", items))
     }
 
     fn describe_instances(&self, q: &Query) -> Result<String, Fail> {
@@ -457,4 +480,16 @@ impl Inner {
         Ok(xml::text("networkInterfaceId", &eni.id)
             + &xml::el("unassignedIpv6Addresses", unassigned))
     }
+}
+
+/// IPv4 addresses per ENI (the primary among them) and ENIs per instance, as EC2
+/// publishes them for the types the tests name.
+fn network_limits(instance_type: &str) -> Option<(usize, usize)> {
+    let interfaces = match instance_type {
+        "t3.medium" | "m5.large" | "c5.large" | "r5.large" => 3,
+        "m5.xlarge" | "c5.xlarge" => 4,
+        "m5.24xlarge" | "c5.24xlarge" => 15,
+        _ => return None,
+    };
+    Some((addresses_per_eni(instance_type), interfaces))
 }
