@@ -67,7 +67,7 @@ impl MultusEni {
 }
 
 /// The changes are one attempt each: no retry inside the SDK.
-pub trait Ec2 {
+pub trait Ec2: Send + Sync {
     /// The ENIs tagged no_manage attached to these instances, device index 1 or more.
     fn multus_enis(
         &self,

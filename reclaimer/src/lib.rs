@@ -22,6 +22,7 @@ pub mod ec2;
 pub mod events;
 pub mod guard;
 pub mod leader;
+pub mod loops;
 pub mod metrics;
 pub mod readiness;
 pub mod reclaim;

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::ec2::{Ec2, MultusEni};
 use crate::events::{Events, node_ref};
+use crate::loops::{self, Loop, Trigger};
 use crate::metrics::{Metrics, ReadinessResult};
 use crate::view::{View, instance_id};
 
@@ -127,27 +128,16 @@ impl<E: Ec2> Readiness<E> {
         }
     }
 
-    /// Runs passes while `leading` says this replica leads; returns when the
-    /// election ends.
-    pub async fn run(self, mut leading: watch::Receiver<bool>) {
-        loop {
-            if leading.wait_for(|l| *l).await.is_err() {
-                return;
-            }
-            let mut tick = tokio::time::interval(self.settings.interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = self.view.node_added() => {}
-                    _ = leading.wait_for(|l| !*l) => break,
-                }
-                if !*leading.borrow() {
-                    break;
-                }
-                self.pass().await;
-            }
-        }
+    /// Runs passes while `leading` says this replica leads: for each node seen for
+    /// the first time and every interval; returns when the election ends.
+    pub async fn run(self, leading: watch::Receiver<bool>) {
+        let view = self.view.clone();
+        let trigger = Trigger {
+            changed: || view.node_added(),
+            settle: Duration::ZERO,
+        };
+        let interval = self.settings.interval;
+        loops::while_leading(self, leading, interval, trigger).await;
     }
 
     /// One pass over the nodes in scope.
@@ -279,6 +269,12 @@ impl<E: Ec2> Readiness<E> {
             debug!(node = %name, error = %e, "could not write the Event");
         }
         Ok(())
+    }
+}
+
+impl<E: Ec2> Loop for Readiness<E> {
+    async fn pass(&mut self) {
+        Readiness::pass(self).await;
     }
 }
 

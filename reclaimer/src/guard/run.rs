@@ -28,6 +28,7 @@ use tracing::{info, warn};
 use super::{Nad, ipam};
 use crate::ec2::Ec2;
 use crate::events::Events;
+use crate::loops::{self, Loop, Trigger};
 use crate::metrics::{GuardResult, Metrics};
 use crate::view::{NadObject, View};
 
@@ -123,36 +124,24 @@ impl<E: Ec2> Guard<E> {
         }
     }
 
-    /// Runs passes while `leading` says this replica leads; returns when the
-    /// election ends.
-    pub async fn run(mut self, mut leading: watch::Receiver<bool>) {
-        loop {
-            if leading.wait_for(|l| *l).await.is_err() {
-                return;
-            }
-            self.reports.start_over();
-            self.published = None;
-            let mut tick = tokio::time::interval(self.settings.interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let changed = tokio::select! {
-                    _ = tick.tick() => false,
-                    () = self.view.nads_changed() => true,
-                    _ = leading.wait_for(|l| !*l) => break,
-                };
-                if changed {
-                    tokio::time::sleep(SETTLE).await;
-                }
-                if !*leading.borrow() {
-                    break;
-                }
-                self.pass().await;
-            }
-        }
+    /// Runs passes while `leading` says this replica leads: at every change to a NAD
+    /// and every interval; returns when the election ends.
+    pub async fn run(self, leading: watch::Receiver<bool>) {
+        let view = self.view.clone();
+        let trigger = Trigger {
+            changed: || view.nads_changed(),
+            settle: SETTLE,
+        };
+        let interval = self.settings.interval;
+        loops::while_leading(self, leading, interval, trigger).await;
     }
 
     /// One pass: the NADs in scope judged against EC2 now, and what changed reported.
     pub async fn pass(&mut self) {
+        self.judge().await;
+    }
+
+    async fn judge(&mut self) {
         let objects = self.view.nads();
         let nads: Vec<Nad> = objects
             .iter()
@@ -253,6 +242,18 @@ impl<E: Ec2> Guard<E> {
         {
             warn!(nad = %name, error = %e, "could not write the Event; the log line above says the same");
         }
+    }
+}
+
+impl<E: Ec2> Loop for Guard<E> {
+    fn start(&mut self) {
+        // A new term reports every NAD with findings again and writes the ConfigMap.
+        self.reports.start_over();
+        self.published = None;
+    }
+
+    async fn pass(&mut self) {
+        self.judge().await;
     }
 }
 

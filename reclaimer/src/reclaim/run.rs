@@ -30,6 +30,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::ec2::Ec2;
 use crate::events::Events;
+use crate::loops::{self, Loop};
 use crate::metrics::{Metrics, ReleaseResult, SweepResult};
 use crate::reclaim::claims::claim_of;
 use crate::reclaim::sweep::{Held, Release, Suspects, decide};
@@ -110,25 +111,8 @@ impl<E: Ec2> Sweeper<E> {
     /// Sweeps every `interval` while `leading` says this replica leads, each time it
     /// starts leading with every grace period started again; returns when the
     /// election ends.
-    pub async fn run(mut self, mut leading: watch::Receiver<bool>, interval: Duration) {
-        loop {
-            if leading.wait_for(|l| *l).await.is_err() {
-                return;
-            }
-            self.start_over();
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = leading.wait_for(|l| !*l) => break,
-                }
-                if !*leading.borrow() {
-                    break;
-                }
-                self.sweep().await;
-            }
-        }
+    pub async fn run(self, leading: watch::Receiver<bool>, interval: Duration) {
+        loops::while_leading(self, leading, interval, loops::interval_only()).await;
     }
 
     pub fn start_over(&mut self) {
@@ -552,4 +536,14 @@ fn ips(releases: &[Release]) -> String {
 fn ips_of(claimed: &[(Release, String)]) -> String {
     let set: BTreeSet<String> = claimed.iter().map(|(r, _)| r.held.ip.to_string()).collect();
     set.into_iter().collect::<Vec<_>>().join(",")
+}
+
+impl<E: Ec2> Loop for Sweeper<E> {
+    fn start(&mut self) {
+        self.start_over();
+    }
+
+    async fn pass(&mut self) {
+        self.sweep().await;
+    }
 }
