@@ -56,7 +56,11 @@ pub async fn while_leading<L, F, Fut>(
             let changed = tokio::select! {
                 _ = tick.tick() => false,
                 () = (trigger.changed)() => true,
-                _ = leading.wait_for(|l| !*l) => break,
+                lost = leading.wait_for(|l| !*l) => match lost {
+                    Ok(_) => break,
+                    // The election ended while leading: no term can follow.
+                    Err(_) => return,
+                },
             };
             if changed && !trigger.settle.is_zero() {
                 tokio::time::sleep(trigger.settle).await;
@@ -66,5 +70,105 @@ pub async fn while_leading<L, F, Fut>(
             }
             each.pass().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Counts {
+        starts: Arc<AtomicUsize>,
+        passes: Arc<AtomicUsize>,
+    }
+
+    impl Loop for Counts {
+        fn start(&mut self) {
+            self.starts.fetch_add(1, Ordering::SeqCst);
+        }
+
+        async fn pass(&mut self) {
+            self.passes.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    #[tokio::test]
+    async fn passes_run_only_while_leading_at_the_trigger_and_each_term_starts_afresh() {
+        let counts = Counts::default();
+        let (leading_tx, leading) = watch::channel(false);
+        let changed = Arc::new(Notify::new());
+        let trigger = {
+            let changed = changed.clone();
+            Trigger {
+                changed: move || {
+                    let changed = changed.clone();
+                    async move { changed.notified().await }
+                },
+                settle: Duration::ZERO,
+            }
+        };
+        // An hour's interval: after the first tick, only the trigger makes a pass.
+        let task = tokio::spawn(while_leading(
+            counts.clone(),
+            leading,
+            Duration::from_secs(3600),
+            trigger,
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            counts.passes.load(Ordering::SeqCst),
+            0,
+            "not leading: no pass"
+        );
+        assert_eq!(counts.starts.load(Ordering::SeqCst), 0);
+
+        leading_tx.send_replace(true);
+        until("the first term's first pass", || {
+            counts.passes.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert_eq!(counts.starts.load(Ordering::SeqCst), 1);
+        changed.notify_one();
+        until("a pass at the trigger", || {
+            counts.passes.load(Ordering::SeqCst) == 2
+        })
+        .await;
+
+        leading_tx.send_replace(false);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        changed.notify_one();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            counts.passes.load(Ordering::SeqCst),
+            2,
+            "no pass after leadership is lost"
+        );
+
+        leading_tx.send_replace(true);
+        until("the second term's start", || {
+            counts.starts.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        drop(leading_tx);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("returns when the election ends")
+            .unwrap();
     }
 }
