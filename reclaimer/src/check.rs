@@ -25,7 +25,7 @@ use serde_json::json;
 use crate::ec2::{Ec2, MultusEni, SdkEc2};
 use crate::guard::{self, Nad, ipam};
 use crate::reclaim::claims;
-use crate::view::instance_id;
+use crate::view::{node_instance, served};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -192,13 +192,6 @@ pub async fn run(client: &Client, ec2: &SdkEc2, options: &Options) -> Report {
         nads.skip("no NAD to judge: Multus is not installed");
     }
     Report::from(vec![cluster, nodes, nads])
-}
-
-async fn served(client: &Client, ar: &kube::api::ApiResource) -> bool {
-    match client.list_api_group_resources(&ar.api_version).await {
-        Ok(list) => list.resources.iter().any(|r| r.name == ar.plural),
-        Err(_) => false,
-    }
 }
 
 /// The MutatingWebhookConfiguration and its CA bundle; its namespaceSelector, which
@@ -374,10 +367,7 @@ async fn multus_nodes(client: &Client, ec2: &SdkEc2, section: &mut Section) -> V
         }
     };
     let by_instance: BTreeMap<String, String> = (nodes.iter())
-        .filter_map(|n| {
-            let id = instance_id(n.spec.as_ref()?.provider_id.as_deref()?)?;
-            Some((id.to_owned(), n.metadata.name.clone()?))
-        })
+        .filter_map(|n| Some((node_instance(n)?.to_owned(), n.metadata.name.clone()?)))
         .collect();
     if by_instance.is_empty() {
         section.skip("no node runs on an EC2 instance (spec.providerID aws:///…)");
@@ -398,9 +388,8 @@ async fn multus_nodes(client: &Client, ec2: &SdkEc2, section: &mut Section) -> V
     // may hold.
     let types: BTreeMap<String, String> = (nodes.iter())
         .filter_map(|n| {
-            let id = instance_id(n.spec.as_ref()?.provider_id.as_deref()?)?;
             let ty = n.metadata.labels.as_ref()?.get(INSTANCE_TYPE_LABEL)?;
-            Some((id.to_owned(), ty.clone()))
+            Some((node_instance(n)?.to_owned(), ty.clone()))
         })
         .collect();
     let wanted: Vec<String> = types
@@ -625,8 +614,7 @@ pub async fn pod(client: &Client, ec2: &SdkEc2, namespace: &str, name: &str) -> 
         .await
         .map(|l| l.items)
         .unwrap_or_default();
-    let instance_of =
-        |node: &Node| instance_id(node.spec.as_ref()?.provider_id.as_deref()?).map(str::to_owned);
+    let instance_of = |node: &Node| node_instance(node).map(str::to_owned);
     let instances: Vec<String> = all_nodes.iter().filter_map(instance_of).collect();
     let own = (all_nodes.iter())
         .find(|n| n.metadata.name.as_deref() == Some(node.as_str()))

@@ -1,15 +1,16 @@
-//! ipmgmt-reclaimer: the project's controller. Two loops run in it while its replica
-//! holds the leader Lease (`leader`), over one view of the cluster (`view`):
+//! ipmgmt-reclaimer: the project's controller. Three loops run in it while its
+//! replica holds the leader Lease (`leader`), over one view of the cluster (`view`),
+//! each a `loops::Loop`:
 //!
-//! - **Reclaim** (`reclaim`): gives back the Multus ENI addresses of pods that are gone. Sidecars
-//!   release their pod's addresses when they stop; nothing does for an init-mode pod,
-//!   a killed sidecar, a dead node or a force-deleted pod, and each such address keeps
-//!   one of the ENI's few slots. The Kubernetes API says which pods are live, what
+//! - **Reclaim** (`reclaim`): gives back the Multus ENI addresses of pods that are
+//!   gone. Sidecars release their pod's addresses when they stop; nothing does for an
+//!   init-mode pod, a killed sidecar, a dead node or a force-deleted pod, and each such
+//!   address keeps one of the ENI's few slots. The Kubernetes API says which pods are live, what
 //!   they hold and what IPAM handed out (`view`, `claims`, `whereabouts`), EC2 says
 //!   what the Multus ENIs hold (`ec2`), `sweep` decides, pure, what is stale, and `run`
 //!   releases it without ever leaving a claimed address unassigned.
-//! - **Readiness** (`readiness`): keeps a NoSchedule taint on nodes that should carry
-//!   Multus ENIs until every expected one is attached and tagged.
+//! - **Readiness** (`readiness`, opt-in): keeps a NoSchedule taint on nodes that
+//!   should carry Multus ENIs until every expected one is attached and tagged.
 //! - **Guard** (`guard`): judges NetworkAttachmentDefinitions' address ranges against
 //!   the subnets of the Multus ENIs they ride on (inside the subnet, clear of AWS's
 //!   reserved addresses and the ENIs' own, under an explicit CIDR reservation, apart
@@ -132,8 +133,6 @@ pub async fn run<E: Ec2 + Clone>(
             },
         )
     });
-    let guard_leading = leading.clone();
-    let readiness_leading = leading.clone();
     let events = events::Events::new(kube.clone(), CONTROLLER, &args.identity);
     let sweeper = Sweeper::new(
         ec2,
@@ -152,8 +151,7 @@ pub async fn run<E: Ec2 + Clone>(
         leading.clone(),
     );
 
-    let interval = args.interval;
-    let reclaim = sweeper.run(leading.clone(), interval);
+    let reclaim = sweeper.run(args.interval);
     // The leader metric follows the election, whichever loops run.
     let leader_metric = {
         let metrics = metrics.clone();
@@ -172,12 +170,12 @@ pub async fn run<E: Ec2 + Clone>(
         info!("pods, nodes and namespaces listed");
         let guarding = async {
             if let Some(guard) = guard {
-                guard.run(guard_leading).await;
+                guard.run(leading.clone()).await;
             }
         };
         let readying = async {
             if let Some(readiness) = readiness {
-                readiness.run(readiness_leading).await;
+                readiness.run(leading.clone()).await;
             }
         };
         tokio::join!(reclaim, guarding, readying, leader_metric);

@@ -31,7 +31,7 @@ use crate::ec2::{Ec2, MultusEni};
 use crate::events::{Events, node_ref};
 use crate::loops::{self, Loop, Trigger};
 use crate::metrics::{Metrics, ReadinessResult};
-use crate::view::{View, instance_id};
+use crate::view::{View, node_instance};
 
 pub const TAINT_KEY: &str = "ipmgmt.aws/multus-eni-missing";
 pub const TAINT_EFFECT: &str = "NoSchedule";
@@ -61,6 +61,14 @@ pub struct NodeState {
 pub enum Change {
     Taint { node: String, missing: Vec<i32> },
     Untaint { node: String },
+}
+
+impl Change {
+    pub fn node(&self) -> &str {
+        match self {
+            Change::Taint { node, .. } | Change::Untaint { node } => node,
+        }
+    }
 }
 
 /// The device indexes of `expected` with no Multus ENI of `instance` among `enis`.
@@ -142,28 +150,21 @@ impl<E: Ec2> Readiness<E> {
 
     /// One pass over the nodes in scope.
     pub async fn pass(&self) {
-        let nodes: Vec<(NodeState, Option<String>)> = (self.view.nodes().iter())
+        let nodes: Vec<NodeState> = (self.view.nodes().iter())
             .filter(|n| {
                 let labels = n.metadata.labels.clone().unwrap_or_default();
                 self.selector.matches(&labels)
             })
             .filter_map(|n| {
-                let spec = n.spec.as_ref();
-                let state = NodeState {
+                Some(NodeState {
                     name: n.metadata.name.clone()?,
-                    instance: spec
-                        .and_then(|s| s.provider_id.as_deref())
-                        .and_then(instance_id)
-                        .map(str::to_owned),
-                    tainted: (spec.and_then(|s| s.taints.as_ref()))
+                    instance: node_instance(n).map(str::to_owned),
+                    tainted: (n.spec.as_ref().and_then(|s| s.taints.as_ref()))
                         .is_some_and(|t| t.iter().any(|t| t.key == TAINT_KEY)),
-                };
-                Some((state, n.metadata.resource_version.clone()))
+                })
             })
             .collect();
-        let instances: Vec<String> = (nodes.iter())
-            .filter_map(|(n, _)| n.instance.clone())
-            .collect();
+        let instances: Vec<String> = nodes.iter().filter_map(|n| n.instance.clone()).collect();
         let enis = match self.ec2.multus_enis(&instances).await {
             Ok(enis) => enis,
             Err(e) => {
@@ -172,35 +173,19 @@ impl<E: Ec2> Readiness<E> {
                 return;
             }
         };
-        let states: Vec<NodeState> = nodes.iter().map(|(n, _)| n.clone()).collect();
-        let changes = plan(&states, &enis, &self.settings.device_indexes);
+        let changes = plan(&nodes, &enis, &self.settings.device_indexes);
         let mut failed = false;
         for change in &changes {
-            let name = match change {
-                Change::Taint { node, .. } | Change::Untaint { node } => node,
-            };
-            let version = nodes
-                .iter()
-                .find(|(n, _)| &n.name == name)
-                .and_then(|(_, v)| v.clone());
-            if let Err(e) = self.apply(change, version).await {
+            if let Err(e) = self.apply(change).await {
                 failed = true;
-                warn!(node = %name, error = %e, "could not change the node's taints; the next pass tries again");
+                warn!(node = %change.node(), error = %e, "could not change the node's taints; the next pass tries again");
             }
         }
-        let tainted = (states.iter())
-            .filter(|n| {
-                let changed = |c: &Change| match c {
-                    Change::Taint { node, .. } => node == &n.name,
-                    Change::Untaint { node } => node == &n.name,
-                };
-                match changes.iter().find(|c| changed(c)) {
-                    Some(Change::Taint { .. }) => true,
-                    Some(Change::Untaint { .. }) => false,
-                    None => n.tainted,
-                }
-            })
+        // Tainted after the pass, as planned: those that were, plus added, less removed.
+        let added = (changes.iter())
+            .filter(|c| matches!(c, Change::Taint { .. }))
             .count();
+        let tainted = nodes.iter().filter(|n| n.tainted).count() + added - (changes.len() - added);
         self.metrics.nodes_missing_enis(tainted);
         self.metrics.readiness_pass(if failed {
             ReadinessResult::Failed
@@ -209,14 +194,12 @@ impl<E: Ec2> Readiness<E> {
         });
     }
 
-    async fn apply(&self, change: &Change, version: Option<String>) -> Result<(), kube::Error> {
-        let (name, taint) = match change {
-            Change::Taint { node, .. } => (node, true),
-            Change::Untaint { node } => (node, false),
-        };
+    async fn apply(&self, change: &Change) -> Result<(), kube::Error> {
+        let name = change.node();
+        let taint = matches!(change, Change::Taint { .. });
         // Read the node's taints as the API server has them now, not the watch's copy.
         let node = self.nodes.get(name).await?;
-        let version = node.metadata.resource_version.clone().or(version);
+        let version = node.metadata.resource_version.clone();
         let mut taints: Vec<Taint> = node.spec.and_then(|s| s.taints).unwrap_or_default();
         let had = taints.iter().any(|t| t.key == TAINT_KEY);
         if had == taint {

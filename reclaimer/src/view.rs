@@ -248,10 +248,7 @@ impl View {
         self.nodes
             .state()
             .iter()
-            .filter_map(|n| {
-                let id = instance_id(n.spec.as_ref()?.provider_id.as_deref()?)?;
-                Some((id.to_owned(), n.metadata.name.clone()?))
-            })
+            .filter_map(|n| Some((node_instance(n)?.to_owned(), n.metadata.name.clone()?)))
             .collect()
     }
 
@@ -386,7 +383,7 @@ pub async fn nads_served(client: &Client) -> bool {
 }
 
 /// Whether the API server serves `ar`; an error reads as no, and is logged.
-async fn served(client: &Client, ar: &ApiResource) -> bool {
+pub async fn served(client: &Client, ar: &ApiResource) -> bool {
     match client.list_api_group_resources(&ar.api_version).await {
         Ok(list) => list.resources.iter().any(|r| r.name == ar.plural),
         Err(e) => {
@@ -394,6 +391,11 @@ async fn served(client: &Client, ar: &ApiResource) -> bool {
             false
         }
     }
+}
+
+/// The EC2 instance a node runs on, from its `spec.providerID`.
+pub fn node_instance(node: &Node) -> Option<&str> {
+    instance_id(node.spec.as_ref()?.provider_id.as_deref()?)
 }
 
 /// `aws:///us-west-2a/i-0abc…` → `i-0abc…`.

@@ -205,15 +205,18 @@ fn answer(review: ReviewIn<'_>, injector: &Injector) -> Result<Answer, BadReview
                     match injector.guard().judge(namespace, networks) {
                         Judged::Deny(message) => {
                             response.deny(403, "Forbidden", &message);
-                            return Ok(finish(subject, Outcome::Denied, response, Some(message)));
+                            (Outcome::Denied, Some(message))
                         }
-                        Judged::Warn(more) => warnings.extend(more),
-                        Judged::Clean => {}
+                        judged => {
+                            if let Judged::Warn(more) = judged {
+                                warnings.extend(more);
+                            }
+                            response.patch = Some(patch.to_bytes());
+                            response.patch_type = Some("JSONPatch");
+                            response.warnings = warnings;
+                            (Outcome::Injected(mode), None)
+                        }
                     }
-                    response.patch = Some(patch.to_bytes());
-                    response.patch_type = Some("JSONPatch");
-                    response.warnings = warnings;
-                    (Outcome::Injected(mode), None)
                 }
                 Decision::Reorder { patch } => {
                     response.patch = Some(patch.to_bytes());
@@ -234,21 +237,13 @@ fn answer(review: ReviewIn<'_>, injector: &Injector) -> Result<Answer, BadReview
         // Only pod CREATE is registered; anything else passes untouched.
         _ => (Outcome::Skipped, None),
     };
-    Ok(finish(subject, outcome, response, message))
-}
-
-fn finish(
-    subject: Subject,
-    outcome: Outcome,
-    response: Response<'_>,
-    message: Option<String>,
-) -> Answer {
-    Answer {
+    let body = response.to_review();
+    Ok(Answer {
         subject,
         outcome,
-        body: response.to_review(),
+        body,
         message,
-    }
+    })
 }
 
 fn subject(request: &RequestIn<'_>) -> Subject {

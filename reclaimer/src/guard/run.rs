@@ -138,10 +138,6 @@ impl<E: Ec2> Guard<E> {
 
     /// One pass: the NADs in scope judged against EC2 now, and what changed reported.
     pub async fn pass(&mut self) {
-        self.judge().await;
-    }
-
-    async fn judge(&mut self) {
         let objects = self.view.nads();
         let nads: Vec<Nad> = objects
             .iter()
@@ -253,7 +249,7 @@ impl<E: Ec2> Loop for Guard<E> {
     }
 
     async fn pass(&mut self) {
-        self.judge().await;
+        Guard::pass(self).await;
     }
 }
 

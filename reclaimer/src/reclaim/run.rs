@@ -111,7 +111,8 @@ impl<E: Ec2> Sweeper<E> {
     /// Sweeps every `interval` while `leading` says this replica leads, each time it
     /// starts leading with every grace period started again; returns when the
     /// election ends.
-    pub async fn run(self, leading: watch::Receiver<bool>, interval: Duration) {
+    pub async fn run(self, interval: Duration) {
+        let leading = self.leading.clone();
         loops::while_leading(self, leading, interval, loops::interval_only()).await;
     }
 
