@@ -14,18 +14,9 @@ use crate::eni::{Eni, Subnet, Vpc};
 /// Where the least-privilege policy lives, for error messages.
 pub const IAM_POLICY: &str = "deploy/iam-policy.json";
 
-/// Every EC2 action the manager calls; `deploy/iam-policy.json` grants exactly these
-/// (checked by a test). `Action::ALL` also holds the reclaimer's.
-pub const ACTIONS: [Action; 8] = [
-    Action::DescribeInstances,
-    Action::DescribeNetworkInterfaces,
-    Action::DescribeSubnets,
-    Action::DescribeVpcs,
-    Action::AssignPrivateIpAddresses,
-    Action::UnassignPrivateIpAddresses,
-    Action::AssignIpv6Addresses,
-    Action::UnassignIpv6Addresses,
-];
+/// Every EC2 action the manager calls (`Action::MANAGER`, which `ipmgmt check` also
+/// reads); `deploy/iam-policy.json` grants exactly these (checked by a test).
+pub const ACTIONS: [Action; 8] = Action::MANAGER;
 
 pub trait Ec2 {
     /// The ENIs attached to the instance.

@@ -24,17 +24,9 @@ use crate::guard::verdict::Subnet;
 /// Where the reclaimer's policy lives, for error messages.
 pub const IAM_POLICY: &str = "deploy/reclaimer-iam-policy.json";
 
-/// Every EC2 action the reclaimer calls; `deploy/reclaimer-iam-policy.json` allows
-/// exactly these (checked by a test).
-pub const ACTIONS: [Action; 7] = [
-    Action::DescribeNetworkInterfaces,
-    Action::DescribeSubnets,
-    Action::GetSubnetCidrReservations,
-    Action::UnassignPrivateIpAddresses,
-    Action::UnassignIpv6Addresses,
-    Action::AssignPrivateIpAddresses,
-    Action::AssignIpv6Addresses,
-];
+/// Every EC2 action the controller calls (`Action::CONTROLLER`);
+/// `deploy/reclaimer-iam-policy.json` allows exactly these (checked by a test).
+pub const ACTIONS: [Action; 7] = Action::CONTROLLER;
 
 /// EC2 accepts at most this many values in one filter.
 const FILTER_VALUES: usize = 200;

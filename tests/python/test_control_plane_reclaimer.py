@@ -11,6 +11,7 @@ import os
 import subprocess
 import time
 
+import boto3
 import pytest
 import requests
 
@@ -33,6 +34,10 @@ RESERVED = "10.0.4.192/26"
 POLICY = ROOT / "deploy" / "reclaimer-iam-policy.json"
 # What `ipmgmt check` needs, for the user who runs it (by the access key it signs with).
 CHECK_KEY, CHECK_POLICY = "AKIACHECKTEST", ROOT / "deploy" / "check-iam-policy.json"
+# The roles `ipmgmt check --iam-profile` tries, by their access keys: the IP manager's,
+# the controller's, and a controller role whose policy lacks one action.
+MANAGER_KEY, CONTROLLER_KEY, WANTING_KEY = "AKIAMANAGERROLE", "AKIACONTROLLERROLE", "AKIAWANTINGROLE"
+WANTING = "ec2:UnassignIpv6Addresses"
 NODE1 = Node(1)
 ETH1, ETH2 = NODE1.enis[1], NODE1.enis[2]
 # The ranges whereabouts hands out from, one IPPool each: eth1's and eth2's subnets.
@@ -113,11 +118,17 @@ def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("control-plane-reclaimer")
     on_eth1 = [GONE, LIVE, VIP, LATER, DRAINING, REUSED, REPORTED, SERVED, UNSERVED, *STALE, TAGGED, FRESH,
                ON_ITS_ENI]
+    wanting = json.loads(POLICY.read_text())
+    for statement in wanting["Statement"]:
+        statement["Action"] = [a for a in statement["Action"] if a != WANTING]
+    (tmp / "wanting-policy.json").write_text(json.dumps(wanting))
     vpc = Vpc([NODE1], tmp, iam_policy=POLICY,
               held=[(ETH1.id, a) for a in on_eth1] + [(ETH2.id, STALE_ON_ETH2), (ETH2.id, UNTAGGED),
                                                       (ETH2.id, ON_ETH2)],
               tags=[(ETH1.id, *CLUSTER_TAG)], primary_ipv6=[(ETH2.id, PRIMARY_V6)],
-              reservations=[("subnet-net1", RESERVED)], policies_by_key=[(CHECK_KEY, CHECK_POLICY)])
+              reservations=[("subnet-net1", RESERVED)],
+              policies_by_key=[(CHECK_KEY, CHECK_POLICY), (MANAGER_KEY, ROOT / "deploy" / "iam-policy.json"),
+                               (CONTROLLER_KEY, POLICY), (WANTING_KEY, tmp / "wanting-policy.json")])
     cp = None
     reclaimer = None
     try:
@@ -646,12 +657,12 @@ def test_a_node_without_its_multus_eni_is_tainted_until_it_has_one(cluster, tmp_
 IPMGMT_BIN = TARGET / "debug" / "ipmgmt"
 
 
-def ipmgmt_check(cp, vpc, *args):
+def ipmgmt_check(cp, vpc, *args, env=None):
     """`ipmgmt check` as a user runs it: their kubeconfig, their AWS credentials (the
-    fake EC2's, under the reclaimer's policy)."""
+    fake EC2's, under deploy/check-iam-policy.json)."""
     env = {"PATH": os.environ["PATH"], "KUBECONFIG": str(cp.kubeconfig), "AWS_REGION": "us-west-2",
-           "AWS_ENDPOINT_URL_EC2": f"http://127.0.0.1:{vpc.port}", "AWS_ACCESS_KEY_ID": CHECK_KEY,
-           "AWS_SECRET_ACCESS_KEY": "check-secret", "AWS_EC2_METADATA_DISABLED": "true"}
+           **({"AWS_ENDPOINT_URL_EC2": f"http://127.0.0.1:{vpc.port}"} if vpc else {}), "AWS_ACCESS_KEY_ID": CHECK_KEY,
+           "AWS_SECRET_ACCESS_KEY": "check-secret", "AWS_EC2_METADATA_DISABLED": "true", **(env or {})}
     return subprocess.run([str(IPMGMT_BIN), "check", f"--release-namespace={NAMESPACE}", *args], env=env,
                           capture_output=True, text=True, timeout=60)
 
@@ -726,6 +737,148 @@ def test_ipmgmt_check_passes_a_healthy_install_and_names_each_broken_part(cluste
             cp.create("/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies", policy)
         cp.kubectl("delete", "network-attachment-definitions", "checked", "-n", APPS, "--ignore-not-found")
         replica.stop()
+
+
+def test_ipmgmt_check_tries_each_roles_actions_and_names_the_one_missing(cluster, tmp_path):
+    """`ipmgmt check --iam-profile`: each action the IP manager and the controller
+    call, tried with the role's credentials (an AWS profile each) against a Multus
+    ENI; the describe calls with DryRun, the address calls with an address EC2
+    refuses once it has authorized the caller. A role missing one action gets the one
+    ✗ naming it and the policy that grants it; nothing in EC2 changes."""
+    cp, vpc, _ = cluster
+    credentials = tmp_path / "credentials"
+    credentials.write_text("".join(
+        f"[{name}]\naws_access_key_id = {key}\naws_secret_access_key = role-secret\n\n"
+        for name, key in (("ipmgmt-manager", MANAGER_KEY), ("ipmgmt-controller", CONTROLLER_KEY),
+                          ("controller-wanting", WANTING_KEY))))
+    (tmp_path / "config").write_text("")
+    env = {"AWS_SHARED_CREDENTIALS_FILE": str(credentials), "AWS_CONFIG_FILE": str(tmp_path / "config")}
+
+    def iam(*profiles):
+        done = ipmgmt_check(cp, vpc, "--output=json", *(f"--iam-profile={p}" for p in profiles), env=env)
+        (section,) = [s for s in json.loads(done.stdout)["sections"] if s["name"] == "IAM"]
+        return section["checks"]
+
+    def address_calls(since):
+        return [e for e in vpc.log()[since:] if "ssign" in e["action"]]
+
+    unprobed = iam()
+    assert [c["status"] for c in unprobed] == ["skip"], unprobed
+    assert "--iam-profile manager=PROFILE" in unprobed[0]["what"]
+
+    since = len(vpc.log())
+    good = iam("manager=ipmgmt-manager", "controller=ipmgmt-controller")
+    assert [c["status"] for c in good] == ["pass", "pass"], good
+    manager, controller = (c["what"] for c in good)
+    eni = next(e.id for e in (ETH1, ETH2) if e.id in manager)
+    assert manager == ("the IP manager's role (profile ipmgmt-manager) may call DescribeInstances, "
+                       "DescribeNetworkInterfaces, DescribeSubnets, DescribeVpcs, AssignPrivateIpAddresses, "
+                       "UnassignPrivateIpAddresses, AssignIpv6Addresses, UnassignIpv6Addresses "
+                       f"(the address calls on {eni})"), manager
+    assert controller.startswith("the controller's role (profile ipmgmt-controller) may call "
+                                 "DescribeNetworkInterfaces, DescribeSubnets, GetSubnetCidrReservations, "), controller
+    # Each address call was asked for something EC2 refused after authorizing it.
+    calls = address_calls(since)
+    assert len(calls) == 8 and all(e["status"] == 400 and e["eni"] == eni for e in calls), calls
+    assert {e["code"] for e in calls} == {"InvalidParameterValue"}, calls
+    dry = [e for e in vpc.log()[since:] if e["code"] == "DryRunOperation"]
+    assert {e["action"] for e in dry} >= {"DescribeInstances", "DescribeVpcs", "GetSubnetCidrReservations"}, dry
+
+    since = len(vpc.log())
+    wanting = iam("controller=controller-wanting")
+    failed = [c for c in wanting if c["status"] == "fail"]
+    assert len(failed) == 1, wanting
+    assert failed[0]["what"].startswith(
+        f"the controller's role (profile controller-wanting) may not call {WANTING} on {eni} "
+        "(UnauthorizedOperation: You are not authorized"), failed[0]
+    assert failed[0]["fix"] == (f"grant {WANTING} on network interfaces tagged node.k8s.amazonaws.com/no_manage=true, "
+                                "as deploy/reclaimer-iam-policy.json does"), failed[0]
+    assert [c["status"] for c in wanting if c is not failed[0]] == ["pass"]
+    assert not [e for e in address_calls(since) if e["status"] == 200]
+
+    missing = iam("manager=no-such-profile")
+    assert [c["status"] for c in missing] == ["fail"], missing
+    assert "its credentials do not work" in missing[0]["what"], missing
+    assert "AWS_SHARED_CREDENTIALS_FILE" in missing[0]["fix"]
+
+    # As text, exit 1, the ✗ line and what to do.
+    text = ipmgmt_check(cp, vpc, "--iam-profile=controller=controller-wanting", env=env)
+    assert text.returncode == 1
+    assert f"✗ the controller's role (profile controller-wanting) may not call {WANTING}" in text.stdout, text.stdout
+    assert f"→ grant {WANTING} on network interfaces tagged" in text.stdout
+
+
+@pytest.fixture
+def moto():
+    """moto_server on this host, for the wire format of what `ipmgmt check` calls."""
+    port = free_port()
+    proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(endpoint, timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "moto_server did not start"
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_ipmgmt_check_reads_what_moto_answers_in_ec2s_wire_format(cluster, tmp_path, moto):
+    """The check's calls against moto, which answers in EC2's own format (with AWS's
+    instance-type data): DescribeInstanceTypes' network limits, GetSubnetCidrReservations'
+    explicit reservation, DescribeNetworkInterfaces' tags and attachment, and the
+    DryRunOperation answer (HTTP 412) of the IAM section's tries. moto grants every
+    action and checks no address against a subnet, so only the format is tested here;
+    the semantics are the fake's (the scenes above)."""
+    cp, _, _ = cluster
+    ec2 = boto3.client("ec2", region_name="us-west-2", endpoint_url=moto, aws_access_key_id="AKIAMOTO",
+                       aws_secret_access_key="moto")
+    vpc_id = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.9.4.0/24", AvailabilityZone="us-west-2a")["Subnet"]
+    ec2.create_subnet_cidr_reservation(SubnetId=subnet["SubnetId"], Cidr="10.9.4.192/26",
+                                       ReservationType="explicit")
+    (instance,) = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="m5.large",
+                                    SubnetId=subnet["SubnetId"])["Instances"]
+    eni = ec2.create_network_interface(SubnetId=subnet["SubnetId"], TagSpecifications=[{
+        "ResourceType": "network-interface",
+        "Tags": [{"Key": "node.k8s.amazonaws.com/no_manage", "Value": "true"}]}])["NetworkInterface"]
+    ec2.attach_network_interface(NetworkInterfaceId=eni["NetworkInterfaceId"], InstanceId=instance["InstanceId"],
+                                 DeviceIndex=1)
+    ec2.assign_private_ip_addresses(NetworkInterfaceId=eni["NetworkInterfaceId"],
+                                    PrivateIpAddresses=["10.9.4.200", "10.9.4.201"])
+    node = "node-on-moto"
+    cp.add_node(node, f"aws:///us-west-2a/{instance['InstanceId']}",
+                labels={"node.kubernetes.io/instance-type": "m5.large"})
+    (tmp_path / "credentials").write_text("[moto-role]\naws_access_key_id = AKIAMOTOROLE\n"
+                                          "aws_secret_access_key = moto\n")
+    (tmp_path / "config").write_text("")
+    try:
+        nad(cp, "on-moto", ipvlan_on_eth1({"type": "whereabouts", "range": "10.9.4.192/26"}))
+        env = {"AWS_ENDPOINT_URL_EC2": moto, "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials"),
+               "AWS_CONFIG_FILE": str(tmp_path / "config")}
+        done = ipmgmt_check(cp, None, "--output=json", "--iam-profile=manager=moto-role", env=env)
+        report = json.loads(done.stdout)
+        checks = {s["name"]: s["checks"] for s in report["sections"]}
+        # m5.large: 10 IPv4 addresses per interface, as AWS publishes it; the ENI holds
+        # its primary and two more.
+        assert {"status": "pass", "what": f"{node} ({instance['InstanceId']}): Multus ENIs at device index 1 "
+                f"({eni['NetworkInterfaceId']}, 7 of 10 IPv4 addresses free)"} in checks["Nodes"], checks["Nodes"]
+        # Inside the subnet and under its explicit reservation.
+        assert {"status": "pass", "what": f"{APPS}/on-moto"} in checks["NetworkAttachmentDefinitions"], checks
+        (manager,) = checks["IAM"]
+        assert manager["status"] == "pass", manager
+        assert manager["what"].startswith("the IP manager's role (profile moto-role) may call DescribeInstances, "
+                                          "DescribeNetworkInterfaces, DescribeSubnets, DescribeVpcs, "), manager
+    finally:
+        cp.kubectl("delete", "network-attachment-definitions", "on-moto", "-n", APPS, "--ignore-not-found")
+        cp.request("DELETE", f"/api/v1/nodes/{node}", raw=True)
 
 
 def test_ipmgmt_check_pod_shows_each_address_the_eni_it_should_be_on_and_the_one_it_is_on(cluster):

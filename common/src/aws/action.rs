@@ -49,6 +49,31 @@ impl Action {
 }
 
 impl Action {
+    /// Every action the IP manager calls; `deploy/iam-policy.json` grants exactly
+    /// these (checked by a test), and `ipmgmt check` tries each with the manager's role.
+    pub const MANAGER: [Action; 8] = [
+        Action::DescribeInstances,
+        Action::DescribeNetworkInterfaces,
+        Action::DescribeSubnets,
+        Action::DescribeVpcs,
+        Action::AssignPrivateIpAddresses,
+        Action::UnassignPrivateIpAddresses,
+        Action::AssignIpv6Addresses,
+        Action::UnassignIpv6Addresses,
+    ];
+
+    /// Every action the controller calls; `deploy/reclaimer-iam-policy.json` grants
+    /// exactly these (checked by a test).
+    pub const CONTROLLER: [Action; 7] = [
+        Action::DescribeNetworkInterfaces,
+        Action::DescribeSubnets,
+        Action::GetSubnetCidrReservations,
+        Action::UnassignPrivateIpAddresses,
+        Action::UnassignIpv6Addresses,
+        Action::AssignPrivateIpAddresses,
+        Action::AssignIpv6Addresses,
+    ];
+
     /// The four actions the policy allows only on ENIs tagged no_manage.
     pub const fn changes_an_eni(self) -> bool {
         match self {

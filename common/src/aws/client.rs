@@ -52,6 +52,19 @@ pub fn loader(retries: Retries) -> ConfigLoader {
         .timeout_config(timeouts)
 }
 
+/// `loader` with only a named profile's credentials (static keys, `role_arn` with a
+/// source profile, `credential_process`, a web identity token). The default chain
+/// reads the environment's keys before any profile, so naming the profile alone would
+/// let them stand in for the role the profile names.
+pub fn with_profile(loader: ConfigLoader, profile: &str) -> ConfigLoader {
+    let credentials = aws_config::profile::ProfileFileCredentialsProvider::builder()
+        .profile_name(profile)
+        .build();
+    loader
+        .profile_name(profile)
+        .credentials_provider(credentials)
+}
+
 /// The EC2 client, reporting its attempts to `attempts`.
 pub fn ec2_client(sdk: &SdkConfig, attempts: &Attempts) -> aws_sdk_ec2::Client {
     let conf = aws_sdk_ec2::config::Builder::from(sdk)

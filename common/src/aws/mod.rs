@@ -11,7 +11,7 @@ mod error;
 mod tag;
 
 pub use action::Action;
-pub use client::{Attempts, Retries, ec2_client, jittered, loader};
+pub use client::{Attempts, Retries, ec2_client, jittered, loader, with_profile};
 pub use eni::{Eni, to_eni};
 pub use error::{Ec2Error, NoCredentials, Remedy, cause, sdk_error, strings};
 pub use tag::{NO_MANAGE_TAG, Tag};

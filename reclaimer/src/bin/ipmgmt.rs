@@ -42,6 +42,11 @@ enum Command {
         /// Only ENIs that also carry this tag (the chart's aws.clusterTag).
         #[arg(long, value_name = "KEY=VALUE")]
         cluster_tag: Option<ipmgmt_common::aws::Tag>,
+        /// Try each EC2 action a role's component calls with an AWS profile holding
+        /// that role's credentials (static keys, or role_arn with a source profile):
+        /// manager=PROFILE, controller=PROFILE. Nothing is changed.
+        #[arg(long, value_name = "ROLE=PROFILE", value_parser = check::role_profile)]
+        iam_profile: Vec<(check::Role, String)>,
         #[arg(long, short = 'o', value_enum, default_value_t = Output::Text, global = true)]
         output: Output,
     },
@@ -72,6 +77,7 @@ async fn main() -> ExitCode {
         dry_run_namespace,
         guard_master,
         cluster_tag,
+        iam_profile,
         output,
     } = Cli::parse().command;
     let client = match kube::Client::try_default().await {
@@ -83,12 +89,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let sdk = ipmgmt_common::aws::loader(ipmgmt_common::aws::Retries {
-        max_attempts: 3,
-        initial_backoff: std::time::Duration::from_millis(200),
-    })
-    .load()
-    .await;
+    let sdk = ipmgmt_common::aws::loader(check::RETRIES).load().await;
     let attempts = ipmgmt_common::aws::Attempts::default();
     let ec2 = SdkEc2::new(ipmgmt_common::aws::ec2_client(&sdk, &attempts)).only_tagged(cluster_tag);
     let report = match what {
@@ -99,6 +100,7 @@ async fn main() -> ExitCode {
                 namespace: release_namespace,
                 dry_run_namespace,
                 masters: guard_master.into_iter().collect(),
+                iam: iam_profile,
             };
             check::run(&client, &ec2, &options).await
         }

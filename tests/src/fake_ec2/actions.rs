@@ -83,6 +83,15 @@ impl Inner {
                 });
             }
         }
+        // EC2 answers a dry run once it has authorized the caller, before it reads
+        // the request's parameters, with HTTP 412.
+        if q.get("DryRun") == Some("true") {
+            return Err(Fail {
+                status: StatusCode::PRECONDITION_FAILED,
+                code: "DryRunOperation",
+                message: "Request would have succeeded, but DryRun flag is set.".into(),
+            });
+        }
         let body = match action {
             "DescribeNetworkInterfaces" => self.describe_network_interfaces(q)?,
             "DescribeSubnets" => self.describe_subnets(q)?,

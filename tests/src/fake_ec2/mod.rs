@@ -21,7 +21,10 @@
 //!   5xx, added latency. Every request is logged for tests to count.
 //!
 //! - With an IAM policy set (`set_policy`), requests it does not allow are answered
-//!   `UnauthorizedOperation`, as EC2 answers them.
+//!   `UnauthorizedOperation`, as EC2 answers them; one per access key
+//!   (`policies_by_key`) stands for several roles.
+//! - `DryRun=true`: once the caller is authorized, `DryRunOperation` (HTTP 412), and
+//!   nothing is read or changed, as EC2 answers a dry run.
 //! - STS's AssumeRoleWithWebIdentity answers on the same endpoint, for IRSA
 //!   (`AWS_ENDPOINT_URL_STS`); a token reading `expired` is refused.
 //!

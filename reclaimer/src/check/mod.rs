@@ -23,6 +23,15 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::ec2::{Ec2, MultusEni, SdkEc2};
+
+mod iam;
+pub use iam::{Role, role_profile};
+
+/// The check's EC2 retries: a few, quickly; a user is waiting.
+pub const RETRIES: ipmgmt_common::aws::Retries = ipmgmt_common::aws::Retries {
+    max_attempts: 3,
+    initial_backoff: std::time::Duration::from_millis(200),
+};
 use crate::guard::{self, Nad, ipam};
 use crate::reclaim::claims;
 use crate::view::{node_instance, served};
@@ -148,6 +157,9 @@ pub struct Options {
     pub dry_run_namespace: String,
     /// NAD masters that are not `ethN`.
     pub masters: BTreeMap<String, i32>,
+    /// The roles whose permissions are tried, each with an AWS profile holding its
+    /// credentials.
+    pub iam: Vec<(Role, String)>,
 }
 
 /// Every check, in order.
@@ -174,7 +186,7 @@ pub async fn run(client: &Client, ec2: &SdkEc2, options: &Options) -> Report {
     controller(client, options, &mut cluster).await;
 
     let mut nodes = Section::new("Nodes");
-    let instances = multus_nodes(client, ec2, &mut nodes).await;
+    let (instances, enis) = multus_nodes(client, ec2, &mut nodes).await;
 
     let mut nads = Section::new("NetworkAttachmentDefinitions");
     if nads_served {
@@ -191,7 +203,20 @@ pub async fn run(client: &Client, ec2: &SdkEc2, options: &Options) -> Report {
     } else {
         nads.skip("no NAD to judge: Multus is not installed");
     }
-    Report::from(vec![cluster, nodes, nads])
+
+    let mut iam = Section::new("IAM");
+    let target = match enis.first() {
+        Some(eni) => {
+            let subnets = ec2.subnets(std::slice::from_ref(&eni.subnet)).await;
+            let cidrs = (subnets.ok().into_iter().flatten())
+                .flat_map(|s| s.cidrs)
+                .collect::<Vec<_>>();
+            Some(iam::Target::new(eni, &cidrs))
+        }
+        None => None,
+    };
+    iam::judge(&options.iam, target.as_ref(), &mut iam).await;
+    Report::from(vec![cluster, nodes, nads, iam])
 }
 
 /// The MutatingWebhookConfiguration and its CA bundle; its namespaceSelector, which
@@ -356,14 +381,19 @@ async fn controller(client: &Client, options: &Options, section: &mut Section) {
     }
 }
 
-/// Each node with an EC2 instance: its Multus ENIs. Returns the instances.
-async fn multus_nodes(client: &Client, ec2: &SdkEc2, section: &mut Section) -> Vec<String> {
+/// Each node with an EC2 instance: its Multus ENIs. Returns the instances and their
+/// Multus ENIs.
+async fn multus_nodes(
+    client: &Client,
+    ec2: &SdkEc2,
+    section: &mut Section,
+) -> (Vec<String>, Vec<MultusEni>) {
     let nodes: Api<Node> = Api::all(client.clone());
     let nodes = match nodes.list(&ListParams::default()).await {
         Ok(list) => list.items,
         Err(e) => {
             section.fail(format!("cannot list nodes: {e}"), "check your RBAC");
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
     };
     let by_instance: BTreeMap<String, String> = (nodes.iter())
@@ -371,7 +401,7 @@ async fn multus_nodes(client: &Client, ec2: &SdkEc2, section: &mut Section) -> V
         .collect();
     if by_instance.is_empty() {
         section.skip("no node runs on an EC2 instance (spec.providerID aws:///…)");
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     }
     let instances: Vec<String> = by_instance.keys().cloned().collect();
     let enis = match ec2.multus_enis(&instances).await {
@@ -381,7 +411,7 @@ async fn multus_nodes(client: &Client, ec2: &SdkEc2, section: &mut Section) -> V
                 format!("cannot describe the nodes' ENIs: {e}"),
                 "allow ec2:DescribeNetworkInterfaces",
             );
-            return instances;
+            return (instances, Vec::new());
         }
     };
     // Each node's instance type, as its well-known label says, and what one ENI of it
@@ -453,7 +483,7 @@ async fn multus_nodes(client: &Client, ec2: &SdkEc2, section: &mut Section) -> V
             ),
         }
     }
-    instances
+    (instances, enis)
 }
 
 /// The well-known label kubelet sets from the cloud provider: the node's instance type.
