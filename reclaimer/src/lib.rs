@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod ec2;
 pub mod events;

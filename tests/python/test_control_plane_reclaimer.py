@@ -808,6 +808,35 @@ def test_ipmgmt_check_tries_each_roles_actions_and_names_the_one_missing(cluster
     assert f"→ grant {WANTING} on network interfaces tagged" in text.stdout
 
 
+def test_kubectl_runs_ipmgmt_check_as_its_plugin(cluster):
+    """`kubectl ipmgmt check`: kubectl finds `kubectl-ipmgmt` on the PATH and runs it
+    with the arguments after the plugin's name; `--kubeconfig` and `--context` are the
+    check's own, as kubectl passes none of its flags to a plugin."""
+    cp, vpc, _ = cluster
+    plugin = TARGET / "debug" / "kubectl-ipmgmt"
+    assert plugin.exists(), f"{plugin} is missing: build the workspace first (cargo build --workspace)"
+    env = {"PATH": f"{plugin.parent}:{os.environ['PATH']}", "HOME": os.environ.get("HOME", "/root"),
+           "AWS_REGION": "us-west-2", "AWS_ENDPOINT_URL_EC2": f"http://127.0.0.1:{vpc.port}",
+           "AWS_ACCESS_KEY_ID": CHECK_KEY, "AWS_SECRET_ACCESS_KEY": "check-secret",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    kubectl = str(tool("kubectl"))
+    listed = subprocess.run([kubectl, "plugin", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert str(plugin) in listed.stdout, listed.stdout + listed.stderr
+    done = subprocess.run([kubectl, "ipmgmt", "check", f"--kubeconfig={cp.kubeconfig}",
+                           f"--release-namespace={NAMESPACE}", "--output=json"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    report = json.loads(done.stdout)
+    assert [s["name"] for s in report["sections"]] == ["Cluster", "Nodes", "NetworkAttachmentDefinitions", "IAM"]
+    assert "the webhook injects: a dry-run pod in default got the IP manager (aws-ip-mgmt)" in [
+        c["what"] for c in report["sections"][0]["checks"] if c["status"] == "pass"], report
+    wrong = subprocess.run([kubectl, "ipmgmt", "check", f"--kubeconfig={cp.kubeconfig}", "--context=no-such"],
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2, wrong.stdout + wrong.stderr
+    assert "no-such" in wrong.stderr and "--context" in wrong.stderr, wrong.stderr
+    usage = subprocess.run([kubectl, "ipmgmt", "chek"], env=env, capture_output=True, text=True, timeout=60)
+    assert "Usage: kubectl ipmgmt" in usage.stderr, usage.stderr
+
+
 @pytest.fixture
 def moto():
     """moto_server on this host, for the wire format of what `ipmgmt check` calls."""
