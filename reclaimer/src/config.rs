@@ -117,9 +117,16 @@ pub struct Args {
     pub guard_master: Vec<(String, i32)>,
 
     /// A ConfigMap in this namespace that the guard keeps every NAD's findings in
-    /// (`findings.json`), for the webhook to warn about pods that ask for one.
+    /// (`findings.json`), for the webhook to warn about pods that ask for one. Empty:
+    /// none.
     #[arg(long, env = "IPMGMT_RECLAIMER_GUARD_CONFIGMAP", value_name = "NAME")]
     pub guard_configmap: Option<String>,
+
+    /// Let the guard create the explicit subnet CIDR reservation a NAD's range lacks
+    /// (CreateSubnetCidrReservation), when that is the range's only finding. It never
+    /// deletes one. Needs deploy/reclaimer-reserve-iam-policy.json.
+    #[arg(long, env = "IPMGMT_RECLAIMER_GUARD_RESERVE_RANGES", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub guard_reserve_ranges: bool,
 
     /// Node readiness for Multus ENIs: nodes with this label (repeat it: all must
     /// match; comma-separate in the environment) keep the NoSchedule taint

@@ -26,7 +26,7 @@ pub const IAM_POLICY: &str = "deploy/reclaimer-iam-policy.json";
 
 /// Every EC2 action the controller calls (`Action::CONTROLLER`);
 /// `deploy/reclaimer-iam-policy.json` allows exactly these (checked by a test).
-pub const ACTIONS: [Action; 7] = Action::CONTROLLER;
+pub const ACTIONS: [Action; 8] = Action::CONTROLLER;
 
 /// EC2 accepts at most this many values in one filter.
 const FILTER_VALUES: usize = 200;
@@ -90,6 +90,13 @@ pub trait Ec2: Send + Sync {
     /// the ENIs' own addresses are left for the caller, who has the ENIs.
     fn subnets(&self, ids: &[String])
     -> impl Future<Output = Result<Vec<Subnet>, Ec2Error>> + Send;
+    /// An explicit subnet CIDR reservation of `cidr` in `subnet`, described.
+    fn reserve(
+        &self,
+        subnet: &str,
+        cidr: IpNet,
+        description: &str,
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
 }
 
 #[derive(Clone, Debug)]
@@ -247,6 +254,25 @@ impl Ec2 for SdkEc2 {
             .map_err(|e| sdk_error(Action::UnassignIpv6Addresses, eni, e, &REMEDY))
     }
 
+    async fn reserve(&self, subnet: &str, cidr: IpNet, description: &str) -> Result<(), Ec2Error> {
+        (self.client.create_subnet_cidr_reservation())
+            .subnet_id(subnet)
+            .cidr(cidr.to_string())
+            .reservation_type(SubnetCidrReservationType::Explicit)
+            .description(description)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                sdk_error(
+                    Action::CreateSubnetCidrReservation,
+                    format!("{cidr} in {subnet}"),
+                    e,
+                    &REMEDY,
+                )
+            })
+    }
+
     async fn subnets(&self, ids: &[String]) -> Result<Vec<Subnet>, Ec2Error> {
         let mut out = Vec::new();
         for chunk in ids.chunks(FILTER_VALUES) {
@@ -374,6 +400,15 @@ fn credentials(why: NoCredentials) -> &'static str {
 
 fn hint(action: Action, code: Option<&str>) -> String {
     match code {
+        Some("UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException")
+            if action.opt_in().is_some() =>
+        {
+            format!(
+                "the reclaimer's IAM role lacks ec2:{action}, which {} needs: attach the policy in \
+                 deploy/reclaimer-reserve-iam-policy.json to the role, or turn the option off",
+                action.opt_in().unwrap_or_default()
+            )
+        }
         Some("UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException") => format!(
             "the reclaimer's IAM role lacks ec2:{action} (unassign is allowed only on ENIs tagged \
              {NO_MANAGE_TAG}=true): attach the policy in {IAM_POLICY} to the role"
@@ -391,6 +426,11 @@ fn hint(action: Action, code: Option<&str>) -> String {
             "the ENI is gone (its node was terminated): nothing to release".into()
         }
         Some("InvalidParameterValue" | "InvalidIPAddress.NotFound") => match action {
+            Action::CreateSubnetCidrReservation => {
+                "EC2 refused the reservation (one overlapping it, made meanwhile, or the subnet's limit): \
+                 the guard asks again after its interval; or reserve the range by hand"
+                    .into()
+            }
             Action::AssignPrivateIpAddresses | Action::AssignIpv6Addresses => {
                 "EC2 refused the address on that ENI: check the ENI's subnet and its address limit".into()
             }
@@ -536,32 +576,48 @@ mod tests {
         assert_eq!(multus_eni(&ni(1, false)), None);
     }
 
-    #[test]
-    fn the_policy_allows_exactly_the_calls_made_and_changes_only_multus_enis() {
-        let policy: serde_json::Value =
-            serde_json::from_str(include_str!("../../deploy/reclaimer-iam-policy.json")).unwrap();
+    fn actions_of(policy: &str) -> Vec<(String, serde_json::Value)> {
+        let policy: serde_json::Value = serde_json::from_str(policy).unwrap();
         let mut allowed = Vec::new();
         for statement in policy["Statement"].as_array().unwrap() {
             let actions: Vec<String> = match &statement["Action"] {
                 serde_json::Value::String(a) => vec![a.clone()],
                 list => serde_json::from_value(list.clone()).unwrap(),
             };
-            for a in &actions {
-                let action = ACTIONS
-                    .iter()
-                    .find(|x| format!("ec2:{x}") == *a)
-                    .unwrap_or_else(|| panic!("{a} is allowed but never called"));
-                if action.changes_an_eni() {
-                    assert_eq!(
-                        statement["Condition"]["StringEquals"]
-                            [format!("ec2:ResourceTag/{NO_MANAGE_TAG}")],
-                        "true",
-                        "{a} must be limited to ENIs tagged {NO_MANAGE_TAG}"
-                    );
-                }
-            }
-            allowed.extend(actions);
+            allowed.extend(actions.into_iter().map(|a| (a, statement.clone())));
         }
+        allowed
+    }
+
+    #[test]
+    fn the_policies_allow_exactly_the_calls_made_and_change_only_multus_enis() {
+        let base = actions_of(include_str!("../../deploy/reclaimer-iam-policy.json"));
+        let opt_in = actions_of(include_str!(
+            "../../deploy/reclaimer-reserve-iam-policy.json"
+        ));
+        for (a, statement) in &base {
+            let action = ACTIONS
+                .iter()
+                .find(|x| format!("ec2:{x}") == *a)
+                .unwrap_or_else(|| panic!("{a} is allowed but never called"));
+            assert_eq!(action.opt_in(), None, "{a} belongs in its opt-in policy");
+            if action.changes_an_eni() {
+                assert_eq!(
+                    statement["Condition"]["StringEquals"]
+                        [format!("ec2:ResourceTag/{NO_MANAGE_TAG}")],
+                    "true",
+                    "{a} must be limited to ENIs tagged {NO_MANAGE_TAG}"
+                );
+            }
+        }
+        for (a, _) in &opt_in {
+            let action = ACTIONS.iter().find(|x| format!("ec2:{x}") == *a);
+            assert!(
+                action.is_some_and(|x| x.opt_in().is_some()),
+                "{a} is in the opt-in policy but is no opt-in call"
+            );
+        }
+        let mut allowed: Vec<String> = base.into_iter().chain(opt_in).map(|(a, _)| a).collect();
         allowed.sort();
         let mut called: Vec<String> = ACTIONS.iter().map(|a| format!("ec2:{a}")).collect();
         called.sort();

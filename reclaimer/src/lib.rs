@@ -14,7 +14,8 @@
 //! - **Guard** (`guard`): judges NetworkAttachmentDefinitions' address ranges against
 //!   the subnets of the Multus ENIs they ride on (inside the subnet, clear of AWS's
 //!   reserved addresses and the ENIs' own, under an explicit CIDR reservation, apart
-//!   from other NADs') and puts an Event on each NAD whose findings change.
+//!   from other NADs') and puts an Event on each NAD whose findings change; opt-in, it
+//!   creates the explicit reservation a range lacks.
 
 pub mod admin;
 pub mod check;
@@ -109,9 +110,9 @@ pub async fn run<E: Ec2 + Clone>(
             guard::run::Settings {
                 interval: args.guard_interval,
                 masters: args.guard_master.iter().cloned().collect(),
-                publish: args
-                    .guard_configmap
-                    .clone()
+                reserve: args.guard_reserve_ranges,
+                publish: (args.guard_configmap.clone())
+                    .filter(|name| !name.is_empty())
                     .map(|name| (Api::namespaced(kube.clone(), &args.namespace), name)),
             },
         )

@@ -10,6 +10,7 @@
 //! | `ipmgmt_reclaimer_guard_passes_total` | `result`: `complete`, `failed` (the address-range guard's passes) |
 //! | `ipmgmt_reclaimer_readiness_passes_total` | `result`: `complete`, `failed` (node readiness for Multus ENIs) |
 //! | `ipmgmt_reclaimer_nodes_missing_enis` | none: nodes in scope tainted for a missing Multus ENI after the last pass |
+//! | `ipmgmt_reclaimer_guard_reservations_total` | `result`: `created`, `refused` (subnet CIDR reservations the guard asked for, with `--guard-reserve-ranges`) |
 //! | `ipmgmt_reclaimer_guard_findings` | `namespace`, `name`: a NAD's address-range findings at the last pass; only NADs with findings |
 //! | `ipmgmt_reclaimer_ec2_attempts_total` | `action`, `result` (as `ipmgmt_manager_ec2_attempts_total`) |
 
@@ -49,6 +50,13 @@ pub enum GuardResult {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReservationResult {
+    Created,
+    /// EC2 refused or failed.
+    Refused,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReadinessResult {
     Complete,
     /// EC2 failed, or a taint could not be written.
@@ -79,6 +87,10 @@ label_values!(ReleaseResult {
 label_values!(GuardResult {
     Complete => "complete",
     Failed => "failed",
+});
+label_values!(ReservationResult {
+    Created => "created",
+    Refused => "refused",
 });
 label_values!(ReadinessResult {
     Complete => "complete",
@@ -126,6 +138,11 @@ struct GuardLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReservationLabel {
+    result: ReservationResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadinessLabel {
     result: ReadinessResult,
 }
@@ -145,6 +162,7 @@ pub struct Metrics {
     watch_errors: Family<ResourceLabel, Counter>,
     guard_passes: Family<GuardLabel, Counter>,
     guard_findings: Family<NadLabel, Gauge>,
+    guard_reservations: Family<ReservationLabel, Counter>,
     readiness_passes: Family<ReadinessLabel, Counter>,
     nodes_missing_enis: Gauge,
 }
@@ -174,6 +192,11 @@ impl Metrics {
         }
         for r in GuardResult::ALL {
             let _ = self.guard_passes.get_or_create(&GuardLabel { result: r });
+        }
+        for r in ReservationResult::ALL {
+            let _ = self
+                .guard_reservations
+                .get_or_create(&ReservationLabel { result: r });
         }
         for r in ReadinessResult::ALL {
             let _ = self
@@ -210,6 +233,11 @@ impl Metrics {
             "guard_passes",
             "The address-range guard's passes by how they ended",
             self.guard_passes.clone(),
+        );
+        registry.register(
+            "guard_reservations",
+            "Subnet CIDR reservations the address-range guard asked EC2 for, by how they ended",
+            self.guard_reservations.clone(),
         );
         registry.register(
             "readiness_passes",
@@ -271,6 +299,12 @@ impl Metrics {
     pub fn guard_pass(&self, result: GuardResult) {
         self.guard_passes
             .get_or_create(&GuardLabel { result })
+            .inc();
+    }
+
+    pub fn guard_reservation(&self, result: ReservationResult) {
+        self.guard_reservations
+            .get_or_create(&ReservationLabel { result })
             .inc();
     }
 

@@ -854,6 +854,18 @@ def test_reclaimer_options():
     assert flag(container["args"], "--guard-interval") == "5m"
     assert [a for a in container["args"] if a.startswith("--guard-master=")] == [
         "--guard-master=ens6=1", "--guard-master=ens7=2"]
+    assert flag(container["args"], "--guard-reserve-ranges") == "true"
+
+
+def test_the_guard_reserves_ranges_only_when_asked_and_only_with_the_guard_on():
+    def args(*sets):
+        (deployment,) = reclaimer_objects(sets=sets)["Deployment"]
+        return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    # Off unless asked for: it writes to EC2.
+    assert flag(args("reclaimer.guard.reserveRanges=false"), "--guard-reserve-ranges") is None
+    off = args("reclaimer.guard.enabled=false")
+    assert flag(off, "--guard-reserve-ranges") is None and flag(off, "--guard") == "false"
 
 
 def selector_string_matches(selector, labels):

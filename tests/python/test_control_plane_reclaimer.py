@@ -38,6 +38,8 @@ CHECK_KEY, CHECK_POLICY = "AKIACHECKTEST", ROOT / "deploy" / "check-iam-policy.j
 # the controller's, and a controller role whose policy lacks one action.
 MANAGER_KEY, CONTROLLER_KEY, WANTING_KEY = "AKIAMANAGERROLE", "AKIACONTROLLERROLE", "AKIAWANTINGROLE"
 WANTING = "ec2:UnassignIpv6Addresses"
+# A controller role with deploy/reclaimer-reserve-iam-policy.json attached too.
+RESERVING_KEY = "AKIARESERVINGROLE"
 NODE1 = Node(1)
 ETH1, ETH2 = NODE1.enis[1], NODE1.enis[2]
 # The ranges whereabouts hands out from, one IPPool each: eth1's and eth2's subnets.
@@ -71,9 +73,10 @@ ON_ITS_ENI, ON_NO_ENI, ON_ETH2 = "10.0.4.90", "10.0.4.91", "10.0.4.92"
 class HostReclaimer:
     """ipmgmt-reclaimer with the chart's args, as the chart's ServiceAccount."""
 
-    def __init__(self, cp, tmp, ec2_port, name, flags=()):
+    def __init__(self, cp, tmp, ec2_port, name, flags=(), access_key="AKIARECLAIMERTEST"):
         """`flags`: `--name=value` in place of the chart's, as a changed chart value
-        would render it."""
+        would render it. `access_key`: the role it signs as (the fake EC2 maps keys to
+        policies)."""
         deployment = [d for d in cp.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments")["items"]
                       if d["metadata"]["name"].endswith("-reclaimer")][0]
         spec = deployment["spec"]["template"]["spec"]
@@ -87,11 +90,16 @@ class HostReclaimer:
         env = {"PATH": os.environ["PATH"], "KUBECONFIG": str(kubeconfig), "POD_NAME": name,
                "POD_NAMESPACE": NAMESPACE, "AWS_REGION": "us-west-2",
                "AWS_ENDPOINT_URL_EC2": f"http://127.0.0.1:{ec2_port}",
-               "AWS_ACCESS_KEY_ID": "AKIARECLAIMERTEST", "AWS_SECRET_ACCESS_KEY": "reclaimer-secret",
+               "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": "reclaimer-secret",
                "AWS_EC2_METADATA_DISABLED": "true"}
         self.log_path = tmp / f"{name}.log"
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([str(RECLAIMER_BIN), *args], env=env, stdout=subprocess.DEVNULL,
+        self.args, self.env = args, env
+        self.start()
+
+    def start(self):
+        """Starts it (again, after `stop`), appending to its log."""
+        self.log = open(self.log_path, "a")
+        self.proc = subprocess.Popen([str(RECLAIMER_BIN), *self.args], env=self.env, stdout=subprocess.DEVNULL,
                                      stderr=self.log)
 
     def metric(self, series):
@@ -122,13 +130,17 @@ def cluster(tmp_path_factory):
     for statement in wanting["Statement"]:
         statement["Action"] = [a for a in statement["Action"] if a != WANTING]
     (tmp / "wanting-policy.json").write_text(json.dumps(wanting))
+    reserving = json.loads(POLICY.read_text())
+    reserving["Statement"] += json.loads((ROOT / "deploy" / "reclaimer-reserve-iam-policy.json").read_text())["Statement"]
+    (tmp / "reserving-policy.json").write_text(json.dumps(reserving))
     vpc = Vpc([NODE1], tmp, iam_policy=POLICY,
               held=[(ETH1.id, a) for a in on_eth1] + [(ETH2.id, STALE_ON_ETH2), (ETH2.id, UNTAGGED),
                                                       (ETH2.id, ON_ETH2)],
               tags=[(ETH1.id, *CLUSTER_TAG)], primary_ipv6=[(ETH2.id, PRIMARY_V6)],
               reservations=[("subnet-net1", RESERVED)],
               policies_by_key=[(CHECK_KEY, CHECK_POLICY), (MANAGER_KEY, ROOT / "deploy" / "iam-policy.json"),
-                               (CONTROLLER_KEY, POLICY), (WANTING_KEY, tmp / "wanting-policy.json")])
+                               (CONTROLLER_KEY, POLICY), (WANTING_KEY, tmp / "wanting-policy.json"),
+                               (RESERVING_KEY, tmp / "reserving-policy.json")])
     cp = None
     reclaimer = None
     try:
@@ -581,6 +593,64 @@ def guarded(cp, vpc, reclaimer):
         "the reclaimer's policy allows the guard's calls"
 
 
+def test_the_guard_reserves_a_nads_range_when_allowed_and_says_why_not_when_not(cluster, tmp_path):
+    """reclaimer.guard.reserveRanges: a NAD whose only finding is a range no explicit
+    reservation covers gets one. Under the reclaimer's policy alone, EC2 refuses: a
+    Warning Event naming the policy to attach, and nothing reserved. With the
+    reservation policy attached, the range's CIDR is reserved (described with the
+    NAD's name), an AddressRangeReserved Event says so, and the NAD has no finding left.
+    A range with another mistake is never reserved. (The module's replica steps down
+    for the scene; these replicas run in dry run, so only their guard acts.)"""
+    cp, vpc, first = cluster
+    flags = ("--guard-reserve-ranges=true", "--dry-run=true", "--guard-interval=30s", "--guard-configmap=")
+    before = len(vpc.world()["reservations"])
+    first.stop()
+    replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-not-allowed", flags)
+    try:
+        nad(cp, "unreserved", ipvlan_on_eth1({"type": "whereabouts", "range": "10.0.4.160/27"}))
+        # Inside, but on AWS's reserved addresses too: never reserved.
+        nad(cp, "low", ipvlan_on_eth1({"type": "whereabouts", "range": "10.0.4.0/27"}))
+        (refused,) = cp.wait_for("an AddressRangeNotReserved Event", lambda: (
+            nad_events(cp, "unreserved", "AddressRangeNotReserved") or replica.check()), timeout=60)
+        assert refused["type"] == "Warning"
+        assert refused["note"].startswith("CreateSubnetCidrReservation 10.0.4.160/27 in subnet-net1: "
+                                          "UnauthorizedOperation: "), refused["note"]
+        assert "deploy/reclaimer-reserve-iam-policy.json" in refused["note"], refused["note"]
+        assert len(vpc.world()["reservations"]) == before
+        assert replica.metric('ipmgmt_reclaimer_guard_reservations_total{result="refused"}') >= 1
+        # Asked again only after the interval, not at every pass (the second NAD's
+        # change made one).
+        time.sleep(3)
+        assert len(nad_events(cp, "unreserved", "AddressRangeNotReserved")) == 1
+        replica.stop()
+
+        replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-reserving", flags, access_key=RESERVING_KEY)
+        (reserved,) = cp.wait_for("an AddressRangeReserved Event", lambda: (
+            nad_events(cp, "unreserved", "AddressRangeReserved") or replica.check()), timeout=60)
+        assert reserved["type"] == "Normal"
+        assert reserved["note"].startswith("reserved 10.0.4.160/27 in subnet-net1 (an explicit subnet CIDR "
+                                           "reservation)"), reserved["note"]
+        made = [r for r in vpc.world()["reservations"] if r["cidr"] == "10.0.4.160/27"]
+        assert made == [{"subnet": "subnet-net1", "cidr": "10.0.4.160/27", "kind": "explicit",
+                         "description": f"ipmgmt: NetworkAttachmentDefinition {APPS}/unreserved"}], made
+        assert replica.metric('ipmgmt_reclaimer_guard_reservations_total{result="created"}') == 1
+        # Judged again at once: its one finding is gone (its earlier findings, if this
+        # replica reported them, end with AddressRangeOk).
+        series = f'ipmgmt_reclaimer_guard_findings{{namespace="{APPS}",name="unreserved"}}'
+        cp.wait_for("no finding left", lambda: replica.metric(series) == 0 and replica.metric(
+            f'ipmgmt_reclaimer_guard_findings{{namespace="{APPS}",name="low"}}') >= 1, timeout=30)
+        assert not [r for r in vpc.world()["reservations"] if r["cidr"].startswith("10.0.4.0")]
+        assert not nad_events(cp, "low", "AddressRangeReserved")
+    finally:
+        replica.stop()
+        for name in ("unreserved", "low"):
+            cp.kubectl("delete", "network-attachment-definitions", name, "-n", APPS, "--ignore-not-found")
+        world = vpc.world()
+        world["reservations"] = [r for r in world["reservations"] if r["cidr"] != "10.0.4.160/27"]
+        vpc.set_world(world)
+        first.start()
+
+
 def test_a_node_without_its_multus_eni_is_tainted_until_it_has_one(cluster, tmp_path):
     """Node readiness, with the chart's flags and RBAC: a node that should carry a
     Multus ENI and has none keeps the NoSchedule taint, so the scheduler places no
@@ -768,8 +838,10 @@ def test_ipmgmt_check_tries_each_roles_actions_and_names_the_one_missing(cluster
 
     since = len(vpc.log())
     good = iam("manager=ipmgmt-manager", "controller=ipmgmt-controller")
-    assert [c["status"] for c in good] == ["pass", "pass"], good
-    manager, controller = (c["what"] for c in good)
+    assert [c["status"] for c in good] == ["pass", "pass", "skip"], good
+    manager, controller, opt_in = (c["what"] for c in good)
+    assert opt_in == ("the controller's role (profile ipmgmt-controller): CreateSubnetCidrReservation not tried: "
+                      "the controller does not run with --guard-reserve-ranges"), opt_in
     eni = next(e.id for e in (ETH1, ETH2) if e.id in manager)
     assert manager == ("the IP manager's role (profile ipmgmt-manager) may call DescribeInstances, "
                        "DescribeNetworkInterfaces, DescribeSubnets, DescribeVpcs, AssignPrivateIpAddresses, "
@@ -793,8 +865,30 @@ def test_ipmgmt_check_tries_each_roles_actions_and_names_the_one_missing(cluster
         "(UnauthorizedOperation: You are not authorized"), failed[0]
     assert failed[0]["fix"] == (f"grant {WANTING} on network interfaces tagged node.k8s.amazonaws.com/no_manage=true, "
                                 "as deploy/reclaimer-iam-policy.json does"), failed[0]
-    assert [c["status"] for c in wanting if c is not failed[0]] == ["pass"]
+    assert [c["status"] for c in wanting if c is not failed[0]] == ["pass", "skip"]
     assert not [e for e in address_calls(since) if e["status"] == 200]
+
+    # With reclaimer.guard.reserveRanges on, as the chart renders it, the check tries
+    # CreateSubnetCidrReservation too (DryRun): the base policy lacks it, and the fix
+    # names the opt-in policy; a role with both passes.
+    deployment = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{RELEASE}-reclaimer"
+    args = cp.get(deployment)["spec"]["template"]["spec"]["containers"][0]["args"]
+    patch = [{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--guard-reserve-ranges=true"}]
+    cp.request("PATCH", deployment, patch, content_type="application/json-patch+json")
+    try:
+        (denied,) = [c for c in iam("controller=ipmgmt-controller") if c["status"] == "fail"]
+        assert denied["what"].startswith("the controller's role (profile ipmgmt-controller) may not call "
+                                         "ec2:CreateSubnetCidrReservation (UnauthorizedOperation: "), denied
+        assert denied["fix"] == ("grant ec2:CreateSubnetCidrReservation on *, as "
+                                 "deploy/reclaimer-reserve-iam-policy.json does"), denied
+        with open(credentials, "a") as f:
+            f.write(f"[ipmgmt-reserving]\naws_access_key_id = {RESERVING_KEY}\naws_secret_access_key = s\n\n")
+        both = iam("controller=ipmgmt-reserving")
+        assert [c["status"] for c in both] == ["pass"], both
+        assert "GetSubnetCidrReservations, CreateSubnetCidrReservation, " in both[0]["what"], both
+    finally:
+        restore = [{"op": "replace", "path": "/spec/template/spec/containers/0/args", "value": args}]
+        cp.request("PATCH", deployment, restore, content_type="application/json-patch+json")
 
     missing = iam("manager=no-such-profile")
     assert [c["status"] for c in missing] == ["fail"], missing
@@ -865,8 +959,9 @@ def test_ipmgmt_check_reads_what_moto_answers_in_ec2s_wire_format(cluster, tmp_p
     explicit reservation, DescribeNetworkInterfaces' tags and attachment, and the
     DryRunOperation answer (HTTP 412) of the IAM section's tries. moto grants every
     action and checks no address against a subnet, so only the format is tested here;
-    the semantics are the fake's (the scenes above)."""
-    cp, _, _ = cluster
+    the semantics are the fake's (the scenes above). Then the guard's
+    CreateSubnetCidrReservation, read back with boto3."""
+    cp, _, first = cluster
     ec2 = boto3.client("ec2", region_name="us-west-2", endpoint_url=moto, aws_access_key_id="AKIAMOTO",
                        aws_secret_access_key="moto")
     vpc_id = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
@@ -905,8 +1000,27 @@ def test_ipmgmt_check_reads_what_moto_answers_in_ec2s_wire_format(cluster, tmp_p
         assert manager["status"] == "pass", manager
         assert manager["what"].startswith("the IP manager's role (profile moto-role) may call DescribeInstances, "
                                           "DescribeNetworkInterfaces, DescribeSubnets, DescribeVpcs, "), manager
+
+        # The guard's CreateSubnetCidrReservation, as the controller sends it, and
+        # moto's answer read back (the module's replica steps down meanwhile).
+        nad(cp, "moto-unreserved", ipvlan_on_eth1({"type": "whereabouts", "range": "10.9.4.160/27"}))
+        first.stop()
+        replica = HostReclaimer(cp, tmp_path, int(moto.rsplit(":", 1)[1]), "reclaimer-on-moto",
+                                ("--guard-reserve-ranges=true", "--dry-run=true", "--guard-configmap="))
+        try:
+            (event,) = cp.wait_for("the reservation made in moto", lambda: (
+                nad_events(cp, "moto-unreserved", "AddressRangeReserved") or replica.check()), timeout=60)
+            assert event["note"].startswith(f"reserved 10.9.4.160/27 in {subnet['SubnetId']}"), event["note"]
+        finally:
+            replica.stop()
+            first.start()
+        # (moto keeps no Description; the fake's scene checks it.)
+        made = ec2.get_subnet_cidr_reservations(SubnetId=subnet["SubnetId"])["SubnetIpv4CidrReservations"]
+        assert {(r["Cidr"], r["ReservationType"]) for r in made} == {
+            ("10.9.4.192/26", "explicit"), ("10.9.4.160/27", "explicit")}, made
     finally:
-        cp.kubectl("delete", "network-attachment-definitions", "on-moto", "-n", APPS, "--ignore-not-found")
+        for name in ("on-moto", "moto-unreserved"):
+            cp.kubectl("delete", "network-attachment-definitions", name, "-n", APPS, "--ignore-not-found")
         cp.request("DELETE", f"/api/v1/nodes/{node}", raw=True)
 
 

@@ -139,6 +139,19 @@ def test_reclaimer_policy_changes_multus_enis_only():
     assert parliament_findings(policy) == []
 
 
+def test_the_opt_in_reservation_policy_is_its_own_and_valid():
+    """Creating subnet CIDR reservations (reclaimer.guard.reserveRanges) is in a policy
+    of its own, attached only with the opt-in: EC2 defines no resource for
+    CreateSubnetCidrReservation, so no tag can scope it, and parliament, with AWS's
+    definitions, refuses any Resource but `*`."""
+    policy = json.loads((ROOT / "deploy" / "reclaimer-reserve-iam-policy.json").read_text())
+    (statement,) = policy["Statement"]
+    assert statement["Action"] == ["ec2:CreateSubnetCidrReservation"] and statement["Resource"] == "*"
+    assert parliament_findings(policy) == []
+    scoped = json.loads(json.dumps(policy).replace('"*"', '"arn:aws:ec2:*:*:subnet/*"'))
+    assert [issue for issue, _ in parliament_findings(scoped)] == ["RESOURCE_MISMATCH"]
+
+
 def parliament_findings(policy):
     import parliament
 

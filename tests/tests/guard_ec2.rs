@@ -16,6 +16,7 @@ fn reservation(subnet: &str, cidr: &str, kind: &str) -> Reservation {
         subnet: subnet.into(),
         cidr: cidr.parse().unwrap(),
         kind: kind.into(),
+        description: String::new(),
     }
 }
 
@@ -111,7 +112,8 @@ async fn a_pass_judges_each_nad_against_its_enis_subnets() {
     let instances = ["i-0001".to_owned(), "i-0002".to_owned()];
     let found = guard::pass(&ec2, &nads, &instances, &Default::default())
         .await
-        .unwrap();
+        .unwrap()
+        .findings;
     let names: Vec<&str> = found.keys().map(String::as_str).collect();
     assert_eq!(names, ["apps/low", "apps/nowhere"], "{found:?}");
     // .1 to .3 are AWS's; whereabouts never hands out .0.
@@ -151,4 +153,81 @@ async fn an_unknown_subnet_is_one_line_with_the_code() {
         "{line}"
     );
     assert_eq!(line.lines().count(), 1, "{line}");
+}
+
+/// The opt-in reservation, as the guard asks for it: under the reclaimer's policy and
+/// the reservation policy, EC2 records it (described); a second one overlapping it is
+/// refused with the code and what to do; under the reclaimer's policy alone the line
+/// names the policy file to attach.
+#[tokio::test]
+async fn the_guard_reserves_a_range_once_and_a_refusal_is_one_line() {
+    let fake = FakeEc2::new(scenario::world());
+    let ec2 = reclaimer_ec2(&fake).await;
+    let cidr: ipnet::IpNet = "10.0.1.192/26".parse().unwrap();
+
+    let denied = ec2
+        .reserve(
+            "subnet-b",
+            cidr,
+            "ipmgmt: NetworkAttachmentDefinition apps/a",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        denied.starts_with(
+            "CreateSubnetCidrReservation 10.0.1.192/26 in subnet-b: UnauthorizedOperation: "
+        ),
+        "{denied}"
+    );
+    assert!(
+        denied.contains("deploy/reclaimer-reserve-iam-policy.json")
+            && denied.contains("--guard-reserve-ranges"),
+        "{denied}"
+    );
+    assert!(fake.world().reservations.is_empty());
+
+    let mut both: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/reclaimer-iam-policy.json")).unwrap();
+    let reserve: serde_json::Value = serde_json::from_str(include_str!(
+        "../../deploy/reclaimer-reserve-iam-policy.json"
+    ))
+    .unwrap();
+    (both["Statement"].as_array_mut().unwrap())
+        .extend(reserve["Statement"].as_array().unwrap().iter().cloned());
+    fake.set_policy(Some(IamPolicy::parse(&both)));
+    ec2.reserve(
+        "subnet-b",
+        cidr,
+        "ipmgmt: NetworkAttachmentDefinition apps/a",
+    )
+    .await
+    .unwrap();
+    let made = &fake.world().reservations;
+    assert_eq!(made.len(), 1);
+    assert_eq!(
+        (made[0].subnet.as_str(), made[0].cidr, made[0].kind.as_str()),
+        ("subnet-b", cidr, "explicit")
+    );
+    assert_eq!(
+        made[0].description,
+        "ipmgmt: NetworkAttachmentDefinition apps/a"
+    );
+    // What the guard reads back covers it.
+    let subnets = ec2.subnets(&["subnet-b".into()]).await.unwrap();
+    assert_eq!(subnets[0].reservations, [cidr]);
+
+    let overlap = ec2
+        .reserve("subnet-b", "10.0.1.224/27".parse().unwrap(), "again")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        overlap.starts_with(
+            "CreateSubnetCidrReservation 10.0.1.224/27 in subnet-b: InvalidParameterValue: "
+        ) && overlap.contains("reserve the range by hand"),
+        "{overlap}"
+    );
+    assert_eq!(overlap.lines().count(), 1, "{overlap}");
+    assert_eq!(fake.world().reservations.len(), 1);
 }

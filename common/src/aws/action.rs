@@ -11,6 +11,7 @@ pub enum Action {
     DescribeSubnets,
     DescribeVpcs,
     GetSubnetCidrReservations,
+    CreateSubnetCidrReservation,
     AssignPrivateIpAddresses,
     UnassignPrivateIpAddresses,
     AssignIpv6Addresses,
@@ -18,13 +19,14 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 11] = [
         Action::DescribeInstances,
         Action::DescribeInstanceTypes,
         Action::DescribeNetworkInterfaces,
         Action::DescribeSubnets,
         Action::DescribeVpcs,
         Action::GetSubnetCidrReservations,
+        Action::CreateSubnetCidrReservation,
         Action::AssignPrivateIpAddresses,
         Action::UnassignPrivateIpAddresses,
         Action::AssignIpv6Addresses,
@@ -40,6 +42,7 @@ impl Action {
             Action::DescribeSubnets => "DescribeSubnets",
             Action::DescribeVpcs => "DescribeVpcs",
             Action::GetSubnetCidrReservations => "GetSubnetCidrReservations",
+            Action::CreateSubnetCidrReservation => "CreateSubnetCidrReservation",
             Action::AssignPrivateIpAddresses => "AssignPrivateIpAddresses",
             Action::UnassignPrivateIpAddresses => "UnassignPrivateIpAddresses",
             Action::AssignIpv6Addresses => "AssignIpv6Addresses",
@@ -63,11 +66,12 @@ impl Action {
     ];
 
     /// Every action the controller calls; `deploy/reclaimer-iam-policy.json` grants
-    /// exactly these (checked by a test).
-    pub const CONTROLLER: [Action; 7] = [
+    /// exactly these (checked by a test). Those with an `opt_in` only when it is on.
+    pub const CONTROLLER: [Action; 8] = [
         Action::DescribeNetworkInterfaces,
         Action::DescribeSubnets,
         Action::GetSubnetCidrReservations,
+        Action::CreateSubnetCidrReservation,
         Action::UnassignPrivateIpAddresses,
         Action::UnassignIpv6Addresses,
         Action::AssignPrivateIpAddresses,
@@ -82,11 +86,24 @@ impl Action {
             | Action::DescribeNetworkInterfaces
             | Action::DescribeSubnets
             | Action::DescribeVpcs
-            | Action::GetSubnetCidrReservations => false,
+            | Action::GetSubnetCidrReservations
+            | Action::CreateSubnetCidrReservation => false,
             Action::AssignPrivateIpAddresses
             | Action::UnassignPrivateIpAddresses
             | Action::AssignIpv6Addresses
             | Action::UnassignIpv6Addresses => true,
+        }
+    }
+}
+
+impl Action {
+    /// The controller's flag that turns on the only use of an action that writes to
+    /// EC2 outside the ENIs' addresses; its policy statement is scoped by a tag the
+    /// user puts on what it may write to.
+    pub const fn opt_in(self) -> Option<&'static str> {
+        match self {
+            Action::CreateSubnetCidrReservation => Some("--guard-reserve-ranges"),
+            _ => None,
         }
     }
 }

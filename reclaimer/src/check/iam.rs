@@ -34,11 +34,12 @@ impl Role {
         }
     }
 
-    /// The policy that grants them.
-    pub fn policy(self) -> &'static str {
-        match self {
-            Role::Manager => "deploy/iam-policy.json",
-            Role::Controller => "deploy/reclaimer-iam-policy.json",
+    /// The policy that grants `action` to the role: its own, or the opt-in one.
+    pub fn policy_for(self, action: Action) -> &'static str {
+        match (self, action.opt_in()) {
+            (Role::Manager, _) => "deploy/iam-policy.json",
+            (Role::Controller, None) => "deploy/reclaimer-iam-policy.json",
+            (Role::Controller, Some(_)) => "deploy/reclaimer-reserve-iam-policy.json",
         }
     }
 
@@ -206,6 +207,19 @@ async fn try_action(
                 .await,
             false,
         ),
+        Action::CreateSubnetCidrReservation => {
+            let t = target?;
+            answer(
+                (client.create_subnet_cidr_reservation())
+                    .subnet_id(&t.subnet)
+                    .cidr(format!("{}/32", t.outside_v4))
+                    .reservation_type(aws_sdk_ec2::types::SubnetCidrReservationType::Explicit)
+                    .dry_run(true)
+                    .send()
+                    .await,
+                false,
+            )
+        }
         Action::AssignPrivateIpAddresses => {
             let t = target?;
             answer(
@@ -264,8 +278,14 @@ async fn client_for(profile: &str) -> aws_sdk_ec2::Client {
 }
 
 /// Each role's actions tried with its profile's credentials, the address calls on
-/// `target`.
-pub async fn judge(profiles: &[(Role, String)], target: Option<&Target>, section: &mut Section) {
+/// `target`; an opt-in action only when the controller runs with its flag
+/// (`opted_in`).
+pub async fn judge(
+    profiles: &[(Role, String)],
+    target: Option<&Target>,
+    opted_in: &[Action],
+    section: &mut Section,
+) {
     if profiles.is_empty() {
         section.skip(
             "not tried: pass --iam-profile manager=PROFILE and --iam-profile controller=PROFILE, \
@@ -277,7 +297,14 @@ pub async fn judge(profiles: &[(Role, String)], target: Option<&Target>, section
         let who = format!("{} (profile {profile})", role.name());
         let client = client_for(profile).await;
         let (mut allowed, mut untried) = (Vec::new(), Vec::new());
+        let off: Vec<&str> = (role.actions().iter())
+            .filter(|a| a.opt_in().is_some() && !opted_in.contains(a))
+            .map(|a| a.name())
+            .collect();
         for &action in role.actions() {
+            if off.contains(&action.name()) {
+                continue;
+            }
             let on = match (action.changes_an_eni(), target) {
                 (true, Some(t)) => format!(" on {}", t.eni),
                 _ => String::new(),
@@ -294,7 +321,10 @@ pub async fn judge(profiles: &[(Role, String)], target: Option<&Target>, section
                     };
                     section.fail(
                         format!("{who} may not call ec2:{action}{on} ({why})"),
-                        format!("grant ec2:{action} {scope}, as {} does", role.policy()),
+                        format!(
+                            "grant ec2:{action} {scope}, as {} does",
+                            role.policy_for(action)
+                        ),
                     );
                 }
                 Some(Answer::Unusable(why)) => {
@@ -328,6 +358,16 @@ pub async fn judge(profiles: &[(Role, String)], target: Option<&Target>, section
                 untried.join(", ")
             ));
         }
+        if !off.is_empty() {
+            section.skip(format!(
+                "{who}: {} not tried: the controller does not run with {}",
+                off.join(", "),
+                (role.actions().iter())
+                    .filter_map(|a| a.opt_in().filter(|_| off.contains(&a.name())))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
     }
 }
 
@@ -342,8 +382,12 @@ mod tests {
             Ok((Role::Manager, "ipmgmt-manager".to_owned()))
         );
         assert_eq!(
-            role_profile("controller=x").map(|(r, _)| r.policy()),
+            role_profile("controller=x").map(|(r, _)| r.policy_for(Action::DescribeSubnets)),
             Ok("deploy/reclaimer-iam-policy.json")
+        );
+        assert_eq!(
+            Role::Controller.policy_for(Action::CreateSubnetCidrReservation),
+            "deploy/reclaimer-reserve-iam-policy.json"
         );
         assert!(
             role_profile("manager")

@@ -215,7 +215,8 @@ pub async fn run(client: &Client, ec2: &SdkEc2, options: &Options) -> Report {
         }
         None => None,
     };
-    iam::judge(&options.iam, target.as_ref(), &mut iam).await;
+    let opted_in = controller_opt_ins(client, options).await;
+    iam::judge(&options.iam, target.as_ref(), &opted_in, &mut iam).await;
     Report::from(vec![cluster, nodes, nads, iam])
 }
 
@@ -381,6 +382,27 @@ async fn controller(client: &Client, options: &Options, section: &mut Section) {
     }
 }
 
+/// The opt-in EC2 actions the installed controller's flags turn on.
+async fn controller_opt_ins(client: &Client, options: &Options) -> Vec<ipmgmt_common::aws::Action> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &options.namespace);
+    let name = format!("{}-reclaimer", options.name);
+    let args: Vec<String> = match deployments.get_opt(&name).await {
+        Ok(Some(d)) => (d.spec.template.spec.into_iter())
+            .flat_map(|s| s.containers)
+            .flat_map(|c| c.args.unwrap_or_default())
+            .collect(),
+        _ => Vec::new(),
+    };
+    (ipmgmt_common::aws::Action::ALL.into_iter())
+        .filter(|a| {
+            a.opt_in().is_some_and(|flag| {
+                args.iter()
+                    .any(|arg| arg == flag || *arg == format!("{flag}=true"))
+            })
+        })
+        .collect()
+}
+
 /// Each node with an EC2 instance: its Multus ENIs. Returns the instances and their
 /// Multus ENIs.
 async fn multus_nodes(
@@ -544,7 +566,7 @@ async fn judge_nads(
         return;
     }
     let findings = match guard::pass(ec2, &nads, instances, &options.masters).await {
-        Ok(findings) => findings,
+        Ok(verdicts) => verdicts.findings,
         Err(e) => {
             section.fail(
                 format!("cannot read the subnets the NADs ride on: {e}"),

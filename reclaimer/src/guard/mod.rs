@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 
 use ipmgmt_common::aws::Ec2Error;
 
+use ipnet::IpNet;
+
 use crate::ec2::{Ec2, MultusEni};
 use ipam::{Attachment, ReadError};
 use verdict::Subnet;
@@ -49,16 +51,37 @@ pub fn device_index(master: &str, names: &BTreeMap<String, i32>) -> Option<i32> 
     (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then(|| n.parse().ok())?
 }
 
-/// Every NAD's findings as lines, by NAD name; a NAD without findings is absent. NADs
-/// whose master is no Multus ENI's interface (none, the pod's own `eth0`) and IPAM
-/// plugins the guard does not read are out of scope.
+/// A NAD's range in one subnet that no explicit reservation covers, where that is the
+/// NAD's only finding anywhere: what the guard reserves when it may
+/// (`--guard-reserve-ranges`). A range with any other mistake is never reserved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservable {
+    /// `namespace/name`.
+    pub nad: String,
+    pub subnet: String,
+    pub cidrs: Vec<IpNet>,
+}
+
+/// What a pass found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Verdicts {
+    /// Every NAD's findings as lines, by NAD name; a NAD without findings is absent.
+    pub findings: BTreeMap<String, Vec<String>>,
+    pub reservable: Vec<Reservable>,
+}
+
+/// Every NAD judged. NADs whose master is no Multus ENI's interface (none, the pod's
+/// own `eth0`) and IPAM plugins the guard does not read are out of scope.
 pub fn judge(
     nads: &[Nad],
     enis: &[MultusEni],
     subnets: &[Subnet],
     names: &BTreeMap<String, i32>,
-) -> BTreeMap<String, Vec<String>> {
+) -> Verdicts {
     let mut findings: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut reservable = Vec::new();
+    // Findings per NAD that a reservation would fix.
+    let mut unreserved: BTreeMap<String, usize> = BTreeMap::new();
     // subnet id -> the NADs riding on it, for the overlap check.
     let mut riders: BTreeMap<&str, Vec<(String, Attachment)>> = BTreeMap::new();
     for nad in nads {
@@ -101,10 +124,19 @@ pub fn judge(
                 .filter(|e| e.subnet == id)
                 .flat_map(|e| e.own.iter().copied())
                 .collect();
-            let lines = verdict::check(attachment, &subnet)
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>();
+            let found = verdict::check(attachment, &subnet);
+            let gaps = (found.iter())
+                .filter(|f| matches!(f, verdict::Finding::Unreserved { .. }))
+                .count();
+            if gaps > 0 {
+                *unreserved.entry(nad.name.clone()).or_default() += gaps;
+                reservable.push(Reservable {
+                    nad: nad.name.clone(),
+                    subnet: id.to_owned(),
+                    cidrs: verdict::unreserved(attachment, &subnet),
+                });
+            }
+            let lines = found.iter().map(ToString::to_string).collect::<Vec<_>>();
             if !lines.is_empty() {
                 findings.entry(nad.name.clone()).or_default().extend(lines);
             }
@@ -125,7 +157,11 @@ pub fn judge(
                 .push(finding.to_string());
         }
     }
-    findings
+    reservable.retain(|r| findings.get(&r.nad).map(Vec::len) == unreserved.get(&r.nad).copied());
+    Verdicts {
+        findings,
+        reservable,
+    }
 }
 
 /// One pass of the guard over what EC2 shows now: the Multus ENIs of `instances`
@@ -137,7 +173,7 @@ pub async fn pass<E: Ec2>(
     nads: &[Nad],
     instances: &[String],
     names: &BTreeMap<String, i32>,
-) -> Result<BTreeMap<String, Vec<String>>, Ec2Error> {
+) -> Result<Verdicts, Ec2Error> {
     let named: Vec<i32> = (nads.iter())
         .filter_map(|n| n.read.as_ref().ok()?.master.as_deref())
         .filter_map(|m| device_index(m, names))
@@ -234,7 +270,12 @@ mod tests {
                 read: ipam::read("{"),
             },
         ];
-        let found = judge(&nads, &enis, &subnets, &BTreeMap::new());
+        let Verdicts {
+            findings: found,
+            reservable,
+        } = judge(&nads, &enis, &subnets, &BTreeMap::new());
+        // Every NAD here has a mistake besides a missing reservation, or none.
+        assert_eq!(reservable, []);
         let names: Vec<&str> = found.keys().map(String::as_str).collect();
         // d rides on the pod's own eth0: out of scope.
         assert_eq!(names, ["apps/a", "apps/b", "apps/c", "apps/e"]);
@@ -255,5 +296,41 @@ mod tests {
                 .starts_with("no node has a Multus ENI at device index 3 (master eth3)")
         );
         assert!(found["apps/e"][0].starts_with("cannot read its config: not JSON: "));
+    }
+
+    #[test]
+    fn only_a_range_whose_one_mistake_is_its_missing_reservation_is_reservable() {
+        let enis = [
+            eni("eni-1", "i-1", 1, "subnet-a", "10.0.4.10"),
+            eni("eni-2", "i-2", 1, "subnet-b", "10.0.5.10"),
+            eni("eni-3", "i-1", 2, "subnet-a", "10.0.4.11"),
+        ];
+        let subnets = [
+            subnet("subnet-a", "10.0.4.0/24", "10.0.4.64/27"),
+            subnet("subnet-b", "10.0.5.0/24", "10.0.5.64/27"),
+        ];
+        // eth2 rides on subnet-a only: .64-.127, half reserved. eth1 rides on both
+        // zones' subnets: a subnet-b range is unreserved in subnet-b and outside
+        // subnet-a, so it is not reserved anywhere.
+        let nads = [
+            nad("apps/half", "eth2", "10.0.4.0/24"),
+            nad("apps/zones", "eth1", "10.0.5.0/24"),
+        ];
+        let verdicts = judge(&nads, &enis, &subnets, &BTreeMap::new());
+        assert_eq!(
+            verdicts.reservable,
+            [Reservable {
+                nad: "apps/half".into(),
+                subnet: "subnet-a".into(),
+                cidrs: vec!["10.0.4.96/27".parse().unwrap()],
+            }]
+        );
+        let zones = &verdicts.findings["apps/zones"];
+        assert_eq!(zones.len(), 2, "{zones:?}");
+        assert!(
+            zones[0].contains("is not inside subnet-a")
+                && zones[1].contains("no explicit CIDR reservation of subnet-b"),
+            "{zones:?}"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Property tests of the guard's address arithmetic: whatever range a NAD is written
 //! with, every address its IPAM plugin may hand out from a range the guard accepts
 //! lies in the subnet and is none of AWS's reserved addresses nor the ENI's own; and
-//! a range holding one of those is never accepted.
+//! a range holding one of those is never accepted. And what the guard reserves for a
+//! range is exactly what no reservation covered: once reserved, the range is covered.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -9,7 +10,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::prelude::*;
 
 use super::ipam::{self, from_num, num};
-use super::verdict::{Subnet, check};
+use super::verdict::{Finding, Subnet, check, cover, unreserved};
 
 /// The five addresses AWS reserves in `cidr`: the first four and the last.
 fn reserved(cidr: IpNet) -> Vec<IpAddr> {
@@ -96,8 +97,85 @@ fn agrees(subnet: IpNet, own: IpAddr, config: &str) -> Result<(), TestCaseError>
     Ok(())
 }
 
+/// `cover`'s blocks: in order, each aligned to its size, each starting where the last
+/// ended, from `lo` to `hi` exactly, and no more than two per bit of the family.
+fn covers_exactly(like: IpAddr, lo: u128, hi: u128) -> Result<(), TestCaseError> {
+    let blocks = cover(like, lo, hi);
+    let bits = if like.is_ipv4() { 32 } else { 128 };
+    prop_assert!(
+        blocks.len() <= 2 * bits,
+        "{} blocks for {lo}..={hi}",
+        blocks.len()
+    );
+    let mut next = Some(lo);
+    for block in &blocks {
+        prop_assert_eq!(
+            Some(num(block.network())),
+            next,
+            "{:?} leaves a hole",
+            blocks
+        );
+        prop_assert_eq!(block.network(), block.addr(), "{} is not aligned", block);
+        next = num(block.broadcast()).checked_add(1);
+    }
+    prop_assert_eq!(num(blocks.last().unwrap().broadcast()), hi);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_span_is_covered_by_cidrs_exactly(lo in any::<u32>(), len in any::<u32>(), v6 in any::<u128>(), len6 in any::<u128>()) {
+        let hi = lo.saturating_add(len >> (len % 32));
+        covers_exactly(IpAddr::V4(Ipv4Addr::UNSPECIFIED), u128::from(lo), u128::from(hi))?;
+        let hi6 = v6.saturating_add(len6 >> (len6 % 128));
+        covers_exactly(IpAddr::V6(Ipv6Addr::UNSPECIFIED), v6, hi6)?;
+    }
+
+    #[test]
+    fn what_the_guard_would_reserve_leaves_the_range_covered(
+        (subnet, config) in v4_subnet().prop_flat_map(|s| (Just(s), whereabouts_config(s))),
+        reserved_at in proptest::option::of((0u32..256, 26u8..=30)),
+    ) {
+        let Ok(attachment) = ipam::read(&config) else { return Ok(()) };
+        let existing: Vec<IpNet> = reserved_at
+            .map(|(offset, prefix)| {
+                let at = Ipv4Addr::from(u32::from(subnet.network()).saturating_add(offset * 4));
+                IpNet::V4(Ipv4Net::new(at, prefix).unwrap().trunc())
+            })
+            .into_iter()
+            .collect();
+        let mut view = Subnet {
+            id: "subnet-a".into(),
+            cidrs: vec![IpNet::V4(subnet)],
+            reservations: existing.clone(),
+            eni_addresses: vec![],
+        };
+        let wanted = unreserved(&attachment, &view);
+        let aws = reserved(IpNet::V4(subnet));
+        for cidr in &wanted {
+            prop_assert!(!existing.iter().any(|e| e.contains(cidr) || cidr.contains(e)),
+                         "{} is reserved already ({:?})", cidr, existing);
+            prop_assert!(IpNet::V4(subnet).contains(cidr), "{} is outside {}", cidr, subnet);
+            let held: Vec<&IpAddr> = aws.iter().filter(|a| cidr.contains(*a)).collect();
+            // Only a range that hands out AWS's addresses itself (a finding of its
+            // own, so never reserved by the loop) is covered over them.
+            prop_assert!(held.is_empty() || !check(&attachment, &view).iter().all(|f| matches!(f, Finding::Unreserved { .. })),
+                         "{} holds AWS's {:?}", cidr, held);
+        }
+        view.reservations.extend(wanted);
+        let unreserved_left = check(&attachment, &view)
+            .into_iter()
+            .filter(|f| matches!(f, Finding::Unreserved { .. }))
+            .collect::<Vec<_>>();
+        // What lies inside the subnet is covered now; a pool outside it is not the
+        // reservation's to fix.
+        for finding in &unreserved_left {
+            let Finding::Unreserved { from, .. } = finding else { unreachable!() };
+            prop_assert!(!IpNet::V4(subnet).contains(from), "{} left unreserved by {}", finding, config);
+        }
+    }
 
     #[test]
     fn what_the_guard_accepts_is_routable_and_unreserved_ipv4(

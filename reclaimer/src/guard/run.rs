@@ -13,6 +13,14 @@
 //!   namespace, which the chart mounts into the webhook's pods so that it can warn
 //!   about (or deny) pods that ask for a NAD with findings.
 //!
+//! With `--guard-reserve-ranges`, a NAD whose only finding is a range no explicit
+//! subnet CIDR reservation covers gets one (`CreateSubnetCidrReservation`, described
+//! with the NAD's name), then an `AddressRangeReserved` Event; a refusal is a Warning
+//! Event (`AddressRangeNotReserved`) with EC2's code and what to do, and a reservation
+//! EC2 refused is asked for again only after `--guard-interval` (so that a policy
+//! attached later takes effect without a new Event at every NAD change). Reservations
+//! are never deleted: a NAD's range may still be in use by its pods after it is gone.
+//!
 //! `Reports` (pure) decides what changed; a replica that starts leading reports every
 //! NAD with findings once, since the Events of the replica before may have expired.
 
@@ -25,11 +33,13 @@ use kube::api::{Patch, PatchParams};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{Nad, ipam};
+use ipnet::IpNet;
+
+use super::{Nad, Reservable, Verdicts, ipam};
 use crate::ec2::Ec2;
 use crate::events::Events;
 use crate::loops::{self, Loop, Trigger};
-use crate::metrics::{GuardResult, Metrics};
+use crate::metrics::{GuardResult, Metrics, ReservationResult};
 use crate::view::{NadObject, View};
 
 /// After a NAD changes, the pass waits this long for the rest of a burst (a
@@ -43,6 +53,8 @@ pub struct Settings {
     pub masters: BTreeMap<String, i32>,
     /// The ConfigMap the findings are published in, and its name.
     pub publish: Option<(Api<ConfigMap>, String)>,
+    /// Whether to create the explicit reservations NADs' ranges lack.
+    pub reserve: bool,
 }
 
 /// The key of the published findings in the ConfigMap, the file name the webhook reads.
@@ -108,6 +120,8 @@ pub struct Guard<E> {
     metered: BTreeSet<(String, String)>,
     /// What the ConfigMap holds, as last written by this replica while leading.
     published: Option<String>,
+    /// Reservations EC2 refused, by (subnet, CIDR), and when.
+    refused: BTreeMap<(String, IpNet), tokio::time::Instant>,
 }
 
 impl<E: Ec2> Guard<E> {
@@ -121,6 +135,7 @@ impl<E: Ec2> Guard<E> {
             reports: Reports::default(),
             metered: BTreeSet::new(),
             published: None,
+            refused: BTreeMap::new(),
         }
     }
 
@@ -147,15 +162,28 @@ impl<E: Ec2> Guard<E> {
             })
             .collect();
         let instances: Vec<String> = self.view.instances().into_keys().collect();
-        let findings = match super::pass(&self.ec2, &nads, &instances, &self.settings.masters).await
-        {
-            Ok(findings) => findings,
+        let masters = &self.settings.masters;
+        let mut verdicts = match super::pass(&self.ec2, &nads, &instances, masters).await {
+            Ok(verdicts) => verdicts,
             Err(e) => {
                 self.metrics.guard_pass(GuardResult::Failed);
                 warn!("address-range guard: {e}; its findings stand until a pass completes");
                 return;
             }
         };
+        if self.settings.reserve && !verdicts.reservable.is_empty() {
+            let reserved = self.reserve(&verdicts, &objects).await;
+            // Judged again, so that what is now reserved is no finding.
+            if reserved {
+                match super::pass(&self.ec2, &nads, &instances, &self.settings.masters).await {
+                    Ok(again) => verdicts = again,
+                    Err(e) => {
+                        warn!("address-range guard: {e}; reporting what the pass before found")
+                    }
+                }
+            }
+        }
+        let findings = verdicts.findings;
         self.metrics.guard_pass(GuardResult::Complete);
         // Every NAD's series, and none left behind for a NAD that is gone.
         let mut metered = BTreeSet::new();
@@ -179,6 +207,53 @@ impl<E: Ec2> Guard<E> {
             };
             self.tell(object, &report).await;
         }
+    }
+
+    /// Creates each reservation the NADs' ranges lack, but those EC2 refused within
+    /// the last interval; tells each NAD what was reserved for it, or why not. Whether
+    /// any was made.
+    async fn reserve(&mut self, verdicts: &Verdicts, objects: &[NadObject]) -> bool {
+        let mut made = false;
+        for Reservable { nad, subnet, cidrs } in &verdicts.reservable {
+            let Some(object) = objects.iter().find(|o| key(o) == *nad) else {
+                continue;
+            };
+            for cidr in cidrs {
+                let at = (subnet.clone(), *cidr);
+                if (self.refused.get(&at)).is_some_and(|t| t.elapsed() < self.settings.interval) {
+                    continue;
+                }
+                let description = format!("ipmgmt: NetworkAttachmentDefinition {nad}");
+                let (reason, warning, note) = match self
+                    .ec2
+                    .reserve(subnet, *cidr, &description)
+                    .await
+                {
+                    Ok(()) => {
+                        made = true;
+                        self.refused.remove(&at);
+                        self.metrics.guard_reservation(ReservationResult::Created);
+                        info!(nad = %nad, %subnet, %cidr, "reserved the range's addresses");
+                        (
+                            "AddressRangeReserved",
+                            false,
+                            format!(
+                                "reserved {cidr} in {subnet} (an explicit subnet CIDR reservation), so the \
+                                     VPC CNI keeps its addresses out of this NAD's range"
+                            ),
+                        )
+                    }
+                    Err(e) => {
+                        self.metrics.guard_reservation(ReservationResult::Refused);
+                        warn!(nad = %nad, "could not reserve the range: {e}");
+                        self.refused.insert(at, tokio::time::Instant::now());
+                        ("AddressRangeNotReserved", true, e.to_string())
+                    }
+                };
+                self.event(object, reason, warning, note).await;
+            }
+        }
+        made
     }
 
     /// The findings into the ConfigMap, when they differ from what this replica last
@@ -223,6 +298,10 @@ impl<E: Ec2> Guard<E> {
                 )
             }
         };
+        self.event(nad, reason, warning, note).await;
+    }
+
+    async fn event(&self, nad: &NadObject, reason: &str, warning: bool, note: String) {
         let regarding = ObjectReference {
             api_version: Some("k8s.cni.cncf.io/v1".into()),
             kind: Some("NetworkAttachmentDefinition".into()),
@@ -236,7 +315,7 @@ impl<E: Ec2> Guard<E> {
             .report(regarding, "CheckAddressRange", reason, warning, note)
             .await
         {
-            warn!(nad = %name, error = %e, "could not write the Event; the log line above says the same");
+            warn!(nad = %key(nad), error = %e, "could not write the Event; the log line above says the same");
         }
     }
 }
@@ -246,6 +325,7 @@ impl<E: Ec2> Loop for Guard<E> {
         // A new term reports every NAD with findings again and writes the ConfigMap.
         self.reports.start_over();
         self.published = None;
+        self.refused.clear();
     }
 
     async fn pass(&mut self) {

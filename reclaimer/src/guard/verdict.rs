@@ -245,36 +245,128 @@ fn share(p: &Pool, q: &Pool) -> bool {
 
 /// The first part of the pool no reservation covers, as numbers.
 fn first_uncovered(pool: &Pool, reservations: &[IpNet]) -> Option<(u128, u128)> {
+    uncovered(pool, reservations).into_iter().next()
+}
+
+/// Every part of the pool no reservation covers, in order, as numbers.
+fn uncovered(pool: &Pool, reservations: &[IpNet]) -> Vec<(u128, u128)> {
     let mut covers: Vec<(u128, u128)> = (reservations.iter())
         .filter(|r| same_family(r.addr(), pool.first))
         .map(|r| (num(r.network()), num(r.broadcast())))
         .collect();
     covers.sort();
+    let mut gaps = Vec::new();
     for (lo, hi) in pool.spans() {
         let mut at = lo;
         for (c_lo, c_hi) in &covers {
-            if *c_lo > at {
-                break;
-            }
-            if *c_hi >= at {
-                match c_hi.checked_add(1) {
-                    Some(next) => at = next,
-                    None => return None,
-                }
-            }
             if at > hi {
                 break;
             }
+            if *c_hi < at {
+                continue;
+            }
+            if *c_lo > hi {
+                break;
+            }
+            if *c_lo > at {
+                gaps.push((at, c_lo - 1));
+            }
+            match c_hi.checked_add(1) {
+                Some(next) => at = next,
+                // A cover reaching the family's last address covers the rest.
+                None => return gaps,
+            }
         }
         if at <= hi {
-            let end = (covers.iter())
-                .map(|(c_lo, _)| *c_lo)
-                .find(|c_lo| *c_lo > at)
-                .map_or(hi, |c_lo| (c_lo - 1).min(hi));
-            return Some((at, end));
+            gaps.push((at, hi));
         }
     }
-    None
+    gaps
+}
+
+/// The fewest CIDRs whose union is exactly `lo..=hi`, in order, in `like`'s family:
+/// at each step the largest block that starts at `lo`'s alignment and ends inside.
+pub fn cover(like: IpAddr, lo: u128, hi: u128) -> Vec<IpNet> {
+    let bits: u32 = match like {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    };
+    let mut out = Vec::new();
+    let mut at = lo;
+    loop {
+        // The block's size as a power of two: bounded by `at`'s alignment and by
+        // what is left of the span.
+        let aligned = match at {
+            0 => bits,
+            _ => at.trailing_zeros().min(bits),
+        };
+        let left = hi - at;
+        let fits = match left.checked_add(1) {
+            Some(n) => 127 - n.leading_zeros(),
+            None => 128,
+        };
+        let size = aligned.min(fits);
+        let prefix = u8::try_from(bits - size).expect("a prefix length");
+        out.push(IpNet::new(from_num(like, at), prefix).expect("a valid prefix"));
+        let end = match size {
+            128 => u128::MAX,
+            _ => at + ((1u128 << size) - 1),
+        };
+        if end >= hi {
+            return out;
+        }
+        at = end + 1;
+    }
+}
+
+/// The CIDRs that would cover what of the NAD's pools in `subnet` no explicit
+/// reservation covers yet (what the guard reserves, when it may). A gap is reserved
+/// as the one CIDR around it when that adds at most two addresses (a whereabouts
+/// `range` hands out all of its CIDR but the first and the last), stays inside the
+/// subnet clear of AWS's reserved addresses and meets no reservation; else as the
+/// fewest CIDRs that cover it exactly.
+pub fn unreserved(attachment: &Attachment, subnet: &Subnet) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for pool in &attachment.pools {
+        let Some(cidr) = (subnet.cidrs.iter()).find(|c| {
+            same_family(c.addr(), pool.first) && c.contains(&pool.first) && c.contains(&pool.last)
+        }) else {
+            continue;
+        };
+        let aws = [
+            num(cidr.network()),
+            num(cidr.network()) + 3,
+            num(cidr.broadcast()),
+        ];
+        for (lo, hi) in uncovered(pool, &subnet.reservations) {
+            let around = enclosing(pool.first, lo, hi);
+            let (a_lo, a_hi) = (num(around.network()), num(around.broadcast()));
+            let fits = (a_hi - a_lo) - (hi - lo) <= 2
+                && cidr.contains(&around)
+                && a_lo > aws[1]
+                && a_hi < aws[2]
+                && !(subnet.reservations.iter()).any(|r| {
+                    same_family(r.addr(), pool.first)
+                        && num(r.network()) <= a_hi
+                        && a_lo <= num(r.broadcast())
+                });
+            match fits {
+                true => out.push(around),
+                false => out.extend(cover(pool.first, lo, hi)),
+            }
+        }
+    }
+    out
+}
+
+/// The smallest CIDR holding `lo..=hi`.
+fn enclosing(like: IpAddr, lo: u128, hi: u128) -> IpNet {
+    let bits: u32 = if like.is_ipv4() { 32 } else { 128 };
+    let differ = 128 - (lo ^ hi).leading_zeros();
+    let prefix = u8::try_from(bits - differ.min(bits)).expect("a prefix length");
+    IpNet::new(from_num(like, lo), prefix)
+        .expect("a valid prefix")
+        .trunc()
 }
 
 #[cfg(test)]
@@ -430,6 +522,34 @@ mod tests {
             found[0].1.to_string(),
             "range 10.0.4.64-10.0.4.127 overlaps apps/c's range 10.0.4.120-10.0.4.130 in subnet-0a, so two pods \
              may get one address; give each NAD its own part of the subnet"
+        );
+    }
+
+    #[test]
+    fn a_whereabouts_range_is_reserved_as_the_cidr_it_was_written_as() {
+        let unreserved_of = |ipam: &str, reservations: &[&str]| -> Vec<String> {
+            unreserved(&nad(ipam), &subnet(reservations))
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        // .161-.190 handed out: the /27 around them adds two addresses.
+        assert_eq!(
+            unreserved_of(r#"{"type":"whereabouts","range":"10.0.4.160/27"}"#, &[]),
+            ["10.0.4.160/27"]
+        );
+        // .129-.254: the /25 around them would hold the subnet's last address, which
+        // AWS keeps; covered exactly instead.
+        let exact = unreserved_of(r#"{"type":"whereabouts","range":"10.0.4.128/25"}"#, &[]);
+        assert_eq!(exact.first().map(String::as_str), Some("10.0.4.129/32"));
+        assert!(exact.iter().all(|c| c != "10.0.4.128/25"), "{exact:?}");
+        // Half of it reserved already: the other half only.
+        assert_eq!(
+            unreserved_of(
+                r#"{"type":"whereabouts","range":"10.0.4.160/27"}"#,
+                &["10.0.4.160/28"]
+            ),
+            ["10.0.4.176/28"]
         );
     }
 }

@@ -97,6 +97,7 @@ impl Inner {
             "DescribeSubnets" => self.describe_subnets(q)?,
             "DescribeVpcs" => self.describe_vpcs(q)?,
             "GetSubnetCidrReservations" => self.get_subnet_cidr_reservations(q)?,
+            "CreateSubnetCidrReservation" => self.create_subnet_cidr_reservation(q)?,
             "DescribeInstances" => self.describe_instances(q)?,
             "DescribeInstanceTypes" => self.describe_instance_types(q)?,
             "AssignPrivateIpAddresses" => self.assign_private(q)?,
@@ -245,6 +246,71 @@ impl Inner {
         }
         Ok(xml::el("subnetIpv4CidrReservationSet", v4)
             + &xml::el("subnetIpv6CidrReservationSet", v6))
+    }
+
+    fn create_subnet_cidr_reservation(&mut self, q: &Query) -> Result<String, Fail> {
+        let param = |name: &str| {
+            q.get(name).ok_or_else(|| {
+                fail(
+                    "MissingParameter",
+                    format!("The request must contain the parameter {name}"),
+                )
+            })
+        };
+        let (id, cidr, kind) = (
+            param("SubnetId")?,
+            param("Cidr")?,
+            param("ReservationType")?,
+        );
+        let subnet = self.subnet(id).cloned().ok_or_else(|| {
+            fail(
+                "InvalidSubnetID.NotFound",
+                format!("The subnet ID '{id}' does not exist"),
+            )
+        })?;
+        if kind != "prefix" && kind != "explicit" {
+            return Err(fail(
+                "InvalidParameterValue",
+                format!("Value ({kind}) for parameter reservationType is invalid"),
+            ));
+        }
+        let cidr: IpNet = (cidr.parse().ok())
+            .filter(|c: &IpNet| c.network() == c.addr())
+            .ok_or_else(|| {
+                fail(
+                    "InvalidParameterValue",
+                    format!("The CIDR '{cidr}' is invalid"),
+                )
+            })?;
+        let inside = std::iter::once(IpNet::V4(subnet.ipv4))
+            .chain(subnet.ipv6.iter().map(|n| IpNet::V6(*n)))
+            .any(|net| net.contains(&cidr));
+        if !inside {
+            return Err(fail(
+                "InvalidParameterValue",
+                format!("The CIDR '{cidr}' is not within the CIDR ranges of subnet '{id}'"),
+            ));
+        }
+        let overlapping = (self.world.reservations.iter())
+            .any(|r| r.subnet == id && (r.cidr.contains(&cidr) || cidr.contains(&r.cidr)));
+        if overlapping {
+            return Err(fail(
+                "InvalidParameterValue",
+                format!("The CIDR '{cidr}' overlaps an existing reservation in subnet '{id}'"),
+            ));
+        }
+        let reservation = super::Reservation {
+            subnet: id.to_owned(),
+            cidr,
+            kind: kind.to_owned(),
+            description: q.get("Description").unwrap_or_default().to_owned(),
+        };
+        self.world.reservations.push(reservation);
+        let i = self.world.reservations.len() - 1;
+        Ok(xml::el(
+            "subnetCidrReservation",
+            xml::cidr_reservation(i, &self.world.reservations[i]),
+        ))
     }
 
     fn describe_vpcs(&self, q: &Query) -> Result<String, Fail> {

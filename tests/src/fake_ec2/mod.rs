@@ -14,6 +14,10 @@
 //!   CIDR blocks (`World::vpc_cidrs`, or each subnet's own when none are given).
 //! - GetSubnetCidrReservations: one subnet's reservations (`World::reservations`),
 //!   IPv4 and IPv6 in their own sets, filtered by `reservationType`.
+//! - CreateSubnetCidrReservation: `prefix` or `explicit`, a CIDR written as its network
+//!   address, inside one of the subnet's CIDRs and overlapping none of its
+//!   reservations; else `InvalidParameterValue` (AWS documents the rules, not the
+//!   codes).
 //! - DescribeNetworkInterfaces shows each ENI's tags (the VPC CNI's `no_manage` tag
 //!   among them) and its attachment's device index (0 is the instance's primary ENI).
 //! - Throttling by token buckets at EC2's published rates, per category.
@@ -116,6 +120,8 @@ pub struct Reservation {
     pub cidr: ipnet::IpNet,
     /// `explicit`, or `prefix` (kept for prefix delegation).
     pub kind: String,
+    #[serde(default)]
+    pub description: String,
 }
 
 /// The fake's one VPC.

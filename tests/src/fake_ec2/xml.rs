@@ -141,6 +141,7 @@ pub(super) fn cidr_reservation(i: usize, r: &super::Reservation) -> String {
         text("cidr", r.cidr),
         text("reservationType", &r.kind),
         text("ownerId", "111122223333"),
+        text("description", &r.description),
     ]
     .concat()
 }
