@@ -140,6 +140,15 @@ pub struct Args {
     #[arg(long, env = "IPMGMT_RECLAIMER_READINESS_DEVICE_INDEXES", default_value = "1", value_delimiter = ',', value_parser = clap::value_parser!(i32).range(1..))]
     pub readiness_device_index: Vec<i32>,
 
+    /// Attach a missing Multus ENI at one device index instead of only waiting for it,
+    /// as JSON (repeat it per index): `{"deviceIndex":1,"subnets":{"us-west-2a":
+    /// "subnet-…"},"securityGroups":["sg-…"]}` creates one in the subnet of the node's
+    /// zone (tagged, deleted with the instance); `{"deviceIndex":1,"pool":"NAME"}`
+    /// attaches an available ENI tagged ipmgmt.aws/pool=NAME. Needs
+    /// deploy/reclaimer-attach-iam-policy.json.
+    #[arg(long, env = "IPMGMT_RECLAIMER_READINESS_ATTACH", value_name = "JSON", value_parser = crate::readiness::attach_spec)]
+    pub readiness_attach: Vec<crate::readiness::AttachSpec>,
+
     /// How often readiness looks again without a new node (attachments change in EC2
     /// unannounced).
     #[arg(long, env = "IPMGMT_RECLAIMER_READINESS_INTERVAL", default_value = "30s", value_parser = duration)]
@@ -181,6 +190,30 @@ impl Args {
                 "--readiness-interval ({:?}) must be at least 1s",
                 self.readiness_interval
             ));
+        }
+        for spec in &self.readiness_attach {
+            if self.readiness_node_label.is_empty() {
+                return Err(
+                    "--readiness-attach needs --readiness-node-label: it attaches ENIs to the \
+                            nodes readiness watches"
+                        .into(),
+                );
+            }
+            if !self.readiness_device_index.contains(&spec.device_index) {
+                return Err(format!(
+                    "--readiness-attach names device index {}, which no --readiness-device-index expects",
+                    spec.device_index
+                ));
+            }
+        }
+        let mut indexes: Vec<i32> = self
+            .readiness_attach
+            .iter()
+            .map(|s| s.device_index)
+            .collect();
+        indexes.sort();
+        if indexes.windows(2).any(|w| w[0] == w[1]) {
+            return Err("--readiness-attach names one device index twice".into());
         }
         if self.guard && self.guard_interval < Duration::from_secs(1) {
             return Err(format!(
@@ -291,6 +324,40 @@ mod tests {
         );
         assert!(args.guard);
         assert_eq!(args.guard_interval, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn attach_specs_read_as_the_chart_renders_them_and_must_name_an_expected_index() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec![
+                "ipmgmt-reclaimer",
+                "--namespace=ipmgmt",
+                "--identity=r-1",
+                "--readiness-node-label=example.com/multus=true",
+                "--readiness-device-index=1",
+                "--readiness-device-index=2",
+            ];
+            argv.extend(extra);
+            Args::try_parse_from(argv)
+        };
+        // The keys in toJson's order.
+        let args = parse(&[
+            r#"--readiness-attach={"deviceIndex":1,"securityGroups":["sg-0c1"],"subnets":{"us-west-2a":"subnet-0a1"}}"#,
+            r#"--readiness-attach={"deviceIndex":2,"pool":"upf-n6"}"#,
+        ])
+        .unwrap();
+        assert_eq!(args.readiness_attach.len(), 2);
+        assert_eq!(args.check(), Ok(()));
+        let unexpected = parse(&[r#"--readiness-attach={"deviceIndex":3,"pool":"x"}"#]).unwrap();
+        assert!(unexpected.check().unwrap_err().contains("device index 3"));
+        let twice = parse(&[
+            r#"--readiness-attach={"deviceIndex":1,"pool":"x"}"#,
+            r#"--readiness-attach={"deviceIndex":1,"pool":"y"}"#,
+        ])
+        .unwrap();
+        assert!(twice.check().unwrap_err().contains("twice"));
+        let bad = parse(&[r#"--readiness-attach={"deviceIndex":1,"subnet":"x"}"#]);
+        assert!(bad.err().unwrap().to_string().contains("unknown field"));
     }
 
     #[test]

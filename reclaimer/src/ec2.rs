@@ -26,7 +26,32 @@ pub const IAM_POLICY: &str = "deploy/reclaimer-iam-policy.json";
 
 /// Every EC2 action the controller calls (`Action::CONTROLLER`);
 /// `deploy/reclaimer-iam-policy.json` allows exactly these (checked by a test).
-pub const ACTIONS: [Action; 8] = Action::CONTROLLER;
+pub const ACTIONS: [Action; 11] = Action::CONTROLLER;
+
+/// The tag on an ENI the controller created for a node: `INSTANCE/DEVICE_INDEX`. An
+/// ENI left unattached by a try that failed halfway is found by it and attached, not
+/// made again.
+pub const ATTACHED_FOR_TAG: &str = "ipmgmt.aws/attached-for";
+/// The tag on ENIs a user made ahead for the controller to attach: the pool's name.
+pub const POOL_TAG: &str = "ipmgmt.aws/pool";
+
+/// Where a node's missing Multus ENI comes from (`--readiness-attach`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EniSource {
+    /// Made in `subnet` with `security_groups` (none: the VPC's default group),
+    /// tagged, and deleted with the instance.
+    Create {
+        subnet: String,
+        security_groups: Vec<String>,
+    },
+    /// An `available` ENI tagged `ipmgmt.aws/pool=NAME` and `no_manage` (and the
+    /// cluster tag), in `subnet` when one is named; it outlives the instance and
+    /// returns to the pool.
+    Pool {
+        name: String,
+        subnet: Option<String>,
+    },
+}
 
 /// EC2 accepts at most this many values in one filter.
 const FILTER_VALUES: usize = 200;
@@ -90,6 +115,13 @@ pub trait Ec2: Send + Sync {
     /// the ENIs' own addresses are left for the caller, who has the ENIs.
     fn subnets(&self, ids: &[String])
     -> impl Future<Output = Result<Vec<Subnet>, Ec2Error>> + Send;
+    /// A Multus ENI from `source` attached to `instance` at `device_index`; its id.
+    fn attach_multus_eni(
+        &self,
+        instance: &str,
+        device_index: i32,
+        source: &EniSource,
+    ) -> impl Future<Output = Result<String, Ec2Error>> + Send;
     /// An explicit subnet CIDR reservation of `cidr` in `subnet`, described.
     fn reserve(
         &self,
@@ -254,6 +286,140 @@ impl Ec2 for SdkEc2 {
             .map_err(|e| sdk_error(Action::UnassignIpv6Addresses, eni, e, &REMEDY))
     }
 
+    async fn attach_multus_eni(
+        &self,
+        instance: &str,
+        device_index: i32,
+        source: &EniSource,
+    ) -> Result<String, Ec2Error> {
+        let target = format!("{instance} at device index {device_index}");
+        let attached_for = format!("{instance}/{device_index}");
+        let mut request = (self.client.describe_network_interfaces())
+            .filters(filter(&format!("tag:{NO_MANAGE_TAG}"), vec!["true".into()]));
+        if let Some(tag) = &self.cluster_tag {
+            request = request.filters(filter(&format!("tag:{}", tag.key), vec![tag.value.clone()]));
+        }
+        request = match source {
+            EniSource::Create { .. } => request.filters(filter(
+                &format!("tag:{ATTACHED_FOR_TAG}"),
+                vec![attached_for.clone()],
+            )),
+            EniSource::Pool { name, subnet } => {
+                let request =
+                    request.filters(filter(&format!("tag:{POOL_TAG}"), vec![name.clone()]));
+                match subnet {
+                    Some(subnet) => request.filters(filter("subnet-id", vec![subnet.clone()])),
+                    None => request,
+                }
+            }
+        };
+        let found = (request.send().await)
+            .map_err(|e| sdk_error(Action::DescribeNetworkInterfaces, &target, e, &REMEDY))?;
+        // Only an unattached one (filtered here: not every EC2 endpoint filters by status).
+        let waiting = (found.network_interfaces().iter())
+            .filter(|ni| {
+                ni.status() == Some(&aws_sdk_ec2::types::NetworkInterfaceStatus::Available)
+            })
+            .find_map(|ni| ni.network_interface_id());
+        let eni = match (waiting, source) {
+            (Some(id), _) => id.to_owned(),
+            (None, EniSource::Pool { name, subnet }) => {
+                return Err(Ec2Error {
+                    action: Action::DescribeNetworkInterfaces,
+                    target,
+                    code: None,
+                    detail: format!(
+                        "no available ENI tagged {POOL_TAG}={name} and {NO_MANAGE_TAG}=true{}",
+                        subnet.as_ref().map(|s| format!(" in {s}")).unwrap_or_default()
+                    ),
+                    hint: "add ENIs to the pool (aws ec2 create-network-interface, tagged so) or let the \
+                           controller create them (subnets instead of pool)"
+                        .into(),
+                });
+            }
+            (
+                None,
+                EniSource::Create {
+                    subnet,
+                    security_groups,
+                },
+            ) => {
+                let mut tags = vec![
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key(NO_MANAGE_TAG)
+                        .value("true")
+                        .build(),
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key(ATTACHED_FOR_TAG)
+                        .value(&attached_for)
+                        .build(),
+                ];
+                if let Some(tag) = &self.cluster_tag {
+                    tags.push(
+                        aws_sdk_ec2::types::Tag::builder()
+                            .key(&tag.key)
+                            .value(&tag.value)
+                            .build(),
+                    );
+                }
+                let spec = aws_sdk_ec2::types::TagSpecification::builder()
+                    .resource_type(aws_sdk_ec2::types::ResourceType::NetworkInterface)
+                    .set_tags(Some(tags))
+                    .build();
+                let made = (self.client.create_network_interface())
+                    .subnet_id(subnet)
+                    .set_groups((!security_groups.is_empty()).then(|| security_groups.clone()))
+                    .description(format!(
+                        "ipmgmt: Multus ENI of {instance} at device index {device_index}"
+                    ))
+                    .tag_specifications(spec)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error(Action::CreateNetworkInterface, &target, e, &REMEDY))?;
+                (made
+                    .network_interface()
+                    .and_then(|n| n.network_interface_id()))
+                .map(str::to_owned)
+                .ok_or_else(|| Ec2Error {
+                    action: Action::CreateNetworkInterface,
+                    target: target.clone(),
+                    code: None,
+                    detail: "EC2 answered without the new ENI's id".into(),
+                    hint: "the next pass finds it by its tag".into(),
+                })?
+            }
+        };
+        let attachment = (self.client.attach_network_interface())
+            .network_interface_id(&eni)
+            .instance_id(instance)
+            .device_index(device_index)
+            .send()
+            .await
+            .map_err(|e| {
+                sdk_error(
+                    Action::AttachNetworkInterface,
+                    format!("{eni} to {target}"),
+                    e,
+                    &REMEDY,
+                )
+            })?;
+        if let (EniSource::Create { .. }, Some(id)) = (source, attachment.attachment_id()) {
+            let change = aws_sdk_ec2::types::NetworkInterfaceAttachmentChanges::builder()
+                .attachment_id(id)
+                .delete_on_termination(true)
+                .build();
+            (self.client.modify_network_interface_attribute())
+                .network_interface_id(&eni)
+                .attachment(change)
+                .send()
+                .await
+                .map_err(|e| {
+                    sdk_error(Action::ModifyNetworkInterfaceAttribute, &eni, e, &REMEDY)
+                })?;
+        }
+        Ok(eni)
+    }
+
     async fn reserve(&self, subnet: &str, cidr: IpNet, description: &str) -> Result<(), Ec2Error> {
         (self.client.create_subnet_cidr_reservation())
             .subnet_id(subnet)
@@ -405,8 +571,9 @@ fn hint(action: Action, code: Option<&str>) -> String {
         {
             format!(
                 "the reclaimer's IAM role lacks ec2:{action}, which {} needs: attach the policy in \
-                 deploy/reclaimer-reserve-iam-policy.json to the role, or turn the option off",
-                action.opt_in().unwrap_or_default()
+                 {} to the role, or turn the option off",
+                action.opt_in().unwrap_or_default(),
+                action.opt_in_policy().unwrap_or_default()
             )
         }
         Some("UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException") => format!(
@@ -592,9 +759,19 @@ mod tests {
     #[test]
     fn the_policies_allow_exactly_the_calls_made_and_change_only_multus_enis() {
         let base = actions_of(include_str!("../../deploy/reclaimer-iam-policy.json"));
-        let opt_in = actions_of(include_str!(
+        let mut opt_in = actions_of(include_str!(
             "../../deploy/reclaimer-reserve-iam-policy.json"
         ));
+        opt_in.extend(actions_of(include_str!(
+            "../../deploy/reclaimer-attach-iam-policy.json"
+        )));
+        // Tags asked for at creation are authorized as ec2:CreateTags, which the
+        // controller never calls by itself: allowed only for the creating call.
+        opt_in.retain(|(a, statement)| {
+            a != "ec2:CreateTags"
+                || statement["Condition"]["StringEquals"]["ec2:CreateAction"]
+                    != "CreateNetworkInterface"
+        });
         for (a, statement) in &base {
             let action = ACTIONS
                 .iter()
@@ -610,15 +787,27 @@ mod tests {
                 );
             }
         }
-        for (a, _) in &opt_in {
+        for (a, statement) in &opt_in {
             let action = ACTIONS.iter().find(|x| format!("ec2:{x}") == *a);
             assert!(
                 action.is_some_and(|x| x.opt_in().is_some()),
-                "{a} is in the opt-in policy but is no opt-in call"
+                "{a} is in an opt-in policy but is no opt-in call"
             );
+            // What changes an ENI or makes one is for Multus ENIs only.
+            let on_enis = statement["Resource"] == "arn:aws:ec2:*:*:network-interface/*";
+            if on_enis && a != "ec2:CreateSubnetCidrReservation" {
+                let condition = &statement["Condition"]["StringEquals"];
+                let tag = NO_MANAGE_TAG;
+                assert!(
+                    condition[format!("ec2:ResourceTag/{tag}")] == "true"
+                        || condition[format!("aws:RequestTag/{tag}")] == "true",
+                    "{a} on network interfaces must be limited to ENIs tagged {tag}"
+                );
+            }
         }
         let mut allowed: Vec<String> = base.into_iter().chain(opt_in).map(|(a, _)| a).collect();
         allowed.sort();
+        allowed.dedup();
         let mut called: Vec<String> = ACTIONS.iter().map(|a| format!("ec2:{a}")).collect();
         called.sort();
         assert_eq!(allowed, called);

@@ -132,6 +132,9 @@ pub async fn run<E: Ec2 + Clone>(
                     .cluster_tag
                     .as_ref()
                     .map(|t| format!("{}={}", t.key, t.value)),
+                attach: (args.readiness_attach.iter())
+                    .map(|s| (s.device_index, s.clone()))
+                    .collect(),
             },
         )
     });

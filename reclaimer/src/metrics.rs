@@ -9,6 +9,7 @@
 //! | `ipmgmt_reclaimer_watch_errors_total` | `resource`: `pods`, `nodes`, `namespaces`, `ippools`, `network_attachment_definitions` |
 //! | `ipmgmt_reclaimer_guard_passes_total` | `result`: `complete`, `failed` (the address-range guard's passes) |
 //! | `ipmgmt_reclaimer_readiness_passes_total` | `result`: `complete`, `failed` (node readiness for Multus ENIs) |
+//! | `ipmgmt_reclaimer_readiness_attachments_total` | `result`: `created`, `refused` (Multus ENIs attached to nodes, with `--readiness-attach`) |
 //! | `ipmgmt_reclaimer_nodes_missing_enis` | none: nodes in scope tainted for a missing Multus ENI after the last pass |
 //! | `ipmgmt_reclaimer_guard_reservations_total` | `result`: `created`, `refused` (subnet CIDR reservations the guard asked for, with `--guard-reserve-ranges`) |
 //! | `ipmgmt_reclaimer_guard_findings` | `namespace`, `name`: a NAD's address-range findings at the last pass; only NADs with findings |
@@ -49,8 +50,9 @@ pub enum GuardResult {
     Failed,
 }
 
+/// How a write to EC2 beyond addresses (a reservation, an attachment) ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ReservationResult {
+pub enum WriteResult {
     Created,
     /// EC2 refused or failed.
     Refused,
@@ -88,7 +90,7 @@ label_values!(GuardResult {
     Complete => "complete",
     Failed => "failed",
 });
-label_values!(ReservationResult {
+label_values!(WriteResult {
     Created => "created",
     Refused => "refused",
 });
@@ -138,8 +140,8 @@ struct GuardLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReservationLabel {
-    result: ReservationResult,
+struct WriteLabel {
+    result: WriteResult,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -162,7 +164,8 @@ pub struct Metrics {
     watch_errors: Family<ResourceLabel, Counter>,
     guard_passes: Family<GuardLabel, Counter>,
     guard_findings: Family<NadLabel, Gauge>,
-    guard_reservations: Family<ReservationLabel, Counter>,
+    guard_reservations: Family<WriteLabel, Counter>,
+    readiness_attachments: Family<WriteLabel, Counter>,
     readiness_passes: Family<ReadinessLabel, Counter>,
     nodes_missing_enis: Gauge,
 }
@@ -193,10 +196,13 @@ impl Metrics {
         for r in GuardResult::ALL {
             let _ = self.guard_passes.get_or_create(&GuardLabel { result: r });
         }
-        for r in ReservationResult::ALL {
+        for r in WriteResult::ALL {
             let _ = self
                 .guard_reservations
-                .get_or_create(&ReservationLabel { result: r });
+                .get_or_create(&WriteLabel { result: r });
+            let _ = self
+                .readiness_attachments
+                .get_or_create(&WriteLabel { result: r });
         }
         for r in ReadinessResult::ALL {
             let _ = self
@@ -233,6 +239,11 @@ impl Metrics {
             "guard_passes",
             "The address-range guard's passes by how they ended",
             self.guard_passes.clone(),
+        );
+        registry.register(
+            "readiness_attachments",
+            "Multus ENIs node readiness attached to nodes, by how the attempt ended",
+            self.readiness_attachments.clone(),
         );
         registry.register(
             "guard_reservations",
@@ -302,9 +313,20 @@ impl Metrics {
             .inc();
     }
 
-    pub fn guard_reservation(&self, result: ReservationResult) {
+    /// An attempt to attach a node's missing Multus ENI: made or not.
+    pub fn readiness_attachment(&self, made: bool) {
+        let result = match made {
+            true => WriteResult::Created,
+            false => WriteResult::Refused,
+        };
+        self.readiness_attachments
+            .get_or_create(&WriteLabel { result })
+            .inc();
+    }
+
+    pub fn guard_reservation(&self, result: WriteResult) {
         self.guard_reservations
-            .get_or_create(&ReservationLabel { result })
+            .get_or_create(&WriteLabel { result })
             .inc();
     }
 

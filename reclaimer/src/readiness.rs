@@ -10,6 +10,16 @@
 //! leave it to this loop to remove. Pods that tolerate every taint (DaemonSets such as
 //! Multus's) run regardless.
 //!
+//! Opt-in (`--readiness-attach`), the loop attaches the missing ENI itself, so that
+//! Karpenter's and managed node groups' nodes need no lifecycle hook: it creates one
+//! in the subnet of the node's Availability Zone (tagged `no_manage`, the cluster tag
+//! and `ipmgmt.aws/attached-for=INSTANCE/INDEX`, with DeleteOnTermination) or takes
+//! an available one from a pool the user tagged `ipmgmt.aws/pool=NAME`; it never
+//! touches an ENI without those tags. An ENI made by a try that failed before it was
+//! attached is found by its tag and attached, not made again. Each attachment is an
+//! Event on the node (`MultusEniAttached`); a failure is a Warning Event
+//! (`MultusEniNotAttached`) with EC2's code, once per distinct failure.
+//!
 //! While this replica leads, a pass runs when a node is seen for the first time and
 //! every `--readiness-interval` (attachments change in EC2, where nothing announces
 //! them): one filtered describe for up to 200 nodes. A failed describe changes no
@@ -27,11 +37,13 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::ec2::{Ec2, MultusEni};
+use serde::Deserialize;
+
+use crate::ec2::{Ec2, EniSource, MultusEni};
 use crate::events::{Events, node_ref};
 use crate::loops::{self, Loop, Trigger};
 use crate::metrics::{Metrics, ReadinessResult};
-use crate::view::{View, node_instance};
+use crate::view::{View, node_instance, node_zone};
 
 pub const TAINT_KEY: &str = "ipmgmt.aws/multus-eni-missing";
 pub const TAINT_EFFECT: &str = "NoSchedule";
@@ -45,6 +57,62 @@ pub struct Settings {
     pub interval: Duration,
     /// The tag the ENIs must carry besides `no_manage`, for the Event's wording.
     pub cluster_tag: Option<String>,
+    /// How to attach a missing ENI, by device index; none: only wait for one.
+    pub attach: BTreeMap<i32, AttachSpec>,
+}
+
+/// How the controller attaches a node's missing Multus ENI at one device index
+/// (`--readiness-attach`, the chart's `reclaimer.readiness.attach`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AttachSpec {
+    pub device_index: i32,
+    /// The subnet to create the ENI in, by Availability Zone; with `pool`, where to
+    /// take one from (optional).
+    #[serde(default)]
+    pub subnets: BTreeMap<String, String>,
+    /// The created ENI's security groups; none: the VPC's default group.
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// Take an available ENI tagged `ipmgmt.aws/pool=NAME` instead of creating one.
+    #[serde(default)]
+    pub pool: Option<String>,
+}
+
+impl AttachSpec {
+    /// Where a node in `zone` gets its ENI from; `None` when this spec has no subnet
+    /// for the zone and creates ENIs.
+    pub fn source(&self, zone: Option<&str>) -> Option<EniSource> {
+        let subnet = zone.and_then(|z| self.subnets.get(z)).cloned();
+        match &self.pool {
+            Some(name) => Some(EniSource::Pool {
+                name: name.clone(),
+                subnet,
+            }),
+            None => Some(EniSource::Create {
+                subnet: subnet?,
+                security_groups: self.security_groups.clone(),
+            }),
+        }
+    }
+}
+
+/// `--readiness-attach`'s JSON.
+pub fn attach_spec(text: &str) -> Result<AttachSpec, String> {
+    let spec: AttachSpec = serde_json::from_str(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if spec.device_index < 1 {
+        return Err(format!(
+            "deviceIndex {} is the node's own ENI's or none: Multus ENIs are at 1 or more",
+            spec.device_index
+        ));
+    }
+    if spec.pool.is_none() && spec.subnets.is_empty() {
+        return Err(format!(
+            "device index {}: give subnets (by Availability Zone) to create ENIs in, or a pool",
+            spec.device_index
+        ));
+    }
+    Ok(spec)
 }
 
 /// A node as the pass sees it.
@@ -53,6 +121,9 @@ pub struct NodeState {
     pub name: String,
     /// From `spec.providerID`; a node without one cannot be judged.
     pub instance: Option<String>,
+    /// Its Availability Zone: the `topology.kubernetes.io/zone` label, else
+    /// `spec.providerID`'s.
+    pub zone: Option<String>,
     pub tainted: bool,
 }
 
@@ -107,6 +178,8 @@ pub fn plan(nodes: &[NodeState], enis: &[MultusEni], expected: &BTreeSet<i32>) -
 
 pub struct Readiness<E> {
     ec2: E,
+    /// The last attach failure said in an Event, by (instance, device index).
+    failures: std::sync::Mutex<BTreeMap<(String, i32), String>>,
     view: View,
     nodes: Api<Node>,
     events: Events,
@@ -127,6 +200,7 @@ impl<E: Ec2> Readiness<E> {
         let selector = settings.labels.clone().into_iter().collect();
         Readiness {
             ec2,
+            failures: Default::default(),
             view,
             nodes: Api::all(client),
             events,
@@ -159,13 +233,14 @@ impl<E: Ec2> Readiness<E> {
                 Some(NodeState {
                     name: n.metadata.name.clone()?,
                     instance: node_instance(n).map(str::to_owned),
+                    zone: node_zone(n),
                     tainted: (n.spec.as_ref().and_then(|s| s.taints.as_ref()))
                         .is_some_and(|t| t.iter().any(|t| t.key == TAINT_KEY)),
                 })
             })
             .collect();
         let instances: Vec<String> = nodes.iter().filter_map(|n| n.instance.clone()).collect();
-        let enis = match self.ec2.multus_enis(&instances).await {
+        let mut enis = match self.ec2.multus_enis(&instances).await {
             Ok(enis) => enis,
             Err(e) => {
                 self.metrics.readiness_pass(ReadinessResult::Failed);
@@ -173,6 +248,13 @@ impl<E: Ec2> Readiness<E> {
                 return;
             }
         };
+        if self.attach(&nodes, &enis).await {
+            // What the attachments changed, before the taints are decided.
+            match self.ec2.multus_enis(&instances).await {
+                Ok(now) => enis = now,
+                Err(e) => warn!("node readiness: {e}; deciding taints from before the attachments"),
+            }
+        }
         let changes = plan(&nodes, &enis, &self.settings.device_indexes);
         let mut failed = false;
         for change in &changes {
@@ -192,6 +274,79 @@ impl<E: Ec2> Readiness<E> {
         } else {
             ReadinessResult::Complete
         });
+    }
+
+    /// Attaches what each node misses where `--readiness-attach` says how; whether
+    /// any ENI was attached.
+    async fn attach(&self, nodes: &[NodeState], enis: &[MultusEni]) -> bool {
+        let mut attached = false;
+        for node in nodes {
+            let Some(instance) = &node.instance else {
+                continue;
+            };
+            for index in missing(instance, enis, &self.settings.device_indexes) {
+                let Some(spec) = self.settings.attach.get(&index) else {
+                    continue;
+                };
+                let key = (instance.clone(), index);
+                let (reason, warning, note) = match spec.source(node.zone.as_deref()) {
+                    None => (
+                        "MultusEniNotAttached",
+                        true,
+                        format!(
+                            "no subnet for zone {} at device index {index} in reclaimer.readiness.attach: \
+                             add one, or attach and tag the ENI",
+                            node.zone.as_deref().unwrap_or("(unknown)")
+                        ),
+                    ),
+                    Some(source) => {
+                        match self.ec2.attach_multus_eni(instance, index, &source).await {
+                            Ok(eni) => {
+                                attached = true;
+                                self.metrics.readiness_attachment(true);
+                                let from = match &source {
+                                    EniSource::Create { subnet, .. } => {
+                                        format!("created in {subnet}, deleted with the instance")
+                                    }
+                                    EniSource::Pool { name, .. } => format!("from pool {name}"),
+                                };
+                                (
+                                    "MultusEniAttached",
+                                    false,
+                                    format!("attached {eni} ({from}) at device index {index}"),
+                                )
+                            }
+                            Err(e) => {
+                                self.metrics.readiness_attachment(false);
+                                ("MultusEniNotAttached", true, e.to_string())
+                            }
+                        }
+                    }
+                };
+                let repeated = {
+                    let mut failures = self.failures.lock().expect("the failures' lock");
+                    match warning {
+                        true => failures.insert(key, note.clone()).as_ref() == Some(&note),
+                        false => {
+                            failures.remove(&key);
+                            false
+                        }
+                    }
+                };
+                match warning {
+                    true => warn!(node = %node.name, "Multus ENI not attached: {note}"),
+                    false => info!(node = %node.name, "{note}"),
+                }
+                if !repeated
+                    && let Err(e) = (self.events)
+                        .report(node_ref(&node.name), "Attach", reason, warning, note)
+                        .await
+                {
+                    debug!(node = %node.name, error = %e, "could not write the Event");
+                }
+            }
+        }
+        attached
     }
 
     async fn apply(&self, change: &Change) -> Result<(), kube::Error> {
@@ -282,8 +437,50 @@ mod tests {
         NodeState {
             name: name.into(),
             instance: instance.map(str::to_owned),
+            zone: None,
             tainted,
         }
+    }
+
+    #[test]
+    fn an_attach_spec_says_where_a_nodes_eni_comes_from() {
+        let create = attach_spec(
+            r#"{"deviceIndex":1,"subnets":{"us-west-2a":"subnet-a"},"securityGroups":["sg-1"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            create.source(Some("us-west-2a")),
+            Some(EniSource::Create {
+                subnet: "subnet-a".into(),
+                security_groups: vec!["sg-1".into()]
+            })
+        );
+        // A zone it has no subnet for: nothing to create.
+        assert_eq!(create.source(Some("us-west-2b")), None);
+        assert_eq!(create.source(None), None);
+        let pool = attach_spec(r#"{"deviceIndex":2,"pool":"upf"}"#).unwrap();
+        assert_eq!(
+            pool.source(Some("us-west-2b")),
+            Some(EniSource::Pool {
+                name: "upf".into(),
+                subnet: None
+            })
+        );
+        assert!(
+            attach_spec(r#"{"deviceIndex":0,"pool":"x"}"#)
+                .unwrap_err()
+                .contains("own ENI")
+        );
+        assert!(
+            attach_spec(r#"{"deviceIndex":1}"#)
+                .unwrap_err()
+                .contains("subnets")
+        );
+        assert!(
+            attach_spec(r#"{"deviceIndex":1,"subnet":"x"}"#)
+                .unwrap_err()
+                .contains("unknown field")
+        );
     }
 
     #[test]

@@ -398,6 +398,20 @@ pub fn node_instance(node: &Node) -> Option<&str> {
     instance_id(node.spec.as_ref()?.provider_id.as_deref()?)
 }
 
+/// A node's Availability Zone: its `topology.kubernetes.io/zone` label, which the
+/// cloud provider sets, else the zone in `spec.providerID` (`aws:///us-west-2a/i-…`).
+pub fn node_zone(node: &Node) -> Option<String> {
+    let label = (node.metadata.labels.as_ref())
+        .and_then(|l| l.get("topology.kubernetes.io/zone"))
+        .cloned();
+    label.or_else(|| {
+        let provider = node.spec.as_ref()?.provider_id.as_deref()?;
+        let mut parts = provider.strip_prefix("aws://")?.rsplit('/');
+        let (_instance, zone) = (parts.next()?, parts.next()?);
+        (!zone.is_empty()).then(|| zone.to_owned())
+    })
+}
+
 /// `aws:///us-west-2a/i-0abc…` → `i-0abc…`.
 pub fn instance_id(provider_id: &str) -> Option<&str> {
     let id = provider_id.strip_prefix("aws://")?.rsplit('/').next()?;

@@ -810,7 +810,7 @@ def test_node_readiness_is_off_until_a_node_selector_names_the_nodes():
     assert not [a for a in container["args"] if a.startswith("--readiness-")]
     objects = reclaimer_objects()
     (container,) = objects["Deployment"][0]["spec"]["template"]["spec"]["containers"]
-    assert [a for a in container["args"] if a.startswith("--readiness-")] == [
+    assert [a for a in container["args"] if a.startswith("--readiness-") and "attach" not in a] == [
         "--readiness-node-label=example.com/multus=true", "--readiness-device-index=1",
         "--readiness-device-index=2", "--readiness-interval=1m"]
     (cluster_role,) = objects["ClusterRole"]
@@ -855,6 +855,11 @@ def test_reclaimer_options():
     assert [a for a in container["args"] if a.startswith("--guard-master=")] == [
         "--guard-master=ens6=1", "--guard-master=ens7=2"]
     assert flag(container["args"], "--guard-reserve-ranges") == "true"
+    attach = [json.loads(a.split("=", 1)[1]) for a in container["args"] if a.startswith("--readiness-attach=")]
+    assert attach == [
+        {"deviceIndex": 1, "subnets": {"us-west-2a": "subnet-0a1", "us-west-2b": "subnet-0b1"},
+         "securityGroups": ["sg-0c1"]},
+        {"deviceIndex": 2, "pool": "upf-n6"}]
 
 
 def test_the_guard_reserves_ranges_only_when_asked_and_only_with_the_guard_on():

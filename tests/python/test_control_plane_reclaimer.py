@@ -38,8 +38,9 @@ CHECK_KEY, CHECK_POLICY = "AKIACHECKTEST", ROOT / "deploy" / "check-iam-policy.j
 # the controller's, and a controller role whose policy lacks one action.
 MANAGER_KEY, CONTROLLER_KEY, WANTING_KEY = "AKIAMANAGERROLE", "AKIACONTROLLERROLE", "AKIAWANTINGROLE"
 WANTING = "ec2:UnassignIpv6Addresses"
-# A controller role with deploy/reclaimer-reserve-iam-policy.json attached too.
-RESERVING_KEY = "AKIARESERVINGROLE"
+# A controller role with deploy/reclaimer-reserve-iam-policy.json attached too, and
+# one with deploy/reclaimer-attach-iam-policy.json.
+RESERVING_KEY, ATTACHING_KEY = "AKIARESERVINGROLE", "AKIAATTACHINGROLE"
 NODE1 = Node(1)
 ETH1, ETH2 = NODE1.enis[1], NODE1.enis[2]
 # The ranges whereabouts hands out from, one IPPool each: eth1's and eth2's subnets.
@@ -133,6 +134,9 @@ def cluster(tmp_path_factory):
     reserving = json.loads(POLICY.read_text())
     reserving["Statement"] += json.loads((ROOT / "deploy" / "reclaimer-reserve-iam-policy.json").read_text())["Statement"]
     (tmp / "reserving-policy.json").write_text(json.dumps(reserving))
+    attaching = json.loads(POLICY.read_text())
+    attaching["Statement"] += json.loads((ROOT / "deploy" / "reclaimer-attach-iam-policy.json").read_text())["Statement"]
+    (tmp / "attaching-policy.json").write_text(json.dumps(attaching))
     vpc = Vpc([NODE1], tmp, iam_policy=POLICY,
               held=[(ETH1.id, a) for a in on_eth1] + [(ETH2.id, STALE_ON_ETH2), (ETH2.id, UNTAGGED),
                                                       (ETH2.id, ON_ETH2)],
@@ -140,7 +144,8 @@ def cluster(tmp_path_factory):
               reservations=[("subnet-net1", RESERVED)],
               policies_by_key=[(CHECK_KEY, CHECK_POLICY), (MANAGER_KEY, ROOT / "deploy" / "iam-policy.json"),
                                (CONTROLLER_KEY, POLICY), (WANTING_KEY, tmp / "wanting-policy.json"),
-                               (RESERVING_KEY, tmp / "reserving-policy.json")])
+                               (RESERVING_KEY, tmp / "reserving-policy.json"),
+                               (ATTACHING_KEY, tmp / "attaching-policy.json")])
     cp = None
     reclaimer = None
     try:
@@ -724,6 +729,69 @@ def test_a_node_without_its_multus_eni_is_tainted_until_it_has_one(cluster, tmp_
         cp.request("DELETE", f"/api/v1/nodes/{node.name}", raw=True)
 
 
+def test_with_attach_on_a_node_gets_its_multus_eni_from_the_controller(cluster, tmp_path):
+    """reclaimer.readiness.attach: a node that joins without its Multus ENI gets one
+    made in the subnet of its zone, tagged, attached at the device index and deleted
+    with the instance, and so is never left tainted; an Event on the node says so. A
+    node in a zone the description has no subnet for stays tainted, with a Warning
+    Event naming the zone. (The module's replica steps down for the scene.)"""
+    cp, vpc, first = cluster
+    attach = json.dumps({"deviceIndex": 1, "subnets": {"us-west-2a": "subnet-net1"},
+                         "securityGroups": ["sg-0multus"]})
+    served, elsewhere = Node(3), Node(4)
+    world = vpc.world()
+    for node in (served, elsewhere):
+        world["instances"].append({"id": node.instance_id, "instance_type": "m5.large",
+                                   "private_dns_name": node.name})
+    vpc.set_world(world)
+    first.stop()
+    replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-attaching", (f"--readiness-attach={attach}",),
+                            access_key=ATTACHING_KEY)
+
+    def node_events(node, reason):
+        return [e for e in cp.get("/apis/events.k8s.io/v1/namespaces/default/events")["items"]
+                if e["regarding"].get("name") == node.name and e["reason"] == reason]
+
+    def taints(node):
+        return [t for t in cp.get(f"/api/v1/nodes/{node.name}")["spec"].get("taints", [])
+                if t["key"] == "ipmgmt.aws/multus-eni-missing"]
+
+    try:
+        cp.add_node(served.name, served.provider_id, labels=dict([READY_LABEL]))
+        cp.add_node(elsewhere.name, elsewhere.provider_id,
+                    labels={**dict([READY_LABEL]), "topology.kubernetes.io/zone": "us-west-2b"})
+        (attached,) = cp.wait_for("a MultusEniAttached Event", lambda: (
+            node_events(served, "MultusEniAttached") or replica.check()), timeout=60)
+        assert attached["type"] == "Normal"
+        (eni,) = [e for e in vpc.world()["enis"] if e["instance_id"] == served.instance_id]
+        assert attached["note"] == (f"attached {eni['id']} (created in subnet-net1, deleted with the instance) "
+                                    "at device index 1"), attached["note"]
+        assert (eni["device_index"], eni["subnet_id"], eni["delete_on_termination"]) == (1, "subnet-net1", True)
+        assert ["node.k8s.amazonaws.com/no_manage", "true"] in eni["tags"], eni
+        assert ["ipmgmt.aws/attached-for", f"{served.instance_id}/1"] in eni["tags"], eni
+        # Attached in the pass that found it missing, before the taints were decided:
+        # never tainted.
+        assert not taints(served) and not node_events(served, "MultusEniMissing")
+        assert replica.metric('ipmgmt_reclaimer_readiness_attachments_total{result="created"}') == 1
+
+        (refused,) = cp.wait_for("a MultusEniNotAttached Event", lambda: node_events(elsewhere, "MultusEniNotAttached"),
+                                 timeout=30)
+        assert refused["type"] == "Warning"
+        assert refused["note"].startswith("no subnet for zone us-west-2b at device index 1"), refused["note"]
+        cp.wait_for("the other node tainted", lambda: taints(elsewhere), timeout=30)
+        assert not [e for e in vpc.world()["enis"] if e["instance_id"] == elsewhere.instance_id]
+    finally:
+        replica.stop()
+        first.start()
+        for node in (served, elsewhere):
+            cp.request("DELETE", f"/api/v1/nodes/{node.name}", raw=True)
+        world = vpc.world()
+        world["enis"] = [e for e in world["enis"] if not any(k == "ipmgmt.aws/attached-for" for k, _ in e["tags"])]
+        world["instances"] = [i for i in world["instances"]
+                              if i["id"] not in (served.instance_id, elsewhere.instance_id)]
+        vpc.set_world(world)
+
+
 IPMGMT_BIN = TARGET / "debug" / "ipmgmt"
 
 
@@ -840,8 +908,9 @@ def test_ipmgmt_check_tries_each_roles_actions_and_names_the_one_missing(cluster
     good = iam("manager=ipmgmt-manager", "controller=ipmgmt-controller")
     assert [c["status"] for c in good] == ["pass", "pass", "skip"], good
     manager, controller, opt_in = (c["what"] for c in good)
-    assert opt_in == ("the controller's role (profile ipmgmt-controller): CreateSubnetCidrReservation not tried: "
-                      "the controller does not run with --guard-reserve-ranges"), opt_in
+    assert opt_in == ("the controller's role (profile ipmgmt-controller): CreateSubnetCidrReservation, "
+                      "CreateNetworkInterface, AttachNetworkInterface, ModifyNetworkInterfaceAttribute not tried: "
+                      "the controller does not run with --guard-reserve-ranges, --readiness-attach"), opt_in
     eni = next(e.id for e in (ETH1, ETH2) if e.id in manager)
     assert manager == ("the IP manager's role (profile ipmgmt-manager) may call DescribeInstances, "
                        "DescribeNetworkInterfaces, DescribeSubnets, DescribeVpcs, AssignPrivateIpAddresses, "
@@ -868,24 +937,34 @@ def test_ipmgmt_check_tries_each_roles_actions_and_names_the_one_missing(cluster
     assert [c["status"] for c in wanting if c is not failed[0]] == ["pass", "skip"]
     assert not [e for e in address_calls(since) if e["status"] == 200]
 
-    # With reclaimer.guard.reserveRanges on, as the chart renders it, the check tries
-    # CreateSubnetCidrReservation too (DryRun): the base policy lacks it, and the fix
-    # names the opt-in policy; a role with both passes.
+    # With reclaimer.guard.reserveRanges and readiness.attach on, as the chart renders
+    # them, the check tries their actions too (DryRun, the attachment's against the
+    # Multus ENI): the base policy lacks them, and each fix names its opt-in policy; a
+    # role with the policy passes its actions.
     deployment = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{RELEASE}-reclaimer"
     args = cp.get(deployment)["spec"]["template"]["spec"]["containers"][0]["args"]
-    patch = [{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--guard-reserve-ranges=true"}]
+    patch = [{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": value} for value in (
+        "--guard-reserve-ranges=true", '--readiness-attach={"deviceIndex":1,"pool":"upf"}')]
     cp.request("PATCH", deployment, patch, content_type="application/json-patch+json")
     try:
-        (denied,) = [c for c in iam("controller=ipmgmt-controller") if c["status"] == "fail"]
-        assert denied["what"].startswith("the controller's role (profile ipmgmt-controller) may not call "
-                                         "ec2:CreateSubnetCidrReservation (UnauthorizedOperation: "), denied
-        assert denied["fix"] == ("grant ec2:CreateSubnetCidrReservation on *, as "
-                                 "deploy/reclaimer-reserve-iam-policy.json does"), denied
+        denied = [c for c in iam("controller=ipmgmt-controller") if c["status"] == "fail"]
+        assert [c["what"].split(" (UnauthorizedOperation")[0] for c in denied] == [
+            f"the controller's role (profile ipmgmt-controller) may not call ec2:{action}" + on
+            for action, on in (("CreateSubnetCidrReservation", ""), ("CreateNetworkInterface", ""),
+                               ("AttachNetworkInterface", ""), ("ModifyNetworkInterfaceAttribute", ""))], denied
+        assert [c["fix"] for c in denied] == [
+            "grant ec2:CreateSubnetCidrReservation on *, as deploy/reclaimer-reserve-iam-policy.json does",
+            *[f"grant ec2:{a} on *, as deploy/reclaimer-attach-iam-policy.json does"
+              for a in ("CreateNetworkInterface", "AttachNetworkInterface", "ModifyNetworkInterfaceAttribute")]]
         with open(credentials, "a") as f:
-            f.write(f"[ipmgmt-reserving]\naws_access_key_id = {RESERVING_KEY}\naws_secret_access_key = s\n\n")
-        both = iam("controller=ipmgmt-reserving")
-        assert [c["status"] for c in both] == ["pass"], both
-        assert "GetSubnetCidrReservations, CreateSubnetCidrReservation, " in both[0]["what"], both
+            for name, key in (("ipmgmt-reserving", RESERVING_KEY), ("ipmgmt-attaching", ATTACHING_KEY)):
+                f.write(f"[{name}]\naws_access_key_id = {key}\naws_secret_access_key = s\n\n")
+        reserving = iam("controller=ipmgmt-reserving")
+        assert [c["status"] for c in reserving] == ["fail", "fail", "fail", "pass"], reserving
+        assert "GetSubnetCidrReservations, CreateSubnetCidrReservation, " in reserving[3]["what"], reserving
+        attaching = iam("controller=ipmgmt-attaching")
+        assert [c["status"] for c in attaching] == ["fail", "pass"], attaching
+        assert "CreateNetworkInterface, AttachNetworkInterface, ModifyNetworkInterfaceAttribute" in attaching[1]["what"]
     finally:
         restore = [{"op": "replace", "path": "/spec/template/spec/containers/0/args", "value": args}]
         cp.request("PATCH", deployment, restore, content_type="application/json-patch+json")
@@ -1001,19 +1080,33 @@ def test_ipmgmt_check_reads_what_moto_answers_in_ec2s_wire_format(cluster, tmp_p
         assert manager["what"].startswith("the IP manager's role (profile moto-role) may call DescribeInstances, "
                                           "DescribeNetworkInterfaces, DescribeSubnets, DescribeVpcs, "), manager
 
-        # The guard's CreateSubnetCidrReservation, as the controller sends it, and
-        # moto's answer read back (the module's replica steps down meanwhile).
+        # The controller's writes as it sends them, and moto's answers read back (the
+        # module's replica steps down meanwhile): the guard's CreateSubnetCidrReservation,
+        # and readiness attaching a missing ENI at device index 2 (Create-, Attach-,
+        # ModifyNetworkInterface(Attribute)).
         nad(cp, "moto-unreserved", ipvlan_on_eth1({"type": "whereabouts", "range": "10.9.4.160/27"}))
+        cp.kubectl("label", "node", node, "=".join(READY_LABEL), "--overwrite")
+        attach = json.dumps({"deviceIndex": 2, "subnets": {"us-west-2a": subnet["SubnetId"]}})
         first.stop()
         replica = HostReclaimer(cp, tmp_path, int(moto.rsplit(":", 1)[1]), "reclaimer-on-moto",
-                                ("--guard-reserve-ranges=true", "--dry-run=true", "--guard-configmap="))
+                                ("--guard-reserve-ranges=true", "--dry-run=true", "--guard-configmap=",
+                                 "--readiness-device-index=2", f"--readiness-attach={attach}"))
         try:
             (event,) = cp.wait_for("the reservation made in moto", lambda: (
                 nad_events(cp, "moto-unreserved", "AddressRangeReserved") or replica.check()), timeout=60)
             assert event["note"].startswith(f"reserved 10.9.4.160/27 in {subnet['SubnetId']}"), event["note"]
+            (attached,) = cp.wait_for("the ENI attached in moto", lambda: [
+                e for e in cp.get("/apis/events.k8s.io/v1/namespaces/default/events")["items"]
+                if e["regarding"].get("name") == node and e["reason"] == "MultusEniAttached"], timeout=60)
         finally:
             replica.stop()
             first.start()
+        (made,) = ec2.describe_network_interfaces(Filters=[
+            {"Name": "attachment.instance-id", "Values": [instance["InstanceId"]]},
+            {"Name": "tag:ipmgmt.aws/attached-for", "Values": [f"{instance['InstanceId']}/2"]}])["NetworkInterfaces"]
+        assert made["Attachment"]["DeviceIndex"] == 2 and made["SubnetId"] == subnet["SubnetId"], made
+        assert {"Key": "node.k8s.amazonaws.com/no_manage", "Value": "true"} in made["TagSet"], made
+        assert attached["note"].startswith(f"attached {made['NetworkInterfaceId']} (created in "), attached["note"]
         # (moto keeps no Description; the fake's scene checks it.)
         made = ec2.get_subnet_cidr_reservations(SubnetId=subnet["SubnetId"])["SubnetIpv4CidrReservations"]
         assert {(r["Cidr"], r["ReservationType"]) for r in made} == {

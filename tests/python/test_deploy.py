@@ -139,6 +139,46 @@ def test_reclaimer_policy_changes_multus_enis_only():
     assert parliament_findings(policy) == []
 
 
+def test_the_opt_in_attachment_policy_makes_and_attaches_only_multus_enis():
+    """Node readiness attaching ENIs (reclaimer.readiness.attach) has a policy of its
+    own: it may create an ENI only with the no_manage tag asked for at creation, tag
+    only while creating, and attach or modify only ENIs that carry the tag; parliament
+    checks every key against AWS's definitions."""
+    policy = json.loads((ROOT / "deploy" / "reclaimer-attach-iam-policy.json").read_text())
+    by_sid = {s["Sid"]: s for s in policy["Statement"]}
+    assert by_sid["ReclaimerCreateOnlyMultusEnis"]["Condition"] == {
+        "StringEquals": {"aws:RequestTag/node.k8s.amazonaws.com/no_manage": "true"}}
+    assert by_sid["ReclaimerTagOnlyAtCreation"]["Condition"] == {
+        "StringEquals": {"ec2:CreateAction": "CreateNetworkInterface"}}
+    assert by_sid["ReclaimerAttachOnlyMultusEnis"]["Condition"] == {
+        "StringEquals": {"ec2:ResourceTag/node.k8s.amazonaws.com/no_manage": "true"}}
+    for statement in policy["Statement"]:
+        if statement["Resource"] == "arn:aws:ec2:*:*:network-interface/*":
+            assert "Condition" in statement, statement
+    # parliament wants every resource type an action requires in each statement that
+    # names it; the tag conditions hold only for the ENI, so the types are split
+    # over statements, as AWS's own examples do. Every required type is covered by
+    # some statement; nothing else is found.
+    def covered(detail):
+        kind = detail["required_format"].rsplit(":", 1)[1]
+        return any(detail["action"] in st["Action"]
+                   and any(r.endswith(":" + kind) for r in ([st["Resource"]] if isinstance(st["Resource"], str)
+                                                            else st["Resource"]))
+                   for st in policy["Statement"])
+
+    def real(findings):
+        return [(issue, detail) for issue, detail in findings
+                if not (issue == "RESOURCE_MISMATCH" and all(covered(d) for d in detail))]
+
+    assert real(parliament_findings(policy)) == []
+    # The check can fail: a condition key the action's resource does not define, and
+    # a required type covered nowhere.
+    wrong = json.loads(json.dumps(policy).replace("ec2:ResourceTag/", "ec2:InstanceTag/"))
+    assert {issue for issue, _ in real(parliament_findings(wrong))} == {"UNKNOWN_CONDITION_FOR_ACTION"}
+    policy["Statement"] = [st for st in policy["Statement"] if st["Sid"] != "ReclaimerAttachToInstances"]
+    assert real(parliament_findings(policy)), "attaching needs the instance resource too"
+
+
 def test_the_opt_in_reservation_policy_is_its_own_and_valid():
     """Creating subnet CIDR reservations (reclaimer.guard.reserveRanges) is in a policy
     of its own, attached only with the opt-in: EC2 defines no resource for

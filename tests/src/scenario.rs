@@ -18,6 +18,7 @@ pub fn eni(id: &str, instance: &str, index: i32, mac: &str, subnet: &str, ipv4: 
         _ => vec![(NO_MANAGE.0.to_owned(), NO_MANAGE.1.to_owned())],
     };
     Eni {
+        delete_on_termination: false,
         tags,
         id: id.into(),
         instance_id: Some(instance.into()),
@@ -66,16 +67,19 @@ pub fn world() -> World {
         ],
         subnets: vec![
             Subnet {
+                tags: Vec::new(),
                 id: "subnet-a".into(),
                 ipv4: "10.0.0.0/24".parse().unwrap(),
                 ipv6: vec![],
             },
             Subnet {
+                tags: Vec::new(),
                 id: "subnet-b".into(),
                 ipv4: "10.0.1.0/24".parse().unwrap(),
                 ipv6: vec!["2600:1f14:aaa:1b00::/64".parse().unwrap()],
             },
             Subnet {
+                tags: Vec::new(),
                 id: "subnet-c".into(),
                 ipv4: "100.64.0.0/20".parse().unwrap(),
                 ipv6: vec![],

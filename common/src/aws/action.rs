@@ -12,6 +12,9 @@ pub enum Action {
     DescribeVpcs,
     GetSubnetCidrReservations,
     CreateSubnetCidrReservation,
+    CreateNetworkInterface,
+    AttachNetworkInterface,
+    ModifyNetworkInterfaceAttribute,
     AssignPrivateIpAddresses,
     UnassignPrivateIpAddresses,
     AssignIpv6Addresses,
@@ -19,7 +22,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 14] = [
         Action::DescribeInstances,
         Action::DescribeInstanceTypes,
         Action::DescribeNetworkInterfaces,
@@ -27,6 +30,9 @@ impl Action {
         Action::DescribeVpcs,
         Action::GetSubnetCidrReservations,
         Action::CreateSubnetCidrReservation,
+        Action::CreateNetworkInterface,
+        Action::AttachNetworkInterface,
+        Action::ModifyNetworkInterfaceAttribute,
         Action::AssignPrivateIpAddresses,
         Action::UnassignPrivateIpAddresses,
         Action::AssignIpv6Addresses,
@@ -43,6 +49,9 @@ impl Action {
             Action::DescribeVpcs => "DescribeVpcs",
             Action::GetSubnetCidrReservations => "GetSubnetCidrReservations",
             Action::CreateSubnetCidrReservation => "CreateSubnetCidrReservation",
+            Action::CreateNetworkInterface => "CreateNetworkInterface",
+            Action::AttachNetworkInterface => "AttachNetworkInterface",
+            Action::ModifyNetworkInterfaceAttribute => "ModifyNetworkInterfaceAttribute",
             Action::AssignPrivateIpAddresses => "AssignPrivateIpAddresses",
             Action::UnassignPrivateIpAddresses => "UnassignPrivateIpAddresses",
             Action::AssignIpv6Addresses => "AssignIpv6Addresses",
@@ -67,11 +76,14 @@ impl Action {
 
     /// Every action the controller calls; `deploy/reclaimer-iam-policy.json` grants
     /// exactly these (checked by a test). Those with an `opt_in` only when it is on.
-    pub const CONTROLLER: [Action; 8] = [
+    pub const CONTROLLER: [Action; 11] = [
         Action::DescribeNetworkInterfaces,
         Action::DescribeSubnets,
         Action::GetSubnetCidrReservations,
         Action::CreateSubnetCidrReservation,
+        Action::CreateNetworkInterface,
+        Action::AttachNetworkInterface,
+        Action::ModifyNetworkInterfaceAttribute,
         Action::UnassignPrivateIpAddresses,
         Action::UnassignIpv6Addresses,
         Action::AssignPrivateIpAddresses,
@@ -87,7 +99,10 @@ impl Action {
             | Action::DescribeSubnets
             | Action::DescribeVpcs
             | Action::GetSubnetCidrReservations
-            | Action::CreateSubnetCidrReservation => false,
+            | Action::CreateSubnetCidrReservation
+            | Action::CreateNetworkInterface
+            | Action::AttachNetworkInterface
+            | Action::ModifyNetworkInterfaceAttribute => false,
             Action::AssignPrivateIpAddresses
             | Action::UnassignPrivateIpAddresses
             | Action::AssignIpv6Addresses
@@ -98,11 +113,27 @@ impl Action {
 
 impl Action {
     /// The controller's flag that turns on the only use of an action that writes to
-    /// EC2 outside the ENIs' addresses; its policy statement is scoped by a tag the
-    /// user puts on what it may write to.
+    /// EC2 beyond the ENIs' addresses; such actions are granted by a policy of their
+    /// own (`Action::opt_in_policy`), attached only with the option.
     pub const fn opt_in(self) -> Option<&'static str> {
         match self {
             Action::CreateSubnetCidrReservation => Some("--guard-reserve-ranges"),
+            Action::CreateNetworkInterface
+            | Action::AttachNetworkInterface
+            | Action::ModifyNetworkInterfaceAttribute => Some("--readiness-attach"),
+            _ => None,
+        }
+    }
+
+    /// The policy file that grants an opt-in action.
+    pub const fn opt_in_policy(self) -> Option<&'static str> {
+        match self {
+            Action::CreateSubnetCidrReservation => Some("deploy/reclaimer-reserve-iam-policy.json"),
+            Action::CreateNetworkInterface
+            | Action::AttachNetworkInterface
+            | Action::ModifyNetworkInterfaceAttribute => {
+                Some("deploy/reclaimer-attach-iam-policy.json")
+            }
             _ => None,
         }
     }

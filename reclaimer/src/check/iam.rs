@@ -36,10 +36,10 @@ impl Role {
 
     /// The policy that grants `action` to the role: its own, or the opt-in one.
     pub fn policy_for(self, action: Action) -> &'static str {
-        match (self, action.opt_in()) {
+        match (self, action.opt_in_policy()) {
             (Role::Manager, _) => "deploy/iam-policy.json",
             (Role::Controller, None) => "deploy/reclaimer-iam-policy.json",
-            (Role::Controller, Some(_)) => "deploy/reclaimer-reserve-iam-policy.json",
+            (Role::Controller, Some(policy)) => policy,
         }
     }
 
@@ -72,6 +72,8 @@ pub fn role_profile(arg: &str) -> Result<(Role, String), String> {
 pub struct Target {
     pub eni: String,
     pub subnet: String,
+    /// The instance the ENI is attached to.
+    instance: String,
     /// The ENI's primary IPv4 address, which EC2 never unassigns.
     primary: Option<Ipv4Addr>,
     /// Addresses outside the ENI's subnet, which EC2 never assigns to it.
@@ -116,6 +118,7 @@ impl Target {
         Target {
             eni: eni.id.clone(),
             subnet: eni.subnet.clone(),
+            instance: eni.instance.clone(),
             primary,
             outside_v4,
             outside_v6,
@@ -214,6 +217,58 @@ async fn try_action(
                     .subnet_id(&t.subnet)
                     .cidr(format!("{}/32", t.outside_v4))
                     .reservation_type(aws_sdk_ec2::types::SubnetCidrReservationType::Explicit)
+                    .dry_run(true)
+                    .send()
+                    .await,
+                false,
+            )
+        }
+        // The node-attachment calls with DryRun, as the controller sends them: a new
+        // Multus ENI tagged at creation (which IAM also checks as ec2:CreateTags), an
+        // attachment of the Multus ENI, its DeleteOnTermination.
+        Action::CreateNetworkInterface => {
+            let t = target?;
+            let tag = aws_sdk_ec2::types::Tag::builder()
+                .key(ipmgmt_common::aws::NO_MANAGE_TAG)
+                .value("true")
+                .build();
+            let spec = aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::NetworkInterface)
+                .tags(tag)
+                .build();
+            answer(
+                (client.create_network_interface())
+                    .subnet_id(&t.subnet)
+                    .tag_specifications(spec)
+                    .dry_run(true)
+                    .send()
+                    .await,
+                false,
+            )
+        }
+        Action::AttachNetworkInterface => {
+            let t = target?;
+            answer(
+                (client.attach_network_interface())
+                    .network_interface_id(&t.eni)
+                    .instance_id(&t.instance)
+                    .device_index(1)
+                    .dry_run(true)
+                    .send()
+                    .await,
+                false,
+            )
+        }
+        Action::ModifyNetworkInterfaceAttribute => {
+            let t = target?;
+            let change = aws_sdk_ec2::types::NetworkInterfaceAttachmentChanges::builder()
+                .attachment_id(format!("eni-attach-{}", t.eni.trim_start_matches("eni-")))
+                .delete_on_termination(true)
+                .build();
+            answer(
+                (client.modify_network_interface_attribute())
+                    .network_interface_id(&t.eni)
+                    .attachment(change)
                     .dry_run(true)
                     .send()
                     .await,
@@ -364,6 +419,8 @@ pub async fn judge(
                 off.join(", "),
                 (role.actions().iter())
                     .filter_map(|a| a.opt_in().filter(|_| off.contains(&a.name())))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
                     .collect::<Vec<_>>()
                     .join(", ")
             ));

@@ -396,8 +396,11 @@ async fn controller_opt_ins(client: &Client, options: &Options) -> Vec<ipmgmt_co
     (ipmgmt_common::aws::Action::ALL.into_iter())
         .filter(|a| {
             a.opt_in().is_some_and(|flag| {
-                args.iter()
-                    .any(|arg| arg == flag || *arg == format!("{flag}=true"))
+                args.iter().any(|arg| {
+                    arg == flag
+                        || (arg.strip_prefix(flag).and_then(|v| v.strip_prefix('=')))
+                            .is_some_and(|v| v != "false")
+                })
             })
         })
         .collect()

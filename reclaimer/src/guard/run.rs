@@ -39,7 +39,7 @@ use super::{Nad, Reservable, Verdicts, ipam};
 use crate::ec2::Ec2;
 use crate::events::Events;
 use crate::loops::{self, Loop, Trigger};
-use crate::metrics::{GuardResult, Metrics, ReservationResult};
+use crate::metrics::{GuardResult, Metrics, WriteResult};
 use crate::view::{NadObject, View};
 
 /// After a NAD changes, the pass waits this long for the rest of a burst (a
@@ -232,7 +232,7 @@ impl<E: Ec2> Guard<E> {
                     Ok(()) => {
                         made = true;
                         self.refused.remove(&at);
-                        self.metrics.guard_reservation(ReservationResult::Created);
+                        self.metrics.guard_reservation(WriteResult::Created);
                         info!(nad = %nad, %subnet, %cidr, "reserved the range's addresses");
                         (
                             "AddressRangeReserved",
@@ -244,7 +244,7 @@ impl<E: Ec2> Guard<E> {
                         )
                     }
                     Err(e) => {
-                        self.metrics.guard_reservation(ReservationResult::Refused);
+                        self.metrics.guard_reservation(WriteResult::Refused);
                         warn!(nad = %nad, "could not reserve the range: {e}");
                         self.refused.insert(at, tokio::time::Instant::now());
                         ("AddressRangeNotReserved", true, e.to_string())

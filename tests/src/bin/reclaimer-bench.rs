@@ -79,11 +79,13 @@ fn world(nodes: usize, per_node: usize) -> World {
     let mut w = World {
         subnets: vec![
             Subnet {
+                tags: Vec::new(),
                 id: "subnet-a".into(),
                 ipv4: "10.0.0.0/16".parse().unwrap(),
                 ipv6: vec![],
             },
             Subnet {
+                tags: Vec::new(),
                 id: "subnet-b".into(),
                 ipv4: "10.1.0.0/16".parse().unwrap(),
                 ipv6: vec![],
@@ -99,6 +101,7 @@ fn world(nodes: usize, per_node: usize) -> World {
             private_dns_name: format!("ip-10-0-{n}-1.eu-west-1.compute.internal"),
         });
         w.enis.push(Eni {
+            delete_on_termination: false,
             id: format!("eni-{n}-0"),
             instance_id: Some(instance.clone()),
             device_index: 0,
@@ -115,6 +118,7 @@ fn world(nodes: usize, per_node: usize) -> World {
             IpAddr::V6(_) => unreachable!(),
         }));
         w.enis.push(Eni {
+            delete_on_termination: false,
             id: format!("eni-{n}-1"),
             instance_id: Some(instance),
             device_index: 1,

@@ -1,6 +1,6 @@
 //! The actions, with EC2's documented semantics (see the module's overview).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -64,7 +64,63 @@ impl Inner {
         if let Some(policy) = policy {
             let id = q.get("NetworkInterfaceId");
             let eni = id.and_then(|id| self.world.enis.iter().find(|e| e.id == id));
-            if !policy.allows(action, eni) {
+            let request_tags = q.tags_for("network-interface");
+            let mut context = super::iam::Context {
+                request_tags: &request_tags,
+                ..Default::default()
+            };
+            if let Some(eni) = eni {
+                context.resources.push(super::iam::Resource {
+                    kind: "network-interface",
+                    tags: Some(&eni.tags),
+                });
+            }
+            if action == "AttachNetworkInterface" {
+                context.resources.push(super::iam::Resource {
+                    kind: "instance",
+                    tags: Some(&[]),
+                });
+            }
+            let creating = action == "CreateNetworkInterface";
+            if creating {
+                let subnet = q.get("SubnetId").and_then(|id| self.subnet(id));
+                context.resources.push(super::iam::Resource {
+                    kind: "network-interface",
+                    tags: None,
+                });
+                context.resources.push(super::iam::Resource {
+                    kind: "subnet",
+                    tags: Some(subnet.map_or(&[][..], |s| &s.tags[..])),
+                });
+                for _ in q.list("SecurityGroupId") {
+                    context.resources.push(super::iam::Resource {
+                        kind: "security-group",
+                        tags: Some(&[]),
+                    });
+                }
+            }
+            // Tags asked for at creation need CreateTags on what is created, with the
+            // creating action as ec2:CreateAction.
+            let tagging = super::iam::Context {
+                resources: vec![super::iam::Resource {
+                    kind: "network-interface",
+                    tags: None,
+                }],
+                request_tags: &request_tags,
+                create_action: Some(action),
+            };
+            let denied = match !policy.allows(action, &context) {
+                true => Some(action),
+                false
+                    if creating
+                        && !request_tags.is_empty()
+                        && !policy.allows("CreateTags", &tagging) =>
+                {
+                    Some("CreateTags")
+                }
+                false => None,
+            };
+            if let Some(denied) = denied {
                 let resource = match id {
                     Some(id) => {
                         format!("arn:aws:ec2:us-west-2:111122223333:network-interface/{id}")
@@ -77,8 +133,8 @@ impl Inner {
                     message: format!(
                         "You are not authorized to perform this operation. User: \
                          arn:aws:sts::111122223333:assumed-role/ipmgmt-ipmgr/pod is not authorized to \
-                         perform: ec2:{action} on resource: {resource} because no identity-based policy \
-                         allows the ec2:{action} action. Encoded authorization failure message: fake"
+                         perform: ec2:{denied} on resource: {resource} because no identity-based policy \
+                         allows the ec2:{denied} action. Encoded authorization failure message: fake"
                     ),
                 });
             }
@@ -100,6 +156,9 @@ impl Inner {
             "CreateSubnetCidrReservation" => self.create_subnet_cidr_reservation(q)?,
             "DescribeInstances" => self.describe_instances(q)?,
             "DescribeInstanceTypes" => self.describe_instance_types(q)?,
+            "CreateNetworkInterface" => self.create_network_interface(q)?,
+            "AttachNetworkInterface" => self.attach_network_interface(q)?,
+            "ModifyNetworkInterfaceAttribute" => self.modify_network_interface_attribute(q)?,
             "AssignPrivateIpAddresses" => self.assign_private(q)?,
             "UnassignPrivateIpAddresses" => self.unassign_private(q)?,
             "AssignIpv6Addresses" => self.assign_ipv6(q)?,
@@ -168,6 +227,13 @@ impl Inner {
                         .iter()
                         .any(|(k, v)| k == &tag[4..] && values.contains(v)),
                     "network-interface-id" => values.contains(&eni.id),
+                    "status" => values.iter().any(|v| {
+                        v == if eni.instance_id.is_some() {
+                            "in-use"
+                        } else {
+                            "available"
+                        }
+                    }),
                     "addresses.private-ip-address" => {
                         eni.ipv4.iter().any(|ip| values.contains(&ip.to_string()))
                     }
@@ -311,6 +377,137 @@ impl Inner {
             "subnetCidrReservation",
             xml::cidr_reservation(i, &self.world.reservations[i]),
         ))
+    }
+
+    /// A new ENI in the subnet, unattached (`available`), with the tags asked for and
+    /// a primary address EC2 picks: the first free one after AWS's four, outside the
+    /// subnet's explicit reservations (which keep EC2's own picks out).
+    fn create_network_interface(&mut self, q: &Query) -> Result<String, Fail> {
+        let id = q.get("SubnetId").ok_or_else(|| {
+            fail(
+                "MissingParameter",
+                "The request must contain the parameter SubnetId",
+            )
+        })?;
+        let subnet = self.subnet(id).cloned().ok_or_else(|| {
+            fail(
+                "InvalidSubnetID.NotFound",
+                format!("The subnet ID '{id}' does not exist"),
+            )
+        })?;
+        let held: Vec<Ipv4Addr> = (self.world.enis.iter())
+            .flat_map(|e| e.ipv4.iter().copied())
+            .collect();
+        let reserved = |ip: &Ipv4Addr| {
+            (self.world.reservations.iter()).any(|r| {
+                r.subnet == id && r.kind == "explicit" && r.cidr.contains(&IpAddr::from(*ip))
+            })
+        };
+        let primary = (subnet.ipv4.hosts().skip(3))
+            .take_while(|ip| *ip != subnet.ipv4.broadcast())
+            .find(|ip| !held.contains(ip) && !reserved(ip))
+            .ok_or_else(|| {
+                fail(
+                    "InsufficientFreeAddressesInSubnet",
+                    format!("There are not enough free addresses in subnet '{id}' to satisfy the requested number of instances."),
+                )
+            })?;
+        self.created += 1;
+        let n = self.created;
+        let eni = Eni {
+            id: format!("eni-{n:017x}"),
+            instance_id: None,
+            device_index: 0,
+            mac: format!("02:1e:00:00:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff),
+            subnet_id: id.to_owned(),
+            ipv4: vec![primary],
+            ipv6: Vec::new(),
+            primary_ipv6: None,
+            tags: q.tags_for("network-interface"),
+            delete_on_termination: false,
+        };
+        let body = xml::el("networkInterface", xml::eni(&eni));
+        self.world.enis.push(eni);
+        Ok(body)
+    }
+
+    /// Attaches an `available` ENI at a free device index of an instance that has
+    /// room for another interface.
+    fn attach_network_interface(&mut self, q: &Query) -> Result<String, Fail> {
+        let idx = self.eni_index(q)?;
+        let instance = q.get("InstanceId").unwrap_or_default().to_owned();
+        let Some(ty) = (self.world.instances.iter())
+            .find(|i| i.id == instance)
+            .map(|i| i.instance_type.clone())
+        else {
+            return Err(fail(
+                "InvalidInstanceID.NotFound",
+                format!("The instance ID '{instance}' does not exist"),
+            ));
+        };
+        let index: i32 = (q.get("DeviceIndex").and_then(|d| d.parse().ok())).ok_or_else(|| {
+            fail(
+                "MissingParameter",
+                "The request must contain the parameter deviceIndex",
+            )
+        })?;
+        let eni = &self.world.enis[idx];
+        if eni.instance_id.is_some() {
+            return Err(fail(
+                "InvalidNetworkInterface.InUse",
+                format!("Interface: [{}] in use.", eni.id),
+            ));
+        }
+        let attached: Vec<i32> = (self.world.enis.iter())
+            .filter(|e| e.instance_id.as_deref() == Some(instance.as_str()))
+            .map(|e| e.device_index)
+            .collect();
+        if attached.contains(&index) {
+            return Err(fail(
+                "InvalidParameterValue",
+                format!(
+                    "Instance '{instance}' already has an interface attached at device index '{index}'."
+                ),
+            ));
+        }
+        let limit = network_limits(&ty).map_or(2, |(_, interfaces)| interfaces);
+        if attached.len() >= limit {
+            return Err(fail(
+                "AttachmentLimitExceeded",
+                format!(
+                    "Interface count {} exceeds the limit for {ty}",
+                    attached.len() + 1
+                ),
+            ));
+        }
+        let eni = &mut self.world.enis[idx];
+        eni.instance_id = Some(instance);
+        eni.device_index = index;
+        eni.delete_on_termination = false;
+        Ok(xml::text("attachmentId", xml::attachment_id(eni)) + &xml::text("networkCardIndex", 0))
+    }
+
+    /// Only the attachment's DeleteOnTermination, which is all the controller sets.
+    fn modify_network_interface_attribute(&mut self, q: &Query) -> Result<String, Fail> {
+        let idx = self.eni_index(q)?;
+        let eni = &mut self.world.enis[idx];
+        let (Some(attachment), Some(delete)) = (
+            q.get("Attachment.AttachmentId"),
+            q.get("Attachment.DeleteOnTermination"),
+        ) else {
+            return Err(fail(
+                "InvalidParameterCombination",
+                "The fake models only Attachment.DeleteOnTermination",
+            ));
+        };
+        if eni.instance_id.is_none() || attachment != xml::attachment_id(eni) {
+            return Err(fail(
+                "InvalidAttachmentID.NotFound",
+                format!("The attachment ID '{attachment}' does not exist"),
+            ));
+        }
+        eni.delete_on_termination = delete == "true";
+        Ok("<return>true</return>".into())
     }
 
     fn describe_vpcs(&self, q: &Query) -> Result<String, Fail> {

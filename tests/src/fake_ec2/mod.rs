@@ -18,6 +18,13 @@
 //!   address, inside one of the subnet's CIDRs and overlapping none of its
 //!   reservations; else `InvalidParameterValue` (AWS documents the rules, not the
 //!   codes).
+//! - CreateNetworkInterface: an `available` ENI with the tags asked for
+//!   (`TagSpecification`, which IAM checks as `ec2:CreateTags` with
+//!   `ec2:CreateAction`) and a primary address outside the subnet's explicit
+//!   reservations. AttachNetworkInterface: an `available` ENI only
+//!   (`InvalidNetworkInterface.InUse`), a free device index, at most the instance
+//!   type's interfaces (`AttachmentLimitExceeded`). ModifyNetworkInterfaceAttribute:
+//!   the attachment's DeleteOnTermination.
 //! - DescribeNetworkInterfaces shows each ENI's tags (the VPC CNI's `no_manage` tag
 //!   among them) and its attachment's device index (0 is the instance's primary ENI).
 //! - Throttling by token buckets at EC2's published rates, per category.
@@ -86,6 +93,10 @@ pub struct Eni {
     /// Key, value.
     #[serde(default)]
     pub tags: Vec<(String, String)>,
+    /// Whether terminating the instance deletes the ENI (its attachment's
+    /// DeleteOnTermination).
+    #[serde(default)]
+    pub delete_on_termination: bool,
 }
 
 /// The tag that keeps the VPC CNI away from an ENI.
@@ -97,6 +108,9 @@ pub struct Subnet {
     pub ipv4: Ipv4Net,
     #[serde(default)]
     pub ipv6: Vec<Ipv6Net>,
+    /// Key, value.
+    #[serde(default)]
+    pub tags: Vec<(String, String)>,
 }
 
 /// The account's resources.
@@ -213,6 +227,8 @@ struct Inner {
     broken_left: u32,
     remaps: Vec<Remap>,
     rng: u64,
+    /// ENIs created so far, for their ids.
+    created: u64,
 }
 
 /// What the fake does with a request that has just arrived, as a test's hook decides.
@@ -264,6 +280,7 @@ impl FakeEc2 {
                 broken_left: 0,
                 remaps: Vec::new(),
                 rng: 0x9e37_79b9_7f4a_7c15,
+                created: 0,
             })),
             hook: Arc::default(),
         }

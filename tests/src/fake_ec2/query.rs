@@ -41,6 +41,27 @@ impl Query {
 }
 
 impl Query {
+    /// The tags `TagSpecification.N` asks for on a resource of `kind`.
+    pub(super) fn tags_for(&self, kind: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for n in 1.. {
+            let Some(ty) = self.get(&format!("TagSpecification.{n}.ResourceType")) else {
+                break;
+            };
+            if ty != kind {
+                continue;
+            }
+            for m in 1.. {
+                let Some(key) = self.get(&format!("TagSpecification.{n}.Tag.{m}.Key")) else {
+                    break;
+                };
+                let value = self.get(&format!("TagSpecification.{n}.Tag.{m}.Value"));
+                out.push((key.to_owned(), value.unwrap_or_default().to_owned()));
+            }
+        }
+        out
+    }
+
     /// The addresses listed under `Prefix.N`; `InvalidParameterValue` naming the first
     /// that does not parse.
     pub(super) fn addresses<T: std::str::FromStr>(&self, prefix: &str) -> Result<Vec<T>, Fail> {

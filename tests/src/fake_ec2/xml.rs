@@ -50,6 +50,11 @@ pub(super) fn error(code: &str, message: &str, request_id: &str) -> String {
     )
 }
 
+/// An attached ENI's attachment, named after the ENI.
+pub(super) fn attachment_id(eni: &Eni) -> String {
+    format!("eni-attach-{}", &eni.id[4..])
+}
+
 pub(super) fn eni(eni: &Eni) -> String {
     let primary = eni
         .ipv4
@@ -67,12 +72,12 @@ pub(super) fn eni(eni: &Eni) -> String {
         Some(instance) => el(
             "attachment",
             [
-                text("attachmentId", format!("eni-attach-{}", &eni.id[4..])),
+                text("attachmentId", attachment_id(eni)),
                 text("instanceId", instance),
                 text("instanceOwnerId", "111122223333"),
                 text("deviceIndex", eni.device_index),
                 text("status", "attached"),
-                text("deleteOnTermination", false),
+                text("deleteOnTermination", eni.delete_on_termination),
             ]
             .concat(),
         ),

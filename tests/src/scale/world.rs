@@ -82,6 +82,7 @@ pub fn world(nodes: usize) -> World {
         }
     }
     let subnet = |id: &str, v4: &str, v6: &[&str]| Subnet {
+        tags: Vec::new(),
         id: id.into(),
         ipv4: v4.parse().expect("a CIDR"),
         ipv6: v6.iter().map(|c| c.parse().expect("a CIDR")).collect(),

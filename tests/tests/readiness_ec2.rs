@@ -1,0 +1,198 @@
+//! What node readiness writes to EC2 when it attaches a node's missing Multus ENI,
+//! through the controller's client as production builds it, against the fake EC2
+//! under the controller's policies: nothing without the attachment policy; with it,
+//! an ENI created tagged, attached, deleted with the instance; a try that failed
+//! halfway finished by the next one without a second ENI; an ENI from a pool.
+
+use aws_config::Region;
+use aws_sdk_ec2::config::Credentials;
+use ipmgmt_reclaimer::ec2::{ATTACHED_FOR_TAG, Ec2, EniSource, POOL_TAG, SdkEc2};
+use ipmgmt_tests::fake_ec2::iam::Policy as IamPolicy;
+use ipmgmt_tests::fake_ec2::{FakeEc2, Faults};
+use ipmgmt_tests::scenario;
+
+const NO_MANAGE: &str = "node.k8s.amazonaws.com/no_manage";
+
+fn policy(files: &[&str]) -> IamPolicy {
+    let mut all = serde_json::json!({"Version": "2012-10-17", "Statement": []});
+    for text in files {
+        let one: serde_json::Value = serde_json::from_str(text).unwrap();
+        (all["Statement"].as_array_mut().unwrap())
+            .extend(one["Statement"].as_array().unwrap().iter().cloned());
+    }
+    IamPolicy::parse(&all)
+}
+
+const BASE: &str = include_str!("../../deploy/reclaimer-iam-policy.json");
+const ATTACH: &str = include_str!("../../deploy/reclaimer-attach-iam-policy.json");
+
+async fn controller_ec2(fake: &FakeEc2) -> SdkEc2 {
+    let addr = fake.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let sdk = ipmgmt_common::aws::loader(ipmgmt_common::aws::Retries {
+        max_attempts: 1,
+        initial_backoff: std::time::Duration::from_millis(5),
+    })
+    .region(Region::new("us-west-2"))
+    .endpoint_url(format!("http://{addr}"))
+    .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+    .load()
+    .await;
+    SdkEc2::new(ipmgmt_common::aws::ec2_client(
+        &sdk,
+        &ipmgmt_common::aws::Attempts::default(),
+    ))
+}
+
+fn create() -> EniSource {
+    EniSource::Create {
+        subnet: "subnet-b".into(),
+        security_groups: vec!["sg-0multus".into()],
+    }
+}
+
+#[tokio::test]
+async fn a_missing_eni_is_created_tagged_attached_and_deleted_with_the_instance() {
+    let fake = FakeEc2::new(scenario::world());
+    fake.set_policy(Some(policy(&[BASE])));
+    let ec2 = controller_ec2(&fake).await;
+    let enis = fake.world().enis.len();
+
+    // The controller's policy alone: refused, one line naming the policy to attach,
+    // and nothing made.
+    let line = (ec2.attach_multus_eni("i-0002", 2, &create()).await)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        line.starts_with(
+            "CreateNetworkInterface i-0002 at device index 2: UnauthorizedOperation: "
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains("deploy/reclaimer-attach-iam-policy.json"),
+        "{line}"
+    );
+    assert_eq!(fake.world().enis.len(), enis);
+
+    fake.set_policy(Some(policy(&[BASE, ATTACH])));
+    let id = ec2.attach_multus_eni("i-0002", 2, &create()).await.unwrap();
+    let world = fake.world();
+    let eni = world.enis.iter().find(|e| e.id == id).unwrap();
+    assert_eq!(
+        (
+            eni.instance_id.as_deref(),
+            eni.device_index,
+            eni.subnet_id.as_str()
+        ),
+        (Some("i-0002"), 2, "subnet-b")
+    );
+    assert!(
+        eni.delete_on_termination,
+        "created for the instance, deleted with it"
+    );
+    let tags: Vec<(&str, &str)> = (eni.tags.iter())
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(tags, [(NO_MANAGE, "true"), (ATTACHED_FOR_TAG, "i-0002/2")]);
+    // Its primary address is EC2's pick, after AWS's four.
+    assert_eq!(eni.ipv4[0].to_string(), "10.0.1.4");
+    // Readiness sees it as a Multus ENI of the node.
+    let multus = ec2.multus_enis(&["i-0002".into()]).await.unwrap();
+    assert!(
+        multus.iter().any(|m| m.id == id && m.device_index == 2),
+        "{multus:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_try_that_failed_after_creating_is_finished_without_a_second_eni() {
+    let fake = FakeEc2::new(scenario::world());
+    fake.set_policy(Some(policy(&[BASE, ATTACH])));
+    let ec2 = controller_ec2(&fake).await;
+    fake.set_faults(Faults {
+        deny: ["AttachNetworkInterface".to_owned()].into(),
+        ..Faults::default()
+    });
+    let line = (ec2.attach_multus_eni("i-0002", 2, &create()).await)
+        .unwrap_err()
+        .to_string();
+    assert!(line.starts_with("AttachNetworkInterface eni-"), "{line}");
+    let made: Vec<String> = (fake.world().enis.iter())
+        .filter(|e| e.tags.iter().any(|(k, _)| k == ATTACHED_FOR_TAG))
+        .map(|e| e.id.clone())
+        .collect();
+    assert_eq!(made.len(), 1, "made, left available");
+
+    fake.set_faults(Faults::default());
+    let id = ec2.attach_multus_eni("i-0002", 2, &create()).await.unwrap();
+    assert_eq!(id, made[0], "the same ENI, found by its tag");
+    let creates = (fake.log().iter())
+        .filter(|e| e.action == "CreateNetworkInterface")
+        .count();
+    assert_eq!(creates, 1);
+}
+
+#[tokio::test]
+async fn a_pool_gives_an_available_tagged_eni_and_never_an_untagged_one() {
+    let mut world = scenario::world();
+    let pooled = |id: &str, tags: &[(&str, &str)]| {
+        let mut eni = scenario::eni(
+            id,
+            "i-none",
+            0,
+            "0a:00:00:00:22:01",
+            "subnet-b",
+            &["10.0.1.50"],
+        );
+        eni.instance_id = None;
+        eni.tags = tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        eni
+    };
+    // Untagged for Multus, or in another pool: never taken.
+    world
+        .enis
+        .push(pooled("eni-untagged", &[(POOL_TAG, "upf")]));
+    world.enis.push(pooled(
+        "eni-other",
+        &[(NO_MANAGE, "true"), (POOL_TAG, "smf")],
+    ));
+    let fake = FakeEc2::new(world);
+    fake.set_policy(Some(policy(&[BASE, ATTACH])));
+    let ec2 = controller_ec2(&fake).await;
+    let pool = EniSource::Pool {
+        name: "upf".into(),
+        subnet: Some("subnet-b".into()),
+    };
+    let empty = (ec2.attach_multus_eni("i-0002", 2, &pool).await)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        empty.contains("no available ENI tagged ipmgmt.aws/pool=upf and node.k8s.amazonaws.com/no_manage=true in subnet-b"),
+        "{empty}"
+    );
+
+    let mut world = fake.world();
+    world
+        .enis
+        .push(pooled("eni-upf", &[(NO_MANAGE, "true"), (POOL_TAG, "upf")]));
+    fake.set_world(world);
+    assert_eq!(
+        ec2.attach_multus_eni("i-0002", 2, &pool).await.unwrap(),
+        "eni-upf"
+    );
+    let world = fake.world();
+    let eni = world.enis.iter().find(|e| e.id == "eni-upf").unwrap();
+    assert_eq!(
+        (eni.instance_id.as_deref(), eni.device_index),
+        (Some("i-0002"), 2)
+    );
+    assert!(
+        !eni.delete_on_termination,
+        "a pool's ENI outlives the instance"
+    );
+    let untouched = world.enis.iter().find(|e| e.id == "eni-untagged").unwrap();
+    assert_eq!(untouched.instance_id, None);
+}
