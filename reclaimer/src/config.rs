@@ -154,6 +154,12 @@ pub struct Args {
     #[arg(long, env = "IPMGMT_RECLAIMER_READINESS_INTERVAL", default_value = "30s", value_parser = duration)]
     pub readiness_interval: Duration,
 
+    /// How often the controller looks for Multus's or whereabouts' CRD when it
+    /// started without it; once served, it exits so that its Deployment starts it
+    /// again reading them.
+    #[arg(long, env = "IPMGMT_RECLAIMER_CRD_POLL_INTERVAL", default_value = "30s", value_parser = duration, hide = true)]
+    pub crd_poll_interval: Duration,
+
     #[arg(long, env = "IPMGMT_RECLAIMER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 

@@ -71,7 +71,7 @@ pub async fn run<E: Ec2 + Clone>(
     let guarding = args.guard && view::nads_served(&kube).await;
     if args.guard && !guarding {
         info!(
-            "NetworkAttachmentDefinitions are not served: the address-range guard stays off until a restart after Multus is installed"
+            "NetworkAttachmentDefinitions are not served: the address-range guard starts once Multus is installed"
         );
     }
     let scope = Scope {
@@ -142,7 +142,7 @@ pub async fn run<E: Ec2 + Clone>(
     let sweeper = Sweeper::new(
         ec2,
         view.clone(),
-        kube,
+        kube.clone(),
         events,
         metrics.clone(),
         Settings {
@@ -185,14 +185,45 @@ pub async fn run<E: Ec2 + Clone>(
         };
         tokio::join!(reclaim, guarding, readying, leader_metric);
     };
+    let awaited = crd_appears(
+        &kube,
+        args.guard && !guarding,
+        !whereabouts,
+        args.crd_poll_interval,
+    );
     tokio::select! {
         () = work => {}
         () = shutdown => info!("shutting down"),
+        what = awaited => info!("{what} are served now: exiting, to be started again reading them"),
     }
     metrics.set_leader(false);
     let _ = stop_tx.send(true);
     let _ = election.await;
     Ok(())
+}
+
+/// Completes once a CRD the view started without is served (NADs when `nads`, IPPools
+/// when `pools`), naming it. The view's reflectors are fixed at start, so the process
+/// then ends (releasing its Lease at once) and its Deployment starts it again with
+/// them: simpler, and as quick, as adding a reflector to a running view.
+async fn crd_appears(
+    kube: &kube::Client,
+    nads: bool,
+    pools: bool,
+    every: Duration,
+) -> &'static str {
+    if !nads && !pools {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(every).await;
+        if nads && view::nads_served(kube).await {
+            return "Multus's NetworkAttachmentDefinitions";
+        }
+        if pools && view::whereabouts_served(kube).await {
+            return "whereabouts' IPPools";
+        }
+    }
 }
 
 /// The Kubernetes client as production builds it, from `config` (in-cluster or

@@ -14,7 +14,9 @@
 //! - a change to the cluster made inside an EC2 call (`claim_on_first_unassign`, and
 //!   the refused batch): a pod handed an address at the instant its unassign waits
 //!   or lands, which a real apiserver cannot be made to do at that instant;
-//! - a connection that stops carrying bytes without closing (`Proxy`).
+//! - a connection that stops carrying bytes without closing (`Proxy`);
+//! - a CRD served only after the controller started, which a real API server can
+//!   show only by deleting the CRD (and every object of it) that other scenes use.
 //!
 //! The world (`scenario::world`): node-1 is i-0001 (Multus ENI eni-1n3 in
 //! 10.0.1.0/24), node-2 is i-0002 (eni-2n3, holding the floating IP 10.0.1.99).
@@ -91,6 +93,13 @@ impl Cluster {
     }
 
     async fn start_with(world: ipmgmt_tests::fake_ec2::World) -> Cluster {
+        let cluster = Cluster::start_before_crds(world).await;
+        cluster.kube.serve_whereabouts();
+        cluster
+    }
+
+    /// The cluster before whereabouts' (and Multus's) CRDs are installed.
+    async fn start_before_crds(world: ipmgmt_tests::fake_ec2::World) -> Cluster {
         // RECLAIMER_TEST_LOG=debug shows what the in-process reclaimer does.
         if let Ok(filter) = std::env::var("RECLAIMER_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -102,7 +111,6 @@ impl Cluster {
         kube.set_bookmark_interval(Some(Duration::from_millis(200)));
         kube.apply(Kind::Node, node("node-1", "i-0001"));
         kube.apply(Kind::Node, node("node-2", "i-0002"));
-        kube.serve_whereabouts();
         for namespace in ["multus-demo", "ipmgmt"] {
             kube.apply(Kind::Namespace, namespace_object(namespace));
         }
@@ -845,4 +853,35 @@ async fn a_leader_cut_off_from_the_api_stops_leading_before_the_lease_can_pass()
     proxy.freeze(false);
     b.stop().await;
     drop(a);
+}
+
+/// Started before whereabouts' CRD was installed, the controller looks for it every
+/// `--crd-poll-interval`; once it is served, the controller ends cleanly (its Lease
+/// given up) so that its Deployment starts it again reading IPPools. Until then it
+/// runs on.
+#[tokio::test]
+async fn a_crd_installed_after_the_start_ends_the_process_for_a_restart_that_reads_it() {
+    let cluster = Cluster::start_before_crds(scenario::world()).await;
+    let reclaimer = cluster
+        .reclaimer("r-1", &["--crd-poll-interval", "100ms"])
+        .await;
+    let holder = || {
+        let lease = cluster.kube.get(Kind::Lease, "ipmgmt", "ipmgmt-reclaimer");
+        lease.and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while holder().as_deref() != Some("r-1") {
+        assert!(Instant::now() < deadline, "the replica never led");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!reclaimer.task.is_finished(), "nothing new is served yet");
+    cluster.kube.serve_whereabouts();
+    let ended = tokio::time::timeout(Duration::from_secs(10), reclaimer.task)
+        .await
+        .expect("the controller ends once the CRD is served");
+    ended.unwrap().unwrap();
+    // Its Lease was given up on the way out, for the restarted process (or the other
+    // replica) to take at once.
+    assert_eq!(holder().unwrap_or_default(), "");
 }
