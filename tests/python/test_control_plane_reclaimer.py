@@ -811,10 +811,11 @@ def failures(report):
 
 def test_ipmgmt_check_passes_a_healthy_install_and_names_each_broken_part(cluster, tmp_path):
     """`ipmgmt check` against the chart on the real control plane: every check passes
-    (exit 0); then one thing broken at a time, it names exactly that (exit 1), as text
-    and as JSON."""
+    (exit 0); then one thing broken at a time (a NAD's range, a full ENI, the CA
+    bundle, the controller's Lease, the ValidatingAdmissionPolicy), it names exactly
+    that (exit 1), as text and as JSON."""
     assert IPMGMT_BIN.exists(), f"{IPMGMT_BIN} is missing: build the workspace first (cargo build --workspace)"
-    cp, vpc, _ = cluster
+    cp, vpc, first = cluster
     cp.kubectl("delete", "network-attachment-definitions", "--all", "-n", APPS)
     replica = HostReclaimer(cp, tmp_path, vpc.port, "reclaimer-checked")
     policy_path = f"/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/{RELEASE}-require-manager"
@@ -857,6 +858,37 @@ def test_ipmgmt_check_passes_a_healthy_install_and_names_each_broken_part(cluste
         assert failure == (f"{NODE} ({NODE1.instance_id}): no free IPv4 address on {ETH1.id}: the next pod's "
                            "manager there fails with PrivateIpAddressLimitExceeded"), failure
         cp.kubectl("label", "node", NODE, "node.kubernetes.io/instance-type=m5.24xlarge", "--overwrite")
+
+        # The CA bundle gone (cert-manager's cainjector not running, say): the check
+        # names it, and the API server, which can no longer verify the webhook,
+        # refuses the dry-run pod, so the injection check fails too and says why.
+        mwc = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{RELEASE}"
+        bundle = cp.get(mwc)["webhooks"][0]["clientConfig"]["caBundle"]
+        cp.request("PATCH", mwc, [{"op": "remove", "path": "/webhooks/0/clientConfig/caBundle"}],
+                   content_type="application/json-patch+json")
+        try:
+            unverified = failures(json.loads(ipmgmt_check(cp, vpc, "--output=json").stdout))
+        finally:
+            cp.request("PATCH", mwc, [{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": bundle}],
+                       content_type="application/json-patch+json")
+        assert unverified[0] == f"the webhook: MutatingWebhookConfiguration {RELEASE} has no CA bundle", unverified
+        assert len(unverified) == 2 and "failed calling webhook" in unverified[1], unverified
+
+        # No replica leading (both stopped, the Lease left to a holder that is gone):
+        # the one failure names the Lease and where to look.
+        first.stop()
+        replica.stop()
+        lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/{RELEASE}-reclaimer"
+        cp.request("PATCH", lease_path, {"spec": {"holderIdentity": "gone-replica",
+                                                  "renewTime": "2026-01-01T00:00:00.000000Z"}},
+                   content_type="application/merge-patch+json")
+        leaderless = json.loads(ipmgmt_check(cp, vpc, "--output=json").stdout)
+        first.start()
+        assert failures(leaderless) == [f"no replica of the controller holds its Lease {RELEASE}-reclaimer"], leaderless
+        (fix,) = [c["fix"] for s in leaderless["sections"] for c in s["checks"] if c["status"] == "fail"]
+        assert fix == f"kubectl -n {NAMESPACE} logs deploy/{RELEASE}-reclaimer", fix
+        cp.wait_for("a replica leading again", lambda: "the controller leads" in ipmgmt_check(cp, vpc).stdout,
+                    timeout=60)
 
         # The policy gone: the one failure names it, with what to do.
         cp.request("DELETE", policy_path)
