@@ -12,9 +12,11 @@ an EndpointSlice points the chart's Service at it."""
 import base64
 import http.server
 import json
+import os
 import re
 import socket
 import ssl
+import subprocess
 import threading
 import time
 
@@ -25,6 +27,7 @@ from cluster.base import Fail
 from cluster.control_plane import ControlPlane, endpoint_address, free_port
 from cluster.installed import APPS, CERT_MANAGER_BEFORE_1_12, NAMESPACE, NODE, RELEASE, restricted_pod, start, stop
 from deploy_harness import CHART, SAMPLES, load_yaml_docs
+from webhook_harness import TARGET
 
 
 @pytest.fixture(scope="module", params=["cert-manager", "own-certificate"])
@@ -297,3 +300,44 @@ def test_the_schema_refuses_the_selector_the_apiserver_refuses(cluster):
     by_schema = cp.helm(*common, check=False)
     assert by_schema.returncode != 0 and "/webhook/namespaceSelectorExpressions/0" in by_schema.stderr, \
         by_schema.stderr
+
+
+def test_ipmgmt_check_says_whether_cert_manager_issued_the_webhooks_certificate(cluster):
+    """With cert-manager (the chart's default), `ipmgmt check` finds the Certificate the
+    CA bundle is injected from and reports it Ready; pointed at one that does not
+    exist, it names that. With the chart's own certificate, cert-manager is not used.
+    (EC2 is unreachable here: only the cluster's checks are read.)"""
+    cp, _ = cluster
+    binary = TARGET / "debug" / "ipmgmt"
+    assert binary.exists(), f"{binary} is missing: build the workspace first (cargo build --workspace)"
+    env = {"PATH": os.environ["PATH"], "KUBECONFIG": str(cp.kubeconfig), "AWS_REGION": "us-west-2",
+           "AWS_ENDPOINT_URL_EC2": f"http://127.0.0.1:{free_port()}", "AWS_ACCESS_KEY_ID": "AKIANOWHERE",
+           "AWS_SECRET_ACCESS_KEY": "x", "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def cert_manager_line():
+        done = subprocess.run([str(binary), "check", f"--release-namespace={NAMESPACE}", "--output=json"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        report = json.loads(done.stdout)
+        (line,) = [c for c in report["sections"][0]["checks"] if c["what"].startswith("cert-manager:")]
+        return line
+
+    line = cert_manager_line()
+    if cp.tls != "cert-manager":
+        assert line["status"] == "skip" and "not used" in line["what"], line
+        return
+    assert line["status"] == "pass", line
+    assert line["what"].startswith(f"cert-manager: Certificate {NAMESPACE}/{RELEASE} is Ready (valid until "), line
+    path = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{RELEASE}"
+    annotation = "cert-manager.io~1inject-ca-from"
+    before = cp.get(path)["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+    cp.request("PATCH", path, [{"op": "replace", "path": f"/metadata/annotations/{annotation}",
+                                "value": f"{NAMESPACE}/no-such-certificate"}],
+               content_type="application/json-patch+json")
+    try:
+        missing = cert_manager_line()
+    finally:
+        cp.request("PATCH", path, [{"op": "replace", "path": f"/metadata/annotations/{annotation}", "value": before}],
+                   content_type="application/json-patch+json")
+    assert missing["status"] == "fail", missing
+    assert missing["what"] == (f"cert-manager: Certificate {NAMESPACE}/no-such-certificate does not exist, yet the "
+                               "webhook's CA bundle is injected from it"), missing

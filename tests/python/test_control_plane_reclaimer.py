@@ -1081,7 +1081,9 @@ def test_ipmgmt_check_reads_what_moto_answers_in_ec2s_wire_format(cluster, tmp_p
                                        ReservationType="explicit")
     (instance,) = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="m5.large",
                                     SubnetId=subnet["SubnetId"])["Instances"]
-    eni = ec2.create_network_interface(SubnetId=subnet["SubnetId"], TagSpecifications=[{
+    # moto picks addresses at random: the Multus ENI's own is fixed outside the NADs'
+    # ranges, and the one the controller attaches goes to a subnet of its own.
+    eni = ec2.create_network_interface(SubnetId=subnet["SubnetId"], PrivateIpAddress="10.9.4.10", TagSpecifications=[{
         "ResourceType": "network-interface",
         "Tags": [{"Key": "node.k8s.amazonaws.com/no_manage", "Value": "true"}]}])["NetworkInterface"]
     ec2.attach_network_interface(NetworkInterfaceId=eni["NetworkInterfaceId"], InstanceId=instance["InstanceId"],
@@ -1118,7 +1120,8 @@ def test_ipmgmt_check_reads_what_moto_answers_in_ec2s_wire_format(cluster, tmp_p
         # ModifyNetworkInterface(Attribute)).
         nad(cp, "moto-unreserved", ipvlan_on_eth1({"type": "whereabouts", "range": "10.9.4.160/27"}))
         cp.kubectl("label", "node", node, "=".join(READY_LABEL), "--overwrite")
-        attach = json.dumps({"deviceIndex": 2, "subnets": {"us-west-2a": subnet["SubnetId"]}})
+        other = ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.9.8.0/24", AvailabilityZone="us-west-2a")["Subnet"]
+        attach = json.dumps({"deviceIndex": 2, "subnets": {"us-west-2a": other["SubnetId"]}})
         first.stop()
         replica = HostReclaimer(cp, tmp_path, int(moto.rsplit(":", 1)[1]), "reclaimer-on-moto",
                                 ("--guard-reserve-ranges=true", "--dry-run=true", "--guard-configmap=",
@@ -1136,7 +1139,7 @@ def test_ipmgmt_check_reads_what_moto_answers_in_ec2s_wire_format(cluster, tmp_p
         (made,) = ec2.describe_network_interfaces(Filters=[
             {"Name": "attachment.instance-id", "Values": [instance["InstanceId"]]},
             {"Name": "tag:ipmgmt.aws/attached-for", "Values": [f"{instance['InstanceId']}/2"]}])["NetworkInterfaces"]
-        assert made["Attachment"]["DeviceIndex"] == 2 and made["SubnetId"] == subnet["SubnetId"], made
+        assert made["Attachment"]["DeviceIndex"] == 2 and made["SubnetId"] == other["SubnetId"], made
         assert {"Key": "node.k8s.amazonaws.com/no_manage", "Value": "true"} in made["TagSet"], made
         assert attached["note"].startswith(f"attached {made['NetworkInterfaceId']} (created in "), attached["note"]
         # (moto keeps no Description; the fake's scene checks it.)

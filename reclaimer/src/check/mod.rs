@@ -247,6 +247,10 @@ async fn webhook(client: &Client, options: &Options, section: &mut Section) -> O
             return None;
         }
     };
+    let inject_from = (config.metadata.annotations.as_ref())
+        .and_then(|a| a.get(INJECT_CA_FROM))
+        .cloned();
+    certificate(client, inject_from.as_deref(), section).await;
     let hooks = config.webhooks.unwrap_or_default();
     let injected = hooks.iter().all(|w| {
         w.client_config
@@ -267,6 +271,70 @@ async fn webhook(client: &Client, options: &Options, section: &mut Section) -> O
     }
     let label_selector = hooks.first()?.namespace_selector.clone()?;
     Selector::try_from(label_selector).ok()
+}
+
+/// The annotation by which cert-manager's cainjector fills the webhook's CA bundle:
+/// `NAMESPACE/CERTIFICATE`.
+const INJECT_CA_FROM: &str = "cert-manager.io/inject-ca-from";
+
+/// cert-manager's Certificate for the webhook, when the chart has cert-manager issue
+/// it: Ready, or why not.
+async fn certificate(client: &Client, inject_from: Option<&str>, section: &mut Section) {
+    let Some((namespace, name)) = inject_from.and_then(|v| v.split_once('/')) else {
+        section.skip("cert-manager: not used (the chart's tls.secretName or tls.caBundle)");
+        return;
+    };
+    let ar = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"),
+        "certificates",
+    );
+    let what = format!("cert-manager: Certificate {namespace}/{name}");
+    let describe = format!("kubectl -n {namespace} describe certificate {name}");
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
+    let certificate = match api.get_opt(name).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            section.fail(
+                format!("{what} does not exist, yet the webhook's CA bundle is injected from it"),
+                "helm upgrade the release (the chart makes it), or fix the annotation cert-manager.io/inject-ca-from",
+            );
+            return;
+        }
+        Err(e) => {
+            section.fail(
+                format!("{what} cannot be read: {e}"),
+                "is cert-manager installed (its CRDs served)? check your RBAC",
+            );
+            return;
+        }
+    };
+    let conditions = certificate.data["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ready = conditions.iter().find(|c| c["type"] == "Ready");
+    match ready {
+        Some(c) if c["status"] == "True" => {
+            let until = certificate.data["status"]["notAfter"]
+                .as_str()
+                .unwrap_or("?");
+            section.pass(format!("{what} is Ready (valid until {until})"))
+        }
+        Some(c) => section.fail(
+            format!(
+                "{what} is not Ready: {}",
+                c["message"]
+                    .as_str()
+                    .or(c["reason"].as_str())
+                    .unwrap_or("no message")
+            ),
+            format!("{describe}, and cert-manager's logs"),
+        ),
+        None => section.fail(
+            format!("{what} has no Ready condition yet: cert-manager has not issued it"),
+            format!("{describe}: is cert-manager's controller running?"),
+        ),
+    }
 }
 
 /// A dry-run pod asking for ipmgmt: the apiserver runs the admission chain, and the
