@@ -3,11 +3,10 @@
 //! a subnet's CIDRs and its explicit CIDR reservations, then a NAD judged against
 //! them.
 
-use aws_config::Region;
-use aws_sdk_ec2::config::Credentials;
+mod controller;
+
 use ipmgmt_reclaimer::ec2::{Ec2, SdkEc2};
 use ipmgmt_reclaimer::guard::{self, ipam, verdict};
-use ipmgmt_tests::fake_ec2::iam::Policy as IamPolicy;
 use ipmgmt_tests::fake_ec2::{FakeEc2, Reservation};
 use ipmgmt_tests::scenario;
 
@@ -21,24 +20,7 @@ fn reservation(subnet: &str, cidr: &str, kind: &str) -> Reservation {
 }
 
 async fn reclaimer_ec2(fake: &FakeEc2) -> SdkEc2 {
-    let addr = fake.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let policy = include_str!("../../deploy/reclaimer-iam-policy.json");
-    fake.set_policy(Some(IamPolicy::parse(
-        &serde_json::from_str(policy).unwrap(),
-    )));
-    let sdk = ipmgmt_common::aws::loader(ipmgmt_common::aws::Retries {
-        max_attempts: 1,
-        initial_backoff: std::time::Duration::from_millis(5),
-    })
-    .region(Region::new("us-west-2"))
-    .endpoint_url(format!("http://{addr}"))
-    .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
-    .load()
-    .await;
-    SdkEc2::new(ipmgmt_common::aws::ec2_client(
-        &sdk,
-        &ipmgmt_common::aws::Attempts::default(),
-    ))
+    controller::controller_ec2(fake, &[controller::BASE]).await
 }
 
 #[tokio::test]
@@ -187,15 +169,10 @@ async fn the_guard_reserves_a_range_once_and_a_refusal_is_one_line() {
     );
     assert!(fake.world().reservations.is_empty());
 
-    let mut both: serde_json::Value =
-        serde_json::from_str(include_str!("../../deploy/reclaimer-iam-policy.json")).unwrap();
-    let reserve: serde_json::Value = serde_json::from_str(include_str!(
-        "../../deploy/reclaimer-reserve-iam-policy.json"
-    ))
-    .unwrap();
-    (both["Statement"].as_array_mut().unwrap())
-        .extend(reserve["Statement"].as_array().unwrap().iter().cloned());
-    fake.set_policy(Some(IamPolicy::parse(&both)));
+    fake.set_policy(Some(controller::policy(&[
+        controller::BASE,
+        controller::RESERVE,
+    ])));
     ec2.reserve(
         "subnet-b",
         cidr,

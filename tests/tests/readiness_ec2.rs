@@ -4,44 +4,14 @@
 //! an ENI created tagged, attached, deleted with the instance; a try that failed
 //! halfway finished by the next one without a second ENI; an ENI from a pool.
 
-use aws_config::Region;
-use aws_sdk_ec2::config::Credentials;
-use ipmgmt_reclaimer::ec2::{ATTACHED_FOR_TAG, Ec2, EniSource, POOL_TAG, SdkEc2};
-use ipmgmt_tests::fake_ec2::iam::Policy as IamPolicy;
+mod controller;
+
+use controller::{ATTACH, BASE, controller_ec2, policy};
+use ipmgmt_reclaimer::ec2::{ATTACHED_FOR_TAG, Ec2, EniSource, POOL_TAG};
 use ipmgmt_tests::fake_ec2::{FakeEc2, Faults};
 use ipmgmt_tests::scenario;
 
 const NO_MANAGE: &str = "node.k8s.amazonaws.com/no_manage";
-
-fn policy(files: &[&str]) -> IamPolicy {
-    let mut all = serde_json::json!({"Version": "2012-10-17", "Statement": []});
-    for text in files {
-        let one: serde_json::Value = serde_json::from_str(text).unwrap();
-        (all["Statement"].as_array_mut().unwrap())
-            .extend(one["Statement"].as_array().unwrap().iter().cloned());
-    }
-    IamPolicy::parse(&all)
-}
-
-const BASE: &str = include_str!("../../deploy/reclaimer-iam-policy.json");
-const ATTACH: &str = include_str!("../../deploy/reclaimer-attach-iam-policy.json");
-
-async fn controller_ec2(fake: &FakeEc2) -> SdkEc2 {
-    let addr = fake.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let sdk = ipmgmt_common::aws::loader(ipmgmt_common::aws::Retries {
-        max_attempts: 1,
-        initial_backoff: std::time::Duration::from_millis(5),
-    })
-    .region(Region::new("us-west-2"))
-    .endpoint_url(format!("http://{addr}"))
-    .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
-    .load()
-    .await;
-    SdkEc2::new(ipmgmt_common::aws::ec2_client(
-        &sdk,
-        &ipmgmt_common::aws::Attempts::default(),
-    ))
-}
 
 fn create() -> EniSource {
     EniSource::Create {
@@ -53,8 +23,7 @@ fn create() -> EniSource {
 #[tokio::test]
 async fn a_missing_eni_is_created_tagged_attached_and_deleted_with_the_instance() {
     let fake = FakeEc2::new(scenario::world());
-    fake.set_policy(Some(policy(&[BASE])));
-    let ec2 = controller_ec2(&fake).await;
+    let ec2 = controller_ec2(&fake, &[BASE]).await;
     let enis = fake.world().enis.len();
 
     // The controller's policy alone: refused, one line naming the policy to attach,
@@ -107,8 +76,7 @@ async fn a_missing_eni_is_created_tagged_attached_and_deleted_with_the_instance(
 #[tokio::test]
 async fn a_try_that_failed_after_creating_is_finished_without_a_second_eni() {
     let fake = FakeEc2::new(scenario::world());
-    fake.set_policy(Some(policy(&[BASE, ATTACH])));
-    let ec2 = controller_ec2(&fake).await;
+    let ec2 = controller_ec2(&fake, &[BASE, ATTACH]).await;
     fake.set_faults(Faults {
         deny: ["AttachNetworkInterface".to_owned()].into(),
         ..Faults::default()
@@ -160,8 +128,7 @@ async fn a_pool_gives_an_available_tagged_eni_and_never_an_untagged_one() {
         &[(NO_MANAGE, "true"), (POOL_TAG, "smf")],
     ));
     let fake = FakeEc2::new(world);
-    fake.set_policy(Some(policy(&[BASE, ATTACH])));
-    let ec2 = controller_ec2(&fake).await;
+    let ec2 = controller_ec2(&fake, &[BASE, ATTACH]).await;
     let pool = EniSource::Pool {
         name: "upf".into(),
         subnet: Some("subnet-b".into()),
