@@ -19,6 +19,7 @@ pub fn eni(id: &str, instance: &str, index: i32, mac: &str, subnet: &str, ipv4: 
     };
     Eni {
         delete_on_termination: false,
+        source_dest_check: true,
         tags,
         id: id.into(),
         instance_id: Some(instance.into()),
@@ -90,6 +91,8 @@ pub fn world() -> World {
             .map(|c| c.parse().unwrap())
             .into(),
         reservations: Vec::new(),
+        addresses: Vec::new(),
+        route_tables: Vec::new(),
     }
 }
 

@@ -102,6 +102,7 @@ fn world(nodes: usize, per_node: usize) -> World {
         });
         w.enis.push(Eni {
             delete_on_termination: false,
+            source_dest_check: true,
             id: format!("eni-{n}-0"),
             instance_id: Some(instance.clone()),
             device_index: 0,
@@ -119,6 +120,7 @@ fn world(nodes: usize, per_node: usize) -> World {
         }));
         w.enis.push(Eni {
             delete_on_termination: false,
+            source_dest_check: true,
             id: format!("eni-{n}-1"),
             instance_id: Some(instance),
             device_index: 1,

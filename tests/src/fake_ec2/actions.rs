@@ -30,6 +30,7 @@ impl Inner {
             if let Some(eni) = self.world.enis.iter_mut().find(|e| e.id == r.to) {
                 eni.ipv4.push(r.ip);
             }
+            self.eip_follows(r.ip, Some(&r.to));
         }
     }
 
@@ -73,6 +74,33 @@ impl Inner {
                 context.resources.push(super::iam::Resource {
                     kind: "network-interface",
                     tags: Some(&eni.tags),
+                });
+            }
+            let eip = (q
+                .get("AllocationId")
+                .map(|id| (self.world.addresses.iter()).find(|a| a.allocation_id == id)))
+            .or_else(|| {
+                q.get("AssociationId").map(|id| {
+                    (self.world.addresses.iter()).find(|a| {
+                        a.association
+                            .as_ref()
+                            .is_some_and(|x| x.association_id == id)
+                    })
+                })
+            })
+            .flatten();
+            if let Some(eip) = eip {
+                context.resources.push(super::iam::Resource {
+                    kind: "elastic-ip",
+                    tags: Some(&eip.tags),
+                });
+            }
+            let table = (q.get("RouteTableId"))
+                .and_then(|id| self.world.route_tables.iter().find(|t| t.id == id));
+            if let Some(table) = table {
+                context.resources.push(super::iam::Resource {
+                    kind: "route-table",
+                    tags: Some(&table.tags),
                 });
             }
             if action == "AttachNetworkInterface" {
@@ -157,6 +185,13 @@ impl Inner {
             "DescribeInstances" => self.describe_instances(q)?,
             "DescribeInstanceTypes" => self.describe_instance_types(q)?,
             "CreateNetworkInterface" => self.create_network_interface(q)?,
+            "DescribeAddresses" => self.describe_addresses(q)?,
+            "AssociateAddress" => self.associate_address(q)?,
+            "DisassociateAddress" => self.disassociate_address(q)?,
+            "DescribeRouteTables" => self.describe_route_tables(q)?,
+            "CreateRoute" => self.put_route(q, false)?,
+            "ReplaceRoute" => self.put_route(q, true)?,
+            "DeleteRoute" => self.delete_route(q)?,
             "AttachNetworkInterface" => self.attach_network_interface(q)?,
             "ModifyNetworkInterfaceAttribute" => self.modify_network_interface_attribute(q)?,
             "AssignPrivateIpAddresses" => self.assign_private(q)?,
@@ -425,6 +460,7 @@ impl Inner {
             primary_ipv6: None,
             tags: q.tags_for("network-interface"),
             delete_on_termination: false,
+            source_dest_check: true,
         };
         let body = xml::el("networkInterface", xml::eni(&eni));
         self.world.enis.push(eni);
@@ -487,17 +523,21 @@ impl Inner {
         Ok(xml::text("attachmentId", xml::attachment_id(eni)) + &xml::text("networkCardIndex", 0))
     }
 
-    /// Only the attachment's DeleteOnTermination, which is all the controller sets.
+    /// The attachment's DeleteOnTermination, or the source/destination check.
     fn modify_network_interface_attribute(&mut self, q: &Query) -> Result<String, Fail> {
         let idx = self.eni_index(q)?;
         let eni = &mut self.world.enis[idx];
+        if let Some(check) = q.get("SourceDestCheck.Value") {
+            eni.source_dest_check = check == "true";
+            return Ok("<return>true</return>".into());
+        }
         let (Some(attachment), Some(delete)) = (
             q.get("Attachment.AttachmentId"),
             q.get("Attachment.DeleteOnTermination"),
         ) else {
             return Err(fail(
                 "InvalidParameterCombination",
-                "The fake models only Attachment.DeleteOnTermination",
+                "The fake models only Attachment.DeleteOnTermination and SourceDestCheck",
             ));
         };
         if eni.instance_id.is_none() || attachment != xml::attachment_id(eni) {
@@ -652,6 +692,8 @@ impl Inner {
                     other.ipv4.retain(|x| x != ip);
                 }
                 self.world.enis[idx].ipv4.push(*ip);
+                let to = self.world.enis[idx].id.clone();
+                self.eip_follows(*ip, Some(&to));
             }
         }
         let assigned = xml::items(&ips, |ip| xml::text("privateIpAddress", ip));
@@ -682,6 +724,257 @@ impl Inner {
             }
         }
         eni.ipv4.retain(|ip| !ips.contains(ip));
+        for ip in ips {
+            self.eip_follows(ip, None);
+        }
+        Ok("<return>true</return>".into())
+    }
+
+    /// An EIP associated with `ip` moves with it to the ENI `to`, or is disassociated
+    /// when `ip` is unassigned (`None`).
+    fn eip_follows(&mut self, ip: Ipv4Addr, to: Option<&str>) {
+        for eip in &mut self.world.addresses {
+            let Some(assoc) = &mut eip.association else {
+                continue;
+            };
+            if assoc.private_ip != ip {
+                continue;
+            }
+            match to {
+                Some(eni) => assoc.eni = eni.to_owned(),
+                None => eip.association = None,
+            }
+        }
+    }
+
+    fn describe_addresses(&self, q: &Query) -> Result<String, Fail> {
+        let ids = q.list("AllocationId");
+        if let Some(id) = ids
+            .iter()
+            .find(|id| !self.world.addresses.iter().any(|a| a.allocation_id == **id))
+        {
+            return Err(fail(
+                "InvalidAllocationID.NotFound",
+                format!("The allocation ID '{id}' does not exist"),
+            ));
+        }
+        let filters = q.filters();
+        let mut out = String::new();
+        for eip in &self.world.addresses {
+            if !ids.is_empty() && !ids.contains(&eip.allocation_id) {
+                continue;
+            }
+            let keep = filters.iter().all(|(name, values)| match name.as_str() {
+                "association-id" => eip
+                    .association
+                    .as_ref()
+                    .is_some_and(|a| values.contains(&a.association_id)),
+                "network-interface-id" => eip
+                    .association
+                    .as_ref()
+                    .is_some_and(|a| values.contains(&a.eni)),
+                "private-ip-address" => eip
+                    .association
+                    .as_ref()
+                    .is_some_and(|a| values.contains(&a.private_ip.to_string())),
+                tag if tag.starts_with("tag:") => eip
+                    .tags
+                    .iter()
+                    .any(|(k, v)| k == &tag[4..] && values.contains(v)),
+                _ => true,
+            });
+            if keep {
+                out.push_str(&xml::el("item", xml::address(eip)));
+            }
+        }
+        Ok(xml::el("addressesSet", out))
+    }
+
+    fn associate_address(&mut self, q: &Query) -> Result<String, Fail> {
+        let id = q.get("AllocationId").ok_or_else(|| {
+            fail(
+                "MissingParameter",
+                "The request must contain the parameter AllocationId",
+            )
+        })?;
+        let at = (self.world.addresses.iter())
+            .position(|a| a.allocation_id == id)
+            .ok_or_else(|| {
+                fail(
+                    "InvalidAllocationID.NotFound",
+                    format!("The allocation ID '{id}' does not exist"),
+                )
+            })?;
+        let idx = self.eni_index(q)?;
+        let eni = &self.world.enis[idx];
+        let private: Ipv4Addr = match q.get("PrivateIpAddress") {
+            Some(ip) => ip.parse().map_err(|_| {
+                fail(
+                    "InvalidParameterValue",
+                    format!("Invalid value '{ip}' for PrivateIpAddress"),
+                )
+            })?,
+            None => *eni
+                .ipv4
+                .first()
+                .ok_or_else(|| fail("InvalidParameterValue", "The ENI has no address"))?,
+        };
+        if !eni.ipv4.contains(&private) {
+            return Err(fail(
+                "InvalidParameterValue",
+                format!(
+                    "The private IP address {private} is not assigned to the network interface {}",
+                    eni.id
+                ),
+            ));
+        }
+        let eni_id = eni.id.clone();
+        let reassociate = q.get("AllowReassociation") == Some("true");
+        if let Some(current) = &self.world.addresses[at].association
+            && !reassociate
+            && (current.eni != eni_id || current.private_ip != private)
+        {
+            return Err(fail(
+                "Resource.AlreadyAssociated",
+                format!(
+                    "resource {id} is already associated with associate-id {}",
+                    current.association_id
+                ),
+            ));
+        }
+        self.created += 1;
+        let association_id = format!("eipassoc-{:017x}", self.created);
+        self.world.addresses[at].association = Some(super::EipAssociation {
+            association_id: association_id.clone(),
+            eni: eni_id,
+            private_ip: private,
+        });
+        Ok(xml::text("return", true) + &xml::text("associationId", association_id))
+    }
+
+    fn disassociate_address(&mut self, q: &Query) -> Result<String, Fail> {
+        let id = q.get("AssociationId").unwrap_or_default();
+        let eip = (self.world.addresses.iter_mut())
+            .find(|a| {
+                a.association
+                    .as_ref()
+                    .is_some_and(|x| x.association_id == id)
+            })
+            .ok_or_else(|| {
+                fail(
+                    "InvalidAssociationID.NotFound",
+                    format!("The association ID '{id}' does not exist"),
+                )
+            })?;
+        eip.association = None;
+        Ok("<return>true</return>".into())
+    }
+
+    fn route_table_index(&self, q: &Query) -> Result<usize, Fail> {
+        let id = q.get("RouteTableId").unwrap_or_default();
+        (self.world.route_tables.iter())
+            .position(|t| t.id == id)
+            .ok_or_else(|| {
+                fail(
+                    "InvalidRouteTableID.NotFound",
+                    format!("The routeTable ID '{id}' does not exist"),
+                )
+            })
+    }
+
+    fn destination(q: &Query) -> Result<IpNet, Fail> {
+        let text = (q
+            .get("DestinationCidrBlock")
+            .or_else(|| q.get("DestinationIpv6CidrBlock")))
+        .ok_or_else(|| {
+            fail(
+                "MissingParameter",
+                "The request must contain the parameter destinationCidrBlock",
+            )
+        })?;
+        text.parse().map_err(|_| {
+            fail(
+                "InvalidParameterValue",
+                format!("Value ({text}) for parameter destinationCidrBlock is invalid"),
+            )
+        })
+    }
+
+    fn describe_route_tables(&self, q: &Query) -> Result<String, Fail> {
+        let ids = q.list("RouteTableId");
+        if let Some(id) = ids
+            .iter()
+            .find(|id| !self.world.route_tables.iter().any(|t| t.id == **id))
+        {
+            return Err(fail(
+                "InvalidRouteTableID.NotFound",
+                format!("The routeTable ID '{id}' does not exist"),
+            ));
+        }
+        let mut out = String::new();
+        for table in &self.world.route_tables {
+            if !ids.is_empty() && !ids.contains(&table.id) {
+                continue;
+            }
+            out.push_str(&xml::el("item", xml::route_table(table, &self.world.enis)));
+        }
+        Ok(xml::el("routeTableSet", out))
+    }
+
+    /// CreateRoute (`replace` false) or ReplaceRoute, to an ENI.
+    fn put_route(&mut self, q: &Query, replace: bool) -> Result<String, Fail> {
+        let at = self.route_table_index(q)?;
+        let destination = Self::destination(q)?;
+        let idx = self.eni_index(q)?;
+        let eni = self.world.enis[idx].id.clone();
+        let table = &mut self.world.route_tables[at];
+        let existing = table
+            .routes
+            .iter()
+            .position(|r| r.destination == destination);
+        let route = super::Route {
+            destination,
+            eni: Some(eni),
+            gateway: None,
+        };
+        match (existing, replace) {
+            (Some(_), false) => Err(fail(
+                "RouteAlreadyExists",
+                format!("The route identified by {destination} already exists."),
+            )),
+            (None, true) => Err(fail(
+                "InvalidRoute.NotFound",
+                format!(
+                    "no route with destination-cidr-block {destination} in route table {}",
+                    table.id
+                ),
+            )),
+            (Some(i), true) => {
+                table.routes[i] = route;
+                Ok("<return>true</return>".into())
+            }
+            (None, false) => {
+                table.routes.push(route);
+                Ok("<return>true</return>".into())
+            }
+        }
+    }
+
+    fn delete_route(&mut self, q: &Query) -> Result<String, Fail> {
+        let at = self.route_table_index(q)?;
+        let destination = Self::destination(q)?;
+        let table = &mut self.world.route_tables[at];
+        let before = table.routes.len();
+        table.routes.retain(|r| r.destination != destination);
+        if table.routes.len() == before {
+            return Err(fail(
+                "InvalidRoute.NotFound",
+                format!(
+                    "no route with destination-cidr-block {destination} in route table {}",
+                    table.id
+                ),
+            ));
+        }
         Ok("<return>true</return>".into())
     }
 

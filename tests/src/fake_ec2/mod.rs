@@ -25,6 +25,16 @@
 //!   (`InvalidNetworkInterface.InUse`), a free device index, at most the instance
 //!   type's interfaces (`AttachmentLimitExceeded`). ModifyNetworkInterfaceAttribute:
 //!   the attachment's DeleteOnTermination.
+//! - Elastic IPs (DescribeAddresses, AssociateAddress, DisassociateAddress): one
+//!   association per EIP, with an ENI's private address (its primary when none is
+//!   named, else one it holds: `InvalidParameterValue`); an associated EIP moves only
+//!   with `AllowReassociation` (`Resource.AlreadyAssociated`). A secondary address
+//!   reassigned to another ENI takes its EIP along; unassigned, it loses it.
+//! - Route tables (DescribeRouteTables, CreateRoute, ReplaceRoute, DeleteRoute):
+//!   routes to an ENI or a gateway, one per destination (`RouteAlreadyExists`,
+//!   `InvalidRoute.NotFound`); a route to an ENI that is gone or detached reads
+//!   `blackhole`. An ENI's source/destination check (on by default) is shown and set
+//!   by ModifyNetworkInterfaceAttribute.
 //! - DescribeNetworkInterfaces shows each ENI's tags (the VPC CNI's `no_manage` tag
 //!   among them) and its attachment's device index (0 is the instance's primary ENI).
 //! - Throttling by token buckets at EC2's published rates, per category.
@@ -97,6 +107,52 @@ pub struct Eni {
     /// DeleteOnTermination).
     #[serde(default)]
     pub delete_on_termination: bool,
+    /// EC2 drops traffic for addresses the ENI does not hold while this is on (the
+    /// default); a route-table VIP needs it off.
+    #[serde(default = "on")]
+    pub source_dest_check: bool,
+}
+
+fn on() -> bool {
+    true
+}
+
+/// An Elastic IP of the account, and the private address it is associated with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ElasticIp {
+    pub allocation_id: String,
+    pub public_ip: Ipv4Addr,
+    #[serde(default)]
+    pub association: Option<EipAssociation>,
+    #[serde(default)]
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EipAssociation {
+    pub association_id: String,
+    pub eni: String,
+    pub private_ip: Ipv4Addr,
+}
+
+/// A route table of the VPC and its routes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RouteTable {
+    pub id: String,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub tags: Vec<(String, String)>,
+}
+
+/// A route to an ENI, or to a gateway (`local`, `igw-…`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub destination: ipnet::IpNet,
+    #[serde(default)]
+    pub eni: Option<String>,
+    #[serde(default)]
+    pub gateway: Option<String>,
 }
 
 /// The tag that keeps the VPC CNI away from an ENI.
@@ -126,6 +182,11 @@ pub struct World {
     /// CNI's, for one) out of a subnet's range.
     #[serde(default)]
     pub reservations: Vec<Reservation>,
+    /// Elastic IPs allocated in the account.
+    #[serde(default)]
+    pub addresses: Vec<ElasticIp>,
+    #[serde(default)]
+    pub route_tables: Vec<RouteTable>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -98,11 +98,79 @@ pub(super) fn eni(eni: &Eni) -> String {
         text("status", status),
         text("macAddress", &eni.mac),
         text("privateIpAddress", primary),
-        text("sourceDestCheck", true),
+        text("sourceDestCheck", eni.source_dest_check),
         text("interfaceType", "interface"),
         attachment,
         el("privateIpAddressesSet", v4),
         el("ipv6AddressesSet", v6),
+        el("tagSet", tags),
+    ]
+    .concat()
+}
+
+/// An Elastic IP, with its association when it has one.
+pub(super) fn address(eip: &super::ElasticIp) -> String {
+    let tags = items(&eip.tags, |(k, v)| text("key", k) + &text("value", v));
+    let association = match &eip.association {
+        Some(a) => [
+            text("associationId", &a.association_id),
+            text("networkInterfaceId", &a.eni),
+            text("networkInterfaceOwnerId", "111122223333"),
+            text("privateIpAddress", a.private_ip),
+        ]
+        .concat(),
+        None => String::new(),
+    };
+    [
+        text("publicIp", eip.public_ip),
+        text("allocationId", &eip.allocation_id),
+        text("domain", "vpc"),
+        association,
+        el("tagSet", tags),
+    ]
+    .concat()
+}
+
+/// A route table and its routes; a route to an ENI that is gone or detached is a
+/// blackhole.
+pub(super) fn route_table(table: &super::RouteTable, enis: &[Eni]) -> String {
+    let routes = items(&table.routes, |r| {
+        let destination = match r.destination {
+            ipnet::IpNet::V4(_) => text("destinationCidrBlock", r.destination),
+            ipnet::IpNet::V6(_) => text("destinationIpv6CidrBlock", r.destination),
+        };
+        let (target, state) = match (&r.eni, &r.gateway) {
+            (Some(id), _) => {
+                let eni = enis.iter().find(|e| &e.id == id);
+                let instance = eni.and_then(|e| e.instance_id.as_ref());
+                let target = text("networkInterfaceId", id)
+                    + &instance.map(|i| text("instanceId", i)).unwrap_or_default();
+                (
+                    target,
+                    if instance.is_some() {
+                        "active"
+                    } else {
+                        "blackhole"
+                    },
+                )
+            }
+            (None, Some(gateway)) => (text("gatewayId", gateway), "active"),
+            (None, None) => (text("gatewayId", "local"), "active"),
+        };
+        let origin = if r.eni.is_some() {
+            "CreateRoute"
+        } else {
+            "CreateRouteTable"
+        };
+        destination + &target + &text("state", state) + &text("origin", origin)
+    });
+    let tags = items(&table.tags, |(k, v)| text("key", k) + &text("value", v));
+    [
+        text("routeTableId", &table.id),
+        text("vpcId", super::VPC_ID),
+        text("ownerId", "111122223333"),
+        el("routeSet", routes),
+        el("associationSet", ""),
         el("tagSet", tags),
     ]
     .concat()
