@@ -24,7 +24,6 @@ pub mod config;
 pub mod ec2;
 pub mod events;
 pub mod guard;
-pub mod leader;
 pub mod loops;
 pub mod metrics;
 pub mod readiness;
@@ -43,10 +42,10 @@ use tracing::info;
 
 use crate::config::Args;
 use crate::ec2::Ec2;
-use crate::leader::Election;
 use crate::metrics::Metrics;
 use crate::reclaim::run::{Settings, Sweeper};
 use crate::view::{Scope, View};
+use ipmgmt_common::lease::Election;
 
 /// The name Events are reported under.
 pub const CONTROLLER: &str = "ipmgmt-reclaimer";
