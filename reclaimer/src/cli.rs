@@ -151,6 +151,7 @@ async fn run(cli: Cli) -> ExitCode {
                 dry_run_namespace,
                 masters: guard_master.into_iter().collect(),
                 iam: iam_profile,
+                region: sdk.region().cloned(),
             };
             check::run(&client, &ec2, &options).await
         }

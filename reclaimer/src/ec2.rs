@@ -45,11 +45,13 @@ pub enum EniSource {
         security_groups: Vec<String>,
     },
     /// An `available` ENI tagged `ipmgmt.aws/pool=NAME` and `no_manage` (and the
-    /// cluster tag), in `subnet` when one is named; it outlives the instance and
-    /// returns to the pool.
+    /// cluster tag), in `subnet` when one is named, else in the node's `zone` (an ENI
+    /// attaches only in its own zone); it outlives the instance and returns to the
+    /// pool.
     Pool {
         name: String,
         subnet: Option<String>,
+        zone: Option<String>,
     },
 }
 
@@ -72,6 +74,11 @@ pub struct MultusEni {
     /// IPv6 addresses but the ENI's primary IPv6 address, which stays with the ENI
     /// until it is detached.
     pub ipv6: Vec<Ipv6Addr>,
+    /// Its attachment, and whether terminating the instance deletes it.
+    pub attachment: Option<String>,
+    pub delete_on_termination: bool,
+    /// Made by node readiness for its instance (tagged `ipmgmt.aws/attached-for`).
+    pub attached_by_controller: bool,
 }
 
 impl MultusEni {
@@ -122,6 +129,13 @@ pub trait Ec2: Send + Sync {
         device_index: i32,
         source: &EniSource,
     ) -> impl Future<Output = Result<String, Ec2Error>> + Send;
+    /// Sets DeleteOnTermination on an ENI's attachment: one the controller made goes
+    /// with its instance.
+    fn keep_with_instance(
+        &self,
+        eni: &str,
+        attachment: &str,
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
     /// An explicit subnet CIDR reservation of `cidr` in `subnet`, described.
     fn reserve(
         &self,
@@ -300,37 +314,46 @@ impl Ec2 for SdkEc2 {
             request = request.filters(filter(&format!("tag:{}", tag.key), vec![tag.value.clone()]));
         }
         request = match source {
-            EniSource::Create { .. } => request.filters(filter(
-                &format!("tag:{ATTACHED_FOR_TAG}"),
-                vec![attached_for.clone()],
-            )),
-            EniSource::Pool { name, subnet } => {
-                let request =
-                    request.filters(filter(&format!("tag:{POOL_TAG}"), vec![name.clone()]));
-                match subnet {
-                    Some(subnet) => request.filters(filter("subnet-id", vec![subnet.clone()])),
-                    None => request,
+            EniSource::Create { .. } => {
+                let tag = format!("tag:{ATTACHED_FOR_TAG}");
+                request.filters(filter(&tag, vec![attached_for.clone()]))
+            }
+            EniSource::Pool { name, subnet, zone } => {
+                let tag = format!("tag:{POOL_TAG}");
+                let request = request.filters(filter(&tag, vec![name.clone()]));
+                match (subnet, zone) {
+                    (Some(subnet), _) => request.filters(filter("subnet-id", vec![subnet.clone()])),
+                    (None, Some(zone)) => {
+                        request.filters(filter("availability-zone", vec![zone.clone()]))
+                    }
+                    (None, None) => request,
                 }
             }
         };
         let found = (request.send().await)
             .map_err(|e| sdk_error(Action::DescribeNetworkInterfaces, &target, e, &REMEDY))?;
         // Only an unattached one (filtered here: not every EC2 endpoint filters by status).
+        let available = Some(&aws_sdk_ec2::types::NetworkInterfaceStatus::Available);
         let waiting = (found.network_interfaces().iter())
-            .filter(|ni| {
-                ni.status() == Some(&aws_sdk_ec2::types::NetworkInterfaceStatus::Available)
-            })
+            .filter(|ni| ni.status() == available)
             .find_map(|ni| ni.network_interface_id());
         let eni = match (waiting, source) {
             (Some(id), _) => id.to_owned(),
-            (None, EniSource::Pool { name, subnet }) => {
+            (None, EniSource::Pool { name, subnet, zone }) => {
+                let cluster = (self.cluster_tag.as_ref())
+                    .map(|t| format!(" and {}={}", t.key, t.value))
+                    .unwrap_or_default();
+                let place = match (subnet, zone) {
+                    (Some(s), _) => format!(" in {s}"),
+                    (None, Some(z)) => format!(" in {z}"),
+                    (None, None) => String::new(),
+                };
                 return Err(Ec2Error {
                     action: Action::DescribeNetworkInterfaces,
                     target,
                     code: None,
                     detail: format!(
-                        "no available ENI tagged {POOL_TAG}={name} and {NO_MANAGE_TAG}=true{}",
-                        subnet.as_ref().map(|s| format!(" in {s}")).unwrap_or_default()
+                        "no available ENI tagged {POOL_TAG}={name} and {NO_MANAGE_TAG}=true{cluster}{place}"
                     ),
                     hint: "add ENIs to the pool (aws ec2 create-network-interface, tagged so) or let the \
                            controller create them (subnets instead of pool)"
@@ -344,49 +367,8 @@ impl Ec2 for SdkEc2 {
                     security_groups,
                 },
             ) => {
-                let mut tags = vec![
-                    aws_sdk_ec2::types::Tag::builder()
-                        .key(NO_MANAGE_TAG)
-                        .value("true")
-                        .build(),
-                    aws_sdk_ec2::types::Tag::builder()
-                        .key(ATTACHED_FOR_TAG)
-                        .value(&attached_for)
-                        .build(),
-                ];
-                if let Some(tag) = &self.cluster_tag {
-                    tags.push(
-                        aws_sdk_ec2::types::Tag::builder()
-                            .key(&tag.key)
-                            .value(&tag.value)
-                            .build(),
-                    );
-                }
-                let spec = aws_sdk_ec2::types::TagSpecification::builder()
-                    .resource_type(aws_sdk_ec2::types::ResourceType::NetworkInterface)
-                    .set_tags(Some(tags))
-                    .build();
-                let made = (self.client.create_network_interface())
-                    .subnet_id(subnet)
-                    .set_groups((!security_groups.is_empty()).then(|| security_groups.clone()))
-                    .description(format!(
-                        "ipmgmt: Multus ENI of {instance} at device index {device_index}"
-                    ))
-                    .tag_specifications(spec)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error(Action::CreateNetworkInterface, &target, e, &REMEDY))?;
-                (made
-                    .network_interface()
-                    .and_then(|n| n.network_interface_id()))
-                .map(str::to_owned)
-                .ok_or_else(|| Ec2Error {
-                    action: Action::CreateNetworkInterface,
-                    target: target.clone(),
-                    code: None,
-                    detail: "EC2 answered without the new ENI's id".into(),
-                    hint: "the next pass finds it by its tag".into(),
-                })?
+                self.create_multus_eni(instance, device_index, subnet, security_groups)
+                    .await?
             }
         };
         let attachment = (self.client.attach_network_interface())
@@ -396,28 +378,29 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map_err(|e| {
-                sdk_error(
-                    Action::AttachNetworkInterface,
-                    format!("{eni} to {target}"),
-                    e,
-                    &REMEDY,
-                )
+                let target = format!("{eni} to {target}");
+                sdk_error(Action::AttachNetworkInterface, target, e, &REMEDY)
             })?;
+        // Should this fail, the next pass sees an attached ENI of the controller's
+        // without it, and sets it then.
         if let (EniSource::Create { .. }, Some(id)) = (source, attachment.attachment_id()) {
-            let change = aws_sdk_ec2::types::NetworkInterfaceAttachmentChanges::builder()
-                .attachment_id(id)
-                .delete_on_termination(true)
-                .build();
-            (self.client.modify_network_interface_attribute())
-                .network_interface_id(&eni)
-                .attachment(change)
-                .send()
-                .await
-                .map_err(|e| {
-                    sdk_error(Action::ModifyNetworkInterfaceAttribute, &eni, e, &REMEDY)
-                })?;
+            self.keep_with_instance(&eni, id).await?;
         }
         Ok(eni)
+    }
+
+    async fn keep_with_instance(&self, eni: &str, attachment: &str) -> Result<(), Ec2Error> {
+        let change = aws_sdk_ec2::types::NetworkInterfaceAttachmentChanges::builder()
+            .attachment_id(attachment)
+            .delete_on_termination(true)
+            .build();
+        (self.client.modify_network_interface_attribute())
+            .network_interface_id(eni)
+            .attachment(change)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| sdk_error(Action::ModifyNetworkInterfaceAttribute, eni, e, &REMEDY))
     }
 
     async fn reserve(&self, subnet: &str, cidr: IpNet, description: &str) -> Result<(), Ec2Error> {
@@ -467,11 +450,13 @@ impl Ec2 for SdkEc2 {
                     .into_iter()
                     .chain(v6)
                     .filter_map(|c| c.parse().ok());
+                let (explicit, prefix) = self.reservations(id).await?;
                 out.push(Subnet {
                     id: id.to_owned(),
                     cidrs: cidrs.collect(),
-                    reservations: self.explicit_reservations(id).await?,
+                    reservations: explicit,
                     eni_addresses: Vec::new(),
+                    prefix_reservations: prefix,
                 });
             }
         }
@@ -480,10 +465,58 @@ impl Ec2 for SdkEc2 {
 }
 
 impl SdkEc2 {
-    /// A subnet's explicit CIDR reservations (prefix reservations are for prefix
-    /// delegation, which hands out whole prefixes, not the guard's concern).
-    async fn explicit_reservations(&self, subnet: &str) -> Result<Vec<IpNet>, Ec2Error> {
-        let mut out = Vec::new();
+    /// A new Multus ENI for `instance` at `device_index`, tagged at creation. The
+    /// same client token for the same node and index: a create the SDK retries after
+    /// it succeeded (a timeout, say) returns the same ENI, not a second.
+    async fn create_multus_eni(
+        &self,
+        instance: &str,
+        device_index: i32,
+        subnet: &str,
+        security_groups: &[String],
+    ) -> Result<String, Ec2Error> {
+        let target = format!("{instance} at device index {device_index}");
+        let tag = |k: &str, v: &str| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build();
+        let mut tags = vec![
+            tag(NO_MANAGE_TAG, "true"),
+            tag(ATTACHED_FOR_TAG, &format!("{instance}/{device_index}")),
+        ];
+        if let Some(cluster) = &self.cluster_tag {
+            tags.push(tag(&cluster.key, &cluster.value));
+        }
+        let spec = aws_sdk_ec2::types::TagSpecification::builder()
+            .resource_type(aws_sdk_ec2::types::ResourceType::NetworkInterface)
+            .set_tags(Some(tags))
+            .build();
+        let made = (self.client.create_network_interface())
+            .client_token(format!("ipmgmt-{instance}-{device_index}"))
+            .subnet_id(subnet)
+            .set_groups((!security_groups.is_empty()).then(|| security_groups.to_vec()))
+            .description(format!(
+                "ipmgmt: Multus ENI of {instance} at device index {device_index}"
+            ))
+            .tag_specifications(spec)
+            .send()
+            .await
+            .map_err(|e| sdk_error(Action::CreateNetworkInterface, &target, e, &REMEDY))?;
+        (made
+            .network_interface()
+            .and_then(|n| n.network_interface_id()))
+        .map(str::to_owned)
+        .ok_or_else(|| Ec2Error {
+            action: Action::CreateNetworkInterface,
+            target,
+            code: None,
+            detail: "EC2 answered without the new ENI's id".into(),
+            hint: "the next pass finds it by its tag".into(),
+        })
+    }
+
+    /// A subnet's CIDR reservations: the explicit ones (what keeps the VPC CNI out of
+    /// a range), and the prefix ones (prefix delegation's, which an explicit one may
+    /// not overlap).
+    async fn reservations(&self, subnet: &str) -> Result<(Vec<IpNet>, Vec<IpNet>), Ec2Error> {
+        let (mut explicit, mut prefix) = (Vec::new(), Vec::new());
         let mut token = None;
         loop {
             let page = (self.client.get_subnet_cidr_reservations())
@@ -496,13 +529,18 @@ impl SdkEc2 {
                 .subnet_ipv4_cidr_reservations()
                 .iter()
                 .chain(page.subnet_ipv6_cidr_reservations());
-            out.extend(
-                all.filter(|r| r.reservation_type() == Some(&SubnetCidrReservationType::Explicit))
-                    .filter_map(|r| r.cidr()?.parse::<IpNet>().ok()),
-            );
+            for r in all {
+                let Some(cidr) = r.cidr().and_then(|c| c.parse::<IpNet>().ok()) else {
+                    continue;
+                };
+                match r.reservation_type() {
+                    Some(SubnetCidrReservationType::Explicit) => explicit.push(cidr),
+                    _ => prefix.push(cidr),
+                }
+            }
             token = page.next_token().map(str::to_owned);
             if token.is_none() {
-                return Ok(out);
+                return Ok((explicit, prefix));
             }
         }
     }
@@ -519,7 +557,16 @@ fn multus_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<MultusEni> {
     let own = (primary.map(IpAddr::V4).into_iter())
         .chain(eni.primary_ipv6.map(IpAddr::V6))
         .collect();
+    let attachment = ni.attachment();
+    let attached_by_controller = (ni.tag_set().iter()).any(|t| t.key() == Some(ATTACHED_FOR_TAG));
     Some(MultusEni {
+        attachment: attachment
+            .and_then(|a| a.attachment_id())
+            .map(str::to_owned),
+        delete_on_termination: attachment
+            .and_then(|a| a.delete_on_termination())
+            .unwrap_or(false),
+        attached_by_controller,
         mac: eni.mac.clone(),
         instance: eni.instance_id?,
         device_index: eni.device_index,

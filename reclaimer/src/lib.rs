@@ -216,10 +216,13 @@ async fn crd_appears(
     }
     loop {
         tokio::time::sleep(every).await;
-        if nads && view::nads_served(kube).await {
+        // Quietly: not served yet is what this waits through.
+        let nad = crate::guard::nad_resource();
+        if nads && view::is_served(kube, &nad).await.unwrap_or(false) {
             return "Multus's NetworkAttachmentDefinitions";
         }
-        if pools && view::whereabouts_served(kube).await {
+        let pool = crate::reclaim::whereabouts::ip_pool_resource();
+        if pools && view::is_served(kube, &pool).await.unwrap_or(false) {
             return "whereabouts' IPPools";
         }
     }

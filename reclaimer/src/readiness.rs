@@ -88,6 +88,7 @@ impl AttachSpec {
             Some(name) => Some(EniSource::Pool {
                 name: name.clone(),
                 subnet,
+                zone: zone.map(str::to_owned),
             }),
             None => Some(EniSource::Create {
                 subnet: subnet?,
@@ -277,8 +278,22 @@ impl<E: Ec2> Readiness<E> {
     }
 
     /// Attaches what each node misses where `--readiness-attach` says how; whether
-    /// any ENI was attached.
+    /// any ENI was attached. An ENI the controller attached whose attachment lacks
+    /// DeleteOnTermination (setting it failed after the attachment) gets it here.
     async fn attach(&self, nodes: &[NodeState], enis: &[MultusEni]) -> bool {
+        for eni in enis
+            .iter()
+            .filter(|e| e.attached_by_controller && !e.delete_on_termination)
+        {
+            if let Some(attachment) = &eni.attachment
+                && let Err(e) = self.ec2.keep_with_instance(&eni.id, attachment).await
+            {
+                warn!(eni = %eni.id, "an ENI the controller attached would outlive its instance: {e}");
+            }
+        }
+        // What failed for nodes that are gone is forgotten.
+        (self.failures.lock().expect("the failures' lock"))
+            .retain(|(instance, _), _| nodes.iter().any(|n| n.instance.as_ref() == Some(instance)));
         let mut attached = false;
         for node in nodes {
             let Some(instance) = &node.instance else {
@@ -288,17 +303,18 @@ impl<E: Ec2> Readiness<E> {
                 let Some(spec) = self.settings.attach.get(&index) else {
                     continue;
                 };
-                let key = (instance.clone(), index);
-                let (reason, warning, note) = match spec.source(node.zone.as_deref()) {
-                    None => (
-                        "MultusEniNotAttached",
-                        true,
-                        format!(
-                            "no subnet for zone {} at device index {index} in reclaimer.readiness.attach: \
-                             add one, or attach and tag the ENI",
-                            node.zone.as_deref().unwrap_or("(unknown)")
-                        ),
-                    ),
+                // What failed, said once while it fails the same way: keyed by what
+                // failed and EC2's code, since EC2's message may carry a new encoded
+                // blob each time.
+                let (kind, reason, warning, note) = match spec.source(node.zone.as_deref()) {
+                    None => {
+                        let zone = node.zone.as_deref().unwrap_or("(unknown)");
+                        let note = format!(
+                            "no subnet for zone {zone} at device index {index} in reclaimer.readiness.attach: \
+                             add one, or attach and tag the ENI"
+                        );
+                        (note.clone(), "MultusEniNotAttached", true, note)
+                    }
                     Some(source) => {
                         match self.ec2.attach_multus_eni(instance, index, &source).await {
                             Ok(eni) => {
@@ -310,23 +326,27 @@ impl<E: Ec2> Readiness<E> {
                                     }
                                     EniSource::Pool { name, .. } => format!("from pool {name}"),
                                 };
-                                (
-                                    "MultusEniAttached",
-                                    false,
-                                    format!("attached {eni} ({from}) at device index {index}"),
-                                )
+                                let note =
+                                    format!("attached {eni} ({from}) at device index {index}");
+                                (String::new(), "MultusEniAttached", false, note)
                             }
                             Err(e) => {
                                 self.metrics.readiness_attachment(false);
-                                ("MultusEniNotAttached", true, e.to_string())
+                                let kind = format!(
+                                    "{} {}",
+                                    e.action,
+                                    e.code.as_deref().unwrap_or(&e.detail)
+                                );
+                                (kind, "MultusEniNotAttached", true, e.to_string())
                             }
                         }
                     }
                 };
                 let repeated = {
                     let mut failures = self.failures.lock().expect("the failures' lock");
+                    let key = (instance.clone(), index);
                     match warning {
-                        true => failures.insert(key, note.clone()).as_ref() == Some(&note),
+                        true => failures.insert(key, kind.clone()).as_ref() == Some(&kind),
                         false => {
                             failures.remove(&key);
                             false
@@ -430,6 +450,9 @@ mod tests {
             own: Vec::new(),
             ipv4: Vec::new(),
             ipv6: Vec::new(),
+            attachment: None,
+            delete_on_termination: false,
+            attached_by_controller: false,
         }
     }
 
@@ -463,7 +486,8 @@ mod tests {
             pool.source(Some("us-west-2b")),
             Some(EniSource::Pool {
                 name: "upf".into(),
-                subnet: None
+                subnet: None,
+                zone: Some("us-west-2b".into())
             })
         );
         assert!(

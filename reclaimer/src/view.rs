@@ -384,13 +384,16 @@ pub async fn nads_served(client: &Client) -> bool {
 
 /// Whether the API server serves `ar`; an error reads as no, and is logged.
 pub async fn served(client: &Client, ar: &ApiResource) -> bool {
-    match client.list_api_group_resources(&ar.api_version).await {
-        Ok(list) => list.resources.iter().any(|r| r.name == ar.plural),
-        Err(e) => {
-            info!(error = %e, group = %ar.api_version, "not served");
-            false
-        }
-    }
+    is_served(client, ar).await.unwrap_or_else(|e| {
+        info!(error = %e, group = %ar.api_version, "not served");
+        false
+    })
+}
+
+/// Whether the API server serves `ar`; a group it does not serve is an error (404).
+pub async fn is_served(client: &Client, ar: &ApiResource) -> Result<bool, kube::Error> {
+    let list = client.list_api_group_resources(&ar.api_version).await?;
+    Ok(list.resources.iter().any(|r| r.name == ar.plural))
 }
 
 /// The EC2 instance a node runs on, from its `spec.providerID`.

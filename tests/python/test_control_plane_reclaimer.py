@@ -984,10 +984,13 @@ def test_ipmgmt_check_tries_each_roles_actions_and_names_the_one_missing(cluster
             f"the controller's role (profile ipmgmt-controller) may not call ec2:{action}" + on
             for action, on in (("CreateSubnetCidrReservation", ""), ("CreateNetworkInterface", ""),
                                ("AttachNetworkInterface", ""), ("ModifyNetworkInterfaceAttribute", ""))], denied
+        tagged = "on network interfaces tagged node.k8s.amazonaws.com/no_manage=true and on instances"
         assert [c["fix"] for c in denied] == [
             "grant ec2:CreateSubnetCidrReservation on *, as deploy/reclaimer-reserve-iam-policy.json does",
-            *[f"grant ec2:{a} on *, as deploy/reclaimer-attach-iam-policy.json does"
-              for a in ("CreateNetworkInterface", "AttachNetworkInterface", "ModifyNetworkInterfaceAttribute")]]
+            "grant ec2:CreateNetworkInterface with the request tag node.k8s.amazonaws.com/no_manage=true (and "
+            "ec2:CreateTags at creation), as deploy/reclaimer-attach-iam-policy.json does",
+            f"grant ec2:AttachNetworkInterface {tagged}, as deploy/reclaimer-attach-iam-policy.json does",
+            f"grant ec2:ModifyNetworkInterfaceAttribute {tagged}, as deploy/reclaimer-attach-iam-policy.json does"]
         with open(credentials, "a") as f:
             for name, key in (("ipmgmt-reserving", RESERVING_KEY), ("ipmgmt-attaching", ATTACHING_KEY)):
                 f.write(f"[{name}]\naws_access_key_id = {key}\naws_secret_access_key = s\n\n")

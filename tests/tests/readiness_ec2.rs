@@ -100,6 +100,70 @@ async fn a_try_that_failed_after_creating_is_finished_without_a_second_eni() {
     assert_eq!(creates, 1);
 }
 
+/// A create sent again for the same node and index (the SDK retrying one whose answer
+/// was lost, or a describe that does not show the new ENI yet) carries the same client
+/// token, and EC2 answers with the ENI it made.
+#[tokio::test]
+async fn a_create_sent_again_makes_no_second_eni() {
+    let fake = FakeEc2::new(scenario::world());
+    let ec2 = controller_ec2(&fake, &[BASE, ATTACH]).await;
+    fake.set_faults(Faults {
+        deny: ["AttachNetworkInterface".to_owned()].into(),
+        ..Faults::default()
+    });
+    let _ = ec2.attach_multus_eni("i-0002", 2, &create()).await;
+    // The describe misses it this time (its tag not visible yet).
+    let mut world = fake.world();
+    let made = world.enis.last_mut().unwrap();
+    let id = made.id.clone();
+    made.tags.retain(|(k, _)| k != ATTACHED_FOR_TAG);
+    fake.set_world(world);
+    fake.set_faults(Faults::default());
+    assert_eq!(
+        ec2.attach_multus_eni("i-0002", 2, &create()).await.unwrap(),
+        id
+    );
+    assert_eq!(fake.world().enis.len(), scenario::world().enis.len() + 1);
+}
+
+/// DeleteOnTermination refused after the attachment: the attach says so, and the ENI,
+/// attached, reads as the controller's without it, which the next pass sets.
+#[tokio::test]
+async fn delete_on_termination_refused_is_set_by_the_next_pass() {
+    let fake = FakeEc2::new(scenario::world());
+    let ec2 = controller_ec2(&fake, &[BASE, ATTACH]).await;
+    fake.set_faults(Faults {
+        deny: ["ModifyNetworkInterfaceAttribute".to_owned()].into(),
+        ..Faults::default()
+    });
+    let line = (ec2.attach_multus_eni("i-0002", 2, &create()).await)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        line.starts_with("ModifyNetworkInterfaceAttribute eni-"),
+        "{line}"
+    );
+    let multus = ec2.multus_enis(&["i-0002".into()]).await.unwrap();
+    let eni = multus.iter().find(|m| m.device_index == 2).unwrap();
+    assert!(
+        eni.attached_by_controller && !eni.delete_on_termination,
+        "{eni:?}"
+    );
+    fake.set_faults(Faults::default());
+    ec2.keep_with_instance(&eni.id, eni.attachment.as_deref().unwrap())
+        .await
+        .unwrap();
+    let world = fake.world();
+    assert!(
+        world
+            .enis
+            .iter()
+            .find(|e| e.id == eni.id)
+            .unwrap()
+            .delete_on_termination
+    );
+}
+
 #[tokio::test]
 async fn a_pool_gives_an_available_tagged_eni_and_never_an_untagged_one() {
     let mut world = scenario::world();
@@ -132,6 +196,7 @@ async fn a_pool_gives_an_available_tagged_eni_and_never_an_untagged_one() {
     let pool = EniSource::Pool {
         name: "upf".into(),
         subnet: Some("subnet-b".into()),
+        zone: None,
     };
     let empty = (ec2.attach_multus_eni("i-0002", 2, &pool).await)
         .unwrap_err()
@@ -150,6 +215,16 @@ async fn a_pool_gives_an_available_tagged_eni_and_never_an_untagged_one() {
         ec2.attach_multus_eni("i-0002", 2, &pool).await.unwrap(),
         "eni-upf"
     );
+    // Without a subnet, the node's zone: none of the pool's ENIs is in us-west-2b.
+    let elsewhere = EniSource::Pool {
+        name: "upf".into(),
+        subnet: None,
+        zone: Some("us-west-2b".into()),
+    };
+    let none_there = (ec2.attach_multus_eni("i-0001", 3, &elsewhere).await)
+        .unwrap_err()
+        .to_string();
+    assert!(none_there.contains("=true in us-west-2b"), "{none_there}");
     let world = fake.world();
     let eni = world.enis.iter().find(|e| e.id == "eni-upf").unwrap();
     assert_eq!(

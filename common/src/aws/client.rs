@@ -53,7 +53,8 @@ pub fn loader(retries: Retries) -> ConfigLoader {
 }
 
 /// `loader` with only a named profile's credentials (static keys, `role_arn` with a
-/// source profile, `credential_process`, a web identity token). The default chain
+/// source profile, a web identity token; not SSO or `credential_process`, which this
+/// build of aws-config leaves out). The default chain
 /// reads the environment's keys before any profile, so naming the profile alone would
 /// let them stand in for the role the profile names.
 pub fn with_profile(loader: ConfigLoader, profile: &str) -> ConfigLoader {

@@ -141,6 +141,11 @@ where
     }
 }
 
+/// Whether a call failed for want of credentials (none found, or STS refused).
+pub fn is_credentials_failure(err: &(dyn std::error::Error + 'static)) -> bool {
+    credentials_error(err).is_some()
+}
+
 /// The credentials failure behind a call that never left the pod, if that is
 /// why it failed.
 fn credentials_error<'a>(

@@ -13,5 +13,7 @@ mod tag;
 pub use action::Action;
 pub use client::{Attempts, Retries, ec2_client, jittered, loader, with_profile};
 pub use eni::{Eni, to_eni};
-pub use error::{Ec2Error, NoCredentials, Remedy, cause, sdk_error, strings};
+pub use error::{
+    Ec2Error, NoCredentials, Remedy, cause, is_credentials_failure, sdk_error, strings,
+};
 pub use tag::{NO_MANAGE_TAG, Tag};

@@ -11,6 +11,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use aws_sdk_ec2::config::Region;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use ipmgmt_common::aws::{Action, cause};
 use ipnet::IpNet;
@@ -72,8 +73,10 @@ pub fn role_profile(arg: &str) -> Result<(Role, String), String> {
 pub struct Target {
     pub eni: String,
     pub subnet: String,
-    /// The instance the ENI is attached to.
+    /// The instance the ENI is attached to, and the attachment.
     instance: String,
+    attachment: Option<String>,
+    delete_on_termination: bool,
     /// The ENI's primary IPv4 address, which EC2 never unassigns.
     primary: Option<Ipv4Addr>,
     /// Addresses outside the ENI's subnet, which EC2 never assigns to it.
@@ -119,6 +122,8 @@ impl Target {
             eni: eni.id.clone(),
             subnet: eni.subnet.clone(),
             instance: eni.instance.clone(),
+            attachment: eni.attachment.clone(),
+            delete_on_termination: eni.delete_on_termination,
             primary,
             outside_v4,
             outside_v6,
@@ -150,7 +155,13 @@ where
         Err(err) => err,
     };
     let SdkError::ServiceError(service) = &err else {
-        return Answer::Unusable(cause(&err));
+        // No answer from EC2: the credentials could not be had, or EC2 could not be
+        // reached; only the first makes every other try of the role pointless.
+        let credentials = ipmgmt_common::aws::is_credentials_failure(&err);
+        return match credentials {
+            true => Answer::Unusable(cause(&err)),
+            false => Answer::Unknown(cause(&err)),
+        };
     };
     let code = service.err().code().unwrap_or("no code");
     let message = service.err().message().unwrap_or("no message");
@@ -170,6 +181,11 @@ where
         | "ThrottlingException"
         | "InternalError"
         | "Unavailable" => Answer::Unknown(format!("{code}: {message}")),
+        // Not the ENI or the subnet the probe named (another region, say): IAM never
+        // looked at the resource, so nothing is known.
+        c if c.ends_with(".NotFound") || c.ends_with(".Malformed") => {
+            Answer::Unknown(format!("{code}: {message}"))
+        }
         _ if refused_is_allowed => Answer::Allowed,
         _ => Answer::Unknown(format!("{code}: {message}")),
     }
@@ -261,9 +277,10 @@ async fn try_action(
         }
         Action::ModifyNetworkInterfaceAttribute => {
             let t = target?;
+            // The Multus ENI's own attachment, left as it is: a dry run.
             let change = aws_sdk_ec2::types::NetworkInterfaceAttachmentChanges::builder()
-                .attachment_id(format!("eni-attach-{}", t.eni.trim_start_matches("eni-")))
-                .delete_on_termination(true)
+                .set_attachment_id(t.attachment.clone())
+                .delete_on_termination(t.delete_on_termination)
                 .build();
             answer(
                 (client.modify_network_interface_attribute())
@@ -324,11 +341,15 @@ async fn try_action(
 }
 
 /// An EC2 client with only `profile`'s credentials, built as the check's own.
-async fn client_for(profile: &str) -> aws_sdk_ec2::Client {
-    let loader = ipmgmt_common::aws::loader(super::RETRIES);
-    let sdk = ipmgmt_common::aws::with_profile(loader, profile)
-        .load()
-        .await;
+async fn client_for(profile: &str, region: Option<&Region>) -> aws_sdk_ec2::Client {
+    let mut loader =
+        ipmgmt_common::aws::with_profile(ipmgmt_common::aws::loader(super::RETRIES), profile);
+    // The check's own region, where the ENI it tries against is, whatever the
+    // profile's says.
+    if let Some(region) = region {
+        loader = loader.region(region.clone());
+    }
+    let sdk = loader.load().await;
     ipmgmt_common::aws::ec2_client(&sdk, &ipmgmt_common::aws::Attempts::default())
 }
 
@@ -339,6 +360,7 @@ pub async fn judge(
     profiles: &[(Role, String)],
     target: Option<&Target>,
     opted_in: &[Action],
+    region: Option<&Region>,
     section: &mut Section,
 ) {
     if profiles.is_empty() {
@@ -350,7 +372,7 @@ pub async fn judge(
     }
     for (role, profile) in profiles {
         let who = format!("{} (profile {profile})", role.name());
-        let client = client_for(profile).await;
+        let client = client_for(profile, region).await;
         let (mut allowed, mut untried) = (Vec::new(), Vec::new());
         let off: Vec<&str> = (role.actions().iter())
             .filter(|a| a.opt_in().is_some() && !opted_in.contains(a))
@@ -368,11 +390,19 @@ pub async fn judge(
                 None => untried.push(action.name()),
                 Some(Answer::Allowed) => allowed.push(action.name()),
                 Some(Answer::Denied(why)) => {
-                    let scope = match action.changes_an_eni() {
-                        true => {
+                    let scope = match action {
+                        Action::CreateNetworkInterface => {
+                            "with the request tag node.k8s.amazonaws.com/no_manage=true (and ec2:CreateTags \
+                             at creation)"
+                        }
+                        Action::AttachNetworkInterface
+                        | Action::ModifyNetworkInterfaceAttribute => {
+                            "on network interfaces tagged node.k8s.amazonaws.com/no_manage=true and on instances"
+                        }
+                        a if a.changes_an_eni() => {
                             "on network interfaces tagged node.k8s.amazonaws.com/no_manage=true"
                         }
-                        false => "on *",
+                        _ => "on *",
                     };
                     section.fail(
                         format!("{who} may not call ec2:{action}{on} ({why})"),
@@ -473,6 +503,9 @@ mod tests {
             ],
             ipv4: vec![],
             ipv6: vec![],
+            attachment: Some("eni-attach-1".into()),
+            delete_on_termination: false,
+            attached_by_controller: false,
         };
         let cidrs: Vec<IpNet> = vec![
             "10.0.4.0/24".parse().unwrap(),

@@ -160,6 +160,8 @@ pub struct Options {
     /// The roles whose permissions are tried, each with an AWS profile holding its
     /// credentials.
     pub iam: Vec<(Role, String)>,
+    /// The region the check reads EC2 in, which the roles are tried in too.
+    pub region: Option<aws_sdk_ec2::config::Region>,
 }
 
 /// Every check, in order.
@@ -216,7 +218,14 @@ pub async fn run(client: &Client, ec2: &SdkEc2, options: &Options) -> Report {
         None => None,
     };
     let opted_in = controller_opt_ins(client, options).await;
-    iam::judge(&options.iam, target.as_ref(), &opted_in, &mut iam).await;
+    iam::judge(
+        &options.iam,
+        target.as_ref(),
+        &opted_in,
+        options.region.as_ref(),
+        &mut iam,
+    )
+    .await;
     Report::from(vec![cluster, nodes, nads, iam])
 }
 

@@ -213,6 +213,9 @@ mod tests {
             own: vec![own.parse::<IpAddr>().unwrap()],
             ipv4: Vec::new(),
             ipv6: Vec::new(),
+            attachment: None,
+            delete_on_termination: false,
+            attached_by_controller: false,
         }
     }
 
@@ -222,6 +225,7 @@ mod tests {
             cidrs: vec![cidr.parse().unwrap()],
             reservations: vec![reserved.parse().unwrap()],
             eni_addresses: Vec::new(),
+            prefix_reservations: Vec::new(),
         }
     }
 

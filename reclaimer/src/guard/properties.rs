@@ -78,6 +78,7 @@ fn agrees(subnet: IpNet, own: IpAddr, config: &str) -> Result<(), TestCaseError>
         // All of it reserved explicitly: only containment and AWS's addresses matter.
         reservations: vec![subnet],
         eni_addresses: vec![own],
+        prefix_reservations: Vec::new(),
     };
     let accepted = check(&attachment, &subnet_view).is_empty();
     let reserved = reserved(subnet);
@@ -151,6 +152,7 @@ proptest! {
             cidrs: vec![IpNet::V4(subnet)],
             reservations: existing.clone(),
             eni_addresses: vec![],
+            prefix_reservations: Vec::new(),
         };
         let wanted = unreserved(&attachment, &view);
         let aws = reserved(IpNet::V4(subnet));

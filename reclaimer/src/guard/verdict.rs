@@ -24,6 +24,8 @@ pub struct Subnet {
     pub cidrs: Vec<IpNet>,
     /// Its explicit subnet CIDR reservations.
     pub reservations: Vec<IpNet>,
+    /// Its prefix reservations (prefix delegation's): no explicit one may overlap them.
+    pub prefix_reservations: Vec<IpNet>,
     /// The Multus ENIs' own addresses in it (their primary IPv4 and IPv6 addresses).
     pub eni_addresses: Vec<IpAddr>,
 }
@@ -326,37 +328,70 @@ pub fn cover(like: IpAddr, lo: u128, hi: u128) -> Vec<IpNet> {
 /// subnet clear of AWS's reserved addresses and meets no reservation; else as the
 /// fewest CIDRs that cover it exactly.
 pub fn unreserved(attachment: &Attachment, subnet: &Subnet) -> Vec<IpNet> {
-    let mut out = Vec::new();
+    let mut out: Vec<IpNet> = Vec::new();
     for pool in &attachment.pools {
         let Some(cidr) = (subnet.cidrs.iter()).find(|c| {
             same_family(c.addr(), pool.first) && c.contains(&pool.first) && c.contains(&pool.last)
         }) else {
             continue;
         };
-        let aws = [
-            num(cidr.network()),
-            num(cidr.network()) + 3,
-            num(cidr.broadcast()),
-        ];
+        let aws = [num(cidr.network()) + 3, num(cidr.broadcast())];
+        let spans = |nets: &[IpNet]| -> Vec<(u128, u128)> {
+            (nets.iter())
+                .filter(|r| same_family(r.addr(), pool.first))
+                .map(|r| (num(r.network()), num(r.broadcast())))
+                .collect()
+        };
+        let prefixes = spans(&subnet.prefix_reservations);
         for (lo, hi) in uncovered(pool, &subnet.reservations) {
+            // EC2 refuses a reservation that overlaps another, so what this pass
+            // plans counts as taken as well.
+            let mut taken = spans(&subnet.reservations);
+            taken.extend(&prefixes);
+            taken.extend(spans(&out));
+            let meets = |a: u128, b: u128| taken.iter().any(|(l, h)| *l <= b && a <= *h);
             let around = enclosing(pool.first, lo, hi);
             let (a_lo, a_hi) = (num(around.network()), num(around.broadcast()));
             let fits = (a_hi - a_lo) - (hi - lo) <= 2
                 && cidr.contains(&around)
-                && a_lo > aws[1]
-                && a_hi < aws[2]
-                && !(subnet.reservations.iter()).any(|r| {
-                    same_family(r.addr(), pool.first)
-                        && num(r.network()) <= a_hi
-                        && a_lo <= num(r.broadcast())
-                });
-            match fits {
-                true => out.push(around),
-                false => out.extend(cover(pool.first, lo, hi)),
+                && a_lo > aws[0]
+                && a_hi < aws[1]
+                && !meets(a_lo, a_hi);
+            if fits {
+                out.push(around);
+                continue;
+            }
+            // Exactly the gap, less what prefix delegation holds.
+            for (l, h) in subtract((lo, hi), &prefixes) {
+                out.extend(cover(pool.first, l, h));
             }
         }
     }
     out
+}
+
+/// `span` less every one of `holes`.
+fn subtract(span: (u128, u128), holes: &[(u128, u128)]) -> Vec<(u128, u128)> {
+    let mut parts = vec![span];
+    for (h_lo, h_hi) in holes {
+        parts = (parts.into_iter())
+            .flat_map(|(lo, hi)| {
+                let mut kept = Vec::new();
+                if *h_hi < lo || *h_lo > hi {
+                    kept.push((lo, hi));
+                    return kept;
+                }
+                if *h_lo > lo {
+                    kept.push((lo, h_lo - 1));
+                }
+                if *h_hi < hi {
+                    kept.push((h_hi + 1, hi));
+                }
+                kept
+            })
+            .collect();
+    }
+    parts
 }
 
 /// The smallest CIDR holding `lo..=hi`.
@@ -383,6 +418,7 @@ mod tests {
             ],
             reservations: reservations.iter().map(|r| r.parse().unwrap()).collect(),
             eni_addresses: vec!["10.0.4.10".parse().unwrap()],
+            prefix_reservations: vec![],
         }
     }
 
@@ -551,5 +587,43 @@ mod tests {
             ),
             ["10.0.4.176/28"]
         );
+    }
+
+    #[test]
+    fn a_reservation_meets_neither_a_prefix_reservation_nor_another_planned_one() {
+        let of = |ipam: &str, prefixes: &[&str]| -> Vec<String> {
+            let mut view = subnet(&[]);
+            view.prefix_reservations = prefixes.iter().map(|p| p.parse().unwrap()).collect();
+            unreserved(&nad(ipam), &view)
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        // Prefix delegation holds .176/28: the /27 around the range would meet it, so
+        // only the rest of the range is reserved.
+        assert_eq!(
+            of(
+                r#"{"type":"whereabouts","range":"10.0.4.160/27"}"#,
+                &["10.0.4.176/28"]
+            ),
+            [
+                "10.0.4.161/32",
+                "10.0.4.162/31",
+                "10.0.4.164/30",
+                "10.0.4.168/29"
+            ]
+        );
+        // Two pools side by side: the second's surroundings would meet the first's.
+        let two = of(
+            r#"{"type":"whereabouts","ipRanges":[{"range":"10.0.4.160/28"},{"range":"10.0.4.176/28"}]}"#,
+            &[],
+        );
+        let nets: Vec<IpNet> = two.iter().map(|c| c.parse().unwrap()).collect();
+        for (i, a) in nets.iter().enumerate() {
+            for b in &nets[i + 1..] {
+                assert!(!a.contains(b) && !b.contains(a), "{a} meets {b}: {two:?}");
+            }
+        }
+        assert!(two.contains(&"10.0.4.160/28".to_owned()), "{two:?}");
     }
 }

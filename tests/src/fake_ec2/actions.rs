@@ -257,6 +257,8 @@ impl Inner {
                     "attachment.device-index" => values.contains(&eni.device_index.to_string()),
                     "mac-address" => values.iter().any(|v| v.eq_ignore_ascii_case(&eni.mac)),
                     "subnet-id" => values.contains(&eni.subnet_id),
+                    // The fake's one zone.
+                    "availability-zone" => values.iter().any(|v| v == "us-west-2a"),
                     tag if tag.starts_with("tag:") => eni
                         .tags
                         .iter()
@@ -418,6 +420,13 @@ impl Inner {
     /// a primary address EC2 picks: the first free one after AWS's four, outside the
     /// subnet's explicit reservations (which keep EC2's own picks out).
     fn create_network_interface(&mut self, q: &Query) -> Result<String, Fail> {
+        // Idempotent by client token, as EC2's creates are.
+        let token = q.get("ClientToken").map(str::to_owned);
+        if let Some(made) = (token.as_ref()).and_then(|t| self.tokens.get(t))
+            && let Some(eni) = self.world.enis.iter().find(|e| &e.id == made)
+        {
+            return Ok(xml::el("networkInterface", xml::eni(eni)));
+        }
         let id = q.get("SubnetId").ok_or_else(|| {
             fail(
                 "MissingParameter",
@@ -463,6 +472,9 @@ impl Inner {
             source_dest_check: true,
         };
         let body = xml::el("networkInterface", xml::eni(&eni));
+        if let Some(token) = token {
+            self.tokens.insert(token, eni.id.clone());
+        }
         self.world.enis.push(eni);
         Ok(body)
     }

@@ -21,7 +21,7 @@
 //! - CreateNetworkInterface: an `available` ENI with the tags asked for
 //!   (`TagSpecification`, which IAM checks as `ec2:CreateTags` with
 //!   `ec2:CreateAction`) and a primary address outside the subnet's explicit
-//!   reservations. AttachNetworkInterface: an `available` ENI only
+//!   reservations; a `ClientToken` seen before answers the ENI it made. AttachNetworkInterface: an `available` ENI only
 //!   (`InvalidNetworkInterface.InUse`), a free device index, at most the instance
 //!   type's interfaces (`AttachmentLimitExceeded`). ModifyNetworkInterfaceAttribute:
 //!   the attachment's DeleteOnTermination.
@@ -290,6 +290,8 @@ struct Inner {
     rng: u64,
     /// ENIs created so far, for their ids.
     created: u64,
+    /// CreateNetworkInterface's client tokens, and the ENI each made.
+    tokens: std::collections::BTreeMap<String, String>,
 }
 
 /// What the fake does with a request that has just arrived, as a test's hook decides.
@@ -342,6 +344,7 @@ impl FakeEc2 {
                 remaps: Vec::new(),
                 rng: 0x9e37_79b9_7f4a_7c15,
                 created: 0,
+                tokens: Default::default(),
             })),
             hook: Arc::default(),
         }
