@@ -10,6 +10,7 @@
 pub mod annotations;
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod floating;
 pub mod ipmgr_env;
 #[cfg(feature = "lease")]
 pub mod lease;
