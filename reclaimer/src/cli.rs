@@ -141,7 +141,9 @@ async fn run(cli: Cli) -> ExitCode {
     };
     let sdk = ipmgmt_common::aws::loader(check::RETRIES).load().await;
     let attempts = ipmgmt_common::aws::Attempts::default();
-    let ec2 = SdkEc2::new(ipmgmt_common::aws::ec2_client(&sdk, &attempts)).only_tagged(cluster_tag);
+    let ec2 = SdkEc2::new(ipmgmt_common::aws::ec2_client(&sdk, &attempts))
+        .only_tagged(cluster_tag)
+        .for_check();
     let report = match what {
         Some(What::Pod { name, namespace }) => check::pod(&client, &ec2, &namespace, &name).await,
         None => {

@@ -150,6 +150,9 @@ pub struct SdkEc2 {
     client: aws_sdk_ec2::Client,
     /// The cluster's tag, which its Multus ENIs also carry.
     cluster_tag: Option<Tag>,
+    /// What a failed call's line tells its reader to do: the controller's operator,
+    /// or the user running `ipmgmt check`.
+    remedy: &'static Remedy,
 }
 
 /// The client's settings for one attempt of a change: the sweeper retries.
@@ -162,7 +165,14 @@ impl SdkEc2 {
         SdkEc2 {
             client,
             cluster_tag: None,
+            remedy: &REMEDY,
         }
+    }
+
+    /// Failed calls worded for `ipmgmt check`'s user, whose own identity makes them.
+    pub fn for_check(mut self) -> Self {
+        self.remedy = &CHECK_REMEDY;
+        self
     }
 
     /// Only ENIs that also carry `tag`.
@@ -187,7 +197,7 @@ impl SdkEc2 {
                 .await
                 .map_err(|e| {
                     let target = format!("of {}", chunk.join(", "));
-                    sdk_error(Action::DescribeInstanceTypes, target, e, &REMEDY)
+                    sdk_error(Action::DescribeInstanceTypes, target, e, self.remedy)
                 })?;
             for info in page.instance_types() {
                 let (Some(ty), Some(n)) = (
@@ -258,7 +268,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error(Action::AssignPrivateIpAddresses, eni, e, &REMEDY))
+            .map_err(|e| sdk_error(Action::AssignPrivateIpAddresses, eni, e, self.remedy))
     }
 
     async fn assign_ipv6(&self, eni: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
@@ -271,7 +281,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error(Action::AssignIpv6Addresses, eni, e, &REMEDY))
+            .map_err(|e| sdk_error(Action::AssignIpv6Addresses, eni, e, self.remedy))
     }
 
     async fn unassign_ipv4(&self, eni: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
@@ -284,7 +294,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error(Action::UnassignPrivateIpAddresses, eni, e, &REMEDY))
+            .map_err(|e| sdk_error(Action::UnassignPrivateIpAddresses, eni, e, self.remedy))
     }
 
     async fn unassign_ipv6(&self, eni: &str, ips: &[Ipv6Addr]) -> Result<(), Ec2Error> {
@@ -297,7 +307,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error(Action::UnassignIpv6Addresses, eni, e, &REMEDY))
+            .map_err(|e| sdk_error(Action::UnassignIpv6Addresses, eni, e, self.remedy))
     }
 
     async fn attach_multus_eni(
@@ -331,7 +341,7 @@ impl Ec2 for SdkEc2 {
             }
         };
         let found = (request.send().await)
-            .map_err(|e| sdk_error(Action::DescribeNetworkInterfaces, &target, e, &REMEDY))?;
+            .map_err(|e| sdk_error(Action::DescribeNetworkInterfaces, &target, e, self.remedy))?;
         // Only an unattached one (filtered here: not every EC2 endpoint filters by status).
         let available = Some(&aws_sdk_ec2::types::NetworkInterfaceStatus::Available);
         let waiting = (found.network_interfaces().iter())
@@ -379,7 +389,7 @@ impl Ec2 for SdkEc2 {
             .await
             .map_err(|e| {
                 let target = format!("{eni} to {target}");
-                sdk_error(Action::AttachNetworkInterface, target, e, &REMEDY)
+                sdk_error(Action::AttachNetworkInterface, target, e, self.remedy)
             })?;
         // Should this fail, the next pass sees an attached ENI of the controller's
         // without it, and sets it then.
@@ -400,7 +410,7 @@ impl Ec2 for SdkEc2 {
             .send()
             .await
             .map(drop)
-            .map_err(|e| sdk_error(Action::ModifyNetworkInterfaceAttribute, eni, e, &REMEDY))
+            .map_err(|e| sdk_error(Action::ModifyNetworkInterfaceAttribute, eni, e, self.remedy))
     }
 
     async fn reserve(&self, subnet: &str, cidr: IpNet, description: &str) -> Result<(), Ec2Error> {
@@ -431,7 +441,7 @@ impl Ec2 for SdkEc2 {
                 .await
                 .map_err(|e| {
                     let target = format!("of {} subnets", chunk.len());
-                    sdk_error(Action::DescribeSubnets, target, e, &REMEDY)
+                    sdk_error(Action::DescribeSubnets, target, e, self.remedy)
                 })?;
             for subnet in page.subnets() {
                 let Some(id) = subnet.subnet_id() else {
@@ -498,7 +508,7 @@ impl SdkEc2 {
             .tag_specifications(spec)
             .send()
             .await
-            .map_err(|e| sdk_error(Action::CreateNetworkInterface, &target, e, &REMEDY))?;
+            .map_err(|e| sdk_error(Action::CreateNetworkInterface, &target, e, self.remedy))?;
         (made
             .network_interface()
             .and_then(|n| n.network_interface_id()))
@@ -524,7 +534,9 @@ impl SdkEc2 {
                 .set_next_token(token)
                 .send()
                 .await
-                .map_err(|e| sdk_error(Action::GetSubnetCidrReservations, subnet, e, &REMEDY))?;
+                .map_err(|e| {
+                    sdk_error(Action::GetSubnetCidrReservations, subnet, e, self.remedy)
+                })?;
             let all = page
                 .subnet_ipv4_cidr_reservations()
                 .iter()
@@ -584,6 +596,33 @@ fn multus_eni(ni: &aws_sdk_ec2::types::NetworkInterface) -> Option<MultusEni> {
             .collect(),
         id: eni.id,
     })
+}
+
+/// What `ipmgmt check`'s user should do: their identity made the call.
+const CHECK_REMEDY: Remedy = Remedy {
+    refused: check_hint,
+    credentials: check_credentials,
+};
+
+fn check_hint(action: Action, code: Option<&str>) -> String {
+    match code {
+        Some("UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException") => format!(
+            "the AWS identity you run the check as lacks ec2:{action}: attach deploy/check-iam-policy.json \
+             to it, or run the check with a profile that has it (AWS_PROFILE)"
+        ),
+        Some("AuthFailure" | "InvalidClientTokenId" | "ExpiredToken" | "RequestExpired") => {
+            "AWS refused your credentials: refresh them (aws sso login, a new session) or pick another \
+             profile (AWS_PROFILE)"
+                .into()
+        }
+        Some(_) => "see the EC2 API reference for this error code".into(),
+        None => "EC2 could not be reached: check AWS_REGION and your network (or AWS_ENDPOINT_URL_EC2)".into(),
+    }
+}
+
+fn check_credentials(_: NoCredentials) -> &'static str {
+    "the SDK found no AWS credentials: set AWS_PROFILE, or the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+     of an identity with deploy/check-iam-policy.json"
 }
 
 /// The reclaimer's remedies.

@@ -859,6 +859,17 @@ def test_ipmgmt_check_passes_a_healthy_install_and_names_each_broken_part(cluste
                            "manager there fails with PrivateIpAddressLimitExceeded"), failure
         cp.kubectl("label", "node", NODE, "node.kubernetes.io/instance-type=m5.24xlarge", "--overwrite")
 
+        # Run as an identity without the check's own policy (the controller's role,
+        # which has no DescribeInstanceTypes): the failure says what the user's
+        # identity lacks, not what the controller's should have.
+        lacking = ipmgmt_check(cp, vpc, "--output=json", env={"AWS_ACCESS_KEY_ID": CONTROLLER_KEY})
+        (failure,) = [c for s in json.loads(lacking.stdout)["sections"] for c in s["checks"] if c["status"] == "fail"]
+        assert failure["what"].startswith("cannot read the instance types' address limits: DescribeInstanceTypes "
+                                          "of m5.24xlarge: UnauthorizedOperation: "), failure
+        assert "the AWS identity you run the check as lacks ec2:DescribeInstanceTypes: attach " \
+               "deploy/check-iam-policy.json" in failure["what"], failure
+        assert "reclaimer" not in failure["what"].split("; ", 1)[1], failure
+
         # The CA bundle gone (cert-manager's cainjector not running, say): the check
         # names it, and the API server, which can no longer verify the webhook,
         # refuses the dry-run pod, so the injection check fails too and says why.
