@@ -60,6 +60,13 @@ pub enum Finding {
         other_pool: String,
         subnet: String,
     },
+    /// Part of the range is in a prefix reservation: prefix delegation hands those
+    /// addresses to ENIs as whole prefixes.
+    InPrefixReservation {
+        pool: String,
+        reservation: IpNet,
+        subnet: String,
+    },
 }
 
 impl fmt::Display for Finding {
@@ -101,6 +108,15 @@ impl fmt::Display for Finding {
                 "{from}-{to} of range {pool} is in no explicit CIDR reservation of {subnet}, so the VPC CNI may \
                  give the same addresses to other pods; reserve it: aws ec2 create-subnet-cidr-reservation \
                  --subnet-id {subnet} --reservation-type explicit --cidr CIDR"
+            ),
+            Finding::InPrefixReservation {
+                pool,
+                reservation,
+                subnet,
+            } => write!(
+                f,
+                "range {pool} overlaps {reservation}, a prefix reservation of {subnet}: prefix delegation \
+                 hands those addresses to ENIs as whole prefixes; move the range out of it"
             ),
             Finding::Overlap {
                 pool,
@@ -175,6 +191,19 @@ pub fn check(attachment: &Attachment, subnet: &Subnet) -> Vec<Finding> {
             findings.push(Finding::EniAddress {
                 pool: label(pool),
                 address: *address,
+                subnet: subnet.id.clone(),
+            });
+        }
+        let spans = pool.spans();
+        for reservation in (subnet.prefix_reservations.iter()).filter(|r| {
+            same_family(r.addr(), pool.first)
+                && spans
+                    .iter()
+                    .any(|(lo, hi)| num(r.network()) <= *hi && *lo <= num(r.broadcast()))
+        }) {
+            findings.push(Finding::InPrefixReservation {
+                pool: label(pool),
+                reservation: *reservation,
                 subnet: subnet.id.clone(),
             });
         }
@@ -625,5 +654,25 @@ mod tests {
             }
         }
         assert!(two.contains(&"10.0.4.160/28".to_owned()), "{two:?}");
+    }
+
+    #[test]
+    fn a_range_in_a_prefix_reservation_is_a_finding() {
+        let mut view = subnet(&["10.0.4.128/25"]);
+        view.prefix_reservations = vec!["10.0.4.176/28".parse().unwrap()];
+        let found = check(
+            &nad(r#"{"type":"whereabouts","range":"10.0.4.160/27"}"#),
+            &view,
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].to_string().starts_with(
+            "range 10.0.4.161-10.0.4.190 overlaps 10.0.4.176/28, a prefix reservation of subnet-0a"
+        ));
+        // Beside it, nothing.
+        let clear = check(
+            &nad(r#"{"type":"whereabouts","range":"10.0.4.128/28"}"#),
+            &view,
+        );
+        assert_eq!(clear, []);
     }
 }
