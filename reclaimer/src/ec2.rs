@@ -26,7 +26,7 @@ pub const IAM_POLICY: &str = "deploy/reclaimer-iam-policy.json";
 
 /// Every EC2 action the controller calls (`Action::CONTROLLER`);
 /// `deploy/reclaimer-iam-policy.json` allows exactly these (checked by a test).
-pub const ACTIONS: [Action; 11] = Action::CONTROLLER;
+pub const ACTIONS: [Action; 12] = Action::CONTROLLER;
 
 /// The tag on an ENI the controller created for a node: `INSTANCE/DEVICE_INDEX`. An
 /// ENI left unattached by a try that failed halfway is found by it and attached, not
@@ -129,6 +129,13 @@ pub trait Ec2: Send + Sync {
         device_index: i32,
         source: &EniSource,
     ) -> impl Future<Output = Result<String, Ec2Error>> + Send;
+    /// Deletes the ENIs the controller made (tagged `ipmgmt.aws/attached-for`) that
+    /// are still unattached and were made for an instance none of `live` is: a try
+    /// whose node went before the attachment. Returns their ids.
+    fn delete_orphans(
+        &self,
+        live: &[String],
+    ) -> impl Future<Output = Result<Vec<String>, Ec2Error>> + Send;
     /// Sets DeleteOnTermination on an ENI's attachment: one the controller made goes
     /// with its instance.
     fn keep_with_instance(
@@ -397,6 +404,44 @@ impl Ec2 for SdkEc2 {
             self.keep_with_instance(&eni, id).await?;
         }
         Ok(eni)
+    }
+
+    async fn delete_orphans(&self, live: &[String]) -> Result<Vec<String>, Ec2Error> {
+        let mut request = (self.client.describe_network_interfaces())
+            .filters(filter(&format!("tag:{NO_MANAGE_TAG}"), vec!["true".into()]))
+            .filters(filter("tag-key", vec![ATTACHED_FOR_TAG.into()]));
+        if let Some(tag) = &self.cluster_tag {
+            request = request.filters(filter(&format!("tag:{}", tag.key), vec![tag.value.clone()]));
+        }
+        let found = (request.send().await).map_err(|e| {
+            sdk_error(
+                Action::DescribeNetworkInterfaces,
+                "made by the controller",
+                e,
+                self.remedy,
+            )
+        })?;
+        let available = Some(&aws_sdk_ec2::types::NetworkInterfaceStatus::Available);
+        let mut deleted = Vec::new();
+        for ni in found.network_interfaces() {
+            let made_for = (ni.tag_set().iter())
+                .find(|t| t.key() == Some(ATTACHED_FOR_TAG))
+                .and_then(|t| t.value())
+                .and_then(|v| v.split('/').next());
+            let (Some(id), Some(instance)) = (ni.network_interface_id(), made_for) else {
+                continue;
+            };
+            if ni.status() != available || live.iter().any(|l| l == instance) {
+                continue;
+            }
+            (self.client.delete_network_interface())
+                .network_interface_id(id)
+                .send()
+                .await
+                .map_err(|e| sdk_error(Action::DeleteNetworkInterface, id, e, self.remedy))?;
+            deleted.push(id.to_owned());
+        }
+        Ok(deleted)
     }
 
     async fn keep_with_instance(&self, eni: &str, attachment: &str) -> Result<(), Ec2Error> {

@@ -16,7 +16,8 @@
 //! and `ipmgmt.aws/attached-for=INSTANCE/INDEX`, with DeleteOnTermination) or takes
 //! an available one from a pool the user tagged `ipmgmt.aws/pool=NAME`; it never
 //! touches an ENI without those tags. An ENI made by a try that failed before it was
-//! attached is found by its tag and attached, not made again. Each attachment is an
+//! attached is found by its tag and attached, not made again; one made for a node
+//! that went before its attachment is deleted. Each attachment is an
 //! Event on the node (`MultusEniAttached`); a failure is a Warning Event
 //! (`MultusEniNotAttached`) with EC2's code, once per distinct failure.
 //!
@@ -289,6 +290,18 @@ impl<E: Ec2> Readiness<E> {
                 && let Err(e) = self.ec2.keep_with_instance(&eni.id, attachment).await
             {
                 warn!(eni = %eni.id, "an ENI the controller attached would outlive its instance: {e}");
+            }
+        }
+        // ENIs made for nodes that went before their attachment.
+        if !self.settings.attach.is_empty() {
+            let live: Vec<String> = self.view.instances().into_keys().collect();
+            match self.ec2.delete_orphans(&live).await {
+                Ok(deleted) => {
+                    for eni in deleted {
+                        info!(eni = %eni, "deleted an ENI made for an instance that is no node any more");
+                    }
+                }
+                Err(e) => warn!("could not delete the ENIs made for nodes that are gone: {e}"),
             }
         }
         // What failed for nodes that are gone is forgotten.

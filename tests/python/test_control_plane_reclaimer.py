@@ -952,8 +952,9 @@ def test_ipmgmt_check_tries_each_roles_actions_and_names_the_one_missing(cluster
     assert [c["status"] for c in good] == ["pass", "pass", "skip"], good
     manager, controller, opt_in = (c["what"] for c in good)
     assert opt_in == ("the controller's role (profile ipmgmt-controller): CreateSubnetCidrReservation, "
-                      "CreateNetworkInterface, AttachNetworkInterface, ModifyNetworkInterfaceAttribute not tried: "
-                      "the controller does not run with --guard-reserve-ranges, --readiness-attach"), opt_in
+                      "CreateNetworkInterface, AttachNetworkInterface, ModifyNetworkInterfaceAttribute, "
+                      "DeleteNetworkInterface not tried: the controller does not run with --guard-reserve-ranges, "
+                      "--readiness-attach"), opt_in
     eni = next(e.id for e in (ETH1, ETH2) if e.id in manager)
     assert manager == ("the IP manager's role (profile ipmgmt-manager) may call DescribeInstances, "
                        "DescribeNetworkInterfaces, DescribeSubnets, DescribeVpcs, AssignPrivateIpAddresses, "
@@ -994,23 +995,26 @@ def test_ipmgmt_check_tries_each_roles_actions_and_names_the_one_missing(cluster
         assert [c["what"].split(" (UnauthorizedOperation")[0] for c in denied] == [
             f"the controller's role (profile ipmgmt-controller) may not call ec2:{action}" + on
             for action, on in (("CreateSubnetCidrReservation", ""), ("CreateNetworkInterface", ""),
-                               ("AttachNetworkInterface", ""), ("ModifyNetworkInterfaceAttribute", ""))], denied
+                               ("AttachNetworkInterface", ""), ("ModifyNetworkInterfaceAttribute", ""),
+                               ("DeleteNetworkInterface", ""))], denied
         tagged = "on network interfaces tagged node.k8s.amazonaws.com/no_manage=true and on instances"
         assert [c["fix"] for c in denied] == [
             "grant ec2:CreateSubnetCidrReservation on *, as deploy/reclaimer-reserve-iam-policy.json does",
             "grant ec2:CreateNetworkInterface with the request tag node.k8s.amazonaws.com/no_manage=true (and "
             "ec2:CreateTags at creation), as deploy/reclaimer-attach-iam-policy.json does",
             f"grant ec2:AttachNetworkInterface {tagged}, as deploy/reclaimer-attach-iam-policy.json does",
-            f"grant ec2:ModifyNetworkInterfaceAttribute {tagged}, as deploy/reclaimer-attach-iam-policy.json does"]
+            f"grant ec2:ModifyNetworkInterfaceAttribute {tagged}, as deploy/reclaimer-attach-iam-policy.json does",
+            f"grant ec2:DeleteNetworkInterface {tagged}, as deploy/reclaimer-attach-iam-policy.json does"]
         with open(credentials, "a") as f:
             for name, key in (("ipmgmt-reserving", RESERVING_KEY), ("ipmgmt-attaching", ATTACHING_KEY)):
                 f.write(f"[{name}]\naws_access_key_id = {key}\naws_secret_access_key = s\n\n")
         reserving = iam("controller=ipmgmt-reserving")
-        assert [c["status"] for c in reserving] == ["fail", "fail", "fail", "pass"], reserving
-        assert "GetSubnetCidrReservations, CreateSubnetCidrReservation, " in reserving[3]["what"], reserving
+        assert [c["status"] for c in reserving] == ["fail", "fail", "fail", "fail", "pass"], reserving
+        assert "GetSubnetCidrReservations, CreateSubnetCidrReservation, " in reserving[4]["what"], reserving
         attaching = iam("controller=ipmgmt-attaching")
         assert [c["status"] for c in attaching] == ["fail", "pass"], attaching
-        assert "CreateNetworkInterface, AttachNetworkInterface, ModifyNetworkInterfaceAttribute" in attaching[1]["what"]
+        assert ("CreateNetworkInterface, AttachNetworkInterface, ModifyNetworkInterfaceAttribute, "
+                "DeleteNetworkInterface") in attaching[1]["what"], attaching
     finally:
         restore = [{"op": "replace", "path": "/spec/template/spec/containers/0/args", "value": args}]
         cp.request("PATCH", deployment, restore, content_type="application/json-patch+json")

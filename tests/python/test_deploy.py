@@ -142,7 +142,7 @@ def test_reclaimer_policy_changes_multus_enis_only():
 def test_the_opt_in_attachment_policy_makes_and_attaches_only_multus_enis():
     """Node readiness attaching ENIs (reclaimer.readiness.attach) has a policy of its
     own: it may create an ENI only with the no_manage tag asked for at creation, tag
-    only while creating, and attach or modify only ENIs that carry the tag; parliament
+    only while creating, and attach, modify or delete only ENIs that carry the tag; parliament
     checks every key against AWS's definitions."""
     policy = json.loads((ROOT / "deploy" / "reclaimer-attach-iam-policy.json").read_text())
     by_sid = {s["Sid"]: s for s in policy["Statement"]}

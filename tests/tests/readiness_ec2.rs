@@ -238,3 +238,70 @@ async fn a_pool_gives_an_available_tagged_eni_and_never_an_untagged_one() {
     let untouched = world.enis.iter().find(|e| e.id == "eni-untagged").unwrap();
     assert_eq!(untouched.instance_id, None);
 }
+
+/// An ENI the controller made for an instance that is no node any more, left
+/// unattached, is deleted; one made for a live node, an attached one, and one without
+/// the controller's tag are not.
+#[tokio::test]
+async fn an_eni_made_for_a_node_that_went_is_deleted() {
+    let fake = FakeEc2::new(scenario::world());
+    let ec2 = controller_ec2(&fake, &[BASE, ATTACH]).await;
+    fake.set_faults(Faults {
+        deny: ["AttachNetworkInterface".to_owned()].into(),
+        ..Faults::default()
+    });
+    // Made for i-0002 and i-0001, neither attached.
+    let _ = ec2.attach_multus_eni("i-0002", 2, &create()).await;
+    let _ = ec2.attach_multus_eni("i-0001", 3, &create()).await;
+    fake.set_faults(Faults::default());
+    let mut world = fake.world();
+    let mut untagged = scenario::eni(
+        "eni-users",
+        "i-none",
+        0,
+        "0a:00:00:00:33:01",
+        "subnet-b",
+        &["10.0.1.60"],
+    );
+    untagged.instance_id = None;
+    world.enis.push(untagged);
+    fake.set_world(world);
+    let made = |w: &ipmgmt_tests::fake_ec2::World, instance: &str| {
+        (w.enis.iter())
+            .find(|e| {
+                e.tags
+                    .iter()
+                    .any(|(k, v)| k == ATTACHED_FOR_TAG && v.starts_with(instance))
+            })
+            .map(|e| e.id.clone())
+    };
+    let gone = made(&fake.world(), "i-0002").unwrap();
+    // i-0002 is no node any more; i-0001 is.
+    let deleted = ec2.delete_orphans(&["i-0001".into()]).await.unwrap();
+    assert_eq!(deleted, [gone]);
+    let world = fake.world();
+    assert!(made(&world, "i-0002").is_none());
+    assert!(made(&world, "i-0001").is_some(), "made for a live node");
+    assert!(
+        world.enis.iter().any(|e| e.id == "eni-users"),
+        "not the controller's"
+    );
+    assert!(world.enis.iter().any(|e| e.id == "eni-1n3"), "attached");
+    // Under the controller's policy alone, the delete is refused and says which policy.
+    let plain = FakeEc2::new(fake.world());
+    let ec2 = controller_ec2(&plain, &[BASE]).await;
+    let mut world = plain.world();
+    world.enis.iter_mut().for_each(|e| {
+        if e.tags.iter().any(|(k, _)| k == ATTACHED_FOR_TAG) {
+            e.tags.retain(|(k, _)| k != ATTACHED_FOR_TAG);
+            e.tags.push((ATTACHED_FOR_TAG.into(), "i-0009/1".into()));
+        }
+    });
+    plain.set_world(world);
+    let line = ec2.delete_orphans(&[]).await.unwrap_err().to_string();
+    assert!(
+        line.starts_with("DeleteNetworkInterface eni-")
+            && line.contains("reclaimer-attach-iam-policy.json"),
+        "{line}"
+    );
+}

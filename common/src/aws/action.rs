@@ -15,6 +15,7 @@ pub enum Action {
     CreateNetworkInterface,
     AttachNetworkInterface,
     ModifyNetworkInterfaceAttribute,
+    DeleteNetworkInterface,
     AssignPrivateIpAddresses,
     UnassignPrivateIpAddresses,
     AssignIpv6Addresses,
@@ -22,7 +23,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 15] = [
         Action::DescribeInstances,
         Action::DescribeInstanceTypes,
         Action::DescribeNetworkInterfaces,
@@ -33,6 +34,7 @@ impl Action {
         Action::CreateNetworkInterface,
         Action::AttachNetworkInterface,
         Action::ModifyNetworkInterfaceAttribute,
+        Action::DeleteNetworkInterface,
         Action::AssignPrivateIpAddresses,
         Action::UnassignPrivateIpAddresses,
         Action::AssignIpv6Addresses,
@@ -52,6 +54,7 @@ impl Action {
             Action::CreateNetworkInterface => "CreateNetworkInterface",
             Action::AttachNetworkInterface => "AttachNetworkInterface",
             Action::ModifyNetworkInterfaceAttribute => "ModifyNetworkInterfaceAttribute",
+            Action::DeleteNetworkInterface => "DeleteNetworkInterface",
             Action::AssignPrivateIpAddresses => "AssignPrivateIpAddresses",
             Action::UnassignPrivateIpAddresses => "UnassignPrivateIpAddresses",
             Action::AssignIpv6Addresses => "AssignIpv6Addresses",
@@ -76,7 +79,7 @@ impl Action {
 
     /// Every action the controller calls; `deploy/reclaimer-iam-policy.json` grants
     /// exactly these (checked by a test). Those with an `opt_in` only when it is on.
-    pub const CONTROLLER: [Action; 11] = [
+    pub const CONTROLLER: [Action; 12] = [
         Action::DescribeNetworkInterfaces,
         Action::DescribeSubnets,
         Action::GetSubnetCidrReservations,
@@ -84,6 +87,7 @@ impl Action {
         Action::CreateNetworkInterface,
         Action::AttachNetworkInterface,
         Action::ModifyNetworkInterfaceAttribute,
+        Action::DeleteNetworkInterface,
         Action::UnassignPrivateIpAddresses,
         Action::UnassignIpv6Addresses,
         Action::AssignPrivateIpAddresses,
@@ -102,7 +106,8 @@ impl Action {
             | Action::CreateSubnetCidrReservation
             | Action::CreateNetworkInterface
             | Action::AttachNetworkInterface
-            | Action::ModifyNetworkInterfaceAttribute => false,
+            | Action::ModifyNetworkInterfaceAttribute
+            | Action::DeleteNetworkInterface => false,
             Action::AssignPrivateIpAddresses
             | Action::UnassignPrivateIpAddresses
             | Action::AssignIpv6Addresses
@@ -120,7 +125,8 @@ impl Action {
             Action::CreateSubnetCidrReservation => Some("--guard-reserve-ranges"),
             Action::CreateNetworkInterface
             | Action::AttachNetworkInterface
-            | Action::ModifyNetworkInterfaceAttribute => Some("--readiness-attach"),
+            | Action::ModifyNetworkInterfaceAttribute
+            | Action::DeleteNetworkInterface => Some("--readiness-attach"),
             _ => None,
         }
     }
@@ -131,9 +137,8 @@ impl Action {
             Action::CreateSubnetCidrReservation => Some("deploy/reclaimer-reserve-iam-policy.json"),
             Action::CreateNetworkInterface
             | Action::AttachNetworkInterface
-            | Action::ModifyNetworkInterfaceAttribute => {
-                Some("deploy/reclaimer-attach-iam-policy.json")
-            }
+            | Action::ModifyNetworkInterfaceAttribute
+            | Action::DeleteNetworkInterface => Some("deploy/reclaimer-attach-iam-policy.json"),
             _ => None,
         }
     }

@@ -275,6 +275,17 @@ async fn try_action(
                 false,
             )
         }
+        Action::DeleteNetworkInterface => {
+            let t = target?;
+            answer(
+                (client.delete_network_interface())
+                    .network_interface_id(&t.eni)
+                    .dry_run(true)
+                    .send()
+                    .await,
+                false,
+            )
+        }
         Action::ModifyNetworkInterfaceAttribute => {
             let t = target?;
             // The Multus ENI's own attachment, left as it is: a dry run.
@@ -396,7 +407,8 @@ pub async fn judge(
                              at creation)"
                         }
                         Action::AttachNetworkInterface
-                        | Action::ModifyNetworkInterfaceAttribute => {
+                        | Action::ModifyNetworkInterfaceAttribute
+                        | Action::DeleteNetworkInterface => {
                             "on network interfaces tagged node.k8s.amazonaws.com/no_manage=true and on instances"
                         }
                         a if a.changes_an_eni() => {

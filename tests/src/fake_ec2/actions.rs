@@ -194,6 +194,7 @@ impl Inner {
             "DeleteRoute" => self.delete_route(q)?,
             "AttachNetworkInterface" => self.attach_network_interface(q)?,
             "ModifyNetworkInterfaceAttribute" => self.modify_network_interface_attribute(q)?,
+            "DeleteNetworkInterface" => self.delete_network_interface(q)?,
             "AssignPrivateIpAddresses" => self.assign_private(q)?,
             "UnassignPrivateIpAddresses" => self.unassign_private(q)?,
             "AssignIpv6Addresses" => self.assign_ipv6(q)?,
@@ -264,6 +265,7 @@ impl Inner {
                         .iter()
                         .any(|(k, v)| k == &tag[4..] && values.contains(v)),
                     "network-interface-id" => values.contains(&eni.id),
+                    "tag-key" => eni.tags.iter().any(|(k, _)| values.contains(k)),
                     "status" => values.iter().any(|v| {
                         v == if eni.instance_id.is_some() {
                             "in-use"
@@ -533,6 +535,20 @@ impl Inner {
         eni.device_index = index;
         eni.delete_on_termination = false;
         Ok(xml::text("attachmentId", xml::attachment_id(eni)) + &xml::text("networkCardIndex", 0))
+    }
+
+    /// Only an unattached ENI (`InvalidNetworkInterface.InUse`).
+    fn delete_network_interface(&mut self, q: &Query) -> Result<String, Fail> {
+        let idx = self.eni_index(q)?;
+        let eni = &self.world.enis[idx];
+        if eni.instance_id.is_some() {
+            return Err(fail(
+                "InvalidNetworkInterface.InUse",
+                format!("The network interface '{}' is currently in use.", eni.id),
+            ));
+        }
+        self.world.enis.remove(idx);
+        Ok("<return>true</return>".into())
     }
 
     /// The attachment's DeleteOnTermination, or the source/destination check.

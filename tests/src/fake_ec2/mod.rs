@@ -24,7 +24,8 @@
 //!   reservations; a `ClientToken` seen before answers the ENI it made. AttachNetworkInterface: an `available` ENI only
 //!   (`InvalidNetworkInterface.InUse`), a free device index, at most the instance
 //!   type's interfaces (`AttachmentLimitExceeded`). ModifyNetworkInterfaceAttribute:
-//!   the attachment's DeleteOnTermination.
+//!   the attachment's DeleteOnTermination. DeleteNetworkInterface: only an
+//!   unattached ENI (`InvalidNetworkInterface.InUse`).
 //! - Elastic IPs (DescribeAddresses, AssociateAddress, DisassociateAddress): one
 //!   association per EIP, with an ENI's private address (its primary when none is
 //!   named, else one it holds: `InvalidParameterValue`); an associated EIP moves only
