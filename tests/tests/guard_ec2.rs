@@ -28,7 +28,8 @@ async fn the_guard_reads_a_subnets_cidrs_and_explicit_reservations_and_judges_a_
     let mut world = scenario::world();
     world.reservations = vec![
         reservation("subnet-b", "10.0.1.64/27", "explicit"),
-        // Kept for prefix delegation: not a reservation the guard counts.
+        // Kept for prefix delegation: no explicit reservation, and a range in it is a
+        // finding.
         reservation("subnet-b", "10.0.1.96/28", "prefix"),
         reservation("subnet-b", "2600:1f14:aaa:1b00::100/120", "explicit"),
         reservation("subnet-a", "10.0.0.64/26", "explicit"),
@@ -48,11 +49,16 @@ async fn the_guard_reads_a_subnets_cidrs_and_explicit_reservations_and_judges_a_
         .map(ToString::to_string)
         .collect();
     assert_eq!(reserved, ["10.0.1.64/27", "2600:1f14:aaa:1b00::100/120"]);
+    let prefixes: Vec<String> = (subnet.prefix_reservations.iter())
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(prefixes, ["10.0.1.96/28"]);
     let actions: Vec<String> = fake.log().into_iter().map(|e| e.action).collect();
     assert_eq!(actions, ["DescribeSubnets", "GetSubnetCidrReservations"]);
 
-    // A whereabouts range half inside the explicit reservation: the guard names the
-    // part the VPC CNI may still hand out.
+    // A whereabouts range half inside the explicit reservation and half in the prefix
+    // reservation: the guard names the prefix reservation and the part the VPC CNI may
+    // still hand out.
     let nad = ipam::read(
         r#"{"cniVersion":"0.3.1","type":"ipvlan","master":"eth1","mode":"l2",
             "ipam":{"type":"whereabouts","range":"10.0.1.64-10.0.1.111/24"}}"#,
@@ -64,6 +70,8 @@ async fn the_guard_reads_a_subnets_cidrs_and_explicit_reservations_and_judges_a_
     assert_eq!(
         findings,
         [
+            "range 10.0.1.64-10.0.1.111 overlaps 10.0.1.96/28, a prefix reservation of subnet-b: prefix \
+          delegation hands those addresses to ENIs as whole prefixes; move the range out of it",
             "10.0.1.96-10.0.1.111 of range 10.0.1.64-10.0.1.111 is in no explicit CIDR reservation of \
           subnet-b, so the VPC CNI may give the same addresses to other pods; reserve it: aws ec2 \
           create-subnet-cidr-reservation --subnet-id subnet-b --reservation-type explicit --cidr CIDR"
