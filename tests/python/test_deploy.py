@@ -155,21 +155,7 @@ def test_the_opt_in_attachment_policy_makes_and_attaches_only_multus_enis():
     for statement in policy["Statement"]:
         if statement["Resource"] == "arn:aws:ec2:*:*:network-interface/*":
             assert "Condition" in statement, statement
-    # parliament wants every resource type an action requires in each statement that
-    # names it; the tag conditions hold only for the ENI, so the types are split
-    # over statements, as AWS's own examples do. Every required type is covered by
-    # some statement; nothing else is found.
-    def covered(detail):
-        kind = detail["required_format"].rsplit(":", 1)[1]
-        return any(detail["action"] in st["Action"]
-                   and any(r.endswith(":" + kind) for r in ([st["Resource"]] if isinstance(st["Resource"], str)
-                                                            else st["Resource"]))
-                   for st in policy["Statement"])
-
-    def real(findings):
-        return [(issue, detail) for issue, detail in findings
-                if not (issue == "RESOURCE_MISMATCH" and all(covered(d) for d in detail))]
-
+    real = lambda findings: split_statement_findings_dropped(policy, findings)  # noqa: E731
     assert real(parliament_findings(policy)) == []
     # The check can fail: a condition key the action's resource does not define, and
     # a required type covered nowhere.
@@ -190,6 +176,38 @@ def test_the_opt_in_reservation_policy_is_its_own_and_valid():
     assert parliament_findings(policy) == []
     scoped = json.loads(json.dumps(policy).replace('"*"', '"arn:aws:ec2:*:*:subnet/*"'))
     assert [issue for issue, _ in parliament_findings(scoped)] == ["RESOURCE_MISMATCH"]
+
+
+def split_statement_findings_dropped(policy, findings):
+    """parliament wants every resource type an action requires in each statement that
+    names it; where tag conditions hold for one resource type only, the types are split
+    over statements, as AWS's own examples do. Its RESOURCE_MISMATCH is dropped where
+    another statement of the policy covers the type; every other finding stays."""
+    def covered(detail):
+        kind = detail["required_format"].rsplit(":", 1)[1]
+        return any(detail["action"] in st["Action"]
+                   and any(r.endswith(":" + kind) for r in ([st["Resource"]] if isinstance(st["Resource"], str)
+                                                            else st["Resource"]))
+                   for st in policy["Statement"])
+
+    return [(issue, detail) for issue, detail in findings
+            if not (issue == "RESOURCE_MISMATCH" and all(covered(d) for d in detail))]
+
+
+def test_the_floating_address_policy_touches_only_tagged_eips_route_tables_and_multus_enis():
+    """What the IP manager of a floating address will call beyond its base policy
+    (issue 26): EIPs and route tables only where tagged ipmgmt.aws/floating=true, and
+    EIP associations only on Multus ENIs; parliament checks every key against AWS's
+    definitions (CreateRoute authorizes only the route table)."""
+    policy = json.loads((ROOT / "deploy" / "floating-iam-policy.json").read_text())
+    for statement in policy["Statement"]:
+        if statement["Resource"] != "*":
+            (key,) = statement["Condition"]["StringEquals"]
+            assert key in ("ec2:ResourceTag/ipmgmt.aws/floating", "ec2:ResourceTag/node.k8s.amazonaws.com/no_manage")
+    assert split_statement_findings_dropped(policy, parliament_findings(policy)) == []
+    wrong = json.loads(json.dumps(policy).replace("ec2:ResourceTag/", "ec2:InstanceTag/"))
+    assert {i for i, _ in split_statement_findings_dropped(wrong, parliament_findings(wrong))} == {
+        "UNKNOWN_CONDITION_FOR_ACTION"}
 
 
 def parliament_findings(policy):

@@ -246,30 +246,46 @@ async fn the_source_destination_check_is_on_until_turned_off() {
     assert_eq!(check(ec2.clone()).await, Some(false));
 }
 
+/// The IP manager's policy and the floating-address policy it will need, as shipped:
+/// only EIPs and route tables tagged `ipmgmt.aws/floating=true`, EIP associations
+/// only on Multus ENIs.
 #[tokio::test]
-async fn iam_scopes_eips_and_route_tables_by_their_tags() {
+async fn the_shipped_policy_scopes_eips_and_route_tables_by_their_tags() {
     let fake = FakeEc2::new(world());
     let ec2 = client(&fake).await;
-    let policy = serde_json::json!({"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": ["ec2:AssociateAddress", "ec2:CreateRoute"],
-         "Resource": ["arn:aws:ec2:*:*:elastic-ip/*", "arn:aws:ec2:*:*:route-table/*"],
-         "Condition": {"StringEquals": {"ec2:ResourceTag/ipmgmt.aws/floating": "true"}}},
-        {"Effect": "Allow", "Action": ["ec2:AssociateAddress", "ec2:CreateRoute"],
-         "Resource": "arn:aws:ec2:*:*:network-interface/*",
-         "Condition": {"StringEquals": {"ec2:ResourceTag/node.k8s.amazonaws.com/no_manage": "true"}}}]});
+    let mut policy: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/iam-policy.json")).unwrap();
+    let floating: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/floating-iam-policy.json")).unwrap();
+    (policy["Statement"].as_array_mut().unwrap())
+        .extend(floating["Statement"].as_array().unwrap().iter().cloned());
     fake.set_policy(Some(Policy::parse(&policy)));
-    let associate = |allocation: &'static str| {
+    let associate = |allocation: &'static str, eni: &'static str| {
         (ec2.associate_address())
             .allocation_id(allocation)
-            .network_interface_id("eni-1n3")
+            .network_interface_id(eni)
             .send()
     };
-    associate("eipalloc-0vip").await.unwrap();
+    let made = associate("eipalloc-0vip", "eni-1n3").await.unwrap();
     assert_eq!(
-        code(&associate("eipalloc-0other").await.unwrap_err()),
+        code(&associate("eipalloc-0other", "eni-1n3").await.unwrap_err()),
         "UnauthorizedOperation",
         "an EIP without the tag"
     );
+    // The node's own ENI (device index 0) carries no no_manage tag.
+    assert_eq!(
+        code(
+            &associate("eipalloc-0vip", "eni-1primary")
+                .await
+                .unwrap_err()
+        ),
+        "UnauthorizedOperation"
+    );
+    (ec2.disassociate_address())
+        .association_id(made.association_id().unwrap())
+        .send()
+        .await
+        .unwrap();
     (ec2.create_route())
         .route_table_id("rtb-0a")
         .destination_cidr_block("192.168.10.100/32")
@@ -277,13 +293,21 @@ async fn iam_scopes_eips_and_route_tables_by_their_tags() {
         .send()
         .await
         .unwrap();
-    // The node's own ENI (device index 0) carries no no_manage tag.
-    let own = (ec2.create_route())
+    let mut w = fake.world();
+    w.route_tables[0].tags.clear();
+    fake.set_world(w);
+    let untagged = (ec2.replace_route())
         .route_table_id("rtb-0a")
-        .destination_cidr_block("192.168.10.101/32")
-        .network_interface_id("eni-1primary")
+        .destination_cidr_block("192.168.10.100/32")
+        .network_interface_id("eni-2n3")
         .send()
         .await
         .unwrap_err();
-    assert_eq!(code(&own), "UnauthorizedOperation");
+    assert_eq!(
+        code(&untagged),
+        "UnauthorizedOperation",
+        "a route table without the tag"
+    );
+    (ec2.describe_addresses()).send().await.unwrap();
+    (ec2.describe_route_tables()).send().await.unwrap();
 }

@@ -70,7 +70,9 @@ impl Inner {
                 request_tags: &request_tags,
                 ..Default::default()
             };
-            if let Some(eni) = eni {
+            // A route names its target ENI, but IAM authorizes only the route table.
+            let routing = matches!(action, "CreateRoute" | "ReplaceRoute" | "DeleteRoute");
+            if let Some(eni) = eni.filter(|_| !routing) {
                 context.resources.push(super::iam::Resource {
                     kind: "network-interface",
                     tags: Some(&eni.tags),
@@ -94,6 +96,16 @@ impl Inner {
                     kind: "elastic-ip",
                     tags: Some(&eip.tags),
                 });
+                // Disassociating also touches the ENI the association is on.
+                let on = (eip.association.as_ref())
+                    .filter(|_| q.get("NetworkInterfaceId").is_none())
+                    .and_then(|a| self.world.enis.iter().find(|e| e.id == a.eni));
+                if let Some(on) = on {
+                    context.resources.push(super::iam::Resource {
+                        kind: "network-interface",
+                        tags: Some(&on.tags),
+                    });
+                }
             }
             let table = (q.get("RouteTableId"))
                 .and_then(|id| self.world.route_tables.iter().find(|t| t.id == id));

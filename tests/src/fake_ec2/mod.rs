@@ -34,8 +34,9 @@
 //! - Route tables (DescribeRouteTables, CreateRoute, ReplaceRoute, DeleteRoute):
 //!   routes to an ENI or a gateway, one per destination (`RouteAlreadyExists`,
 //!   `InvalidRoute.NotFound`); a route to an ENI that is gone or detached reads
-//!   `blackhole`. An ENI's source/destination check (on by default) is shown and set
-//!   by ModifyNetworkInterfaceAttribute.
+//!   `blackhole`; IAM authorizes a route by its table only. An ENI's
+//!   source/destination check (on by default) is shown and set by
+//!   ModifyNetworkInterfaceAttribute.
 //! - DescribeNetworkInterfaces shows each ENI's tags (the VPC CNI's `no_manage` tag
 //!   among them) and its attachment's device index (0 is the instance's primary ENI).
 //! - Throttling by token buckets at EC2's published rates, per category.
