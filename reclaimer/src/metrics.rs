@@ -9,7 +9,7 @@
 //! | `ipmgmt_reclaimer_watch_errors_total` | `resource`: `pods`, `nodes`, `namespaces`, `ippools`, `network_attachment_definitions` |
 //! | `ipmgmt_reclaimer_guard_passes_total` | `result`: `complete`, `failed` (the address-range guard's passes) |
 //! | `ipmgmt_reclaimer_readiness_passes_total` | `result`: `complete`, `failed` (node readiness for Multus ENIs) |
-//! | `ipmgmt_reclaimer_readiness_attachments_total` | `result`: `created`, `refused` (Multus ENIs attached to nodes, with `--readiness-attach`) |
+//! | `ipmgmt_reclaimer_readiness_attachments_total` | `result`: `attached`, `refused` (Multus ENIs attached to nodes, made or from a pool, with `--readiness-attach`) |
 //! | `ipmgmt_reclaimer_nodes_missing_enis` | none: nodes in scope tainted for a missing Multus ENI after the last pass |
 //! | `ipmgmt_reclaimer_guard_reservations_total` | `result`: `created`, `refused` (subnet CIDR reservations the guard asked for, with `--guard-reserve-ranges`) |
 //! | `ipmgmt_reclaimer_guard_findings` | `namespace`, `name`: a NAD's address-range findings at the last pass; only NADs with findings |
@@ -50,7 +50,16 @@ pub enum GuardResult {
     Failed,
 }
 
-/// How a write to EC2 beyond addresses (a reservation, an attachment) ended.
+/// How an attempt to attach a node's missing Multus ENI ended (made or taken from a
+/// pool, either way attached).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttachResult {
+    Attached,
+    /// EC2 refused or failed, or nothing said where the ENI comes from.
+    Refused,
+}
+
+/// How a subnet CIDR reservation the guard asked for ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WriteResult {
     Created,
@@ -89,6 +98,10 @@ label_values!(ReleaseResult {
 label_values!(GuardResult {
     Complete => "complete",
     Failed => "failed",
+});
+label_values!(AttachResult {
+    Attached => "attached",
+    Refused => "refused",
 });
 label_values!(WriteResult {
     Created => "created",
@@ -145,6 +158,11 @@ struct WriteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttachLabel {
+    result: AttachResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadinessLabel {
     result: ReadinessResult,
 }
@@ -165,7 +183,7 @@ pub struct Metrics {
     guard_passes: Family<GuardLabel, Counter>,
     guard_findings: Family<NadLabel, Gauge>,
     guard_reservations: Family<WriteLabel, Counter>,
-    readiness_attachments: Family<WriteLabel, Counter>,
+    readiness_attachments: Family<AttachLabel, Counter>,
     readiness_passes: Family<ReadinessLabel, Counter>,
     nodes_missing_enis: Gauge,
 }
@@ -200,9 +218,11 @@ impl Metrics {
             let _ = self
                 .guard_reservations
                 .get_or_create(&WriteLabel { result: r });
+        }
+        for r in AttachResult::ALL {
             let _ = self
                 .readiness_attachments
-                .get_or_create(&WriteLabel { result: r });
+                .get_or_create(&AttachLabel { result: r });
         }
         for r in ReadinessResult::ALL {
             let _ = self
@@ -313,14 +333,10 @@ impl Metrics {
             .inc();
     }
 
-    /// An attempt to attach a node's missing Multus ENI: made or not.
-    pub fn readiness_attachment(&self, made: bool) {
-        let result = match made {
-            true => WriteResult::Created,
-            false => WriteResult::Refused,
-        };
+    /// An attempt to attach a node's missing Multus ENI: attached or not.
+    pub fn readiness_attachment(&self, result: AttachResult) {
         self.readiness_attachments
-            .get_or_create(&WriteLabel { result })
+            .get_or_create(&AttachLabel { result })
             .inc();
     }
 

@@ -43,7 +43,7 @@ use serde::Deserialize;
 use crate::ec2::{Ec2, EniSource, MultusEni};
 use crate::events::{Events, node_ref};
 use crate::loops::{self, Loop, Trigger};
-use crate::metrics::{Metrics, ReadinessResult};
+use crate::metrics::{AttachResult, Metrics, ReadinessResult};
 use crate::view::{View, node_instance, node_zone};
 
 pub const TAINT_KEY: &str = "ipmgmt.aws/multus-eni-missing";
@@ -321,6 +321,7 @@ impl<E: Ec2> Readiness<E> {
                 // blob each time.
                 let (kind, reason, warning, note) = match spec.source(node.zone.as_deref()) {
                     None => {
+                        self.metrics.readiness_attachment(AttachResult::Refused);
                         let zone = node.zone.as_deref().unwrap_or("(unknown)");
                         let note = format!(
                             "no subnet for zone {zone} at device index {index} in reclaimer.readiness.attach: \
@@ -332,7 +333,7 @@ impl<E: Ec2> Readiness<E> {
                         match self.ec2.attach_multus_eni(instance, index, &source).await {
                             Ok(eni) => {
                                 attached = true;
-                                self.metrics.readiness_attachment(true);
+                                self.metrics.readiness_attachment(AttachResult::Attached);
                                 let from = match &source {
                                     EniSource::Create { subnet, .. } => {
                                         format!("created in {subnet}, deleted with the instance")
@@ -344,7 +345,7 @@ impl<E: Ec2> Readiness<E> {
                                 (String::new(), "MultusEniAttached", false, note)
                             }
                             Err(e) => {
-                                self.metrics.readiness_attachment(false);
+                                self.metrics.readiness_attachment(AttachResult::Refused);
                                 let kind = format!(
                                     "{} {}",
                                     e.action,

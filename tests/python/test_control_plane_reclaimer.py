@@ -772,7 +772,7 @@ def test_with_attach_on_a_node_gets_its_multus_eni_from_the_controller(cluster, 
         # Attached in the pass that found it missing, before the taints were decided:
         # never tainted.
         assert not taints(served) and not node_events(served, "MultusEniMissing")
-        assert replica.metric('ipmgmt_reclaimer_readiness_attachments_total{result="created"}') == 1
+        assert replica.metric('ipmgmt_reclaimer_readiness_attachments_total{result="attached"}') == 1
 
         (refused,) = cp.wait_for("a MultusEniNotAttached Event", lambda: node_events(elsewhere, "MultusEniNotAttached"),
                                  timeout=30)
