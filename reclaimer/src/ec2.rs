@@ -234,14 +234,8 @@ impl Ec2 for SdkEc2 {
         for chunk in instances.chunks(FILTER_VALUES) {
             let mut token = None;
             loop {
-                let mut request = (self.client.describe_network_interfaces())
-                    .filters(filter(&format!("tag:{NO_MANAGE_TAG}"), vec!["true".into()]))
-                    .filters(filter("attachment.instance-id", chunk.to_vec()));
-                if let Some(tag) = &self.cluster_tag {
-                    let tagged = filter(&format!("tag:{}", tag.key), vec![tag.value.clone()]);
-                    request = request.filters(tagged);
-                }
-                let page = request
+                let page = (self.describe_multus_enis())
+                    .filters(filter("attachment.instance-id", chunk.to_vec()))
                     .max_results(1000)
                     .set_next_token(token)
                     .send()
@@ -251,7 +245,7 @@ impl Ec2 for SdkEc2 {
                             Action::DescribeNetworkInterfaces,
                             format!("of {} instances", chunk.len()),
                             e,
-                            &REMEDY,
+                            self.remedy,
                         )
                     })?;
                 out.extend(page.network_interfaces().iter().filter_map(multus_eni));
@@ -325,12 +319,8 @@ impl Ec2 for SdkEc2 {
     ) -> Result<String, Ec2Error> {
         let target = format!("{instance} at device index {device_index}");
         let attached_for = format!("{instance}/{device_index}");
-        let mut request = (self.client.describe_network_interfaces())
-            .filters(filter(&format!("tag:{NO_MANAGE_TAG}"), vec!["true".into()]));
-        if let Some(tag) = &self.cluster_tag {
-            request = request.filters(filter(&format!("tag:{}", tag.key), vec![tag.value.clone()]));
-        }
-        request = match source {
+        let request = self.describe_multus_enis();
+        let request = match source {
             EniSource::Create { .. } => {
                 let tag = format!("tag:{ATTACHED_FOR_TAG}");
                 request.filters(filter(&tag, vec![attached_for.clone()]))
@@ -407,12 +397,8 @@ impl Ec2 for SdkEc2 {
     }
 
     async fn delete_orphans(&self, live: &[String]) -> Result<Vec<String>, Ec2Error> {
-        let mut request = (self.client.describe_network_interfaces())
-            .filters(filter(&format!("tag:{NO_MANAGE_TAG}"), vec!["true".into()]))
-            .filters(filter("tag-key", vec![ATTACHED_FOR_TAG.into()]));
-        if let Some(tag) = &self.cluster_tag {
-            request = request.filters(filter(&format!("tag:{}", tag.key), vec![tag.value.clone()]));
-        }
+        let request =
+            (self.describe_multus_enis()).filters(filter("tag-key", vec![ATTACHED_FOR_TAG.into()]));
         let found = (request.send().await).map_err(|e| {
             sdk_error(
                 Action::DescribeNetworkInterfaces,
@@ -472,7 +458,7 @@ impl Ec2 for SdkEc2 {
                     Action::CreateSubnetCidrReservation,
                     format!("{cidr} in {subnet}"),
                     e,
-                    &REMEDY,
+                    self.remedy,
                 )
             })
     }
@@ -520,6 +506,22 @@ impl Ec2 for SdkEc2 {
 }
 
 impl SdkEc2 {
+    /// A describe of the ENIs this client may touch: tagged `no_manage`, and the
+    /// cluster's tag when it has one.
+    fn describe_multus_enis(
+        &self,
+    ) -> aws_sdk_ec2::operation::describe_network_interfaces::builders::DescribeNetworkInterfacesFluentBuilder
+    {
+        let request = (self.client.describe_network_interfaces())
+            .filters(filter(&format!("tag:{NO_MANAGE_TAG}"), vec!["true".into()]));
+        match &self.cluster_tag {
+            Some(tag) => {
+                request.filters(filter(&format!("tag:{}", tag.key), vec![tag.value.clone()]))
+            }
+            None => request,
+        }
+    }
+
     /// A new Multus ENI for `instance` at `device_index`, tagged at creation. The
     /// same client token for the same node and index: a create the SDK retries after
     /// it succeeded (a timeout, say) returns the same ENI, not a second.
