@@ -4,8 +4,9 @@
 //! source/destination check, and IAM scoped by the EIP's and the route table's tags.
 //! What the floating-address manager will stand on; its own scenes come with it.
 
+mod controller;
+
 use aws_sdk_ec2::Client;
-use aws_sdk_ec2::config::{Credentials, Region};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use ipmgmt_tests::fake_ec2::iam::Policy;
 use ipmgmt_tests::fake_ec2::{ElasticIp, FakeEc2, Route, RouteTable, World};
@@ -40,17 +41,7 @@ fn world() -> World {
 }
 
 async fn client(fake: &FakeEc2) -> Client {
-    let addr = fake.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let sdk = ipmgmt_common::aws::loader(ipmgmt_common::aws::Retries {
-        max_attempts: 1,
-        initial_backoff: std::time::Duration::from_millis(5),
-    })
-    .region(Region::new("us-west-2"))
-    .endpoint_url(format!("http://{addr}"))
-    .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
-    .load()
-    .await;
-    ipmgmt_common::aws::ec2_client(&sdk, &ipmgmt_common::aws::Attempts::default())
+    controller::sdk_client(fake).await
 }
 
 fn code<E: ProvideErrorMetadata>(e: &aws_sdk_ec2::error::SdkError<E>) -> String {

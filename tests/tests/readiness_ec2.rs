@@ -6,7 +6,7 @@
 
 mod controller;
 
-use controller::{ATTACH, BASE, controller_ec2, policy};
+use controller::{ATTACH, BASE, controller_ec2, deny, policy};
 use ipmgmt_reclaimer::ec2::{ATTACHED_FOR_TAG, Ec2, EniSource, POOL_TAG};
 use ipmgmt_tests::fake_ec2::{FakeEc2, Faults};
 use ipmgmt_tests::scenario;
@@ -77,10 +77,7 @@ async fn a_missing_eni_is_created_tagged_attached_and_deleted_with_the_instance(
 async fn a_try_that_failed_after_creating_is_finished_without_a_second_eni() {
     let fake = FakeEc2::new(scenario::world());
     let ec2 = controller_ec2(&fake, &[BASE, ATTACH]).await;
-    fake.set_faults(Faults {
-        deny: ["AttachNetworkInterface".to_owned()].into(),
-        ..Faults::default()
-    });
+    deny(&fake, "AttachNetworkInterface");
     let line = (ec2.attach_multus_eni("i-0002", 2, &create()).await)
         .unwrap_err()
         .to_string();
@@ -107,10 +104,7 @@ async fn a_try_that_failed_after_creating_is_finished_without_a_second_eni() {
 async fn a_create_sent_again_makes_no_second_eni() {
     let fake = FakeEc2::new(scenario::world());
     let ec2 = controller_ec2(&fake, &[BASE, ATTACH]).await;
-    fake.set_faults(Faults {
-        deny: ["AttachNetworkInterface".to_owned()].into(),
-        ..Faults::default()
-    });
+    deny(&fake, "AttachNetworkInterface");
     let _ = ec2.attach_multus_eni("i-0002", 2, &create()).await;
     // The describe misses it this time (its tag not visible yet).
     let mut world = fake.world();
@@ -132,10 +126,7 @@ async fn a_create_sent_again_makes_no_second_eni() {
 async fn delete_on_termination_refused_is_set_by_the_next_pass() {
     let fake = FakeEc2::new(scenario::world());
     let ec2 = controller_ec2(&fake, &[BASE, ATTACH]).await;
-    fake.set_faults(Faults {
-        deny: ["ModifyNetworkInterfaceAttribute".to_owned()].into(),
-        ..Faults::default()
-    });
+    deny(&fake, "ModifyNetworkInterfaceAttribute");
     let line = (ec2.attach_multus_eni("i-0002", 2, &create()).await)
         .unwrap_err()
         .to_string();
@@ -246,10 +237,7 @@ async fn a_pool_gives_an_available_tagged_eni_and_never_an_untagged_one() {
 async fn an_eni_made_for_a_node_that_went_is_deleted() {
     let fake = FakeEc2::new(scenario::world());
     let ec2 = controller_ec2(&fake, &[BASE, ATTACH]).await;
-    fake.set_faults(Faults {
-        deny: ["AttachNetworkInterface".to_owned()].into(),
-        ..Faults::default()
-    });
+    deny(&fake, "AttachNetworkInterface");
     // Made for i-0002 and i-0001, neither attached.
     let _ = ec2.attach_multus_eni("i-0002", 2, &create()).await;
     let _ = ec2.attach_multus_eni("i-0001", 3, &create()).await;
