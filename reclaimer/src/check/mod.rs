@@ -185,7 +185,13 @@ pub async fn run(client: &Client, ec2: &SdkEc2, options: &Options) -> Report {
     let selector = webhook(client, options, &mut cluster).await;
     injects(client, options, &mut cluster).await;
     policy(client, options, &mut cluster).await;
-    controller(client, options, &mut cluster).await;
+    // The controller's Deployment, read once: whether it is installed, and the flags
+    // that turn its opt-in EC2 writes on.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &options.namespace);
+    let deployment = deployments
+        .get_opt(&format!("{}-reclaimer", options.name))
+        .await;
+    controller(client, options, &deployment, &mut cluster).await;
 
     let mut nodes = Section::new("Nodes");
     let (instances, enis) = multus_nodes(client, ec2, &mut nodes).await;
@@ -217,7 +223,7 @@ pub async fn run(client: &Client, ec2: &SdkEc2, options: &Options) -> Report {
         }
         None => None,
     };
-    let opted_in = controller_opt_ins(client, options).await;
+    let opted_in = controller_opt_ins(deployment.ok().flatten().as_ref());
     iam::judge(
         &options.iam,
         target.as_ref(),
@@ -414,10 +420,14 @@ async fn policy(client: &Client, options: &Options, section: &mut Section) {
     }
 }
 
-async fn controller(client: &Client, options: &Options, section: &mut Section) {
+async fn controller(
+    client: &Client,
+    options: &Options,
+    deployment: &kube::Result<Option<Deployment>>,
+    section: &mut Section,
+) {
     let name = format!("{}-reclaimer", options.name);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &options.namespace);
-    if let Ok(None) = deployments.get_opt(&name).await {
+    if let Ok(None) = deployment {
         section.skip("the controller is not installed (reclaimer.enabled=false)");
         return;
     }
@@ -460,16 +470,13 @@ async fn controller(client: &Client, options: &Options, section: &mut Section) {
 }
 
 /// The opt-in EC2 actions the installed controller's flags turn on.
-async fn controller_opt_ins(client: &Client, options: &Options) -> Vec<ipmgmt_common::aws::Action> {
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &options.namespace);
-    let name = format!("{}-reclaimer", options.name);
-    let args: Vec<String> = match deployments.get_opt(&name).await {
-        Ok(Some(d)) => (d.spec.template.spec.into_iter())
-            .flat_map(|s| s.containers)
-            .flat_map(|c| c.args.unwrap_or_default())
-            .collect(),
-        _ => Vec::new(),
-    };
+fn controller_opt_ins(deployment: Option<&Deployment>) -> Vec<ipmgmt_common::aws::Action> {
+    let args: Vec<String> = (deployment
+        .and_then(|d| d.spec.template.spec.as_ref())
+        .into_iter())
+    .flat_map(|s| &s.containers)
+    .flat_map(|c| c.args.clone().unwrap_or_default())
+    .collect();
     (ipmgmt_common::aws::Action::ALL.into_iter())
         .filter(|a| {
             a.opt_in().is_some_and(|flag| {
