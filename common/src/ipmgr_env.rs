@@ -52,6 +52,19 @@ settings! {
     LOG_LEVEL,
     /// `text` or `json`.
     LOG_FORMAT,
+    /// The floating addresses this pod's replicas take turns holding, comma-separated.
+    FLOATING_IPS,
+    /// The Elastic IP that follows them: `eipalloc-…` or `tag:KEY=VALUE`.
+    ELASTIC_IP,
+    /// The route tables whose route to each floating address points at the holder.
+    ROUTE_TABLES,
+    /// How long a floating addresses' Lease lasts unrenewed (whole seconds, as a
+    /// Lease records it).
+    LEASE_DURATION_SECONDS,
+    /// How long the holder may fail to renew before it lets the addresses go.
+    LEASE_RENEW_DEADLINE_MS,
+    /// How often the holder renews and the others look.
+    LEASE_RETRY_MS,
 }
 
 /// ipmgr's release timeout when `RELEASE_TIMEOUT_SECONDS` is unset; the webhook

@@ -32,6 +32,9 @@ pub struct Election {
     pub lease_duration: Duration,
     pub renew_deadline: Duration,
     pub retry_period: Duration,
+    /// What to do when the API server refuses this replica the Lease (403): the
+    /// RBAC its installer should have given it.
+    pub when_forbidden: String,
 }
 
 /// What this replica last saw of the Lease, and when it saw it change.
@@ -39,6 +42,19 @@ struct Observed {
     spec: Option<LeaseSpec>,
     at: Instant,
 }
+
+impl Observed {
+    /// The duration the record asks for, or `default` when it names none.
+    fn duration(&self, default: Duration) -> Duration {
+        (self.spec.as_ref().and_then(|s| s.lease_duration_seconds)).map_or(default, |s| {
+            Duration::from_secs(u64::try_from(s).unwrap_or(0))
+        })
+    }
+}
+
+/// How long past a Lease's expiry a waiting replica looks, so that its clock has
+/// surely passed it.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(10);
 
 impl Election {
     /// Runs until `stop` turns true, keeping `leading` true exactly while this
@@ -53,6 +69,10 @@ impl Election {
                 Some(at) if *leading.borrow() => self.renew_deadline.saturating_sub(at.elapsed()),
                 _ => self.renew_deadline,
             };
+            // A renewal counts from when the try began, before its write reached the API
+            // server: the other replicas' lease duration starts later than that, so the
+            // renew deadline always ends first.
+            let began = Instant::now();
             let tried = tokio::time::timeout(bound, self.try_acquire_or_renew(&mut observed))
                 .await
                 .unwrap_or_else(|_| Err(TryError::Deadline(bound)));
@@ -61,7 +81,7 @@ impl Election {
                     if !*leading.borrow() {
                         info!(lease = %self.name, identity = %self.identity, "leading");
                     }
-                    last_renewal = Some(Instant::now());
+                    last_renewal = Some(began);
                     leading.send_replace(true);
                 }
                 Ok(false) => {
@@ -77,13 +97,26 @@ impl Election {
                         warn!(lease = %self.name, error = %e, "could not renew the lease within the renew deadline: no longer leading");
                         leading.send_replace(false);
                         last_renewal = None;
+                    } else if e.is_forbidden() {
+                        warn!(lease = %self.name, error = %e, "{}", self.when_forbidden);
                     } else {
                         warn!(lease = %self.name, error = %e, "lease");
                     }
                 }
             }
+            // A replica waiting for another's Lease looks again when it would expire, if
+            // that is sooner than the retry period: a crashed holder's peer takes over a
+            // lease duration after the last renewal it saw, not up to a period later.
+            let pause = match (&observed, *leading.borrow()) {
+                (Some(o), false) => {
+                    let expiry = o.at + o.duration(self.lease_duration);
+                    let until = expiry.saturating_duration_since(Instant::now());
+                    self.retry_period.min(until + EXPIRY_MARGIN)
+                }
+                _ => self.retry_period,
+            };
             tokio::select! {
-                _ = tokio::time::sleep(self.retry_period) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
@@ -132,14 +165,9 @@ impl Election {
         }
         let holder = spec.holder_identity.as_deref().unwrap_or("");
         let mine = holder == self.identity;
-        let duration = spec
-            .lease_duration_seconds
-            .map_or(self.lease_duration, |s| {
-                Duration::from_secs(u64::try_from(s).unwrap_or(0))
-            });
         let expired = observed
             .as_ref()
-            .is_some_and(|o| o.at.elapsed() >= duration);
+            .is_some_and(|o| o.at.elapsed() >= o.duration(self.lease_duration));
         if !mine && !holder.is_empty() && !expired {
             return Ok(false);
         }
@@ -175,8 +203,11 @@ impl Election {
     fn spec(&self, acquired: MicroTime, renewed: MicroTime, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
+            // Whole seconds, rounded up: the other replicas then wait at least as long
+            // as this one's renew deadline was chosen against.
             lease_duration_seconds: Some(
-                i32::try_from(self.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX),
+                i32::try_from(self.lease_duration.as_millis().div_ceil(1000).max(1))
+                    .unwrap_or(i32::MAX),
             ),
             acquire_time: Some(acquired),
             renew_time: Some(renewed),
@@ -213,6 +244,12 @@ enum TryError {
     Api(#[from] kube::Error),
     #[error("no answer from the API server within {0:?}")]
     Deadline(Duration),
+}
+
+impl TryError {
+    fn is_forbidden(&self) -> bool {
+        matches!(self, TryError::Api(kube::Error::Api(status)) if status.code == 403)
+    }
 }
 
 fn is_conflict(e: &kube::Error) -> bool {

@@ -1,10 +1,12 @@
 //! ipmgr's settings: flags with environment twins. The webhook sets the environment.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
+use ipmgmt_common::floating::{self, RouteTables};
 use ipmgmt_common::ipmgr_env;
 
 use crate::eni::Tag;
@@ -197,6 +199,19 @@ pub struct Args {
     #[arg(long, global = true, env = "NODE_NAME")]
     pub node_name: Option<String>,
 
+    /// The pod's name (the downward API's metadata.name): who holds a Lease.
+    #[arg(long, global = true, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// The pod's namespace (metadata.namespace), where its Lease is.
+    #[arg(long, global = true, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+
+    /// The pod's service account (spec.serviceAccountName), named in what to do when
+    /// the API server refuses it the Lease.
+    #[arg(long, global = true, env = "POD_SERVICE_ACCOUNT")]
+    pub pod_service_account: Option<String>,
+
     /// Attempts per EC2 call, retries included (throttling, 5xx, network).
     #[arg(
         long,
@@ -217,12 +232,137 @@ pub struct Args {
     )]
     pub retry_initial_backoff: Duration,
 
+    /// Sidecar: floating addresses (comma-separated) that one replica of the pod's
+    /// workload at a time holds, on its interface and its ENI, while it holds their
+    /// Lease in the pod's namespace.
+    #[arg(
+        long,
+        global = true,
+        env = ipmgr_env::FLOATING_IPS,
+        value_name = "ADDRESSES",
+        value_parser = floating_ips
+    )]
+    pub floating_ips: Option<FloatingIps>,
+
+    /// Sidecar: the Elastic IP that follows the floating IPv4 address (`eipalloc-…`),
+    /// or a pool of them by tag (`tag:KEY=VALUE`).
+    #[arg(long, global = true, env = ipmgr_env::ELASTIC_IP, value_name = "EIP")]
+    pub elastic_ip: Option<String>,
+
+    /// Sidecar: route tables (`rtb-…`, comma-separated, or `tag:KEY=VALUE`) whose route
+    /// to each floating address points at the holder's ENI.
+    #[arg(
+        long,
+        global = true,
+        env = ipmgr_env::ROUTE_TABLES,
+        value_name = "TABLES",
+        value_parser = route_tables
+    )]
+    pub route_tables: Option<RouteTables>,
+
+    /// Sidecar: how long the floating addresses' Lease lasts unrenewed; a crashed
+    /// holder's peer takes over after this long.
+    #[arg(
+        long = "lease-duration-seconds",
+        global = true,
+        env = ipmgr_env::LEASE_DURATION_SECONDS,
+        default_value = "3",
+        value_name = "SECONDS",
+        value_parser = seconds_at_least::<1>
+    )]
+    pub lease_duration: Duration,
+
+    /// Sidecar: how long the holder may go without renewing before it takes the
+    /// floating addresses off its interface; shorter than the lease duration, so it
+    /// has let go before any peer may take them.
+    #[arg(
+        long = "lease-renew-deadline-ms",
+        global = true,
+        env = ipmgr_env::LEASE_RENEW_DEADLINE_MS,
+        default_value = "2000",
+        value_name = "MS",
+        value_parser = millis_at_least::<100>
+    )]
+    pub lease_renew_deadline: Duration,
+
+    /// Sidecar: how often the holder renews the Lease and its peers look at it.
+    #[arg(
+        long = "lease-retry-ms",
+        global = true,
+        env = ipmgr_env::LEASE_RETRY_MS,
+        default_value = "500",
+        value_name = "MS",
+        value_parser = millis_at_least::<50>
+    )]
+    pub lease_retry: Duration,
+
     #[arg(long, global = true, env = ipmgr_env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, global = true, env = ipmgr_env::LOG_LEVEL, default_value = "info")]
     pub log_level: String,
+}
+
+/// The floating addresses, in the order written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FloatingIps(pub Vec<IpAddr>);
+
+fn floating_ips(text: &str) -> Result<FloatingIps, String> {
+    floating::addresses(text).map(FloatingIps)
+}
+
+fn route_tables(text: &str) -> Result<RouteTables, String> {
+    floating::route_tables(text)
+}
+
+impl Args {
+    /// The floating settings checked against each other, as the webhook checks them;
+    /// a pod started some other way gets the same refusals at start-up.
+    pub fn check_floating(&self, command: Command) -> Result<(), String> {
+        let ips = self.floating_ips.as_ref().map_or(&[][..], |f| &f.0[..]);
+        let asked = !ips.is_empty() || self.elastic_ip.is_some() || self.route_tables.is_some();
+        if asked && command != Command::Sidecar {
+            return Err(format!(
+                "{}, {} and {} are held while the pod runs: run `ipmgr sidecar`",
+                ipmgr_env::FLOATING_IPS,
+                ipmgr_env::ELASTIC_IP,
+                ipmgr_env::ROUTE_TABLES
+            ));
+        }
+        if let Some(eip) = &self.elastic_ip {
+            floating::elastic_ip(eip, ips)?;
+        }
+        if self.route_tables.is_some() && ips.is_empty() {
+            return Err(format!(
+                "{} routes floating addresses, and {} names none",
+                ipmgr_env::ROUTE_TABLES,
+                ipmgr_env::FLOATING_IPS
+            ));
+        }
+        if !ips.is_empty() && (self.pod_name.is_none() || self.pod_namespace.is_none()) {
+            return Err(format!(
+                "{} needs POD_NAME and POD_NAMESPACE (the downward API's metadata.name and \
+                 metadata.namespace), which the webhook sets: the pod's Lease is named by them",
+                ipmgr_env::FLOATING_IPS
+            ));
+        }
+        if self.lease_renew_deadline >= self.lease_duration
+            || self.lease_retry >= self.lease_renew_deadline
+        {
+            return Err(format!(
+                "the Lease's timings must run retry < renew deadline < duration, and they are \
+                 {:?} < {:?} < {:?} ({}, {}, {})",
+                self.lease_retry,
+                self.lease_renew_deadline,
+                self.lease_duration,
+                ipmgr_env::LEASE_RETRY_MS,
+                ipmgr_env::LEASE_RENEW_DEADLINE_MS,
+                ipmgr_env::LEASE_DURATION_SECONDS
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -269,5 +409,65 @@ mod duration_tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a whole number of seconds"), "{err}");
+    }
+
+    #[test]
+    fn floating_settings_are_checked_as_the_webhook_checks_them() {
+        let parse = |extra: &[&str]| {
+            let args = ["ipmgr", "sidecar"].iter().chain(extra);
+            Cli::try_parse_from(args).map(|cli| cli.settings)
+        };
+        let ok = parse(&[
+            "--floating-ips",
+            "10.0.4.100, 2001:db8::100",
+            "--pod-name=p-0",
+            "--pod-namespace=upf",
+        ])
+        .unwrap();
+        assert_eq!(ok.floating_ips.as_ref().unwrap().0.len(), 2);
+        assert_eq!(ok.check_floating(Command::Sidecar), Ok(()));
+        assert_eq!(ok.lease_duration, Duration::from_secs(3));
+        let err = parse(&["--floating-ips", "10.0.4.100/32"]).unwrap_err();
+        assert!(
+            err.to_string().contains("is not an IPv4 or IPv6 address"),
+            "{err}"
+        );
+        let eip_without_v4 = parse(&[
+            "--floating-ips=2001:db8::100",
+            "--elastic-ip=eipalloc-0123abcd",
+        ])
+        .unwrap();
+        assert!(
+            eip_without_v4
+                .check_floating(Command::Sidecar)
+                .unwrap_err()
+                .contains("needs an IPv4")
+        );
+        let routes_alone = parse(&["--route-tables=rtb-0123abcd"]).unwrap();
+        assert!(
+            routes_alone
+                .check_floating(Command::Sidecar)
+                .unwrap_err()
+                .contains("names none")
+        );
+        assert!(
+            ok.check_floating(Command::Init)
+                .unwrap_err()
+                .contains("run `ipmgr sidecar`")
+        );
+        let unnamed = parse(&["--floating-ips=10.0.4.100"]).unwrap();
+        assert!(
+            unnamed
+                .check_floating(Command::Sidecar)
+                .unwrap_err()
+                .contains("needs POD_NAME and POD_NAMESPACE")
+        );
+        let slow_renewal = parse(&["--lease-renew-deadline-ms=3000"]).unwrap();
+        assert!(
+            slow_renewal
+                .check_floating(Command::Sidecar)
+                .unwrap_err()
+                .contains("retry < renew deadline < duration")
+        );
     }
 }

@@ -477,33 +477,36 @@ mod tests {
 mod policy {
     use std::collections::BTreeSet;
 
-    use super::ACTIONS;
+    use super::{ACTIONS, Action};
 
-    /// The policy in deploy/ grants exactly the EC2 actions ipmgr calls.
+    /// The policies in deploy/ grant exactly the EC2 actions ipmgr calls: the base
+    /// policy every manager's, the floating one what floating addresses add.
     #[test]
     fn iam_policy_grants_exactly_the_actions_called() {
-        let called: BTreeSet<String> = ACTIONS.iter().map(|a| format!("ec2:{a}")).collect();
-        assert_eq!(
-            called.len(),
-            ACTIONS.len(),
-            "ACTIONS lists each action once"
-        );
-        let policy: serde_json::Value =
-            serde_json::from_str(include_str!("../../deploy/iam-policy.json"))
-                .expect("policy is JSON");
-        let granted: BTreeSet<String> = policy["Statement"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|s| {
-                s["Action"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|a| a.as_str().unwrap().to_owned())
-            })
-            .collect();
-        assert_eq!(called, granted);
+        for (actions, text) in [
+            (&ACTIONS[..], include_str!("../../deploy/iam-policy.json")),
+            (
+                &Action::FLOATING[..],
+                include_str!("../../deploy/floating-iam-policy.json"),
+            ),
+        ] {
+            let called: BTreeSet<String> = actions.iter().map(|a| format!("ec2:{a}")).collect();
+            assert_eq!(called.len(), actions.len(), "each action is listed once");
+            let policy: serde_json::Value = serde_json::from_str(text).expect("policy is JSON");
+            let granted: BTreeSet<String> = policy["Statement"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|s| {
+                    s["Action"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|a| a.as_str().unwrap().to_owned())
+                })
+                .collect();
+            assert_eq!(called, granted);
+        }
     }
 
     /// The actions that change an ENI are granted only on ENIs tagged no_manage, so a

@@ -97,6 +97,12 @@ pub async fn run<E: Ec2 + Clone>(
         lease_duration: args.lease_duration,
         renew_deadline: args.renew_deadline,
         retry_period: args.retry_period,
+        when_forbidden: format!(
+            "the API server refused this replica the Lease {}/{}: the chart's Role for it is \
+             missing or names another Lease (reinstall the chart, or set --lease-name to the \
+             Role's)",
+            args.namespace, args.lease_name
+        ),
     };
     let election = tokio::spawn(election.run(leading_tx, stop_rx));
 

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, ValueEnum};
-use ipmgmt_common::ipmgr_env;
+use ipmgmt_common::{floating, ipmgr_env};
 use ipmgmt_webhook::config::from_flags;
 use ipmgmt_webhook::inject::{Decision, Injector, Mode, Pod};
 use ipmgr::config::{Cli, Command};
@@ -78,32 +78,54 @@ fn manager(flags: &[&str], pod: &Value) -> Value {
 #[test]
 fn every_ipmgr_variable_the_webhook_sets_is_read_and_parses() {
     let reads = ipmgr_reads();
-    let pod = |mode: &str| {
-        json!({"apiVersion": "v1", "kind": "Pod",
+    let pod = |mode: &str, floating: bool| {
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": "p", "annotations": {
                    ipmgmt_common::annotations::MODE: mode,
                    ipmgmt_common::annotations::ALLOW_REASSIGNMENT: "false",
                    ipmgmt_common::annotations::INTERFACES: "net1,net2"}},
                "spec": {"terminationGracePeriodSeconds": 45,
-                        "containers": [{"name": "app", "image": "app:1"}]}})
+                        "containers": [{"name": "app", "image": "app:1"}]}});
+        if floating {
+            let annotations = &mut pod["metadata"]["annotations"];
+            annotations[floating::FLOATING_IPS] = json!("10.0.4.100,2001:db8::100");
+            annotations[floating::ELASTIC_IP] = json!("eipalloc-0123abcd");
+            annotations[floating::ROUTE_TABLES] = json!("rtb-0123abcd,rtb-4567cdef");
+        }
+        pod
     };
     let chart = [
         "--ipmgr-env=IPMGR_LOG_LEVEL=info,aws_config=warn",
         "--ipmgr-env=IPMGR_LOG_FORMAT=json",
         "--ipmgr-env=IPMGR_CLUSTER_TAG=kubernetes.io/cluster/demo=owned",
         "--ipmgr-release-timeout-seconds=8",
+        "--ipmgr-env=IPMGR_LEASE_DURATION_SECONDS=4",
+        "--ipmgr-env=IPMGR_LEASE_RENEW_DEADLINE_MS=2500",
+        "--ipmgr-env=IPMGR_LEASE_RETRY_MS=400",
     ];
     let mut seen = BTreeSet::new();
-    for (mode, extra) in [
-        ("init", None),
-        ("sidecar", None),
-        ("sidecar", Some("--classic-sidecar")),
+    for (mode, extra, floating) in [
+        ("init", None, false),
+        ("sidecar", None, false),
+        ("sidecar", Some("--classic-sidecar"), false),
+        ("sidecar", None, true),
     ] {
         let flags: Vec<&str> = chart.iter().copied().chain(extra).collect();
-        let container = manager(&flags, &pod(mode));
+        let container = manager(&flags, &pod(mode, floating));
         let mut args = vec!["ipmgr".to_owned(), mode.to_owned()];
         for var in container["env"].as_array().unwrap() {
             let name = var["name"].as_str().unwrap();
+            if let Some(path) = var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                // The downward API's: each one the webhook sets is one ipmgr reads, and
+                // its field's path stands in for the value kubelet will give it.
+                let (_, long) = (reads.iter())
+                    .find(|(env, _)| env == name)
+                    .unwrap_or_else(|| {
+                        panic!("the webhook sets {name}, which ipmgr does not read")
+                    });
+                args.push(format!("--{long}={path}"));
+                continue;
+            }
             if !name.starts_with("IPMGR_") {
                 continue;
             }
@@ -116,6 +138,13 @@ fn every_ipmgr_variable_the_webhook_sets_is_read_and_parses() {
         }
         let cli = Cli::try_parse_from(&args)
             .unwrap_or_else(|e| panic!("ipmgr refuses what the webhook set ({args:?}): {e}"));
+        cli.settings
+            .check_floating(cli.command)
+            .unwrap_or_else(|e| panic!("ipmgr refuses what the webhook set ({args:?}): {e}"));
+        if floating {
+            let ips = &cli.settings.floating_ips.as_ref().unwrap().0;
+            assert_eq!(ips.len(), 2);
+        }
         if mode == "sidecar" {
             assert_eq!(cli.settings.release_timeout, Duration::from_secs(8));
         }
@@ -132,6 +161,10 @@ fn every_ipmgr_variable_the_webhook_sets_is_read_and_parses() {
         ipmgr_env::RELEASE_TIMEOUT_SECONDS,
         ipmgr_env::LOG_LEVEL,
         ipmgr_env::CLUSTER_TAG,
+        ipmgr_env::FLOATING_IPS,
+        ipmgr_env::ELASTIC_IP,
+        ipmgr_env::ROUTE_TABLES,
+        ipmgr_env::LEASE_DURATION_SECONDS,
     ] {
         assert!(seen.contains(name), "no form set {name}");
     }
@@ -153,6 +186,11 @@ fn a_misspelt_or_owned_ipmgr_variable_is_refused_at_startup() {
     );
     let owned = refused("--ipmgr-env=IPMGR_RELEASE_TIMEOUT_SECONDS=15");
     assert!(owned.contains("--ipmgr-release-timeout-seconds"), "{owned}");
+    let per_pod = refused("--ipmgr-env=IPMGR_FLOATING_IPS=10.0.4.100");
+    assert!(
+        per_pod.contains("ipmgmt.aws/floating-ips annotation"),
+        "{per_pod}"
+    );
     // Not ipmgr's: passed on as the user wrote it.
     assert!(
         from_flags([

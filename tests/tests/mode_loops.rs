@@ -202,7 +202,7 @@ async fn sidecar_follows_a_floating_ip_ignores_noise_and_releases_what_it_holds(
     let settings = args("sidecar", &dir, &["--metrics-listen", &metrics_at]);
     let ready = settings.ready_file.clone();
     let task = tokio::spawn(async move {
-        let result = run::sidecar(ec2, addresses, &settings, &attempts, stop).await;
+        let result = run::sidecar(ec2, addresses, &settings, &attempts, stop, None).await;
         result.map_err(|e| e.to_string())
     });
 
@@ -456,7 +456,7 @@ async fn sidecar_releases_what_ec2_still_shows_when_a_floating_ip_moved_behind_i
     let (stop_tx, stop) = Stop::new();
     let settings = args("sidecar", &dir, &[]);
     let task = tokio::spawn(async move {
-        let result = run::sidecar(ec2, addresses, &settings, &attempts, stop).await;
+        let result = run::sidecar(ec2, addresses, &settings, &attempts, stop, None).await;
         result.map_err(|e| e.to_string())
     });
     pod.add("10.0.1.99");

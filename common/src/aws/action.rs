@@ -20,10 +20,16 @@ pub enum Action {
     UnassignPrivateIpAddresses,
     AssignIpv6Addresses,
     UnassignIpv6Addresses,
+    DescribeAddresses,
+    AssociateAddress,
+    DisassociateAddress,
+    DescribeRouteTables,
+    CreateRoute,
+    ReplaceRoute,
 }
 
 impl Action {
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 21] = [
         Action::DescribeInstances,
         Action::DescribeInstanceTypes,
         Action::DescribeNetworkInterfaces,
@@ -39,6 +45,12 @@ impl Action {
         Action::UnassignPrivateIpAddresses,
         Action::AssignIpv6Addresses,
         Action::UnassignIpv6Addresses,
+        Action::DescribeAddresses,
+        Action::AssociateAddress,
+        Action::DisassociateAddress,
+        Action::DescribeRouteTables,
+        Action::CreateRoute,
+        Action::ReplaceRoute,
     ];
 
     /// The API's name of the action, as IAM policies and error lines spell it.
@@ -59,6 +71,12 @@ impl Action {
             Action::UnassignPrivateIpAddresses => "UnassignPrivateIpAddresses",
             Action::AssignIpv6Addresses => "AssignIpv6Addresses",
             Action::UnassignIpv6Addresses => "UnassignIpv6Addresses",
+            Action::DescribeAddresses => "DescribeAddresses",
+            Action::AssociateAddress => "AssociateAddress",
+            Action::DisassociateAddress => "DisassociateAddress",
+            Action::DescribeRouteTables => "DescribeRouteTables",
+            Action::CreateRoute => "CreateRoute",
+            Action::ReplaceRoute => "ReplaceRoute",
         }
     }
 }
@@ -75,6 +93,18 @@ impl Action {
         Action::UnassignPrivateIpAddresses,
         Action::AssignIpv6Addresses,
         Action::UnassignIpv6Addresses,
+    ];
+
+    /// What the IP manager calls beyond `MANAGER` for a pod with floating addresses, an
+    /// Elastic IP or route tables; `deploy/floating-iam-policy.json` grants exactly
+    /// these (checked by a test).
+    pub const FLOATING: [Action; 6] = [
+        Action::DescribeAddresses,
+        Action::AssociateAddress,
+        Action::DisassociateAddress,
+        Action::DescribeRouteTables,
+        Action::CreateRoute,
+        Action::ReplaceRoute,
     ];
 
     /// Every action the controller calls; `deploy/reclaimer-iam-policy.json` grants
@@ -107,7 +137,13 @@ impl Action {
             | Action::CreateNetworkInterface
             | Action::AttachNetworkInterface
             | Action::ModifyNetworkInterfaceAttribute
-            | Action::DeleteNetworkInterface => false,
+            | Action::DeleteNetworkInterface
+            | Action::DescribeAddresses
+            | Action::AssociateAddress
+            | Action::DisassociateAddress
+            | Action::DescribeRouteTables
+            | Action::CreateRoute
+            | Action::ReplaceRoute => false,
             Action::AssignPrivateIpAddresses
             | Action::UnassignPrivateIpAddresses
             | Action::AssignIpv6Addresses

@@ -26,6 +26,7 @@ use crate::config::{Args, Cli, Command, LogFormat};
 use crate::discover::{Addresses, DiscoverError, Netlink, Snapshot};
 use crate::ec2::{Ec2, SdkEc2};
 use crate::eni::{Local, Policy};
+use crate::floating;
 use crate::identity;
 use crate::manager::{AddressError, Manager, Outcome, PassError, Settings};
 use crate::plan::Rules;
@@ -65,6 +66,14 @@ pub enum Failure {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "cannot reach the API server for the floating addresses' Lease ({0}): the pod needs a \
+         service-account token, which the webhook mounts at \
+         /var/run/secrets/kubernetes.io/serviceaccount"
+    )]
+    Kube(kube::Error),
+    #[error("{0}")]
+    Floating(floating::IfaceError),
     #[error("release on stop failed: {0}")]
     Release(PassError),
     #[error(
@@ -141,6 +150,11 @@ pub fn main(cli: Cli, start: ipmgmt_common::shell::Start) -> ExitCode {
         eprintln!("ipmgr: {e}");
         return ExitCode::from(2);
     }
+    if let Err(e) = args.check_floating(cli.command) {
+        error!("{e}");
+        termination_message(&args, &e);
+        return ExitCode::from(2);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -159,7 +173,18 @@ pub fn main(cli: Cli, start: ipmgmt_common::shell::Start) -> ExitCode {
             Command::Init => init(ec2, addresses, &args, &attempts).await,
             Command::Sidecar => {
                 let stop = Stop::on_sigterm();
-                sidecar(ec2, addresses, &args, &attempts, stop).await
+                let floating = floating_start(&args).await?;
+                // Routed floating addresses reach the holder through route tables; they
+                // are never an ENI's.
+                let routed = match (&args.floating_ips, &args.route_tables) {
+                    (Some(ips), Some(_)) => ips.0.clone(),
+                    _ => Vec::new(),
+                };
+                let addresses = floating::Unrouted {
+                    inner: addresses,
+                    routed,
+                };
+                sidecar(ec2, addresses, &args, &attempts, stop, floating).await
             }
             Command::Ready { .. } => unreachable!("answered above"),
         }
@@ -189,6 +214,35 @@ pub fn main(cli: Cli, start: ipmgmt_common::shell::Start) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What the holder of the pod's floating addresses starts from, if it has any: the
+/// pod's interfaces, and its Lease through the pod's service-account token.
+async fn floating_start(args: &Args) -> Result<Option<floating::Start>, Failure> {
+    let Some(ips) = &args.floating_ips else {
+        return Ok(None);
+    };
+    let (Some(identity), Some(namespace)) = (&args.pod_name, &args.pod_namespace) else {
+        unreachable!("Args::check_floating requires both");
+    };
+    let client = kube::Client::try_default().await.map_err(Failure::Kube)?;
+    let settings = floating::Settings {
+        ips: ips.0.clone(),
+        lease: ipmgmt_common::floating::lease_name(&ips.0),
+        identity: identity.clone(),
+        namespace: namespace.clone(),
+        service_account: (args.pod_service_account.clone()).unwrap_or_else(|| "default".into()),
+        lease_duration: args.lease_duration,
+        renew_deadline: args.lease_renew_deadline,
+        retry_period: args.lease_retry,
+    };
+    let ifaces = floating::Interfaces::new(&args.primary_interface, &args.interfaces)
+        .map_err(Failure::Floating)?;
+    Ok(Some(floating::Start {
+        settings,
+        ifaces,
+        api: kube::Api::namespaced(client, namespace),
+    }))
 }
 
 /// kubelet shows this file in the pod's status (Init:Error and `kubectl describe`).

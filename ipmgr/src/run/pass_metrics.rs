@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 
 use super::sidecar::Trigger;
 use crate::aws::Attempts;
+use crate::floating;
 use crate::manager::{Outcome, PassError};
 use ipmgmt_common::label_values;
 use ipmgmt_common::metrics::Component;
@@ -71,16 +72,18 @@ pub struct PassMetrics {
     addresses: Family<StateLabel, Gauge>,
 }
 
-/// The manager's registry, with the EC2 attempts and the sidecar loop's metrics in it
+/// The manager's registry, with the EC2 attempts, the sidecar loop's and the floating
+/// addresses' metrics in it
 /// as `ipmgmt_manager_*`. Each is also served, with the same values, under the name it
 /// had before it took the project's convention (`ipmgr_*`), so that dashboards and
 /// alerts can move over; the old names go in 0.3.
-pub(super) fn registry(attempts: &Attempts) -> (Registry, PassMetrics) {
+pub(super) fn registry(attempts: &Attempts) -> (Registry, PassMetrics, floating::Metrics) {
     let mut root = Registry::default();
     let prefix = Component::Manager.prefix();
     let own = root.sub_registry_with_prefix(prefix);
     attempts.register(own);
     let metrics = PassMetrics::register(own);
+    let floating = floating::Metrics::register(own);
     let old =
         |new: &str| format!("Deprecated: the same as {prefix}_{new}, which replaces it in 0.3");
     attempts.register_as(&mut root, "ipmgr_ec2_attempts", &old("ec2_attempts_total"));
@@ -90,7 +93,7 @@ pub(super) fn registry(attempts: &Attempts) -> (Registry, PassMetrics) {
         old("addresses"),
         metrics.addresses.clone(),
     );
-    (root, metrics)
+    (root, metrics, floating)
 }
 
 impl PassMetrics {

@@ -26,6 +26,7 @@ use crate::config::Args;
 use crate::discover::{Addresses, DiscoverError};
 use crate::ec2::Ec2;
 use crate::eni::Local;
+use crate::floating;
 use crate::manager::{Manager, Outcome, PassError, Take};
 
 /// First wait after a failed sidecar pass; it doubles up to `RETRY_MAX`.
@@ -291,11 +292,12 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
     args: &Args,
     attempts: &Attempts,
     mut stop: Stop,
+    floating: Option<floating::Start>,
 ) -> Result<(), Failure> {
     let ready = ReadyFile(&args.ready_file);
     // A restarted sidecar must not pass its probes on the last run's file.
     ready.set(false)?;
-    let (registry, metrics) = pass_metrics::registry(attempts);
+    let (registry, metrics, floating_metrics) = pass_metrics::registry(attempts);
     if let Some(addr) = args.metrics_listen {
         crate::metrics::serve(addr, registry)
             .await
@@ -315,6 +317,7 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
         started = start => started?,
     };
 
+    let holder = floating.map(|start| HolderTask::start(start, floating_metrics));
     let settled_file = SettledFile::beside(&args.ready_file);
     let settled_before = settled_file.load();
     if !settled_before.is_empty() {
@@ -334,12 +337,42 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
         .resync
         .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     state.resync.reset();
+    let followed =
+        follow_until_stopped(&mut state, &mut addresses, &mgr, &mut stop, args, &metrics).await;
+    // Whatever ended the loop, the floating addresses come off the interfaces before
+    // the process ends: left there, they would answer beside the peer that takes over.
+    if let Some(holder) = holder {
+        holder.stop(args.lease_renew_deadline).await;
+    }
+    followed?;
+
+    let Between { ready, failing, .. } = state;
+    ready.set(false)?;
+    if let Some(line) = &failing {
+        // The pod's status then says why its addresses were never all assigned.
+        termination_message(
+            args,
+            &format!("stopped with addresses not assigned: {line}"),
+        );
+    }
+    release_on_stop(&mgr, &addresses, args, attempts).await
+}
+
+/// Passes on every trigger until a stop is requested.
+async fn follow_until_stopped<E: Ec2, A: Addresses>(
+    state: &mut Between<'_>,
+    addresses: &mut A,
+    mgr: &Manager<E>,
+    stop: &mut Stop,
+    args: &Args,
+    metrics: &pass_metrics::PassMetrics,
+) -> Result<(), Failure> {
     let mut passes = 0_u64;
     loop {
         let reason = tokio::select! {
             biased;
             _ = stop.requested() => break,
-            trigger = state.next_trigger(&mut addresses, args.coalesce) => trigger?,
+            trigger = state.next_trigger(addresses, args.coalesce) => trigger?,
         };
         let snapshot = addresses.snapshot().await?;
         // Link-local addresses, DAD completing, the primary interface: events that
@@ -372,16 +405,33 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
         state.after_pass(reason, result)?;
     }
 
-    let Between { ready, failing, .. } = state;
-    ready.set(false)?;
-    if let Some(line) = &failing {
-        // The pod's status then says why its addresses were never all assigned.
-        termination_message(
-            args,
-            &format!("stopped with addresses not assigned: {line}"),
-        );
+    Ok(())
+}
+
+/// The floating addresses' holder, beside the sidecar loop.
+struct HolderTask {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HolderTask {
+    fn start(start: floating::Start, metrics: floating::Metrics) -> HolderTask {
+        let (holder, _holding) = floating::Holder::new(start, metrics);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(holder.run(stopped));
+        HolderTask { stop, task }
     }
-    release_on_stop(&mgr, &addresses, args, attempts).await
+
+    /// Takes the floating addresses off the interfaces and gives their Lease up, before
+    /// the pod's other addresses are released; the Lease's release is bounded by the
+    /// renew deadline, and it expires by itself if that passes.
+    async fn stop(self, renew_deadline: Duration) {
+        let _ = self.stop.send(true);
+        let bound = renew_deadline + Duration::from_secs(1);
+        if tokio::time::timeout(bound, self.task).await.is_err() {
+            warn!(waited = ?bound, "the floating addresses' holder did not stop in time");
+        }
+    }
 }
 
 /// Releases what the pod holds at this moment, and nothing it gave up, within the

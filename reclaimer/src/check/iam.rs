@@ -218,6 +218,20 @@ async fn try_action(
             answer(client.describe_subnets().dry_run(true).send().await, false)
         }
         Action::DescribeVpcs => answer(client.describe_vpcs().dry_run(true).send().await, false),
+        Action::DescribeAddresses => answer(
+            client.describe_addresses().dry_run(true).send().await,
+            false,
+        ),
+        Action::DescribeRouteTables => answer(
+            client.describe_route_tables().dry_run(true).send().await,
+            false,
+        ),
+        // A floating address's EIP and route tables are the workload's, which the check
+        // does not know.
+        Action::AssociateAddress
+        | Action::DisassociateAddress
+        | Action::CreateRoute
+        | Action::ReplaceRoute => return None,
         Action::GetSubnetCidrReservations => answer(
             (client.get_subnet_cidr_reservations())
                 .subnet_id(&target?.subnet)

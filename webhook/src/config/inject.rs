@@ -259,6 +259,20 @@ impl InjectArgs {
                     ),
                 ));
             }
+            let per_pod = [
+                (ipmgr_env::FLOATING_IPS, "ipmgmt.aws/floating-ips"),
+                (ipmgr_env::ELASTIC_IP, "ipmgmt.aws/elastic-ip"),
+                (ipmgr_env::ROUTE_TABLES, "ipmgmt.aws/route-tables"),
+            ];
+            if let Some((_, annotation)) = per_pod.iter().find(|(n, _)| *n == name) {
+                return Err(invalid(
+                    "--ipmgr-env",
+                    format!(
+                        "{name} is a workload's own, set from its pod's {annotation} annotation; \
+                         every pod of the cluster holding the same addresses would fight over them"
+                    ),
+                ));
+            }
             if name.starts_with("IPMGR_") && !ipmgr_env::is_known(name) {
                 return Err(invalid(
                     "--ipmgr-env",

@@ -5,6 +5,8 @@
 //! - `pod`: the borrowed view of the pod, only the fields the decision reads.
 //! - `request`: the pod's annotations and containers read and checked into a typed
 //!   `PodRequest` (mode, QoS, per-pod overrides); every denial is made there.
+//! - `floating`: floating addresses, Elastic IPs and route tables, checked, and what
+//!   the manager needs to hold them.
 //! - `resources`: the manager's CPU and memory: the Guaranteed QoS rule and the
 //!   `ipmgmt.aws/resources` override.
 //! - `quantity`: Kubernetes quantities, parsed exactly to compare them by value.
@@ -13,6 +15,7 @@
 //!   then builds the patch from the request alone.
 //! - `tests`: the decision on whole pods, by concern.
 
+mod floating;
 mod mode;
 pub(crate) mod pod;
 mod quantity;
@@ -113,6 +116,8 @@ pub struct Injector {
     irsa_volume: Json,
     ready_volume_name: String,
     ready_volume: Json,
+    /// The manager's service-account token, for pods that mount none.
+    token_volume: Json,
     /// The address-range guard's findings, read by `crate::review` for pods it injects.
     guard: Arc<Findings>,
 }
@@ -133,6 +138,7 @@ impl Injector {
             containers: PerMode::new(|mode| [render(mode, false), render(mode, true)]),
             irsa_volume: Json::of(&render::irsa_volume(&cfg)),
             ready_volume: Json::of(&render::ready_volume(&ready_volume_name)),
+            token_volume: Json::of(&render::token_volume()),
             ready_volume_name,
             cfg,
             guard: Arc::new(Findings::none()),
@@ -186,6 +192,12 @@ impl Injector {
         }
         if form.runs_alongside() && !pod::has_name(&spec.volumes, &self.ready_volume_name) {
             new_volumes.push(&self.ready_volume);
+        }
+        let own_token = (overrides.floating.as_ref())
+            .is_some_and(|f| f.holds_lease() && f.pod_token_volume.is_none())
+            && !pod::has_name(&spec.volumes, floating::TOKEN_VOLUME);
+        if own_token {
+            new_volumes.push(&self.token_volume);
         }
         let custom;
         let container = if overrides.is_default() {

@@ -4,6 +4,7 @@
 use ipmgmt_common::ipmgr_env;
 use serde_json::{Value, json};
 
+use super::floating::{Floating, TOKEN_MOUNT_PATH, TOKEN_VOLUME};
 use super::request::{DEFAULT_GRACE_SECONDS, Overrides, release_delay_seconds};
 use super::{Config, Form, Mode, Resources};
 
@@ -24,6 +25,20 @@ pub fn irsa_volume(cfg: &Config) -> Value {
             "expirationSeconds": cfg.token_expiration_seconds,
             "path": IRSA_TOKEN_PATH,
         }}]},
+    })
+}
+
+/// A service-account token, the cluster's CA and the namespace, as kubelet mounts them
+/// for a pod that automounts its token: what the manager needs to reach the API server
+/// in a pod that mounts none.
+pub fn token_volume() -> Value {
+    json!({
+        "name": TOKEN_VOLUME,
+        "projected": {"defaultMode": 0o444, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+        ]},
     })
 }
 
@@ -69,6 +84,7 @@ pub fn container(
         resources,
         interfaces,
         release_delay_seconds: release_delay,
+        floating,
     } = over;
     let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     let value = |name: &str, value: &str| json!({"name": name, "value": value});
@@ -130,6 +146,9 @@ pub fn container(
             env.push(value(ipmgr_env::RELEASE_DELAY_SECONDS, &delay.to_string()));
         }
     }
+    if let Some(floating) = floating {
+        floating_env(floating, &mut env, &mut mounts);
+    }
     // What the webhook sets for this pod wins over the same name in --ipmgr-env:
     // a duplicate would leave kubelet to pick the last one.
     for (name, v) in ipmgr_env {
@@ -163,11 +182,40 @@ pub fn container(
         // ipmgr writes its one-line failure reason there; the pod's status shows it.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     });
+    if floating.as_ref().is_some_and(Floating::holds_lease) {
+        // Adding an address to the pod's interface takes CAP_NET_ADMIN, and a container
+        // runtime gives an added capability to uid 0 only: containerd and CRI-O set no
+        // ambient capabilities, so a non-root process loses it at exec. Every other
+        // capability stays dropped, and the process still cannot gain privileges.
+        c["securityContext"]["runAsNonRoot"] = json!(false);
+        c["securityContext"]["runAsUser"] = json!(0);
+        c["securityContext"]["runAsGroup"] = json!(0);
+        c["securityContext"]["capabilities"]["add"] = json!(["NET_ADMIN"]);
+    }
     probes_and_lifecycle(&mut c, form, ipmgr_path, *startup_timeout_seconds);
     if !mounts.is_empty() {
         c["volumeMounts"] = Value::Array(mounts);
     }
     c
+}
+
+/// A pod's floating settings as the manager reads them, and the token it reaches the
+/// API server with to hold their Lease.
+fn floating_env(floating: &Floating<'_>, env: &mut Vec<Value>, mounts: &mut Vec<Value>) {
+    let value = |name: &str, value: &str| json!({"name": name, "value": value});
+    if let Some(ips) = &floating.ips {
+        env.push(value(ipmgr_env::FLOATING_IPS, ips));
+        // Named in the one line that says which RoleBinding the Lease needs.
+        env.push(json!({"name": "POD_SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}}));
+        let volume = floating.pod_token_volume.unwrap_or(TOKEN_VOLUME);
+        mounts.push(json!({"name": volume, "mountPath": TOKEN_MOUNT_PATH, "readOnly": true}));
+    }
+    if let Some(eip) = floating.elastic_ip {
+        env.push(value(ipmgr_env::ELASTIC_IP, eip));
+    }
+    if let Some(tables) = floating.route_tables {
+        env.push(value(ipmgr_env::ROUTE_TABLES, tables));
+    }
 }
 
 /// The manager's requests, and its limits when it has any.

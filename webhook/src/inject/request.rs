@@ -1,6 +1,7 @@
 //! Reading what a pod asks for: its annotations and containers, checked, into a typed
 //! `PodRequest`. Every denial is made here; building the patch only follows the request.
 
+use super::floating::{self, Floating};
 use super::pod::{self, Pod, Spec};
 use super::resources::{self, Override, RESOURCES_ANNOTATION, Resources};
 use super::{Config, Form, Mode, Skip};
@@ -35,6 +36,8 @@ pub struct Overrides<'p> {
     pub interfaces: Option<&'p str>,
     /// Classic sidecars whose pod's grace period is not kubelet's default.
     pub release_delay_seconds: Option<u32>,
+    /// `ipmgmt.aws/floating-ips`, `ipmgmt.aws/elastic-ip`, `ipmgmt.aws/route-tables`.
+    pub floating: Option<Floating<'p>>,
 }
 
 impl Overrides<'_> {
@@ -185,6 +188,7 @@ fn checked<'p>(
         }
     };
     let form = Form::of(mode, cfg.classic_sidecar);
+    let floating = floating::read(annotation, spec, form)?;
     let (release_delay, default_container) = match form {
         Form::Init | Form::NativeSidecar => (None, None),
         Form::ClassicSidecar => {
@@ -220,6 +224,7 @@ fn checked<'p>(
             resources,
             interfaces,
             release_delay_seconds: release_delay,
+            floating,
         },
         skip_containers: skip_containers(
             annotation(SKIP_CONTAINERS_ANNOTATION),

@@ -15,9 +15,10 @@ fn every_per_pod_setting_reaches_the_container() {
         resources: _,
         interfaces: _,
         release_delay_seconds: _,
+        floating: _,
     } = Overrides::default();
     type Check = fn(&Value) -> bool;
-    let cases: [(&str, Value, Config, Check); 6] = [
+    let cases: [(&str, Value, Config, Check); 7] = [
         (
             "role",
             with_annotation(
@@ -62,6 +63,16 @@ fn every_per_pod_setting_reaches_the_container() {
             },
             classic(),
             |c| env(c, "IPMGR_RELEASE_DELAY_SECONDS") == Some("5"),
+        ),
+        (
+            "floating",
+            with_annotation(
+                annotated("sidecar"),
+                ipmgmt_common::floating::FLOATING_IPS,
+                "10.0.4.100",
+            ),
+            cfg(),
+            |c| env(c, "IPMGR_FLOATING_IPS") == Some("10.0.4.100"),
         ),
     ];
     for (what, pod, cfg, shows) in cases {

@@ -6,9 +6,11 @@
 //! - `resources`: the manager's resources and the Guaranteed QoS rule.
 //! - `denials`: pods that are denied or warned about.
 //! - `reinvocation`: pods that already have the manager.
+//! - `floating`: floating addresses, Elastic IPs and route tables.
 
 mod annotations;
 mod denials;
+mod floating;
 mod forms;
 mod reinvocation;
 mod resources;

@@ -1,0 +1,294 @@
+//! The floating addresses on the pod's interfaces, over rtnetlink: which interface each
+//! goes on, adding them while this replica holds their Lease, and removing them the
+//! moment it does not.
+//!
+//! An address goes on the managed interface that has an address in the same subnet
+//! (whereabouts gave it one from the NAD's range). An address in no interface's subnet
+//! is routed to the holder by route tables, and goes on the one managed interface
+//! there is; with several, nothing says which ENI the routes should name, so it is
+//! refused. Each is added as a `/32` or `/128` (an IPv6 one without duplicate address
+//! detection, usable at once): the subnet's route is the interface's own address's.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use futures::StreamExt;
+use ipnet::IpNet;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+
+/// Where one floating address goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placed {
+    pub ip: IpAddr,
+    pub iface: String,
+    index: u32,
+}
+
+/// A managed interface as placement sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Iface {
+    pub name: String,
+    pub index: u32,
+    /// Its addresses with their prefix lengths, floating ones excluded.
+    pub nets: Vec<IpNet>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IfaceError {
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error("netlink {what} failed: {source}")]
+    Netlink {
+        what: &'static str,
+        source: rtnetlink::Error,
+    },
+    #[error(
+        "cannot add {ip} to {iface}: the kernel refused ({source}); the IP manager needs \
+         CAP_NET_ADMIN, which the webhook grants a pod with ipmgmt.aws/floating-ips: check \
+         that nothing (a policy engine, a Pod Security admission level below privileged) \
+         removed it from the aws-ip-mgmt container"
+    )]
+    Add {
+        ip: IpAddr,
+        iface: String,
+        source: rtnetlink::Error,
+    },
+    #[error("{0}")]
+    Place(String),
+}
+
+/// Where each floating address goes, or why one has nowhere to go. Pure.
+pub fn place(ips: &[IpAddr], ifaces: &[Iface]) -> Result<Vec<Placed>, String> {
+    let describe = || {
+        let each: Vec<String> = (ifaces.iter())
+            .map(|i| {
+                let nets: Vec<String> = i.nets.iter().map(|n| n.trunc().to_string()).collect();
+                format!("{} ({})", i.name, nets.join(", "))
+            })
+            .collect();
+        if each.is_empty() {
+            "none".to_owned()
+        } else {
+            each.join(", ")
+        }
+    };
+    let mut placed = Vec::new();
+    for &ip in ips {
+        let home: Vec<&Iface> = (ifaces.iter())
+            .filter(|i| i.nets.iter().any(|n| n.contains(&ip) && n.addr() != ip))
+            .collect();
+        let iface = match home.as_slice() {
+            [one] => *one,
+            [] => match ifaces {
+                [only] => only,
+                _ => {
+                    return Err(format!(
+                        "floating address {ip} is in the subnet of no secondary interface of \
+                         the pod, and there is not exactly one to route it to (interfaces: {}): \
+                         check ipmgmt.aws/floating-ips against the pod's networks",
+                        describe()
+                    ));
+                }
+            },
+            [first, ..] => first,
+        };
+        placed.push(Placed {
+            ip,
+            iface: iface.name.clone(),
+            index: iface.index,
+        });
+    }
+    Ok(placed)
+}
+
+/// The pod's managed interfaces, over rtnetlink.
+pub struct Interfaces {
+    handle: rtnetlink::Handle,
+    primary: String,
+    only: Vec<String>,
+}
+
+impl Interfaces {
+    /// The interfaces ipmgr manages: every one but `primary` and loopback, or `only`.
+    pub fn new(primary: &str, only: &[String]) -> Result<Self, IfaceError> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Interfaces {
+            handle,
+            primary: primary.to_owned(),
+            only: only.to_vec(),
+        })
+    }
+
+    /// The managed interfaces and their addresses, `floating` left out of them.
+    async fn managed(&self, floating: &[IpAddr]) -> Result<Vec<Iface>, IfaceError> {
+        let mut ifaces = Vec::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(msg) = links.next().await {
+            let msg = msg.map_err(|source| IfaceError::Netlink {
+                what: "link dump",
+                source,
+            })?;
+            let name = msg.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            });
+            let Some(name) = name else { continue };
+            let loopback = msg.header.flags.contains(LinkFlags::Loopback);
+            let managed = !loopback
+                && name != self.primary
+                && (self.only.is_empty() || self.only.contains(&name));
+            if managed {
+                ifaces.push(Iface {
+                    name,
+                    index: msg.header.index,
+                    nets: Vec::new(),
+                });
+            }
+        }
+        for (msg, ip) in self.addresses().await? {
+            if floating.contains(&ip) {
+                continue;
+            }
+            let Some(iface) = ifaces.iter_mut().find(|i| i.index == msg.header.index) else {
+                continue;
+            };
+            if let Ok(net) = IpNet::new(ip, msg.header.prefix_len) {
+                iface.nets.push(net);
+            }
+        }
+        Ok(ifaces)
+    }
+
+    async fn addresses(&self) -> Result<Vec<(AddressMessage, IpAddr)>, IfaceError> {
+        let mut out = Vec::new();
+        let mut dump = self.handle.address().get().execute();
+        while let Some(msg) = dump.next().await {
+            let msg = msg.map_err(|source| IfaceError::Netlink {
+                what: "address dump",
+                source,
+            })?;
+            let ip = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = ip {
+                out.push((msg, ip));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where each floating address goes now.
+    pub async fn place(&self, ips: &[IpAddr]) -> Result<Vec<Placed>, IfaceError> {
+        let ifaces = self.managed(ips).await?;
+        place(ips, &ifaces).map_err(IfaceError::Place)
+    }
+
+    /// Adds each address where it was placed; one already there is left as it is.
+    pub async fn add(&self, placed: &[Placed]) -> Result<(), IfaceError> {
+        let present = self
+            .present(&placed.iter().map(|p| p.ip).collect::<Vec<_>>())
+            .await?;
+        for p in placed.iter().filter(|p| !present.contains(&p.ip)) {
+            let prefix = if p.ip.is_ipv4() { 32 } else { 128 };
+            let mut add = self.handle.address().add(p.index, p.ip, prefix);
+            if p.ip.is_ipv6() {
+                add.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+            }
+            add.execute().await.map_err(|source| IfaceError::Add {
+                ip: p.ip,
+                iface: p.iface.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Which of `ips` are on any interface of the pod.
+    pub async fn present(&self, ips: &[IpAddr]) -> Result<BTreeSet<IpAddr>, IfaceError> {
+        Ok((self.addresses().await?.into_iter())
+            .map(|(_, ip)| ip)
+            .filter(|ip| ips.contains(ip))
+            .collect())
+    }
+
+    /// Removes `ips` from every interface they are on; returns how many it removed.
+    pub async fn remove(&self, ips: &[IpAddr]) -> Result<usize, IfaceError> {
+        let mut removed = 0;
+        for (msg, ip) in self.addresses().await? {
+            if !ips.contains(&ip) {
+                continue;
+            }
+            match self.handle.address().del(msg).execute().await {
+                Ok(()) => removed += 1,
+                // Gone meanwhile (EADDRNOTAVAIL): what was asked for holds.
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if e.to_io().kind() == std::io::ErrorKind::AddrNotAvailable => {}
+                Err(source) => {
+                    return Err(IfaceError::Netlink {
+                        what: "address delete",
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(name: &str, index: u32, nets: &[&str]) -> Iface {
+        Iface {
+            name: name.into(),
+            index,
+            nets: nets.iter().map(|n| n.parse().unwrap()).collect(),
+        }
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn each_address_goes_on_the_interface_of_its_subnet() {
+        let ifaces = [
+            iface("net1", 3, &["10.0.4.66/24", "2001:db8:0:5::66/64"]),
+            iface("net2", 4, &["10.0.6.66/24"]),
+        ];
+        let placed = place(&[ip("10.0.6.100"), ip("2001:db8:0:5::100")], &ifaces).unwrap();
+        assert_eq!(
+            placed
+                .iter()
+                .map(|p| (p.iface.as_str(), p.index))
+                .collect::<Vec<_>>(),
+            [("net2", 4), ("net1", 3)]
+        );
+    }
+
+    #[test]
+    fn an_address_in_no_subnet_goes_on_the_one_interface_or_is_refused() {
+        // Routed across zones: outside every subnet, on the only interface.
+        let one = [iface("net1", 3, &["10.0.4.66/24"])];
+        assert_eq!(
+            place(&[ip("192.168.100.1")], &one).unwrap()[0].iface,
+            "net1"
+        );
+        let two = [
+            iface("net1", 3, &["10.0.4.66/24"]),
+            iface("net2", 4, &["10.0.6.66/24"]),
+        ];
+        let err = place(&[ip("192.168.100.1")], &two).unwrap_err();
+        assert!(
+            err.contains("192.168.100.1 is in the subnet of no secondary interface")
+                && err.contains("net1 (10.0.4.0/24), net2 (10.0.6.0/24)"),
+            "{err}"
+        );
+        let err = place(&[ip("10.0.4.100")], &[]).unwrap_err();
+        assert!(err.contains("(interfaces: none)"), "{err}");
+    }
+}
