@@ -35,6 +35,9 @@ pub struct Election {
     /// What to do when the API server refuses this replica the Lease (403): the
     /// RBAC its installer should have given it.
     pub when_forbidden: String,
+    /// Told when each successful try (an acquisition or a renewal) began, for a
+    /// holder whose hold on something else lapses unless it is renewed.
+    pub renewed: Option<watch::Sender<Option<Instant>>>,
 }
 
 /// What this replica last saw of the Lease, and when it saw it change.
@@ -82,6 +85,9 @@ impl Election {
                         info!(lease = %self.name, identity = %self.identity, "leading");
                     }
                     last_renewal = Some(began);
+                    if let Some(renewed) = &self.renewed {
+                        renewed.send_replace(Some(began));
+                    }
                     leading.send_replace(true);
                 }
                 Ok(false) => {

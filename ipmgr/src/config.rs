@@ -347,6 +347,16 @@ impl Args {
                 ipmgr_env::FLOATING_IPS
             ));
         }
+        if !ips.is_empty() && self.lease_duration.as_secs() < crate::floating::MIN_LEASE_SECONDS {
+            return Err(format!(
+                "{} is {}, and floating addresses need at least {}: the kernel takes a \
+                 holder's addresses off within 2 s of its last renewal, before a peer may \
+                 take them",
+                ipmgr_env::LEASE_DURATION_SECONDS,
+                self.lease_duration.as_secs(),
+                crate::floating::MIN_LEASE_SECONDS
+            ));
+        }
         if self.lease_renew_deadline >= self.lease_duration
             || self.lease_retry >= self.lease_renew_deadline
         {

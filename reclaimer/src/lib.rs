@@ -103,6 +103,7 @@ pub async fn run<E: Ec2 + Clone>(
              Role's)",
             args.namespace, args.lease_name
         ),
+        renewed: None,
     };
     let election = tokio::spawn(election.run(leading_tx, stop_rx));
 

@@ -173,20 +173,43 @@ impl PodNet {
     /// securityContext runs it: uid and gid 65532, no supplementary groups, every
     /// capability dropped, no new privileges.
     pub fn command(&self, program: &std::path::Path) -> Command {
+        self.command_as(program, POD_UID, "-all")
+    }
+
+    /// `program` run as the webhook runs the manager of a pod with floating addresses:
+    /// uid and gid 0 with CAP_NET_ADMIN alone (a container runtime gives root exactly
+    /// its bounding set), no new privileges.
+    pub fn command_with_net_admin(&self, program: &std::path::Path) -> Command {
+        self.command_as(program, 0, "-all,+net_admin")
+    }
+
+    fn command_as(&self, program: &std::path::Path, uid: u32, bounding: &str) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns, "setpriv"])
-            .arg(format!("--reuid={POD_UID}"))
-            .arg(format!("--regid={POD_UID}"))
-            .args([
-                "--clear-groups",
-                "--inh-caps=-all",
-                "--ambient-caps=-all",
-                "--bounding-set=-all",
-                "--no-new-privs",
-                "--",
-            ])
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .args(["--clear-groups", "--inh-caps=-all", "--ambient-caps=-all"])
+            .arg(format!("--bounding-set={bounding}"))
+            .args(["--no-new-privs", "--"])
             .arg(program);
         cmd
+    }
+
+    /// Whether `ip` is on any interface of the pod.
+    pub fn has_address(&self, ip: std::net::IpAddr) -> bool {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns, "-o", "addr", "show"])
+            .output()
+            .expect("ip runs");
+        let want = ip.to_string();
+        String::from_utf8_lossy(&out.stdout).lines().any(|line| {
+            let mut words = line.split_whitespace();
+            words.any(|w| w == "inet" || w == "inet6")
+                && words
+                    .next()
+                    .and_then(|cidr| cidr.split('/').next())
+                    .is_some_and(|a| a == want)
+        })
     }
 }
 
@@ -210,7 +233,21 @@ impl PodNet {
         at: Endpoints,
         dir: &std::path::Path,
     ) -> Command {
-        let mut cmd = self.command(program);
+        Self::ipmgr_env(self.command(program), mode, at, dir)
+    }
+
+    /// `ipmgr sidecar` as the manager of a pod with floating addresses runs
+    /// (`command_with_net_admin`), with the same environment as `ipmgr`.
+    pub fn ipmgr_with_net_admin(
+        &self,
+        program: &std::path::Path,
+        at: Endpoints,
+        dir: &std::path::Path,
+    ) -> Command {
+        Self::ipmgr_env(self.command_with_net_admin(program), "sidecar", at, dir)
+    }
+
+    fn ipmgr_env(mut cmd: Command, mode: &str, at: Endpoints, dir: &std::path::Path) -> Command {
         cmd.arg(mode)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())

@@ -8,13 +8,16 @@
 //! there is; with several, nothing says which ENI the routes should name, so it is
 //! refused. Each is added as a `/32` or `/128` (an IPv6 one without duplicate address
 //! detection, usable at once): the subnet's route is the interface's own address's.
+//! Each is added with a lifetime the holder refreshes on every renewal of its Lease.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use futures::StreamExt;
 use ipnet::IpNet;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressHeaderFlags, AddressMessage, CacheInfo,
+};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 
 /// Where one floating address goes.
@@ -186,17 +189,22 @@ impl Interfaces {
         place(ips, &ifaces).map_err(IfaceError::Place)
     }
 
-    /// Adds each address where it was placed; one already there is left as it is.
-    pub async fn add(&self, placed: &[Placed]) -> Result<(), IfaceError> {
-        let present = self
-            .present(&placed.iter().map(|p| p.ip).collect::<Vec<_>>())
-            .await?;
-        for p in placed.iter().filter(|p| !present.contains(&p.ip)) {
+    /// Puts each address where it was placed, or refreshes it there, valid for
+    /// `lifetime` whole seconds: the kernel takes it off by itself once that passes
+    /// without another refresh, so a holder that dies (SIGKILL, OOM) cannot leave it
+    /// answering beside its successor.
+    pub async fn hold(&self, placed: &[Placed], lifetime: u32) -> Result<(), IfaceError> {
+        for p in placed {
             let prefix = if p.ip.is_ipv4() { 32 } else { 128 };
-            let mut add = self.handle.address().add(p.index, p.ip, prefix);
+            let mut add = self.handle.address().add(p.index, p.ip, prefix).replace();
+            let msg = add.message_mut();
             if p.ip.is_ipv6() {
-                add.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+                msg.header.flags |= AddressHeaderFlags::Nodad;
             }
+            let mut cache = CacheInfo::default();
+            cache.ifa_preferred = lifetime;
+            cache.ifa_valid = lifetime;
+            msg.attributes.push(AddressAttribute::CacheInfo(cache));
             add.execute().await.map_err(|source| IfaceError::Add {
                 ip: p.ip,
                 iface: p.iface.clone(),

@@ -9,7 +9,14 @@
 //! Fencing: the addresses come off the interfaces the moment the Lease is not renewed
 //! within the renew deadline, which ends before the lease duration any peer waits
 //! (counted from before the renewal was sent): two pods never answer for one address,
-//! even when the holder is cut off from the API server and not from the VPC. A holder
+//! even when the holder is cut off from the API server and not from the VPC. And the
+//! kernel backs that up: each address is on the interface with a lifetime of one
+//! second that every timely renewal refreshes, so a holder killed outright (SIGKILL,
+//! the OOM killer) loses the addresses within three seconds of its last renewal, still
+//! before a peer may take the Lease. The holder refreshes the lifetime every 250 ms for
+//! as long as the last renewal vouches for the addresses, so that the kernel's
+//! deadline falls close to the renew deadline and a slow renewal does not make them
+//! lapse. A holder
 //! that stops gracefully takes the addresses off and then gives the Lease up, so the
 //! peer takes over at once instead of after the lease duration. A holder that cannot
 //! put the addresses on its interfaces gives the Lease up too, and tries again later.
@@ -34,8 +41,6 @@ pub use metrics::Metrics;
 /// How long a replica that could not put the addresses on its interfaces stays out of
 /// the election.
 const STEP_ASIDE: Duration = Duration::from_secs(5);
-/// How often the holder checks that its addresses are still on its interfaces.
-const RECHECK: Duration = Duration::from_secs(5);
 
 /// What the holder needs besides its interfaces.
 #[derive(Clone, Debug)]
@@ -108,12 +113,15 @@ pub struct Holder {
 enum Next {
     Stop,
     Leading(bool),
-    Recheck,
+    Renewed,
+    Refresh,
 }
 
 /// An election in progress, stopped (and its Lease given up) by `stop`.
 struct Running {
     leading: watch::Receiver<bool>,
+    /// When the last successful try began.
+    renewed: watch::Receiver<Option<Instant>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -124,6 +132,23 @@ impl Running {
         let _ = self.task.await;
     }
 }
+
+/// The addresses' lifetime on the interfaces, in whole seconds as the kernel counts
+/// it; each renewal of the Lease refreshes it.
+pub const LIFETIME_SECONDS: u32 = 1;
+/// The kernel checks lifetimes on a timer rounded up to whole seconds: an expired
+/// address may stay up to this much longer.
+const KERNEL_SLACK: Duration = Duration::from_secs(1);
+/// Kept between the kernel's last possible removal and the earliest a peer may take
+/// the Lease.
+const MARGIN: Duration = Duration::from_millis(100);
+/// How often the holder refreshes the addresses' lifetime while the last renewal still
+/// vouches for them: if no renewal follows, the kernel takes them off between 1.65 s
+/// and 2.9 s after the last one began (a peer may take the Lease 3 s after it).
+const REFRESH_EVERY: Duration = Duration::from_millis(250);
+/// The shortest lease duration that leaves a renewal any time to refresh the
+/// addresses' lifetime (`Holder::refresh_allowed`).
+pub const MIN_LEASE_SECONDS: u64 = 3;
 
 impl Holder {
     pub fn new(start: Start, metrics: Metrics) -> (Holder, Holding) {
@@ -145,6 +170,7 @@ impl Holder {
 
     fn elect(&self) -> Running {
         let s = &self.settings;
+        let (renewed_tx, renewed) = watch::channel(None);
         let election = Election {
             api: self.api.clone(),
             name: s.lease.clone(),
@@ -153,15 +179,28 @@ impl Holder {
             renew_deadline: s.renew_deadline,
             retry_period: s.retry_period,
             when_forbidden: forbidden(&s.namespace, &s.service_account),
+            renewed: Some(renewed_tx),
         };
         let (leading_tx, leading) = watch::channel(false);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(election.run(leading_tx, stopped));
         Running {
             leading,
+            renewed,
             stop,
             task,
         }
+    }
+
+    /// Whether a renewal that began at `began` may still refresh the addresses'
+    /// lifetime: the kernel must have taken them off by itself before any peer may take
+    /// the Lease, which the peers count from after the renewal's write (the Lease's
+    /// duration in whole seconds, rounded up as it is written).
+    fn refresh_allowed(&self, began: Instant) -> bool {
+        let written =
+            Duration::from_secs(self.settings.lease_duration.as_millis().div_ceil(1000) as u64);
+        let lifetime = Duration::from_secs(LIFETIME_SECONDS.into());
+        began.elapsed() + lifetime + KERNEL_SLACK + MARGIN <= written
     }
 
     /// Runs until `stop` turns true; then takes the addresses off the interfaces and
@@ -173,10 +212,14 @@ impl Holder {
         self.let_go("not holding the lease yet").await;
         info!(lease = %self.settings.lease, addresses = ?ips, "contending for the floating addresses");
         let mut election = self.elect();
-        let mut recheck = tokio::time::interval(RECHECK);
-        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refresh = tokio::time::interval(REFRESH_EVERY);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Where the addresses are, while this replica holds them.
+        let mut held: Option<Vec<Placed>> = None;
+        // When this replica won the Lease, until it holds the addresses.
+        let mut won_at: Option<Instant> = None;
+        let mut lapsing = false;
         loop {
-            let holding = *self.holding.borrow();
             let next = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => Next::Stop,
@@ -184,59 +227,95 @@ impl Holder {
                     Ok(()) => Next::Leading(*election.leading.borrow_and_update()),
                     Err(_) => Next::Stop,
                 },
-                _ = recheck.tick(), if holding => Next::Recheck,
+                changed = election.renewed.changed() => match changed {
+                    Ok(()) => Next::Renewed,
+                    Err(_) => Next::Stop,
+                },
+                _ = refresh.tick(), if held.is_some() => Next::Refresh,
             };
-            let held = match (next, holding) {
-                (Next::Stop, _) => break,
-                (Next::Leading(true), false) => self.take(Some(Instant::now())).await,
-                (Next::Recheck, true) => self.take(None).await,
-                (Next::Leading(false), true) => {
-                    self.let_go("the lease was not renewed within the renew deadline, or another replica holds it").await;
-                    self.metrics.lost();
+            let leading = *election.leading.borrow();
+            let began = *election.renewed.borrow_and_update();
+            let vouched = began.is_some_and(|b| self.refresh_allowed(b));
+            let ok = match next {
+                Next::Stop => break,
+                Next::Leading(false) => {
+                    won_at = None;
+                    if held.take().is_some() {
+                        self.let_go("the lease was not renewed within the renew deadline, or another replica holds it").await;
+                        self.metrics.lost();
+                    }
                     true
                 }
-                _ => true,
+                Next::Leading(true) | Next::Renewed | Next::Refresh if !leading => true,
+                Next::Leading(true) | Next::Renewed | Next::Refresh => {
+                    won_at = won_at.or(Some(Instant::now()));
+                    if lapsing == vouched {
+                        lapsing = !vouched;
+                        if lapsing {
+                            warn!(lease = %self.settings.lease, "the lease has not been renewed for a while: the floating addresses lapse from the interfaces unless it is renewed soon");
+                        }
+                    }
+                    match (vouched, &held) {
+                        (false, _) => true,
+                        (true, Some(placed)) => self.refresh(placed).await,
+                        (true, None) => match self.take(won_at).await {
+                            Some(placed) => {
+                                held = Some(placed);
+                                true
+                            }
+                            None => false,
+                        },
+                    }
+                }
             };
-            if !held {
+            if !ok {
+                held = None;
+                won_at = None;
                 election = self.step_aside(election, &mut stop).await;
             }
         }
         // Off the interfaces first, then the Lease: the peer that takes it next finds
         // no other pod answering for the addresses.
-        if *self.holding.borrow() {
+        if held.is_some() {
             self.let_go("stopping").await;
             self.metrics.released();
         }
         election.stop().await;
     }
 
-    /// Puts the addresses on the interfaces; false when it could not.
-    async fn take(&self, led_at: Option<Instant>) -> bool {
-        let ips = &self.settings.ips;
-        let placed = match self.ifaces.place(ips).await {
+    /// Puts the addresses on the interfaces; where they went, or None when they
+    /// cannot be held here.
+    async fn take(&self, won_at: Option<Instant>) -> Option<Vec<Placed>> {
+        let lease = &self.settings.lease;
+        let placed = match self.ifaces.place(&self.settings.ips).await {
             Ok(placed) => placed,
             Err(e) => {
-                error!(lease = %self.settings.lease, error = %e, "cannot hold the floating addresses");
-                return false;
+                error!(lease = %lease, error = %e, "cannot hold the floating addresses");
+                return None;
             }
         };
-        if let Err(e) = self.ifaces.add(&placed).await {
-            error!(lease = %self.settings.lease, error = %e, "cannot hold the floating addresses");
-            // Whatever was added is taken off again: nothing half-held.
-            let _ = self.ifaces.remove(ips).await;
-            return false;
+        if !self.refresh(&placed).await {
+            return None;
         }
-        if let Some(at) = led_at {
-            let took = at.elapsed();
-            self.metrics.holding(took);
-            let on: Vec<String> = placed
-                .iter()
-                .map(|p| format!("{} on {}", p.ip, p.iface))
-                .collect();
-            info!(lease = %self.settings.lease, addresses = %on.join(", "), took = ?took, "holding the floating addresses");
-        }
+        let took = won_at.map(|at| at.elapsed()).unwrap_or_default();
+        self.metrics.holding(took);
+        let on: Vec<String> = (placed.iter())
+            .map(|p| format!("{} on {}", p.ip, p.iface))
+            .collect();
+        info!(lease = %lease, addresses = %on.join(", "), took = ?took, "holding the floating addresses");
         self.holding.send_replace(true);
-        true
+        Some(placed)
+    }
+
+    /// Puts the addresses where they were placed, or refreshes their lifetime there.
+    async fn refresh(&self, placed: &[Placed]) -> bool {
+        match self.ifaces.hold(placed, LIFETIME_SECONDS).await {
+            Ok(()) => true,
+            Err(e) => {
+                error!(lease = %self.settings.lease, error = %e, "cannot hold the floating addresses");
+                false
+            }
+        }
     }
 
     /// Takes the addresses off every interface. A failure is retried: an address left

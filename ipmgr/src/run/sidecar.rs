@@ -215,6 +215,9 @@ struct Between<'a> {
     backoff: Duration,
     /// Why the last pass was incomplete, while it is.
     failing: Option<String>,
+    /// The floating addresses: their holder refreshes them on every renewal of its
+    /// Lease, which the kernel announces as an add; they are taken when they appear.
+    floating: BTreeSet<IpAddr>,
 }
 
 impl Between<'_> {
@@ -233,7 +236,8 @@ impl Between<'_> {
             }
             changed = addresses.changed(coalesce) => match changed {
                 Some(changes) => {
-                    self.follow.announced(&changes.added);
+                    let added: BTreeSet<IpAddr> = changes.added.difference(&self.floating).copied().collect();
+                    self.follow.announced(&added);
                     Trigger::Events(changes.events)
                 }
                 None => return Err(DiscoverError::Socket(std::io::Error::other("netlink event socket closed")).into()),
@@ -332,6 +336,9 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
         retry_at: Some(Instant::now()),
         backoff: RETRY_FIRST,
         failing: None,
+        floating: (args.floating_ips.iter())
+            .flat_map(|f| f.0.iter().copied())
+            .collect(),
     };
     state
         .resync
