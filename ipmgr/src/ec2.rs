@@ -74,7 +74,7 @@ pub fn error(
 }
 
 /// The IP manager's remedies.
-const REMEDY: Remedy = Remedy {
+pub(crate) const REMEDY: Remedy = Remedy {
     refused: hint,
     credentials,
 };
@@ -99,6 +99,12 @@ fn credentials(why: NoCredentials) -> &'static str {
 }
 
 fn hint(action: Action, code: Option<&str>) -> String {
+    if let Some(hint) = (Action::FLOATING.contains(&action))
+        .then(|| crate::floating::hint(action, code))
+        .flatten()
+    {
+        return hint;
+    }
     match code {
         // On an ENI, the manager, which knows its tags, says which part of the policy
         // refused (`manager::explain_refusal`).
@@ -145,6 +151,10 @@ impl SdkEc2 {
         SdkEc2 { client }
     }
 
+    pub(crate) fn client(&self) -> &aws_sdk_ec2::Client {
+        &self.client
+    }
+
     async fn describe_enis(
         &self,
         action_target: String,
@@ -177,7 +187,7 @@ impl SdkEc2 {
     }
 }
 
-fn filter(name: &str, values: Vec<String>) -> Filter {
+pub(crate) fn filter(name: &str, values: Vec<String>) -> Filter {
     Filter::builder()
         .name(name)
         .set_values(Some(values))

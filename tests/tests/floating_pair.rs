@@ -12,13 +12,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ipmgmt_tests::fake_ec2::{FakeEc2, Faults};
+use ipmgmt_tests::fake_ec2::iam::Policy;
+use ipmgmt_tests::fake_ec2::{ElasticIp, FakeEc2, Faults, Route, RouteTable, World};
 use ipmgmt_tests::fake_imds::FakeImds;
 use ipmgmt_tests::fake_kube::{FakeKube, Kind};
 use ipmgmt_tests::netns::{Endpoints, PodNet, pod_dir, pod_executable};
 use ipmgmt_tests::scenario::{MAC_N3, world};
 
 const VIP: &str = "10.0.1.100";
+const METRICS_PORT: u16 = 9090;
 const LEASE: &str = "ipmgmt-vip-";
 /// Node i-0002's Multus ENI in subnet-b (`scenario::world`'s eni-2n3).
 const MAC_2N3: &str = "0a:00:00:00:11:01";
@@ -34,13 +36,10 @@ fn ipmgr_bin() -> PathBuf {
     pod_executable(&bin)
 }
 
-fn vip() -> IpAddr {
-    VIP.parse().unwrap()
-}
-
 /// One replica: its pod, its node, and its manager once started.
 struct Replica {
     name: &'static str,
+    vip: &'static str,
     net: PodNet,
     ec2: SocketAddr,
     imds: SocketAddr,
@@ -54,6 +53,7 @@ struct Replica {
 impl Replica {
     async fn new(
         name: &'static str,
+        vip: &'static str,
         ec2: &FakeEc2,
         kube: &FakeKube,
         (mac, address, node, eni): (&str, &str, &'static str, &'static str),
@@ -75,6 +75,7 @@ impl Replica {
         std::fs::set_permissions(&dir, perms).unwrap();
         Replica {
             name,
+            vip,
             net,
             ec2: ec2_at,
             imds,
@@ -108,13 +109,25 @@ impl Replica {
             .env("POD_NAME", self.name)
             .env("POD_NAMESPACE", "upf")
             .env("POD_SERVICE_ACCOUNT", "upf")
-            .env("IPMGR_FLOATING_IPS", VIP)
+            .env("IPMGR_FLOATING_IPS", self.vip)
             .env("IPMGR_RETRY_INITIAL_BACKOFF_MS", "10")
+            .env("IPMGR_METRICS_LISTEN", format!("0.0.0.0:{METRICS_PORT}"))
             .env("IPMGR_LOG_FORMAT", "json")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.join("log")).unwrap());
         self.child = Some(cmd.spawn().unwrap());
+    }
+
+    /// The manager's `/metrics`, served on the pod's eth0.
+    fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let pod_ip = std::net::Ipv4Addr::from(u32::from(self.net.host_ip) + 1);
+        let mut conn = std::net::TcpStream::connect((pod_ip, METRICS_PORT)).unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        text
     }
 
     fn log(&self) -> String {
@@ -195,7 +208,7 @@ struct Sampler {
 }
 
 impl Sampler {
-    fn start(a: &str, b: &str) -> Sampler {
+    fn start(a: &str, b: &str, vip: &'static str) -> Sampler {
         let stop: Arc<AtomicBool> = Arc::default();
         let (both, samples): (Arc<AtomicUsize>, Arc<AtomicUsize>) = Default::default();
         let (s, t, n) = (Arc::clone(&stop), Arc::clone(&both), Arc::clone(&samples));
@@ -204,7 +217,7 @@ impl Sampler {
             while !s.load(Ordering::Relaxed) {
                 let has = |ns: &str| {
                     let out = Command::new("ip")
-                        .args(["-n", ns, "-o", "addr", "show", "to", VIP])
+                        .args(["-n", ns, "-o", "addr", "show", "to", vip])
                         .output()
                         .unwrap();
                     !out.stdout.is_empty()
@@ -235,6 +248,9 @@ impl Sampler {
 }
 
 struct Scene {
+    vip: &'static str,
+    /// Routed through route tables, never an ENI's address.
+    routed: bool,
     ec2: FakeEc2,
     kube: FakeKube,
     a: Replica,
@@ -242,8 +258,21 @@ struct Scene {
 }
 
 impl Scene {
+    fn vip(&self) -> IpAddr {
+        self.vip.parse().unwrap()
+    }
+
     async fn start() -> Scene {
-        let ec2 = FakeEc2::new(world());
+        Scene::start_with(world(), VIP, &[]).await
+    }
+
+    /// Two replicas with `vip` in `world`, each with `env` besides the defaults.
+    async fn start_with(
+        world: World,
+        vip: &'static str,
+        env: &[(&'static str, &'static str)],
+    ) -> Scene {
+        let ec2 = FakeEc2::new(world);
         // A reassigned address shows on its new ENI after a while, as EC2's remap is
         // asynchronous.
         ec2.set_faults(Faults {
@@ -253,6 +282,7 @@ impl Scene {
         let kube = FakeKube::default();
         let a = Replica::new(
             "upf-0",
+            vip,
             &ec2,
             &kube,
             (
@@ -265,6 +295,7 @@ impl Scene {
         .await;
         let b = Replica::new(
             "upf-1",
+            vip,
             &ec2,
             &kube,
             (
@@ -275,13 +306,21 @@ impl Scene {
             ),
         )
         .await;
-        Scene { ec2, kube, a, b }
+        let routed = env.iter().any(|(k, _)| *k == "IPMGR_ROUTE_TABLES");
+        Scene {
+            vip,
+            routed,
+            ec2,
+            kube,
+            a,
+            b,
+        }
     }
 
     fn on_interface(&self) -> Vec<&'static str> {
         [&self.a, &self.b]
             .into_iter()
-            .filter(|r| r.net.has_address(vip()))
+            .filter(|r| r.net.has_address(self.vip()))
             .map(|r| r.name)
             .collect()
     }
@@ -306,17 +345,18 @@ impl Scene {
             if iface && on_interface.is_none() {
                 on_interface = Some(start.elapsed());
             }
-            let eni = self.ec2.holder(vip()).as_deref() == Some(who.eni);
+            let eni = self.routed || self.ec2.holder(self.vip()).as_deref() == Some(who.eni);
             if let (Some(i), true, true) = (on_interface, eni, iface) {
                 assert_eq!(self.lease_holder().as_deref(), Some(who.name));
                 return (i, start.elapsed());
             }
             assert!(
                 start.elapsed() < within,
-                "{} does not hold {VIP} after {within:?}: on interfaces {:?}, ENI {:?}, lease {:?}\n{}: {}\n{}: {}",
+                "{} does not hold {} after {within:?}: on interfaces {:?}, ENI {:?}, lease {:?}\n{}: {}\n{}: {}",
                 who.name,
+                self.vip,
                 self.on_interface(),
-                self.ec2.holder(vip()),
+                self.ec2.holder(self.vip()),
                 self.lease_holder(),
                 self.a.name,
                 self.a.log(),
@@ -329,7 +369,7 @@ impl Scene {
 
     /// The replica holding the address and the other.
     fn holder_and_peer(&mut self) -> (&mut Replica, &mut Replica) {
-        if self.a.net.has_address(vip()) {
+        if self.a.net.has_address(self.vip()) {
             (&mut self.a, &mut self.b)
         } else {
             (&mut self.b, &mut self.a)
@@ -342,7 +382,7 @@ impl Scene {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_holder_and_a_graceful_handover_within_a_second() {
     let mut scene = Scene::start().await;
-    let sampler = Sampler::start(&scene.a.net.ns, &scene.b.net.ns);
+    let sampler = Sampler::start(&scene.a.net.ns, &scene.b.net.ns, scene.vip);
     scene.a.start(&[]);
     scene.b.start(&[]);
     let until = Instant::now() + Duration::from_secs(20);
@@ -393,6 +433,26 @@ async fn one_holder_and_a_graceful_handover_within_a_second() {
         "on the peer's interface after {iface:?}"
     );
     assert!(handover < Duration::from_secs(5), "{handover:?}");
+    let peer = if peer_name == scene.a.name {
+        &scene.a
+    } else {
+        &scene.b
+    };
+    // The pass that took the address records "on the ENI" once it has confirmed it.
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut metrics = peer.metrics();
+    while !metrics.contains("stage=\"eni\"") && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        metrics = peer.metrics();
+    }
+    for line in [
+        "ipmgmt_manager_floating_holding 1",
+        "ipmgmt_manager_floating_transitions_total{to=\"holding\"} 1",
+        "ipmgmt_manager_floating_takeover_seconds_count{stage=\"interface\"} 1",
+        "ipmgmt_manager_floating_takeover_seconds_count{stage=\"eni\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
     let holder = if holder_name == scene.a.name {
         &scene.a
     } else {
@@ -417,7 +477,7 @@ async fn a_killed_holder_loses_the_address_before_the_peer_takes_it() {
     scene.b.start(&[]);
     // The peer is contending (it has created nothing, the Lease is held).
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let sampler = Sampler::start(&scene.a.net.ns, &scene.b.net.ns);
+    let sampler = Sampler::start(&scene.a.net.ns, &scene.b.net.ns, scene.vip);
     scene.a.signal("-KILL");
     scene.a.wait_exit();
     let killed = Instant::now();
@@ -443,11 +503,11 @@ async fn a_holder_cut_off_from_the_api_server_lets_go_first() {
     scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
     scene.b.start(&[]);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let sampler = Sampler::start(&scene.a.net.ns, &scene.b.net.ns);
+    let sampler = Sampler::start(&scene.a.net.ns, &scene.b.net.ns, scene.vip);
     scene.a.cut_from_api_server();
     let cut = Instant::now();
     let until = cut + Duration::from_secs(5);
-    while scene.a.net.has_address(vip()) {
+    while scene.a.net.has_address(scene.vip()) {
         assert!(Instant::now() < until, "{}", scene.a.log());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -479,4 +539,220 @@ async fn a_holder_cut_off_from_the_api_server_lets_go_first() {
             .unwrap()
             .is_none()
     );
+}
+
+/// `scenario::world` with an Elastic IP and two route tables tagged for ipmgmt, and the
+/// Multus ENIs' source/destination check as `check`.
+fn world_with_eip_and_tables(check: bool) -> World {
+    let mut w = world();
+    let floating = || vec![("ipmgmt.aws/floating".to_owned(), "true".to_owned())];
+    w.addresses = vec![ElasticIp {
+        allocation_id: "eipalloc-0a1b2c3d".into(),
+        public_ip: "203.0.113.10".parse().unwrap(),
+        association: None,
+        tags: floating(),
+    }];
+    w.route_tables = ["rtb-0a1b2c3d", "rtb-0e1f2a3b"]
+        .map(|id| RouteTable {
+            id: id.into(),
+            routes: vec![Route {
+                destination: "10.0.0.0/16".parse().unwrap(),
+                eni: None,
+                gateway: Some("local".into()),
+            }],
+            tags: floating(),
+        })
+        .into();
+    for eni in &mut w.enis {
+        eni.source_dest_check = check;
+    }
+    w
+}
+
+const EIP: [(&str, &str); 1] = [("IPMGR_ELASTIC_IP", "eipalloc-0a1b2c3d")];
+/// Outside the VPC's CIDRs: reached through the route tables, across zones.
+const ROUTED_VIP: &str = "192.168.100.1";
+const TABLES: [(&str, &str); 1] = [("IPMGR_ROUTE_TABLES", "rtb-0a1b2c3d,rtb-0e1f2a3b")];
+
+impl Scene {
+    /// The ENI and private address the Elastic IP is associated with.
+    fn eip(&self) -> Option<(String, String)> {
+        let world = self.ec2.world();
+        let a = world.addresses[0].association.clone()?;
+        Some((a.eni, a.private_ip.to_string()))
+    }
+
+    /// The ENI each route table's route to the routed VIP points at.
+    fn routes(&self) -> Vec<Option<String>> {
+        let dest: ipnet::IpNet = format!("{ROUTED_VIP}/32").parse().unwrap();
+        (self.ec2.world().route_tables.iter())
+            .map(|t| {
+                (t.routes.iter())
+                    .find(|r| r.destination == dest)
+                    .and_then(|r| r.eni.clone())
+            })
+            .collect()
+    }
+
+    async fn wait_until(
+        &self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&Scene) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        while !done(self) {
+            assert!(
+                start.elapsed() < within,
+                "{what} not within {within:?}: EIP {:?}, routes {:?}\n{}: {}\n{}: {}",
+                self.eip(),
+                self.routes(),
+                self.a.name,
+                self.a.log(),
+                self.b.name,
+                self.b.log()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        start.elapsed()
+    }
+}
+
+/// The Elastic IP follows the floating address to the peer on a graceful stop, and
+/// the stopping pod gives back only an association that is still its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_elastic_ip_follows_the_floating_address() {
+    let mut scene = Scene::start_with(world_with_eip_and_tables(true), VIP, &[]).await;
+    scene.a.start(&EIP);
+    scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
+    let on_a = Some(("eni-1n3".to_owned(), VIP.to_owned()));
+    scene
+        .wait_until("the EIP on upf-0's address", Duration::from_secs(10), |s| {
+            s.eip() == on_a
+        })
+        .await;
+    scene.b.start(&EIP);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    scene.a.signal("-TERM");
+    scene.a.wait_exit();
+    let stopped = Instant::now();
+    let on_b = Some(("eni-2n3".to_owned(), VIP.to_owned()));
+    scene.wait_held_by(&scene.b, Duration::from_secs(10)).await;
+    scene
+        .wait_until("the EIP on upf-1's address", Duration::from_secs(10), |s| {
+            s.eip() == on_b
+        })
+        .await;
+    eprintln!(
+        "graceful: the EIP on the peer's address {:?} after the holder exited",
+        stopped.elapsed()
+    );
+    // And it stays there: nothing the first holder did lands late.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(scene.eip(), on_b);
+    assert!(
+        scene.b.log().contains("the Elastic IP points at this pod"),
+        "{}",
+        scene.b.log()
+    );
+}
+
+/// A VIP outside the VPC's CIDRs across zones: never assigned to an ENI, its route in
+/// every table points at the holder's ENI, and at the peer's after the holder is
+/// killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_follow_a_vip_outside_the_vpc() {
+    let mut scene = Scene::start_with(world_with_eip_and_tables(false), ROUTED_VIP, &TABLES).await;
+    scene.a.start(&TABLES);
+    scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
+    let to = |eni: &str| vec![Some(eni.to_owned()); 2];
+    scene
+        .wait_until("routes to upf-0's ENI", Duration::from_secs(10), |s| {
+            s.routes() == to("eni-1n3")
+        })
+        .await;
+    scene.b.start(&TABLES);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let sampler = Sampler::start(&scene.a.net.ns, &scene.b.net.ns, scene.vip);
+    scene.a.signal("-KILL");
+    scene.a.wait_exit();
+    let killed = Instant::now();
+    scene
+        .wait_until("routes to upf-1's ENI", Duration::from_secs(10), |s| {
+            s.routes() == to("eni-2n3")
+        })
+        .await;
+    let took = killed.elapsed();
+    let (both, samples) = sampler.finish();
+    eprintln!("after SIGKILL: the routes point at the peer after {took:?}");
+    assert_eq!(
+        both, 0,
+        "both pods had {ROUTED_VIP} in {both} of {samples} samples"
+    );
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    assert_eq!(
+        scene.ec2.holder(scene.vip()),
+        None,
+        "a routed VIP is never an ENI's address"
+    );
+}
+
+/// Bad input: one line that names what to fix, and nothing changed in EC2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_one_line_and_changes_nothing() {
+    // The ENI's source/destination check is on.
+    let mut scene = Scene::start_with(world_with_eip_and_tables(true), ROUTED_VIP, &TABLES).await;
+    scene.a.start(&TABLES);
+    scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
+    scene
+        .wait_until("the refusal", Duration::from_secs(10), |s| {
+            s.a.log()
+                .contains("ENI eni-1n3 has its source/destination check on")
+        })
+        .await;
+    assert!(scene.a.log().contains("no route was changed"));
+    assert_eq!(scene.routes(), vec![None, None]);
+    drop(scene);
+
+    // A route table that does not exist.
+    let missing = [("IPMGR_ROUTE_TABLES", "rtb-0a1b2c3d,rtb-0deadbee")];
+    let mut scene = Scene::start_with(world_with_eip_and_tables(false), ROUTED_VIP, &missing).await;
+    scene.a.start(&missing);
+    scene
+        .wait_until("the refusal", Duration::from_secs(10), |s| {
+            s.a.log().contains("InvalidRouteTableID.NotFound")
+        })
+        .await;
+    assert!(
+        scene.a.log().contains("check ipmgmt.aws/route-tables"),
+        "{}",
+        scene.a.log()
+    );
+    assert_eq!(scene.routes(), vec![None, None]);
+    drop(scene);
+
+    // The role lacks the floating policy.
+    let mut scene = Scene::start_with(world_with_eip_and_tables(true), VIP, &[]).await;
+    let base: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/iam-policy.json")).unwrap();
+    scene.ec2.set_policy(Some(Policy::parse(&base)));
+    scene.a.start(&EIP);
+    scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
+    scene
+        .wait_until("the refusal", Duration::from_secs(10), |s| {
+            s.a.log().contains("UnauthorizedOperation")
+        })
+        .await;
+    let log = scene.a.log();
+    let line = (log.lines())
+        .find(|l| l.contains("UnauthorizedOperation"))
+        .unwrap();
+    assert!(
+        line.contains("DescribeAddresses eipalloc-0a1b2c3d: UnauthorizedOperation")
+            && line.contains("attach deploy/floating-iam-policy.json to it"),
+        "{line}"
+    );
+    // Said once, however often it is retried.
+    assert_eq!(log.matches("UnauthorizedOperation").count(), 1, "{log}");
+    assert_eq!(scene.eip(), None);
 }

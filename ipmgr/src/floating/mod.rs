@@ -21,18 +21,22 @@
 //! peer takes over at once instead of after the lease duration. A holder that cannot
 //! put the addresses on its interfaces gives the Lease up too, and tries again later.
 
+pub mod ec2;
+mod follow;
 mod iface;
 mod metrics;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use ipmgmt_common::aws::Action;
 use ipmgmt_common::lease::Election;
 use k8s_openapi::api::coordination::v1::Lease;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+pub use follow::{Mover, placements};
 pub use iface::{IfaceError, Interfaces, Placed, place};
 
 use crate::discover::{Addresses, Changes, DiscoverError, Snapshot};
@@ -68,6 +72,128 @@ fn forbidden(namespace: &str, service_account: &str) -> String {
     )
 }
 
+/// Starts the mover, given what it follows (`Mover::run`'s inputs) and its metrics;
+/// made where the EC2 client is, so the sidecar need not know its type.
+pub type SpawnMover = Box<
+    dyn FnOnce(
+            Holding,
+            watch::Receiver<Placements>,
+            watch::Receiver<bool>,
+            Metrics,
+        ) -> JoinHandle<()>
+        + Send,
+>;
+
+/// What a pod asked for beyond its own addresses: a holder for floating addresses,
+/// a mover for an Elastic IP and routes; neither for most pods.
+#[derive(Default)]
+pub struct Floating {
+    pub holder: Option<Start>,
+    pub mover: Option<SpawnMover>,
+}
+
+/// A task beside the sidecar loop and what stops it.
+struct Task {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Task {
+    async fn stop(self, within: Duration, what: &str) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(within, self.task).await.is_err() {
+            warn!(waited = ?within, "the floating addresses' {what} did not stop in time");
+        }
+    }
+}
+
+/// The holder and the mover, running beside the sidecar loop.
+pub struct Tasks {
+    holder: Option<Task>,
+    mover: Option<Task>,
+    placed: watch::Sender<Placements>,
+    holding: Holding,
+    metrics: Metrics,
+    /// The term whose addresses were last seen on this node's ENI.
+    on_eni: std::sync::Mutex<Option<Instant>>,
+    /// Keeps a pool EIP's constant hold open while no holder makes one.
+    _always: Option<watch::Sender<Option<Held>>>,
+}
+
+impl Tasks {
+    pub fn start(floating: Floating, metrics: Metrics) -> Tasks {
+        let (placed, placed_rx) = watch::channel(Placements::new());
+        let (holder, holding, always) = match floating.holder {
+            Some(start) => {
+                let (holder, holding) = Holder::new(start, metrics.clone());
+                let (stop, stopped) = watch::channel(false);
+                let task = tokio::spawn(holder.run(stopped));
+                (Some(Task { stop, task }), holding, None)
+            }
+            // No floating addresses: a pool EIP follows the pod's own address for as
+            // long as the pod runs.
+            None => {
+                let always = Held {
+                    won_at: Instant::now(),
+                    on: Vec::new(),
+                };
+                let (tx, rx) = watch::channel(Some(always));
+                (None, rx, Some(tx))
+            }
+        };
+        let watching = holding.clone();
+        let mover = floating.mover.map(|spawn| {
+            let (stop, stopped) = watch::channel(false);
+            let task = spawn(holding, placed_rx, stopped, metrics.clone());
+            Task { stop, task }
+        });
+        Tasks {
+            holder,
+            mover,
+            placed,
+            holding: watching,
+            metrics,
+            on_eni: std::sync::Mutex::new(None),
+            _always: always,
+        }
+    }
+
+    /// What a pass found: where each of the pod's addresses is.
+    pub fn publish(&self, placements: Placements) {
+        // A take-over's step "on the ENI": every floating address the holder put on
+        // its interfaces is where a pass found it on this node's ENI. Routed addresses
+        // are never an ENI's.
+        if let Some(held) = self.holding.borrow().as_ref().filter(|h| !h.on.is_empty()) {
+            let mut on_eni = self.on_eni.lock().unwrap_or_else(|p| p.into_inner());
+            let all = held.on.iter().all(|p| placements.contains_key(&p.ip));
+            if all && *on_eni != Some(held.won_at) {
+                *on_eni = Some(held.won_at);
+                self.metrics
+                    .reached(metrics::Stage::Eni, held.won_at.elapsed());
+            }
+        }
+        self.placed.send_if_modified(|current| {
+            let changed = *current != placements;
+            *current = placements;
+            changed
+        });
+    }
+
+    /// Takes the floating addresses off the interfaces and gives their Lease up, then
+    /// gives back an Elastic IP association that is still this pod's; both before the
+    /// pod's own addresses are released.
+    pub async fn stop(self, renew_deadline: Duration, release_timeout: Duration) {
+        if let Some(holder) = self.holder {
+            holder
+                .stop(renew_deadline + Duration::from_secs(1), "holder")
+                .await;
+        }
+        if let Some(mover) = self.mover {
+            mover.stop(release_timeout, "Elastic IP and routes").await;
+        }
+    }
+}
+
 /// What the sidecar starts a holder from.
 pub struct Start {
     pub settings: Settings,
@@ -96,16 +222,61 @@ impl<A: Addresses + Send + Sync> Addresses for Unrouted<A> {
     }
 }
 
+/// This pod's hold on the floating addresses: since when, and where they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// When this replica won the Lease: one term.
+    pub won_at: Instant,
+    pub on: Vec<Placed>,
+}
+
 /// Whether the floating addresses are on this pod's interfaces, as the holder last
-/// left them; the sidecar loop reads it to move an Elastic IP and routes.
-pub type Holding = watch::Receiver<bool>;
+/// left them; the mover reads it to move an Elastic IP and routes.
+pub type Holding = watch::Receiver<Option<Held>>;
+
+/// Where one of the pod's addresses is: its interface and the ENI EC2 shows it on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub iface: String,
+    pub eni: String,
+}
+
+/// The pod's addresses by address, as the sidecar's last pass left them.
+pub type Placements = std::collections::BTreeMap<IpAddr, Placement>;
+
+/// What to do about a refused floating call, when it is specific to them.
+pub fn hint(action: Action, code: Option<&str>) -> Option<String> {
+    Some(match code? {
+        "UnauthorizedOperation" | "AccessDenied" => match action {
+            Action::DescribeAddresses | Action::DescribeRouteTables => format!(
+                "the IP manager's IAM role lacks ec2:{action}: attach \
+                 deploy/floating-iam-policy.json to it"
+            ),
+            _ => format!(
+                "the IP manager's IAM role lacks ec2:{action} on this resource: attach \
+                 deploy/floating-iam-policy.json to it, and tag the Elastic IP or route \
+                 table ipmgmt.aws/floating=true (the policy allows only those)"
+            ),
+        },
+        "InvalidAllocationID.NotFound" => {
+            "no such Elastic IP in this Region: check ipmgmt.aws/elastic-ip".into()
+        }
+        "InvalidRouteTableID.NotFound" => {
+            "no such route table in this Region: check ipmgmt.aws/route-tables".into()
+        }
+        "Resource.AlreadyAssociated" => {
+            "the Elastic IP is associated elsewhere and the pool takes only free ones".into()
+        }
+        _ => return None,
+    })
+}
 
 /// The holder: the election, and the addresses on the interfaces while it is won.
 pub struct Holder {
     settings: Settings,
     ifaces: Interfaces,
     api: kube::Api<Lease>,
-    holding: watch::Sender<bool>,
+    holding: watch::Sender<Option<Held>>,
     metrics: Metrics,
 }
 
@@ -157,7 +328,7 @@ impl Holder {
             ifaces,
             api,
         } = start;
-        let (holding, watching) = watch::channel(false);
+        let (holding, watching) = watch::channel(None);
         let holder = Holder {
             settings,
             ifaces,
@@ -303,7 +474,10 @@ impl Holder {
             .map(|p| format!("{} on {}", p.ip, p.iface))
             .collect();
         info!(lease = %lease, addresses = %on.join(", "), took = ?took, "holding the floating addresses");
-        self.holding.send_replace(true);
+        self.holding.send_replace(Some(Held {
+            won_at: won_at.unwrap_or_else(Instant::now),
+            on: placed.clone(),
+        }));
         Some(placed)
     }
 
@@ -321,7 +495,7 @@ impl Holder {
     /// Takes the addresses off every interface. A failure is retried: an address left
     /// on an interface while another pod holds it answers for it twice.
     async fn let_go(&self, why: &str) {
-        self.holding.send_replace(false);
+        self.holding.send_replace(None);
         let ips = &self.settings.ips;
         let mut wait = Duration::from_millis(10);
         loop {

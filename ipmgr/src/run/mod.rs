@@ -173,7 +173,10 @@ pub fn main(cli: Cli, start: ipmgmt_common::shell::Start) -> ExitCode {
             Command::Init => init(ec2, addresses, &args, &attempts).await,
             Command::Sidecar => {
                 let stop = Stop::on_sigterm();
-                let floating = floating_start(&args).await?;
+                let floating = floating::Floating {
+                    holder: floating_start(&args).await?,
+                    mover: mover(&args, &ec2),
+                };
                 // Routed floating addresses reach the holder through route tables; they
                 // are never an ENI's.
                 let routed = match (&args.floating_ips, &args.route_tables) {
@@ -242,6 +245,31 @@ async fn floating_start(args: &Args) -> Result<Option<floating::Start>, Failure>
         settings,
         ifaces,
         api: kube::Api::namespaced(client, namespace),
+    }))
+}
+
+/// What moves the pod's Elastic IP and routes, if it asked for either.
+fn mover(args: &Args, ec2: &SdkEc2) -> Option<floating::SpawnMover> {
+    let eip = (args.elastic_ip.as_deref()).map(|text| {
+        let ips = args.floating_ips.as_ref().map_or(&[][..], |f| &f.0[..]);
+        ipmgmt_common::floating::elastic_ip(text, ips).expect("Args::check_floating checked it")
+    });
+    let tables = args.route_tables.clone();
+    if eip.is_none() && tables.is_none() {
+        return None;
+    }
+    let ips = (args.floating_ips.as_ref()).map_or_else(Vec::new, |f| f.0.clone());
+    let (ec2, confirm) = (ec2.clone(), args.confirm);
+    Some(Box::new(move |holding, placed, stop, metrics| {
+        let mover = floating::Mover {
+            ec2,
+            eip,
+            tables,
+            ips,
+            confirm,
+            metrics,
+        };
+        tokio::spawn(mover.run(holding, placed, stop))
     }))
 }
 

@@ -296,7 +296,7 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
     args: &Args,
     attempts: &Attempts,
     mut stop: Stop,
-    floating: Option<floating::Start>,
+    floating: floating::Floating,
 ) -> Result<(), Failure> {
     let ready = ReadyFile(&args.ready_file);
     // A restarted sidecar must not pass its probes on the last run's file.
@@ -321,7 +321,7 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
         started = start => started?,
     };
 
-    let holder = floating.map(|start| HolderTask::start(start, floating_metrics));
+    let tasks = floating::Tasks::start(floating, floating_metrics);
     let settled_file = SettledFile::beside(&args.ready_file);
     let settled_before = settled_file.load();
     if !settled_before.is_empty() {
@@ -344,13 +344,21 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
         .resync
         .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     state.resync.reset();
-    let followed =
-        follow_until_stopped(&mut state, &mut addresses, &mgr, &mut stop, args, &metrics).await;
+    let followed = follow_until_stopped(
+        &mut state,
+        &mut addresses,
+        &mgr,
+        &mut stop,
+        args,
+        &metrics,
+        &tasks,
+    )
+    .await;
     // Whatever ended the loop, the floating addresses come off the interfaces before
     // the process ends: left there, they would answer beside the peer that takes over.
-    if let Some(holder) = holder {
-        holder.stop(args.lease_renew_deadline).await;
-    }
+    tasks
+        .stop(args.lease_renew_deadline, args.release_timeout)
+        .await;
     followed?;
 
     let Between { ready, failing, .. } = state;
@@ -373,6 +381,7 @@ async fn follow_until_stopped<E: Ec2, A: Addresses>(
     stop: &mut Stop,
     args: &Args,
     metrics: &pass_metrics::PassMetrics,
+    floating: &floating::Tasks,
 ) -> Result<(), Failure> {
     let mut passes = 0_u64;
     loop {
@@ -409,36 +418,13 @@ async fn follow_until_stopped<E: Ec2, A: Addresses>(
             result = pass => result,
         };
         metrics.pass(reason, &result);
+        if let Ok(outcome) = &result {
+            floating.publish(floating::placements(&outcome.placed, &snapshot.addresses));
+        }
         state.after_pass(reason, result)?;
     }
 
     Ok(())
-}
-
-/// The floating addresses' holder, beside the sidecar loop.
-struct HolderTask {
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl HolderTask {
-    fn start(start: floating::Start, metrics: floating::Metrics) -> HolderTask {
-        let (holder, _holding) = floating::Holder::new(start, metrics);
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(holder.run(stopped));
-        HolderTask { stop, task }
-    }
-
-    /// Takes the floating addresses off the interfaces and gives their Lease up, before
-    /// the pod's other addresses are released; the Lease's release is bounded by the
-    /// renew deadline, and it expires by itself if that passes.
-    async fn stop(self, renew_deadline: Duration) {
-        let _ = self.stop.send(true);
-        let bound = renew_deadline + Duration::from_secs(1);
-        if tokio::time::timeout(bound, self.task).await.is_err() {
-            warn!(waited = ?bound, "the floating addresses' holder did not stop in time");
-        }
-    }
 }
 
 /// Releases what the pod holds at this moment, and nothing it gave up, within the
