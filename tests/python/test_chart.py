@@ -91,11 +91,29 @@ def test_every_rendered_manifest_is_valid(case):
 
 
 def test_default_objects():
+    # The ClusterRole: a floating address's Lease, bound in the workload's namespace.
     assert kinds(render()) == sorted([
-        "Certificate", "Certificate", "Deployment", "Issuer", "Issuer", "MutatingWebhookConfiguration",
-        "PodDisruptionBudget", "Service", "ServiceAccount", "ValidatingAdmissionPolicy",
-        "ValidatingAdmissionPolicyBinding",
+        "Certificate", "Certificate", "ClusterRole", "Deployment", "Issuer", "Issuer",
+        "MutatingWebhookConfiguration", "PodDisruptionBudget", "Service", "ServiceAccount",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
     ])
+
+
+def test_floating_lease_role_and_bindings():
+    role = one(render(), "ClusterRole")
+    assert role["metadata"]["name"] == "ipmgmt-floating"
+    # Exactly what ipmgmt_common::lease calls: get, create, replace.
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "verbs": ["get", "create", "update"]}]
+    assert role["metadata"]["labels"]["app.kubernetes.io/component"] == "ip-manager"
+    docs = render((ALL_OPTIONS,))
+    assert one(docs, "ClusterRole")["metadata"]["name"] == "ipmgmt-floating-leases"
+    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert [(b["metadata"]["namespace"], b["subjects"]) for b in bindings] == [
+        ("upf", [{"kind": "ServiceAccount", "name": "upf", "namespace": "upf"}]),
+        ("sip", [{"kind": "ServiceAccount", "name": "proxy", "namespace": "sip"}]),
+    ]
+    assert all(b["roleRef"]["name"] == "ipmgmt-floating-leases" for b in bindings)
 
 
 def test_no_rbac_because_the_webhook_calls_no_api():
