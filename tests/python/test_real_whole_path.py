@@ -10,6 +10,8 @@ Needs root; the workspace built (`cargo build --workspace`), as ./scripts/test d
 
 import ipaddress
 import json
+import re
+import time
 
 import pytest
 
@@ -303,3 +305,52 @@ def test_the_guard_in_the_controller_pod_passes_the_samples_and_the_webhook_pods
                 in warned.stderr), warned.stderr
     finally:
         cluster.kubectl("delete", "network-attachment-definitions", "outside-net", "-n", APPS, "--ignore-not-found")
+
+
+def test_the_vip_pair_holds_its_address_by_lease_and_hands_it_over_on_stop(cluster):
+    """The keepalived-free sample pair: the two managers contend for the Lease in the
+    real apiserver, through the sample's RoleBinding to the chart's ClusterRole and the
+    pod's own service-account token. The holder has the VIP on its net1 and its node's
+    ENI; the manager runs as the webhook asked for these pods only (uid 0 with
+    CAP_NET_ADMIN alone). Deleting the holder hands the VIP to the peer in about a
+    second (tests/tests/floating_pair.rs samples both interfaces for split brain)."""
+    sample = SAMPLES / "deployment-vip-pair.yaml"
+    (vip,) = set(re.findall(r"ipmgmt.aws/floating-ips: (\S+)", sample.read_text()))
+    cluster.kubectl("apply", "-f", sample)
+    pods = cluster.wait_for_pods(APPS, "app=vip-pair", 2, is_ready)
+    by_name = {p["metadata"]["name"]: p for p in pods}
+    eni = {}
+    for name, pod in by_name.items():
+        ((_, (node_eni, _)),) = cluster.placed(pod).items()
+        eni[name] = node_eni.id
+        _, status = cluster.process(pod, MANAGER)
+        assert status["Uid"].split() == ["0"] * 4, status["Uid"]
+        assert int(status["CapEff"], 16) == 1 << 12 == int(status["CapBnd"], 16), "CAP_NET_ADMIN alone"
+        assert status["NoNewPrivs"] == "1"
+        (app,) = [c for c in pod["spec"]["containers"] if c["name"] == "app"]
+        assert "add" not in app["securityContext"]["capabilities"], "the app needs no NET_ADMIN"
+
+    def lease_holder():
+        leases = cluster.cp.get(f"/apis/coordination.k8s.io/v1/namespaces/{APPS}/leases")["items"]
+        held = [l["spec"].get("holderIdentity") for l in leases if l["metadata"]["name"].startswith("ipmgmt-vip-")]
+        return held[0] if held and held[0] else None
+
+    def on_net1(name):
+        return vip in exec_app(cluster, name, "ip", "-o", "addr", "show", "dev", "net1").stdout
+
+    holder = cluster.cp.wait_for("a holder of the Lease", lease_holder)
+    (peer,) = [n for n in by_name if n != holder]
+    cluster.vpc.wait_for(lambda h: h.get(vip) == [eni[holder]])
+    assert on_net1(holder) and not on_net1(peer)
+
+    # The holder deleted as a user would: it takes the VIP off and gives the Lease up.
+    start = time.monotonic()
+    cluster.kubectl("-n", APPS, "delete", "pod", holder, "--wait=false")
+    cluster.vpc.wait_for(lambda h: h.get(vip) == [eni[peer]], timeout=30)
+    took = time.monotonic() - start
+    assert lease_holder() == peer
+    assert on_net1(peer)
+    print(f"the VIP on the peer's ENI {took:.2f} s after kubectl delete")
+    # kubectl's round trips and kubelet's SIGTERM come before the manager's part.
+    assert took < 5, took
+    cluster.kubectl("delete", "-f", sample)
