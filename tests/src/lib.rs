@@ -4,6 +4,7 @@ pub mod fake_ec2;
 pub mod fake_imds;
 pub mod fake_kube;
 pub mod netns;
+pub mod pair;
 pub mod scale;
 pub mod scenario;
 

@@ -5,25 +5,19 @@
 //! every few milliseconds for the whole scene: at no instant may both have the address.
 //! Needs root.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ipmgmt_tests::fake_ec2::iam::Policy;
 use ipmgmt_tests::fake_ec2::{ElasticIp, FakeEc2, Faults, Route, RouteTable, World};
-use ipmgmt_tests::fake_imds::FakeImds;
 use ipmgmt_tests::fake_kube::{FakeKube, Kind};
-use ipmgmt_tests::netns::{Endpoints, PodNet, pod_dir, pod_executable};
+use ipmgmt_tests::netns::pod_executable;
+use ipmgmt_tests::pair::{MAC_2N3, Replica, Sampler};
 use ipmgmt_tests::scenario::{MAC_N3, world};
 
 const VIP: &str = "10.0.1.100";
-const METRICS_PORT: u16 = 9090;
 const LEASE: &str = "ipmgmt-vip-";
-/// Node i-0002's Multus ENI in subnet-b (`scenario::world`'s eni-2n3).
-const MAC_2N3: &str = "0a:00:00:00:11:01";
 
 fn ipmgr_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -34,217 +28,6 @@ fn ipmgr_bin() -> PathBuf {
         bin.display()
     );
     pod_executable(&bin)
-}
-
-/// One replica: its pod, its node, and its manager once started.
-struct Replica {
-    name: &'static str,
-    vip: &'static str,
-    net: PodNet,
-    ec2: SocketAddr,
-    imds: SocketAddr,
-    kube: SocketAddr,
-    dir: PathBuf,
-    node: &'static str,
-    eni: &'static str,
-    child: Option<Child>,
-}
-
-impl Replica {
-    async fn new(
-        name: &'static str,
-        vip: &'static str,
-        ec2: &FakeEc2,
-        kube: &FakeKube,
-        (mac, address, node, eni): (&str, &str, &'static str, &'static str),
-    ) -> Replica {
-        let net = PodNet::create();
-        let host = net.host_ip.into();
-        let ec2_at = ec2.serve(SocketAddr::new(host, 0)).await.unwrap();
-        let kube_at = kube.serve(SocketAddr::new(host, 0)).await.unwrap();
-        // IMDS never answers from these pods: the manager finds its node by name.
-        let (imds, _) = FakeImds::black_hole(SocketAddr::new(host, 0))
-            .await
-            .unwrap();
-        net.add_interface("net1", mac);
-        net.add_address("net1", address);
-        let dir = pod_dir(&format!("ipmgmt-{}", net.ns));
-        // Writable by the manager's uid 0 without CAP_DAC_OVERRIDE, as an emptyDir is.
-        let mut perms = std::fs::metadata(&dir).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
-        std::fs::set_permissions(&dir, perms).unwrap();
-        Replica {
-            name,
-            vip,
-            net,
-            ec2: ec2_at,
-            imds,
-            kube: kube_at,
-            dir,
-            node,
-            eni,
-            child: None,
-        }
-    }
-
-    fn start(&mut self, env: &[(&str, &str)]) {
-        let kubeconfig = self.dir.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{}\n\
-                 users:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n\
-                 current-context: c\n",
-                self.kube
-            ),
-        )
-        .unwrap();
-        let at = Endpoints {
-            ec2: self.ec2,
-            imds: self.imds,
-        };
-        let mut cmd = self.net.ipmgr_with_net_admin(&ipmgr_bin(), at, &self.dir);
-        cmd.env("KUBECONFIG", &kubeconfig)
-            .env("NODE_NAME", self.node)
-            .env("POD_NAME", self.name)
-            .env("POD_NAMESPACE", "upf")
-            .env("POD_SERVICE_ACCOUNT", "upf")
-            .env("IPMGR_FLOATING_IPS", self.vip)
-            .env("IPMGR_RETRY_INITIAL_BACKOFF_MS", "10")
-            .env("IPMGR_METRICS_LISTEN", format!("0.0.0.0:{METRICS_PORT}"))
-            .env("IPMGR_LOG_FORMAT", "json")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join("log")).unwrap());
-        self.child = Some(cmd.spawn().unwrap());
-    }
-
-    /// The manager's `/metrics`, served on the pod's eth0.
-    fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let pod_ip = std::net::Ipv4Addr::from(u32::from(self.net.host_ip) + 1);
-        let mut conn = std::net::TcpStream::connect((pod_ip, METRICS_PORT)).unwrap();
-        conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut text = String::new();
-        conn.read_to_string(&mut text).unwrap();
-        text
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
-    }
-
-    fn signal(&mut self, signal: &str) {
-        let child = self.child.as_ref().expect("started");
-        // `ip netns exec` execs setpriv, which execs ipmgr: the pid is the manager's.
-        let status = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self) -> Option<i32> {
-        let child = self.child.as_mut().expect("started");
-        let until = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < until,
-                "{} did not exit: {}",
-                self.name,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Cuts the pod off from the API server, not from EC2: packets to it are dropped,
-    /// so open connections hang rather than close.
-    fn cut_from_api_server(&self) {
-        let status = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.net.ns,
-                "iptables",
-                "-A",
-                "OUTPUT",
-                "-p",
-                "tcp",
-            ])
-            .args([
-                "-d",
-                &self.kube.ip().to_string(),
-                "--dport",
-                &self.kube.port().to_string(),
-            ])
-            .args(["-j", "DROP"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "iptables in the pod's namespace");
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Samples both pods' interfaces until stopped; counts the instants at which both had
-/// the address, and remembers which pod had it last.
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    both: Arc<AtomicUsize>,
-    samples: Arc<AtomicUsize>,
-    task: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sampler {
-    fn start(a: &str, b: &str, vip: &'static str) -> Sampler {
-        let stop: Arc<AtomicBool> = Arc::default();
-        let (both, samples): (Arc<AtomicUsize>, Arc<AtomicUsize>) = Default::default();
-        let (s, t, n) = (Arc::clone(&stop), Arc::clone(&both), Arc::clone(&samples));
-        let (a, b) = (a.to_owned(), b.to_owned());
-        let task = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let has = |ns: &str| {
-                    let out = Command::new("ip")
-                        .args(["-n", ns, "-o", "addr", "show", "to", vip])
-                        .output()
-                        .unwrap();
-                    !out.stdout.is_empty()
-                };
-                if has(&a) && has(&b) {
-                    t.fetch_add(1, Ordering::Relaxed);
-                }
-                n.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        Sampler {
-            stop,
-            both,
-            samples,
-            task: Some(task),
-        }
-    }
-
-    /// How many samples saw both pods with the address, and how many were taken.
-    fn finish(mut self) -> (usize, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.take().unwrap().join().unwrap();
-        (
-            self.both.load(Ordering::Relaxed),
-            self.samples.load(Ordering::Relaxed),
-        )
-    }
 }
 
 struct Scene {
@@ -383,8 +166,8 @@ impl Scene {
 async fn one_holder_and_a_graceful_handover_within_a_second() {
     let mut scene = Scene::start().await;
     let sampler = Sampler::start(&scene.a.net.ns, &scene.b.net.ns, scene.vip);
-    scene.a.start(&[]);
-    scene.b.start(&[]);
+    scene.a.start(&ipmgr_bin(), &[]);
+    scene.b.start(&ipmgr_bin(), &[]);
     let until = Instant::now() + Duration::from_secs(20);
     let first = loop {
         let on = scene.on_interface();
@@ -472,9 +255,9 @@ async fn one_holder_and_a_graceful_handover_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_holder_loses_the_address_before_the_peer_takes_it() {
     let mut scene = Scene::start().await;
-    scene.a.start(&[]);
+    scene.a.start(&ipmgr_bin(), &[]);
     scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
-    scene.b.start(&[]);
+    scene.b.start(&ipmgr_bin(), &[]);
     // The peer is contending (it has created nothing, the Lease is held).
     tokio::time::sleep(Duration::from_millis(700)).await;
     let sampler = Sampler::start(&scene.a.net.ns, &scene.b.net.ns, scene.vip);
@@ -499,9 +282,9 @@ async fn a_killed_holder_loses_the_address_before_the_peer_takes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_cut_off_from_the_api_server_lets_go_first() {
     let mut scene = Scene::start().await;
-    scene.a.start(&[]);
+    scene.a.start(&ipmgr_bin(), &[]);
     scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
-    scene.b.start(&[]);
+    scene.b.start(&ipmgr_bin(), &[]);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let sampler = Sampler::start(&scene.a.net.ns, &scene.b.net.ns, scene.vip);
     scene.a.cut_from_api_server();
@@ -623,7 +406,7 @@ impl Scene {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_elastic_ip_follows_the_floating_address() {
     let mut scene = Scene::start_with(world_with_eip_and_tables(true), VIP, &[]).await;
-    scene.a.start(&EIP);
+    scene.a.start(&ipmgr_bin(), &EIP);
     scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
     let on_a = Some(("eni-1n3".to_owned(), VIP.to_owned()));
     scene
@@ -631,7 +414,7 @@ async fn the_elastic_ip_follows_the_floating_address() {
             s.eip() == on_a
         })
         .await;
-    scene.b.start(&EIP);
+    scene.b.start(&ipmgr_bin(), &EIP);
     tokio::time::sleep(Duration::from_millis(700)).await;
     scene.a.signal("-TERM");
     scene.a.wait_exit();
@@ -663,7 +446,7 @@ async fn the_elastic_ip_follows_the_floating_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_follow_a_vip_outside_the_vpc() {
     let mut scene = Scene::start_with(world_with_eip_and_tables(false), ROUTED_VIP, &TABLES).await;
-    scene.a.start(&TABLES);
+    scene.a.start(&ipmgr_bin(), &TABLES);
     scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
     let to = |eni: &str| vec![Some(eni.to_owned()); 2];
     scene
@@ -671,7 +454,7 @@ async fn routes_follow_a_vip_outside_the_vpc() {
             s.routes() == to("eni-1n3")
         })
         .await;
-    scene.b.start(&TABLES);
+    scene.b.start(&ipmgr_bin(), &TABLES);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let sampler = Sampler::start(&scene.a.net.ns, &scene.b.net.ns, scene.vip);
     scene.a.signal("-KILL");
@@ -702,7 +485,7 @@ async fn routes_follow_a_vip_outside_the_vpc() {
 async fn bad_input_gets_one_line_and_changes_nothing() {
     // The ENI's source/destination check is on.
     let mut scene = Scene::start_with(world_with_eip_and_tables(true), ROUTED_VIP, &TABLES).await;
-    scene.a.start(&TABLES);
+    scene.a.start(&ipmgr_bin(), &TABLES);
     scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
     scene
         .wait_until("the refusal", Duration::from_secs(10), |s| {
@@ -717,7 +500,7 @@ async fn bad_input_gets_one_line_and_changes_nothing() {
     // A route table that does not exist.
     let missing = [("IPMGR_ROUTE_TABLES", "rtb-0a1b2c3d,rtb-0deadbee")];
     let mut scene = Scene::start_with(world_with_eip_and_tables(false), ROUTED_VIP, &missing).await;
-    scene.a.start(&missing);
+    scene.a.start(&ipmgr_bin(), &missing);
     scene
         .wait_until("the refusal", Duration::from_secs(10), |s| {
             s.a.log().contains("InvalidRouteTableID.NotFound")
@@ -736,7 +519,7 @@ async fn bad_input_gets_one_line_and_changes_nothing() {
     let base: serde_json::Value =
         serde_json::from_str(include_str!("../../deploy/iam-policy.json")).unwrap();
     scene.ec2.set_policy(Some(Policy::parse(&base)));
-    scene.a.start(&EIP);
+    scene.a.start(&ipmgr_bin(), &EIP);
     scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
     scene
         .wait_until("the refusal", Duration::from_secs(10), |s| {
