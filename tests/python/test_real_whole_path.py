@@ -354,3 +354,31 @@ def test_the_vip_pair_holds_its_address_by_lease_and_hands_it_over_on_stop(clust
     # kubectl's round trips and kubelet's SIGTERM come before the manager's part.
     assert took < 5, took
     cluster.kubectl("delete", "-f", sample)
+
+
+def test_a_vip_pod_without_the_lease_binding_says_which_rolebinding_to_add(cluster):
+    """The sample pair under a ServiceAccount the RoleBinding does not name: the API
+    server refuses its managers the Lease (403), and each says, in one line of its log,
+    the exact command that binds the chart's ClusterRole to it. The pods still start:
+    their own addresses are assigned; only the floating address waits."""
+    sample = (SAMPLES / "deployment-vip-pair.yaml").read_text()
+    (deployment,) = [d for d in sample.split("\n---\n") if "kind: Deployment" in d]
+    unbound = (deployment.replace("name: vip-pair", "name: vip-unbound")
+               .replace("app: vip-pair", "app: vip-unbound")
+               .replace("serviceAccountName: vip-pair", "serviceAccountName: vip-unbound")
+               .replace("ipmgmt.aws/floating-ips: 10.0.4.101", "ipmgmt.aws/floating-ips: 10.0.4.103")
+               .replace("replicas: 2", "replicas: 1"))
+    account = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: vip-unbound\n  namespace: multus-demo\n"
+    cluster.kubectl("apply", "-f", "-", input=account + "---\n" + unbound)
+    (pod,) = cluster.wait_for_pods(APPS, "app=vip-unbound", 1, is_ready)
+    expected = ("kubectl -n multus-demo create rolebinding ipmgmt-floating --clusterrole=ipmgmt-floating "
+                "--serviceaccount=multus-demo:vip-unbound")
+
+    def said():
+        log = cluster.kubectl("-n", APPS, "logs", pod["metadata"]["name"], "-c", MANAGER).stdout
+        return expected in log and log
+
+    log = cluster.cp.wait_for("the manager's RoleBinding line", said)
+    assert sum(1 for line in log.splitlines() if "refused the pod's service account" in line) >= 1
+    assert "10.0.4.103" not in cluster.vpc.holders(), "no Lease, no floating address"
+    cluster.kubectl("-n", APPS, "delete", "deployment", "vip-unbound")

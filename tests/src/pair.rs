@@ -89,18 +89,26 @@ impl Replica {
 
     /// The manager as the webhook runs it for a pod with floating addresses.
     pub fn start(&mut self, program: &Path, env: &[(&str, &str)]) {
+        let at = self.endpoints();
+        let cmd = self.net.ipmgr_with_net_admin(program, at, &self.dir);
+        self.spawn(cmd, &[&[("IPMGR_FLOATING_IPS", self.vip)], env].concat());
+    }
+
+    /// The manager as the webhook runs it for a pod without floating addresses (uid
+    /// 65532, no capabilities): a pool's Elastic IP for the pod's own address.
+    pub fn start_without_floating(&mut self, program: &Path, env: &[(&str, &str)]) {
+        let at = self.endpoints();
+        let cmd = self.net.ipmgr(program, "sidecar", at, &self.dir);
+        self.spawn(cmd, env);
+    }
+
+    fn spawn(&mut self, mut cmd: Command, env: &[(&str, &str)]) {
         let kubeconfig = kubeconfig(&self.dir, self.kube);
-        let at = Endpoints {
-            ec2: self.ec2,
-            imds: self.imds,
-        };
-        let mut cmd = self.net.ipmgr_with_net_admin(program, at, &self.dir);
         cmd.env("KUBECONFIG", &kubeconfig)
             .env("NODE_NAME", self.node)
             .env("POD_NAME", self.name)
             .env("POD_NAMESPACE", "upf")
             .env("POD_SERVICE_ACCOUNT", "upf")
-            .env("IPMGR_FLOATING_IPS", self.vip)
             .env("IPMGR_RETRY_INITIAL_BACKOFF_MS", "10")
             .env("IPMGR_METRICS_LISTEN", format!("0.0.0.0:{METRICS_PORT}"))
             .env("IPMGR_LOG_FORMAT", "json")

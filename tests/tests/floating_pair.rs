@@ -539,3 +539,98 @@ async fn bad_input_gets_one_line_and_changes_nothing() {
     assert_eq!(log.matches("UnauthorizedOperation").count(), 1, "{log}");
     assert_eq!(scene.eip(), None);
 }
+
+/// EC2 throttling half the calls during a take-over: the Elastic IP still ends on the
+/// new holder, and stays there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_under_throttling_converges_on_the_new_holder() {
+    let mut scene = Scene::start_with(world_with_eip_and_tables(true), VIP, &[]).await;
+    scene.a.start(&ipmgr_bin(), &EIP);
+    scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
+    let on = |eni: &str| Some((eni.to_owned(), VIP.to_owned()));
+    scene
+        .wait_until("the EIP on upf-0", Duration::from_secs(10), |s| {
+            s.eip() == on("eni-1n3")
+        })
+        .await;
+    scene.b.start(&ipmgr_bin(), &EIP);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    scene.ec2.set_faults(Faults {
+        remap_delay_ms: 200,
+        throttle_fraction: 0.5,
+        ..Faults::default()
+    });
+    scene.a.signal("-TERM");
+    scene.a.wait_exit();
+    scene.wait_held_by(&scene.b, Duration::from_secs(30)).await;
+    scene
+        .wait_until("the EIP on upf-1", Duration::from_secs(30), |s| {
+            s.eip() == on("eni-2n3")
+        })
+        .await;
+    scene.ec2.set_faults(Faults {
+        remap_delay_ms: 200,
+        ..Faults::default()
+    });
+    let throttled = (scene.ec2.log().iter())
+        .filter(|e| e.code.as_deref() == Some("RequestLimitExceeded"))
+        .count();
+    assert!(throttled > 0, "the fault throttled nothing");
+    // Nothing upf-0 had in flight lands later and points it back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(scene.eip(), on("eni-2n3"));
+    assert_eq!(scene.ec2.holder(scene.vip()).as_deref(), Some("eni-2n3"));
+}
+
+/// Without floating addresses, `tag:KEY=VALUE` gives each pod its own Elastic IP from
+/// the pool, for its own address; a pod that stops gives its EIP back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_pod_gets_its_own_elastic_ip_from_a_pool() {
+    let mut w = world();
+    let eip = |id: &str, ip: &str, tagged: bool| ElasticIp {
+        allocation_id: id.into(),
+        public_ip: ip.parse().unwrap(),
+        association: None,
+        tags: match tagged {
+            true => vec![("ipmgmt.aws/pool".into(), "upf".into())],
+            false => Vec::new(),
+        },
+    };
+    w.addresses = vec![
+        eip("eipalloc-0000000a", "203.0.113.10", true),
+        eip("eipalloc-0000000b", "203.0.113.11", false),
+        eip("eipalloc-0000000c", "203.0.113.12", true),
+    ];
+    let mut scene = Scene::start_with(w, VIP, &[]).await;
+    let pool = [("IPMGR_ELASTIC_IP", "tag:ipmgmt.aws/pool=upf")];
+    scene.a.start_without_floating(&ipmgr_bin(), &pool);
+    scene.b.start_without_floating(&ipmgr_bin(), &pool);
+    let associations = |s: &Scene| -> Vec<Option<(String, String)>> {
+        (s.ec2.world().addresses.iter())
+            .map(|a| (a.association.as_ref()).map(|x| (x.eni.clone(), x.private_ip.to_string())))
+            .collect()
+    };
+    scene
+        .wait_until("each pod's own EIP", Duration::from_secs(15), |s| {
+            let got = associations(s);
+            got[1].is_none()
+                && got[0].is_some()
+                && got[2].is_some()
+                && got[0] != got[2]
+                && got.iter().flatten().all(|(eni, ip)| {
+                    (eni == "eni-1n3" && ip == "10.0.1.50")
+                        || (eni == "eni-2n3" && ip == "10.0.1.60")
+                })
+        })
+        .await;
+    // No Lease and no capability: these managers hold no floating address.
+    assert!(scene.kube.list(Kind::Lease).is_empty());
+    scene.a.signal("-TERM");
+    scene.a.wait_exit();
+    let got = associations(&scene);
+    assert_eq!(got.iter().flatten().count(), 1, "{got:?}");
+    assert!(
+        got.iter().flatten().all(|(eni, _)| eni == "eni-2n3"),
+        "{got:?}"
+    );
+}

@@ -66,8 +66,9 @@ pub struct Settings {
 fn forbidden(namespace: &str, service_account: &str) -> String {
     format!(
         "the API server refused the pod's service account {namespace}/{service_account} the \
-         floating addresses' Lease; bind the chart's ClusterRole to it: kubectl -n {namespace} \
-         create rolebinding ipmgmt-floating --clusterrole=ipmgmt-floating \
+         floating addresses' Lease; bind the chart's ClusterRole to it (RELEASE-floating; \
+         ipmgmt-floating for a release named ipmgmt): kubectl -n {namespace} create \
+         rolebinding ipmgmt-floating --clusterrole=ipmgmt-floating \
          --serviceaccount={namespace}:{service_account}"
     )
 }
