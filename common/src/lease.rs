@@ -13,15 +13,18 @@
 //!   passes, as client-go bounds its renewals: on a connection that stops carrying
 //!   bytes without closing, a call could otherwise wait past the lease duration
 //!   while this replica still believes it leads.
-//! - On shutdown the leader releases the Lease, so the next one starts at once.
+//! - On shutdown the leader releases the Lease, so the next one starts at once: the
+//!   others watch the Lease and look again as soon as it changes.
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -64,6 +67,10 @@ impl Election {
     /// replica holds the Lease; then releases it if held.
     pub async fn run(self, leading: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
         let mut observed: Option<Observed> = None;
+        let only_this = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let mut changes = watcher::watcher(self.api.clone(), only_this)
+            .default_backoff()
+            .boxed();
         let mut last_renewal: Option<Instant> = None;
         loop {
             // A leader's try may last until its renew deadline; anyone else's, a
@@ -121,9 +128,23 @@ impl Election {
                 }
                 _ => self.retry_period,
             };
+            // A waiting replica also looks again the moment the Lease changes: a holder
+            // that gives it up on stopping is succeeded at once, and a renewal is seen
+            // when it is written, so that its expiry is counted from then.
+            let waiting = !*leading.borrow();
+            let changed = async {
+                loop {
+                    match changes.next().await {
+                        Some(Ok(_)) if waiting => return,
+                        Some(_) => continue,
+                        None => std::future::pending::<()>().await,
+                    }
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = stop.wait_for(|s| *s) => break,
+                _ = changed => {}
             }
         }
         if *leading.borrow() {

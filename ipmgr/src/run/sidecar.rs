@@ -327,8 +327,14 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
     if !settled_before.is_empty() {
         info!(settled = ?settled_before, "restarted: addresses an earlier run settled are repaired only, never taken from another ENI");
     }
+    let floating: BTreeSet<IpAddr> = (args.floating_ips.iter())
+        .flat_map(|f| f.0.iter().copied())
+        .collect();
+    // A floating address on the interfaces at start is an earlier run's leftover, not
+    // a take: its holder takes it off, and puts it back (a take) only once it wins.
+    let not_taken: BTreeSet<IpAddr> = settled_before.union(&floating).copied().collect();
     let mut state = Between {
-        follow: Follow::new(&snapshot.addresses, &settled_before),
+        follow: Follow::new(&snapshot.addresses, &not_taken),
         settled: settled_before,
         settled_file,
         ready,
@@ -336,9 +342,7 @@ pub async fn sidecar<E: Ec2, A: Addresses>(
         retry_at: Some(Instant::now()),
         backoff: RETRY_FIRST,
         failing: None,
-        floating: (args.floating_ips.iter())
-            .flat_map(|f| f.0.iter().copied())
-            .collect(),
+        floating,
     };
     state
         .resync
