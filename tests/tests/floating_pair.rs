@@ -634,3 +634,28 @@ async fn each_pod_gets_its_own_elastic_ip_from_a_pool() {
         "{got:?}"
     );
 }
+
+/// A floating address in the subnet of none of the pod's interfaces, without route
+/// tables: no ENI of the node could hold it. One line says so, nothing reaches EC2,
+/// and the replica gives the Lease up to one that might hold it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_in_no_subnet_of_the_pod_is_refused_and_the_lease_given_up() {
+    let mut scene = Scene::start_with(world(), "10.0.9.100", &[]).await;
+    scene.a.start(&ipmgr_bin(), &[]);
+    scene
+        .wait_until("the refusal", Duration::from_secs(10), |s| {
+            s.a.log().contains("gave the lease up")
+        })
+        .await;
+    let log = scene.a.log();
+    let line = (log.lines())
+        .find(|l| l.contains("so no ENI of the node can hold it"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("10.0.9.100") && line.contains("net1 (10.0.1.0/24)"),
+        "{line}"
+    );
+    assert!(!scene.a.has_vip());
+    assert_eq!(scene.ec2.holder(scene.vip()), None);
+    assert_eq!(scene.lease_holder(), None, "the Lease is free for a peer");
+}

@@ -62,7 +62,7 @@ pub enum IfaceError {
 }
 
 /// Where each floating address goes, or why one has nowhere to go. Pure.
-pub fn place(ips: &[IpAddr], ifaces: &[Iface]) -> Result<Vec<Placed>, String> {
+pub fn place(ips: &[IpAddr], ifaces: &[Iface], routed: bool) -> Result<Vec<Placed>, String> {
     let describe = || {
         let each: Vec<String> = (ifaces.iter())
             .map(|i| {
@@ -84,12 +84,23 @@ pub fn place(ips: &[IpAddr], ifaces: &[Iface]) -> Result<Vec<Placed>, String> {
         let iface = match home.as_slice() {
             [one] => *one,
             [] => match ifaces {
-                [only] => only,
-                _ => {
+                [only] if routed => only,
+                _ if routed => {
                     return Err(format!(
                         "floating address {ip} is in the subnet of no secondary interface of \
                          the pod, and there is not exactly one to route it to (interfaces: {}): \
-                         check ipmgmt.aws/floating-ips against the pod's networks",
+                         name the interface with ipmgmt.aws/interfaces",
+                        describe()
+                    ));
+                }
+                // Without routes, an address reaches this pod only as an ENI's, in the
+                // subnet of the interface that rides on that ENI.
+                _ => {
+                    return Err(format!(
+                        "floating address {ip} is in the subnet of no secondary interface of \
+                         the pod (interfaces: {}), so no ENI of the node can hold it: check \
+                         ipmgmt.aws/floating-ips against the pod's networks, or route it \
+                         with ipmgmt.aws/route-tables",
                         describe()
                     ));
                 }
@@ -151,7 +162,12 @@ impl Interfaces {
             }
         }
         for (msg, ip) in self.addresses().await? {
-            if floating.contains(&ip) {
+            // Link-local addresses name no subnet an ENI is in.
+            let link_local = match ip {
+                IpAddr::V4(v4) => v4.is_link_local(),
+                IpAddr::V6(v6) => v6.is_unicast_link_local(),
+            };
+            if floating.contains(&ip) || link_local {
                 continue;
             }
             let Some(iface) = ifaces.iter_mut().find(|i| i.index == msg.header.index) else {
@@ -184,9 +200,10 @@ impl Interfaces {
     }
 
     /// Where each floating address goes now.
-    pub async fn place(&self, ips: &[IpAddr]) -> Result<Vec<Placed>, IfaceError> {
+    /// Where each floating address goes now; `routed` when route tables reach them.
+    pub async fn place(&self, ips: &[IpAddr], routed: bool) -> Result<Vec<Placed>, IfaceError> {
         let ifaces = self.managed(ips).await?;
-        place(ips, &ifaces).map_err(IfaceError::Place)
+        place(ips, &ifaces, routed).map_err(IfaceError::Place)
     }
 
     /// Puts each address where it was placed, or refreshes it there, valid for
@@ -268,7 +285,7 @@ mod tests {
             iface("net1", 3, &["10.0.4.66/24", "2001:db8:0:5::66/64"]),
             iface("net2", 4, &["10.0.6.66/24"]),
         ];
-        let placed = place(&[ip("10.0.6.100"), ip("2001:db8:0:5::100")], &ifaces).unwrap();
+        let placed = place(&[ip("10.0.6.100"), ip("2001:db8:0:5::100")], &ifaces, false).unwrap();
         assert_eq!(
             placed
                 .iter()
@@ -283,20 +300,26 @@ mod tests {
         // Routed across zones: outside every subnet, on the only interface.
         let one = [iface("net1", 3, &["10.0.4.66/24"])];
         assert_eq!(
-            place(&[ip("192.168.100.1")], &one).unwrap()[0].iface,
+            place(&[ip("192.168.100.1")], &one, true).unwrap()[0].iface,
             "net1"
+        );
+        // Not routed: only an ENI can hold it, and none of the pod's subnets has it.
+        let err = place(&[ip("10.0.9.100")], &one, false).unwrap_err();
+        assert!(
+            err.contains("so no ENI of the node can hold it") && err.contains("net1 (10.0.4.0/24)"),
+            "{err}"
         );
         let two = [
             iface("net1", 3, &["10.0.4.66/24"]),
             iface("net2", 4, &["10.0.6.66/24"]),
         ];
-        let err = place(&[ip("192.168.100.1")], &two).unwrap_err();
+        let err = place(&[ip("192.168.100.1")], &two, true).unwrap_err();
         assert!(
             err.contains("192.168.100.1 is in the subnet of no secondary interface")
                 && err.contains("net1 (10.0.4.0/24), net2 (10.0.6.0/24)"),
             "{err}"
         );
-        let err = place(&[ip("10.0.4.100")], &[]).unwrap_err();
+        let err = place(&[ip("10.0.4.100")], &[], false).unwrap_err();
         assert!(err.contains("(interfaces: none)"), "{err}");
     }
 }

@@ -50,6 +50,8 @@ const STEP_ASIDE: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub ips: Vec<IpAddr>,
+    /// Route tables reach the addresses: they need not lie in an interface's subnet.
+    pub routed: bool,
     /// The Lease's name (`ipmgmt_common::floating::lease_name`).
     pub lease: String,
     /// This replica: the pod's name.
@@ -459,7 +461,11 @@ impl Holder {
     /// cannot be held here.
     async fn take(&self, won_at: Option<Instant>) -> Option<Vec<Placed>> {
         let lease = &self.settings.lease;
-        let placed = match self.ifaces.place(&self.settings.ips).await {
+        let placed = match self
+            .ifaces
+            .place(&self.settings.ips, self.settings.routed)
+            .await
+        {
             Ok(placed) => placed,
             Err(e) => {
                 error!(lease = %lease, error = %e, "cannot hold the floating addresses");

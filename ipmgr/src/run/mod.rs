@@ -231,6 +231,7 @@ async fn floating_start(args: &Args) -> Result<Option<floating::Start>, Failure>
     let client = kube::Client::try_default().await.map_err(Failure::Kube)?;
     let settings = floating::Settings {
         ips: ips.0.clone(),
+        routed: args.route_tables.is_some(),
         lease: ipmgmt_common::floating::lease_name(&ips.0),
         identity: identity.clone(),
         namespace: namespace.clone(),
