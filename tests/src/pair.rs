@@ -21,6 +21,30 @@ pub const METRICS_PORT: u16 = 9090;
 /// Node i-0002's Multus ENI in subnet-b (`scenario::world`'s eni-2n3).
 pub const MAC_2N3: &str = "0a:00:00:00:11:01";
 
+/// The two replicas of `scenario::world`'s nodes: `upf-0` on i-0001 (eni-1n3,
+/// `10.0.1.50/24` on net1) and `upf-1` on i-0002 (eni-2n3, `10.0.1.60/24`), both in
+/// subnet-b, with the floating address `vip`.
+pub async fn replicas(ec2: &FakeEc2, kube: &FakeKube, vip: &'static str) -> (Replica, Replica) {
+    let node = |n: u8| format!("ip-10-0-0-{n}0.us-west-2.compute.internal");
+    let a = Replica::new(
+        "upf-0",
+        vip,
+        ec2,
+        kube,
+        (crate::scenario::MAC_N3, "10.0.1.50/24", node(1), "eni-1n3"),
+    )
+    .await;
+    let b = Replica::new(
+        "upf-1",
+        vip,
+        ec2,
+        kube,
+        (MAC_2N3, "10.0.1.60/24", node(2), "eni-2n3"),
+    )
+    .await;
+    (a, b)
+}
+
 /// A pod's kubeconfig for `server`, written into `dir`.
 pub fn kubeconfig(dir: &Path, server: SocketAddr) -> PathBuf {
     let path = dir.join("kubeconfig");
@@ -45,7 +69,7 @@ pub struct Replica {
     imds: SocketAddr,
     kube: SocketAddr,
     pub dir: PathBuf,
-    node: &'static str,
+    node: String,
     pub eni: &'static str,
     pub child: Option<Child>,
 }
@@ -56,7 +80,7 @@ impl Replica {
         vip: &'static str,
         ec2: &FakeEc2,
         kube: &FakeKube,
-        (mac, address, node, eni): (&str, &str, &'static str, &'static str),
+        (mac, address, node, eni): (&str, &str, String, &'static str),
     ) -> Replica {
         let net = PodNet::create();
         let host = net.host_ip.into();
@@ -105,7 +129,7 @@ impl Replica {
     fn spawn(&mut self, mut cmd: Command, env: &[(&str, &str)]) {
         let kubeconfig = kubeconfig(&self.dir, self.kube);
         cmd.env("KUBECONFIG", &kubeconfig)
-            .env("NODE_NAME", self.node)
+            .env("NODE_NAME", &self.node)
             .env("POD_NAME", self.name)
             .env("POD_NAMESPACE", "upf")
             .env("POD_SERVICE_ACCOUNT", "upf")

@@ -13,8 +13,8 @@ use ipmgmt_tests::fake_ec2::iam::Policy;
 use ipmgmt_tests::fake_ec2::{ElasticIp, FakeEc2, Faults, Route, RouteTable, World};
 use ipmgmt_tests::fake_kube::{FakeKube, Kind};
 use ipmgmt_tests::netns::pod_executable;
-use ipmgmt_tests::pair::{MAC_2N3, Replica, Sampler};
-use ipmgmt_tests::scenario::{MAC_N3, world};
+use ipmgmt_tests::pair::{self, Replica, Sampler};
+use ipmgmt_tests::scenario::world;
 
 const VIP: &str = "10.0.1.100";
 const LEASE: &str = "ipmgmt-vip-";
@@ -63,32 +63,7 @@ impl Scene {
             ..Faults::default()
         });
         let kube = FakeKube::default();
-        let a = Replica::new(
-            "upf-0",
-            vip,
-            &ec2,
-            &kube,
-            (
-                MAC_N3,
-                "10.0.1.50/24",
-                "ip-10-0-0-10.us-west-2.compute.internal",
-                "eni-1n3",
-            ),
-        )
-        .await;
-        let b = Replica::new(
-            "upf-1",
-            vip,
-            &ec2,
-            &kube,
-            (
-                MAC_2N3,
-                "10.0.1.60/24",
-                "ip-10-0-0-20.us-west-2.compute.internal",
-                "eni-2n3",
-            ),
-        )
-        .await;
+        let (a, b) = pair::replicas(&ec2, &kube, vip).await;
         let routed = env.iter().any(|(k, _)| *k == "IPMGR_ROUTE_TABLES");
         Scene {
             vip,

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use ipmgmt_tests::fake_ec2::FakeEc2;
 use ipmgmt_tests::fake_kube::FakeKube;
 use ipmgmt_tests::netns::pod_executable;
-use ipmgmt_tests::pair::{MAC_2N3, Replica, Sampler};
-use ipmgmt_tests::scenario::{MAC_N3, world};
+use ipmgmt_tests::pair::{self, Replica, Sampler};
+use ipmgmt_tests::scenario::world;
 
 const VIP: &str = "10.0.1.100";
 /// How long after each event the sampler counts split-brain instants.
@@ -54,32 +54,7 @@ impl Pods {
     async fn new() -> Pods {
         let ec2 = FakeEc2::new(world());
         let kube = FakeKube::default();
-        let a = Replica::new(
-            "upf-0",
-            VIP,
-            &ec2,
-            &kube,
-            (
-                MAC_N3,
-                "10.0.1.50/24",
-                "ip-10-0-0-10.us-west-2.compute.internal",
-                "eni-1n3",
-            ),
-        )
-        .await;
-        let b = Replica::new(
-            "upf-1",
-            VIP,
-            &ec2,
-            &kube,
-            (
-                MAC_2N3,
-                "10.0.1.60/24",
-                "ip-10-0-0-20.us-west-2.compute.internal",
-                "eni-2n3",
-            ),
-        )
-        .await;
+        let (a, b) = pair::replicas(&ec2, &kube, VIP).await;
         Pods { ec2, a, b }
     }
 
