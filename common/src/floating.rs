@@ -48,6 +48,31 @@ pub enum RouteTables {
     Tagged(Selector),
 }
 
+/// As the annotations write them: `tag:KEY=VALUE`, an allocation id, table ids.
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tag:{}={}", self.key, self.value)
+    }
+}
+
+impl std::fmt::Display for ElasticIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ElasticIp::Allocation(id) => f.write_str(id),
+            ElasticIp::Pool(selector) => selector.fmt(f),
+        }
+    }
+}
+
+impl std::fmt::Display for RouteTables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteTables::Ids(ids) => f.write_str(&ids.join(",")),
+            RouteTables::Tagged(selector) => selector.fmt(f),
+        }
+    }
+}
+
 /// The floating addresses, in the order written; refused with the reason when one is
 /// not an address a VPC can route to an ENI, appears twice, or there are too many.
 pub fn addresses(text: &str) -> Result<Vec<IpAddr>, String> {
@@ -253,6 +278,17 @@ mod tests {
                 elastic_ip(bad, &one).unwrap_err().starts_with(ELASTIC_IP),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn each_form_is_written_back_as_the_annotation_wrote_it() {
+        for text in ["rtb-0a1b2c3d,rtb-0123456789abcdef0", "tag:vip=upf"] {
+            assert_eq!(route_tables(text).unwrap().to_string(), text);
+        }
+        let one = ips("10.0.4.100");
+        for text in ["eipalloc-0123456789abcdef0", "tag:ipmgmt.aws/pool=upf"] {
+            assert_eq!(elastic_ip(text, &one).unwrap().to_string(), text);
         }
     }
 

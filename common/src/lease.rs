@@ -58,6 +58,13 @@ impl Observed {
     }
 }
 
+/// The lease duration as a Lease records it and the other replicas wait it: whole
+/// seconds, rounded up (at least one), so they wait at least as long as the holder's
+/// renew deadline was chosen against.
+pub fn written(lease_duration: Duration) -> Duration {
+    Duration::from_secs(lease_duration.as_millis().div_ceil(1000).max(1) as u64)
+}
+
 /// How long past a Lease's expiry a waiting replica looks, so that its clock has
 /// surely passed it.
 const EXPIRY_MARGIN: Duration = Duration::from_millis(10);
@@ -230,11 +237,8 @@ impl Election {
     fn spec(&self, acquired: MicroTime, renewed: MicroTime, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
-            // Whole seconds, rounded up: the other replicas then wait at least as long
-            // as this one's renew deadline was chosen against.
             lease_duration_seconds: Some(
-                i32::try_from(self.lease_duration.as_millis().div_ceil(1000).max(1))
-                    .unwrap_or(i32::MAX),
+                i32::try_from(written(self.lease_duration).as_secs()).unwrap_or(i32::MAX),
             ),
             acquire_time: Some(acquired),
             renew_time: Some(renewed),

@@ -100,9 +100,7 @@ impl Discovery {
     }
 
     fn manages(&self, link: &Link) -> bool {
-        !link.loopback
-            && link.name != self.primary
-            && (self.only.is_empty() || self.only.contains(&link.name))
+        link.managed(&self.primary, &self.only)
     }
 
     async fn snapshot(&self) -> Result<Snapshot, DiscoverError> {
@@ -149,14 +147,21 @@ impl Discovery {
     }
 }
 
-struct Link {
-    name: String,
+/// An interface as a link dump describes it (also the floating addresses' holder's).
+pub(crate) struct Link {
+    pub(crate) name: String,
     mac: String,
     loopback: bool,
 }
 
 impl Link {
-    fn from_message(msg: &LinkMessage) -> Option<Link> {
+    /// Whether ipmgr manages this interface: not loopback, not the pod's own
+    /// (`primary`), and among `only` when that names any.
+    pub(crate) fn managed(&self, primary: &str, only: &[String]) -> bool {
+        !self.loopback && self.name != primary && (only.is_empty() || only.contains(&self.name))
+    }
+
+    pub(crate) fn from_message(msg: &LinkMessage) -> Option<Link> {
         let mut name = None;
         let mut mac = String::new();
         for attr in &msg.attributes {
@@ -185,28 +190,35 @@ fn format_mac(bytes: &[u8]) -> String {
 /// The address a message carries if it is one the VPC should route: global scope, not
 /// link-local, not failed duplicate detection. Tentative IPv6 addresses (still in DAD)
 /// count: assigning them early is harmless, and they will settle on this interface.
-fn usable_address(msg: &AddressMessage) -> Option<IpAddr> {
+pub(crate) fn usable_address(msg: &AddressMessage) -> Option<IpAddr> {
     if msg.header.scope != AddressScope::Universe {
         return None;
     }
-    let mut ip = None;
-    let mut local = None;
-    let mut failed = msg.header.flags.contains(AddressHeaderFlags::Dadfailed);
-    for attr in &msg.attributes {
-        match attr {
-            AddressAttribute::Address(a) => ip = Some(*a),
-            AddressAttribute::Local(a) => local = Some(*a),
-            AddressAttribute::Flags(f) => failed |= f.contains(AddressFlags::Dadfailed),
-            _ => {}
-        }
-    }
-    // On point-to-point links IFA_ADDRESS is the peer; IFA_LOCAL is ours.
-    let ip = local.or(ip)?;
+    let failed = msg.header.flags.contains(AddressHeaderFlags::Dadfailed)
+        || (msg.attributes.iter()).any(
+            |a| matches!(a, AddressAttribute::Flags(f) if f.contains(AddressFlags::Dadfailed)),
+        );
+    let ip = address_of(msg)?;
     let link_local = match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => v6.is_unicast_link_local(),
     };
     (!failed && !link_local && !ip.is_loopback() && !ip.is_multicast()).then_some(ip)
+}
+
+/// The interface's own address a message carries, whatever its kind: on
+/// point-to-point links IFA_ADDRESS is the peer, and IFA_LOCAL is ours.
+pub(crate) fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
+    let mut ip = None;
+    let mut local = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Address(a) => ip = Some(*a),
+            AddressAttribute::Local(a) => local = Some(*a),
+            _ => {}
+        }
+    }
+    local.or(ip)
 }
 
 /// Address events from the kernel.

@@ -89,13 +89,11 @@ pub fn host_route(ip: IpAddr) -> IpNet {
 impl FloatingEc2 for SdkEc2 {
     async fn eips(&self, which: &ElasticIp) -> Result<Vec<Eip>, Ec2Error> {
         let call = self.client().describe_addresses();
-        let (call, target) = match which {
-            ElasticIp::Allocation(id) => (call.allocation_ids(id), id.clone()),
-            ElasticIp::Pool(s) => (
-                call.filters(tag_filter(s)),
-                format!("tagged {}={}", s.key, s.value),
-            ),
+        let call = match which {
+            ElasticIp::Allocation(id) => call.allocation_ids(id),
+            ElasticIp::Pool(s) => call.filters(tag_filter(s)),
         };
+        let target = which.to_string();
         let out = call
             .send()
             .await
@@ -147,13 +145,11 @@ impl FloatingEc2 for SdkEc2 {
 
     async fn route_tables(&self, which: &RouteTables) -> Result<Vec<RouteTable>, Ec2Error> {
         let call = self.client().describe_route_tables();
-        let (call, target) = match which {
-            RouteTables::Ids(ids) => (call.set_route_table_ids(Some(ids.clone())), ids.join(",")),
-            RouteTables::Tagged(s) => (
-                call.filters(tag_filter(s)),
-                format!("tagged {}={}", s.key, s.value),
-            ),
+        let call = match which {
+            RouteTables::Ids(ids) => call.set_route_table_ids(Some(ids.clone())),
+            RouteTables::Tagged(s) => call.filters(tag_filter(s)),
         };
+        let target = which.to_string();
         let out = call
             .send()
             .await

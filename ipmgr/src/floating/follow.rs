@@ -255,7 +255,7 @@ impl<F: FloatingEc2> Mover<F> {
         if tables.is_empty() {
             return Err(Stopped::Failed(format!(
                 "no route table matches ipmgmt.aws/route-tables ({}); no route was changed",
-                describe(which)
+                which
             )));
         }
         let mut changed = false;
@@ -335,7 +335,7 @@ impl<F: FloatingEc2> Mover<F> {
         if candidates.is_empty() {
             return Err(Stopped::Failed(format!(
                 "no unassociated Elastic IP left in the pool {}: allocate one and tag it",
-                describe_eip(which)
+                which
             )));
         }
         let mut chosen = None;
@@ -360,7 +360,7 @@ impl<F: FloatingEc2> Mover<F> {
         let Some(allocation) = chosen else {
             return Err(Stopped::Failed(format!(
                 "every Elastic IP of the pool {} was taken meanwhile",
-                describe_eip(which)
+                which
             )));
         };
         let until = Instant::now() + self.confirm;
@@ -406,20 +406,6 @@ impl<F: FloatingEc2> Mover<F> {
             Err(e) if e.code.as_deref() == Some("InvalidAssociationID.NotFound") => {}
             Err(e) => warn!(error = %e, "cannot disassociate the Elastic IP on stop"),
         }
-    }
-}
-
-fn describe(which: &RouteTables) -> String {
-    match which {
-        RouteTables::Ids(ids) => ids.join(","),
-        RouteTables::Tagged(s) => format!("tag:{}={}", s.key, s.value),
-    }
-}
-
-fn describe_eip(which: &ElasticIp) -> String {
-    match which {
-        ElasticIp::Allocation(id) => id.clone(),
-        ElasticIp::Pool(s) => format!("tag:{}={}", s.key, s.value),
     }
 }
 

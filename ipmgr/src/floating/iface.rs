@@ -10,7 +10,6 @@
 //! detection, usable at once): the subnet's route is the interface's own address's.
 //! Each is added with a lifetime the holder refreshes on every renewal of its Lease.
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use futures::StreamExt;
@@ -18,7 +17,8 @@ use ipnet::IpNet;
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressHeaderFlags, AddressMessage, CacheInfo,
 };
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+
+use crate::discover::{Link, address_of, usable_address};
 
 /// Where one floating address goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,7 +135,8 @@ impl Interfaces {
         })
     }
 
-    /// The managed interfaces and their addresses, `floating` left out of them.
+    /// The managed interfaces and their addresses (those discovery would assign),
+    /// `floating` left out of them.
     async fn managed(&self, floating: &[IpAddr]) -> Result<Vec<Iface>, IfaceError> {
         let mut ifaces = Vec::new();
         let mut links = self.handle.link().get().execute();
@@ -144,32 +145,20 @@ impl Interfaces {
                 what: "link dump",
                 source,
             })?;
-            let name = msg.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(name) => Some(name.clone()),
-                _ => None,
-            });
-            let Some(name) = name else { continue };
-            let loopback = msg.header.flags.contains(LinkFlags::Loopback);
-            let managed = !loopback
-                && name != self.primary
-                && (self.only.is_empty() || self.only.contains(&name));
-            if managed {
+            if let Some(link) = Link::from_message(&msg)
+                && link.managed(&self.primary, &self.only)
+            {
                 ifaces.push(Iface {
-                    name,
+                    name: link.name,
                     index: msg.header.index,
                     nets: Vec::new(),
                 });
             }
         }
-        for (msg, ip) in self.addresses().await? {
-            // Link-local addresses name no subnet an ENI is in.
-            let link_local = match ip {
-                IpAddr::V4(v4) => v4.is_link_local(),
-                IpAddr::V6(v6) => v6.is_unicast_link_local(),
-            };
-            if floating.contains(&ip) || link_local {
+        for msg in self.addresses().await? {
+            let Some(ip) = usable_address(&msg).filter(|ip| !floating.contains(ip)) else {
                 continue;
-            }
+            };
             let Some(iface) = ifaces.iter_mut().find(|i| i.index == msg.header.index) else {
                 continue;
             };
@@ -180,26 +169,18 @@ impl Interfaces {
         Ok(ifaces)
     }
 
-    async fn addresses(&self) -> Result<Vec<(AddressMessage, IpAddr)>, IfaceError> {
+    async fn addresses(&self) -> Result<Vec<AddressMessage>, IfaceError> {
         let mut out = Vec::new();
         let mut dump = self.handle.address().get().execute();
         while let Some(msg) = dump.next().await {
-            let msg = msg.map_err(|source| IfaceError::Netlink {
+            out.push(msg.map_err(|source| IfaceError::Netlink {
                 what: "address dump",
                 source,
-            })?;
-            let ip = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            });
-            if let Some(ip) = ip {
-                out.push((msg, ip));
-            }
+            })?);
         }
         Ok(out)
     }
 
-    /// Where each floating address goes now.
     /// Where each floating address goes now; `routed` when route tables reach them.
     pub async fn place(&self, ips: &[IpAddr], routed: bool) -> Result<Vec<Placed>, IfaceError> {
         let ifaces = self.managed(ips).await?;
@@ -231,19 +212,11 @@ impl Interfaces {
         Ok(())
     }
 
-    /// Which of `ips` are on any interface of the pod.
-    pub async fn present(&self, ips: &[IpAddr]) -> Result<BTreeSet<IpAddr>, IfaceError> {
-        Ok((self.addresses().await?.into_iter())
-            .map(|(_, ip)| ip)
-            .filter(|ip| ips.contains(ip))
-            .collect())
-    }
-
     /// Removes `ips` from every interface they are on; returns how many it removed.
     pub async fn remove(&self, ips: &[IpAddr]) -> Result<usize, IfaceError> {
         let mut removed = 0;
-        for (msg, ip) in self.addresses().await? {
-            if !ips.contains(&ip) {
+        for msg in self.addresses().await? {
+            if !address_of(&msg).is_some_and(|ip| ips.contains(&ip)) {
                 continue;
             }
             match self.handle.address().del(msg).execute().await {

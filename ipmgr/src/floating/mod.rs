@@ -16,10 +16,10 @@
 //! before a peer may take the Lease. The holder refreshes the lifetime every 250 ms for
 //! as long as the last renewal vouches for the addresses, so that the kernel's
 //! deadline falls close to the renew deadline and a slow renewal does not make them
-//! lapse. A holder
-//! that stops gracefully takes the addresses off and then gives the Lease up, so the
-//! peer takes over at once instead of after the lease duration. A holder that cannot
-//! put the addresses on its interfaces gives the Lease up too, and tries again later.
+//! lapse. A holder that stops gracefully takes the addresses off and then gives the
+//! Lease up, so the peer takes over at once instead of after the lease duration. A
+//! holder that cannot put the addresses on its interfaces gives the Lease up too, and
+//! tries again later.
 
 pub mod ec2;
 mod follow;
@@ -371,8 +371,7 @@ impl Holder {
     /// the Lease, which the peers count from after the renewal's write (the Lease's
     /// duration in whole seconds, rounded up as it is written).
     fn refresh_allowed(&self, began: Instant) -> bool {
-        let written =
-            Duration::from_secs(self.settings.lease_duration.as_millis().div_ceil(1000) as u64);
+        let written = ipmgmt_common::lease::written(self.settings.lease_duration);
         let lifetime = Duration::from_secs(LIFETIME_SECONDS.into());
         began.elapsed() + lifetime + KERNEL_SLACK + MARGIN <= written
     }
@@ -422,7 +421,7 @@ impl Holder {
                 }
                 Next::Leading(true) | Next::Renewed | Next::Refresh if !leading => true,
                 Next::Leading(true) | Next::Renewed | Next::Refresh => {
-                    won_at = won_at.or(Some(Instant::now()));
+                    let won = *won_at.get_or_insert_with(Instant::now);
                     if lapsing == vouched {
                         lapsing = !vouched;
                         if lapsing {
@@ -432,7 +431,7 @@ impl Holder {
                     match (vouched, &held) {
                         (false, _) => true,
                         (true, Some(placed)) => self.refresh(placed).await,
-                        (true, None) => match self.take(won_at).await {
+                        (true, None) => match self.take(won).await {
                             Some(placed) => {
                                 held = Some(placed);
                                 true
@@ -457,9 +456,9 @@ impl Holder {
         election.stop().await;
     }
 
-    /// Puts the addresses on the interfaces; where they went, or None when they
-    /// cannot be held here.
-    async fn take(&self, won_at: Option<Instant>) -> Option<Vec<Placed>> {
+    /// Puts the addresses on the interfaces, in the term won at `won_at`; where they
+    /// went, or None when they cannot be held here.
+    async fn take(&self, won_at: Instant) -> Option<Vec<Placed>> {
         let lease = &self.settings.lease;
         let placed = match self
             .ifaces
@@ -475,14 +474,14 @@ impl Holder {
         if !self.refresh(&placed).await {
             return None;
         }
-        let took = won_at.map(|at| at.elapsed()).unwrap_or_default();
+        let took = won_at.elapsed();
         self.metrics.holding(took);
         let on: Vec<String> = (placed.iter())
             .map(|p| format!("{} on {}", p.ip, p.iface))
             .collect();
         info!(lease = %lease, addresses = %on.join(", "), took = ?took, "holding the floating addresses");
         self.holding.send_replace(Some(Held {
-            won_at: won_at.unwrap_or_else(Instant::now),
+            won_at,
             on: placed.clone(),
         }));
         Some(placed)
