@@ -269,6 +269,18 @@ impl PodNet {
 /// The user the webhook's injected container runs as.
 pub const POD_UID: u32 = 65532;
 
+/// The workspace's ipmgr as a test in `target/*/deps` finds it (built by `cargo test
+/// --workspace`), copied once per test process where the pod's user can execute it.
+pub fn ipmgr_for_tests() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let target = exe.parent().and_then(|d| d.parent()).unwrap();
+        pod_executable(&crate::scenario::ipmgr_beside(target))
+    })
+    .clone()
+}
+
 /// A copy of `program` that the pod's user can execute: the checkout may sit below a
 /// directory only root may enter (a CI clone under /root), as an image never does.
 /// One copy per program is kept, replaced whole by each caller.

@@ -6,29 +6,17 @@
 //! Needs root.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ipmgmt_tests::fake_ec2::iam::Policy;
 use ipmgmt_tests::fake_ec2::{ElasticIp, FakeEc2, Faults, Route, RouteTable, World};
 use ipmgmt_tests::fake_kube::{FakeKube, Kind};
-use ipmgmt_tests::netns::pod_executable;
+use ipmgmt_tests::netns::ipmgr_for_tests;
 use ipmgmt_tests::pair::{self, Replica, Sampler};
 use ipmgmt_tests::scenario::world;
 
 const VIP: &str = "10.0.1.100";
 const LEASE: &str = "ipmgmt-vip-";
-
-fn ipmgr_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("ipmgr");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo test --workspace`",
-        bin.display()
-    );
-    pod_executable(&bin)
-}
 
 struct Scene {
     vip: &'static str,
@@ -125,6 +113,18 @@ impl Scene {
         }
     }
 
+    /// `upf-0` started, and holding the address: on its interface, its ENI, the Lease.
+    async fn a_holds(&mut self, env: &[(&str, &str)]) {
+        self.a.start(&ipmgr_for_tests(), env);
+        self.wait_held_by(&self.a, Duration::from_secs(10)).await;
+    }
+
+    /// `upf-1` started, and contending: it has seen the Lease held by `upf-0`.
+    async fn b_waits(&mut self, env: &[(&str, &str)]) {
+        self.b.start(&ipmgr_for_tests(), env);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+
     /// The replica holding the address and the other.
     fn holder_and_peer(&mut self) -> (&mut Replica, &mut Replica) {
         if self.a.net.has_address(self.vip()) {
@@ -141,8 +141,8 @@ impl Scene {
 async fn one_holder_and_a_graceful_handover_within_a_second() {
     let mut scene = Scene::start().await;
     let sampler = Sampler::start(&scene.a.net.ns, &scene.b.net.ns, scene.vip);
-    scene.a.start(&ipmgr_bin(), &[]);
-    scene.b.start(&ipmgr_bin(), &[]);
+    scene.a.start(&ipmgr_for_tests(), &[]);
+    scene.b.start(&ipmgr_for_tests(), &[]);
     let until = Instant::now() + Duration::from_secs(20);
     let first = loop {
         let on = scene.on_interface();
@@ -230,11 +230,8 @@ async fn one_holder_and_a_graceful_handover_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_holder_loses_the_address_before_the_peer_takes_it() {
     let mut scene = Scene::start().await;
-    scene.a.start(&ipmgr_bin(), &[]);
-    scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
-    scene.b.start(&ipmgr_bin(), &[]);
-    // The peer is contending (it has created nothing, the Lease is held).
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    scene.a_holds(&[]).await;
+    scene.b_waits(&[]).await;
     let sampler = Sampler::start(&scene.a.net.ns, &scene.b.net.ns, scene.vip);
     scene.a.signal("-KILL");
     scene.a.wait_exit();
@@ -257,10 +254,8 @@ async fn a_killed_holder_loses_the_address_before_the_peer_takes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_cut_off_from_the_api_server_lets_go_first() {
     let mut scene = Scene::start().await;
-    scene.a.start(&ipmgr_bin(), &[]);
-    scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
-    scene.b.start(&ipmgr_bin(), &[]);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    scene.a_holds(&[]).await;
+    scene.b_waits(&[]).await;
     let sampler = Sampler::start(&scene.a.net.ns, &scene.b.net.ns, scene.vip);
     scene.a.cut_from_api_server();
     let cut = Instant::now();
@@ -381,16 +376,14 @@ impl Scene {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_elastic_ip_follows_the_floating_address() {
     let mut scene = Scene::start_with(world_with_eip_and_tables(true), VIP, &[]).await;
-    scene.a.start(&ipmgr_bin(), &EIP);
-    scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
+    scene.a_holds(&EIP).await;
     let on_a = Some(("eni-1n3".to_owned(), VIP.to_owned()));
     scene
         .wait_until("the EIP on upf-0's address", Duration::from_secs(10), |s| {
             s.eip() == on_a
         })
         .await;
-    scene.b.start(&ipmgr_bin(), &EIP);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    scene.b_waits(&EIP).await;
     scene.a.signal("-TERM");
     scene.a.wait_exit();
     let stopped = Instant::now();
@@ -421,16 +414,14 @@ async fn the_elastic_ip_follows_the_floating_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_follow_a_vip_outside_the_vpc() {
     let mut scene = Scene::start_with(world_with_eip_and_tables(false), ROUTED_VIP, &TABLES).await;
-    scene.a.start(&ipmgr_bin(), &TABLES);
-    scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
+    scene.a_holds(&TABLES).await;
     let to = |eni: &str| vec![Some(eni.to_owned()); 2];
     scene
         .wait_until("routes to upf-0's ENI", Duration::from_secs(10), |s| {
             s.routes() == to("eni-1n3")
         })
         .await;
-    scene.b.start(&ipmgr_bin(), &TABLES);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    scene.b_waits(&TABLES).await;
     let sampler = Sampler::start(&scene.a.net.ns, &scene.b.net.ns, scene.vip);
     scene.a.signal("-KILL");
     scene.a.wait_exit();
@@ -460,8 +451,7 @@ async fn routes_follow_a_vip_outside_the_vpc() {
 async fn bad_input_gets_one_line_and_changes_nothing() {
     // The ENI's source/destination check is on.
     let mut scene = Scene::start_with(world_with_eip_and_tables(true), ROUTED_VIP, &TABLES).await;
-    scene.a.start(&ipmgr_bin(), &TABLES);
-    scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
+    scene.a_holds(&TABLES).await;
     scene
         .wait_until("the refusal", Duration::from_secs(10), |s| {
             s.a.log()
@@ -475,7 +465,7 @@ async fn bad_input_gets_one_line_and_changes_nothing() {
     // A route table that does not exist.
     let missing = [("IPMGR_ROUTE_TABLES", "rtb-0a1b2c3d,rtb-0deadbee")];
     let mut scene = Scene::start_with(world_with_eip_and_tables(false), ROUTED_VIP, &missing).await;
-    scene.a.start(&ipmgr_bin(), &missing);
+    scene.a.start(&ipmgr_for_tests(), &missing);
     scene
         .wait_until("the refusal", Duration::from_secs(10), |s| {
             s.a.log().contains("InvalidRouteTableID.NotFound")
@@ -494,8 +484,7 @@ async fn bad_input_gets_one_line_and_changes_nothing() {
     let base: serde_json::Value =
         serde_json::from_str(include_str!("../../deploy/iam-policy.json")).unwrap();
     scene.ec2.set_policy(Some(Policy::parse(&base)));
-    scene.a.start(&ipmgr_bin(), &EIP);
-    scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
+    scene.a_holds(&EIP).await;
     scene
         .wait_until("the refusal", Duration::from_secs(10), |s| {
             s.a.log().contains("UnauthorizedOperation")
@@ -520,16 +509,14 @@ async fn bad_input_gets_one_line_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_under_throttling_converges_on_the_new_holder() {
     let mut scene = Scene::start_with(world_with_eip_and_tables(true), VIP, &[]).await;
-    scene.a.start(&ipmgr_bin(), &EIP);
-    scene.wait_held_by(&scene.a, Duration::from_secs(10)).await;
+    scene.a_holds(&EIP).await;
     let on = |eni: &str| Some((eni.to_owned(), VIP.to_owned()));
     scene
         .wait_until("the EIP on upf-0", Duration::from_secs(10), |s| {
             s.eip() == on("eni-1n3")
         })
         .await;
-    scene.b.start(&ipmgr_bin(), &EIP);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    scene.b_waits(&EIP).await;
     scene.ec2.set_faults(Faults {
         remap_delay_ms: 200,
         throttle_fraction: 0.5,
@@ -578,8 +565,8 @@ async fn each_pod_gets_its_own_elastic_ip_from_a_pool() {
     ];
     let mut scene = Scene::start_with(w, VIP, &[]).await;
     let pool = [("IPMGR_ELASTIC_IP", "tag:ipmgmt.aws/pool=upf")];
-    scene.a.start_without_floating(&ipmgr_bin(), &pool);
-    scene.b.start_without_floating(&ipmgr_bin(), &pool);
+    scene.a.start_without_floating(&ipmgr_for_tests(), &pool);
+    scene.b.start_without_floating(&ipmgr_for_tests(), &pool);
     let associations = |s: &Scene| -> Vec<Option<(String, String)>> {
         (s.ec2.world().addresses.iter())
             .map(|a| (a.association.as_ref()).map(|x| (x.eni.clone(), x.private_ip.to_string())))
@@ -616,7 +603,7 @@ async fn each_pod_gets_its_own_elastic_ip_from_a_pool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_in_no_subnet_of_the_pod_is_refused_and_the_lease_given_up() {
     let mut scene = Scene::start_with(world(), "10.0.9.100", &[]).await;
-    scene.a.start(&ipmgr_bin(), &[]);
+    scene.a.start(&ipmgr_for_tests(), &[]);
     scene
         .wait_until("the refusal", Duration::from_secs(10), |s| {
             s.a.log().contains("gave the lease up")

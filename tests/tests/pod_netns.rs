@@ -11,24 +11,8 @@ use std::time::{Duration, Instant};
 
 use ipmgmt_tests::fake_ec2::{FakeEc2, Faults, World};
 use ipmgmt_tests::fake_imds::{Asked, FakeImds};
-use ipmgmt_tests::netns::{Endpoints, POD_UID, PodNet, pod_dir, pod_executable};
+use ipmgmt_tests::netns::{Endpoints, POD_UID, PodNet, ipmgr_for_tests, pod_dir};
 use ipmgmt_tests::scenario::{MAC_N3, MAC_N6, identity, world};
-
-fn ipmgr_bin() -> PathBuf {
-    // target/debug/deps/<this test> → target/debug/ipmgr, built by `cargo test --workspace`.
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("ipmgr");
-        assert!(
-            bin.exists(),
-            "{} is missing: run `cargo test --workspace`",
-            bin.display()
-        );
-        pod_executable(&bin)
-    })
-    .clone()
-}
 
 struct Pod {
     net: PodNet,
@@ -71,7 +55,7 @@ impl Pod {
             ec2: self.ec2_addr,
             imds: self.imds_addr,
         };
-        let mut cmd = self.net.ipmgr(&ipmgr_bin(), mode, at, &self.dir);
+        let mut cmd = self.net.ipmgr(&ipmgr_for_tests(), mode, at, &self.dir);
         cmd.env("IPMGR_ADDRESS_WAIT_SECONDS", "2")
             .env("IPMGR_DEADLINE_SECONDS", "20")
             .env("IPMGR_RETRY_INITIAL_BACKOFF_MS", "10")
